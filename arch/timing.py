@@ -1,0 +1,65 @@
+"""Timing rules of the DLA, defined once: every instruction's cost and the overlap rules.
+
+Times are clock cycles counted from the start of the run (cycle 0). Each instruction i has a
+dispatch cycle ``d``, a start cycle ``s`` and an end cycle ``e`` (the first cycle after its last
+busy cycle, when its engine is free again and its pushed tokens become visible).
+
+1. Dispatch (instruction fetch and decode, one instruction per cycle, in program order):
+   ``d[0] = 0`` and ``d[i] = max(d[i-1] + 1, s[j] + 1)`` where j is the instruction ``queue_depth``
+   places earlier in the same engine's queue (the queue is full until j leaves it).
+2. Start: ``s[i] = max(d[i] + 1, e[previous instruction of the same engine], t_pop)`` where
+   ``t_pop`` is, for each popped token, the end cycle of the instruction that pushed it (the k-th
+   pop from a queue takes the k-th push into it).
+3. Main-memory transfers (LOAD, STORE) share the card's single memory port, granted whole, first
+   come first served by start cycle (ties: lower cluster first, then load before store). The grant
+   is ``g = max(s, port_free)``; the port is busy for one cycle per word, ``port_free = g + words``;
+   the instruction ends ``e = g + words + mem_latency`` (data in the buffer, or the write acknowledged).
+4. Compute costs are fixed by the fields: see :func:`compute_cycles`.
+5. A cluster is done at the largest end cycle of its instructions; a card when all its clusters are.
+
+The functional model computes exactly these numbers; the RTL exhibits them.
+"""
+from __future__ import annotations
+
+from .isa import Instr, conv_reduction, dma_words
+from .machine import MachineConfig
+
+#: Engine priority for equal start cycles at the memory port.
+ENGINE_PRIORITY = {"load": 0, "compute": 1, "store": 2, "control": 3}
+
+
+def compute_cycles(i: Instr, cfg: MachineConfig) -> int:
+    """Cycles a compute-engine instruction occupies its engine (start to end)."""
+    if i.op == "CONV":
+        return cfg.conv_pipeline + i.oh * i.ow * conv_reduction(i)
+    if i.op == "MAXPOOL":
+        return cfg.pool_pipeline + i.oh * i.ow * i.nb * i.kh * i.kw
+    if i.op == "SYNC":
+        return 1
+    raise ValueError(f"{i.op} is not a compute instruction")
+
+
+def transfer_words(i: Instr) -> int:
+    """Words (= memory-port cycles) a LOAD or STORE moves."""
+    return dma_words(i)
+
+
+def macs(i: Instr, cfg: MachineConfig) -> tuple[int, int]:
+    """(useful MACs, MAC slots occupied) of a CONV: slots count every lane of every MV in the mask
+    for every reduction cycle, so useful / slots is the lane utilisation of the instruction."""
+    if i.op != "CONV":
+        return 0, 0
+    nmv = bin(i.mv_mask).count("1")
+    cyc = i.oh * i.ow * conv_reduction(i)
+    return cyc * i.nvv * cfg.lanes * nmv, cyc * cfg.macs_per_cluster
+
+
+#: Cost formulas as text, for docs/isa.md (kept beside the code they describe).
+COST_TEXT = {
+    "LOAD": "`g - s` waiting for the memory port, then `n0*n1*n2 + mem_latency` (port busy `n0*n1*n2`)",
+    "STORE": "`g - s` waiting for the memory port, then `n0*n1*n2 + mem_latency` (port busy `n0*n1*n2`)",
+    "CONV": "`conv_pipeline + oh*ow*kh*kw*cin`",
+    "MAXPOOL": "`pool_pipeline + oh*ow*nb*kh*kw`",
+    "SYNC": "`1`",
+    "END": "no engine; fetch stops",
+}

@@ -1,0 +1,105 @@
+"""The compiler's graph IR: what the front end produces, quantisation annotates, the golden
+reference evaluates and the code generator lowers to instructions.
+
+Tensors are per image, channel-first ``(C, H, W)`` (a vector is ``(N, 1, 1)``). Layers are kept in
+a topological order. Float parameters come from ONNX (BatchNormalization already folded);
+quantisation adds the integer parameters (``None`` before).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class CompileError(ValueError):
+    """A model the compiler cannot compile; the message names the node and op where there is one."""
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: tuple[int, int, int]         #: (C, H, W) per image
+    frac: int | None = None             #: fractional bits of its Q format (set by quantisation)
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+
+@dataclass
+class Conv:
+    """Convolution (also Gemm/MatMul, as a kernel covering the whole input map) with optional
+    fused bias, BatchNormalization and ReLU."""
+    name: str                            #: name of the (first) ONNX node
+    nodes: list[str]                     #: all ONNX nodes fused into this layer
+    input: str
+    output: str
+    weight: np.ndarray                   #: float32 (Cout, Cin, kh, kw)
+    bias: np.ndarray                     #: float32 (Cout,)
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)   #: (top, left, bottom, right)
+    dilation: tuple[int, int] = (1, 1)
+    act: str = "none"                    #: 'none' or 'relu'
+    kind: str = "conv"                   #: 'conv' or 'fc' (for reports only)
+    # set by quantisation
+    wq: np.ndarray | None = None         #: int16 (Cout, Cin, kh, kw)
+    w_frac: int | None = None
+    bq: np.ndarray | None = None         #: int64 (Cout,), in the accumulator's format (in_frac + w_frac)
+    shift: int | None = None             #: requantisation shift = in_frac + w_frac - out_frac
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return self.weight.shape[2], self.weight.shape[3]
+
+
+@dataclass
+class MaxPool:
+    name: str
+    nodes: list[str]
+    input: str
+    output: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)   #: (top, left, bottom, right)
+
+
+Layer = Conv | MaxPool
+
+
+@dataclass
+class GraphInput:
+    name: str                            #: ONNX input name
+    tensor: str                          #: IR tensor it feeds
+    onnx_shape: tuple[int, ...]          #: with batch dimension, e.g. (1, 3, 32, 32)
+
+
+@dataclass
+class GraphOutput:
+    name: str                            #: ONNX output name
+    tensor: str                          #: IR tensor holding it
+    onnx_shape: tuple[int, ...]          #: with batch dimension, e.g. (1, 10); a reshape of (C, H, W)
+
+
+@dataclass
+class Graph:
+    name: str
+    tensors: dict[str, TensorInfo]
+    layers: list[Layer]
+    inputs: list[GraphInput]
+    outputs: list[GraphOutput]
+    opset: int = 0
+    notes: list[str] = field(default_factory=list)   #: what the front end folded or dropped
+
+    def producer(self, tensor: str) -> Layer | None:
+        for layer in self.layers:
+            if layer.output == tensor:
+                return layer
+        return None
+
+    def consumers(self, tensor: str) -> list[Layer]:
+        return [l for l in self.layers if l.input == tensor]
+
+    @property
+    def quantized(self) -> bool:
+        return all(t.frac is not None for t in self.tensors.values())
