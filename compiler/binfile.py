@@ -1,0 +1,166 @@
+"""The versioned ``.bin`` container that ``Compile(..., outfile=...)`` writes and ``Init`` reads.
+
+Layout (little-endian):
+
+    0   8   magic  b"MDLABIN\\0"
+    8   4   format version (uint32)
+    12  4   number of sections (uint32)
+    16  32  SHA-256 of every byte from offset 48 to the end of the file
+    48  32*n  section table: name (16 bytes, NUL-padded ASCII), offset (uint64), length (uint64)
+    ...     section data
+
+Sections: ``config`` (machine configuration, JSON), ``memmap`` (JSON), ``io`` (inputs and outputs,
+JSON), ``layers`` (code-generation report, JSON), ``meta`` (JSON), ``weights`` (raw), ``code.<k>``
+(program k, raw 32-byte instructions), ``graph.json`` + ``graph.npz`` (the quantised IR, for
+``Run_th`` and the golden reference). Unknown sections are ignored, so later versions can add
+(for example, per-card or per-cluster programs) without breaking readers.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from arch.isa import ISAError, decode_program
+from arch.machine import MachineConfig
+
+from .codegen import LayerCode
+from .driver import Compiled, IODesc
+from .ir import Conv, Graph, GraphInput, GraphOutput, MaxPool, TensorInfo
+from .memmap import MemoryMap
+
+MAGIC = b"MDLABIN\0"
+VERSION = 1
+_HEADER = struct.Struct("<8sII32s")
+_ENTRY = struct.Struct("<16sQQ")
+
+
+class BinFormatError(ValueError):
+    """A .bin file that is not one, is corrupt, truncated or of an unsupported version."""
+
+
+def _graph_sections(g: Graph) -> tuple[bytes, bytes]:
+    arrays = {}
+    layers = []
+    for i, L in enumerate(g.layers):
+        d = {"type": type(L).__name__, "name": L.name, "nodes": L.nodes, "input": L.input, "output": L.output}
+        if isinstance(L, Conv):
+            d.update(stride=L.stride, pads=L.pads, dilation=L.dilation, act=L.act, kind=L.kind,
+                     w_frac=L.w_frac, shift=L.shift)
+            arrays[f"{i}.weight"] = L.weight
+            arrays[f"{i}.bias"] = L.bias
+            if L.wq is not None:
+                arrays[f"{i}.wq"] = L.wq
+                arrays[f"{i}.bq"] = L.bq
+        else:
+            d.update(kernel=L.kernel, stride=L.stride, pads=L.pads)
+        layers.append(d)
+    meta = {
+        "name": g.name, "opset": g.opset, "notes": g.notes,
+        "tensors": {k: {"shape": t.shape, "frac": t.frac} for k, t in g.tensors.items()},
+        "inputs": [asdict(i) for i in g.inputs], "outputs": [asdict(o) for o in g.outputs],
+        "layers": layers,
+    }
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return json.dumps(meta).encode(), buf.getvalue()
+
+
+def _graph_from_sections(js: bytes, npz: bytes) -> Graph:
+    meta = json.loads(js)
+    arrays = np.load(io.BytesIO(npz), allow_pickle=False)
+    layers = []
+    for i, d in enumerate(meta["layers"]):
+        common = dict(name=d["name"], nodes=d["nodes"], input=d["input"], output=d["output"])
+        if d["type"] == "Conv":
+            L = Conv(weight=arrays[f"{i}.weight"], bias=arrays[f"{i}.bias"], stride=tuple(d["stride"]),
+                     pads=tuple(d["pads"]), dilation=tuple(d["dilation"]), act=d["act"], kind=d["kind"], **common)
+            if f"{i}.wq" in arrays:
+                L.wq, L.bq = arrays[f"{i}.wq"], arrays[f"{i}.bq"]
+                L.w_frac, L.shift = d["w_frac"], d["shift"]
+        else:
+            L = MaxPool(kernel=tuple(d["kernel"]), stride=tuple(d["stride"]), pads=tuple(d["pads"]), **common)
+        layers.append(L)
+    tensors = {k: TensorInfo(k, tuple(v["shape"]), v["frac"]) for k, v in meta["tensors"].items()}
+    return Graph(name=meta["name"], tensors=tensors, layers=layers,
+                 inputs=[GraphInput(i["name"], i["tensor"], tuple(i["onnx_shape"])) for i in meta["inputs"]],
+                 outputs=[GraphOutput(o["name"], o["tensor"], tuple(o["onnx_shape"])) for o in meta["outputs"]],
+                 opset=meta["opset"], notes=meta["notes"])
+
+
+def to_bytes(c: Compiled) -> bytes:
+    sections: list[tuple[str, bytes]] = [
+        ("config", c.cfg.to_json().encode()),
+        ("memmap", json.dumps(c.memmap.to_dict()).encode()),
+        ("io", json.dumps({"inputs": [i.to_dict() for i in c.inputs],
+                           "outputs": [o.to_dict() for o in c.outputs]}).encode()),
+        ("layers", json.dumps([asdict(l) for l in c.layers]).encode()),
+        ("meta", json.dumps(c.meta).encode()),
+        ("weights", c.weights),
+    ]
+    sections += [(f"code.{p}", c.code_bytes(p)) for p in sorted(c.programs)]
+    if c.graph is not None:
+        gj, gz = _graph_sections(c.graph)
+        sections += [("graph.json", gj), ("graph.npz", gz)]
+    table, body, off = [], [], _HEADER.size + _ENTRY.size * len(sections)
+    for name, data in sections:
+        table.append(_ENTRY.pack(name.encode("ascii"), off, len(data)))
+        body.append(data)
+        off += len(data)
+    rest = b"".join(table) + b"".join(body)
+    return _HEADER.pack(MAGIC, VERSION, len(sections), hashlib.sha256(rest).digest()) + rest
+
+
+def write(c: Compiled, path: str | Path) -> None:
+    Path(path).write_bytes(to_bytes(c))
+
+
+def from_bytes(data: bytes, source: str = "<bytes>") -> Compiled:
+    if len(data) < _HEADER.size:
+        raise BinFormatError(f"{source}: truncated: {len(data)} bytes is shorter than the {_HEADER.size}-byte header")
+    magic, version, n, digest = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise BinFormatError(f"{source}: not a DLA .bin file (bad magic {magic!r})")
+    if version != VERSION:
+        raise BinFormatError(f"{source}: .bin format version {version} is not supported (this build reads {VERSION})")
+    if len(data) < _HEADER.size + _ENTRY.size * n:
+        raise BinFormatError(f"{source}: truncated section table")
+    if hashlib.sha256(data[_HEADER.size:]).digest() != digest:
+        raise BinFormatError(f"{source}: corrupt: checksum mismatch (the file was modified or truncated)")
+    sec = {}
+    for k in range(n):
+        name, off, length = _ENTRY.unpack_from(data, _HEADER.size + k * _ENTRY.size)
+        if off + length > len(data):
+            raise BinFormatError(f"{source}: truncated section {name!r}")
+        sec[name.rstrip(b"\0").decode("ascii")] = data[off:off + length]
+    missing = [s for s in ("config", "memmap", "io", "weights", "code.0") if s not in sec]
+    if missing:
+        raise BinFormatError(f"{source}: missing section(s) {missing}")
+    try:
+        cfg = MachineConfig.from_dict(json.loads(sec["config"]))
+        mm = MemoryMap.from_dict(json.loads(sec["memmap"]))
+        iod = json.loads(sec["io"])
+        programs = {int(k.split(".", 1)[1]): decode_program(v) for k, v in sec.items() if k.startswith("code.")}
+        layers = [LayerCode(**d) for d in json.loads(sec.get("layers", b"[]"))]
+        for l in layers:
+            l.tile = tuple(l.tile)
+        graph = _graph_from_sections(sec["graph.json"], sec["graph.npz"]) if "graph.json" in sec else None
+        meta = json.loads(sec.get("meta", b"{}"))
+    except (ValueError, KeyError, TypeError, ISAError) as e:
+        raise BinFormatError(f"{source}: malformed section contents: {e}") from None
+    return Compiled(cfg=cfg, memmap=mm, programs=programs, weights=sec["weights"],
+                    inputs=[IODesc.from_dict(d) for d in iod["inputs"]],
+                    outputs=[IODesc.from_dict(d) for d in iod["outputs"]],
+                    layers=layers, graph=graph, meta=meta)
+
+
+def read(path: str | Path) -> Compiled:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f".bin file not found: {p}")
+    return from_bytes(p.read_bytes(), str(p))

@@ -1,0 +1,427 @@
+"""Tiling and code generation: quantised graph -> one instruction stream per cluster, plus the
+weight blobs.
+
+Each layer is cut into *slots*. A slot is one compute instruction (CONV or MAXPOOL) run in lockstep
+by up to ``mv_per_cluster`` MV units, the loads that fill its buffers and, when it produces final
+outputs, the stores that drain them. The maps and kernel buffers and the output buffer are split
+in two halves used alternately (double buffering), so the load engine fills one half while the
+compute engine works on the other and the store engine drains the previous results.
+
+Parallelism inside a cluster: for each layer the generator either gives the MV units different
+output-channel groups of the same tile (maps broadcast, one kernel load per MV: *cout* mode) or
+different tiles of the same channel group (kernel broadcast, one maps load per MV: *spatial*
+mode), whichever its cycle estimate prefers. A reduction longer than a kernel-buffer half is split
+into *chunks* (input-channel words, then kernel rows, then kernel columns) accumulated with
+``init=ACC``.
+
+Token protocol (queues: l2c, c2l, c2s, s2c; the k-th pop takes the k-th push):
+
+* slot j: its last load pushes l2c; its CONV pops l2c. Its first load pops c2l if j >= 2 (the
+  compute of slot j-2 has released this half) or, in the first slot of a layer after the first,
+  the layer-boundary token. The CONV of slot j pushes c2l iff slot j+2 exists in the layer.
+* write slot k (a slot with stores): the CONV pushes c2s and pops s2c if k >= 2 (the stores of
+  write slot k-2 have drained this output half); the first store pops c2s, the last pushes s2c.
+* layer boundary: one SYNC per outstanding s2c token (the last two write slots) waits for the
+  stores; the last SYNC pushes c2l, which the next layer's first load pops, so no load reads a
+  tensor before it is completely written.
+
+Every token is produced by an instruction earlier in program order than its consumer, so in-order
+dispatch with bounded queues cannot deadlock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from arch.isa import Act, Buf, Init, Instr
+from arch.machine import MachineConfig
+from arch.numerics import split_bias
+
+from .ir import CompileError, Conv, Graph, MaxPool
+from .memmap import TensorLayout
+
+
+@dataclass(frozen=True)
+class Chunk:
+    ky0: int
+    ky1: int
+    kx0: int
+    kx1: int
+    cw0: int
+    cw1: int
+    cin: int          #: real input channels in channel words [cw0, cw1)
+
+    @property
+    def kh(self) -> int:
+        return self.ky1 - self.ky0
+
+    @property
+    def kw(self) -> int:
+        return self.kx1 - self.kx0
+
+    @property
+    def words(self) -> int:
+        return self.cw1 - self.cw0
+
+    @property
+    def K(self) -> int:
+        return self.kh * self.kw * self.cin
+
+
+@dataclass(frozen=True)
+class Tile:
+    oy0: int
+    oh: int
+    ox0: int
+    ow: int
+
+
+@dataclass
+class LayerCode:
+    """What the generator did with one layer (for reports and the SDK's layer listing)."""
+    name: str
+    kind: str
+    mode: str
+    first_pc: int
+    last_pc: int
+    slots: int
+    chunks: int
+    tile: tuple[int, int]
+    macs: int
+
+
+@dataclass
+class _Slot:
+    loads: list[dict] = field(default_factory=list)
+    compute: dict | None = None
+    stores: list[dict] = field(default_factory=list)
+
+
+def _instr(op: str, **f) -> dict:
+    f["op"] = op
+    return f
+
+
+class CodeGen:
+    """Generates the program of one cluster for one image slot of a memory map."""
+
+    def __init__(self, cfg: MachineConfig, graph: Graph, layouts: dict[str, TensorLayout],
+                 weights_addr: int, weights: "WeightStore"):
+        self.cfg = cfg
+        self.graph = graph
+        self.layouts = layouts
+        self.weights_addr = weights_addr
+        self.weights = weights
+        self.maps_half = cfg.maps_words // 2
+        self.kern_half = cfg.kernel_words // 2
+        self.out_half = cfg.out_words // 2
+        self.program: list[Instr] = []
+        self.layers: list[LayerCode] = []
+
+    # ------------------------------------------------------------------ helpers
+    def _addr(self, act_base: int, t: TensorLayout, y: int, x: int, cw: int) -> int:
+        return act_base + t.offset + t.word_index(y, x, cw) * self.cfg.beat_bytes
+
+    def _dma(self, op: str, addr: int, buf_addr: int, tile_rows: int, tile_cols: int,
+             words: int, t: TensorLayout, **extra) -> dict:
+        """A LOAD/STORE of a rows x cols x words box of tensor t (channel words contiguous)."""
+        if words == t.cwords:   # whole pixels: each tile row is one contiguous run
+            return _instr(op, dram_addr=addr, buf_addr=buf_addr, n0=tile_cols * words, n1=tile_rows,
+                          s1=t.row_pixels * t.cwords, n2=1, s2=0, **extra)
+        return _instr(op, dram_addr=addr, buf_addr=buf_addr, n0=words, n1=tile_cols, s1=t.cwords,
+                      n2=tile_rows, s2=t.row_pixels * t.cwords, **extra)
+
+    # ------------------------------------------------------------------ planning
+    def _plan_chunks(self, cin: int, kh: int, kw: int, dy: int, dx: int) -> list[Chunk]:
+        lanes, cap = self.cfg.lanes, self.kern_half - 2
+        cwords = -(-cin // lanes)
+
+        def real(cw0, cw1):
+            return min(cin, cw1 * lanes) - cw0 * lanes
+
+        def maps_ok(khc, kwc, ncw):
+            return ((khc - 1) * dy + 1) * ((kwc - 1) * dx + 1) * ncw <= self.maps_half
+
+        if kh * kw * cin <= cap and maps_ok(kh, kw, cwords):
+            return [Chunk(0, kh, 0, kw, 0, cwords, cin)]
+        per = cap // (kh * kw * lanes)
+        while per >= 1 and not maps_ok(kh, kw, per):
+            per -= 1
+        if per >= 1:
+            return [Chunk(0, kh, 0, kw, c, min(c + per, cwords), real(c, min(c + per, cwords)))
+                    for c in range(0, cwords, per)]
+        rows = min(kh, cap // (kw * lanes))
+        while rows >= 1 and not maps_ok(rows, kw, 1):
+            rows -= 1
+        if rows >= 1:
+            return [Chunk(ky, min(ky + rows, kh), 0, kw, c, c + 1, real(c, c + 1))
+                    for c in range(cwords) for ky in range(0, kh, rows)]
+        cols = min(kw, cap // lanes)
+        while cols >= 1 and not maps_ok(1, cols, 1):
+            cols -= 1
+        if cols < 1:
+            raise CompileError("the kernel and maps buffers are too small for even one kernel element")
+        return [Chunk(ky, ky + 1, kx, min(kx + cols, kw), c, c + 1, real(c, c + 1))
+                for c in range(cwords) for ky in range(kh) for kx in range(0, kw, cols)]
+
+    def _plan_tile(self, OH, OW, sy, sx, dy, dx, khm, kwm, cwm, out_words_per_px, acc_limit,
+                   name: str) -> tuple[int, int]:
+        def fits(h, w):
+            if h * w > acc_limit or h * w * out_words_per_px > self.out_half:
+                return False
+            rows = (h - 1) * sy + (khm - 1) * dy + 1
+            cols = (w - 1) * sx + (kwm - 1) * dx + 1
+            return rows * cols * cwm <= self.maps_half
+
+        if not fits(1, 1):
+            raise CompileError(f"layer {name!r}: one output pixel does not fit the buffers of this configuration")
+        owb = OW if fits(1, OW) else max(w for w in range(1, OW + 1) if fits(1, w))
+        ohb = max(h for h in range(1, OH + 1) if fits(h, owb))
+        return ohb, owb
+
+    @staticmethod
+    def _tiles(OH, OW, ohb, owb) -> list[Tile]:
+        return [Tile(y, min(ohb, OH - y), x, min(owb, OW - x))
+                for y in range(0, OH, ohb) for x in range(0, OW, owb)]
+
+    @staticmethod
+    def _balanced(n: int, block: int, parts: int) -> int:
+        """Block size no larger than ``block`` that splits n into a multiple of ``parts`` blocks if it can."""
+        nb = -(-n // block)
+        nb = -(-nb // parts) * parts
+        return max(1, -(-n // nb))
+
+    # ------------------------------------------------------------------ layers
+    def lower(self, act_base: int) -> list[Instr]:
+        n = len(self.graph.layers)
+        for idx, layer in enumerate(self.graph.layers):
+            first_pc = len(self.program)
+            if isinstance(layer, Conv):
+                slots, info = self._conv_slots(layer, act_base)
+            elif isinstance(layer, MaxPool):
+                slots, info = self._pool_slots(layer, act_base)
+            else:  # pragma: no cover - the front end only produces these
+                raise CompileError(f"layer {layer.name!r}: no code generator for {type(layer).__name__}")
+            self._emit(slots, first_layer=idx == 0, last_layer=idx == n - 1)
+            self.layers.append(LayerCode(first_pc=first_pc, last_pc=len(self.program) - 1,
+                                         slots=len(slots), **info))
+        self.program.append(Instr("END"))
+        return self.program
+
+    def _conv_slots(self, L: Conv, act_base: int):
+        cfg = self.cfg
+        tin, tout = self.layouts[L.input], self.layouts[L.output]
+        cout, cin, kh, kw = L.wq.shape
+        sy, sx = L.stride
+        dy, dx = L.dilation
+        pt, pl = L.pads[0], L.pads[1]
+        OH, OW = tout.height, tout.width
+        V, M = cfg.vv_per_mv, cfg.mv_per_cluster
+        cout_words = -(-cout // cfg.lanes)
+        groups = [(g * V, min(V, cout_words - g * V)) for g in range(-(-cout_words // V))]  # (first word, nvv)
+        chunks = self._plan_chunks(cin, kh, kw, dy, dx)
+        khm = max(c.kh for c in chunks)
+        kwm = max(c.kw for c in chunks)
+        cwm = max(c.words for c in chunks)
+        nvv_max = max(n for _, n in groups)
+        ohb, owb = self._plan_tile(OH, OW, sy, sx, dy, dx, khm, kwm, cwm, nvv_max, cfg.acc_entries, L.name)
+        ktot = sum(c.K for c in chunks)
+        pipe = cfg.conv_pipeline * len(chunks)
+
+        # Candidate 1, cout mode: MVs take different channel groups of one tile.
+        full = [g for g in groups if g[1] == nvv_max]
+        part = [g for g in groups if g[1] != nvv_max]
+        gsets = [full[i:i + M] for i in range(0, len(full), M)] + [[g] for g in part]
+        tiles_c = self._tiles(OH, OW, ohb, owb)
+        est_c = len(gsets) * sum(t.oh * t.ow * ktot + pipe for t in tiles_c)
+        # Candidate 2, spatial mode: MVs take different tiles of one channel group.
+        ohb_s = self._balanced(OH, ohb, M) if owb == OW else ohb
+        tiles_s = self._tiles(OH, OW, ohb_s, owb)
+        by_shape: dict[tuple[int, int], list[Tile]] = {}
+        for t in tiles_s:
+            by_shape.setdefault((t.oh, t.ow), []).append(t)
+        tsets = [ts[i:i + M] for ts in by_shape.values() for i in range(0, len(ts), M)]
+        est_s = len(groups) * sum(ts[0].oh * ts[0].ow * ktot + pipe for ts in tsets)
+
+        items: list[list[tuple[tuple[int, int], Tile]]] = []
+        if est_c <= est_s:
+            mode = "cout"
+            for gs in gsets:
+                for t in tiles_c:
+                    items.append([(g, t) for g in gs])
+        else:
+            mode = "spatial"
+            for g in groups:
+                for ts in tsets:
+                    items.append([(g, t) for t in ts])
+
+        act = Act.RELU if L.act == "relu" else Act.NONE
+        slots: list[_Slot] = []
+        for it in items:
+            nmv = len(it)
+            mask = (1 << nmv) - 1
+            share_tile = all(t == it[0][1] for _, t in it)
+            share_group = all(g == it[0][0] for g, _ in it)
+            nvv = it[0][0][1]
+            t0 = it[0][1]
+            for ci, ch in enumerate(chunks):
+                s = _Slot()
+                half = len(slots) % 2
+                mbase = half * self.maps_half
+                kbase = half * self.kern_half
+                in_rows = (t0.oh - 1) * sy + (ch.kh - 1) * dy + 1
+                in_cols = (t0.ow - 1) * sx + (ch.kw - 1) * dx + 1
+                # maps
+                targets = [(mask, t0)] if share_tile else [(1 << m, t) for m, (_, t) in enumerate(it)]
+                for mmask, t in targets:
+                    y = t.oy0 * sy + ch.ky0 * dy - pt
+                    x = t.ox0 * sx + ch.kx0 * dx - pl
+                    s.loads.append(self._dma("LOAD", self._addr(act_base, tin, y, x, ch.cw0), mbase,
+                                             in_rows, in_cols, ch.words, tin, buf=Buf.MAPS, mv_mask=mmask, nvv=0))
+                # kernels
+                ktargets = [(mask, it[0][0])] if share_group else [(1 << m, g) for m, (g, _) in enumerate(it)]
+                for kmask, g in ktargets:
+                    off, nwords = self.weights.conv_blob(L, g, ch, ci == 0, nvv)
+                    s.loads.append(_instr("LOAD", buf=Buf.KERNEL, mv_mask=kmask, nvv=nvv,
+                                          dram_addr=self.weights_addr + off, buf_addr=kbase,
+                                          n0=nwords, n1=1, s1=0, n2=1, s2=0))
+                last = ci == len(chunks) - 1
+                s.compute = _instr(
+                    "CONV", mv_mask=mask, nvv=nvv, maps_addr=mbase * cfg.lanes, in_w=in_cols,
+                    cpitch=ch.words * cfg.lanes, cin=ch.cin, kh=ch.kh, kw=ch.kw, sy=sy, sx=sx, dy=dy, dx=dx,
+                    oh=t0.oh, ow=t0.ow, kern_addr=kbase + (2 if ci == 0 else 0), bias_addr=kbase,
+                    acc_addr=0, out_addr=0, out_pitch=nvv, init=Init.BIAS if ci == 0 else Init.ACC,
+                    write=int(last), shift=L.shift if last else 0, act=act if last else Act.NONE)
+                if last:
+                    for m, (g, t) in enumerate(it):
+                        s.stores.append(self._dma("STORE", self._addr(act_base, tout, t.oy0, t.ox0, g[0]), 0,
+                                                  t.oh, t.ow, g[1], tout, mv=m))
+                slots.append(s)
+        macs = OH * OW * cout * kh * kw * cin
+        return slots, dict(name=L.name, kind=L.kind, mode=mode, chunks=len(chunks), tile=(ohb, owb), macs=macs)
+
+    def _pool_slots(self, L: MaxPool, act_base: int):
+        cfg = self.cfg
+        tin, tout = self.layouts[L.input], self.layouts[L.output]
+        kh, kw = L.kernel
+        sy, sx = L.stride
+        pt, pl = L.pads[0], L.pads[1]
+        OH, OW = tout.height, tout.width
+        M = cfg.mv_per_cluster
+        cw_total = tin.cwords
+        nbw = cw_total
+        while nbw > 1 and (kh * kw * nbw > self.maps_half or nbw > self.out_half):
+            nbw -= 1
+        ohb, owb = self._plan_tile(OH, OW, sy, sx, 1, 1, kh, kw, nbw, nbw, 1 << 30, L.name)
+        if owb == OW:
+            ohb = self._balanced(OH, ohb, M)
+        work = [(cw, min(nbw, cw_total - cw), t) for cw in range(0, cw_total, nbw)
+                for t in self._tiles(OH, OW, ohb, owb)]
+        by_shape: dict[tuple[int, int, int], list] = {}
+        for w in work:
+            by_shape.setdefault((w[1], w[2].oh, w[2].ow), []).append(w)
+        slots = []
+        for ws in by_shape.values():
+            for i in range(0, len(ws), M):
+                it = ws[i:i + M]
+                s = _Slot()
+                half = len(slots) % 2
+                mbase = half * self.maps_half
+                nb, t0 = it[0][1], it[0][2]
+                in_rows = (t0.oh - 1) * sy + kh
+                in_cols = (t0.ow - 1) * sx + kw
+                for m, (cw, _, t) in enumerate(it):
+                    y, x = t.oy0 * sy - pt, t.ox0 * sx - pl
+                    s.loads.append(self._dma("LOAD", self._addr(act_base, tin, y, x, cw), mbase, in_rows, in_cols,
+                                             nb, tin, buf=Buf.MAPS, mv_mask=1 << m, nvv=0))
+                s.compute = _instr("MAXPOOL", mv_mask=(1 << len(it)) - 1, maps_addr=mbase, in_w=in_cols,
+                                   ppitch=nb, nb=nb, kh=kh, kw=kw, sy=sy, sx=sx, oh=t0.oh, ow=t0.ow,
+                                   out_addr=0, out_pitch=nb)
+                for m, (cw, _, t) in enumerate(it):
+                    s.stores.append(self._dma("STORE", self._addr(act_base, tout, t.oy0, t.ox0, cw), 0,
+                                              t.oh, t.ow, nb, tout, mv=m))
+                slots.append(s)
+        return slots, dict(name=L.name, kind="maxpool", mode="spatial", chunks=1, tile=(ohb, owb), macs=0)
+
+    # ------------------------------------------------------------------ tokens and emission
+    def _emit(self, slots: list[_Slot], first_layer: bool, last_layer: bool) -> None:
+        J = len(slots)
+        k = 0
+        for j, s in enumerate(slots):
+            s.loads[-1]["push_next"] = 1
+            if j >= 2 or (j == 0 and not first_layer):
+                s.loads[0]["pop_next"] = 1
+            c = s.compute
+            c["pop_prev"] = 1
+            if j + 2 < J:
+                c["push_prev"] = 1
+            # The output half alternates per write slot; the compute of write slot k waits for the
+            # stores of write slot k-2.
+            if s.stores:
+                c["out_addr"] = (k % 2) * self.out_half
+                c["push_next"] = 1
+                if k >= 2:
+                    c["pop_next"] = 1
+                for st in s.stores:
+                    st["buf_addr"] += c["out_addr"]
+                s.stores[0]["pop_prev"] = 1
+                s.stores[-1]["push_prev"] = 1
+                k += 1
+            for d in s.loads + [c] + s.stores:
+                op = d.pop("op")
+                self.program.append(Instr(op, **d))
+        syncs = [dict(pop_next=1) for _ in range(min(2, k))]
+        if not last_layer:
+            if not syncs:
+                syncs = [dict()]
+            syncs[-1]["push_prev"] = 1
+        for d in syncs:
+            self.program.append(Instr("SYNC", **d))
+
+
+class WeightStore:
+    """The weights region: kernel blobs laid out exactly as a KERNEL load deals them to the VV
+    units ([word][vv][lane]), each stored once however often it is loaded."""
+
+    def __init__(self, cfg: MachineConfig):
+        self.cfg = cfg
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self._index: dict[tuple, tuple[int, int]] = {}
+
+    def conv_blob(self, L: Conv, group: tuple[int, int], ch: Chunk, with_bias: bool, nvv: int) -> tuple[int, int]:
+        """(byte offset in the weights region, words) of the blob for channel group ``group`` and chunk ``ch``."""
+        key = (L.name, group, ch, with_bias, nvv)
+        hit = self._index.get(key)
+        if hit is not None:
+            return hit
+        lanes = self.cfg.lanes
+        w0 = group[0] * lanes
+        nch = nvv * lanes
+        cout = L.wq.shape[0]
+        sel = np.zeros((nch,) + L.wq.shape[1:], dtype=np.int16)
+        real = max(0, min(cout - w0, nch))
+        sel[:real] = L.wq[w0:w0 + real]
+        ci0 = ch.cw0 * lanes
+        # (cout, cin, ky, kx) -> rows k = (ky*kw + kx)*cin + ci, columns = output channels
+        wk = sel[:, ci0:ci0 + ch.cin, ch.ky0:ch.ky1, ch.kx0:ch.kx1]
+        rows = wk.transpose(2, 3, 1, 0).reshape(ch.K, nch)
+        if with_bias:
+            b = np.zeros(nch, dtype=np.int64)
+            b[:real] = L.bq[w0:w0 + real]
+            lo, hi = split_bias(b)
+            rows = np.concatenate([lo[None, :], hi[None, :], rows], axis=0)
+        data = np.ascontiguousarray(rows.astype("<i2")).tobytes()
+        off = self.size
+        self.chunks.append(data)
+        pad = (-len(data)) % 64
+        if pad:
+            self.chunks.append(b"\0" * pad)
+        self.size += len(data) + pad
+        words = rows.shape[0] * nvv
+        self._index[key] = (off, words)
+        return off, words
+
+    def tobytes(self) -> bytes:
+        return b"".join(self.chunks)

@@ -1,0 +1,40 @@
+"""Executors: what runs a compiled program on a card memory image.
+
+Every executor takes the same inputs (machine configuration, memory image, program start
+addresses) and returns the same ``sim.card.CardStats``; they must agree on every memory bit and
+every cycle. ``functional`` is the vectorised functional model in ``sim/``; the RTL executors
+(Amaranth, Icarus, Verilator) register here when they exist.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from arch.machine import MachineConfig
+
+
+class Executor(Protocol):
+    name: str
+
+    def run(self, cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
+            check_hazards: bool = True): ...
+
+
+class FunctionalExecutor:
+    """The functional model: one vectorised numpy operation per compute instruction."""
+    name = "functional"
+
+    def run(self, cfg, memory, programs, *, check_hazards=True):
+        from sim.card import run_card
+        return run_card(cfg, memory, programs, check_hazards=check_hazards)
+
+
+EXECUTORS: dict[str, type] = {"functional": FunctionalExecutor}
+
+
+def get_executor(name: str) -> Executor:
+    try:
+        return EXECUTORS[name]()
+    except KeyError:
+        raise ValueError(f"unknown simulator {name!r}; available: {sorted(EXECUTORS)}") from None

@@ -1,0 +1,126 @@
+"""SetFlag/GetInfo flags: names, types, defaults and validation, in one table.
+
+Values are coerced with ``str()`` as the SDK's ctypes wrapper did, then parsed by the flag's type,
+so ``SetFlag('nclusters', 2)`` and ``SetFlag('nclusters', '2')`` are the same. An unknown name or a
+value that does not parse raises ``ValueError`` naming the flag and what it accepts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from arch.machine import get_config
+
+DEBUG_LETTERS = {
+    "b": "per-run profile (cycles, time, bytes moved, efficiency)",
+    "w": "warnings, including fixed-point saturation counts",
+    "n": "list of layers",
+    "i": "dump the instructions to instr<card>_<cluster>_<program>.txt",
+}
+
+
+def _int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(v: str) -> int:
+        try:
+            x = int(v, 0)
+        except ValueError:
+            raise ValueError(f"expects an integer, got {v!r}") from None
+        if x < lo or (hi is not None and x > hi):
+            raise ValueError(f"expects an integer in {lo}..{hi if hi is not None else 'inf'}, got {x}")
+        return x
+    return parse
+
+
+def _bool(v: str) -> int:
+    if v.lower() in ("1", "true", "yes", "on"):
+        return 1
+    if v.lower() in ("0", "false", "no", "off", ""):
+        return 0
+    raise ValueError(f"expects 0 or 1, got {v!r}")
+
+
+def _debug(v: str) -> str:
+    bad = sorted(set(v) - set(DEBUG_LETTERS))
+    if bad:
+        raise ValueError(f"unknown debug letter(s) {bad}; known: " +
+                         ", ".join(f"{k} ({d})" for k, d in DEBUG_LETTERS.items()))
+    return v
+
+
+def _bitfile(v: str) -> str:
+    get_config(v)   # raises with the list of known configurations
+    return v
+
+
+def _simulator(v: str) -> str:
+    from .executors import EXECUTORS
+    if v not in EXECUTORS:
+        raise ValueError(f"unknown simulator {v!r}; available: {sorted(EXECUTORS)}")
+    return v
+
+
+@dataclass(frozen=True)
+class FlagSpec:
+    parse: Callable[[str], object]
+    default: object
+    doc: str
+
+
+FLAGS: dict[str, FlagSpec] = {
+    "simulator": FlagSpec(_simulator, "functional", "executor of Run(): functional (the bit- and cycle-exact model)"),
+    "bitfile": FlagSpec(_bitfile, "reference", "hardware configuration: 'reference', 'small' or a JSON file"),
+    "debug": FlagSpec(_debug, "", "debug letters: " + ", ".join(f"{k}={d}" for k, d in DEBUG_LETTERS.items())),
+    "nfpgas": FlagSpec(_int_range(1), 1, "cards to use"),
+    "nclusters": FlagSpec(_int_range(1), 1, "clusters to use"),
+    "firstcluster": FlagSpec(_int_range(0), 0, "first cluster of this object"),
+    "imgs_per_cluster": FlagSpec(_int_range(1), 1, "images each cluster processes per call"),
+    "clustersbatchmode": FlagSpec(_bool, 0, "1: the clusters split one image"),
+    "mvbatch": FlagSpec(_bool, 0, "1: each MV unit takes its own image"),
+    "blockingmode": FlagSpec(_bool, 1, "1: PutInput/GetResult wait; 0: they return at once"),
+    "heterogeneous": FlagSpec(_bool, 0, "run unsupported layers in the middle of the network on the host"),
+    "hazardcheck": FlagSpec(_bool, 1, "functional model: check that the program is free of data races"),
+}
+ALIASES = {"nobatch": "clustersbatchmode"}
+
+#: Flags whose non-default values this build cannot honour yet, with what is missing.
+NOT_YET = {
+    "nfpgas": "batching across cards",
+    "nclusters": "multi-cluster execution",
+    "firstcluster": "models on disjoint clusters",
+    "imgs_per_cluster": "several images per cluster",
+    "clustersbatchmode": "splitting one image across clusters",
+    "mvbatch": "MV-level batching",
+    "heterogeneous": "host fallback for unsupported layers",
+}
+
+
+class FlagSet:
+    """The current flag values of one MDLA object."""
+
+    def __init__(self):
+        self.values = {k: s.default for k, s in FLAGS.items()}
+
+    def set(self, name: str, value) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"flag name must be a string, got {type(name).__name__}")
+        if name == "reset":
+            self.values = {k: s.default for k, s in FLAGS.items()}
+            return
+        key = ALIASES.get(name, name)
+        spec = FLAGS.get(key)
+        if spec is None:
+            raise ValueError(f"unknown flag {name!r}; known flags: {sorted(list(FLAGS) + list(ALIASES) + ['reset'])}")
+        try:
+            self.values[key] = spec.parse(str(value))
+        except ValueError as e:
+            raise ValueError(f"flag {name!r}: {e}") from None
+
+    def __getitem__(self, name: str):
+        return self.values[ALIASES.get(name, name)]
+
+    def __contains__(self, name: str) -> bool:
+        return ALIASES.get(name, name) in self.values
+
+    def unsupported(self) -> list[str]:
+        """Flags set to values this build cannot run, as 'name=value (what is missing)'."""
+        return [f"{k}={self.values[k]} ({what})" for k, what in NOT_YET.items() if self.values[k] != FLAGS[k].default]
