@@ -151,7 +151,7 @@ class MDLA:
             feeds = {i.tensor: self._image(i, n).astype(np.float32) for i in c.inputs}
             t = run_float(c.graph, feeds)
             for k, o in enumerate(c.graph.outputs):
-                results[k].append(output_array(o, t[o.tensor]))
+                results[k].append(output_array(o, t[o.tensor])[0])
         return self._pack(results)
 
     def _run(self, images, simulator: str):

@@ -1,0 +1,108 @@
+"""Every user-facing entry point answers bad input with a clear exception naming what is wrong."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import microndla
+from compiler.ir import CompileError
+from zoo import small_cnn
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    p = tmp_path_factory.mktemp("bad") / "small_cnn.onnx"
+    onnx.save(small_cnn(seed=0), str(p))
+    return str(p)
+
+
+def test_unknown_flag_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown flag 'nclusterz'.*known flags: .*nclusters"):
+        microndla.MDLA().SetFlag("nclusterz", 2)
+
+
+@pytest.mark.parametrize("name,value,match", [
+    ("nclusters", "two", "expects an integer"),
+    ("nclusters", 0, "expects an integer in 1"),
+    ("blockingmode", "maybe", "expects 0 or 1"),
+    ("debug", "bz", "unknown debug letter"),
+    ("bitfile", "nosuchconfig", "unknown hardware configuration"),
+    ("simulator", "spice", "unknown simulator 'spice'; available"),
+])
+def test_bad_flag_values(name, value, match):
+    with pytest.raises(ValueError, match=match):
+        microndla.MDLA().SetFlag(name, value)
+
+
+def test_dict_and_str_coercion():
+    ie = microndla.MDLA()
+    ie.SetFlag({"nclusters": 1, "blockingmode": True, "debug": ""})
+    assert ie.GetInfo("blockingmode") == 1
+    ie.SetFlag("nobatch", "0")
+    assert ie.GetInfo("clustersbatchmode") == 0
+
+
+def test_unknown_info_name():
+    with pytest.raises(ValueError, match="unknown info name 'hwtimes'"):
+        microndla.MDLA().GetInfo("hwtimes")
+
+
+def test_run_before_compile():
+    with pytest.raises(microndla.MDLAError, match="call Compile"):
+        microndla.MDLA().Run(np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(microndla.MDLAError, match="call Compile"):
+        microndla.MDLA().GetInfo("outshapes")
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 32, 31), (3, 32), (1, 4, 32, 32), (2, 3, 32, 32)])
+def test_wrong_input_shape(cnn, shape):
+    ie = microndla.MDLA()
+    ie.Compile(cnn)
+    with pytest.raises(ValueError, match=r"shape|batch"):
+        ie.Run(np.zeros(shape, np.float32))
+
+
+def test_wrong_dtype_and_nan(cnn):
+    ie = microndla.MDLA()
+    ie.Compile(cnn)
+    with pytest.raises(TypeError, match="dtype"):
+        ie.Run(np.zeros((1, 3, 32, 32), np.complex64))
+    with pytest.raises(TypeError, match="dtype"):
+        ie.Run(np.array([["a"]]))
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    x[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ie.Run(x)
+    with pytest.raises(ValueError, match="1 input"):
+        ie.Run([x, x])
+
+
+def test_missing_and_non_onnx_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        microndla.MDLA().Compile(str(tmp_path / "missing.onnx"))
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not a protobuf \xff\xfe" * 10)
+    with pytest.raises(CompileError, match="not an ONNX model"):
+        microndla.MDLA().Compile(str(junk))
+
+
+def test_unsupported_op_names_node_and_op(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4, 1, 1], np.eye(4, dtype=np.float32).ravel())
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv0"),
+             helper.make_node("Softsign", ["c"], ["y"], name="weird_node")]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 13)])
+    p = tmp_path / "unsupported.onnx"
+    onnx.save(m, str(p))
+    with pytest.raises(CompileError, match=r"weird_node.*Softsign|Softsign.*weird_node"):
+        microndla.MDLA().Compile(str(p))
+
+
+def test_modes_of_later_issues_fail_clearly(cnn):
+    ie = microndla.MDLA()
+    ie.SetFlag("nclusters", 2)
+    with pytest.raises(microndla.MDLAError, match="nclusters=2"):
+        ie.Compile(cnn)
+    with pytest.raises(microndla.MDLAError, match="samples"):
+        microndla.MDLA().Compile(cnn, samples=[np.zeros((1, 3, 32, 32), np.float32)])
