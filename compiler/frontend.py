@@ -1,0 +1,661 @@
+"""ONNX front end: an ONNX model in, the compiler's graph IR (:mod:`compiler.ir`) out.
+
+What it does, in order:
+
+1. Load the model (a path or an ``onnx.ModelProto``; a proto is copied, never modified).
+2. Apply ``inshapes`` (the SDK's ``Compile`` string, ``1x3x224x224``, ``;`` between inputs) to the
+   real graph inputs (inputs that are also initializers are weights, not inputs), then check that
+   every input is static with batch 1: the IR is per image, batching is the runtime's business.
+3. Run ONNX shape inference; its shapes are used to cross-check the shapes computed here.
+4. Walk the nodes in topological order:
+
+   * a node whose inputs are all constants (initializers, ``Constant`` outputs, earlier folds) is
+     evaluated once with ``onnx.reference.ReferenceEvaluator`` and becomes a constant; ``Shape`` and
+     ``Size`` of a tensor whose shape is static fold the same way (this removes the
+     ``Shape -> Gather -> Concat -> Reshape`` chains exporters emit for a flatten);
+   * ``Identity``, ``Dropout``, ``Flatten`` and ``Reshape`` are aliases: no layer, the IR tensor keeps
+     its ``(C, H, W)`` shape in C-major order (which is what ONNX's flatten of NCHW produces) and the
+     ONNX shape of the alias is remembered for graph outputs and for checks;
+   * ``Conv``, ``MaxPool``, ``Gemm`` and ``MatMul`` (constant right operand) become layers; a
+     Gemm/MatMul becomes a ``Conv`` of kind ``'fc'`` whose kernel covers the whole input map;
+   * ``BatchNormalization`` and ``Relu`` are fused into the Conv/Gemm/MatMul layer that produces their
+     input when they are its only consumer (the DLA has no separate units for them).
+
+5. Drop layers that no graph output depends on (recorded in ``Graph.notes``, like every fold).
+
+Every model the DLA cannot run is rejected with a :class:`~compiler.ir.CompileError` naming the node
+and op (or the input, or the ``inshapes`` string) and what is wrong with it.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from .ir import CompileError, Conv, Graph, GraphInput, GraphOutput, MaxPool, TensorInfo
+
+__all__ = ["load_model", "parse_inshapes", "SUPPORTED_OPS"]
+
+#: ONNX ops the DLA runs (besides any node whose inputs are all constants, which is folded).
+SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "MaxPool", "Gemm", "MatMul",
+                 "Flatten", "Reshape", "Identity", "Dropout")
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.BFLOAT16)
+_DIM_RE = re.compile(r"^\d+$")
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+# --------------------------------------------------------------------------------------------
+
+def load_model(model: str | Path | onnx.ModelProto, inshapes: str | None = None) -> Graph:
+    """Translate an ONNX model (path or proto) into the per-image graph IR.
+
+    ``inshapes`` overrides the input shapes, in the SDK's form ``"1x3x224x224"`` with ``;`` between
+    the inputs of a multi-input model. Raises ``FileNotFoundError`` for a missing file and
+    :class:`CompileError` for anything the DLA cannot run."""
+    proto, source = _load(model)
+    return _FrontEnd(proto, source, inshapes).run()
+
+
+def parse_inshapes(inshapes: str) -> list[tuple[int, ...]]:
+    """Parse the SDK's ``inshapes`` string (``"1x3x224x224;1x10"``) into a list of shapes."""
+    if not isinstance(inshapes, str):
+        raise CompileError(f"inshapes must be a string such as '1x3x224x224' (';' between inputs), "
+                           f"got {type(inshapes).__name__}")
+    text = inshapes.strip()
+    if text.endswith(";"):
+        text = text[:-1]
+    if not text:
+        raise CompileError(f"bad inshapes {inshapes!r}: empty; expected e.g. '1x3x224x224' (';' between inputs)")
+    shapes = []
+    for part in text.split(";"):
+        dims = [d.strip() for d in part.strip().lower().split("x")]
+        if not all(_DIM_RE.match(d) for d in dims) or any(int(d) == 0 for d in dims):
+            raise CompileError(f"bad inshapes {inshapes!r}: {part.strip()!r} is not a shape of positive "
+                               f"integers separated by 'x', e.g. '1x3x224x224'")
+        shapes.append(tuple(int(d) for d in dims))
+    return shapes
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+
+def _load(model) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+        return proto, proto.graph.name or "<model>"
+    if not isinstance(model, (str, Path)):
+        raise TypeError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
+    path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"ONNX model file not found: {path}")
+    if path.is_dir():
+        raise CompileError(f"{path} is not an ONNX model: it is a directory")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError, external-data errors, ...
+        raise CompileError(f"{path} is not an ONNX model: {e}") from None
+    if not proto.HasField("graph") or not proto.graph.output:
+        raise CompileError(f"{path} is not an ONNX model: it holds no graph with outputs")
+    return proto, str(path)
+
+
+def _static(shape_proto) -> tuple[int, ...] | None:
+    """A fully static shape from a TensorShapeProto, else None."""
+    dims = []
+    for d in shape_proto.dim:
+        if not d.HasField("dim_value") or d.dim_value <= 0:
+            return None
+        dims.append(int(d.dim_value))
+    return tuple(dims)
+
+
+def _dims_text(shape_proto) -> str:
+    return "(" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+                           for d in shape_proto.dim) + ")"
+
+
+# --------------------------------------------------------------------------------------------
+# the translation
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class _Fusable:
+    """A BatchNormalization or Relu waiting to be fused into the layer producing its input."""
+    name: str
+    op: str
+    input: str                      # IR tensor
+    output: str                     # IR tensor (new name, same shape)
+    params: tuple = ()              # BN: (gamma, beta, mean, var, eps)
+
+
+class _FrontEnd:
+    def __init__(self, proto: onnx.ModelProto, source: str, inshapes: str | None):
+        self.proto = proto
+        self.source = source
+        self.inshapes = inshapes
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self.consts: dict[str, np.ndarray] = {}
+        self.alias: dict[str, str] = {}          # ONNX name -> IR tensor it is a view of
+        self.reshaped_by: dict[str, str] = {}    # alias name -> the Flatten/Reshape node that made it
+        self.shapes: dict[str, tuple[int, ...]] = {}   # ONNX shape (with batch) of every non-constant tensor
+        self.inferred: dict[str, tuple[int, ...]] = {}
+        self.tensors: dict[str, TensorInfo] = {}
+        self.ops: list[Conv | MaxPool | _Fusable] = []
+        self.notes: list[str] = []
+        self.layer_names: set[str] = set()
+        self.used: set[str] = set()              # ONNX names some node or graph output reads
+        self.bad_inputs: dict[str, str] = {}     # graph inputs of a rank the DLA cannot take -> message
+
+    # ---- driver ------------------------------------------------------------------------------
+    def run(self) -> Graph:
+        g = self.proto.graph
+        for init in g.initializer:
+            self.consts[init.name] = numpy_helper.to_array(init)
+        for init in g.sparse_initializer:
+            raise CompileError(f"{self.source}: sparse initializer {init.values.name!r} is not supported")
+        inputs = self._inputs()
+        self._infer_shapes()
+        self.used = {i for n in g.node for i in n.input if i} | {o.name for o in g.output}
+        for index, node in self._topological():
+            self._node(index, node)
+        for message in self.bad_inputs.values():
+            raise CompileError(message)
+        outputs = self._outputs()
+        self._prune(outputs)
+        layers = self._fuse()
+        return Graph(name=g.name or Path(self.source).stem or "model", tensors=self.tensors,
+                     layers=layers, inputs=inputs, outputs=outputs, opset=self.opset, notes=self.notes)
+
+    # ---- inputs and shapes ---------------------------------------------------------------------
+    def _inputs(self) -> list[GraphInput]:
+        g = self.proto.graph
+        real = [vi for vi in g.input if vi.name not in self.consts]
+        if not real:
+            raise CompileError(f"{self.source}: the model has no inputs (all graph inputs are initializers)")
+        if self.inshapes is not None:
+            shapes = parse_inshapes(self.inshapes)
+            if len(shapes) != len(real):
+                raise CompileError(f"bad inshapes {self.inshapes!r}: it gives {len(shapes)} shape(s) but the model has "
+                                   f"{len(real)} input(s): {', '.join(repr(v.name) for v in real)}")
+            for vi, shape in zip(real, shapes):
+                tt = vi.type.tensor_type
+                if tt.HasField("shape") and len(tt.shape.dim) not in (0, len(shape)):
+                    raise CompileError(f"bad inshapes {self.inshapes!r}: input {vi.name!r} has rank "
+                                       f"{len(tt.shape.dim)} {_dims_text(tt.shape)}, the shape given has rank {len(shape)}")
+                tt.ClearField("shape")
+                for d in shape:
+                    tt.shape.dim.add().dim_value = d
+            # shapes recorded for the old input shapes would contradict the new ones
+            for vi in g.output:
+                if vi.type.tensor_type.HasField("shape"):
+                    vi.type.tensor_type.ClearField("shape")
+        result = []
+        for vi in real:
+            tt = vi.type.tensor_type
+            if not vi.type.HasField("tensor_type"):
+                raise CompileError(f"input {vi.name!r} is not a tensor; the DLA takes float tensors")
+            if tt.elem_type not in _FLOAT_TYPES:
+                raise CompileError(f"input {vi.name!r} has element type "
+                                   f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; the DLA takes float tensors")
+            shape = _static(tt.shape) if tt.HasField("shape") else None
+            if shape is None or not shape:
+                given = _dims_text(tt.shape) if tt.HasField("shape") else "unknown"
+                raise CompileError(f"input {vi.name!r} has a dynamic or unknown shape {given}; pass inshapes to "
+                                   f"Compile, e.g. inshapes='1x3x224x224' (';' between inputs)")
+            # A bad batch or rank is reported by the first node that reads the input (which may have a
+            # more specific complaint, e.g. that a weight must be an initializer), or at the end.
+            chw = (0, 0, 0)
+            if len(shape) not in (2, 4):
+                self.bad_inputs[vi.name] = (f"input {vi.name!r} has shape {shape}; the DLA takes NCHW images "
+                                            f"(rank 4) or (1, N) vectors (rank 2)")
+            elif shape[0] != 1:
+                self.bad_inputs[vi.name] = (
+                    f"input {vi.name!r} has batch dimension {shape[0]} (shape {shape}); compile the model for batch 1 "
+                    f"(e.g. inshapes='{'x'.join(map(str, (1,) + shape[1:]))}'): the runtime batches images over "
+                    f"cards and clusters")
+            else:
+                chw = shape[1:] if len(shape) == 4 else (shape[1], 1, 1)
+            self.tensors[vi.name] = TensorInfo(vi.name, chw)
+            self.shapes[vi.name] = shape
+            result.append(GraphInput(vi.name, vi.name, shape))
+        return result
+
+    def _infer_shapes(self) -> None:
+        del self.proto.graph.value_info[:]          # recomputed below, possibly for new input shapes
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.proto, strict_mode=False)
+        except Exception as e:
+            raise CompileError(f"{self.source}: ONNX shape inference failed: {e}") from None
+        g = inferred.graph
+        for vi in list(g.value_info) + list(g.output) + list(g.input):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+                s = _static(vi.type.tensor_type.shape)
+                if s is not None:
+                    self.inferred[vi.name] = s
+
+    def _set_shape(self, name: str, shape: tuple[int, ...], where: str) -> None:
+        shape = tuple(int(d) for d in shape)
+        known = self.inferred.get(name)
+        if known is not None and known != shape:
+            raise CompileError(f"{where}: output {name!r} has shape {shape} but ONNX shape inference says {known}; "
+                               f"the model is inconsistent")
+        self.shapes[name] = shape
+
+    def _topological(self) -> list[tuple[int, onnx.NodeProto]]:
+        """Nodes in topological order (stable: the file's order where it is already topological)."""
+        nodes = list(self.proto.graph.node)
+        available = set(self.consts) | {vi.name for vi in self.proto.graph.input} | {""}
+        producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+        waiting = [0] * len(nodes)
+        readers: dict[int, list[int]] = {}
+        for i, n in enumerate(nodes):
+            for name in set(n.input):
+                if name in available:
+                    continue
+                if name not in producer:
+                    raise CompileError(f"{self._where(i, n)} reads tensor {name!r}, which is neither a graph input, "
+                                       f"an initializer nor the output of a node")
+                waiting[i] += 1
+                readers.setdefault(producer[name], []).append(i)
+        ready = [i for i in range(len(nodes)) if waiting[i] == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            i = heapq.heappop(ready)
+            order.append((i, nodes[i]))
+            for j in readers.get(i, []):
+                waiting[j] -= 1
+                if waiting[j] == 0:
+                    heapq.heappush(ready, j)
+        if len(order) != len(nodes):
+            stuck = next(i for i in range(len(nodes)) if waiting[i] > 0)
+            raise CompileError(f"{self._where(stuck, nodes[stuck])} is part of a cycle; an ONNX graph must be acyclic")
+        return order
+
+    # ---- per node ------------------------------------------------------------------------------
+    @staticmethod
+    def _node_name(index: int, node: onnx.NodeProto) -> str:
+        return node.name or f"{node.op_type}_{index}"
+
+    def _where(self, index: int, node: onnx.NodeProto) -> str:
+        return f"node '{self._node_name(index, node)}' ({node.op_type})"
+
+    def _layer_name(self, index: int, node: onnx.NodeProto) -> str:
+        name = self._node_name(index, node)
+        if name in self.layer_names:
+            name = f"{name}_{index}"
+        self.layer_names.add(name)
+        return name
+
+    def _node(self, index: int, node: onnx.NodeProto) -> None:
+        where = self._where(index, node)
+        if node.domain not in ("", "ai.onnx"):
+            raise CompileError(f"node '{self._node_name(index, node)}' ({node.domain}.{node.op_type}) is not supported "
+                               f"on the DLA; supported: {', '.join(SUPPORTED_OPS)}")
+        ins = [i for i in node.input if i]
+        if all(i in self.consts for i in ins):
+            self._fold(index, node, {i: self.consts[i] for i in ins})
+            return
+        if node.op_type in ("Shape", "Size") and node.input[0] in self.shapes:
+            shape = self.shapes[node.input[0]]
+            dummy = np.broadcast_to(np.float32(0), shape)      # only its shape matters
+            self._fold(index, node, {node.input[0]: dummy}, note="of a static shape")
+            return
+        handler = getattr(self, "_op_" + node.op_type, None)
+        if node.op_type not in SUPPORTED_OPS or handler is None:
+            raise CompileError(f"{where} is not supported on the DLA; supported: {', '.join(SUPPORTED_OPS)} "
+                               f"(and nodes whose inputs are all constants, which are folded)")
+        for out in node.output[1:]:
+            if out and out in self.used:
+                raise CompileError(f"{where}: its output {out!r} is used, but only the first output of "
+                                   f"{node.op_type} is supported")
+        handler(index, node, where, {a.name: helper.get_attribute_value(a) for a in node.attribute})
+
+    def _fold(self, index: int, node: onnx.NodeProto, feeds: dict[str, np.ndarray], note: str = "") -> None:
+        names = list(dict.fromkeys(feeds))
+        graph = helper.make_graph([node], "fold", [helper.make_value_info(n, onnx.TypeProto()) for n in names],
+                                  [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])
+        model = helper.make_model(graph, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
+        try:
+            results = ReferenceEvaluator(model).run(None, feeds)
+        except Exception as e:
+            raise CompileError(f"{self._where(index, node)}: its inputs are constant but evaluating it failed: {e}") from None
+        outs = [o for o in node.output if o]
+        for name, value in zip(outs, results):
+            self.consts[name] = np.asarray(value)
+        self.notes.append(f"folded {self._where(index, node)}{' ' + note if note else ''} into constant(s) "
+                          f"{', '.join(repr(o) for o in outs)}")
+
+    # ---- helpers for operands ------------------------------------------------------------------
+    def _resolve(self, name: str) -> str:
+        return self.alias.get(name, name)
+
+    def _const(self, where: str, node: onnx.NodeProto, pos: int, what: str, required: bool = True) -> np.ndarray | None:
+        name = node.input[pos] if pos < len(node.input) else ""
+        if not name:
+            if required:
+                raise CompileError(f"{where}: missing {what} input")
+            return None
+        if name not in self.consts:
+            raise CompileError(f"{where}: {what} {name!r} must be a constant (initializer); the DLA takes weights "
+                               f"from the model, not from a computed tensor")
+        return self.consts[name]
+
+    def _operand(self, where: str, name: str) -> tuple[str, tuple[int, ...]]:
+        """A non-constant input: (IR tensor, ONNX shape of this name)."""
+        if name in self.consts:
+            raise CompileError(f"{where}: input {name!r} is a constant; this op needs a computed tensor there")
+        if name not in self.shapes:
+            raise CompileError(f"{where}: the shape of input {name!r} is unknown")
+        if self._resolve(name) in self.bad_inputs:
+            raise CompileError(f"{where}: {self.bad_inputs[self._resolve(name)]}")
+        return self._resolve(name), self.shapes[name]
+
+    def _feature_map(self, where: str, name: str) -> tuple[str, tuple[int, int, int]]:
+        """A non-constant (1, C, H, W) input whose ONNX shape is its IR tensor's shape."""
+        t, shape = self._operand(where, name)
+        if len(shape) != 4:
+            raise CompileError(f"{where}: expects a 4-D (N, C, H, W) input, {name!r} has shape {shape}")
+        if shape[0] != 1:
+            raise CompileError(f"{where}: input {name!r} has batch dimension {shape[0]}; the compiled graph is per image")
+        chw = self.tensors[t].shape
+        if shape[1:] != chw:
+            raise CompileError(f"{where}: input {name!r} is {self.reshaped_by.get(name, 'a reshape')}'s view of tensor "
+                               f"{t!r} {chw} as {shape}; only reshapes that flatten a feature map for Gemm/MatMul "
+                               f"(or keep its shape) are supported")
+        return t, chw
+
+    def _vector(self, where: str, name: str) -> tuple[str, int]:
+        """A non-constant (1, K) input (a flattened feature map): (IR tensor, K)."""
+        t, shape = self._operand(where, name)
+        if len(shape) != 2 or shape[0] != 1:
+            raise CompileError(f"{where}: input {name!r} has shape {shape}; a fully connected layer takes a (1, K) "
+                               f"input (flatten the feature map first)")
+        return t, shape[1]
+
+    def _new_tensor(self, name: str, chw: tuple[int, int, int], onnx_shape: tuple[int, ...], where: str) -> None:
+        if any(d <= 0 for d in chw):
+            raise CompileError(f"{where}: output {name!r} would have shape {chw}; the input is too small for the window")
+        self.tensors[name] = TensorInfo(name, tuple(int(d) for d in chw))
+        self._set_shape(name, onnx_shape, where)
+
+    # ---- windows (Conv and MaxPool) ------------------------------------------------------------
+    @staticmethod
+    def _window(where: str, attrs: dict, in_hw: tuple[int, int], kernel: tuple[int, int],
+                dilation: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int, int, int], tuple[int, int]]:
+        """(strides, pads (top, left, bottom, right), output (H, W)) from ONNX attributes."""
+        strides = tuple(attrs.get("strides", (1, 1)))
+        if len(strides) != 2 or min(strides) < 1:
+            raise CompileError(f"{where}: strides {list(strides)} must be two positive integers")
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+        span = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+        if auto_pad == "NOTSET":
+            pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
+            if len(pads) != 4 or min(pads) < 0:
+                raise CompileError(f"{where}: pads {list(pads)} must be four non-negative integers")
+            begin, end = pads[:2], pads[2:]
+        elif auto_pad == "VALID":
+            begin, end = (0, 0), (0, 0)
+        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            total = [max(0, (math.ceil(n / s) - 1) * s + k - n) for n, s, k in zip(in_hw, strides, span)]
+            small = [t // 2 for t in total]
+            big = [t - t // 2 for t in total]
+            begin, end = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+        else:
+            raise CompileError(f"{where}: auto_pad {auto_pad!r} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER")
+        out = tuple((n + b + e - k) // s + 1 for n, b, e, k, s in zip(in_hw, begin, end, span, strides))
+        return (int(strides[0]), int(strides[1])), tuple(int(p) for p in (*begin, *end)), out
+
+    # ---- op handlers ---------------------------------------------------------------------------
+    def _op_Conv(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        w = self._const(where, node, 1, "weight")
+        if w.ndim != 4:
+            raise CompileError(f"{where}: only 2-D convolutions are supported; this is a {w.ndim - 2}-D convolution "
+                               f"(weight shape {w.shape})")
+        group = attrs.get("group", 1)
+        if group != 1:
+            raise CompileError(f"{where}: group={group} (grouped or depthwise convolution) is not supported; only group=1")
+        x, (c, h, wd) = self._feature_map(where, node.input[0])
+        cout, cin, kh, kw = w.shape
+        if cin != c:
+            raise CompileError(f"{where}: weight {node.input[1]!r} expects {cin} input channels, input {node.input[0]!r} has {c}")
+        if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != (kh, kw):
+            raise CompileError(f"{where}: kernel_shape {list(attrs['kernel_shape'])} disagrees with the weight shape {w.shape}")
+        dilation = tuple(attrs.get("dilations", (1, 1)))
+        if len(dilation) != 2 or min(dilation) < 1:
+            raise CompileError(f"{where}: dilations {list(dilation)} must be two positive integers")
+        b = self._const(where, node, 2, "bias", required=False)
+        if b is None:
+            b = np.zeros(cout, dtype=np.float32)
+        elif b.shape != (cout,):
+            raise CompileError(f"{where}: bias {node.input[2]!r} has shape {b.shape}, expected ({cout},)")
+        stride, pads, (oh, ow) = self._window(where, attrs, (h, wd), (kh, kw), dilation)
+        out = node.output[0]
+        self._new_tensor(out, (cout, oh, ow), (1, cout, oh, ow), where)
+        self.ops.append(Conv(name=self._layer_name(index, node), nodes=[self._node_name(index, node)], input=x,
+                             output=out, weight=np.ascontiguousarray(w, dtype=np.float32),
+                             bias=np.asarray(b, dtype=np.float32), stride=stride, pads=pads,
+                             dilation=(int(dilation[0]), int(dilation[1])), kind="conv"))
+
+    def _op_MaxPool(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        kernel = tuple(attrs.get("kernel_shape", ()))
+        if len(kernel) != 2:
+            raise CompileError(f"{where}: only 2-D max pooling is supported; kernel_shape is {list(kernel)}")
+        if attrs.get("ceil_mode", 0) != 0:
+            raise CompileError(f"{where}: ceil_mode=1 is not supported; only ceil_mode=0")
+        if tuple(attrs.get("dilations", (1, 1))) != (1, 1):
+            raise CompileError(f"{where}: dilations {list(attrs['dilations'])} are not supported; only dilations 1")
+        x, (c, h, w) = self._feature_map(where, node.input[0])
+        stride, pads, (oh, ow) = self._window(where, attrs, (h, w), kernel, (1, 1))
+        if max(pads[0], pads[2]) >= kernel[0] or max(pads[1], pads[3]) >= kernel[1]:
+            raise CompileError(f"{where}: pads {list(pads)} must be smaller than the kernel {list(kernel)}")
+        out = node.output[0]
+        self._new_tensor(out, (c, oh, ow), (1, c, oh, ow), where)
+        self.ops.append(MaxPool(name=self._layer_name(index, node), nodes=[self._node_name(index, node)], input=x,
+                                output=out, kernel=(int(kernel[0]), int(kernel[1])), stride=stride, pads=pads))
+
+    def _fc(self, index: int, node: onnx.NodeProto, where: str, x: str, weight: np.ndarray, bias: np.ndarray) -> None:
+        """A fully connected layer as a Conv whose kernel covers the whole input map."""
+        c, h, w = self.tensors[x].shape
+        m = weight.shape[0]
+        out = node.output[0]
+        self._new_tensor(out, (m, 1, 1), (1, m), where)
+        self.ops.append(Conv(name=self._layer_name(index, node), nodes=[self._node_name(index, node)], input=x,
+                             output=out, weight=np.ascontiguousarray(weight.reshape(m, c, h, w), dtype=np.float32),
+                             bias=np.asarray(bias, dtype=np.float32).reshape(m), kind="fc"))
+
+    def _op_Gemm(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        if attrs.get("transA", 0) != 0:
+            raise CompileError(f"{where}: transA=1 is not supported; only transA=0")
+        b = self._const(where, node, 1, "weight B")
+        x, k = self._vector(where, node.input[0])
+        if b.ndim != 2:
+            raise CompileError(f"{where}: weight B has shape {b.shape}; Gemm needs a 2-D B")
+        weight = b if attrs.get("transB", 0) else b.T          # (M, K)
+        if weight.shape[1] != k:
+            raise CompileError(f"{where}: weight B {b.shape} (transB={attrs.get('transB', 0)}) does not take "
+                               f"the {k} inputs of {node.input[0]!r}")
+        m = weight.shape[0]
+        alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+        c = self._const(where, node, 2, "bias C", required=False)
+        if c is None:
+            bias = np.zeros(m)
+        else:
+            try:
+                bias = np.broadcast_to(np.asarray(c, dtype=np.float64), (1, m))[0]
+            except ValueError:
+                raise CompileError(f"{where}: bias C has shape {c.shape}; expected ({m},), (1, {m}) or a scalar") from None
+        self._fc(index, node, where, x, alpha * weight.astype(np.float64), beta * bias)
+
+    def _op_MatMul(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        if node.input[1] not in self.consts:
+            raise CompileError(f"{where}: the right operand {node.input[1]!r} must be a constant (initializer); "
+                               f"only MatMul by a constant weight matrix is supported")
+        b = self.consts[node.input[1]]
+        x, k = self._vector(where, node.input[0])
+        if b.ndim != 2 or b.shape[0] != k:
+            raise CompileError(f"{where}: weight {node.input[1]!r} has shape {b.shape}; expected ({k}, M) for the "
+                               f"(1, {k}) input {node.input[0]!r}")
+        self._fc(index, node, where, x, b.T.astype(np.float64), np.zeros(b.shape[1]))
+
+    def _op_BatchNormalization(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        if attrs.get("training_mode", 0) != 0:
+            raise CompileError(f"{where}: training_mode=1 is not supported; export the model for inference")
+        x, shape = self._operand(where, node.input[0])
+        chw = self.tensors[x].shape
+        if not ((len(shape) == 4 and shape[1:] == chw) or (len(shape) == 2 and chw == (shape[1], 1, 1))):
+            raise CompileError(f"{where}: input {node.input[0]!r} has shape {shape}, which is not the (1, C, H, W) "
+                               f"or (1, C) layout of tensor {x!r} {chw}")
+        params = [np.asarray(self._const(where, node, i, what), dtype=np.float64)
+                  for i, what in ((1, "scale"), (2, "bias B"), (3, "mean"), (4, "var"))]
+        for p, what in zip(params, ("scale", "bias B", "mean", "var")):
+            if p.shape != (chw[0],):
+                raise CompileError(f"{where}: {what} has shape {p.shape}, expected ({chw[0]},)")
+        eps = float(attrs.get("epsilon", 1e-5))
+        out = node.output[0]
+        self._new_tensor(out, chw, shape, where)
+        self.ops.append(_Fusable(self._node_name(index, node), node.op_type, x, out, (*params, eps)))
+
+    def _op_Relu(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        x, shape = self._operand(where, node.input[0])
+        out = node.output[0]
+        self._new_tensor(out, self.tensors[x].shape, shape, where)
+        self.ops.append(_Fusable(self._node_name(index, node), node.op_type, x, out))
+
+    def _alias(self, node: onnx.NodeProto, where: str, shape: tuple[int, ...], reshape: bool) -> None:
+        src = node.input[0]
+        out = node.output[0]
+        self.alias[out] = self._resolve(src)
+        self._set_shape(out, shape, where)
+        if reshape:
+            self.reshaped_by[out] = where
+        elif src in self.reshaped_by:
+            self.reshaped_by[out] = self.reshaped_by[src]
+        self.notes.append(f"{where} is an alias of tensor {self.alias[out]!r}" + (f" with shape {shape}" if reshape else ""))
+
+    def _op_Identity(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        _, shape = self._operand(where, node.input[0])
+        self._alias(node, where, shape, reshape=False)
+
+    def _op_Dropout(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        _, shape = self._operand(where, node.input[0])
+        if len(node.input) > 2 and node.input[2]:
+            mode = self.consts.get(node.input[2])
+            if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
+                raise CompileError(f"{where}: training_mode must be a constant false for inference")
+        self._alias(node, where, shape, reshape=False)
+
+    def _op_Flatten(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        _, shape = self._operand(where, node.input[0])
+        axis = attrs.get("axis", 1)
+        axis = axis + len(shape) if axis < 0 else axis
+        if not 0 <= axis <= len(shape):
+            raise CompileError(f"{where}: axis {attrs.get('axis')} is out of range for input shape {shape}")
+        self._alias(node, where, (math.prod(shape[:axis]), math.prod(shape[axis:])), reshape=True)
+
+    def _op_Reshape(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        _, shape = self._operand(where, node.input[0])
+        target = self._const(where, node, 1, "target shape")
+        target = [int(d) for d in np.asarray(target).reshape(-1)]
+        allowzero = attrs.get("allowzero", 0)
+        new = [shape[i] if d == 0 and not allowzero and i < len(shape) else d for i, d in enumerate(target)]
+        total = math.prod(shape)
+        if new.count(-1) == 1:
+            known = math.prod(d for d in new if d != -1)
+            if known == 0 or total % known:
+                raise CompileError(f"{where}: cannot reshape {shape} to {target}")
+            new[new.index(-1)] = total // known
+        if any(d < 0 for d in new) or math.prod(new) != total:
+            raise CompileError(f"{where}: cannot reshape {shape} to {target}: the element count changes")
+        self._alias(node, where, tuple(new), reshape=True)
+
+    # ---- fusion, outputs, pruning --------------------------------------------------------------
+    def _fuse(self) -> list[Conv | MaxPool]:
+        """Fold BatchNormalization and fuse Relu into the layer producing their input."""
+        consumers: dict[str, int] = {}
+        for op in self.ops:
+            consumers[op.input] = consumers.get(op.input, 0) + 1
+        for o in self.proto.graph.output:
+            t = self._resolve(o.name)
+            consumers[t] = consumers.get(t, 0) + 1
+        producer: dict[str, Conv | MaxPool] = {}
+        layers: list[Conv | MaxPool] = []
+        for op in self.ops:
+            if not isinstance(op, _Fusable):
+                layers.append(op)
+                producer[op.output] = op
+                continue
+            src = producer.get(op.input)
+            where = f"node '{op.name}' ({op.op})"
+            if src is None:
+                made_by = "it is a graph input"
+            elif not isinstance(src, Conv):
+                made_by = f"it is produced by {type(src).__name__} '{src.name}'"
+            elif src.act != "none":
+                made_by = f"layer '{src.name}' already ends in a ReLU"
+            elif consumers[op.input] > 1:
+                made_by = (f"layer '{src.name}' producing it has {consumers[op.input]} consumers "
+                           f"(its output is also needed unmodified)")
+            else:
+                made_by = ""
+            if made_by:
+                raise CompileError(f"{where} is not supported here: it must directly follow a Conv/Gemm/MatMul whose "
+                                   f"output it alone consumes, so that it can be fused; its input {op.input!r}: {made_by}")
+            if op.op == "BatchNormalization":
+                gamma, beta, mean, var, eps = op.params
+                if np.any(var + eps <= 0):
+                    raise CompileError(f"{where}: var + epsilon must be positive")
+                s = gamma / np.sqrt(var + eps)
+                src.weight = (src.weight.astype(np.float64) * s[:, None, None, None]).astype(np.float32)
+                src.bias = ((src.bias.astype(np.float64) - mean) * s + beta).astype(np.float32)
+                self.notes.append(f"folded {where} into layer '{src.name}'")
+            else:
+                src.act = "relu"
+                self.notes.append(f"fused {where} into layer '{src.name}'")
+            del self.tensors[src.output]
+            del producer[src.output]
+            src.output = op.output
+            src.nodes.append(op.name)
+            producer[op.output] = src
+        return layers
+
+    def _outputs(self) -> list[GraphOutput]:
+        outputs = []
+        for o in self.proto.graph.output:
+            if o.name in self.consts:
+                raise CompileError(f"graph output {o.name!r} is a constant; there is nothing for the DLA to compute")
+            if o.name not in self.shapes:
+                raise CompileError(f"graph output {o.name!r} is not produced by any node")
+            shape = self.shapes[o.name]
+            if shape[0] != 1:
+                raise CompileError(f"graph output {o.name!r} has shape {shape}, whose first (batch) dimension is not 1")
+            outputs.append(GraphOutput(o.name, self._resolve(o.name), shape))
+        return outputs
+
+    def _prune(self, outputs: list[GraphOutput]) -> None:
+        """Drop the nodes no graph output depends on (before fusion, so that they neither block a
+        fusion nor are rejected)."""
+        needed = {o.tensor for o in outputs}
+        keep = []
+        for op in reversed(self.ops):
+            if op.output in needed:
+                keep.append(op)
+                needed.add(op.input)
+            else:
+                name = op.name if isinstance(op, _Fusable) else op.nodes[0]
+                self.notes.append(f"dropped node '{name}': no graph output depends on it")
+                self.tensors.pop(op.output, None)
+        self.ops = keep[::-1]

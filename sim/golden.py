@@ -1,0 +1,159 @@
+"""The golden reference: a numpy evaluation of the graph IR, independent of the ISA, the tiling and
+the memory layout (it imports nothing from ``arch.isa`` or ``compiler.codegen``).
+
+* :func:`run_quantized` evaluates the *quantised* graph exactly as the DLA's numerics define it
+  (:mod:`arch.numerics`): zero padding, exact integer convolution, ``acc = bq + sum(wq * x)``,
+  then ``requantize`` (round-half-up right shift, saturate to 16 bits, ReLU). The functional model
+  and the RTL must match it bit for bit.
+* :func:`run_float` evaluates the same graph in float32 with the float weights: the SDK's
+  ``Run_th`` (float CPU) path, and the bridge between the compiler and onnxruntime.
+
+Convolutions are one matrix product per layer over an im2col matrix. In the integer path the
+product is taken in float64, which is exact here: every product of two int16 values is below
+2**30 in magnitude and :mod:`compiler.quantize` rejects reductions longer than
+``MachineConfig.max_reduction`` (2**15 terms for a 48-bit accumulator), so every partial sum is an
+integer below 2**45 < 2**53 whatever the summation order. For the same reason the accumulator
+never wraps, so no ``wrap`` is applied.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from arch.numerics import ACT_NONE, ACT_RELU, DATA_MAX, DATA_MIN, float_to_fixed, requantize
+from compiler.ir import Conv, Graph, GraphOutput, MaxPool
+
+__all__ = ["run_quantized", "run_float", "output_array", "fixed_inputs"]
+
+_EXACT_LIMIT = 2.0 ** 53
+
+
+# --------------------------------------------------------------------------------------------
+# shared kernels (dtype-generic)
+# --------------------------------------------------------------------------------------------
+
+def _pad(x: np.ndarray, pads: tuple[int, int, int, int], value) -> np.ndarray:
+    top, left, bottom, right = pads
+    if not any(pads):
+        return x
+    return np.pad(x, ((0, 0), (top, bottom), (left, right)), mode="constant", constant_values=value)
+
+
+def _out_size(n: int, k: int, stride: int, dilation: int) -> int:
+    return (n - (k - 1) * dilation - 1) // stride + 1
+
+
+def _im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+            dtype) -> tuple[np.ndarray, int, int]:
+    """(C*kh*kw, OH*OW) matrix of a padded (C, H, W) map, rows in (c, i, j) order like a
+    (Cout, C, kh, kw) weight reshaped to (Cout, C*kh*kw)."""
+    c, h, w = xp.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    oh, ow = _out_size(h, kh, sh, dh), _out_size(w, kw, sw, dw)
+    if (kh, kw, sh, sw) == (1, 1, 1, 1):
+        return xp.reshape(c, h * w).astype(dtype, copy=False), oh, ow
+    if (kh, kw) == (h, w) and (dh, dw) == (1, 1):   # the kernel covers the whole map (fully connected)
+        return xp.reshape(c * h * w, 1).astype(dtype, copy=False), 1, 1
+    cols = np.empty((c, kh, kw, oh, ow), dtype=dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = xp[:, i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
+    return cols.reshape(c * kh * kw, oh * ow), oh, ow
+
+
+def _maxpool(x: np.ndarray, layer: MaxPool, pad_value) -> np.ndarray:
+    xp = _pad(x, layer.pads, pad_value)
+    (kh, kw), (sh, sw) = layer.kernel, layer.stride
+    oh, ow = _out_size(xp.shape[1], kh, sh, 1), _out_size(xp.shape[2], kw, sw, 1)
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            window = xp[:, i: i + (oh - 1) * sh + 1: sh, j: j + (ow - 1) * sw + 1: sw]
+            out = window.copy() if out is None else np.maximum(out, window, out=out)
+    return out
+
+
+def _check_inputs(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inputs by GraphInput name (or tensor name), as (C, H, W) arrays; the ONNX shape with batch 1
+    is accepted too."""
+    result = {}
+    for gi in graph.inputs:
+        key = gi.name if gi.name in inputs else gi.tensor
+        if key not in inputs:
+            raise ValueError(f"missing input {gi.name!r}; given: {sorted(inputs)}")
+        x = np.asarray(inputs[key])
+        shape = graph.tensors[gi.tensor].shape
+        if x.shape != shape:
+            if x.shape != tuple(gi.onnx_shape):
+                raise ValueError(f"input {gi.name!r} has shape {x.shape}; expected {shape} (or {tuple(gi.onnx_shape)})")
+            x = x.reshape(shape)
+        result[gi.tensor] = x
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+def run_quantized(graph: Graph, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+    """Evaluate the quantised graph on int16 (C, H, W) inputs (keyed by input name).
+
+    Returns (every tensor as int16 (C, H, W), total number of saturations at requantisation)."""
+    if not graph.quantized or any(l.wq is None for l in graph.layers if isinstance(l, Conv)):
+        raise ValueError(f"graph {graph.name!r} is not quantised; run compiler.quantize.quantize first")
+    tensors: dict[str, np.ndarray] = {}
+    for name, x in _check_inputs(graph, inputs).items():
+        if not np.issubdtype(x.dtype, np.integer) or x.min(initial=0) < DATA_MIN or x.max(initial=0) > DATA_MAX:
+            raise ValueError(f"input {name!r} must hold int16 fixed-point values, got {x.dtype}")
+        tensors[name] = x.astype(np.int16, copy=False)
+    saturations = 0
+    for layer in graph.layers:
+        x = tensors[layer.input]
+        if isinstance(layer, MaxPool):
+            tensors[layer.output] = _maxpool(x, layer, DATA_MIN)   # int16 minimum == "padding is ignored"
+            continue
+        cout = layer.wq.shape[0]
+        cols, oh, ow = _im2col(_pad(x, layer.pads, 0), layer.kernel, layer.stride, layer.dilation, np.float64)
+        w = layer.wq.reshape(cout, -1).astype(np.float64)
+        assert cols.shape[0] * float(DATA_MAX + 1) ** 2 < _EXACT_LIMIT, "reduction too long for exact float64"
+        acc = (w @ cols).astype(np.int64) + layer.bq.astype(np.int64)[:, None]
+        y, sat = requantize(acc, layer.shift, ACT_RELU if layer.act == "relu" else ACT_NONE)
+        tensors[layer.output] = y.reshape(cout, oh, ow)
+        saturations += sat
+    return tensors, saturations
+
+
+def run_float(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Evaluate the graph in float32 with its float weights (the SDK's ``Run_th``) on float
+    (C, H, W) inputs; returns every tensor as float32 (C, H, W)."""
+    tensors = {name: np.asarray(x, dtype=np.float32) for name, x in _check_inputs(graph, inputs).items()}
+    for layer in graph.layers:
+        x = tensors[layer.input]
+        if isinstance(layer, MaxPool):
+            tensors[layer.output] = _maxpool(x, layer, -np.inf)
+            continue
+        cout = layer.weight.shape[0]
+        cols, oh, ow = _im2col(_pad(x, layer.pads, 0.0), layer.kernel, layer.stride, layer.dilation, np.float32)
+        y = layer.weight.reshape(cout, -1).astype(np.float32) @ cols + layer.bias.astype(np.float32)[:, None]
+        if layer.act == "relu":
+            y = np.maximum(y, 0.0)
+        tensors[layer.output] = y.reshape(cout, oh, ow).astype(np.float32, copy=False)
+    return tensors
+
+
+def output_array(graph_output: GraphOutput, tensor_chw: np.ndarray) -> np.ndarray:
+    """One image's output tensor (C, H, W) in the output's ONNX shape (with its batch dimension 1);
+    C-major order, which is the order of ONNX's Flatten/Reshape of NCHW."""
+    return np.asarray(tensor_chw).reshape(graph_output.onnx_shape)
+
+
+def fixed_inputs(graph: Graph, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+    """Float inputs -> int16 (C, H, W) in each input tensor's format (what the runtime does on the
+    host); returns (inputs by name, saturation count)."""
+    result, total = {}, 0
+    for name, x in _check_inputs(graph, inputs).items():
+        frac = graph.tensors[name].frac
+        if frac is None:
+            raise ValueError(f"graph {graph.name!r} is not quantised; run compiler.quantize.quantize first")
+        result[name], sat = float_to_fixed(x, frac)
+        total += sat
+    return result, total

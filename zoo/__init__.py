@@ -1,0 +1,39 @@
+"""Model zoo: ONNX models built locally with ``onnx.helper`` and seeded numpy weights (no torch, no
+downloads), so examples and tests never need the internet.
+
+``MODELS`` maps a name to its builder ``f(seed=0, **kw) -> onnx.ModelProto``; :func:`build` and
+:func:`save` look names up there. Single-layer models for kernel tests are in :mod:`zoo.kernels`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+
+from .small_cnn import small_cnn
+
+__all__ = ["MODELS", "build", "save", "small_cnn"]
+
+#: name -> builder(seed=0, **kw) -> ModelProto
+MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
+    "small_cnn": small_cnn,
+}
+
+
+def build(name: str, seed: int = 0, **kw) -> onnx.ModelProto:
+    """Build the zoo model ``name`` with seeded weights."""
+    try:
+        builder = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown zoo model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+    return builder(seed=seed, **kw)
+
+
+def save(name: str, path: str | Path, seed: int = 0, **kw) -> Path:
+    """Build the zoo model ``name`` and write it to ``path`` (parent directories are created)."""
+    path = Path(path)
+    model = build(name, seed=seed, **kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -1,0 +1,75 @@
+"""Single-layer ONNX models for kernel tests (one Conv, one MaxPool, one Gemm), seeded and with
+weight scales that keep Q8.8 activations O(1) for N(0, 1) inputs."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ._util import conv_out, he, init, model, tensor
+
+__all__ = ["conv_model", "maxpool_model", "fc_model"]
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _pads(pad: int | tuple[int, ...]) -> tuple[int, int, int, int]:
+    """ONNX pads (top, left, bottom, right) from an int, (pad_h, pad_w) or a 4-tuple."""
+    if isinstance(pad, int):
+        return (pad,) * 4
+    if len(pad) == 2:
+        return (pad[0], pad[1], pad[0], pad[1])
+    return tuple(int(p) for p in pad)
+
+
+def conv_model(cin: int, cout: int, h: int, w: int, k: int | tuple[int, int], stride: int | tuple[int, int],
+               pad: int | tuple[int, ...], dilation: int | tuple[int, int] = 1, bias: bool = True,
+               relu: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """Input (1, cin, h, w) -> Conv(cout, k, stride, pad, dilation) [-> Relu]."""
+    rng = np.random.default_rng(seed)
+    kh, kw = _pair(k)
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    pads = _pads(pad)
+    oh = conv_out(h, kh, sh, pads[0], pads[2], dh)
+    ow = conv_out(w, kw, sw, pads[1], pads[3], dw)
+    if min(oh, ow) < 1:
+        raise ValueError("conv_model: the input is smaller than the kernel window")
+    inits = [init("weight", he(rng, (cout, cin, kh, kw), cin * kh * kw))]
+    ins = ["input", "weight"]
+    if bias:
+        inits.append(init("bias", rng.uniform(-0.2, 0.2, cout)))
+        ins.append("bias")
+    conv_out_name = "conv_out" if relu else "output"
+    nodes = [helper.make_node("Conv", ins, [conv_out_name], name="conv", kernel_shape=[kh, kw], strides=[sh, sw],
+                              pads=list(pads), dilations=[dh, dw])]
+    if relu:
+        nodes.append(helper.make_node("Relu", [conv_out_name], ["output"], name="relu"))
+    return model("conv", nodes, [tensor("input", (1, cin, h, w))], [tensor("output", (1, cout, oh, ow))], inits)
+
+
+def maxpool_model(c: int, h: int, w: int, k: int | tuple[int, int], stride: int | tuple[int, int],
+                  pad: int | tuple[int, ...], seed: int = 0) -> onnx.ModelProto:
+    """Input (1, c, h, w) -> MaxPool(k, stride, pad). ``seed`` is accepted for a uniform interface;
+    the model has no weights."""
+    kh, kw = _pair(k)
+    sh, sw = _pair(stride)
+    pads = _pads(pad)
+    oh = conv_out(h, kh, sh, pads[0], pads[2])
+    ow = conv_out(w, kw, sw, pads[1], pads[3])
+    if min(oh, ow) < 1:
+        raise ValueError("maxpool_model: the input is smaller than the pooling window")
+    nodes = [helper.make_node("MaxPool", ["input"], ["output"], name="pool", kernel_shape=[kh, kw],
+                              strides=[sh, sw], pads=list(pads))]
+    return model("maxpool", nodes, [tensor("input", (1, c, h, w))], [tensor("output", (1, c, oh, ow))], [])
+
+
+def fc_model(n_in: int, n_out: int, seed: int = 0) -> onnx.ModelProto:
+    """Input (1, n_in) -> Gemm(n_out, transB=1) with bias."""
+    rng = np.random.default_rng(seed)
+    inits = [init("weight", he(rng, (n_out, n_in), n_in, gain=1.0)),
+             init("bias", rng.uniform(-0.2, 0.2, n_out))]
+    nodes = [helper.make_node("Gemm", ["input", "weight", "bias"], ["output"], name="fc", transB=1)]
+    return model("fc", nodes, [tensor("input", (1, n_in))], [tensor("output", (1, n_out))], inits)
