@@ -1,0 +1,250 @@
+"""On-chip state of one DLA cluster and the data effect of each instruction, vectorised with numpy.
+
+Each instruction is executed as a handful of whole-array numpy operations; nothing here loops over
+pixels, channels or lanes. The semantics are exactly the format docstrings of :mod:`arch.isa`.
+
+Storage layouts are internal to the model (the ISA only fixes addresses):
+
+* maps buffers: ``float64[mv, maps_words * lanes]`` (element addressed). Values are int16, kept as
+  float64 so a CONV gathers straight into the GEMM operand without a conversion pass.
+* kernel buffers: ``float64[mv, kernel_words, vv, lanes]``, so the kernel words of all VV units
+  of an MV form one ``(K, nvv * lanes)`` matrix.
+* accumulators: ``int64[mv, acc_entries, vv, lanes]``, wrapped to ``cfg.acc_bits``.
+* output buffers: ``int16[mv, out_words, lanes]``; residual buffers: ``int16[mv, res_words, lanes]``.
+
+A CONV is an im2col gather (one strided copy, no index arrays) and a float64 GEMM. float64 is exact
+here: products of two int16 values are below 2**30 in magnitude and ``validate`` bounds the
+reduction length by ``cfg.max_reduction`` (2**15 on the reference machine), so every partial sum is
+an integer below 2**53, whatever order the BLAS adds in. (A machine whose kernel buffer allows
+reductions of 2**23 terms or more would break that bound; such reductions are split into chunks
+that are each exact and summed in int64.)
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from arch.isa import Buf, Init, Instr, maps_extent_conv
+from arch.machine import MachineConfig
+from arch.numerics import average, join_bias, requantize, wrap
+
+__all__ = ["ClusterUnits", "mv_list", "dma_offsets", "conv_maps_words", "pool_maps_words",
+           "pitched_words"]
+
+
+@lru_cache(maxsize=256)
+def mv_list(mask: int) -> tuple[int, ...]:
+    """MV indices selected by an ``mv_mask``."""
+    return tuple(m for m in range(8) if mask >> m & 1)
+
+
+class DmaPattern:
+    """Word offsets (from ``dram_addr``) of a strided transfer, in transfer order ``w``.
+
+    ``contiguous``: the transfer is one run of ``words`` words. ``unique``/``last``: when some
+    destination words are written more than once (strides smaller than the runs), the distinct
+    offsets and, for each, the last transfer word ``w`` that writes it (hardware writes in order
+    ``w``, so the last one wins)."""
+
+    __slots__ = ("offsets", "contiguous", "unique", "last", "words")
+
+    def __init__(self, n0: int, n1: int, s1: int, n2: int, s2: int):
+        off = ((np.arange(n2, dtype=np.intp) * s2)[:, None, None]
+               + (np.arange(n1, dtype=np.intp) * s1)[None, :, None]
+               + np.arange(n0, dtype=np.intp)[None, None, :]).ravel()
+        self.words = off.size
+        self.offsets = off
+        self.contiguous = bool(np.array_equal(off, np.arange(off.size)))
+        self.unique = None
+        self.last = None
+        if not self.contiguous:
+            rev = off[::-1]
+            uniq, first_rev = np.unique(rev, return_index=True)
+            if uniq.size != off.size:
+                self.unique = uniq
+                self.last = off.size - 1 - first_rev
+
+
+@lru_cache(maxsize=1024)
+def dma_offsets(n0: int, n1: int, s1: int, n2: int, s2: int) -> DmaPattern:
+    return DmaPattern(n0, n1, s1, n2, s2)
+
+
+def _dma_pattern(i: Instr) -> DmaPattern:
+    return dma_offsets(i.n0, i.n1, i.s1, i.n2, i.s2)
+
+
+def conv_maps_words(i: Instr, lanes: int) -> np.ndarray:
+    """Sorted maps-buffer words a CONV actually reads (for the hazard checker's exact test)."""
+    pos = (((np.arange(i.oh) * i.sy)[:, None, None, None] + (np.arange(i.kh) * i.dy)[None, None, :, None]) * i.in_w
+           + (np.arange(i.ow) * i.sx)[None, :, None, None] + (np.arange(i.kw) * i.dx)[None, None, None, :])
+    pos = np.unique(pos)
+    elems = i.maps_addr + pos[:, None] * i.cpitch + np.arange(i.cin)[None, :]
+    return np.unique(elems // lanes)
+
+
+def pool_maps_words(i: Instr) -> np.ndarray:
+    """Sorted maps-buffer words a MAXPOOL actually reads."""
+    pos = (((np.arange(i.oh) * i.sy)[:, None, None, None] + np.arange(i.kh)[None, None, :, None]) * i.in_w
+           + (np.arange(i.ow) * i.sx)[None, :, None, None] + np.arange(i.kw)[None, None, None, :])
+    pos = np.unique(pos)
+    return np.unique(i.maps_addr + pos[:, None] * i.ppitch + np.arange(i.nb)[None, :])
+
+
+def pitched_words(base: int, count: int, pitch: int, width: int) -> np.ndarray:
+    """Sorted words ``base + p*pitch + v`` for p < count, v < width (pitch >= width)."""
+    return (base + np.arange(count)[:, None] * pitch + np.arange(width)[None, :]).ravel()
+
+
+class ClusterUnits:
+    """The buffers of one cluster (all its MV and VV units), zeroed at construction."""
+
+    def __init__(self, cfg: MachineConfig):
+        if cfg.data_bits != 16:
+            raise ValueError(f"machine {cfg.name!r}: the model (like the memory image format and "
+                             f"arch.numerics) supports 16-bit data only, not data_bits={cfg.data_bits}")
+        self.cfg = cfg
+        #: longest reduction whose float64 sum is exact: |product| <= 2**30
+        self.k_exact = 1 << (53 - 2 * (cfg.data_bits - 1))
+        L, M, V = cfg.lanes, cfg.mv_per_cluster, cfg.vv_per_mv
+        self.lanes = L
+        self.maps = np.zeros((M, cfg.maps_words * L), dtype=np.float64)
+        self.maps_w = self.maps.reshape(M, cfg.maps_words, L)        # word view
+        self.kern = np.zeros((M, cfg.kernel_words, V, L), dtype=np.float64)
+        self.acc = np.zeros((M, cfg.acc_entries, V, L), dtype=np.int64)
+        self.out = np.zeros((M, cfg.out_words, L), dtype=np.int16)
+        self.res = np.zeros((M, cfg.res_words, L), dtype=np.int16)
+        self.saturations = 0            #: values clipped by the output stages (CONV, AVGPOOL)
+
+    # ---- main-memory transfers ---------------------------------------------------------------
+    def load(self, i: Instr, mem_words: np.ndarray, base_word: int) -> None:
+        """LOAD: ``mem_words`` is the memory image viewed as ``int16[words, lanes]``."""
+        pat = _dma_pattern(i)
+        n = pat.words
+        if pat.contiguous:
+            data = mem_words[base_word:base_word + n]
+        else:
+            data = mem_words[base_word + pat.offsets]
+        mvs = mv_list(i.mv_mask)
+        if i.buf in (Buf.MAPS, Buf.RES):
+            dst = self.maps_w if i.buf == Buf.MAPS else self.res
+            for m in mvs:
+                dst[m, i.buf_addr:i.buf_addr + n] = data
+        else:
+            nvv = i.nvv
+            dealt = data.reshape(n // nvv, nvv, self.lanes)
+            for m in mvs:
+                self.kern[m, i.buf_addr:i.buf_addr + n // nvv, :nvv] = dealt
+
+    def store(self, i: Instr, mem_words: np.ndarray, base_word: int) -> None:
+        pat = _dma_pattern(i)
+        data = self.out[i.mv, i.buf_addr:i.buf_addr + pat.words]
+        if pat.contiguous:
+            mem_words[base_word:base_word + pat.words] = data
+        elif pat.unique is None:
+            mem_words[base_word + pat.offsets] = data
+        else:  # overlapping destinations: the last word written in transfer order wins
+            mem_words[base_word + pat.unique] = data[pat.last]
+
+    # ---- compute -----------------------------------------------------------------------------
+    def _im2col(self, m: int, i: Instr, out: np.ndarray) -> None:
+        """Gather the (P, K) operand of a CONV from MV m's maps buffer into ``out`` (one strided copy)."""
+        src = self.maps[m, i.maps_addr:]
+        e = src.strides[0]
+        row, pix = i.in_w * i.cpitch * e, i.cpitch * e
+        win = as_strided(src, shape=(i.oh, i.ow, i.kh, i.kw, i.cin),
+                         strides=(i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, e), writeable=False)
+        out.reshape(i.oh, i.ow, i.kh, i.kw, i.cin)[...] = win
+
+    def _matmul(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        """Exact int64 product of integer-valued float64 matrices (or stacks of them)."""
+        K = A.shape[-1]
+        if K <= self.k_exact:
+            return (A @ B).astype(np.int64)
+        R = np.zeros(A.shape[:-1] + B.shape[-1:], dtype=np.int64)
+        for k0 in range(0, K, self.k_exact):
+            R += (A[..., k0:k0 + self.k_exact] @ B[..., k0:k0 + self.k_exact, :]).astype(np.int64)
+        return R
+
+    def conv(self, i: Instr) -> None:
+        L = self.lanes
+        mvs = mv_list(i.mv_mask)
+        nmv, nvv = len(mvs), i.nvv
+        P, K, N = i.oh * i.ow, i.kh * i.kw * i.cin, i.nvv * L
+        # kernel operand per MV: (K, nvv*lanes)
+        W = [self.kern[m, i.kern_addr:i.kern_addr + K, :nvv].reshape(K, N) for m in mvs]
+        # Maps loaded with a broadcast mask are usually identical in all MVs: gather once then.
+        if nmv > 1:
+            lo = i.maps_addr
+            hi = lo + maps_extent_conv(i)
+            m0 = mvs[0]
+            same_maps = all(np.array_equal(self.maps[m0, lo:hi], self.maps[m, lo:hi]) for m in mvs[1:])
+        else:
+            same_maps = True
+        if same_maps:
+            A = np.empty((P, K), dtype=np.float64)
+            self._im2col(mvs[0], i, A)
+            if nmv == 1:
+                R = self._matmul(A, W[0])[None]
+            else:
+                R = self._matmul(A, np.concatenate(W, axis=1)).reshape(P, nmv, N).transpose(1, 0, 2)
+        else:
+            A = np.empty((nmv, P, K), dtype=np.float64)
+            for j, m in enumerate(mvs):
+                self._im2col(m, i, A[j])
+            if all(np.array_equal(W[0], w) for w in W[1:]):   # per-MV images, shared weights
+                R = self._matmul(A.reshape(nmv * P, K), W[0]).reshape(nmv, P, N)
+            else:
+                R = self._matmul(A, np.stack(W))
+        acc = R.reshape(nmv, P, nvv, L)
+        a0, a1 = i.acc_addr, i.acc_addr + P
+        for j, m in enumerate(mvs):
+            if i.init == Init.BIAS:
+                lo = self.kern[m, i.bias_addr, :nvv].astype(np.int64)
+                hi = self.kern[m, i.bias_addr + 1, :nvv].astype(np.int64)
+                acc[j] += join_bias(lo, hi)[None]
+            elif i.init == Init.ACC:
+                acc[j] += self.acc[m, a0:a1, :nvv]
+        acc = wrap(acc, self.cfg.acc_bits)
+        for j, m in enumerate(mvs):
+            self.acc[m, a0:a1, :nvv] = acc[j]
+        if i.write:
+            r = None
+            if i.resid:
+                r = np.stack([_pitched(self.res[m], i.res_addr, P, i.out_pitch, nvv) for m in mvs])
+            y, sat = requantize(acc, i.shift, i.act, residual=r, rshift=i.rshift, acc_bits=self.cfg.acc_bits)
+            self.saturations += sat
+            for j, m in enumerate(mvs):
+                _pitched(self.out[m], i.out_addr, P, i.out_pitch, nvv)[...] = y[j]
+
+    def _pool_window(self, m: int, i: Instr) -> np.ndarray:
+        """Read-only (oh, ow, kh, kw, nb, lanes) view of the pooling windows of MV m."""
+        src = self.maps_w[m, i.maps_addr:]
+        ws, es = src.strides
+        row, pix = i.in_w * i.ppitch * ws, i.ppitch * ws
+        return as_strided(src, shape=(i.oh, i.ow, i.kh, i.kw, i.nb, self.lanes),
+                          strides=(i.sy * row, i.sx * pix, row, pix, ws, es), writeable=False)
+
+    def maxpool(self, i: Instr) -> None:
+        P = i.oh * i.ow
+        for m in mv_list(i.mv_mask):
+            y = self._pool_window(m, i).max(axis=(2, 3)).astype(np.int16)
+            _pitched(self.out[m], i.out_addr, P, i.out_pitch, i.nb)[...] = y.reshape(P, i.nb, self.lanes)
+
+    def avgpool(self, i: Instr) -> None:
+        P = i.oh * i.ow
+        for m in mv_list(i.mv_mask):
+            # float64 sums of at most 255*255 int16 values are exact
+            total = self._pool_window(m, i).sum(axis=(2, 3)).astype(np.int64)
+            y, sat = average(total, i.mul, i.shift)
+            self.saturations += sat
+            _pitched(self.out[m], i.out_addr, P, i.out_pitch, i.nb)[...] = y.reshape(P, i.nb, self.lanes)
+
+
+def _pitched(buf: np.ndarray, base: int, count: int, pitch: int, width: int) -> np.ndarray:
+    """Writable (count, width, lanes) view of words ``base + p*pitch + v`` of a (words, lanes) buffer."""
+    dst = buf[base:]
+    ws, es = dst.strides
+    return as_strided(dst, shape=(count, width, dst.shape[1]), strides=(pitch * ws, ws, es))
