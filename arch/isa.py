@@ -28,6 +28,7 @@ class Buf(IntEnum):
     """On-chip buffer a LOAD writes."""
     MAPS = 0     #: maps buffer of each selected MV (input feature-map tiles)
     KERNEL = 1   #: kernel buffers of the VV units of each selected MV (weights and biases)
+    RES = 2      #: residual buffer of each selected MV (second operand of a fused Add)
 
 
 class Init(IntEnum):
@@ -107,12 +108,12 @@ def _fmt(mnemonic, opcode, engine, fields, doc):
 
 
 _fmt("LOAD", 1, "load", (
-    Field("buf", 2, "target buffer: MAPS or KERNEL"),
+    Field("buf", 2, "target buffer: MAPS, KERNEL or RES"),
     Field("mv_mask", 8, "MV units written (bit m = MV m); the same data goes to each"),
-    Field("nvv", 5, "KERNEL: number of VV units the words are dealt to in turn; MAPS: 0"),
+    Field("nvv", 5, "KERNEL: number of VV units the words are dealt to in turn; MAPS, RES: 0"),
 ) + _DMA, """Copy n2 x n1 x n0 words from main memory into an on-chip buffer. Word (i2, i1, i0) is read at
 `dram_addr + (i2*s2 + i1*s1 + i0) * word_bytes` and is the `w`-th word of the transfer,
-`w = (i2*n1 + i1)*n0 + i0`. MAPS: it lands at maps word `buf_addr + w` of every MV in `mv_mask`.
+`w = (i2*n1 + i1)*n0 + i0`. MAPS (RES): it lands at maps (residual) word `buf_addr + w` of every MV in `mv_mask`.
 KERNEL: it lands at word `buf_addr + w // nvv` of the kernel buffer of VV `w % nvv` of every MV in
 `mv_mask`, so weights stored as [k][vv][lane] are dealt to the VV units in one transfer.""")
 
@@ -146,6 +147,9 @@ _fmt("CONV", 3, "compute", (
     Field("write", 1, "1: requantise, activate and write the outputs; 0: keep the sums in the accumulators"),
     Field("shift", 6, "requantisation right shift"),
     Field("act", 4, "activation: NONE or RELU"),
+    Field("resid", 1, "1: add a residual before requantising (a fused Add)"),
+    Field("res_addr", 16, "residual-buffer word of output pixel 0"),
+    Field("rshift", 6, "left shift aligning the residual with the accumulator"),
 ), """Convolution trace (also fully connected layers, as a kernel covering the whole map). For every output
 pixel p = (oy, ox) of the oh x ow tile (raster order) and every lane l of VV v < nvv, with
 K = kh*kw*cin and k = (ky*kw + kx)*cin + ci:
@@ -156,7 +160,9 @@ K = kh*kw*cin and k = (ky*kw + kx)*cin + ci:
 where start is 0, the bias (bias[v][l] = lo + 65536*hi, read from kernel words bias_addr and
 bias_addr+1) or the accumulator's value, and sums wrap at acc_bits. The maps element is broadcast to
 all nvv x lanes MACs. With write = 1 the output stage then writes
-`act(sat16(round_shift(acc, shift)))` to output-buffer word `out_addr + p*out_pitch + v`, lane l.""")
+`act(sat16(round_shift(acc + r, shift)))` to output-buffer word `out_addr + p*out_pitch + v`, lane l,
+where r = 0, or with resid = 1 r = res[res_addr + p*out_pitch + v][l] << rshift (the sum wraps at
+acc_bits).""")
 
 _fmt("MAXPOOL", 4, "compute", (
     Field("mv_mask", 8, "MV units that execute"),
@@ -176,6 +182,13 @@ _fmt("MAXPOOL", 4, "compute", (
 p = (oy, ox) and word b < nb,
 `out[out_addr + p*out_pitch + b] = max over (ky, kx) of maps[maps_addr + ((oy*sy+ky)*in_w + ox*sx+kx)*ppitch + b]`
 (element-wise over the lanes).""")
+
+_fmt("AVGPOOL", 6, "compute", FORMATS["MAXPOOL"].fields + (
+    Field("mul", 16, "multiplier approximating 2**shift / (kh*kw)"),
+    Field("shift", 6, "right shift after the multiplication"),
+), """Average-pooling on the pooling unit of each MV, lane-parallel over channels: like MAXPOOL, but each
+output element is `sat16(round_shift(s * mul, shift))` where s is the exact sum of the window's
+elements (padding included as it stands in the buffer).""")
 
 _fmt("SYNC", 5, "compute", (), """No operation on the compute engine: it takes one cycle and exists to pass dependency tokens
 between the store and load engines (for example between one layer's stores and the next layer's loads).""")
@@ -335,13 +348,14 @@ def validate(i: Instr, cfg: MachineConfig) -> None:
         last = i.dram_addr + ((i.n2 - 1) * i.s2 + (i.n1 - 1) * i.s1 + i.n0) * cfg.beat_bytes
         need(last <= cfg.mem_bytes, f"main-memory access ends at {last:#x}, beyond the {cfg.mem_bytes:#x}-byte memory")
     if i.op == "LOAD":
-        need(i.buf in (Buf.MAPS, Buf.KERNEL), f"buf {i.buf} is not MAPS or KERNEL")
+        need(i.buf in (Buf.MAPS, Buf.KERNEL, Buf.RES), f"buf {i.buf} is not MAPS, KERNEL or RES")
         need(0 < i.mv_mask < (1 << mvs), f"mv_mask {i.mv_mask:#b} must select some of the {mvs} MV units")
         words = dma_words(i)
-        if i.buf == Buf.MAPS:
-            need(i.nvv == 0, "nvv must be 0 for a MAPS load")
-            need(i.buf_addr + words <= cfg.maps_words,
-                 f"writes maps words {i.buf_addr}..{i.buf_addr + words - 1}, beyond {cfg.maps_words}")
+        if i.buf in (Buf.MAPS, Buf.RES):
+            size, what = (cfg.maps_words, "maps") if i.buf == Buf.MAPS else (cfg.res_words, "residual")
+            need(i.nvv == 0, f"nvv must be 0 for a {Buf(i.buf).name} load")
+            need(i.buf_addr + words <= size,
+                 f"writes {what} words {i.buf_addr}..{i.buf_addr + words - 1}, beyond {size}")
         else:
             need(1 <= i.nvv <= cfg.vv_per_mv, f"nvv {i.nvv} not in 1..{cfg.vv_per_mv}")
             need(words % i.nvv == 0, f"{words} words cannot be dealt evenly to {i.nvv} VV units")
@@ -374,7 +388,11 @@ def validate(i: Instr, cfg: MachineConfig) -> None:
             need(i.out_pitch >= i.nvv, f"out_pitch {i.out_pitch} is smaller than nvv {i.nvv}")
             end = i.out_addr + (i.oh * i.ow - 1) * i.out_pitch + i.nvv
             need(end <= cfg.out_words, f"writes output words up to {end - 1}, beyond {cfg.out_words}")
-    elif i.op == "MAXPOOL":
+            if i.resid:
+                end = i.res_addr + (i.oh * i.ow - 1) * i.out_pitch + i.nvv
+                need(end <= cfg.res_words, f"reads residual words up to {end - 1}, beyond {cfg.res_words}")
+        need(not i.resid or i.write, "resid needs write = 1 (the residual is added by the output stage)")
+    elif i.op in ("MAXPOOL", "AVGPOOL"):
         need(0 < i.mv_mask < (1 << mvs), f"mv_mask {i.mv_mask:#b} must select some of the {mvs} MV units")
         for n in ("in_w", "ppitch", "nb", "kh", "kw", "sy", "sx", "oh", "ow"):
             need(i.f[n] >= 1, f"{n} must be at least 1")

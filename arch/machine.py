@@ -41,13 +41,14 @@ class MachineConfig:
     kernel_words: int = 2048        #: kernel (weights + bias) buffer per VV
     acc_entries: int = 256          #: accumulator entries (output pixels) per VV
     out_words: int = 1024           #: output buffer per MV
+    res_words: int = 1024           #: residual buffer per MV (the second operand of a fused Add)
     # --- main memory (per card) -------------------------------------------------------------
     mem_bytes: int = 4 << 30        #: card main memory (HMC) size
     mem_latency: int = 32           #: cycles from grant to first beat (load) or to write ack (store)
     # --- control --------------------------------------------------------------------------
     queue_depth: int = 8            #: depth of each engine's instruction queue
     conv_pipeline: int = 6          #: fixed cycles a CONV adds (buffer read, multiply, accumulate, requantise, write)
-    pool_pipeline: int = 3          #: fixed cycles a MAXPOOL adds (buffer read, compare, write)
+    pool_pipeline: int = 3          #: fixed cycles a MAXPOOL/AVGPOOL adds (buffer read, compare or add, write)
     # --- numerics -------------------------------------------------------------------------
     data_bits: int = 16             #: activations and weights
     acc_bits: int = 48              #: accumulator (wraps; the compiler keeps reductions below 2**(acc_bits-2*data_bits+1) terms)
@@ -57,7 +58,7 @@ class MachineConfig:
 
     def __post_init__(self):
         for f in ("lanes", "vv_per_mv", "mv_per_cluster", "clusters_per_card", "max_cards",
-                  "maps_words", "kernel_words", "acc_entries", "out_words", "queue_depth"):
+                  "maps_words", "kernel_words", "acc_entries", "out_words", "res_words", "queue_depth"):
             v = getattr(self, f)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"machine config {self.name!r}: {f} must be a positive integer, got {v!r}")
@@ -134,6 +135,7 @@ class MachineConfig:
             ("kernel buffer per VV", f"{self.kernel_words} words ({self.kernel_words * self.beat_bytes // 1024} KiB)"),
             ("accumulators per VV", f"{self.acc_entries} x {self.lanes} x {self.acc_bits} bit"),
             ("output buffer per MV", f"{self.out_words} words ({self.out_words * self.beat_bytes // 1024} KiB)"),
+            ("residual buffer per MV", f"{self.res_words} words ({self.res_words * self.beat_bytes // 1024} KiB)"),
             ("main memory per card", f"{self.mem_bytes / 2**30:g} GiB"),
             ("main memory bandwidth", f"{self.beat_bytes} B/cycle per card ({self.beat_bytes * self.clock_mhz / 1000:g} GB/s)"),
             ("main memory latency", f"{self.mem_latency} cycles"),
@@ -153,7 +155,7 @@ REFERENCE = MachineConfig(
 SMALL = MachineConfig(
     name="small",
     lanes=4, vv_per_mv=2, mv_per_cluster=2, clusters_per_card=2,
-    maps_words=256, kernel_words=128, acc_entries=16, out_words=64,
+    maps_words=256, kernel_words=128, acc_entries=16, out_words=64, res_words=64,
     mem_bytes=64 << 20, mem_latency=8, queue_depth=4, conv_pipeline=6, pool_pipeline=3,
     description="Tiny machine for fast RTL simulation and tests: 2 MV x 2 VV x 4 lanes, 2 clusters.",
 )

@@ -12,6 +12,9 @@ mirrored bit for bit by the RTL's output stage):
 * Requantisation: arithmetic right shift by ``shift`` with round-half-up (add ``2**(shift-1)``
   first), then saturate to 16 bits. Saturation events are counted.
 * ReLU is exact: ``max(x, 0)`` after saturation.
+* A fused residual is added to the accumulator, shifted left into its format, before rounding.
+* Average pooling: the exact window sum times a 16-bit multiplier ``mul`` ~ 2**shift / n, then the
+  same round-half-up shift and saturation (:func:`reciprocal` chooses mul and shift).
 """
 from __future__ import annotations
 
@@ -72,10 +75,32 @@ def activate(x: np.ndarray, act: int) -> np.ndarray:
     raise ValueError(f"unknown activation code {act}")
 
 
-def requantize(acc: np.ndarray, shift: int, act: int = ACT_NONE) -> tuple[np.ndarray, int]:
-    """Output stage: round_shift, saturate to 16 bits, activate. Returns (int16 array, saturations)."""
+def requantize(acc: np.ndarray, shift: int, act: int = ACT_NONE, residual: np.ndarray | None = None,
+               rshift: int = 0, acc_bits: int = 48) -> tuple[np.ndarray, int]:
+    """Output stage: add the residual (shifted left by ``rshift``, wrapping at ``acc_bits``), round_shift,
+    saturate to 16 bits, activate. Returns (int16 array, saturations)."""
+    acc = np.asarray(acc, dtype=np.int64)
+    if residual is not None:
+        acc = wrap(acc + (np.asarray(residual, dtype=np.int64) << np.int64(rshift)), acc_bits)
     y, over = saturate(round_shift(acc, shift))
     return activate(y, act).astype(np.int16), over
+
+
+def reciprocal(n: int, mul_bits: int = 16) -> tuple[int, int]:
+    """(mul, shift) with mul < 2**mul_bits and mul / 2**shift the closest such approximation of 1/n
+    (largest shift whose rounded multiplier still fits)."""
+    if n < 1:
+        raise ValueError(f"cannot divide by {n}")
+    shift = 0
+    while round((1 << (shift + 1)) / n) < (1 << mul_bits) and shift < 62:
+        shift += 1
+    return round((1 << shift) / n), shift
+
+
+def average(window_sum: np.ndarray, mul: int, shift: int) -> tuple[np.ndarray, int]:
+    """Average-pool output stage: sat16(round_shift(sum * mul, shift)); returns (int16, saturations)."""
+    y, over = saturate(round_shift(np.asarray(window_sum, dtype=np.int64) * np.int64(mul), shift))
+    return y.astype(np.int16), over
 
 
 def frac_for_range(max_abs: float, bits: int = DATA_BITS, max_frac: int = 24) -> int:

@@ -32,7 +32,7 @@ def compute_cycles(i: Instr, cfg: MachineConfig) -> int:
     """Cycles a compute-engine instruction occupies its engine (start to end)."""
     if i.op == "CONV":
         return cfg.conv_pipeline + i.oh * i.ow * conv_reduction(i)
-    if i.op == "MAXPOOL":
+    if i.op in ("MAXPOOL", "AVGPOOL"):
         return cfg.pool_pipeline + i.oh * i.ow * i.nb * i.kh * i.kw
     if i.op == "SYNC":
         return 1
@@ -60,6 +60,7 @@ COST_TEXT = {
     "STORE": "`g - s` waiting for the memory port, then `n0*n1*n2 + mem_latency` (port busy `n0*n1*n2`)",
     "CONV": "`conv_pipeline + oh*ow*kh*kw*cin`",
     "MAXPOOL": "`pool_pipeline + oh*ow*nb*kh*kw`",
+    "AVGPOOL": "`pool_pipeline + oh*ow*nb*kh*kw`",
     "SYNC": "`1`",
     "END": "no engine; fetch stops",
 }

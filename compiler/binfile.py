@@ -31,7 +31,7 @@ from arch.machine import MachineConfig
 
 from .codegen import LayerCode
 from .driver import Compiled, IODesc
-from .ir import Conv, Graph, GraphInput, GraphOutput, MaxPool, TensorInfo
+from .ir import AvgPool, Conv, Graph, GraphInput, GraphOutput, MaxPool, TensorInfo
 from .memmap import MemoryMap
 
 MAGIC = b"MDLABIN\0"
@@ -51,7 +51,7 @@ def _graph_sections(g: Graph) -> tuple[bytes, bytes]:
         d = {"type": type(L).__name__, "name": L.name, "nodes": L.nodes, "input": L.input, "output": L.output}
         if isinstance(L, Conv):
             d.update(stride=L.stride, pads=L.pads, dilation=L.dilation, act=L.act, kind=L.kind,
-                     w_frac=L.w_frac, shift=L.shift)
+                     w_frac=L.w_frac, shift=L.shift, residual=L.residual, res_shift=L.res_shift)
             arrays[f"{i}.weight"] = L.weight
             arrays[f"{i}.bias"] = L.bias
             if L.wq is not None:
@@ -59,6 +59,8 @@ def _graph_sections(g: Graph) -> tuple[bytes, bytes]:
                 arrays[f"{i}.bq"] = L.bq
         else:
             d.update(kernel=L.kernel, stride=L.stride, pads=L.pads)
+            if isinstance(L, AvgPool):
+                d.update(mul=L.mul, shift=L.shift)
         layers.append(d)
     meta = {
         "name": g.name, "opset": g.opset, "notes": g.notes,
@@ -79,10 +81,14 @@ def _graph_from_sections(js: bytes, npz: bytes) -> Graph:
         common = dict(name=d["name"], nodes=d["nodes"], input=d["input"], output=d["output"])
         if d["type"] == "Conv":
             L = Conv(weight=arrays[f"{i}.weight"], bias=arrays[f"{i}.bias"], stride=tuple(d["stride"]),
-                     pads=tuple(d["pads"]), dilation=tuple(d["dilation"]), act=d["act"], kind=d["kind"], **common)
+                     pads=tuple(d["pads"]), dilation=tuple(d["dilation"]), act=d["act"], kind=d["kind"],
+                     residual=d.get("residual"), **common)
             if f"{i}.wq" in arrays:
                 L.wq, L.bq = arrays[f"{i}.wq"], arrays[f"{i}.bq"]
-                L.w_frac, L.shift = d["w_frac"], d["shift"]
+                L.w_frac, L.shift, L.res_shift = d["w_frac"], d["shift"], d.get("res_shift")
+        elif d["type"] == "AvgPool":
+            L = AvgPool(kernel=tuple(d["kernel"]), stride=tuple(d["stride"]), pads=tuple(d["pads"]),
+                        mul=d["mul"], shift=d["shift"], **common)
         else:
             L = MaxPool(kernel=tuple(d["kernel"]), stride=tuple(d["stride"]), pads=tuple(d["pads"]), **common)
         layers.append(L)

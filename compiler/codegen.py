@@ -38,7 +38,7 @@ from arch.isa import Act, Buf, Init, Instr
 from arch.machine import MachineConfig
 from arch.numerics import split_bias
 
-from .ir import CompileError, Conv, Graph, MaxPool
+from .ir import AvgPool, CompileError, Conv, Graph, MaxPool
 from .memmap import TensorLayout
 
 
@@ -116,6 +116,7 @@ class CodeGen:
         self.maps_half = cfg.maps_words // 2
         self.kern_half = cfg.kernel_words // 2
         self.out_half = cfg.out_words // 2
+        self.res_half = cfg.res_words // 2
         self.program: list[Instr] = []
         self.layers: list[LayerCode] = []
 
@@ -166,9 +167,11 @@ class CodeGen:
                 for c in range(cwords) for ky in range(kh) for kx in range(0, kw, cols)]
 
     def _plan_tile(self, OH, OW, sy, sx, dy, dx, khm, kwm, cwm, out_words_per_px, acc_limit,
-                   name: str) -> tuple[int, int]:
+                   name: str, residual: bool = False) -> tuple[int, int]:
+        out_limit = min(self.out_half, self.res_half) if residual else self.out_half
+
         def fits(h, w):
-            if h * w > acc_limit or h * w * out_words_per_px > self.out_half:
+            if h * w > acc_limit or h * w * out_words_per_px > out_limit:
                 return False
             rows = (h - 1) * sy + (khm - 1) * dy + 1
             cols = (w - 1) * sx + (kwm - 1) * dx + 1
@@ -199,7 +202,7 @@ class CodeGen:
             first_pc = len(self.program)
             if isinstance(layer, Conv):
                 slots, info = self._conv_slots(layer, act_base)
-            elif isinstance(layer, MaxPool):
+            elif isinstance(layer, (MaxPool, AvgPool)):
                 slots, info = self._pool_slots(layer, act_base)
             else:  # pragma: no cover - the front end only produces these
                 raise CompileError(f"layer {layer.name!r}: no code generator for {type(layer).__name__}")
@@ -225,7 +228,9 @@ class CodeGen:
         kwm = max(c.kw for c in chunks)
         cwm = max(c.words for c in chunks)
         nvv_max = max(n for _, n in groups)
-        ohb, owb = self._plan_tile(OH, OW, sy, sx, dy, dx, khm, kwm, cwm, nvv_max, cfg.acc_entries, L.name)
+        ohb, owb = self._plan_tile(OH, OW, sy, sx, dy, dx, khm, kwm, cwm, nvv_max, cfg.acc_entries, L.name,
+                                   residual=bool(L.residual))
+        tres = self.layouts[L.residual] if L.residual else None
         ktot = sum(c.K for c in chunks)
         pipe = cfg.conv_pipeline * len(chunks)
 
@@ -287,12 +292,19 @@ class CodeGen:
                                           dram_addr=self.weights_addr + off, buf_addr=kbase,
                                           n0=nwords, n1=1, s1=0, n2=1, s2=0))
                 last = ci == len(chunks) - 1
+                rbase = half * self.res_half
+                if last and tres is not None:   # the residual tile, laid out like the output tile
+                    for m, (g, t) in enumerate(it):
+                        s.loads.append(self._dma("LOAD", self._addr(act_base, tres, t.oy0, t.ox0, g[0]), rbase,
+                                                 t.oh, t.ow, g[1], tres, buf=Buf.RES, mv_mask=1 << m, nvv=0))
                 s.compute = _instr(
                     "CONV", mv_mask=mask, nvv=nvv, maps_addr=mbase * cfg.lanes, in_w=in_cols,
                     cpitch=ch.words * cfg.lanes, cin=ch.cin, kh=ch.kh, kw=ch.kw, sy=sy, sx=sx, dy=dy, dx=dx,
                     oh=t0.oh, ow=t0.ow, kern_addr=kbase + (2 if ci == 0 else 0), bias_addr=kbase,
                     acc_addr=0, out_addr=0, out_pitch=nvv, init=Init.BIAS if ci == 0 else Init.ACC,
-                    write=int(last), shift=L.shift if last else 0, act=act if last else Act.NONE)
+                    write=int(last), shift=L.shift if last else 0, act=act if last else Act.NONE,
+                    resid=int(last and tres is not None), res_addr=rbase if last and tres is not None else 0,
+                    rshift=L.res_shift if last and tres is not None else 0)
                 if last:
                     for m, (g, t) in enumerate(it):
                         s.stores.append(self._dma("STORE", self._addr(act_base, tout, t.oy0, t.ox0, g[0]), 0,
@@ -301,7 +313,7 @@ class CodeGen:
         macs = OH * OW * cout * kh * kw * cin
         return slots, dict(name=L.name, kind=L.kind, mode=mode, chunks=len(chunks), tile=(ohb, owb), macs=macs)
 
-    def _pool_slots(self, L: MaxPool, act_base: int):
+    def _pool_slots(self, L: MaxPool | AvgPool, act_base: int):
         cfg = self.cfg
         tin, tout = self.layouts[L.input], self.layouts[L.output]
         kh, kw = L.kernel
@@ -335,14 +347,16 @@ class CodeGen:
                     y, x = t.oy0 * sy - pt, t.ox0 * sx - pl
                     s.loads.append(self._dma("LOAD", self._addr(act_base, tin, y, x, cw), mbase, in_rows, in_cols,
                                              nb, tin, buf=Buf.MAPS, mv_mask=1 << m, nvv=0))
-                s.compute = _instr("MAXPOOL", mv_mask=(1 << len(it)) - 1, maps_addr=mbase, in_w=in_cols,
-                                   ppitch=nb, nb=nb, kh=kh, kw=kw, sy=sy, sx=sx, oh=t0.oh, ow=t0.ow,
-                                   out_addr=0, out_pitch=nb)
+                avg = dict(mul=L.mul, shift=L.shift) if isinstance(L, AvgPool) else {}
+                s.compute = _instr("AVGPOOL" if avg else "MAXPOOL", mv_mask=(1 << len(it)) - 1, maps_addr=mbase,
+                                   in_w=in_cols, ppitch=nb, nb=nb, kh=kh, kw=kw, sy=sy, sx=sx, oh=t0.oh, ow=t0.ow,
+                                   out_addr=0, out_pitch=nb, **avg)
                 for m, (cw, _, t) in enumerate(it):
                     s.stores.append(self._dma("STORE", self._addr(act_base, tout, t.oy0, t.ox0, cw), 0,
                                               t.oh, t.ow, nb, tout, mv=m))
                 slots.append(s)
-        return slots, dict(name=L.name, kind="maxpool", mode="spatial", chunks=1, tile=(ohb, owb), macs=0)
+        kind = "avgpool" if isinstance(L, AvgPool) else "maxpool"
+        return slots, dict(name=L.name, kind=kind, mode="spatial", chunks=1, tile=(ohb, owb), macs=0)
 
     # ------------------------------------------------------------------ tokens and emission
     def _emit(self, slots: list[_Slot], first_layer: bool, last_layer: bool) -> None:

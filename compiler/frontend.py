@@ -39,13 +39,13 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from .ir import CompileError, Conv, Graph, GraphInput, GraphOutput, MaxPool, TensorInfo
+from .ir import AvgPool, CompileError, Conv, Graph, GraphInput, GraphOutput, MaxPool, TensorInfo
 
 __all__ = ["load_model", "parse_inshapes", "SUPPORTED_OPS"]
 
 #: ONNX ops the DLA runs (besides any node whose inputs are all constants, which is folded).
-SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "MaxPool", "Gemm", "MatMul",
-                 "Flatten", "Reshape", "Identity", "Dropout")
+SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Add", "Sum", "MaxPool", "AveragePool",
+                 "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Flatten", "Reshape", "Identity", "Dropout")
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16)
@@ -132,12 +132,24 @@ def _dims_text(shape_proto) -> str:
 
 @dataclass
 class _Fusable:
-    """A BatchNormalization or Relu waiting to be fused into the layer producing its input."""
+    """A BatchNormalization, Relu, Add or constant Add waiting to be fused into the layer producing
+    its input."""
     name: str
     op: str
     input: str                      # IR tensor
     output: str                     # IR tensor (new name, same shape)
-    params: tuple = ()              # BN: (gamma, beta, mean, var, eps)
+    params: tuple = ()              # BN: (gamma, beta, mean, var, eps); Add: (other IR tensor,); AddConst: (vector,)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input, self.params[0]] if self.op == "Add" else [self.input]
+
+
+def _reads(op) -> list[str]:
+    """IR tensors an op (layer or pending fusion) reads."""
+    if isinstance(op, _Fusable):
+        return op.inputs
+    return [op.input] + ([op.residual] if getattr(op, "residual", None) else [])
 
 
 class _FrontEnd:
@@ -450,22 +462,77 @@ class _FrontEnd:
                              bias=np.asarray(b, dtype=np.float32), stride=stride, pads=pads,
                              dilation=(int(dilation[0]), int(dilation[1])), kind="conv"))
 
-    def _op_MaxPool(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
-        kernel = tuple(attrs.get("kernel_shape", ()))
-        if len(kernel) != 2:
-            raise CompileError(f"{where}: only 2-D max pooling is supported; kernel_shape is {list(kernel)}")
-        if attrs.get("ceil_mode", 0) != 0:
-            raise CompileError(f"{where}: ceil_mode=1 is not supported; only ceil_mode=0")
-        if tuple(attrs.get("dilations", (1, 1))) != (1, 1):
-            raise CompileError(f"{where}: dilations {list(attrs['dilations'])} are not supported; only dilations 1")
+    def _pool(self, index: int, node: onnx.NodeProto, where: str, attrs: dict, cls, global_: bool = False) -> None:
         x, (c, h, w) = self._feature_map(where, node.input[0])
-        stride, pads, (oh, ow) = self._window(where, attrs, (h, w), kernel, (1, 1))
-        if max(pads[0], pads[2]) >= kernel[0] or max(pads[1], pads[3]) >= kernel[1]:
-            raise CompileError(f"{where}: pads {list(pads)} must be smaller than the kernel {list(kernel)}")
+        if global_:
+            kernel, stride, pads, (oh, ow) = (h, w), (1, 1), (0, 0, 0, 0), (1, 1)
+        else:
+            kernel = tuple(attrs.get("kernel_shape", ()))
+            if len(kernel) != 2:
+                raise CompileError(f"{where}: only 2-D pooling is supported; kernel_shape is {list(kernel)}")
+            if attrs.get("ceil_mode", 0) != 0:
+                raise CompileError(f"{where}: ceil_mode=1 is not supported; only ceil_mode=0")
+            if tuple(attrs.get("dilations", (1, 1))) != (1, 1):
+                raise CompileError(f"{where}: dilations {list(attrs['dilations'])} are not supported; only dilations 1")
+            stride, pads, (oh, ow) = self._window(where, attrs, (h, w), kernel, (1, 1))
+            if max(pads[0], pads[2]) >= kernel[0] or max(pads[1], pads[3]) >= kernel[1]:
+                raise CompileError(f"{where}: pads {list(pads)} must be smaller than the kernel {list(kernel)}")
+            if cls is AvgPool and any(pads) and not attrs.get("count_include_pad", 0):
+                raise CompileError(f"{where}: count_include_pad=0 with padding {list(pads)} is not supported yet "
+                                   f"(the divisor would vary at the borders); only count_include_pad=1 or no padding")
         out = node.output[0]
         self._new_tensor(out, (c, oh, ow), (1, c, oh, ow), where)
-        self.ops.append(MaxPool(name=self._layer_name(index, node), nodes=[self._node_name(index, node)], input=x,
-                                output=out, kernel=(int(kernel[0]), int(kernel[1])), stride=stride, pads=pads))
+        self.ops.append(cls(name=self._layer_name(index, node), nodes=[self._node_name(index, node)], input=x,
+                            output=out, kernel=(int(kernel[0]), int(kernel[1])), stride=stride, pads=pads))
+
+    def _op_MaxPool(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        self._pool(index, node, where, attrs, MaxPool)
+
+    def _op_AveragePool(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        self._pool(index, node, where, attrs, AvgPool)
+
+    def _op_GlobalAveragePool(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        self._pool(index, node, where, attrs, AvgPool, global_=True)
+
+    def _op_GlobalMaxPool(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        self._pool(index, node, where, attrs, MaxPool, global_=True)
+
+    def _op_Add(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        a_name, b_name = node.input[0], node.input[1]
+        consts = [n for n in (a_name, b_name) if n in self.consts]
+        if len(consts) == 1:   # a per-channel constant: folded into the producer's bias
+            x_name = b_name if consts[0] == a_name else a_name
+            x, shape = self._operand(where, x_name)
+            chw = self.tensors[x].shape
+            v = np.asarray(self.consts[consts[0]], dtype=np.float64)
+            ok = v.size == 1 or (v.size == chw[0] and (v.ndim <= 1 or v.shape[-2:] == (1, 1) or
+                                                        (v.ndim == 2 and len(shape) == 2)))
+            if not ok:
+                raise CompileError(f"{where}: adding constant {consts[0]!r} of shape {v.shape} to {shape} is not "
+                                   f"supported; only a scalar or one value per channel")
+            out = node.output[0]
+            self._new_tensor(out, chw, shape, where)
+            self.ops.append(_Fusable(self._node_name(index, node), "AddConst", x, out,
+                                     (np.broadcast_to(v.reshape(-1), (chw[0],)).copy(),)))
+            return
+        a, sa = self._operand(where, a_name)
+        b, sb = self._operand(where, b_name)
+        if sa != sb or self.tensors[a].shape != self.tensors[b].shape:
+            raise CompileError(f"{where}: adds {a_name!r} {sa} and {b_name!r} {sb}; only tensors of the same shape "
+                               f"(a residual connection) or a per-channel constant are supported")
+        out = node.output[0]
+        self._new_tensor(out, self.tensors[a].shape, sa, where)
+        self.ops.append(_Fusable(self._node_name(index, node), "Add", a, out, (b,)))
+
+    def _op_Sum(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        ins = [i for i in node.input if i]
+        if len(ins) == 1:
+            _, shape = self._operand(where, ins[0])
+            self._alias(node, where, shape, reshape=False)
+        elif len(ins) == 2:
+            self._op_Add(index, node, where, attrs)
+        else:
+            raise CompileError(f"{where}: Sum of {len(ins)} inputs is not supported; only one or two")
 
     def _fc(self, index: int, node: onnx.NodeProto, where: str, x: str, weight: np.ndarray, bias: np.ndarray) -> None:
         """A fully connected layer as a Conv whose kernel covers the whole input map."""
@@ -583,11 +650,13 @@ class _FrontEnd:
         self._alias(node, where, tuple(new), reshape=True)
 
     # ---- fusion, outputs, pruning --------------------------------------------------------------
-    def _fuse(self) -> list[Conv | MaxPool]:
-        """Fold BatchNormalization and fuse Relu into the layer producing their input."""
+    def _fuse(self) -> list[Conv | MaxPool | AvgPool]:
+        """Fold BatchNormalization and constant Adds, and fuse Relu and residual Adds, into the layer
+        producing their input."""
         consumers: dict[str, int] = {}
         for op in self.ops:
-            consumers[op.input] = consumers.get(op.input, 0) + 1
+            for t in _reads(op):
+                consumers[t] = consumers.get(t, 0) + 1
         for o in self.proto.graph.output:
             t = self._resolve(o.name)
             consumers[t] = consumers.get(t, 0) + 1
@@ -598,8 +667,16 @@ class _FrontEnd:
                 layers.append(op)
                 producer[op.output] = op
                 continue
-            src = producer.get(op.input)
             where = f"node '{op.name}' ({op.op})"
+            if op.op == "Add":
+                src = self._fuse_add(op, producer, consumers, layers, where)
+            else:
+                src = producer.get(op.input)
+            if src is None and op.op == "Add":
+                raise CompileError(f"{where} is not supported here: neither operand ({op.input!r}, {op.params[0]!r}) "
+                                   f"is produced by a Conv/Gemm/MatMul without activation whose output only this Add "
+                                   f"reads, so it cannot be fused as a residual (a standalone element-wise Add is not "
+                                   f"supported yet)")
             if src is None:
                 made_by = "it is a graph input"
             elif not isinstance(src, Conv):
@@ -609,12 +686,22 @@ class _FrontEnd:
             elif consumers[op.input] > 1:
                 made_by = (f"layer '{src.name}' producing it has {consumers[op.input]} consumers "
                            f"(its output is also needed unmodified)")
+            elif op.op in ("BatchNormalization", "AddConst") and src.residual:
+                made_by = f"layer '{src.name}' already adds a residual"
             else:
                 made_by = ""
             if made_by:
                 raise CompileError(f"{where} is not supported here: it must directly follow a Conv/Gemm/MatMul whose "
                                    f"output it alone consumes, so that it can be fused; its input {op.input!r}: {made_by}")
-            if op.op == "BatchNormalization":
+            if op.op == "Add":
+                src.residual = op.params[0]
+                layers.remove(src)          # runs once both operands exist
+                layers.append(src)
+                self.notes.append(f"fused {where} into layer '{src.name}' as a residual of {src.residual!r}")
+            elif op.op == "AddConst":
+                src.bias = (src.bias.astype(np.float64) + op.params[0]).astype(np.float32)
+                self.notes.append(f"folded {where} into the bias of layer '{src.name}'")
+            elif op.op == "BatchNormalization":
                 gamma, beta, mean, var, eps = op.params
                 if np.any(var + eps <= 0):
                     raise CompileError(f"{where}: var + epsilon must be positive")
@@ -631,6 +718,24 @@ class _FrontEnd:
             src.nodes.append(op.name)
             producer[op.output] = src
         return layers
+
+    @staticmethod
+    def _fuse_add(op: _Fusable, producer: dict, consumers: dict, layers: list, where: str):
+        """The Conv an Add of two tensors fuses into: one that produces an operand, has no activation
+        or residual yet and no other consumer; of two candidates, the later one (its partner then
+        already exists). Sets op.input/op.params so that op.input is the fused operand. None if no
+        operand qualifies."""
+        cands = []
+        for mine, other in ((op.input, op.params[0]), (op.params[0], op.input)):
+            src = producer.get(mine)
+            if isinstance(src, Conv) and src.act == "none" and not src.residual and consumers[mine] == 1 \
+                    and mine != other:
+                cands.append((layers.index(src), mine, other, src))
+        if not cands:
+            return None
+        _, mine, other, src = max(cands, key=lambda c: c[0])
+        op.input, op.params = mine, (other,)
+        return src
 
     def _outputs(self) -> list[GraphOutput]:
         outputs = []
@@ -653,7 +758,7 @@ class _FrontEnd:
         for op in reversed(self.ops):
             if op.output in needed:
                 keep.append(op)
-                needed.add(op.input)
+                needed.update(_reads(op))
             else:
                 name = op.name if isinstance(op, _Fusable) else op.nodes[0]
                 self.notes.append(f"dropped node '{name}': no graph output depends on it")

@@ -40,13 +40,15 @@ class Conv:
     stride: tuple[int, int] = (1, 1)
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)   #: (top, left, bottom, right)
     dilation: tuple[int, int] = (1, 1)
-    act: str = "none"                    #: 'none' or 'relu'
+    act: str = "none"                    #: 'none' or 'relu' (applied after the residual)
     kind: str = "conv"                   #: 'conv' or 'fc' (for reports only)
+    residual: str | None = None          #: tensor added to the output before the activation (a fused Add)
     # set by quantisation
     wq: np.ndarray | None = None         #: int16 (Cout, Cin, kh, kw)
     w_frac: int | None = None
     bq: np.ndarray | None = None         #: int64 (Cout,), in the accumulator's format (in_frac + w_frac)
     shift: int | None = None             #: requantisation shift = in_frac + w_frac - out_frac
+    res_shift: int | None = None         #: residual left shift = in_frac + w_frac - residual frac
 
     @property
     def kernel(self) -> tuple[int, int]:
@@ -64,7 +66,28 @@ class MaxPool:
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)   #: (top, left, bottom, right)
 
 
-Layer = Conv | MaxPool
+@dataclass
+class AvgPool:
+    """Average pooling (also GlobalAveragePool, as a window covering the whole map)."""
+    name: str
+    nodes: list[str]
+    input: str
+    output: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)   #: (top, left, bottom, right); zeros, counted
+    # set by quantisation: output = sat16(round_shift(window_sum * mul, shift))
+    mul: int | None = None
+    shift: int | None = None
+
+
+Layer = Conv | MaxPool | AvgPool
+
+
+def layer_inputs(layer: Layer) -> list[str]:
+    """Every tensor a layer reads: its input and, for a Conv with a fused Add, the residual."""
+    res = getattr(layer, "residual", None)
+    return [layer.input] + ([res] if res else [])
 
 
 @dataclass
@@ -98,7 +121,7 @@ class Graph:
         return None
 
     def consumers(self, tensor: str) -> list[Layer]:
-        return [l for l in self.layers if l.input == tensor]
+        return [l for l in self.layers if tensor in layer_inputs(l)]
 
     @property
     def quantized(self) -> bool:

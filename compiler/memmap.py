@@ -8,7 +8,7 @@ Activation tensors are stored one pixel after another, row by row (HWC), with th
 pixel padded to a whole number of words (``lanes`` channels), so that every DMA beat is aligned and
 padded channels are always zero. Each tensor is surrounded by a *halo* as wide as the largest
 padding any consumer applies, filled once at load time with the padding value (0 for
-convolutions, the int16 minimum for max-pooling). Padding then costs nothing at run time: the DMA
+convolutions and average pooling, the int16 minimum for max-pooling). Padding then costs nothing at run time: the DMA
 and the compute units never see a border. Tensors never share memory, so halos are never
 overwritten; the input tensor's interior is written by the host before each run.
 """

@@ -19,6 +19,9 @@ Decisions, and why:
   compiled in these formats and a :class:`CompileError` names it.
 * ``wq = float_to_fixed(weight, w_frac)`` (round half to even, saturate), ``bq = rint(bias *
   2**(in_frac + w_frac))`` as int64; both rounding rules are those of :mod:`arch.numerics`.
+* A fused residual (an Add) is shifted left into the accumulator format by
+  ``in_frac + w_frac - residual_frac``. AvgPool keeps its input's format; its divisor is a 16-bit
+  reciprocal (:func:`arch.numerics.reciprocal`).
 * A reduction longer than ``cfg.max_reduction`` terms (``kh * kw * cin``) could wrap the
   accumulator, which would make the result depend on the hardware's summation order: rejected.
 """
@@ -27,9 +30,9 @@ from __future__ import annotations
 import numpy as np
 
 from arch.machine import MachineConfig
-from arch.numerics import float_to_fixed, frac_for_range
+from arch.numerics import float_to_fixed, frac_for_range, reciprocal
 
-from .ir import CompileError, Conv, Graph, MaxPool
+from .ir import AvgPool, CompileError, Conv, Graph, MaxPool
 
 __all__ = ["quantize"]
 
@@ -49,14 +52,18 @@ def quantize(graph: Graph, cfg: MachineConfig, act_frac: int | None = None) -> G
     for layer in graph.layers:
         if isinstance(layer, MaxPool):
             graph.tensors[layer.output].frac = graph.tensors[layer.input].frac
+        elif isinstance(layer, AvgPool):
+            graph.tensors[layer.output].frac = graph.tensors[layer.input].frac
+            layer.mul, layer.shift = reciprocal(layer.kernel[0] * layer.kernel[1])
         elif isinstance(layer, Conv):
-            _quantize_conv(layer, graph.tensors[layer.input].frac, graph.tensors[layer.output].frac, cfg)
+            res_frac = graph.tensors[layer.residual].frac if layer.residual else None
+            _quantize_conv(layer, graph.tensors[layer.input].frac, graph.tensors[layer.output].frac, cfg, res_frac)
         else:
             raise CompileError(f"layer '{getattr(layer, 'name', layer)}': unknown layer type {type(layer).__name__}")
     return graph
 
 
-def _quantize_conv(layer: Conv, in_frac: int, out_frac: int, cfg: MachineConfig) -> None:
+def _quantize_conv(layer: Conv, in_frac: int, out_frac: int, cfg: MachineConfig, res_frac: int | None = None) -> None:
     what = f"layer '{layer.name}' ({layer.kind}, nodes {', '.join(layer.nodes)})"
     cout, cin, kh, kw = layer.weight.shape
     terms = kh * kw * cin
@@ -78,7 +85,12 @@ def _quantize_conv(layer: Conv, in_frac: int, out_frac: int, cfg: MachineConfig)
                            f"{b_max:.4g}, {cfg.bias_bits} bits at {in_frac} + w_frac fractional bits) allow at most "
                            f"w_frac = {w_frac}, but the requantising shift {in_frac} + w_frac - {out_frac} must not "
                            f"be negative")
+    # (c) a fused residual is shifted left into the accumulator format: res_shift >= 0
+    if res_frac is not None and in_frac + w_frac < res_frac:
+        raise CompileError(f"{what}: the residual's format (frac {res_frac}) is finer than the accumulator's "
+                           f"({in_frac} + {w_frac}); the output stage can only shift the residual left")
     acc_frac = in_frac + w_frac
+    layer.res_shift = int(acc_frac - res_frac) if res_frac is not None else None
     layer.w_frac = int(w_frac)
     layer.wq, _ = float_to_fixed(layer.weight, w_frac, bits=cfg.data_bits)
     layer.bq = np.rint(np.ldexp(layer.bias.astype(np.float64), acc_frac)).astype(np.int64)

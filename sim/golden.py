@@ -3,7 +3,9 @@ the memory layout (it imports nothing from ``arch.isa`` or ``compiler.codegen``)
 
 * :func:`run_quantized` evaluates the *quantised* graph exactly as the DLA's numerics define it
   (:mod:`arch.numerics`): zero padding, exact integer convolution, ``acc = bq + sum(wq * x)``,
-  then ``requantize`` (round-half-up right shift, saturate to 16 bits, ReLU). The functional model
+  plus a fused residual shifted into the accumulator's format, then ``requantize`` (round-half-up
+  right shift, saturate to 16 bits, ReLU); average pooling as an exact window sum times a 16-bit
+  reciprocal (``arch.numerics.average``). The functional model
   and the RTL must match it bit for bit.
 * :func:`run_float` evaluates the same graph in float32 with the float weights: the SDK's
   ``Run_th`` (float CPU) path, and the bridge between the compiler and onnxruntime.
@@ -19,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from arch.numerics import ACT_NONE, ACT_RELU, DATA_MAX, DATA_MIN, float_to_fixed, requantize
-from compiler.ir import Conv, Graph, GraphOutput, MaxPool
+from arch.numerics import ACT_NONE, ACT_RELU, DATA_MAX, DATA_MIN, average, float_to_fixed, requantize
+from compiler.ir import AvgPool, Conv, Graph, GraphOutput, MaxPool
 
 __all__ = ["run_quantized", "run_float", "output_array", "fixed_inputs"]
 
@@ -60,15 +62,18 @@ def _im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], di
     return cols.reshape(c * kh * kw, oh * ow), oh, ow
 
 
-def _maxpool(x: np.ndarray, layer: MaxPool, pad_value) -> np.ndarray:
+def _pool(x: np.ndarray, layer: MaxPool | AvgPool, pad_value, reduce=np.maximum, dtype=None) -> np.ndarray:
+    """Max (or, with reduce=np.add, sum) over each window of the padded map."""
     xp = _pad(x, layer.pads, pad_value)
+    if dtype is not None:
+        xp = xp.astype(dtype)
     (kh, kw), (sh, sw) = layer.kernel, layer.stride
     oh, ow = _out_size(xp.shape[1], kh, sh, 1), _out_size(xp.shape[2], kw, sw, 1)
     out = None
     for i in range(kh):
         for j in range(kw):
             window = xp[:, i: i + (oh - 1) * sh + 1: sh, j: j + (ow - 1) * sw + 1: sw]
-            out = window.copy() if out is None else np.maximum(out, window, out=out)
+            out = window.copy() if out is None else reduce(out, window, out=out)
     return out
 
 
@@ -109,14 +114,21 @@ def run_quantized(graph: Graph, inputs: dict[str, np.ndarray]) -> tuple[dict[str
     for layer in graph.layers:
         x = tensors[layer.input]
         if isinstance(layer, MaxPool):
-            tensors[layer.output] = _maxpool(x, layer, DATA_MIN)   # int16 minimum == "padding is ignored"
+            tensors[layer.output] = _pool(x, layer, DATA_MIN)   # int16 minimum == "padding is ignored"
+            continue
+        if isinstance(layer, AvgPool):   # exact window sum (zero padding counted), 16-bit reciprocal
+            y, sat = average(_pool(x, layer, 0, np.add, np.int64), layer.mul, layer.shift)
+            tensors[layer.output] = y
+            saturations += sat
             continue
         cout = layer.wq.shape[0]
         cols, oh, ow = _im2col(_pad(x, layer.pads, 0), layer.kernel, layer.stride, layer.dilation, np.float64)
         w = layer.wq.reshape(cout, -1).astype(np.float64)
         assert cols.shape[0] * float(DATA_MAX + 1) ** 2 < _EXACT_LIMIT, "reduction too long for exact float64"
         acc = (w @ cols).astype(np.int64) + layer.bq.astype(np.int64)[:, None]
-        y, sat = requantize(acc, layer.shift, ACT_RELU if layer.act == "relu" else ACT_NONE)
+        res = tensors[layer.residual].reshape(cout, -1) if layer.residual else None
+        y, sat = requantize(acc, layer.shift, ACT_RELU if layer.act == "relu" else ACT_NONE, res,
+                            layer.res_shift or 0)
         tensors[layer.output] = y.reshape(cout, oh, ow)
         saturations += sat
     return tensors, saturations
@@ -129,11 +141,17 @@ def run_float(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
     for layer in graph.layers:
         x = tensors[layer.input]
         if isinstance(layer, MaxPool):
-            tensors[layer.output] = _maxpool(x, layer, -np.inf)
+            tensors[layer.output] = _pool(x, layer, -np.inf)
+            continue
+        if isinstance(layer, AvgPool):
+            n = layer.kernel[0] * layer.kernel[1]
+            tensors[layer.output] = (_pool(x, layer, 0.0, np.add, np.float32) / np.float32(n)).astype(np.float32)
             continue
         cout = layer.weight.shape[0]
         cols, oh, ow = _im2col(_pad(x, layer.pads, 0.0), layer.kernel, layer.stride, layer.dilation, np.float32)
         y = layer.weight.reshape(cout, -1).astype(np.float32) @ cols + layer.bias.astype(np.float32)[:, None]
+        if layer.residual:
+            y = y + tensors[layer.residual].reshape(cout, -1)
         if layer.act == "relu":
             y = np.maximum(y, 0.0)
         tensors[layer.output] = y.reshape(cout, oh, ow).astype(np.float32, copy=False)

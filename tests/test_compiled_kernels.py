@@ -103,3 +103,28 @@ def test_small_configuration_really_tiles():
         _, _, c, _ = run_both(kernels.conv_model(cin, cout, h, w, k, s, p, dilation=d), SMALL)
         modes |= {l.mode for l in c.layers}
     assert modes == {"cout", "spatial"}
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
+@pytest.mark.parametrize("c_,h,w,stride", [(16, 8, 8, 1), (20, 9, 7, 2), (64, 6, 6, 1)])
+def test_residual_add(cfg, c_, h, w, stride):
+    model = kernels.residual_model(c_, h, w, stride, seed=c_)
+    g = quantize(load_model(model), cfg)
+    assert any(getattr(l, "residual", None) for l in g.layers), "the Add was not fused"
+    dla, gold, _, _ = run_both(model, cfg)
+    assert_bit_exact(dla, gold)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
+@pytest.mark.parametrize("c_,h,w,k,s,p", [(16, 7, 7, None, 1, 0), (24, 5, 6, None, 1, 0), (8, 9, 9, 3, 2, 1),
+                                          (20, 8, 8, 2, 2, 0)])
+def test_avgpool(cfg, c_, h, w, k, s, p):
+    dla, gold, _, _ = run_both(kernels.avgpool_model(c_, h, w, k, s, p), cfg)
+    assert_bit_exact(dla, gold)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
+def test_resnet18_small_input_bit_exact(cfg):
+    import zoo
+    dla, gold, c, _ = run_both(zoo.resnet18(seed=1, input_shape=(1, 3, 32, 32)), cfg)
+    assert_bit_exact(dla, gold)

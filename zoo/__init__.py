@@ -11,13 +11,20 @@ from pathlib import Path
 
 import onnx
 
+from .classic import alexnet, vgg16
+from .resnet import resnet18, resnet34, resnet50
 from .small_cnn import small_cnn
 
-__all__ = ["MODELS", "build", "save", "small_cnn"]
+__all__ = ["MODELS", "build", "save", "small_cnn", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16"]
 
 #: name -> builder(seed=0, **kw) -> ModelProto
 MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
     "small_cnn": small_cnn,
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "alexnet": alexnet,
+    "vgg16": vgg16,
 }
 
 

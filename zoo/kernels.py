@@ -8,7 +8,7 @@ from onnx import helper
 
 from ._util import conv_out, he, init, model, tensor
 
-__all__ = ["conv_model", "maxpool_model", "fc_model"]
+__all__ = ["conv_model", "maxpool_model", "fc_model", "residual_model", "avgpool_model"]
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -73,3 +73,26 @@ def fc_model(n_in: int, n_out: int, seed: int = 0) -> onnx.ModelProto:
              init("bias", rng.uniform(-0.2, 0.2, n_out))]
     nodes = [helper.make_node("Gemm", ["input", "weight", "bias"], ["output"], name="fc", transB=1)]
     return model("fc", nodes, [tensor("input", (1, n_in))], [tensor("output", (1, n_out))], inits)
+
+
+def residual_model(c: int, h: int, w: int, stride: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """A residual block's tail, as exported: the input goes through Conv(3x3, stride) ->
+    BatchNormalization, a shortcut (the input itself, or a 1x1 strided Conv when the shape changes)
+    is added, then Relu. The compiler fuses the Add and the Relu into the 3x3 convolution."""
+    from .builder import Builder
+    b = Builder("residual", (1, c, h, w), seed)
+    y = b.bn(b.conv("input", c, 3, stride, 1))
+    short = "input" if stride == 1 else b.conv("input", c, 1, stride, 0)
+    return b.finish(b.relu(b.add(y, short)))
+
+
+def avgpool_model(c: int, h: int, w: int, k: int | None = None, stride: int = 1, pad: int = 0) -> onnx.ModelProto:
+    """Input (1, c, h, w) -> AveragePool(k, stride, pad, count_include_pad=1), or GlobalAveragePool
+    when ``k`` is None."""
+    if k is None:
+        nodes = [helper.make_node("GlobalAveragePool", ["input"], ["output"], name="gap")]
+        return model("gap", nodes, [tensor("input", (1, c, h, w))], [tensor("output", (1, c, 1, 1))], [])
+    oh, ow = conv_out(h, k, stride, pad, pad), conv_out(w, k, stride, pad, pad)
+    nodes = [helper.make_node("AveragePool", ["input"], ["output"], name="avgpool", kernel_shape=[k, k],
+                              strides=[stride, stride], pads=[pad] * 4, count_include_pad=1)]
+    return model("avgpool", nodes, [tensor("input", (1, c, h, w))], [tensor("output", (1, c, oh, ow))], [])

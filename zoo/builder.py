@@ -1,0 +1,106 @@
+"""A small ONNX graph builder for the zoo: tracks shapes and draws seeded weights, so that each
+network is written the way PyTorch exports it (Conv without bias + BatchNormalization + Relu, Add
+for residuals, GlobalAveragePool, Flatten, Gemm) in a few lines."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ._util import bn_params, conv_out, he, init, model, tensor
+
+
+class Builder:
+    def __init__(self, name: str, input_shape: tuple[int, int, int, int], seed: int):
+        self.name = name
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.shapes: dict[str, tuple[int, ...]] = {"input": tuple(input_shape)}
+        self.input_shape = tuple(input_shape)
+        self._n = 0
+
+    def _name(self, kind: str) -> str:
+        self._n += 1
+        return f"{kind}{self._n}"
+
+    def conv(self, x: str, cout: int, k: int, stride: int = 1, pad: int = 0, bias: bool = False,
+             name: str | None = None) -> str:
+        n, c, h, w = self.shapes[x]
+        name = name or self._name("conv")
+        ins = [x, f"{name}.weight"]
+        self.inits.append(init(f"{name}.weight", he(self.rng, (cout, c, k, k), c * k * k)))
+        if bias:
+            ins.append(f"{name}.bias")
+            self.inits.append(init(f"{name}.bias", self.rng.normal(0.0, 0.05, cout)))
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node("Conv", ins, [out], name=name, kernel_shape=[k, k],
+                                           strides=[stride, stride], pads=[pad] * 4))
+        self.shapes[out] = (n, cout, conv_out(h, k, stride, pad, pad), conv_out(w, k, stride, pad, pad))
+        return out
+
+    def bn(self, x: str, gamma: tuple[float, float] = (0.5, 1.5), name: str | None = None) -> str:
+        c = self.shapes[x][1]
+        name = name or self._name("bn")
+        params = bn_params(self.rng, name, c)
+        params[0] = init(f"{name}.weight", self.rng.uniform(*gamma, c))
+        self.inits += params
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node("BatchNormalization", [x] + [p.name for p in params], [out],
+                                           name=name, epsilon=1e-5))
+        self.shapes[out] = self.shapes[x]
+        return out
+
+    def relu(self, x: str) -> str:
+        name = self._name("relu")
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node("Relu", [x], [out], name=name))
+        self.shapes[out] = self.shapes[x]
+        return out
+
+    def add(self, a: str, b: str) -> str:
+        assert self.shapes[a] == self.shapes[b], (self.shapes[a], self.shapes[b])
+        name = self._name("add")
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node("Add", [a, b], [out], name=name))
+        self.shapes[out] = self.shapes[a]
+        return out
+
+    def maxpool(self, x: str, k: int, stride: int, pad: int = 0) -> str:
+        n, c, h, w = self.shapes[x]
+        name = self._name("maxpool")
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node("MaxPool", [x], [out], name=name, kernel_shape=[k, k],
+                                           strides=[stride, stride], pads=[pad] * 4))
+        self.shapes[out] = (n, c, conv_out(h, k, stride, pad, pad), conv_out(w, k, stride, pad, pad))
+        return out
+
+    def global_avgpool(self, x: str) -> str:
+        n, c, _, _ = self.shapes[x]
+        name = self._name("gap")
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node("GlobalAveragePool", [x], [out], name=name))
+        self.shapes[out] = (n, c, 1, 1)
+        return out
+
+    def flatten(self, x: str) -> str:
+        n = self.shapes[x][0]
+        name = self._name("flatten")
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node("Flatten", [x], [out], name=name, axis=1))
+        self.shapes[out] = (n, int(np.prod(self.shapes[x][1:])))
+        return out
+
+    def gemm(self, x: str, m: int, name: str | None = None) -> str:
+        n, k = self.shapes[x]
+        name = name or self._name("fc")
+        self.inits += [init(f"{name}.weight", he(self.rng, (m, k), k, gain=1.0)),
+                       init(f"{name}.bias", self.rng.normal(0.0, 0.05, m))]
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node("Gemm", [x, f"{name}.weight", f"{name}.bias"], [out], name=name, transB=1))
+        self.shapes[out] = (n, m)
+        return out
+
+    def finish(self, output: str) -> onnx.ModelProto:
+        return model(self.name, self.nodes, [tensor("input", self.input_shape)],
+                     [tensor(output, self.shapes[output])], self.inits)
