@@ -30,7 +30,23 @@ class FunctionalExecutor:
         return run_card(cfg, memory, programs, check_hazards=check_hazards)
 
 
-EXECUTORS: dict[str, type] = {"functional": FunctionalExecutor}
+class AmaranthExecutor:
+    """The card RTL (``hw/``) in the Amaranth simulator: every cycle of every unit, bit for bit.
+
+    ``vcd``: path of a waveform file to write for each run (None: no waveform). ``check_hazards``
+    is accepted for interface compatibility; the RTL simply does what the program says (run the
+    functional model to have a program's races checked)."""
+    name = "amaranth"
+
+    def __init__(self, vcd: str | None = None):
+        self.vcd = vcd
+
+    def run(self, cfg, memory, programs, *, check_hazards=True):
+        from hw.run import run_rtl
+        return run_rtl(cfg, memory, programs, vcd=self.vcd)
+
+
+EXECUTORS: dict[str, type] = {"functional": FunctionalExecutor, "amaranth": AmaranthExecutor}
 
 
 def get_executor(name: str) -> Executor:

@@ -1,0 +1,103 @@
+"""Card: ``clusters_per_card`` clusters sharing one main memory with a single data port.
+
+The main memory is one :class:`amaranth.lib.memory.Memory` of words (``beat_bytes`` each),
+initialised from the memory image at elaboration. It has:
+
+* one data read port and one data write port, which together are *the* memory port of
+  :mod:`arch.timing` rule 3: it is granted whole to one LOAD or STORE at a time, first come first
+  served by start cycle (ties: lower cluster first, then load before store). A transfer starting in
+  cycle ``s`` gets ``g = max(s, port_free)`` and owns the port in ``[g, g + words)``, so at most one
+  transfer drives it in any cycle;
+* per cluster, an instruction port of ``INSTR_BYTES / beat_bytes`` combinational read ports that
+  return one whole instruction per cycle (instruction fetch never competes with data).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from arch.isa import INSTR_BYTES
+from arch.machine import MachineConfig
+
+from .cluster import CYCLE_BITS, STATS, Cluster
+
+__all__ = ["Card"]
+
+
+class Card(wiring.Component):
+    """A card with its clusters and main memory.
+
+    Parameters
+    ----------
+    cfg : MachineConfig
+    init : list[int]
+        Initial main-memory words (little-endian, ``beat_bytes`` each); the memory has this depth.
+
+    Ports
+    -----
+    enable : In(clusters_per_card)
+        Bit ``c``: cluster ``c`` runs its program (held from cycle 0).
+    prog_addr : In(ArrayLayout(32, clusters_per_card))
+        Word address of each cluster's program (held).
+    now : Out(CYCLE_BITS)
+        The cycle number (0 in the first cycle).
+    done : Out(1)
+        Every enabled cluster is done.
+    error : Out(1)
+        Some cluster fetched an illegal opcode.
+    """
+
+    def __init__(self, cfg: MachineConfig, init):
+        from amaranth.lib import data
+        self.cfg = cfg
+        self.init = list(init)
+        self.depth = max(1, len(self.init))
+        super().__init__({
+            "enable": In(cfg.clusters_per_card),
+            "prog_addr": In(data.ArrayLayout(32, cfg.clusters_per_card)),
+            "now": Out(CYCLE_BITS), "done": Out(1), "error": Out(1),
+        })
+        self.clusters = [Cluster(cfg) for _ in range(cfg.clusters_per_card)]
+        self.memory = Memory(shape=cfg.beat_bytes * 8, depth=self.depth, init=self.init)
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        m.submodules.memory = mem = self.memory
+        rp = mem.read_port()
+        wp = mem.write_port()
+        per_instr = INSTR_BYTES // cfg.beat_bytes
+        m.d.sync += self.now.eq(self.now + 1)
+
+        port_free = Signal(CYCLE_BITS)
+        base = Mux(port_free > self.now, port_free, self.now)
+        next_free = base
+        for c, cl in enumerate(self.clusters):
+            m.submodules[f"cluster{c}"] = cl
+            m.d.comb += [cl.enable.eq(self.enable[c]), cl.prog_addr.eq(self.prog_addr[c]), cl.now.eq(self.now)]
+            # instruction port
+            fetch = [mem.read_port(domain="comb") for _ in range(per_instr)]
+            for k, p in enumerate(fetch):
+                m.d.comb += p.addr.eq(cl.fetch_addr + k)
+            m.d.comb += cl.fetch_data.eq(Cat(*(p.data for p in fetch)))
+            # memory-port arbitration in priority order: cluster, then load before store
+            for e in ("load", "store"):
+                req, words, grant = (getattr(cl, f"{e}_{x}") for x in ("req", "words", "grant"))
+                m.d.comb += grant.eq(next_free)
+                next_free = Mux(req, next_free + words, next_free)
+            # data port: only the owner of the port drives it
+            with m.If(cl.mem_r_en):
+                m.d.comb += rp.addr.eq(cl.mem_r_addr)
+            with m.If(cl.mem_w_en):
+                m.d.comb += [wp.en.eq(1), wp.addr.eq(cl.mem_w_addr), wp.data.eq(cl.mem_w_data)]
+            m.d.comb += cl.mem_r_data.eq(rp.data)
+        any_req = Cat(*(getattr(cl, f"{e}_req") for cl in self.clusters for e in ("load", "store"))).any()
+        with m.If(any_req):
+            m.d.sync += port_free.eq(next_free)
+        m.d.comb += [
+            self.done.eq(Cat(*(cl.done for cl in self.clusters)).all()),
+            self.error.eq(Cat(*(cl.error for cl in self.clusters)).any()),
+        ]
+        return m

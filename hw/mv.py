@@ -1,0 +1,162 @@
+"""MV unit: maps buffer, ``vv_per_mv`` VV units, the max-pool unit, output stage and output buffer.
+
+The compute engine of the cluster drives all MV units in lockstep with the same step stream (a CONV
+or MAXPOOL trace from :class:`hw.agu.LoopNest`); each MV works on its own buffers. Pipeline (see
+:class:`hw.vv.VVUnit`): stage I issues the maps-buffer read, stage R selects the maps element and
+the VV units multiply-accumulate (or the max-pool unit compares a word), stage O writes the output
+buffer. So a step's result is in the output buffer two cycles after it was issued, and a trace whose
+last step is issued in cycle ``s + T`` (``s`` its start, ``T`` its steps) has written everything by
+``s + T + 3``: that is why the machine needs ``conv_pipeline >= 3`` and ``pool_pipeline >= 3``.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from arch.isa import Act
+from arch.machine import MachineConfig
+
+from .vv import VVUnit, acc_layout, word_layout
+
+__all__ = ["MVUnit", "OutputStage", "MV_PIPELINE"]
+
+#: Cycles from a trace's start to the first cycle its last result is visible, minus the steps.
+MV_PIPELINE = 3
+
+
+class OutputStage(wiring.Component):
+    """Requantisation of one accumulator word (combinational).
+
+    ``out = act(sat16(round_shift(acc, shift)))`` per lane with round-half-up
+    (:func:`arch.numerics.requantize`); ``sat`` has bit ``l`` set when lane ``l`` was clipped.
+
+    Ports: ``acc`` In(acc word), ``shift`` In(6), ``act`` In(4), ``out`` Out(word), ``sat`` Out(lanes).
+    """
+
+    def __init__(self, cfg: MachineConfig):
+        self.cfg = cfg
+        super().__init__({"acc": In(acc_layout(cfg)), "shift": In(6), "act": In(4),
+                          "out": Out(word_layout(cfg)), "sat": Out(cfg.lanes)})
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        hi, lo = (1 << (cfg.data_bits - 1)) - 1, -(1 << (cfg.data_bits - 1))
+        half = Signal(64)
+        m.d.comb += half.eq((Const(1, 64) << self.shift) >> 1)          # 2**(shift-1), 0 for shift 0
+        sat = []
+        for l in range(cfg.lanes):
+            r = Signal(signed(cfg.acc_bits + 2), name=f"round{l}")
+            wide = Signal(signed(66), name=f"wide{l}")
+            m.d.comb += wide.eq(self.acc[l] + half)
+            m.d.comb += r.eq(wide >> self.shift)
+            over, under = r > hi, r < lo
+            y = Mux(over, hi, Mux(under, lo, r))
+            m.d.comb += self.out[l].eq(Mux((self.act == Act.RELU) & (y < 0), 0, y))
+            sat.append(over | under)
+        m.d.comb += self.sat.eq(Cat(*sat))
+        return m
+
+
+class MVUnit(wiring.Component):
+    """One MV unit.
+
+    Ports
+    -----
+    maps_w_en, maps_w_addr, maps_w_data : In
+        Maps-buffer write port (load engine), one word per cycle.
+    kern_w_en : In(vv_per_mv), kern_w_addr, kern_w_data : In
+        Kernel-buffer write port; bit ``v`` of ``kern_w_en`` writes VV ``v``.
+    out_r_addr : In, out_r_data : Out
+        Output-buffer read port for the store engine (combinational read).
+    pool : In(1)
+        The running trace is a MAXPOOL (else a CONV). Held with the fields below for the whole
+        instruction, from the cycle before its first issue.
+    nvv, init, bias_addr, write, shift, act : In
+        CONV fields (:mod:`arch.isa`).
+    issue, maddr, kaddr, acc_addr, out_addr, first, last : In (stage I)
+        One step: ``maddr`` is a maps *element* address for a CONV, a maps *word* address for a
+        MAXPOOL; ``out_addr`` is the output word of the step's pixel (VV ``v`` writes
+        ``out_addr + v``); ``first``/``last``: first/last step of the pixel's reduction or window.
+    sat_count : Out (stage O)
+        Lanes clipped by the output stage in this cycle.
+    """
+
+    def __init__(self, cfg: MachineConfig):
+        self.cfg = cfg
+        kbits = cfg.addr_bits(cfg.kernel_words)
+        super().__init__({
+            "maps_w_en": In(1), "maps_w_addr": In(cfg.addr_bits(cfg.maps_words)),
+            "maps_w_data": In(word_layout(cfg)),
+            "kern_w_en": In(cfg.vv_per_mv), "kern_w_addr": In(kbits), "kern_w_data": In(word_layout(cfg)),
+            "out_r_addr": In(cfg.addr_bits(cfg.out_words)), "out_r_data": Out(word_layout(cfg)),
+            "pool": In(1), "nvv": In(5), "init": In(2), "bias_addr": In(kbits), "write": In(1),
+            "shift": In(6), "act": In(4),
+            "issue": In(1), "maddr": In(cfg.addr_bits(cfg.maps_words * cfg.lanes)), "kaddr": In(kbits),
+            "acc_addr": In(cfg.addr_bits(cfg.acc_entries)), "out_addr": In(cfg.addr_bits(cfg.out_words)),
+            "first": In(1), "last": In(1),
+            "sat_count": Out(range(cfg.vv_per_mv * cfg.lanes + 1)),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        V, L = cfg.vv_per_mv, cfg.lanes
+        lane_bits = (L - 1).bit_length()
+        m = Module()
+        m.submodules.maps = maps = Memory(shape=word_layout(cfg), depth=cfg.maps_words, init=[])
+        m.submodules.outbuf = outbuf = Memory(shape=word_layout(cfg), depth=cfg.out_words, init=[])
+        mwp = maps.write_port()
+        mrp = maps.read_port()
+        m.d.comb += [mwp.en.eq(self.maps_w_en), mwp.addr.eq(self.maps_w_addr), mwp.data.eq(self.maps_w_data)]
+        owps = [outbuf.write_port() for _ in range(V)]
+        orp = outbuf.read_port(domain="comb")
+        m.d.comb += [orp.addr.eq(self.out_r_addr), self.out_r_data.eq(orp.data)]
+
+        # stage I: maps read (element -> word and lane for a CONV)
+        m.d.comb += mrp.addr.eq(Mux(self.pool, self.maddr, self.maddr >> lane_bits))
+        lane1 = Signal(max(1, lane_bits))
+        v1, first1, last1 = Signal(), Signal(), Signal()
+        out1, out2 = Signal.like(self.out_addr), Signal.like(self.out_addr)
+        m.d.sync += [v1.eq(self.issue), first1.eq(self.first), last1.eq(self.last),
+                     out1.eq(self.out_addr), out2.eq(out1)]
+        if lane_bits:
+            m.d.sync += lane1.eq(self.maddr[:lane_bits])
+
+        # stage R: VV units (CONV) and the max-pool unit (MAXPOOL)
+        x = mrp.data[lane1] if lane_bits else mrp.data[0]
+        vvs = []
+        for v in range(V):
+            vv = VVUnit(cfg)
+            m.submodules[f"vv{v}"] = vv
+            vvs.append(vv)
+            m.d.comb += [
+                vv.kw_en.eq(self.kern_w_en[v]), vv.kw_addr.eq(self.kern_w_addr), vv.kw_data.eq(self.kern_w_data),
+                vv.init.eq(self.init), vv.bias_addr.eq(self.bias_addr),
+                vv.issue.eq(self.issue & ~self.pool & (v < self.nvv)),
+                vv.kaddr.eq(self.kaddr), vv.acc_addr.eq(self.acc_addr),
+                vv.first.eq(self.first), vv.last.eq(self.last),
+                vv.x.eq(x),
+            ]
+        pmax = Signal(word_layout(cfg))
+        with m.If(v1 & self.pool):
+            for l in range(L):
+                cur = mrp.data[l]
+                m.d.sync += pmax[l].eq(Mux(first1 | (cur > pmax[l]), cur, pmax[l]))
+        pool_out = Signal()
+        m.d.sync += pool_out.eq(v1 & last1 & self.pool)
+
+        # stage O: output stage and output-buffer writes
+        sats = []
+        for v, vv in enumerate(vvs):
+            os_ = OutputStage(cfg)
+            m.submodules[f"outstage{v}"] = os_
+            m.d.comb += [os_.acc.eq(vv.out_acc), os_.shift.eq(self.shift), os_.act.eq(self.act)]
+            wr = vv.out_valid & self.write
+            m.d.comb += [owps[v].addr.eq(out2 + v), owps[v].data.eq(os_.out), owps[v].en.eq(wr)]
+            sats.append(Mux(wr, sum(os_.sat[l] for l in range(L)), 0))
+        with m.If(pool_out):
+            m.d.comb += [owps[0].addr.eq(out2), owps[0].data.eq(pmax), owps[0].en.eq(1)]
+        m.d.comb += self.sat_count.eq(sum(sats))
+        return m

@@ -1,0 +1,152 @@
+"""Run programs on the card RTL in the Amaranth simulator: the engine of the ``amaranth`` executor.
+
+:func:`run_rtl` has the contract of :func:`sim.card.run_card`: it takes the machine, the card's
+memory image (modified in place by the STOREs) and the program address of each cluster, and returns
+a :class:`sim.card.CardStats` whose cycle counts and counters come from the RTL's own counters.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from arch import isa, timing
+from arch.isa import INSTR_BYTES, ISAError
+from arch.machine import MachineConfig
+from sim.card import CardStats, ClusterStats, SimError
+
+from .card import Card
+
+__all__ = ["run_rtl", "LAST_RUN", "RTL_OPS"]
+
+#: instructions the RTL executes
+RTL_OPS = ("LOAD", "STORE", "CONV", "MAXPOOL", "SYNC", "END")
+
+#: wall time and cycles of the last run (for reports of simulated cycles per second)
+LAST_RUN: dict = {}
+
+
+def _decode(cfg: MachineConfig, memory: np.ndarray, addr: int, c: int) -> list[isa.Instr]:
+    """The cluster's program up to its first END, decoded and validated (the RTL does not check)."""
+    if addr % cfg.beat_bytes:
+        raise SimError(f"cluster {c}: program address {addr:#x} is not {cfg.beat_bytes}-byte aligned")
+    out = []
+    pc = 0
+    while True:
+        a = addr + pc * INSTR_BYTES
+        if a + INSTR_BYTES > len(memory):
+            raise SimError(f"cluster {c}: the program at byte {addr:#x} has no END instruction before the end "
+                           f"of the {len(memory)}-byte memory image")
+        try:
+            i = isa.decode(memory[a:a + INSTR_BYTES].tobytes())
+            isa.validate(i, cfg)
+        except ISAError as e:
+            raise SimError(f"cluster {c}, pc {pc}: {e}") from None
+        unsupported = (i.op not in RTL_OPS or (i.op == "LOAD" and i.buf not in (isa.Buf.MAPS, isa.Buf.KERNEL))
+                       or (i.op == "CONV" and i.f.get("resid", 0)))
+        if unsupported:
+            raise SimError(f"cluster {c}, pc {pc} ({i.op}): not implemented in the RTL yet "
+                           f"(it runs LOAD MAPS/KERNEL, CONV without resid, MAXPOOL, SYNC, STORE, END)")
+        if i.op in ("LOAD", "STORE"):
+            hi = i.dram_addr + ((i.n2 - 1) * i.s2 + (i.n1 - 1) * i.s1 + i.n0) * cfg.beat_bytes
+            if hi > len(memory) // cfg.beat_bytes * cfg.beat_bytes:
+                raise SimError(f"cluster {c}, pc {pc} ({i.op}): accesses main memory up to byte {hi - 1:#x}, "
+                               f"beyond the end of the {len(memory)}-byte memory image")
+        out.append(i)
+        if i.op == "END":
+            return out
+        pc += 1
+
+
+def _store_words(cfg: MachineConfig, i: isa.Instr) -> np.ndarray:
+    base = i.dram_addr // cfg.beat_bytes
+    return (base + (np.arange(i.n2)[:, None, None] * i.s2 + np.arange(i.n1)[None, :, None] * i.s1
+                    + np.arange(i.n0)[None, None, :])).ravel()
+
+
+def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *, vcd: str | None = None,
+            max_cycles: int | None = None) -> CardStats:
+    """Run the programs of some clusters of one card on the RTL; ``memory`` is updated in place.
+
+    ``vcd``: write a waveform of the whole run to this path. ``max_cycles``: give up (SimError) after
+    this many cycles; by default a bound no deadlock-free program can reach."""
+    if not isinstance(memory, np.ndarray) or memory.dtype != np.uint8 or memory.ndim != 1:
+        raise TypeError("memory must be a 1-D numpy uint8 array (the card's main-memory image)")
+    bb = cfg.beat_bytes
+    progs = {}
+    for c, a in programs.items():
+        if not 0 <= int(c) < cfg.clusters_per_card:
+            raise SimError(f"cluster {c!r} does not exist: machine {cfg.name!r} has clusters 0..{cfg.clusters_per_card - 1}")
+        if not 0 <= int(a) < len(memory):
+            raise SimError(f"cluster {c}: program address {a!r} is outside the {len(memory)}-byte memory image")
+        progs[int(c)] = _decode(cfg, memory, int(a), int(c))
+    if not progs:
+        return CardStats(cycles=0, clusters={})
+    nwords = -(-len(memory) // bb)
+    padded = np.zeros(nwords * bb, dtype=np.uint8)
+    padded[:len(memory)] = memory
+    if bb == 8:
+        init = padded.view("<u8").tolist()
+    else:
+        raw = padded.tobytes()
+        init = [int.from_bytes(raw[k * bb:(k + 1) * bb], "little") for k in range(nwords)]
+    if max_cycles is None:
+        max_cycles = 100
+        for p in progs.values():
+            for i in p:
+                cost = (timing.transfer_words(i) if i.engine in ("load", "store")
+                        else timing.compute_cycles(i, cfg) if i.engine == "compute" else 1)
+                max_cycles += 2 * (cost + cfg.mem_latency + 2)
+    stored = np.unique(np.concatenate([_store_words(cfg, i) for p in progs.values() for i in p if i.op == "STORE"]
+                                      or [np.zeros(0, dtype=np.int64)]))
+
+    card = Card(cfg, init)
+    result = {}
+
+    async def bench(ctx):
+        ctx.set(card.enable, sum(1 << c for c in progs))
+        ctx.set(card.prog_addr.as_value(), sum((programs[c] // bb) << (32 * c) for c in progs))
+        await ctx.tick().until(card.done | card.error | (card.now >= max_cycles))
+        result["now"] = ctx.get(card.now)
+        result["done"] = ctx.get(card.done)
+        result["error"] = ctx.get(card.error)
+        result["stats"] = {c: {s: ctx.get(getattr(card.clusters[c], f"stat_{s}")) for s in
+                               __import__("hw.cluster", fromlist=["STATS"]).STATS} for c in progs}
+        result["words"] = [ctx.get(card.memory.data[int(a)]) for a in stored]
+
+    sim = Simulator(card)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    t0 = time.perf_counter()
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    wall = time.perf_counter() - t0
+    LAST_RUN.clear()
+    LAST_RUN.update(cycles=result["now"], seconds=wall, cycles_per_second=result["now"] / max(wall, 1e-9))
+    if result["error"]:
+        raise SimError("an illegal instruction was fetched")
+    if not result["done"]:
+        raise SimError(f"deadlock: the card did not finish within {max_cycles} cycles")
+    # write back the stored words
+    if len(stored):
+        raw = np.array(result["words"], dtype=object)
+        buf = b"".join(int(w).to_bytes(bb, "little") for w in raw)
+        vals = np.frombuffer(buf, dtype=np.uint8).reshape(-1, bb)
+        for a, row in zip(stored, vals):
+            lo = int(a) * bb
+            n = min(bb, len(memory) - lo)
+            memory[lo:lo + n] = row[:n]
+    clusters = {}
+    for c, s in result["stats"].items():
+        clusters[c] = ClusterStats(
+            cycles=s["cycles"], instructions=s["instructions"],
+            busy={e: s[f"busy_{e}"] for e in ("load", "compute", "store")},
+            token_wait={e: s[f"token_wait_{e}"] for e in ("load", "compute", "store")},
+            port_wait={e: s[f"port_wait_{e}"] for e in ("load", "store")},
+            bytes_loaded=s["words_loaded"] * bb, bytes_stored=s["words_stored"] * bb,
+            macs=s["macs"], mac_slots=s["mac_slots"], saturations=s["saturations"])
+    return CardStats(cycles=max(cs.cycles for cs in clusters.values()), clusters=clusters)
