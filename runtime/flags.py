@@ -67,7 +67,9 @@ class FlagSpec:
 
 
 FLAGS: dict[str, FlagSpec] = {
-    "simulator": FlagSpec(_simulator, "functional", "executor of Run(): functional (the bit- and cycle-exact model)"),
+    "simulator": FlagSpec(_simulator, "functional",
+                          "executor of Run(): functional (the vectorised model) or amaranth (the RTL, cycle by cycle)"),
+    "vcd": FlagSpec(str, "", "RTL executors: write the waveform of each run to this VCD file ('' for none)"),
     "bitfile": FlagSpec(_bitfile, "reference", "hardware configuration: 'reference', 'small' or a JSON file"),
     "debug": FlagSpec(_debug, "", "debug letters: " + ", ".join(f"{k}={d}" for k, d in DEBUG_LETTERS.items())),
     "nfpgas": FlagSpec(_int_range(1), 1, "cards to use"),

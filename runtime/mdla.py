@@ -170,6 +170,8 @@ class MDLA:
             sat += over
             lay.write(mem, mm.tensor_addr(i.tensor), cfg.lanes, q.reshape(lay.channels, lay.height, lay.width))
         executor = get_executor(simulator)
+        if self._flags["vcd"] and hasattr(executor, "vcd"):
+            executor.vcd = self._flags["vcd"]
         stats = executor.run(cfg, mem, {p: mm.code_addr(p) for p in c.programs},
                              check_hazards=bool(self._flags["hazardcheck"]))
         self._last_stats = stats
