@@ -11,7 +11,8 @@ Layout (little-endian):
 
 Sections: ``config`` (machine configuration, JSON), ``memmap`` (JSON), ``io`` (inputs and outputs,
 JSON), ``layers`` (code-generation report, JSON), ``meta`` (JSON), ``weights`` (raw), ``code.<k>``
-(program k, raw 32-byte instructions), ``graph.json`` + ``graph.npz`` (the quantised IR, for
+(the program of cluster k, raw 32-byte instructions), ``parallel`` (cards, clusters, images per call,
+JSON), ``graph.json`` + ``graph.npz`` (the quantised IR, for
 ``Run_th`` and the golden reference). Unknown sections are ignored, so later versions can add
 (for example, per-card or per-cluster programs) without breaking readers.
 """
@@ -30,7 +31,7 @@ from arch.isa import ISAError, decode_program
 from arch.machine import MachineConfig
 
 from .codegen import LayerCode
-from .driver import Compiled, IODesc
+from .driver import Compiled, IODesc, Parallel
 from .ir import AvgPool, Conv, Graph, GraphInput, GraphOutput, MaxPool, TensorInfo
 from .memmap import MemoryMap
 
@@ -107,6 +108,7 @@ def to_bytes(c: Compiled) -> bytes:
                            "outputs": [o.to_dict() for o in c.outputs]}).encode()),
         ("layers", json.dumps([asdict(l) for l in c.layers]).encode()),
         ("meta", json.dumps(c.meta).encode()),
+        ("parallel", json.dumps(c.parallel.to_dict()).encode()),
         ("weights", c.weights),
     ]
     sections += [(f"code.{p}", c.code_bytes(p)) for p in sorted(c.programs)]
@@ -144,7 +146,9 @@ def from_bytes(data: bytes, source: str = "<bytes>") -> Compiled:
         if off + length > len(data):
             raise BinFormatError(f"{source}: truncated section {name!r}")
         sec[name.rstrip(b"\0").decode("ascii")] = data[off:off + length]
-    missing = [s for s in ("config", "memmap", "io", "weights", "code.0") if s not in sec]
+    missing = [s for s in ("config", "memmap", "io", "weights") if s not in sec]
+    if not any(s.startswith("code.") for s in sec):
+        missing.append("code.<cluster>")
     if missing:
         raise BinFormatError(f"{source}: missing section(s) {missing}")
     try:
@@ -157,12 +161,13 @@ def from_bytes(data: bytes, source: str = "<bytes>") -> Compiled:
             l.tile = tuple(l.tile)
         graph = _graph_from_sections(sec["graph.json"], sec["graph.npz"]) if "graph.json" in sec else None
         meta = json.loads(sec.get("meta", b"{}"))
+        parallel = Parallel.from_dict(json.loads(sec["parallel"])) if "parallel" in sec else Parallel()
     except (ValueError, KeyError, TypeError, ISAError) as e:
         raise BinFormatError(f"{source}: malformed section contents: {e}") from None
     return Compiled(cfg=cfg, memmap=mm, programs=programs, weights=sec["weights"],
                     inputs=[IODesc.from_dict(d) for d in iod["inputs"]],
                     outputs=[IODesc.from_dict(d) for d in iod["outputs"]],
-                    layers=layers, graph=graph, meta=meta)
+                    layers=layers, graph=graph, meta=meta, parallel=parallel)
 
 
 def read(path: str | Path) -> Compiled:

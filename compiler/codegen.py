@@ -196,23 +196,28 @@ class CodeGen:
         return max(1, -(-n // nb))
 
     # ------------------------------------------------------------------ layers
-    def lower(self, act_base: int) -> list[Instr]:
+    def lower(self, rounds: list[list[int]]) -> list[Instr]:
+        """The program for ``rounds``: each round is the list of image slots (activation base
+        addresses) processed together, one image, or one image per MV unit (mvbatch); rounds run
+        one after the other. The layer report describes the first round."""
         n = len(self.graph.layers)
-        for idx, layer in enumerate(self.graph.layers):
-            first_pc = len(self.program)
-            if isinstance(layer, Conv):
-                slots, info = self._conv_slots(layer, act_base)
-            elif isinstance(layer, (MaxPool, AvgPool)):
-                slots, info = self._pool_slots(layer, act_base)
-            else:  # pragma: no cover - the front end only produces these
-                raise CompileError(f"layer {layer.name!r}: no code generator for {type(layer).__name__}")
-            self._emit(slots, first_layer=idx == 0, last_layer=idx == n - 1)
-            self.layers.append(LayerCode(first_pc=first_pc, last_pc=len(self.program) - 1,
-                                         slots=len(slots), **info))
+        for r, bases in enumerate(rounds):
+            for idx, layer in enumerate(self.graph.layers):
+                first_pc = len(self.program)
+                if isinstance(layer, Conv):
+                    slots, info = self._conv_slots(layer, bases)
+                elif isinstance(layer, (MaxPool, AvgPool)):
+                    slots, info = self._pool_slots(layer, bases)
+                else:  # pragma: no cover - the front end only produces these
+                    raise CompileError(f"layer {layer.name!r}: no code generator for {type(layer).__name__}")
+                self._emit(slots, first_layer=r == 0 and idx == 0, last_layer=r == len(rounds) - 1 and idx == n - 1)
+                if r == 0:
+                    self.layers.append(LayerCode(first_pc=first_pc, last_pc=len(self.program) - 1,
+                                                 slots=len(slots), **info))
         self.program.append(Instr("END"))
         return self.program
 
-    def _conv_slots(self, L: Conv, act_base: int):
+    def _conv_slots(self, L: Conv, bases: list[int]):
         cfg = self.cfg
         tin, tout = self.layouts[L.input], self.layouts[L.output]
         cout, cin, kh, kw = L.wq.shape
@@ -249,25 +254,31 @@ class CodeGen:
         tsets = [ts[i:i + M] for ts in by_shape.values() for i in range(0, len(ts), M)]
         est_s = len(groups) * sum(ts[0].oh * ts[0].ow * ktot + pipe for ts in tsets)
 
-        items: list[list[tuple[tuple[int, int], Tile]]] = []
-        if est_c <= est_s:
+        # An item is (channel group, tile, image slot base); the items of a slot run in lockstep.
+        items: list[list[tuple[tuple[int, int], Tile, int]]] = []
+        if len(bases) > 1:
+            mode = "mvbatch"   # each MV its own image: same weights (broadcast), maps per MV
+            for g in groups:
+                for t in tiles_c:
+                    items.append([(g, t, b) for b in bases])
+        elif est_c <= est_s:
             mode = "cout"
             for gs in gsets:
                 for t in tiles_c:
-                    items.append([(g, t) for g in gs])
+                    items.append([(g, t, bases[0]) for g in gs])
         else:
             mode = "spatial"
             for g in groups:
                 for ts in tsets:
-                    items.append([(g, t) for t in ts])
+                    items.append([(g, t, bases[0]) for t in ts])
 
         act = Act.RELU if L.act == "relu" else Act.NONE
         slots: list[_Slot] = []
         for it in items:
             nmv = len(it)
             mask = (1 << nmv) - 1
-            share_tile = all(t == it[0][1] for _, t in it)
-            share_group = all(g == it[0][0] for g, _ in it)
+            share_tile = all(t == it[0][1] and b == it[0][2] for _, t, b in it)
+            share_group = all(g == it[0][0] for g, _, _ in it)
             nvv = it[0][0][1]
             t0 = it[0][1]
             for ci, ch in enumerate(chunks):
@@ -278,14 +289,14 @@ class CodeGen:
                 in_rows = (t0.oh - 1) * sy + (ch.kh - 1) * dy + 1
                 in_cols = (t0.ow - 1) * sx + (ch.kw - 1) * dx + 1
                 # maps
-                targets = [(mask, t0)] if share_tile else [(1 << m, t) for m, (_, t) in enumerate(it)]
-                for mmask, t in targets:
+                targets = [(mask, t0, it[0][2])] if share_tile else [(1 << m, t, b) for m, (_, t, b) in enumerate(it)]
+                for mmask, t, b in targets:
                     y = t.oy0 * sy + ch.ky0 * dy - pt
                     x = t.ox0 * sx + ch.kx0 * dx - pl
-                    s.loads.append(self._dma("LOAD", self._addr(act_base, tin, y, x, ch.cw0), mbase,
+                    s.loads.append(self._dma("LOAD", self._addr(b, tin, y, x, ch.cw0), mbase,
                                              in_rows, in_cols, ch.words, tin, buf=Buf.MAPS, mv_mask=mmask, nvv=0))
                 # kernels
-                ktargets = [(mask, it[0][0])] if share_group else [(1 << m, g) for m, (g, _) in enumerate(it)]
+                ktargets = [(mask, it[0][0])] if share_group else [(1 << m, g) for m, (g, _, _) in enumerate(it)]
                 for kmask, g in ktargets:
                     off, nwords = self.weights.conv_blob(L, g, ch, ci == 0, nvv)
                     s.loads.append(_instr("LOAD", buf=Buf.KERNEL, mv_mask=kmask, nvv=nvv,
@@ -294,8 +305,8 @@ class CodeGen:
                 last = ci == len(chunks) - 1
                 rbase = half * self.res_half
                 if last and tres is not None:   # the residual tile, laid out like the output tile
-                    for m, (g, t) in enumerate(it):
-                        s.loads.append(self._dma("LOAD", self._addr(act_base, tres, t.oy0, t.ox0, g[0]), rbase,
+                    for m, (g, t, b) in enumerate(it):
+                        s.loads.append(self._dma("LOAD", self._addr(b, tres, t.oy0, t.ox0, g[0]), rbase,
                                                  t.oh, t.ow, g[1], tres, buf=Buf.RES, mv_mask=1 << m, nvv=0))
                 s.compute = _instr(
                     "CONV", mv_mask=mask, nvv=nvv, maps_addr=mbase * cfg.lanes, in_w=in_cols,
@@ -306,14 +317,14 @@ class CodeGen:
                     resid=int(last and tres is not None), res_addr=rbase if last and tres is not None else 0,
                     rshift=L.res_shift if last and tres is not None else 0)
                 if last:
-                    for m, (g, t) in enumerate(it):
-                        s.stores.append(self._dma("STORE", self._addr(act_base, tout, t.oy0, t.ox0, g[0]), 0,
+                    for m, (g, t, b) in enumerate(it):
+                        s.stores.append(self._dma("STORE", self._addr(b, tout, t.oy0, t.ox0, g[0]), 0,
                                                   t.oh, t.ow, g[1], tout, mv=m))
                 slots.append(s)
         macs = OH * OW * cout * kh * kw * cin
         return slots, dict(name=L.name, kind=L.kind, mode=mode, chunks=len(chunks), tile=(ohb, owb), macs=macs)
 
-    def _pool_slots(self, L: MaxPool | AvgPool, act_base: int):
+    def _pool_slots(self, L: MaxPool | AvgPool, bases: list[int]):
         cfg = self.cfg
         tin, tout = self.layouts[L.input], self.layouts[L.output]
         kh, kw = L.kernel
@@ -328,8 +339,9 @@ class CodeGen:
         ohb, owb = self._plan_tile(OH, OW, sy, sx, 1, 1, kh, kw, nbw, nbw, 1 << 30, L.name)
         if owb == OW:
             ohb = self._balanced(OH, ohb, M)
-        work = [(cw, min(nbw, cw_total - cw), t) for cw in range(0, cw_total, nbw)
-                for t in self._tiles(OH, OW, ohb, owb)]
+        # Each MV pools its own (channel words, tile, image) item; nothing is shared.
+        work = [(cw, min(nbw, cw_total - cw), t, b) for cw in range(0, cw_total, nbw)
+                for t in self._tiles(OH, OW, ohb, owb) for b in bases]
         by_shape: dict[tuple[int, int, int], list] = {}
         for w in work:
             by_shape.setdefault((w[1], w[2].oh, w[2].ow), []).append(w)
@@ -343,20 +355,21 @@ class CodeGen:
                 nb, t0 = it[0][1], it[0][2]
                 in_rows = (t0.oh - 1) * sy + kh
                 in_cols = (t0.ow - 1) * sx + kw
-                for m, (cw, _, t) in enumerate(it):
+                for m, (cw, _, t, b) in enumerate(it):
                     y, x = t.oy0 * sy - pt, t.ox0 * sx - pl
-                    s.loads.append(self._dma("LOAD", self._addr(act_base, tin, y, x, cw), mbase, in_rows, in_cols,
+                    s.loads.append(self._dma("LOAD", self._addr(b, tin, y, x, cw), mbase, in_rows, in_cols,
                                              nb, tin, buf=Buf.MAPS, mv_mask=1 << m, nvv=0))
                 avg = dict(mul=L.mul, shift=L.shift) if isinstance(L, AvgPool) else {}
                 s.compute = _instr("AVGPOOL" if avg else "MAXPOOL", mv_mask=(1 << len(it)) - 1, maps_addr=mbase,
                                    in_w=in_cols, ppitch=nb, nb=nb, kh=kh, kw=kw, sy=sy, sx=sx, oh=t0.oh, ow=t0.ow,
                                    out_addr=0, out_pitch=nb, **avg)
-                for m, (cw, _, t) in enumerate(it):
-                    s.stores.append(self._dma("STORE", self._addr(act_base, tout, t.oy0, t.ox0, cw), 0,
+                for m, (cw, _, t, b) in enumerate(it):
+                    s.stores.append(self._dma("STORE", self._addr(b, tout, t.oy0, t.ox0, cw), 0,
                                               t.oh, t.ow, nb, tout, mv=m))
                 slots.append(s)
         kind = "avgpool" if isinstance(L, AvgPool) else "maxpool"
-        return slots, dict(name=L.name, kind=kind, mode="spatial", chunks=1, tile=(ohb, owb), macs=0)
+        mode = "mvbatch" if len(bases) > 1 else "spatial"
+        return slots, dict(name=L.name, kind=kind, mode=mode, chunks=1, tile=(ohb, owb), macs=0)
 
     # ------------------------------------------------------------------ tokens and emission
     def _emit(self, slots: list[_Slot], first_layer: bool, last_layer: bool) -> None:

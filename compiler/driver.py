@@ -28,6 +28,37 @@ class IODesc:
         return cls(d["name"], d["tensor"], tuple(d["onnx_shape"]))
 
 
+@dataclass(frozen=True)
+class Parallel:
+    """How one call's images are spread over the hardware (the SDK's batching flags)."""
+    nfpgas: int = 1                    #: cards, each running the same program on its own images
+    clusters: tuple[int, ...] = (0,)   #: clusters of each card this model uses (firstcluster ...)
+    imgs_per_cluster: int = 1          #: images each cluster processes per call
+    mvbatch: bool = False              #: the MV units of a cluster take one image each
+
+    @property
+    def images_per_card(self) -> int:
+        return len(self.clusters) * self.imgs_per_cluster
+
+    @property
+    def batch(self) -> int:
+        """Images per Run/PutInput call."""
+        return self.nfpgas * self.images_per_card
+
+    def slot(self, image: int) -> tuple[int, int, int]:
+        """(card, cluster position, image slot on the card) of image ``image`` of a call."""
+        card, rest = divmod(image, self.images_per_card)
+        return card, rest // self.imgs_per_cluster, rest
+
+    def to_dict(self) -> dict:
+        return {"nfpgas": self.nfpgas, "clusters": list(self.clusters),
+                "imgs_per_cluster": self.imgs_per_cluster, "mvbatch": self.mvbatch}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Parallel":
+        return cls(d["nfpgas"], tuple(d["clusters"]), d["imgs_per_cluster"], bool(d["mvbatch"]))
+
+
 @dataclass
 class Compiled:
     """Everything needed to run a network: what a ``.bin`` holds."""
@@ -40,6 +71,7 @@ class Compiled:
     layers: list[LayerCode]
     graph: Graph | None = None                 #: quantised IR (for Run_th and the golden reference)
     meta: dict = field(default_factory=dict)
+    parallel: Parallel = field(default_factory=Parallel)
 
     def code_bytes(self, program: int) -> bytes:
         return encode_program(self.programs[program])
@@ -59,36 +91,50 @@ class Compiled:
         return mem
 
 
-def compile_graph(graph: Graph, cfg: MachineConfig, base: int = 0) -> Compiled:
-    """Lay out and generate code for a quantised graph: one cluster, one image slot."""
+def compile_graph(graph: Graph, cfg: MachineConfig, base: int = 0, parallel: Parallel = Parallel()) -> Compiled:
+    """Lay out and generate code for a quantised graph: one program per cluster of ``parallel``,
+    each processing its clusters' image slots (all cards get the same memory image)."""
     if not graph.quantized:
         raise CompileError("the graph must be quantised before code generation")
     if not graph.layers:
         raise CompileError("the model has no layer that runs on the DLA")
+    p = parallel
+    if not p.clusters or max(p.clusters) >= cfg.clusters_per_card or min(p.clusters) < 0:
+        raise CompileError(f"clusters {list(p.clusters)} do not exist: the {cfg.name!r} configuration has "
+                           f"{cfg.clusters_per_card} clusters per card")
+    if p.mvbatch and p.imgs_per_cluster % cfg.mv_per_cluster:
+        raise CompileError(f"mvbatch needs imgs_per_cluster to be a multiple of the {cfg.mv_per_cluster} MV "
+                           f"units of a cluster, got {p.imgs_per_cluster}")
     layouts, slot_bytes = plan_tensors(graph, cfg)
-    nslots = 1
+    nslots = p.images_per_card
     weights_offset = align(nslots * slot_bytes)
     store = WeightStore(cfg)
-    gen = CodeGen(cfg, graph, layouts, base + weights_offset, store)
-    program = gen.lower(act_base=base)
+    programs, code_bytes, layers = {}, {}, None
+    per_round = cfg.mv_per_cluster if p.mvbatch else 1
+    for k, cluster in enumerate(p.clusters):
+        gen = CodeGen(cfg, graph, layouts, base + weights_offset, store)
+        slots = [base + (k * p.imgs_per_cluster + b) * slot_bytes for b in range(p.imgs_per_cluster)]
+        programs[cluster] = gen.lower([slots[i:i + per_round] for i in range(0, len(slots), per_round)])
+        code_bytes[cluster] = len(programs[cluster]) * 32
+        layers = layers or gen.layers
     weights = store.tobytes()
     mm = MemoryMap(base=base, slot_bytes=slot_bytes, nslots=nslots, weights_offset=weights_offset,
                    weights_bytes=len(weights), code_offset=align(weights_offset + len(weights)),
-                   code_bytes={0: len(program) * 32}, tensors=layouts)
+                   code_bytes=code_bytes, tensors=layouts)
     if mm.end > cfg.mem_bytes:
         raise CompileError(f"the model needs {mm.end} bytes of card memory; the {cfg.name!r} "
                            f"configuration has {cfg.mem_bytes}")
     inputs = [IODesc(i.name, i.tensor, tuple(i.onnx_shape)) for i in graph.inputs]
     outputs = [IODesc(o.name, o.tensor, tuple(o.onnx_shape)) for o in graph.outputs]
-    return Compiled(cfg=cfg, memmap=mm, programs={0: program}, weights=weights, inputs=inputs,
-                    outputs=outputs, layers=gen.layers, graph=graph,
-                    meta={"model": graph.name})
+    return Compiled(cfg=cfg, memmap=mm, programs=programs, weights=weights, inputs=inputs,
+                    outputs=outputs, layers=layers, graph=graph, meta={"model": graph.name}, parallel=p)
 
 
-def compile_model(model, cfg: MachineConfig, inshapes: str | None = None) -> Compiled:
+def compile_model(model, cfg: MachineConfig, inshapes: str | None = None, base: int = 0,
+                  parallel: Parallel = Parallel()) -> Compiled:
     """ONNX model (path or ModelProto) -> Compiled, with the default Q8.8 activations."""
     from .frontend import load_model
     from .quantize import quantize
     graph = load_model(model, inshapes=inshapes)
     quantize(graph, cfg)
-    return compile_graph(graph, cfg)
+    return compile_graph(graph, cfg, base=base, parallel=parallel)

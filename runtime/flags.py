@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from arch.machine import get_config
+from arch.machine import REFERENCE, get_config
 
 DEBUG_LETTERS = {
     "b": "per-run profile (cycles, time, bytes moved, efficiency)",
@@ -81,17 +81,13 @@ FLAGS: dict[str, FlagSpec] = {
     "blockingmode": FlagSpec(_bool, 1, "1: PutInput/GetResult wait; 0: they return at once"),
     "heterogeneous": FlagSpec(_bool, 0, "run unsupported layers in the middle of the network on the host"),
     "hazardcheck": FlagSpec(_bool, 1, "functional model: check that the program is free of data races"),
+    "maxfpga": FlagSpec(_int_range(1, 64), REFERENCE.max_cards, "simulated cards in the system (shared by all MDLA objects)"),
 }
 ALIASES = {"nobatch": "clustersbatchmode"}
 
 #: Flags whose non-default values this build cannot honour yet, with what is missing.
 NOT_YET = {
-    "nfpgas": "batching across cards",
-    "nclusters": "multi-cluster execution",
-    "firstcluster": "models on disjoint clusters",
-    "imgs_per_cluster": "several images per cluster",
     "clustersbatchmode": "splitting one image across clusters",
-    "mvbatch": "MV-level batching",
     "heterogeneous": "host fallback for unsupported layers",
 }
 

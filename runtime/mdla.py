@@ -2,18 +2,22 @@
 
     import microndla
     ie = microndla.MDLA()
-    ie.SetFlag('debug', 'b')
+    ie.SetFlag({'nfpgas': 2, 'nclusters': 2})
     outnames = ie.Compile('model.onnx')
-    y = ie.Run(x)            # float32 NCHW in, float32 out
+    y = ie.Run(x)            # float32 NCHW in (nfpgas x nclusters x imgs_per_cluster images), float32 out
 
-``Run`` converts the input to the network's fixed-point format, writes it into the card memory
-image, runs the compiled DLA program on the selected executor (the functional model by default)
-and converts the result back. ``Run_sw`` always uses the functional model; ``Run_th`` runs the same
-graph in float32 on the host (no fixed point), like the SDK's thnets path.
+``Run`` converts the inputs to the network's fixed-point format, writes each image into the slot
+of its card and cluster in the card memory, runs the compiled programs on the selected executor
+(the functional model by default; cards run concurrently in threads) and converts the results
+back. ``Run_sw`` always uses the functional model; ``Run_th`` runs the same graph in float32 on the
+host, like the SDK's thnets path. ``PutInput``/``GetResult`` stream inputs through two buffers.
 """
 from __future__ import annotations
 
+import os
 import sys
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +26,14 @@ from arch.asm import disassemble
 from arch.machine import get_config
 from arch.numerics import fixed_to_float, float_to_fixed
 from compiler import binfile
-from compiler.driver import Compiled, compile_model
+from compiler.driver import Compiled, Parallel, compile_model
 from compiler.ir import CompileError
+from compiler.memmap import align
 
+from .cards import POOL, CardsUnavailable
 from .executors import get_executor
 from .flags import FlagSet
+from .streaming import Stream, StreamDeadlock
 
 VERSION = "0.1.0"
 
@@ -35,16 +42,35 @@ class MDLAError(RuntimeError):
     """A call the runtime cannot honour (wrong order, missing model, unsupported mode)."""
 
 
+class _Owner:
+    """The identity under which an MDLA object holds cards (kept apart so the object can be collected)."""
+
+
 class MDLA:
-    """One handle on the simulated DLA (one card, its memory and the loaded program)."""
+    """One handle on the simulated DLA: a loaded model, the cards (and clusters) it runs on."""
 
     def __init__(self):
         self._flags = FlagSet()
         self._compiled: Compiled | None = None
-        self._memory: np.ndarray | None = None
-        self._last_stats = None
+        self._cards = []
+        self._owner = _Owner()
+        self._last_stats = []
         self._hwcycles = 0
         self._saturations = 0
+        self._stream = self._new_stream()
+        self._finalizer = weakref.finalize(self, POOL.release, self._owner)
+
+    def _new_stream(self) -> Stream:
+        # The stream's runner refers to this object weakly, so that an object nobody holds is
+        # collected at once and its cards go back to the pool.
+        ref = weakref.ref(self)
+
+        def run(images):
+            obj = ref()
+            if obj is None:
+                raise MDLAError("the MDLA object was freed")
+            return obj._run_call(images)
+        return Stream(run, name="this MDLA object")
 
     # ------------------------------------------------------------------ flags and info
     def SetFlag(self, name, value=""):
@@ -54,13 +80,14 @@ class MDLA:
                 self.SetFlag(k, v)
             return
         self._flags.set(name, value)
+        if name == "maxfpga":
+            POOL.resize(self._flags["maxfpga"])
 
     def GetInfo(self, name: str):
         """A typed value: 'version', 'build', 'hwtime' (ms, last run), 'hwcycles', 'freq' (MHz),
-        'maxcluster', 'maxfpga', 'inshapes', 'outshapes', 'innames', 'outnames', 'addroff', 'saturations',
-        or the current value of any flag."""
+        'maxcluster', 'maxfpga', 'inshapes', 'outshapes', 'innames', 'outnames', 'addroff',
+        'saturations', 'batch', or the current value of any flag."""
         cfg = self._config()
-        c = self._compiled
         info = {
             "version": lambda: VERSION,
             "build": lambda: f"open-mdla {VERSION}",
@@ -68,8 +95,9 @@ class MDLA:
             "hwtime": lambda: float(cfg.cycles_to_ms(self._hwcycles)),
             "freq": lambda: int(cfg.clock_mhz),
             "maxcluster": lambda: int(cfg.clusters_per_card),
-            "maxfpga": lambda: int(cfg.max_cards),
+            "maxfpga": lambda: int(POOL.size),
             "saturations": lambda: int(self._saturations),
+            "batch": lambda: int(self._need().parallel.batch),
             "inshapes": lambda: ";".join("x".join(map(str, i.onnx_shape)) for i in self._need().inputs),
             "outshapes": lambda: ";".join("x".join(map(str, o.onnx_shape)) for o in self._need().outputs),
             "innames": lambda: ";".join(i.name for i in self._need().inputs),
@@ -87,57 +115,135 @@ class MDLA:
         """Compile an ONNX model for the configured hardware. Returns the list of output names.
 
         With ``outfile`` the program is written to that ``.bin`` and ``Init`` loads it; without,
-        it is loaded at once and ``Run`` can follow. ``simplify`` is accepted for compatibility:
-        the front end always folds constants."""
-        if MDLA is not None:
-            raise MDLAError("linking a second model (Compile(..., MDLA=other)) is not supported by this build yet")
+        it is loaded at once and ``Run`` can follow. ``MDLA``: another, loaded object to link
+        with: this model goes into the same cards' memory after the other's, on the clusters
+        this object's flags select (disjoint ones run at the same time, the same ones in
+        sequence). ``simplify`` is accepted for compatibility: the front end always folds
+        constants."""
         if samples is not None:
             raise MDLAError("calibration samples (variable fixed point) are not supported by this build yet; "
                             "the default Q8.8 format is used without them")
-        self._check_flags()
         if isinstance(modelpath, (list, tuple)):
             raise MDLAError("compiling a list of models into one program is not supported by this build yet")
-        compiled = compile_model(modelpath, self._config(), inshapes=inshapes)
+        self._check_flags()
+        cfg = self._config()
+        parallel = self._parallel(cfg)
+        base = 0
+        if MDLA is not None:
+            base = self._link_base(MDLA, parallel)
+        compiled = compile_model(modelpath, cfg, inshapes=inshapes, base=base, parallel=parallel)
         if "n" in self._flags["debug"]:
             self._print_layers(compiled)
         if outfile is not None:
             binfile.write(compiled, outfile)
         else:
-            self._load(compiled)
+            self._load(compiled, MDLA)
         return [o.name for o in compiled.outputs]
 
     def Init(self, infile, MDLA=None):
-        """Load a compiled .bin (written by Compile(..., outfile=...))."""
-        if MDLA is not None:
-            raise MDLAError("linking (Init(..., MDLA=other)) is not supported by this build yet")
+        """Load a compiled .bin (written by Compile(..., outfile=...)), optionally linked to another object."""
         compiled = binfile.read(infile)
         flag_cfg = self._config()
         if compiled.cfg != flag_cfg and self._flags["bitfile"] != "reference":
             raise MDLAError(f"{infile} was compiled for hardware configuration {compiled.cfg.name!r}, "
                             f"but the bitfile flag selects {flag_cfg.name!r}")
-        self._load(compiled)
+        self._load(compiled, MDLA)
 
     def Free(self):
-        """Release the loaded program and the card memory."""
+        """Release the loaded program and the cards it occupied."""
+        self._stream.close()
+        POOL.release(self._owner)
         self._compiled = None
-        self._memory = None
+        self._cards = []
 
-    def _load(self, compiled: Compiled) -> None:
+    def _parallel(self, cfg) -> Parallel:
+        f = self._flags
+        nclus, first = f["nclusters"], f["firstcluster"]
+        if first + nclus > cfg.clusters_per_card:
+            raise MDLAError(f"clusters {first}..{first + nclus - 1} requested (firstcluster={first}, "
+                            f"nclusters={nclus}); the {cfg.name!r} configuration has {cfg.clusters_per_card} "
+                            f"clusters per card")
+        if f["nfpgas"] > POOL.size:
+            raise MDLAError(f"nfpgas={f['nfpgas']} but the simulated system has {POOL.size} cards "
+                            f"(SetFlag('maxfpga', n) to change it)")
+        if f["mvbatch"] and f["imgs_per_cluster"] % cfg.mv_per_cluster:
+            raise MDLAError(f"mvbatch needs imgs_per_cluster to be a multiple of {cfg.mv_per_cluster} (the MV units "
+                            f"of a cluster), got imgs_per_cluster={f['imgs_per_cluster']}")
+        return Parallel(nfpgas=f["nfpgas"], clusters=tuple(range(first, first + nclus)),
+                        imgs_per_cluster=f["imgs_per_cluster"], mvbatch=bool(f["mvbatch"]))
+
+    @staticmethod
+    def _residents(other: "MDLA") -> list[Compiled]:
+        return [o._compiled for o in _objects_on(other._cards)]
+
+    def _link_base(self, other: "MDLA", parallel: Parallel) -> int:
+        if not isinstance(other, MDLA) or other._compiled is None:
+            raise MDLAError("Compile(..., MDLA=other): the other object must already have a model loaded")
+        self._check_link(other, parallel)
+        return align(max(c.memmap.end for c in self._residents(other)))
+
+    def _check_link(self, other: "MDLA", parallel: Parallel) -> None:
+        oc = other._compiled
+        if parallel.nfpgas != oc.parallel.nfpgas:
+            raise MDLAError(f"a linked model must use the same cards: nfpgas={parallel.nfpgas} here, "
+                            f"{oc.parallel.nfpgas} in the object linked to")
+        mine = set(parallel.clusters)
+        for c in self._residents(other):
+            theirs = set(c.parallel.clusters)
+            if mine & theirs and mine != theirs:
+                raise MDLAError(f"clusters {sorted(mine)} overlap clusters {sorted(theirs)} of a linked model: "
+                                f"linked models use either disjoint clusters (set firstcluster) or the same ones")
+
+    def _load(self, compiled: Compiled, link: "MDLA | None" = None) -> None:
+        cfg = compiled.cfg
+        self.Free()
+        self._stream = self._new_stream()
+        if link is not None:
+            if not isinstance(link, MDLA) or link._compiled is None:
+                raise MDLAError("the object to link to must already have a model loaded")
+            if link._compiled.cfg != cfg:
+                raise MDLAError("linked models must be compiled for the same hardware configuration")
+            self._check_link(link, compiled.parallel)
+            ends = [c.memmap.end for c in self._residents(link)]
+            if compiled.memmap.base < max(ends):
+                raise MDLAError(f"this model's memory starts at {compiled.memmap.base:#x}, inside the memory of a "
+                                f"model already on those cards (which ends at {max(ends):#x}); compile it with "
+                                f"Compile(..., MDLA=other) so that it is placed after")
+            cards = link._cards
+            POOL.share(cards, self._owner)
+        else:
+            if compiled.memmap.base != 0:
+                raise MDLAError("this .bin was compiled to follow another model in memory: Init it with MDLA=that object")
+            try:
+                cards = POOL.allocate(compiled.parallel.nfpgas, self._owner)
+            except CardsUnavailable as e:
+                raise MDLAError(str(e)) from None
+        image = compiled.memory_image()
+        base = compiled.memmap.base
+        for card in cards:
+            with card.lock:
+                card.ensure(compiled.memmap.end)
+                card.memory[base:compiled.memmap.end] = image[base:]
+        _REGISTRY[id(self._owner)] = weakref.ref(self)
         self._compiled = compiled
-        self._memory = compiled.memory_image()
+        self._cards = cards
         if "i" in self._flags["debug"]:
-            for p, prog in compiled.programs.items():
-                Path(f"instr0_{p}_0.txt").write_text(disassemble(prog, with_pc=True))
+            for card in cards:
+                for p, prog in compiled.programs.items():
+                    Path(f"instr{card.index}_{p}_0.txt").write_text(disassemble(prog, with_pc=True))
+        del cfg
 
     # ------------------------------------------------------------------ run
     def Run(self, images):
         """Run on the DLA (the executor chosen with the 'simulator' flag). Returns one float32 array
         for a single-output network, else a list, each with a leading batch dimension."""
-        return self._run(images, self._flags["simulator"])
+        results, cycles = self._run_call(images)
+        return results
 
     def Run_sw(self, images):
         """Run on the bit-exact functional model, whatever the 'simulator' flag says."""
-        return self._run(images, "functional")
+        results, _ = self._run_call(images, simulator="functional")
+        return results
 
     def Run_th(self, images):
         """Run the same graph in float32 on the host, no fixed point (the SDK's thnets path)."""
@@ -145,54 +251,93 @@ class MDLA:
         c = self._need()
         if c.graph is None:
             raise MDLAError("this .bin has no graph section; Run_th needs one")
-        batch = self._inputs(images, c)
+        arrays, batch = self._inputs(images, c, any_batch=True)
         results = [[] for _ in c.outputs]
         for n in range(batch):
-            feeds = {i.tensor: self._image(i, n).astype(np.float32) for i in c.inputs}
+            feeds = {i.tensor: self._image(arrays, k, n) for k, i in enumerate(c.inputs)}
             t = run_float(c.graph, feeds)
             for k, o in enumerate(c.graph.outputs):
                 results[k].append(output_array(o, t[o.tensor])[0])
         return self._pack(results)
 
-    def _run(self, images, simulator: str):
+    def PutInput(self, images, userobj):
+        """Queue one call's inputs (None: end-of-stream marker) with a user object; returns False when
+        both input buffers are busy and 'blockingmode' is 0."""
         c = self._need()
-        cfg = c.cfg
-        batch = self._inputs(images, c)
-        if batch != 1:
-            raise ValueError(f"got a batch of {batch} images; this compilation takes 1 per call "
-                             "(nfpgas x nclusters x imgs_per_cluster)")
-        mem = self._memory
-        mm = c.memmap
-        sat = 0
-        for i in c.inputs:
-            lay = mm.tensors[i.tensor]
-            q, over = float_to_fixed(self._image(i, 0), lay.frac)
-            sat += over
-            lay.write(mem, mm.tensor_addr(i.tensor), cfg.lanes, q.reshape(lay.channels, lay.height, lay.width))
-        executor = get_executor(simulator)
+        if images is not None:
+            self._inputs(images, c)          # bad input is reported here, not at GetResult
+        try:
+            return self._stream.put(images, userobj, bool(self._flags["blockingmode"]))
+        except StreamDeadlock as e:
+            raise MDLAError(str(e)) from None
+
+    def GetResult(self):
+        """(results, userobj) of the oldest queued call, in the form Run returns (None for the
+        end-of-stream marker); None when nothing is ready and 'blockingmode' is 0."""
+        try:
+            r = self._stream.get(bool(self._flags["blockingmode"]))
+        except StreamDeadlock as e:
+            raise MDLAError(str(e)) from None
+        if r is not None and r[0] is not None:
+            self._hwcycles = self._stream.last_cycles
+        return r
+
+    def _run_call(self, images, simulator: str | None = None):
+        """One call: every image to its card, cluster and slot; returns (results, modelled cycles)."""
+        c = self._need()
+        cfg, mm, p = c.cfg, c.memmap, c.parallel
+        arrays, batch = self._inputs(images, c)
+        executor = get_executor(simulator or self._flags["simulator"])
         if self._flags["vcd"] and hasattr(executor, "vcd"):
             executor.vcd = self._flags["vcd"]
-        stats = executor.run(cfg, mem, {p: mm.code_addr(p) for p in c.programs},
-                             check_hazards=bool(self._flags["hazardcheck"]))
-        self._last_stats = stats
-        self._hwcycles = stats.cycles
-        sat += sum(cs.saturations for cs in stats.clusters.values())
+        programs = {cl: mm.code_addr(cl) for cl in p.clusters}
+        check = bool(self._flags["hazardcheck"])
+
+        def run_card(f: int):
+            card = self._cards[f]
+            images_here = [n for n in range(batch) if p.slot(n)[0] == f]
+            sat = 0
+            with card.lock:
+                for n in images_here:
+                    slot = p.slot(n)[2]
+                    for k, i in enumerate(c.inputs):
+                        lay = mm.tensors[i.tensor]
+                        q, over = float_to_fixed(self._image(arrays, k, n), lay.frac)
+                        sat += over
+                        lay.write(card.memory, mm.tensor_addr(i.tensor, slot), cfg.lanes, q)
+                stats = executor.run(cfg, card.memory, programs, check_hazards=check)
+                outs = {}
+                for n in images_here:
+                    slot = p.slot(n)[2]
+                    outs[n] = [fixed_to_float(mm.tensors[o.tensor].read(card.memory, mm.tensor_addr(o.tensor, slot),
+                                                                        cfg.lanes), mm.tensors[o.tensor].frac)
+                               .reshape(o.onnx_shape[1:]) for o in c.outputs]
+            return stats, outs, sat
+
+        if p.nfpgas > 1 and (os.cpu_count() or 1) > 1:
+            with ThreadPoolExecutor(max_workers=min(p.nfpgas, os.cpu_count() or 1),
+                                    thread_name_prefix="mdla-card") as pool:
+                per_card = list(pool.map(run_card, range(p.nfpgas)))
+        else:
+            per_card = [run_card(f) for f in range(p.nfpgas)]
+        self._last_stats = [s for s, _, _ in per_card]
+        cycles = max(s.cycles for s in self._last_stats)
+        self._hwcycles = cycles
+        outs = {n: o for _, oo, _ in per_card for n, o in oo.items()}
+        sat = sum(x for _, _, x in per_card) + sum(cs.saturations for s in self._last_stats
+                                                   for cs in s.clusters.values())
         self._saturations = sat
-        results = []
-        for o in c.outputs:
-            lay = mm.tensors[o.tensor]
-            q = lay.read(mem, mm.tensor_addr(o.tensor), cfg.lanes)
-            results.append([fixed_to_float(q, lay.frac).reshape(o.onnx_shape[1:])])
+        results = [[outs[n][k] for n in range(batch)] for k in range(len(c.outputs))]
         dbg = self._flags["debug"]
         if "w" in dbg and sat:
             print(f"warning: {sat} values saturated to the 16-bit range during this run", file=sys.stderr)
         if "b" in dbg:
-            self._print_profile(stats)
-        return self._pack(results)
+            self._print_profile(batch)
+        return self._pack(results), cycles
 
     # ------------------------------------------------------------------ helpers
     def _config(self):
-        return get_config(self._flags["bitfile"])
+        return self._compiled.cfg if self._compiled is not None else get_config(self._flags["bitfile"])
 
     def _check_flags(self):
         bad = self._flags.unsupported()
@@ -204,14 +349,14 @@ class MDLA:
             raise MDLAError("no model loaded: call Compile(model) or Init(file.bin) before running")
         return self._compiled
 
-    def _inputs(self, images, c: Compiled) -> int:
-        """Validate inputs; keep them as float arrays of shape (N, *per-image shape). Returns N."""
+    def _inputs(self, images, c: Compiled, any_batch: bool = False) -> tuple[list[np.ndarray], int]:
+        """Validated inputs as float32 arrays of shape (N, *per-image shape), and N."""
         arrays = list(images) if isinstance(images, (list, tuple)) else [images]
         if len(arrays) != len(c.inputs):
             raise ValueError(f"the network has {len(c.inputs)} input(s) "
                              f"({', '.join(i.name for i in c.inputs)}), got {len(arrays)} array(s)")
-        self._arrays = []
-        batch = None
+        out, batch = [], None
+        expected = c.parallel.batch
         for a, i in zip(arrays, c.inputs):
             if a is None:
                 raise ValueError(f"input {i.name!r} is None")
@@ -223,19 +368,24 @@ class MDLA:
                 a = a[None]
             if a.shape[1:] != per:
                 raise ValueError(f"input {i.name!r} must have shape (N, {', '.join(map(str, per))}) "
-                                 f"or {per}, got {a.shape}")
+                                 f"or {per} for one image, got {a.shape}")
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"input {i.name!r} contains NaN or infinity")
             if batch is not None and a.shape[0] != batch:
                 raise ValueError(f"inputs have different batch sizes ({batch} and {a.shape[0]})")
             batch = a.shape[0]
-            self._arrays.append(a.astype(np.float32, copy=False))
-        return batch
+            out.append(a.astype(np.float32, copy=False))
+        if not any_batch and batch != expected:
+            p = c.parallel
+            raise ValueError(f"got a batch of {batch} image(s); this compilation takes {expected} per call "
+                             f"(nfpgas {p.nfpgas} x clusters {len(p.clusters)} x imgs_per_cluster "
+                             f"{p.imgs_per_cluster})")
+        return out, batch
 
-    def _image(self, i, n: int) -> np.ndarray:
-        """Image n of input i as the (C, H, W) tensor the network's first layer reads."""
-        lay = self._compiled.memmap.tensors[i.tensor]
-        return self._arrays[self._compiled.inputs.index(i)][n].reshape(lay.channels, lay.height, lay.width)
+    def _image(self, arrays, k: int, n: int) -> np.ndarray:
+        """Image n of input k as the (C, H, W) tensor the network's first layer reads."""
+        lay = self._compiled.memmap.tensors[self._compiled.inputs[k].tensor]
+        return arrays[k][n].reshape(lay.channels, lay.height, lay.width)
 
     @staticmethod
     def _pack(results):
@@ -247,16 +397,32 @@ class MDLA:
             print(f"type {lc.kind} name={lc.name} mode={lc.mode} tile={lc.tile[0]}x{lc.tile[1]} "
                   f"chunks={lc.chunks} slots={lc.slots} instr={lc.first_pc}..{lc.last_pc} macs={lc.macs}")
 
-    def _print_profile(self, stats) -> None:
+    def _print_profile(self, batch: int) -> None:
         c = self._compiled
-        cfg = c.cfg
-        macs = sum(l.macs for l in c.layers)
-        ideal = macs / cfg.macs_per_cluster
-        moved = sum(cs.bytes_loaded + cs.bytes_stored for cs in stats.clusters.values())
-        print(f"Batch 1, cards 1, clusters 1 ({cfg.name}): {stats.cycles} cycles = "
-              f"{cfg.cycles_to_ms(stats.cycles):.4f} ms at {cfg.clock_mhz:g} MHz; "
-              f"{moved} bytes moved; ops {2 * macs}; ideal {cfg.cycles_to_ms(ideal):.4f} ms; "
-              f"efficiency {ideal / max(stats.cycles, 1):.3f}")
+        cfg, p = c.cfg, c.parallel
+        macs = sum(l.macs for l in c.layers) * batch
+        peak = cfg.macs_per_cluster * len(p.clusters) * p.nfpgas
+        ideal = macs / peak
+        cycles = self._hwcycles
+        moved = sum(cs.bytes_loaded + cs.bytes_stored for s in self._last_stats for cs in s.clusters.values())
+        print(f"Batch {batch}, cards {p.nfpgas}, clusters {len(p.clusters)} ({cfg.name}); bytes moved {moved}; "
+              f"ops {2 * macs}; modelled {cfg.cycles_to_ms(cycles):.4f} ms ({cycles} cycles at {cfg.clock_mhz:g} MHz); "
+              f"ideal at peak {cfg.cycles_to_ms(ideal):.4f} ms; efficiency {ideal / max(cycles, 1):.3f}")
+
+
+#: live objects by owner identity, to find the models resident on a card
+_REGISTRY: dict[int, weakref.ref] = {}
+
+
+def _objects_on(cards) -> list[MDLA]:
+    objs = []
+    for card in cards:
+        for owner in card.owners:
+            ref = _REGISTRY.get(id(owner))
+            obj = ref() if ref is not None else None
+            if obj is not None and obj._compiled is not None and obj not in objs:
+                objs.append(obj)
+    return objs
 
 
 __all__ = ["MDLA", "MDLAError", "CompileError", "VERSION"]

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -256,6 +258,7 @@ _END_OPCODE = isa.FORMATS["END"].opcode
 _OPCODE_MASK = (1 << isa.OPCODE_BITS) - 1
 _CACHE_SIZE = 64
 _program_cache: OrderedDict[tuple, _Program] = OrderedDict()
+_cache_lock = threading.Lock()   # cards may run in threads
 
 
 def clear_program_cache() -> None:
@@ -286,10 +289,11 @@ def _load_program(cfg: MachineConfig, memory: np.ndarray, addr: int, cluster: in
                        f"the end of the {len(memory)}-byte memory image")
     raw = memory[addr:addr + (end + 1) * INSTR_BYTES].tobytes()
     key = (cfg, len(raw), hashlib.blake2b(raw, digest_size=16).digest())
-    prog = _program_cache.get(key)
-    if prog is not None:
-        _program_cache.move_to_end(key)
-        return prog
+    with _cache_lock:
+        prog = _program_cache.get(key)
+        if prog is not None:
+            _program_cache.move_to_end(key)
+            return prog
     ops: list[_Op] = []
     counts = [0] * len(ENGINES)
     for pc in range(end + 1):
@@ -328,9 +332,10 @@ def _load_program(cfg: MachineConfig, memory: np.ndarray, addr: int, cluster: in
                 unmatched = (q, o.pc, popped[q], pushes[q])
     prog = _Program(ops=tuple(ops), engine_pcs=engine_pcs, nbytes=len(raw),
                     mem_hi=max((o.mem_hi for o in ops), default=0), unmatched_pop=unmatched)
-    _program_cache[key] = prog
-    if len(_program_cache) > _CACHE_SIZE:
-        _program_cache.popitem(last=False)
+    with _cache_lock:
+        _program_cache[key] = prog
+        if len(_program_cache) > _CACHE_SIZE:
+            _program_cache.popitem(last=False)
     return prog
 
 
@@ -488,8 +493,32 @@ def run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *
     BLAS is held to one thread meanwhile: the model issues many medium-sized GEMMs, for which
     OpenBLAS's threads gain little on an idle machine and thrash when the other cores are busy
     (ResNet-18 took 2.5 s instead of 0.16 s on two cores with one of them loaded)."""
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _single_thread_blas():
         return _run_card(cfg, memory, programs, check_hazards=check_hazards, trace=trace)
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+
+
+@contextmanager
+def _single_thread_blas():
+    """threadpoolctl's limit is process-wide, so concurrent runs (cards in threads) share one:
+    the first run in sets it, the last one out restores the original."""
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
 
 
 def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,

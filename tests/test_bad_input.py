@@ -101,8 +101,29 @@ def test_unsupported_op_names_node_and_op(tmp_path):
 
 def test_modes_of_later_issues_fail_clearly(cnn):
     ie = microndla.MDLA()
-    ie.SetFlag("nclusters", 2)
-    with pytest.raises(microndla.MDLAError, match="nclusters=2"):
+    ie.SetFlag({"nclusters": 2, "clustersbatchmode": 1})
+    with pytest.raises(microndla.MDLAError, match="clustersbatchmode=1"):
         ie.Compile(cnn)
     with pytest.raises(microndla.MDLAError, match="samples"):
         microndla.MDLA().Compile(cnn, samples=[np.zeros((1, 3, 32, 32), np.float32)])
+
+
+@pytest.mark.parametrize("flags,match", [
+    ({"nclusters": 5}, r"clusters 0..4 requested.*4 clusters per card"),
+    ({"nclusters": 2, "firstcluster": 3}, r"clusters 3..4 requested"),
+    ({"nfpgas": 9}, r"nfpgas=9 but the simulated system has 4 cards"),
+    ({"imgs_per_cluster": 6, "mvbatch": 1}, r"mvbatch needs imgs_per_cluster to be a multiple of 4"),
+])
+def test_bad_parallel_flags(cnn, flags, match):
+    ie = microndla.MDLA()
+    ie.SetFlag(flags)
+    with pytest.raises(microndla.MDLAError, match=match):
+        ie.Compile(cnn)
+
+
+def test_wrong_batch_for_the_parallel_layout(cnn):
+    ie = microndla.MDLA()
+    ie.SetFlag({"nclusters": 2, "imgs_per_cluster": 2})
+    ie.Compile(cnn)
+    with pytest.raises(ValueError, match=r"batch of 3 image\(s\); this compilation takes 4 per call"):
+        ie.Run(np.zeros((3, 3, 32, 32), np.float32))
