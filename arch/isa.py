@@ -193,6 +193,13 @@ elements (padding included as it stands in the buffer).""")
 _fmt("SYNC", 5, "compute", (), """No operation on the compute engine: it takes one cycle and exists to pass dependency tokens
 between the store and load engines (for example between one layer's stores and the next layer's loads).""")
 
+_fmt("BARRIER", 7, "compute", (
+    Field("mask", 8, "clusters that meet here (bit c = cluster c; includes this cluster)"),
+), """Card-level barrier on the compute engine: the k-th BARRIER of each cluster in `mask` meets the
+k-th BARRIER of the others, and all of them end in the same cycle, one after the last of them
+starts. With the dependency tokens around it, this orders one cluster's stores before another
+cluster's loads when clusters split the work of one image (`clustersbatchmode`).""")
+
 _fmt("END", 15, "control", (), """End of the program: instruction fetch stops. The cluster is done when every engine has finished.""")
 
 BY_OPCODE = {f.opcode: f for f in FORMATS.values()}
@@ -392,6 +399,9 @@ def validate(i: Instr, cfg: MachineConfig) -> None:
                 end = i.res_addr + (i.oh * i.ow - 1) * i.out_pitch + i.nvv
                 need(end <= cfg.res_words, f"reads residual words up to {end - 1}, beyond {cfg.res_words}")
         need(not i.resid or i.write, "resid needs write = 1 (the residual is added by the output stage)")
+    elif i.op == "BARRIER":
+        need(0 < i.mask < (1 << cfg.clusters_per_card),
+             f"mask {i.mask:#b} must select some of the {cfg.clusters_per_card} clusters")
     elif i.op in ("MAXPOOL", "AVGPOOL"):
         need(0 < i.mv_mask < (1 << mvs), f"mv_mask {i.mv_mask:#b} must select some of the {mvs} MV units")
         for n in ("in_w", "ppitch", "nb", "kh", "kw", "sy", "sx", "oh", "ow"):

@@ -16,6 +16,8 @@ busy cycle, when its engine is free again and its pushed tokens become visible).
    the instruction ends ``e = g + words + mem_latency`` (data in the buffer, or the write acknowledged).
 4. Compute costs are fixed by the fields: see :func:`compute_cycles`.
 5. A cluster is done at the largest end cycle of its instructions; a card when all its clusters are.
+6. The k-th BARRIER of every cluster in its mask ends at ``1 + max(s)`` over those BARRIERs (each
+   starts by rule 2, then waits for the others).
 
 The functional model computes exactly these numbers; the RTL exhibits them.
 """
@@ -34,8 +36,8 @@ def compute_cycles(i: Instr, cfg: MachineConfig) -> int:
         return cfg.conv_pipeline + i.oh * i.ow * conv_reduction(i)
     if i.op in ("MAXPOOL", "AVGPOOL"):
         return cfg.pool_pipeline + i.oh * i.ow * i.nb * i.kh * i.kw
-    if i.op == "SYNC":
-        return 1
+    if i.op in ("SYNC", "BARRIER"):
+        return 1      # a BARRIER's end is also bounded by the other clusters' (rule 6)
     raise ValueError(f"{i.op} is not a compute instruction")
 
 
@@ -62,5 +64,6 @@ COST_TEXT = {
     "MAXPOOL": "`pool_pipeline + oh*ow*nb*kh*kw`",
     "AVGPOOL": "`pool_pipeline + oh*ow*nb*kh*kw`",
     "SYNC": "`1`",
+    "BARRIER": "ends at `1 + max(s)` over the k-th BARRIERs of the clusters in `mask` (rule 6)",
     "END": "no engine; fetch stops",
 }

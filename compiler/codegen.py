@@ -107,7 +107,9 @@ class CodeGen:
     """Generates the program of one cluster for one image slot of a memory map."""
 
     def __init__(self, cfg: MachineConfig, graph: Graph, layouts: dict[str, TensorLayout],
-                 weights_addr: int, weights: "WeightStore"):
+                 weights_addr: int, weights: "WeightStore", share: tuple[int, int] = (0, 1), barrier_mask: int = 0):
+        """``share`` = (k, n): this program does the k-th of every n work items of each layer, the
+        other n-1 clusters of ``barrier_mask`` the rest (clustersbatchmode); (0, 1): all of it."""
         self.cfg = cfg
         self.graph = graph
         self.layouts = layouts
@@ -117,6 +119,8 @@ class CodeGen:
         self.kern_half = cfg.kernel_words // 2
         self.out_half = cfg.out_words // 2
         self.res_half = cfg.res_words // 2
+        self.share = share
+        self.barrier_mask = barrier_mask
         self.program: list[Instr] = []
         self.layers: list[LayerCode] = []
 
@@ -200,22 +204,32 @@ class CodeGen:
         """The program for ``rounds``: each round is the list of image slots (activation base
         addresses) processed together, one image, or one image per MV unit (mvbatch); rounds run
         one after the other. The layer report describes the first round."""
-        n = len(self.graph.layers)
+        planned = []
         for r, bases in enumerate(rounds):
-            for idx, layer in enumerate(self.graph.layers):
-                first_pc = len(self.program)
+            for layer in self.graph.layers:
                 if isinstance(layer, Conv):
                     slots, info = self._conv_slots(layer, bases)
                 elif isinstance(layer, (MaxPool, AvgPool)):
                     slots, info = self._pool_slots(layer, bases)
                 else:  # pragma: no cover - the front end only produces these
                     raise CompileError(f"layer {layer.name!r}: no code generator for {type(layer).__name__}")
-                self._emit(slots, first_layer=r == 0 and idx == 0, last_layer=r == len(rounds) - 1 and idx == n - 1)
-                if r == 0:
-                    self.layers.append(LayerCode(first_pc=first_pc, last_pc=len(self.program) - 1,
-                                                 slots=len(slots), **info))
+                planned.append((r, slots, info))
+        token = False      # a layer-boundary token is waiting for the next layer's first load
+        for n, (r, slots, info) in enumerate(planned):
+            first_pc = len(self.program)
+            following = planned[n + 1][1] if n + 1 < len(planned) else None
+            token = self._emit(slots, pop_boundary=token, last_layer=following is None,
+                               push_boundary=bool(following))
+            if r == 0:
+                self.layers.append(LayerCode(first_pc=first_pc, last_pc=len(self.program) - 1,
+                                             slots=len(slots), **info))
         self.program.append(Instr("END"))
         return self.program
+
+    def _mine(self, work: list) -> list:
+        """This program's share of a layer's work items (round-robin over the splitting clusters)."""
+        k, n = self.share
+        return work[k::n]
 
     def _conv_slots(self, L: Conv, bases: list[int]):
         cfg = self.cfg
@@ -274,7 +288,7 @@ class CodeGen:
 
         act = Act.RELU if L.act == "relu" else Act.NONE
         slots: list[_Slot] = []
-        for it in items:
+        for it in self._mine(items):
             nmv = len(it)
             mask = (1 << nmv) - 1
             share_tile = all(t == it[0][1] and b == it[0][2] for _, t, b in it)
@@ -345,39 +359,42 @@ class CodeGen:
         by_shape: dict[tuple[int, int, int], list] = {}
         for w in work:
             by_shape.setdefault((w[1], w[2].oh, w[2].ow), []).append(w)
+        groups = [ws[i:i + M] for ws in by_shape.values() for i in range(0, len(ws), M)]
         slots = []
-        for ws in by_shape.values():
-            for i in range(0, len(ws), M):
-                it = ws[i:i + M]
-                s = _Slot()
-                half = len(slots) % 2
-                mbase = half * self.maps_half
-                nb, t0 = it[0][1], it[0][2]
-                in_rows = (t0.oh - 1) * sy + kh
-                in_cols = (t0.ow - 1) * sx + kw
-                for m, (cw, _, t, b) in enumerate(it):
-                    y, x = t.oy0 * sy - pt, t.ox0 * sx - pl
-                    s.loads.append(self._dma("LOAD", self._addr(b, tin, y, x, cw), mbase, in_rows, in_cols,
-                                             nb, tin, buf=Buf.MAPS, mv_mask=1 << m, nvv=0))
-                avg = dict(mul=L.mul, shift=L.shift) if isinstance(L, AvgPool) else {}
-                s.compute = _instr("AVGPOOL" if avg else "MAXPOOL", mv_mask=(1 << len(it)) - 1, maps_addr=mbase,
-                                   in_w=in_cols, ppitch=nb, nb=nb, kh=kh, kw=kw, sy=sy, sx=sx, oh=t0.oh, ow=t0.ow,
-                                   out_addr=0, out_pitch=nb, **avg)
-                for m, (cw, _, t, b) in enumerate(it):
-                    s.stores.append(self._dma("STORE", self._addr(b, tout, t.oy0, t.ox0, cw), 0,
-                                              t.oh, t.ow, nb, tout, mv=m))
-                slots.append(s)
+        for it in self._mine(groups):
+            s = _Slot()
+            half = len(slots) % 2
+            mbase = half * self.maps_half
+            nb, t0 = it[0][1], it[0][2]
+            in_rows = (t0.oh - 1) * sy + kh
+            in_cols = (t0.ow - 1) * sx + kw
+            for m, (cw, _, t, b) in enumerate(it):
+                y, x = t.oy0 * sy - pt, t.ox0 * sx - pl
+                s.loads.append(self._dma("LOAD", self._addr(b, tin, y, x, cw), mbase, in_rows, in_cols,
+                                         nb, tin, buf=Buf.MAPS, mv_mask=1 << m, nvv=0))
+            avg = dict(mul=L.mul, shift=L.shift) if isinstance(L, AvgPool) else {}
+            s.compute = _instr("AVGPOOL" if avg else "MAXPOOL", mv_mask=(1 << len(it)) - 1, maps_addr=mbase,
+                               in_w=in_cols, ppitch=nb, nb=nb, kh=kh, kw=kw, sy=sy, sx=sx, oh=t0.oh, ow=t0.ow,
+                               out_addr=0, out_pitch=nb, **avg)
+            for m, (cw, _, t, b) in enumerate(it):
+                s.stores.append(self._dma("STORE", self._addr(b, tout, t.oy0, t.ox0, cw), 0,
+                                          t.oh, t.ow, nb, tout, mv=m))
+            slots.append(s)
         kind = "avgpool" if isinstance(L, AvgPool) else "maxpool"
         mode = "mvbatch" if len(bases) > 1 else "spatial"
         return slots, dict(name=L.name, kind=kind, mode=mode, chunks=1, tile=(ohb, owb), macs=0)
 
     # ------------------------------------------------------------------ tokens and emission
-    def _emit(self, slots: list[_Slot], first_layer: bool, last_layer: bool) -> None:
+    def _emit(self, slots: list[_Slot], pop_boundary: bool, last_layer: bool, push_boundary: bool) -> bool:
+        """Append a layer's slots with their tokens and the layer boundary; returns whether a
+        boundary token is left for the next layer's first load. ``pop_boundary``: one is waiting;
+        ``push_boundary``: the next layer has work on this cluster (only then is a token pushed, so
+        that it is always the latest boundary a load waits for)."""
         J = len(slots)
         k = 0
         for j, s in enumerate(slots):
             s.loads[-1]["push_next"] = 1
-            if j >= 2 or (j == 0 and not first_layer):
+            if j >= 2 or (j == 0 and pop_boundary):
                 s.loads[0]["pop_next"] = 1
             c = s.compute
             c["pop_prev"] = 1
@@ -398,13 +415,18 @@ class CodeGen:
             for d in s.loads + [c] + s.stores:
                 op = d.pop("op")
                 self.program.append(Instr(op, **d))
-        syncs = [dict(pop_next=1) for _ in range(min(2, k))]
-        if not last_layer:
-            if not syncs:
-                syncs = [dict()]
-            syncs[-1]["push_prev"] = 1
-        for d in syncs:
-            self.program.append(Instr("SYNC", **d))
+        if J == 0 and pop_boundary:
+            raise CompileError("internal: a boundary token would be left unconsumed")   # pragma: no cover
+        bound = [("SYNC", dict(pop_next=1)) for _ in range(min(2, k))]
+        if self.barrier_mask and not last_layer:
+            bound.append(("BARRIER", dict(mask=self.barrier_mask)))
+        if push_boundary and not last_layer:
+            if not bound:
+                bound = [("SYNC", dict())]
+            bound[-1][1]["push_prev"] = 1
+        for op, d in bound:
+            self.program.append(Instr(op, **d))
+        return push_boundary and not last_layer
 
 
 class WeightStore:

@@ -35,10 +35,11 @@ class Parallel:
     clusters: tuple[int, ...] = (0,)   #: clusters of each card this model uses (firstcluster ...)
     imgs_per_cluster: int = 1          #: images each cluster processes per call
     mvbatch: bool = False              #: the MV units of a cluster take one image each
+    split: bool = False                #: the clusters split each image's work (clustersbatchmode)
 
     @property
     def images_per_card(self) -> int:
-        return len(self.clusters) * self.imgs_per_cluster
+        return self.imgs_per_cluster if self.split else len(self.clusters) * self.imgs_per_cluster
 
     @property
     def batch(self) -> int:
@@ -48,15 +49,16 @@ class Parallel:
     def slot(self, image: int) -> tuple[int, int, int]:
         """(card, cluster position, image slot on the card) of image ``image`` of a call."""
         card, rest = divmod(image, self.images_per_card)
-        return card, rest // self.imgs_per_cluster, rest
+        return card, 0 if self.split else rest // self.imgs_per_cluster, rest
 
     def to_dict(self) -> dict:
         return {"nfpgas": self.nfpgas, "clusters": list(self.clusters),
-                "imgs_per_cluster": self.imgs_per_cluster, "mvbatch": self.mvbatch}
+                "imgs_per_cluster": self.imgs_per_cluster, "mvbatch": self.mvbatch, "split": self.split}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Parallel":
-        return cls(d["nfpgas"], tuple(d["clusters"]), d["imgs_per_cluster"], bool(d["mvbatch"]))
+        return cls(d["nfpgas"], tuple(d["clusters"]), d["imgs_per_cluster"], bool(d["mvbatch"]),
+                   bool(d.get("split", False)))
 
 
 @dataclass
@@ -102,6 +104,9 @@ def compile_graph(graph: Graph, cfg: MachineConfig, base: int = 0, parallel: Par
     if not p.clusters or max(p.clusters) >= cfg.clusters_per_card or min(p.clusters) < 0:
         raise CompileError(f"clusters {list(p.clusters)} do not exist: the {cfg.name!r} configuration has "
                            f"{cfg.clusters_per_card} clusters per card")
+    if p.mvbatch and p.split:
+        raise CompileError("mvbatch and clustersbatchmode cannot be combined: either each MV unit takes its own "
+                           "image, or the clusters split one image")
     if p.mvbatch and p.imgs_per_cluster % cfg.mv_per_cluster:
         raise CompileError(f"mvbatch needs imgs_per_cluster to be a multiple of the {cfg.mv_per_cluster} MV "
                            f"units of a cluster, got {p.imgs_per_cluster}")
@@ -111,9 +116,13 @@ def compile_graph(graph: Graph, cfg: MachineConfig, base: int = 0, parallel: Par
     store = WeightStore(cfg)
     programs, code_bytes, layers = {}, {}, None
     per_round = cfg.mv_per_cluster if p.mvbatch else 1
+    split = p.split and len(p.clusters) > 1
+    mask = sum(1 << c for c in p.clusters) if split else 0
     for k, cluster in enumerate(p.clusters):
-        gen = CodeGen(cfg, graph, layouts, base + weights_offset, store)
-        slots = [base + (k * p.imgs_per_cluster + b) * slot_bytes for b in range(p.imgs_per_cluster)]
+        gen = CodeGen(cfg, graph, layouts, base + weights_offset, store,
+                      share=(k, len(p.clusters)) if split else (0, 1), barrier_mask=mask)
+        first = 0 if p.split else k * p.imgs_per_cluster
+        slots = [base + (first + b) * slot_bytes for b in range(p.imgs_per_cluster)]
         programs[cluster] = gen.lower([slots[i:i + per_round] for i in range(0, len(slots), per_round)])
         code_bytes[cluster] = len(programs[cluster]) * 32
         layers = layers or gen.layers

@@ -68,7 +68,7 @@ class FlagSpec:
 
 FLAGS: dict[str, FlagSpec] = {
     "simulator": FlagSpec(_simulator, "functional",
-                          "executor of Run(): functional (the vectorised model) or amaranth (the RTL, cycle by cycle)"),
+                          "executor of Run(): functional (the vectorised model), amaranth (the RTL, cycle by cycle), icarus or verilator (the RTL exported to Verilog)"),
     "vcd": FlagSpec(str, "", "RTL executors: write the waveform of each run to this VCD file ('' for none)"),
     "bitfile": FlagSpec(_bitfile, "reference", "hardware configuration: 'reference', 'small' or a JSON file"),
     "debug": FlagSpec(_debug, "", "debug letters: " + ", ".join(f"{k}={d}" for k, d in DEBUG_LETTERS.items())),
@@ -87,7 +87,6 @@ ALIASES = {"nobatch": "clustersbatchmode"}
 
 #: Flags whose non-default values this build cannot honour yet, with what is missing.
 NOT_YET = {
-    "clustersbatchmode": "splitting one image across clusters",
     "heterogeneous": "host fallback for unsupported layers",
 }
 

@@ -169,8 +169,12 @@ class MDLA:
         if f["mvbatch"] and f["imgs_per_cluster"] % cfg.mv_per_cluster:
             raise MDLAError(f"mvbatch needs imgs_per_cluster to be a multiple of {cfg.mv_per_cluster} (the MV units "
                             f"of a cluster), got imgs_per_cluster={f['imgs_per_cluster']}")
+        if f["mvbatch"] and f["clustersbatchmode"] and nclus > 1:
+            raise MDLAError("mvbatch and clustersbatchmode cannot be combined: either each MV unit takes its own "
+                            "image, or the clusters split one image")
         return Parallel(nfpgas=f["nfpgas"], clusters=tuple(range(first, first + nclus)),
-                        imgs_per_cluster=f["imgs_per_cluster"], mvbatch=bool(f["mvbatch"]))
+                        imgs_per_cluster=f["imgs_per_cluster"], mvbatch=bool(f["mvbatch"]),
+                        split=bool(f["clustersbatchmode"]))
 
     @staticmethod
     def _residents(other: "MDLA") -> list[Compiled]:
@@ -377,9 +381,10 @@ class MDLA:
             out.append(a.astype(np.float32, copy=False))
         if not any_batch and batch != expected:
             p = c.parallel
-            raise ValueError(f"got a batch of {batch} image(s); this compilation takes {expected} per call "
-                             f"(nfpgas {p.nfpgas} x clusters {len(p.clusters)} x imgs_per_cluster "
-                             f"{p.imgs_per_cluster})")
+            per = (f"nfpgas {p.nfpgas} x imgs_per_cluster {p.imgs_per_cluster}; the {len(p.clusters)} clusters "
+                   f"split each image" if p.split else f"nfpgas {p.nfpgas} x clusters {len(p.clusters)} x "
+                   f"imgs_per_cluster {p.imgs_per_cluster}")
+            raise ValueError(f"got a batch of {batch} image(s); this compilation takes {expected} per call ({per})")
         return out, batch
 
     def _image(self, arrays, k: int, n: int) -> np.ndarray:

@@ -234,7 +234,7 @@ def _accesses(i: Instr, cfg: MachineConfig) -> tuple[tuple, ...]:
 #: ClusterUnits method applying each operation's data effect (None: no data effect). An opcode
 #: missing here is rejected at decode rather than silently executed as a no-op.
 _EFFECTS: dict[str, str | None] = {"LOAD": "load", "STORE": "store", "CONV": "conv", "MAXPOOL": "maxpool",
-                                   "AVGPOOL": "avgpool", "SYNC": None, "END": None}
+                                   "AVGPOOL": "avgpool", "SYNC": None, "BARRIER": None, "END": None}
 
 
 def _make_op(pc: int, i: Instr, eng_index: int, cfg: MachineConfig) -> _Op:
@@ -311,6 +311,9 @@ def _load_program(cfg: MachineConfig, memory: np.ndarray, addr: int, cluster: in
         if instr.op not in _EFFECTS:
             raise SimError(f"cluster {cluster}, pc {pc} ({instr.op}): the functional model does not "
                            f"implement this instruction")
+        if instr.op == "BARRIER" and not instr.mask >> cluster & 1:
+            raise SimError(f"cluster {cluster}, pc {pc} (BARRIER): its mask {instr.mask:#b} does not include "
+                           f"cluster {cluster} itself")
         eng = _ENG_INDEX.get(instr.engine, _CONTROL)
         k = 0
         if eng != _CONTROL:
@@ -563,11 +566,27 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
         r.offer(heap)
     port_free = 0
     latency = cfg.mem_latency
+    # BARRIERs that have started and wait for their partners: (mask, k) -> {cluster: (pc, start, token_wait)}
+    barriers: dict[tuple[int, int], dict[int, tuple[int, int, int]]] = {}
+    barrier_count = {c: 0 for c in clusters}
     while heap:
         start, c, _, pc, token_wait = heapq.heappop(heap)
         r = runs[c]
         o = r.ops[pc]
         i = o.instr
+        if o.op == "BARRIER":      # rule 6: all partners end together, one cycle after the last starts
+            key = (i.mask, barrier_count[c])
+            barrier_count[c] += 1
+            arrived = barriers.setdefault(key, {})
+            arrived[c] = (pc, start, token_wait)
+            if all(m in arrived for m in range(cfg.clusters_per_card) if i.mask >> m & 1):
+                end = max(s_ for _, s_, _ in arrived.values()) + 1
+                for m, (mpc, ms, mtw) in sorted(arrived.items()):
+                    runs[m].schedule(mpc, ms, end, None, mtw)
+                    runs[m].advance_dispatch()
+                    runs[m].offer(heap)
+                del barriers[key]
+            continue
         grant = None
         if o.words:
             grant = max(start, port_free)
@@ -589,7 +608,13 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
         r.advance_dispatch()
         r.offer(heap)
 
-    stuck = [w for r in runs.values() if r.left for w in r.blocked()]
+    stuck = [f"cluster {m}, pc {mpc} (BARRIER #{k + 1}, mask {mask:#b}) waits for cluster(s) "
+             f"{[x for x in range(cfg.clusters_per_card) if mask >> x & 1 and x not in arrived]}"
+             + ("" if all(x in runs for x in range(cfg.clusters_per_card) if mask >> x & 1) else
+                " (some of which run no program)")
+             for (mask, k), arrived in barriers.items() for m, (mpc, _, _) in arrived.items()]
+    stuck += [w for r in runs.values() if r.left for w in r.blocked()
+              if "BARRIER" not in w]
     if stuck:
         raise SimError("deadlock: " + "; ".join(stuck))
 

@@ -101,8 +101,12 @@ def test_unsupported_op_names_node_and_op(tmp_path):
 
 def test_modes_of_later_issues_fail_clearly(cnn):
     ie = microndla.MDLA()
-    ie.SetFlag({"nclusters": 2, "clustersbatchmode": 1})
-    with pytest.raises(microndla.MDLAError, match="clustersbatchmode=1"):
+    ie.SetFlag("heterogeneous", 1)
+    with pytest.raises(microndla.MDLAError, match="heterogeneous=1"):
+        ie.Compile(cnn)
+    ie = microndla.MDLA()
+    ie.SetFlag({"nclusters": 2, "clustersbatchmode": 1, "imgs_per_cluster": 4, "mvbatch": 1})
+    with pytest.raises(microndla.MDLAError, match="cannot be combined"):
         ie.Compile(cnn)
     with pytest.raises(microndla.MDLAError, match="samples"):
         microndla.MDLA().Compile(cnn, samples=[np.zeros((1, 3, 32, 32), np.float32)])

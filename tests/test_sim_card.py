@@ -516,8 +516,8 @@ def test_repeated_runs_reuse_the_decoded_program():
 
 def test_illegal_opcode():
     mem = image("SYNC\nSYNC\nEND")
-    mem[PROG + 32] = (mem[PROG + 32] & 0xF0) | 7       # opcode 7 does not exist
-    with pytest.raises(SimError, match=r"cluster 0, pc 1 .*illegal opcode 7"):
+    mem[PROG + 32] = (mem[PROG + 32] & 0xF0) | 8       # opcode 8 does not exist
+    with pytest.raises(SimError, match=r"cluster 0, pc 1 .*illegal opcode 8"):
         run_card(SMALL, mem, {0: PROG})
 
 

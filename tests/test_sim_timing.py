@@ -321,3 +321,30 @@ def test_scheduler_matches_cycle_stepped_reference(case):
         assert times(s, c) == want[c], f"cluster {c}"
         assert s.clusters[c].cycles == max(e for _, _, e, _ in want[c])
     assert s.cycles == max(e for c in progs for _, _, e, _ in want[c])
+
+
+def test_barrier_ends_together_one_cycle_after_the_last_arrival():
+    import numpy as np
+    from arch.asm import assemble
+    from arch.isa import encode_program
+    from arch.machine import SMALL
+    from sim.card import SimError, run_card
+    p0 = encode_program(assemble("CONV mv_mask=1 nvv=1 in_w=10 cpitch=4 cin=1 kh=1 kw=1 sy=1 sx=1 dy=1 dx=1 "
+                                 "oh=1 ow=10 write=0\nBARRIER mask=0b11\nSYNC\nEND"))
+    p1 = encode_program(assemble("BARRIER mask=0b11\nSYNC\nEND"))
+    mem = np.zeros(4096, np.uint8)
+    mem[:len(p0)] = np.frombuffer(p0, np.uint8)
+    mem[1024:1024 + len(p1)] = np.frombuffer(p1, np.uint8)
+    st = run_card(SMALL, mem, {0: 0, 1: 1024}, trace=True)
+    conv_end = SMALL.conv_pipeline + 10 + 1            # CONV starts at 1
+    b0 = st.clusters[0].timeline[1]
+    b1 = st.clusters[1].timeline[0]
+    assert (b0.start, b0.end) == (conv_end, conv_end + 1)
+    assert (b1.start, b1.end) == (1, conv_end + 1)
+    assert st.cycles == conv_end + 2
+    with pytest.raises(SimError, match=r"BARRIER #1, mask 0b11\) waits for cluster\(s\) \[1\]"):
+        run_card(SMALL, mem, {0: 0})
+    bad = encode_program(assemble("BARRIER mask=0b10\nEND"))
+    mem[2048:2048 + len(bad)] = np.frombuffer(bad, np.uint8)
+    with pytest.raises(SimError, match="does not include cluster 0"):
+        run_card(SMALL, mem, {0: 2048})
