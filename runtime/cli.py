@@ -1,10 +1,11 @@
 """The ``mdla`` command line: build zoo models, compile, run, disassemble, and the demo.
 
-    mdla demo                         # the main job: example networks on the functional model, with a report
+    mdla demo                         # the main job: the tutorials' blocks on the functional model, with a report
     mdla zoo small_cnn -o cnn.onnx    # write a model built locally with seeded weights
     mdla compile cnn.onnx -o cnn.bin  # compile to a .bin
     mdla run cnn.bin                  # run on random input, report cycles and accuracy
     mdla disasm cnn.bin               # print the program as text assembly
+    mdla hw build --config small -o dla.v   # write the card's Verilog
 """
 from __future__ import annotations
 
@@ -108,11 +109,47 @@ def disasm(binfile):
 @click.option("--config", "configs", multiple=True, default=("reference", "small"), show_default=True,
               help="hardware configuration(s) to run on")
 @click.option("--seed", default=0, show_default=True, help="weight and input seed")
-def demo(configs, seed):
-    """The main job: example networks compiled and run on the functional model, with a report."""
+@click.option("--no-tutorials", is_flag=True, help="skip the tutorial blocks (the quick bit-exactness check only)")
+def demo(configs, seed, no_tutorials):
+    """The main job: the tutorials' code blocks on the functional model, then the bit-exactness check, with a report."""
     from runtime.demo import run_demo
-    ok = run_demo(configs=configs, seed=seed, out=click.echo)
+    ok = run_demo(configs=configs, seed=seed, out=click.echo, tutorials=not no_tutorials)
     sys.exit(0 if ok else 1)
+
+
+@main.group()
+def hw():
+    """The card RTL (Amaranth, in hw/): Verilog export and simulator builds."""
+
+
+@hw.command("build")
+@click.option("--config", default="small", show_default=True, help="hardware configuration (name or JSON file)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Verilog file to write")
+@click.option("--mem-kib", type=int, default=None,
+              help="main memory in KiB (rounded up to a power-of-two number of words; default 64 KiB)")
+@click.option("--sim", "sims", multiple=True, type=click.Choice(["icarus", "verilator"]),
+              help="also compile it for this simulator into the build cache (repeatable)")
+def hw_build(config, output, mem_kib, sims):
+    """Write the Verilog of a card (module mdla_card; memory loaded with +MEMIN=<hex file>)."""
+    from arch.machine import get_config
+    from hw.export import export_verilog, mem_words_for
+    try:
+        cfg = get_config(config)
+        words = mem_words_for(cfg, (mem_kib or 0) << 10)
+        t0 = time.perf_counter()
+        text = export_verilog(cfg, output, mem_words=words)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+    click.echo(f"wrote {output}: card {cfg.name!r}, {len(text.splitlines())} lines, main memory {words} x "
+               f"{cfg.beat_bytes * 8}-bit words, in {time.perf_counter() - t0:.1f} s")
+    for sim in sims:
+        from hw.verilog_run import build
+        try:
+            info = build(sim, cfg, words)
+        except Exception as e:  # noqa: BLE001
+            _fail(e)
+        how = "cached" if info.cached else f"built in {info.seconds:.1f} s"
+        click.echo(f"{sim}: {info.build_dir} ({how})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,22 @@
+"""All clusters with different models in sequence: both programs resident in one card's memory,
+each using both clusters, run one after the other with Run."""
+import sys; sys.path.insert(0, __import__("os").path.dirname(__file__) + "/..")  # noqa: E702
+from _models import ensure_models, report  # noqa: E402
+ensure_models("resnet18.onnx", "alexnet.onnx")
+
+import microndla
+import numpy as np
+nclus = 2
+img0 = np.random.rand(3, 224, 224).astype(np.float32)
+img1 = np.random.rand(3, 224, 224).astype(np.float32)
+ie = microndla.MDLA()
+ie2 = microndla.MDLA()
+ie.SetFlag({'nclusters': nclus, 'clustersbatchmode': 1})
+ie2.SetFlag({'nclusters': nclus, 'clustersbatchmode': 1})
+ie.Compile('resnet18.onnx')
+ie2.Compile('alexnet.onnx', MDLA=ie)
+result0 = ie.Run(img0)
+result1 = ie2.Run(img1)
+
+report("ResNet-18 on clusters 0-1", ie, result0)
+report("AlexNet on clusters 0-1", ie2, result1)
