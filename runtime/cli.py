@@ -91,6 +91,38 @@ def run(model, config, input_npy, seed):
 
 
 @main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--config", default="reference", show_default=True, help="hardware configuration for an ONNX model")
+@click.option("-f", "--flag", "flags", multiple=True, metavar="NAME=VALUE", help="SetFlag before compiling (repeatable)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="write the plot to this PNG")
+def profile(model, config, flags, output):
+    """Per-layer profile of MODEL (ONNX or .bin): cycles, MACs, utilisation, bytes moved, what bounds each layer."""
+    from runtime.mdla import MDLA
+    from runtime.profile import format_table, plot
+    from runtime.profile import profile as run_profile
+    ie = MDLA()
+    try:
+        for f in flags:
+            if "=" not in f:
+                raise ValueError(f"--flag expects NAME=VALUE, got {f!r}")
+            k, v = f.split("=", 1)
+            ie.SetFlag(k, v)
+        if model.endswith(".bin"):
+            ie.Init(model)
+        else:
+            ie.SetFlag("bitfile", config)
+            ie.Compile(model)
+        rows = run_profile(ie)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+    click.echo(format_table(rows))
+    click.echo(f"{ie.GetInfo('hwcycles')} cycles = {ie.GetInfo('hwtime'):.3f} ms modelled for the whole call")
+    if output:
+        plot(rows, output, title=f"{Path(model).name} on {ie._compiled.cfg.name}")
+        click.echo(f"wrote {output}")
+
+
+@main.command()
 @click.argument("binfile", type=click.Path(exists=True, dir_okay=False))
 def disasm(binfile):
     """Print the program of a compiled .bin as text assembly."""

@@ -25,9 +25,12 @@ class FunctionalExecutor:
     """The functional model: one vectorised numpy operation per compute instruction."""
     name = "functional"
 
+    def __init__(self, trace: bool = False):
+        self.trace = trace
+
     def run(self, cfg, memory, programs, *, check_hazards=True):
         from sim.card import run_card
-        return run_card(cfg, memory, programs, check_hazards=check_hazards)
+        return run_card(cfg, memory, programs, check_hazards=check_hazards, trace=self.trace)
 
 
 class AmaranthExecutor:
@@ -54,3 +57,4 @@ def get_executor(name: str) -> Executor:
         return EXECUTORS[name]()
     except KeyError:
         raise ValueError(f"unknown simulator {name!r}; available: {sorted(EXECUTORS)}") from None
+

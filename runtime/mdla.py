@@ -292,6 +292,8 @@ class MDLA:
         cfg, mm, p = c.cfg, c.memmap, c.parallel
         arrays, batch = self._inputs(images, c)
         executor = get_executor(simulator or self._flags["simulator"])
+        if getattr(self, "_trace", False) and hasattr(executor, "trace"):
+            executor.trace = True
         if self._flags["vcd"] and hasattr(executor, "vcd"):
             executor.vcd = self._flags["vcd"]
         programs = {cl: mm.code_addr(cl) for cl in p.clusters}
@@ -398,9 +400,10 @@ class MDLA:
         return out[0] if len(out) == 1 else out
 
     def _print_layers(self, c: Compiled) -> None:
-        for lc in c.layers:
-            print(f"type {lc.kind} name={lc.name} mode={lc.mode} tile={lc.tile[0]}x{lc.tile[1]} "
-                  f"chunks={lc.chunks} slots={lc.slots} instr={lc.first_pc}..{lc.last_pc} macs={lc.macs}")
+        from .profile import layer_lines
+        for line, lc in zip(layer_lines(c), c.layers):
+            print(f"{line}  # {lc.mode} tile={lc.tile[0]}x{lc.tile[1]} chunks={lc.chunks} slots={lc.slots} "
+                  f"pc={lc.first_pc}..{lc.last_pc}")
 
     def _print_profile(self, batch: int) -> None:
         c = self._compiled

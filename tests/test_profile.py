@@ -1,0 +1,64 @@
+"""What SDK users relied on to see what happens: debug letters b, n, i and the per-layer profile."""
+import numpy as np
+import onnx
+import pytest
+
+import microndla
+from runtime.profile import format_table, layer_lines, plot, profile
+from zoo import resnet18, small_cnn
+
+
+@pytest.fixture(scope="module")
+def r18(tmp_path_factory):
+    p = tmp_path_factory.mktemp("prof") / "r18.onnx"
+    onnx.save(resnet18(seed=0, input_shape=(1, 3, 64, 64)), str(p))
+    return str(p)
+
+
+def test_profile_accounts_for_every_cycle_and_mac(r18, tmp_path):
+    ie = microndla.MDLA()
+    ie.Compile(r18)
+    rows = profile(ie)
+    assert [r.name for r in rows] == [l.name for l in ie._compiled.layers]
+    assert sum(r.macs for r in rows) == sum(l.macs for l in ie._compiled.layers)
+    # layers run one after the other: their spans tile the run up to the final boundary instructions
+    assert rows[0].start == 1
+    assert 0.99 * ie.GetInfo("hwcycles") <= sum(r.cycles for r in rows) <= ie.GetInfo("hwcycles")
+    for r in rows:
+        assert 0 <= r.utilisation <= 1 and r.bound in ("compute", "memory")
+        assert (r.why == "") == (r.utilisation >= 0.85 or r.macs == 0)
+    fc = rows[-1]
+    assert fc.kind == "fc" and fc.bound == "memory"           # weights streamed for one image
+    assert "total" in format_table(rows)
+    png = tmp_path / "p.png"
+    plot(rows, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ie.Free()
+
+
+def test_debug_letters(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(seed=0), str(path))
+    monkeypatch.chdir(tmp_path)
+    ie = microndla.MDLA()
+    ie.SetFlag({"debug": "bni", "nfpgas": 2, "nclusters": 2})
+    ie.Compile(str(path))
+    out = capsys.readouterr().out
+    assert "type conv name=conv1 id=0 in=(Z1,H32,W32,P3) out=(Z1,H32,W32,P16) k=(Z1,H3,W3)" in out
+    assert "type linear name=fc" in out and "pad=(Z0,Ze0,T1,B1,R1,L1)" in out
+    # instruction dumps per card and cluster
+    files = sorted(p.name for p in tmp_path.glob("instr*.txt"))
+    assert files == ["instr0_0_0.txt", "instr0_1_0.txt", "instr1_0_0.txt", "instr1_1_0.txt"]
+    assert "CONV mv_mask=" in (tmp_path / "instr0_1_0.txt").read_text()
+    ie.Run(np.zeros((4, 3, 32, 32), np.float32))
+    out = capsys.readouterr().out
+    assert "Batch 4, cards 2, clusters 2" in out and "efficiency" in out and "bytes moved" in out
+    ie.Free()
+
+
+def test_layer_lines_name_residuals(r18):
+    ie = microndla.MDLA()
+    ie.Compile(r18)
+    lines = layer_lines(ie._compiled)
+    assert sum("residual=" in l for l in lines) == 8     # ResNet-18's eight residual adds, fused
+    ie.Free()
