@@ -61,16 +61,16 @@ class MDLA:
         self._finalizer = weakref.finalize(self, POOL.release, self._owner)
 
     def _new_stream(self) -> Stream:
-        # The stream's runner refers to this object weakly, so that an object nobody holds is
-        # collected at once and its cards go back to the pool.
+        # The stream refers to this object weakly, so that an object nobody holds is collected at
+        # once and its cards go back to the pool.
         ref = weakref.ref(self)
 
-        def run(images):
+        def execute(entry):
             obj = ref()
             if obj is None:
                 raise MDLAError("the MDLA object was freed")
-            return obj._run_call(images)
-        return Stream(run, name="this MDLA object")
+            obj._execute_head(entry)
+        return Stream(execute, name="this MDLA object")
 
     # ------------------------------------------------------------------ flags and info
     def SetFlag(self, name, value=""):
@@ -287,59 +287,31 @@ class MDLA:
         return r
 
     def _run_call(self, images, simulator: str | None = None):
-        """One call: every image to its card, cluster and slot; returns (results, modelled cycles)."""
-        c = self._need()
-        cfg, mm, p = c.cfg, c.memmap, c.parallel
-        arrays, batch = self._inputs(images, c)
-        executor = get_executor(simulator or self._flags["simulator"])
-        if getattr(self, "_trace", False) and hasattr(executor, "trace"):
-            executor.trace = True
-        if self._flags["vcd"] and hasattr(executor, "vcd"):
-            executor.vcd = self._flags["vcd"]
-        programs = {cl: mm.code_addr(cl) for cl in p.clusters}
-        check = bool(self._flags["hazardcheck"])
+        """One call of this object alone; returns (results, modelled cycles)."""
+        return _run_joint([(self, images)], simulator)[0]
 
-        def run_card(f: int):
-            card = self._cards[f]
-            images_here = [n for n in range(batch) if p.slot(n)[0] == f]
-            sat = 0
-            with card.lock:
-                for n in images_here:
-                    slot = p.slot(n)[2]
-                    for k, i in enumerate(c.inputs):
-                        lay = mm.tensors[i.tensor]
-                        q, over = float_to_fixed(self._image(arrays, k, n), lay.frac)
-                        sat += over
-                        lay.write(card.memory, mm.tensor_addr(i.tensor, slot), cfg.lanes, q)
-                stats = executor.run(cfg, card.memory, programs, check_hazards=check)
-                outs = {}
-                for n in images_here:
-                    slot = p.slot(n)[2]
-                    outs[n] = [fixed_to_float(mm.tensors[o.tensor].read(card.memory, mm.tensor_addr(o.tensor, slot),
-                                                                        cfg.lanes), mm.tensors[o.tensor].frac)
-                               .reshape(o.onnx_shape[1:]) for o in c.outputs]
-            return stats, outs, sat
-
-        if p.nfpgas > 1 and (os.cpu_count() or 1) > 1:
-            with ThreadPoolExecutor(max_workers=min(p.nfpgas, os.cpu_count() or 1),
-                                    thread_name_prefix="mdla-card") as pool:
-                per_card = list(pool.map(run_card, range(p.nfpgas)))
-        else:
-            per_card = [run_card(f) for f in range(p.nfpgas)]
-        self._last_stats = [s for s, _, _ in per_card]
-        cycles = max(s.cycles for s in self._last_stats)
-        self._hwcycles = cycles
-        outs = {n: o for _, oo, _ in per_card for n, o in oo.items()}
-        sat = sum(x for _, _, x in per_card) + sum(cs.saturations for s in self._last_stats
-                                                   for cs in s.clusters.values())
-        self._saturations = sat
-        results = [[outs[n][k] for n in range(batch)] for k in range(len(c.outputs))]
-        dbg = self._flags["debug"]
-        if "w" in dbg and sat:
-            print(f"warning: {sat} values saturated to the 16-bit range during this run", file=sys.stderr)
-        if "b" in dbg:
-            self._print_profile(batch)
-        return self._pack(results), cycles
+    def _execute_head(self, entry) -> None:
+        """Run this object's oldest queued call together with the oldest queued calls of the models
+        linked on other, disjoint clusters of the same cards: they run at the same time on the card,
+        sharing its memory port, as the hardware would run them."""
+        group = [(self, entry)]
+        used = set(self._compiled.parallel.clusters)
+        for other in _objects_on(self._cards):
+            clusters = set(other._compiled.parallel.clusters)
+            if other is self or clusters & used:
+                continue
+            claimed = other._stream.claim_head()
+            if claimed is not None:
+                group.append((other, claimed))
+                used |= clusters
+        try:
+            outcomes = _run_joint([(obj, e.images) for obj, e in group])
+        except BaseException as err:  # noqa: BLE001 - each caller's GetResult raises it
+            for obj, e in group:
+                obj._stream.complete(e, None, 0, err)
+            return
+        for (obj, e), (results, cycles) in zip(group, outcomes):
+            obj._stream.complete(e, results, cycles, None)
 
     # ------------------------------------------------------------------ helpers
     def _config(self):
@@ -416,6 +388,79 @@ class MDLA:
         print(f"Batch {batch}, cards {p.nfpgas}, clusters {len(p.clusters)} ({cfg.name}); bytes moved {moved}; "
               f"ops {2 * macs}; modelled {cfg.cycles_to_ms(cycles):.4f} ms ({cycles} cycles at {cfg.clock_mhz:g} MHz); "
               f"ideal at peak {cfg.cycles_to_ms(ideal):.4f} ms; efficiency {ideal / max(cycles, 1):.3f}")
+
+
+def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None) -> list[tuple[object, int]]:
+    """Run calls of objects that share cards (one object, or models linked on disjoint clusters)
+    in one run per card: every image to its card, cluster and slot. Returns each call's (results,
+    modelled cycles); an object's cycles are those of its own clusters on its slowest card."""
+    first = calls[0][0]
+    cards = first._cards
+    prepared = []
+    for obj, images in calls:
+        c = obj._need()
+        arrays, batch = obj._inputs(images, c)
+        prepared.append((obj, c, arrays, batch))
+    executor = get_executor(simulator or first._flags["simulator"])
+    if getattr(first, "_trace", False) and hasattr(executor, "trace"):
+        executor.trace = True
+    if first._flags["vcd"] and hasattr(executor, "vcd"):
+        executor.vcd = first._flags["vcd"]
+    check = bool(first._flags["hazardcheck"])
+    cfg = prepared[0][1].cfg
+    programs = {cl: c.memmap.code_addr(cl) for _, c, _, _ in prepared for cl in c.parallel.clusters}
+
+    def run_card(f: int):
+        card = cards[f]
+        outs, sat = {}, {}
+        with card.lock:
+            for obj, c, arrays, batch in prepared:
+                mm, p = c.memmap, c.parallel
+                sat[id(obj)] = 0
+                for n in range(batch):
+                    if p.slot(n)[0] != f:
+                        continue
+                    for k, i in enumerate(c.inputs):
+                        lay = mm.tensors[i.tensor]
+                        q, over = float_to_fixed(obj._image(arrays, k, n), lay.frac)
+                        sat[id(obj)] += over
+                        lay.write(card.memory, mm.tensor_addr(i.tensor, p.slot(n)[2]), cfg.lanes, q)
+            stats = executor.run(cfg, card.memory, programs, check_hazards=check)
+            for obj, c, arrays, batch in prepared:
+                mm, p = c.memmap, c.parallel
+                for n in range(batch):
+                    if p.slot(n)[0] == f:
+                        outs[(id(obj), n)] = [
+                            fixed_to_float(mm.tensors[o.tensor].read(card.memory, mm.tensor_addr(o.tensor, p.slot(n)[2]),
+                                                                     cfg.lanes), mm.tensors[o.tensor].frac)
+                            .reshape(o.onnx_shape[1:]) for o in c.outputs]
+        return stats, outs, sat
+
+    nfpgas = prepared[0][1].parallel.nfpgas
+    if nfpgas > 1 and (os.cpu_count() or 1) > 1:
+        with ThreadPoolExecutor(max_workers=min(nfpgas, os.cpu_count() or 1), thread_name_prefix="mdla-card") as pool:
+            per_card = list(pool.map(run_card, range(nfpgas)))
+    else:
+        per_card = [run_card(f) for f in range(nfpgas)]
+    all_stats = [s for s, _, _ in per_card]
+    merged = {key: value for _, outs, _ in per_card for key, value in outs.items()}
+    outcomes = []
+    for obj, c, arrays, batch in prepared:
+        mine = c.parallel.clusters
+        cycles = max(cs.cycles for s in all_stats for cl, cs in s.clusters.items() if cl in mine)
+        sat = sum(x[id(obj)] for _, _, x in per_card) + sum(
+            cs.saturations for s in all_stats for cl, cs in s.clusters.items() if cl in mine)
+        obj._last_stats = all_stats
+        obj._hwcycles = cycles
+        obj._saturations = sat
+        results = [[merged[(id(obj), n)][k] for n in range(batch)] for k in range(len(c.outputs))]
+        dbg = obj._flags["debug"]
+        if "w" in dbg and sat:
+            print(f"warning: {sat} values saturated to the 16-bit range during this run", file=sys.stderr)
+        if "b" in dbg:
+            obj._print_profile(batch)
+        outcomes.append((obj._pack(results), cycles))
+    return outcomes
 
 
 #: live objects by owner identity, to find the models resident on a card

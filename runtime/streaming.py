@@ -1,23 +1,25 @@
 """PutInput/GetResult: the SDK's double-buffered streaming interface, without its deadlocks.
 
 Each object has two input buffers. ``put`` takes one (or, when both are taken, waits in blocking
-mode or returns False in non-blocking mode) and hands the work to the object's runner thread, which
-runs calls one after the other; ``get`` returns the oldest call's ``(result, userobj)`` (or waits,
-or returns None). ``put(None, obj)`` is the end-of-stream marker: its ``get`` returns
-``(None, obj)``.
+mode or returns False in non-blocking mode); ``get`` returns the oldest call's ``(result,
+userobj)``. ``put(None, obj)`` is the end-of-stream marker: its ``get`` returns ``(None, obj)``.
+
+Calls run when their result is asked for: ``get`` runs the oldest queued call through the
+stream's ``execute`` callback, which may run queued calls of other objects with it (models linked
+on disjoint clusters of one card run together, sharing its memory port). The modelled time then
+depends only on the order of the calls, never on thread timing.
 
 Where the real SDK would block forever, this raises ``StreamDeadlock`` instead: a ``put`` with both
-buffers taken when no other live thread is consuming results, or a ``get`` with nothing in flight
+buffers taken when no other live thread is consuming results, or a ``get`` with nothing queued
 when no other live thread is producing inputs. A thread counts as a consumer (producer) once it
-has called ``get`` (``put``); a short grace period lets a consumer thread that was just started
-make its first call.
+has called ``get`` (``put``); a short grace period lets a thread that was just started make its
+first call.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,9 +32,11 @@ class StreamDeadlock(RuntimeError):
 
 
 @dataclass
-class _Entry:
+class Entry:
     userobj: Any
+    images: Any = None
     done: bool = False
+    running: bool = False
     result: Any = None
     error: BaseException | None = None
     cycles: int = 0
@@ -40,13 +44,12 @@ class _Entry:
 
 @dataclass
 class Stream:
-    run: Callable[[Any], tuple[Any, int]]        #: images -> (results, modelled cycles)
+    execute: Callable[[Entry], None]               #: runs an entry, finishing it with complete()
     name: str = "mdla"
     _cv: threading.Condition = field(default_factory=threading.Condition)
     _pending: deque = field(default_factory=deque)
     _getters: dict = field(default_factory=dict)     #: thread ident -> Thread, threads that called get
     _putters: dict = field(default_factory=dict)
-    _pool: ThreadPoolExecutor | None = None
     last_cycles: int = 0
 
     def _other_alive(self, threads: dict) -> bool:
@@ -55,18 +58,16 @@ class Stream:
 
     def _others_exist(self) -> bool:
         me = threading.current_thread()
-        return any(t is not me and t.is_alive() and not t.name.startswith("mdla-runner")
-                   for t in threading.enumerate())
+        return any(t is not me and t.is_alive() and not t.name.startswith("mdla-") for t in threading.enumerate())
 
-    def _wait(self, blocked: Callable[[], bool], counterpart: dict, what: str) -> bool:
-        """Wait while ``blocked()``; False if it gave up, raising StreamDeadlock when waiting could never end."""
+    def _wait(self, blocked: Callable[[], bool], counterpart: dict, what: str) -> None:
+        """Wait while ``blocked()``; raise StreamDeadlock when waiting could never end."""
         start = time.monotonic()
         while blocked():
             if not self._other_alive(counterpart) and not (
                     self._others_exist() and time.monotonic() - start < GRACE_S):
                 raise StreamDeadlock(what)
             self._cv.wait(timeout=0.05)
-        return True
 
     def put(self, images, userobj, blocking: bool) -> bool:
         me = threading.current_thread()
@@ -79,44 +80,51 @@ class Stream:
                            f"PutInput: both input buffers of {self.name} hold inputs whose results nobody fetches "
                            f"(no other thread is calling GetResult); the SDK would deadlock here. Call GetResult "
                            f"first, or fetch results in another thread")
-            entry = _Entry(userobj)
-            self._pending.append(entry)
-            if images is None:
-                entry.done = True
-                self._cv.notify_all()
-                return True
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdla-runner")
-        self._pool.submit(self._execute, entry, images)
+            self._pending.append(Entry(userobj, images, done=images is None))
+            self._cv.notify_all()
         return True
 
-    def _execute(self, entry: _Entry, images) -> None:
-        try:
-            entry.result, entry.cycles = self.run(images)
-        except BaseException as e:  # noqa: BLE001 - handed to GetResult
-            entry.error = e
+    def claim_head(self) -> Entry | None:
+        """The oldest entry if it has neither run nor started (marking it started), else None."""
         with self._cv:
+            if self._pending and not self._pending[0].done and not self._pending[0].running:
+                self._pending[0].running = True
+                return self._pending[0]
+        return None
+
+    def complete(self, entry: Entry, result, cycles: int, error: BaseException | None) -> None:
+        with self._cv:
+            entry.result, entry.cycles, entry.error = result, cycles, error
             entry.done = True
+            entry.images = None
             self._cv.notify_all()
 
     def get(self, blocking: bool):
         me = threading.current_thread()
         with self._cv:
             self._getters[me.ident] = me
-            if not (self._pending and self._pending[0].done):
+            if not self._pending:
                 if not blocking:
                     return None
-                if not self._pending:
-                    self._wait(lambda: not self._pending, self._putters,
-                               f"GetResult: nothing was put into {self.name} and no other thread is calling "
-                               f"PutInput; the SDK would deadlock here")
-                self._cv.wait_for(lambda: self._pending[0].done)
-            entry = self._pending.popleft()
+                self._wait(lambda: not self._pending, self._putters,
+                           f"GetResult: nothing was put into {self.name} and no other thread is calling "
+                           f"PutInput; the SDK would deadlock here")
+        entry = self.claim_head()
+        if entry is not None:
+            try:
+                self.execute(entry)
+            except BaseException as e:  # noqa: BLE001 - reported through the entry
+                if not entry.done:
+                    self.complete(entry, None, 0, e)
+        with self._cv:
+            head = self._pending[0]
+            self._cv.wait_for(lambda: head.done)
+            self._pending.popleft()
             self._cv.notify_all()
-        if entry.error is not None:
-            raise entry.error
-        self.last_cycles = entry.cycles
-        return entry.result, entry.userobj
+        if head.error is not None:
+            raise head.error
+        self.last_cycles = head.cycles
+        return head.result, head.userobj
 
     @property
     def outstanding(self) -> int:
@@ -124,6 +132,7 @@ class Stream:
             return len(self._pending)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        """Forget queued calls (the object is being freed)."""
+        with self._cv:
+            self._pending.clear()
+            self._cv.notify_all()

@@ -173,3 +173,32 @@ def test_clusters_split_one_image(tmp_path, bitfile, nclusters):
     assert np.array_equal(y, y1)
     assert ie.GetInfo("hwcycles") < c1
     ie.Free()
+
+
+def test_linked_models_on_disjoint_clusters_share_the_card_in_modelled_time(cnn, images, tmp_path):
+    """Queued calls of models linked on disjoint clusters run together on the card: their
+    results are unchanged, their times include the contention for the memory port, and the
+    outcome depends only on the order of the calls."""
+    other = tmp_path / "other.onnx"
+    onnx.save(small_cnn(seed=11), str(other))
+    ie, ie2 = microndla.MDLA(), microndla.MDLA()
+    ie.SetFlag({"nclusters": 2, "clustersbatchmode": 1})
+    ie2.SetFlag({"nclusters": 2, "clustersbatchmode": 1, "firstcluster": 2})
+    ie.Compile(cnn)
+    ie2.Compile(str(other), MDLA=ie)
+    alone1, c1 = ie.Run(images[0]), ie.GetInfo("hwcycles")
+    alone2, c2 = ie2.Run(images[1]), ie2.GetInfo("hwcycles")
+    seen = set()
+    for _ in range(2):
+        ie.PutInput(images[0], 1)
+        ie2.PutInput(images[1], 2)
+        (y1, o1), (y2, o2) = ie.GetResult(), ie2.GetResult()
+        assert (o1, o2) == (1, 2)
+        assert np.array_equal(y1, alone1) and np.array_equal(y2, alone2)
+        j1, j2 = ie.GetInfo("hwcycles"), ie2.GetInfo("hwcycles")
+        assert j1 >= c1 and j2 >= c2 and (j1, j2) != (c1, c2)     # the port is shared
+        assert max(j1, j2) < c1 + c2                                # and they overlap
+        seen.add((j1, j2))
+    assert len(seen) == 1
+    ie2.Free()
+    ie.Free()
