@@ -56,7 +56,8 @@ class Conv:
 
 
 @dataclass
-class MaxPool:
+class Pool:
+    """A pooling window over each channel (the fields both kinds share)."""
     name: str
     nodes: list[str]
     input: str
@@ -67,15 +68,14 @@ class MaxPool:
 
 
 @dataclass
-class AvgPool:
-    """Average pooling (also GlobalAveragePool, as a window covering the whole map)."""
-    name: str
-    nodes: list[str]
-    input: str
-    output: str
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)   #: (top, left, bottom, right); zeros, counted
+class MaxPool(Pool):
+    """Max pooling (also GlobalMaxPool); padding never wins (it is the int16 minimum)."""
+
+
+@dataclass
+class AvgPool(Pool):
+    """Average pooling (also GlobalAveragePool, as a window covering the whole map); padding is
+    zeros and counted."""
     # set by quantisation: output = sat16(round_shift(window_sum * mul, shift))
     mul: int | None = None
     shift: int | None = None
