@@ -43,7 +43,11 @@ class MDLAError(RuntimeError):
 
 
 class _Owner:
-    """The identity under which an MDLA object holds cards (kept apart so the object can be collected)."""
+    """The identity under which an MDLA object holds cards: the pool keeps this token, which refers
+    to its object only weakly, so an object nobody holds is collected and its cards freed."""
+
+    def __init__(self, obj: "MDLA"):
+        self.ref = weakref.ref(obj)
 
 
 class MDLA:
@@ -53,7 +57,7 @@ class MDLA:
         self._flags = FlagSet()
         self._compiled: Compiled | None = None
         self._cards = []
-        self._owner = _Owner()
+        self._owner = _Owner(self)
         self._last_stats = []
         self._hwcycles = 0
         self._saturations = 0
@@ -199,13 +203,12 @@ class MDLA:
                                 f"linked models use either disjoint clusters (set firstcluster) or the same ones")
 
     def _load(self, compiled: Compiled, link: "MDLA | None" = None) -> None:
-        cfg = compiled.cfg
         self.Free()
         self._stream = self._new_stream()
         if link is not None:
             if not isinstance(link, MDLA) or link._compiled is None:
                 raise MDLAError("the object to link to must already have a model loaded")
-            if link._compiled.cfg != cfg:
+            if link._compiled.cfg != compiled.cfg:
                 raise MDLAError("linked models must be compiled for the same hardware configuration")
             self._check_link(link, compiled.parallel)
             ends = [c.memmap.end for c in self._residents(link)]
@@ -228,14 +231,12 @@ class MDLA:
             with card.lock:
                 card.ensure(compiled.memmap.end)
                 card.memory[base:compiled.memmap.end] = image[base:]
-        _REGISTRY[id(self._owner)] = weakref.ref(self)
         self._compiled = compiled
         self._cards = cards
         if "i" in self._flags["debug"]:
             for card in cards:
                 for p, prog in compiled.programs.items():
                     Path(f"instr{card.index}_{p}_0.txt").write_text(disassemble(prog, with_pc=True))
-        del cfg
 
     # ------------------------------------------------------------------ run
     def Run(self, images):
@@ -463,16 +464,12 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
     return outcomes
 
 
-#: live objects by owner identity, to find the models resident on a card
-_REGISTRY: dict[int, weakref.ref] = {}
-
-
 def _objects_on(cards) -> list[MDLA]:
+    """The live objects with a model resident on any of ``cards``."""
     objs = []
     for card in cards:
         for owner in card.owners:
-            ref = _REGISTRY.get(id(owner))
-            obj = ref() if ref is not None else None
+            obj = owner.ref()
             if obj is not None and obj._compiled is not None and obj not in objs:
                 objs.append(obj)
     return objs
