@@ -2,7 +2,7 @@
 
 Every trace of the ISA is a loop nest with affine addresses: a DMA transfer is ``(i2, i1, i0)``
 with main-memory offset ``i2*s2 + i1*s1 + i0``; a CONV is ``(oy, ox, ky, kx, ci)`` with maps
-address ``((oy*sy + ky*dy)*in_w + ox*sx + kx*dx)*cpitch + ci``; a MAXPOOL is ``(oy, ox, b, ky, kx)``.
+address ``((oy*sy + ky*dy)*in_w + ox*sx + kx*dx)*cpitch + ci``; a MAXPOOL or AVGPOOL is ``(oy, ox, b, ky, kx)``.
 :class:`LoopNest` runs such a nest with one adder per stream and level and no multiplier: it keeps,
 for each level, the stream addresses at the start of that level's current iteration, and when a
 level advances, the levels inside it restart from its new address.

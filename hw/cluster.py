@@ -110,7 +110,8 @@ class Cluster(wiring.Component):
         op = hdr.opcode
         m.d.comb += self.fetch_addr.eq(self.prog_addr + pc * (INSTR_BYTES // cfg.beat_bytes))
         target = {"load": op == OPCODES["LOAD"], "store": op == OPCODES["STORE"],
-                  "compute": (op == OPCODES["CONV"]) | (op == OPCODES["MAXPOOL"]) | (op == OPCODES["SYNC"])}
+                  "compute": (op == OPCODES["CONV"]) | (op == OPCODES["MAXPOOL"]) | (op == OPCODES["AVGPOOL"])
+                  | (op == OPCODES["SYNC"])}
         fetching = self.enable & ~ended & ~error
         for e, f in fifos.items():
             m.d.comb += [f.w_data.eq(self.fetch_data), f.w_en.eq(fetching & target[e])]
@@ -198,7 +199,7 @@ class Cluster(wiring.Component):
         copc = conv.opcode
         cdur = Mux(copc == OPCODES["CONV"],
                    cfg.conv_pipeline + conv.oh * conv.ow * conv.kh * conv.kw * conv.cin,
-                   Mux(copc == OPCODES["MAXPOOL"],
+                   Mux((copc == OPCODES["MAXPOOL"]) | (copc == OPCODES["AVGPOOL"]),
                        cfg.pool_pipeline + pool.oh * pool.ow * pool.nb * pool.kh * pool.kw, 1))
         c_start, _, _, _ = engine("compute", cdur)
         m.d.comb += [tg.start.eq(c_start & (copc != OPCODES["SYNC"])), tg.instr.eq(ch)]
@@ -237,13 +238,14 @@ class Cluster(wiring.Component):
             m.d.sync += stat[f"port_wait_{e}"].eq(stat[f"port_wait_{e}"] + (act & (self.now < g_eff)))
             return head, curv, start, moving, nest.addr_mem
 
-        # load: word w to maps word buf_addr + w, or kernel word buf_addr + w // nvv of VV w % nvv
+        # load: word w to maps (residual) word buf_addr + w, or kernel word buf_addr + w // nvv of VV w % nvv
         lh, lc, l_start, l_move, l_addr = dma("load", "LOAD")
         ptr, vvc = Signal(16), Signal(5)
         ptr_e = Mux(l_start, lh.buf_addr, ptr)
         vv_e = Mux(l_start, 0, vvc)
         nvv_e = Mux(l_start, lh.nvv, lc.nvv)
-        kern_e = Mux(l_start, lh.buf, lc.buf) == Buf.KERNEL
+        buf_e = Mux(l_start, lh.buf, lc.buf)
+        kern_e = buf_e == Buf.KERNEL
         mask_e = Mux(l_start, lh.mv_mask, lc.mv_mask)
         with m.If(l_start):
             m.d.sync += [ptr.eq(lh.buf_addr), vvc.eq(0)]
@@ -253,13 +255,16 @@ class Cluster(wiring.Component):
             with m.Else():
                 m.d.sync += [ptr.eq(ptr_e), vvc.eq(vv_e + 1)]
         m.d.comb += [self.mem_r_en.eq(l_move), self.mem_r_addr.eq(l_addr)]
-        wv, wk, wptr, wvv, wmask = Signal(), Signal(), Signal(16), Signal(5), Signal(8)
-        m.d.sync += [wv.eq(l_move), wk.eq(kern_e), wptr.eq(ptr_e), wvv.eq(vv_e), wmask.eq(mask_e)]
+        wv, wbuf, wptr, wvv, wmask = Signal(), Signal(2), Signal(16), Signal(5), Signal(8)
+        m.d.sync += [wv.eq(l_move), wbuf.eq(buf_e), wptr.eq(ptr_e), wvv.eq(vv_e), wmask.eq(mask_e)]
         for i, mv in enumerate(mvs):
             sel = wv & wmask[i]
             m.d.comb += [
-                mv.maps_w_en.eq(sel & ~wk), mv.maps_w_addr.eq(wptr), mv.maps_w_data.eq(self.mem_r_data),
-                mv.kern_w_en.eq(Mux(sel & wk, Const(1, cfg.vv_per_mv) << wvv, 0)), mv.kern_w_addr.eq(wptr),
+                mv.maps_w_en.eq(sel & (wbuf == Buf.MAPS)), mv.maps_w_addr.eq(wptr),
+                mv.maps_w_data.eq(self.mem_r_data),
+                mv.res_w_en.eq(sel & (wbuf == Buf.RES)), mv.res_w_addr.eq(wptr), mv.res_w_data.eq(self.mem_r_data),
+                mv.kern_w_en.eq(Mux(sel & (wbuf == Buf.KERNEL), Const(1, cfg.vv_per_mv) << wvv, 0)),
+                mv.kern_w_addr.eq(wptr),
                 mv.kern_w_data.eq(self.mem_r_data),
             ]
         m.d.sync += stat["words_loaded"].eq(stat["words_loaded"] + l_move)

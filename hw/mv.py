@@ -1,10 +1,12 @@
-"""MV unit: maps buffer, ``vv_per_mv`` VV units, the max-pool unit, output stage and output buffer.
+"""MV unit: maps buffer, residual buffer, ``vv_per_mv`` VV units, the pooling unit, output stages and
+output buffer.
 
-The compute engine of the cluster drives all MV units in lockstep with the same step stream (a CONV
-or MAXPOOL trace from :class:`hw.agu.LoopNest`); each MV works on its own buffers. Pipeline (see
-:class:`hw.vv.VVUnit`): stage I issues the maps-buffer read, stage R selects the maps element and
-the VV units multiply-accumulate (or the max-pool unit compares a word), stage O writes the output
-buffer. So a step's result is in the output buffer two cycles after it was issued, and a trace whose
+The compute engine of the cluster drives all MV units in lockstep with the same step stream (a CONV,
+MAXPOOL or AVGPOOL trace from :class:`hw.agu.LoopNest`); each MV works on its own buffers. Pipeline
+(see :class:`hw.vv.VVUnit`): stage I issues the maps-buffer read, stage R selects the maps element and
+the VV units multiply-accumulate (or the pooling unit compares or adds a word) while the residual
+buffer is read for a pixel's output, stage O requantises (with the residual) or averages and writes
+the output buffer. So a step's result is in the output buffer two cycles after it was issued, and a trace whose
 last step is issued in cycle ``s + T`` (``s`` its start, ``T`` its steps) has written everything by
 ``s + T + 3``: that is why the machine needs ``conv_pipeline >= 3`` and ``pool_pipeline >= 3``.
 """
@@ -20,7 +22,7 @@ from arch.machine import MachineConfig
 
 from .vv import VVUnit, acc_layout, word_layout
 
-__all__ = ["MVUnit", "OutputStage", "MV_PIPELINE"]
+__all__ = ["MVUnit", "OutputStage", "AverageStage", "round_saturate", "sum_bits", "MV_PIPELINE"]
 
 #: Cycles from a trace's start to the first cycle its last result is visible, minus the steps.
 MV_PIPELINE = 3
@@ -29,32 +31,82 @@ MV_PIPELINE = 3
 class OutputStage(wiring.Component):
     """Requantisation of one accumulator word (combinational).
 
-    ``out = act(sat16(round_shift(acc, shift)))`` per lane with round-half-up
-    (:func:`arch.numerics.requantize`); ``sat`` has bit ``l`` set when lane ``l`` was clipped.
+    ``out = act(sat16(round_shift(wrap(acc + (res << rshift)), shift)))`` per lane with round-half-up
+    (:func:`arch.numerics.requantize`), where the residual term is present only when ``resid`` is set
+    and the sum wraps at ``acc_bits``; ``sat`` has bit ``l`` set when lane ``l`` was clipped.
 
-    Ports: ``acc`` In(acc word), ``shift`` In(6), ``act`` In(4), ``out`` Out(word), ``sat`` Out(lanes).
+    Ports: ``acc`` In(acc word), ``shift`` In(6), ``act`` In(4), ``resid`` In(1), ``res`` In(word),
+    ``rshift`` In(6), ``out`` Out(word), ``sat`` Out(lanes).
     """
 
     def __init__(self, cfg: MachineConfig):
         self.cfg = cfg
         super().__init__({"acc": In(acc_layout(cfg)), "shift": In(6), "act": In(4),
+                          "resid": In(1), "res": In(word_layout(cfg)), "rshift": In(6),
                           "out": Out(word_layout(cfg)), "sat": Out(cfg.lanes)})
 
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        hi, lo = (1 << (cfg.data_bits - 1)) - 1, -(1 << (cfg.data_bits - 1))
-        half = Signal(64)
-        m.d.comb += half.eq((Const(1, 64) << self.shift) >> 1)          # 2**(shift-1), 0 for shift 0
+        A = cfg.acc_bits
         sat = []
         for l in range(cfg.lanes):
-            r = Signal(signed(cfg.acc_bits + 2), name=f"round{l}")
-            wide = Signal(signed(66), name=f"wide{l}")
-            m.d.comb += wide.eq(self.acc[l] + half)
-            m.d.comb += r.eq(wide >> self.shift)
-            over, under = r > hi, r < lo
-            y = Mux(over, hi, Mux(under, lo, r))
+            # the residual shifted into the accumulator's format; only its low acc_bits bits matter
+            # since the sum wraps at acc_bits
+            rsh = Signal(A, name=f"rsh{l}")
+            m.d.comb += rsh.eq(Mux(self.resid, self.res[l].as_signed() << self.rshift, 0))
+            total = Signal(signed(A), name=f"total{l}")
+            m.d.comb += total.eq(self.acc[l] + rsh.as_signed())                    # wraps at acc_bits
+            y, over, under = round_saturate(m, total, self.shift, cfg.data_bits, f"{l}")
             m.d.comb += self.out[l].eq(Mux((self.act == Act.RELU) & (y < 0), 0, y))
+            sat.append(over | under)
+        m.d.comb += self.sat.eq(Cat(*sat))
+        return m
+
+
+def round_saturate(m: Module, x, shift, bits: int, suffix: str = ""):
+    """``sat(round_shift(x, shift))`` (:func:`arch.numerics.round_shift`, round-half-up, then saturation
+    to ``bits`` signed) for a signed ``x`` of at most 64 bits and a 6-bit ``shift``; returns
+    (value, over, under)."""
+    hi, lo = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
+    half = Signal(64, name=f"half{suffix}")
+    m.d.comb += half.eq((Const(1, 64) << shift) >> 1)                  # 2**(shift-1), 0 for shift 0
+    wide = Signal(signed(66), name=f"wide{suffix}")
+    r = Signal(signed(66), name=f"round{suffix}")
+    m.d.comb += [wide.eq(x + half), r.eq(wide >> shift)]
+    over, under = r > hi, r < lo
+    return Mux(over, hi, Mux(under, lo, r)), over, under
+
+
+#: bits of a window sum: up to 255 x 255 16-bit elements
+def sum_bits(cfg: MachineConfig) -> int:
+    return cfg.data_bits + 16 + 1
+
+
+class AverageStage(wiring.Component):
+    """Average-pool output stage of one word of window sums (combinational).
+
+    ``out = sat16(round_shift(sum * mul, shift))`` per lane (:func:`arch.numerics.average`); ``sat``
+    has bit ``l`` set when lane ``l`` was clipped.
+
+    Ports: ``sum`` In(ArrayLayout(signed(sum_bits), lanes)), ``mul`` In(16), ``shift`` In(6),
+    ``out`` Out(word), ``sat`` Out(lanes).
+    """
+
+    def __init__(self, cfg: MachineConfig):
+        self.cfg = cfg
+        super().__init__({"sum": In(data.ArrayLayout(signed(sum_bits(cfg)), cfg.lanes)), "mul": In(16),
+                          "shift": In(6), "out": Out(word_layout(cfg)), "sat": Out(cfg.lanes)})
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        sat = []
+        for l in range(cfg.lanes):
+            prod = Signal(signed(sum_bits(cfg) + 17), name=f"prod{l}")
+            m.d.comb += prod.eq(self.sum[l] * self.mul)
+            y, over, under = round_saturate(m, prod, self.shift, cfg.data_bits, f"{l}")
+            m.d.comb += self.out[l].eq(y)
             sat.append(over | under)
         m.d.comb += self.sat.eq(Cat(*sat))
         return m
@@ -69,33 +121,43 @@ class MVUnit(wiring.Component):
         Maps-buffer write port (load engine), one word per cycle.
     kern_w_en : In(vv_per_mv), kern_w_addr, kern_w_data : In
         Kernel-buffer write port; bit ``v`` of ``kern_w_en`` writes VV ``v``.
+    res_w_en, res_w_addr, res_w_data : In
+        Residual-buffer write port (load engine, ``LOAD buf=RES``).
     out_r_addr : In, out_r_data : Out
         Output-buffer read port for the store engine (combinational read).
     pool : In(1)
-        The running trace is a MAXPOOL (else a CONV). Held with the fields below for the whole
-        instruction, from the cycle before its first issue.
-    nvv, init, bias_addr, write, shift, act : In
-        CONV fields (:mod:`arch.isa`).
-    issue, maddr, kaddr, acc_addr, out_addr, first, last : In (stage I)
+        The running trace is a MAXPOOL or AVGPOOL (else a CONV). Held with the fields below for the
+        whole instruction, from the cycle before its first issue.
+    avg : In(1)
+        The pooling trace is an AVGPOOL (window sums, then :class:`AverageStage`), else a MAXPOOL.
+    nvv, init, bias_addr, write, shift, act, resid, rshift : In
+        CONV fields (:mod:`arch.isa`); ``shift`` is AVGPOOL's shift during an AVGPOOL.
+    mul : In(16)
+        AVGPOOL's multiplier.
+    issue, maddr, kaddr, acc_addr, out_addr, res_addr, first, last : In (stage I)
         One step: ``maddr`` is a maps *element* address for a CONV, a maps *word* address for a
-        MAXPOOL; ``out_addr`` is the output word of the step's pixel (VV ``v`` writes
-        ``out_addr + v``); ``first``/``last``: first/last step of the pixel's reduction or window.
+        pooling trace; ``out_addr`` is the output word of the step's pixel (VV ``v`` writes
+        ``out_addr + v``), ``res_addr`` its residual word (VV ``v`` adds ``res_addr + v``);
+        ``first``/``last``: first/last step of the pixel's reduction or window.
     sat_count : Out (stage O)
-        Lanes clipped by the output stage in this cycle.
+        Lanes clipped by the output stages in this cycle.
     """
 
     def __init__(self, cfg: MachineConfig):
         self.cfg = cfg
         kbits = cfg.addr_bits(cfg.kernel_words)
+        rbits = cfg.addr_bits(cfg.res_words)
         super().__init__({
             "maps_w_en": In(1), "maps_w_addr": In(cfg.addr_bits(cfg.maps_words)),
             "maps_w_data": In(word_layout(cfg)),
             "kern_w_en": In(cfg.vv_per_mv), "kern_w_addr": In(kbits), "kern_w_data": In(word_layout(cfg)),
+            "res_w_en": In(1), "res_w_addr": In(rbits), "res_w_data": In(word_layout(cfg)),
             "out_r_addr": In(cfg.addr_bits(cfg.out_words)), "out_r_data": Out(word_layout(cfg)),
-            "pool": In(1), "nvv": In(5), "init": In(2), "bias_addr": In(kbits), "write": In(1),
-            "shift": In(6), "act": In(4),
+            "pool": In(1), "avg": In(1), "nvv": In(5), "init": In(2), "bias_addr": In(kbits), "write": In(1),
+            "shift": In(6), "act": In(4), "resid": In(1), "rshift": In(6), "mul": In(16),
             "issue": In(1), "maddr": In(cfg.addr_bits(cfg.maps_words * cfg.lanes)), "kaddr": In(kbits),
             "acc_addr": In(cfg.addr_bits(cfg.acc_entries)), "out_addr": In(cfg.addr_bits(cfg.out_words)),
+            "res_addr": In(rbits),
             "first": In(1), "last": In(1),
             "sat_count": Out(range(cfg.vv_per_mv * cfg.lanes + 1)),
         })
@@ -106,10 +168,14 @@ class MVUnit(wiring.Component):
         lane_bits = (L - 1).bit_length()
         m = Module()
         m.submodules.maps = maps = Memory(shape=word_layout(cfg), depth=cfg.maps_words, init=[])
+        m.submodules.resbuf = resbuf = Memory(shape=word_layout(cfg), depth=cfg.res_words, init=[])
         m.submodules.outbuf = outbuf = Memory(shape=word_layout(cfg), depth=cfg.out_words, init=[])
         mwp = maps.write_port()
         mrp = maps.read_port()
         m.d.comb += [mwp.en.eq(self.maps_w_en), mwp.addr.eq(self.maps_w_addr), mwp.data.eq(self.maps_w_data)]
+        rwp = resbuf.write_port()
+        m.d.comb += [rwp.en.eq(self.res_w_en), rwp.addr.eq(self.res_w_addr), rwp.data.eq(self.res_w_data)]
+        rrps = [resbuf.read_port() for _ in range(V)]
         owps = [outbuf.write_port() for _ in range(V)]
         orp = outbuf.read_port(domain="comb")
         m.d.comb += [orp.addr.eq(self.out_r_addr), self.out_r_data.eq(orp.data)]
@@ -119,12 +185,13 @@ class MVUnit(wiring.Component):
         lane1 = Signal(max(1, lane_bits))
         v1, first1, last1 = Signal(), Signal(), Signal()
         out1, out2 = Signal.like(self.out_addr), Signal.like(self.out_addr)
+        res1 = Signal.like(self.res_addr)
         m.d.sync += [v1.eq(self.issue), first1.eq(self.first), last1.eq(self.last),
-                     out1.eq(self.out_addr), out2.eq(out1)]
+                     out1.eq(self.out_addr), out2.eq(out1), res1.eq(self.res_addr)]
         if lane_bits:
             m.d.sync += lane1.eq(self.maddr[:lane_bits])
 
-        # stage R: VV units (CONV) and the max-pool unit (MAXPOOL)
+        # stage R: VV units (CONV), the pooling unit (MAXPOOL, AVGPOOL), residual-buffer reads
         x = mrp.data[lane1] if lane_bits else mrp.data[0]
         vvs = []
         for v in range(V):
@@ -139,24 +206,35 @@ class MVUnit(wiring.Component):
                 vv.first.eq(self.first), vv.last.eq(self.last),
                 vv.x.eq(x),
             ]
-        pmax = Signal(word_layout(cfg))
+            m.d.comb += rrps[v].addr.eq(res1 + v)
+        # one register per lane: the running maximum (MAXPOOL) or the exact window sum (AVGPOOL)
+        pacc = Signal(data.ArrayLayout(signed(sum_bits(cfg)), L))
         with m.If(v1 & self.pool):
             for l in range(L):
                 cur = mrp.data[l]
-                m.d.sync += pmax[l].eq(Mux(first1 | (cur > pmax[l]), cur, pmax[l]))
+                nxt = Mux(self.avg, pacc[l] + cur, Mux(cur > pacc[l], cur, pacc[l]))
+                m.d.sync += pacc[l].eq(Mux(first1, cur, nxt))
         pool_out = Signal()
         m.d.sync += pool_out.eq(v1 & last1 & self.pool)
 
-        # stage O: output stage and output-buffer writes
+        # stage O: output stages and output-buffer writes
         sats = []
         for v, vv in enumerate(vvs):
             os_ = OutputStage(cfg)
             m.submodules[f"outstage{v}"] = os_
-            m.d.comb += [os_.acc.eq(vv.out_acc), os_.shift.eq(self.shift), os_.act.eq(self.act)]
+            m.d.comb += [os_.acc.eq(vv.out_acc), os_.shift.eq(self.shift), os_.act.eq(self.act),
+                         os_.resid.eq(self.resid), os_.res.eq(rrps[v].data), os_.rshift.eq(self.rshift)]
             wr = vv.out_valid & self.write
             m.d.comb += [owps[v].addr.eq(out2 + v), owps[v].data.eq(os_.out), owps[v].en.eq(wr)]
             sats.append(Mux(wr, sum(os_.sat[l] for l in range(L)), 0))
+        m.submodules.avgstage = avs = AverageStage(cfg)
+        m.d.comb += [avs.sum.eq(pacc), avs.mul.eq(self.mul), avs.shift.eq(self.shift)]
+        pmax = Signal(word_layout(cfg))
+        for l in range(L):
+            m.d.comb += pmax[l].eq(pacc[l][:cfg.data_bits])
         with m.If(pool_out):
-            m.d.comb += [owps[0].addr.eq(out2), owps[0].data.eq(pmax), owps[0].en.eq(1)]
+            m.d.comb += [owps[0].addr.eq(out2), owps[0].data.eq(Mux(self.avg, avs.out.as_value(), pmax.as_value())),
+                         owps[0].en.eq(1)]
+        sats.append(Mux(pool_out & self.avg, sum(avs.sat[l] for l in range(L)), 0))
         m.d.comb += self.sat_count.eq(sum(sats))
         return m

@@ -21,7 +21,7 @@ from .card import Card
 __all__ = ["run_rtl", "LAST_RUN", "RTL_OPS"]
 
 #: instructions the RTL executes
-RTL_OPS = ("LOAD", "STORE", "CONV", "MAXPOOL", "SYNC", "END")
+RTL_OPS = ("LOAD", "STORE", "CONV", "MAXPOOL", "AVGPOOL", "SYNC", "END")
 
 #: wall time and cycles of the last run (for reports of simulated cycles per second)
 LAST_RUN: dict = {}
@@ -43,11 +43,8 @@ def _decode(cfg: MachineConfig, memory: np.ndarray, addr: int, c: int) -> list[i
             isa.validate(i, cfg)
         except ISAError as e:
             raise SimError(f"cluster {c}, pc {pc}: {e}") from None
-        unsupported = (i.op not in RTL_OPS or (i.op == "LOAD" and i.buf not in (isa.Buf.MAPS, isa.Buf.KERNEL))
-                       or (i.op == "CONV" and i.f.get("resid", 0)))
-        if unsupported:
-            raise SimError(f"cluster {c}, pc {pc} ({i.op}): not implemented in the RTL yet "
-                           f"(it runs LOAD MAPS/KERNEL, CONV without resid, MAXPOOL, SYNC, STORE, END)")
+        if i.op not in RTL_OPS:
+            raise SimError(f"cluster {c}, pc {pc} ({i.op}): not implemented in the RTL (it runs {', '.join(RTL_OPS)})")
         if i.op in ("LOAD", "STORE"):
             hi = i.dram_addr + ((i.n2 - 1) * i.s2 + (i.n1 - 1) * i.s1 + i.n0) * cfg.beat_bytes
             if hi > len(memory) // cfg.beat_bytes * cfg.beat_bytes:

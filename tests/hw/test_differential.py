@@ -9,12 +9,12 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 
 from arch.isa import Instr, encode_program
 from arch.machine import SMALL
-from arch.numerics import float_to_fixed
+from arch.numerics import float_to_fixed, reciprocal
 from hw.run import LAST_RUN, run_rtl
 from sim.card import SimError, run_card
 
@@ -65,6 +65,13 @@ def _kernels():
         "maxpool": lambda: kernels.maxpool_model(8, 6, 6, 2, 2, 0, seed=2),
         "maxpool_overlap": lambda: kernels.maxpool_model(5, 7, 7, 3, 2, 1, seed=5),
         "fc": lambda: kernels.fc_model(16, 8, seed=1),
+        # Conv+BN+Add+Relu fused into CONVs with a residual (LOAD buf=RES, CONV resid=1)
+        "residual": lambda: kernels.residual_model(4, 6, 6, 1, seed=1),
+        "residual_strided": lambda: kernels.residual_model(6, 7, 7, 2, seed=2),
+        # AVGPOOL (count_include_pad=1: zero padding counted in the divisor) and GlobalAveragePool
+        "avgpool": lambda: kernels.avgpool_model(5, 6, 6, 2, 2, 0),
+        "avgpool_overlap_pad": lambda: kernels.avgpool_model(6, 7, 7, 3, 2, 1),
+        "global_avgpool": lambda: kernels.avgpool_model(8, 5, 5, None),
     }
 
 
@@ -96,6 +103,32 @@ def test_small_cnn():
     assert_same(SMALL, mem, programs)
 
 
+def mini_resnet(seed=1):
+    """ResNet-18's structure at toy width: 3x3/2 stem + BN + ReLU, 3x3/2 max-pool, a basic block with
+    an identity shortcut, one with a strided 1x1 projection, global average pool, flatten, FC."""
+    from zoo.builder import Builder
+    from zoo.resnet import _basic
+    b = Builder("mini_resnet", (1, 3, 12, 12), seed)
+    x = b.maxpool(b.relu(b.bn(b.conv("input", 8, 3, 2, 1, name="conv1"))), 3, 2, 1)
+    x = _basic(b, x, 8, 1)
+    x = _basic(b, x, 12, 2)
+    return b.finish(b.gemm(b.flatten(b.global_avgpool(x)), 10, name="fc"))
+
+
+def test_mini_resnet():
+    mem, programs = compiled_image(mini_resnet(), SMALL)
+    assert_same(SMALL, mem, programs)
+
+
+@pytest.mark.slow
+def test_resnet18():
+    """A whole ResNet-18 (16x16 input): residual CONVs, MAXPOOL, GlobalAveragePool and the FC layer.
+    About 3.7 M cycles: some 40 minutes in pysim."""
+    import zoo
+    mem, programs = compiled_image(zoo.resnet18(seed=1, input_shape=(1, 3, 16, 16)), SMALL)
+    assert_same(SMALL, mem, programs)
+
+
 # ------------------------------------------------------------------------------------------------
 # random programs
 # ------------------------------------------------------------------------------------------------
@@ -107,9 +140,9 @@ MEM = 0xA000
 
 @st.composite
 def random_programs(draw):
-    """Race-free random programs: each cluster runs rounds of LOAD maps + LOAD kernel -> CONV or
-    MAXPOOL -> STORE, with the tokens a correct program needs (plus SYNCs), random fields, and
-    random sharing of the memory port between clusters."""
+    """Race-free random programs: each cluster runs rounds of LOAD maps (+ LOAD RES) + LOAD kernel ->
+    CONV (with or without a residual), MAXPOOL or AVGPOOL -> STORE, with the tokens a correct program
+    needs (plus SYNCs), random fields, and random sharing of the memory port between clusters."""
     cfg = dataclasses.replace(SMALL, queue_depth=draw(st.integers(1, 4)), mem_latency=draw(st.integers(1, 9)))
     L, M, V = cfg.lanes, cfg.mv_per_cluster, cfg.vv_per_mv
     progs = {}
@@ -124,13 +157,19 @@ def random_programs(draw):
                              buf_addr=draw(st.integers(0, 4)), n0=n0, n1=draw(st.integers(1, 3)),
                              s1=draw(st.integers(0, 16)), n2=draw(st.integers(1, 2)), s2=draw(st.integers(0, 40)),
                              pop_next=wait_store))
+            if draw(st.booleans()):      # residual words (read by a resid CONV, or left unused)
+                out.append(Instr("LOAD", buf=2, mv_mask=draw(st.integers(1, (1 << M) - 1)),
+                                 dram_addr=DATA + 8 * draw(st.integers(0, 400)), buf_addr=draw(st.integers(0, 6)),
+                                 n0=draw(st.integers(1, 14)), n1=draw(st.integers(1, 2)), s1=draw(st.integers(0, 20)),
+                                 n2=draw(st.integers(1, 2)), s2=draw(st.integers(0, 40))))
             nvv = draw(st.integers(1, V))
             out.append(Instr("LOAD", buf=1, mv_mask=mask, nvv=nvv, dram_addr=DATA + 8 * draw(st.integers(0, 300)),
                              buf_addr=0, n0=nvv * draw(st.integers(1, 20)), n1=1, n2=1, push_next=1))
             # compute waits for its loads and for the previous round's STORE (output buffer reuse) and
             # tells the next round's loads when it has read its buffers
             tok = dict(pop_prev=1, push_next=1, pop_next=1 if r else 0, push_prev=1 if r < rounds - 1 else 0)
-            if draw(st.booleans()):
+            kind = draw(st.sampled_from(["CONV", "CONV", "MAXPOOL", "AVGPOOL"]))
+            if kind == "CONV":
                 oh, ow = draw(st.integers(1, 3)), draw(st.integers(1, 3))
                 kh, kw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
                 cin = draw(st.integers(1, 6))
@@ -146,6 +185,8 @@ def random_programs(draw):
                           out_addr=draw(st.integers(0, 4)), out_pitch=out_pitch, init=draw(st.integers(0, 2)),
                           write=1, shift=draw(st.integers(0, 40)), act=draw(st.integers(0, 1)),
                           **tok)
+                if draw(st.booleans()):
+                    i = i.replace(resid=1, res_addr=draw(st.integers(0, 8)), rshift=draw(st.integers(0, 40)))
                 if K > cfg.kernel_words:
                     i = i.replace(cin=1, cpitch=1)
                 n_out = (oh * ow - 1) * out_pitch + nvv
@@ -159,6 +200,12 @@ def random_programs(draw):
                 i = Instr("MAXPOOL", mv_mask=mask, maps_addr=draw(st.integers(0, 3)), in_w=in_w, ppitch=ppitch,
                           nb=nb, kh=kh, kw=kw, sy=sy, sx=sx, oh=oh, ow=ow, out_addr=draw(st.integers(0, 4)),
                           out_pitch=out_pitch, **tok)
+                if kind == "AVGPOOL":
+                    if draw(st.booleans()):
+                        mul, shift = reciprocal(kh * kw)
+                    else:
+                        mul, shift = draw(st.integers(0, (1 << 16) - 1)), draw(st.integers(0, 40))
+                    i = Instr("AVGPOOL", mul=mul, shift=shift, **i.f)
                 n_out = (oh * ow - 1) * out_pitch + nb
             if draw(st.booleans()):
                 out.append(Instr("SYNC"))
@@ -180,6 +227,8 @@ def test_random_programs(case, seed):
     for p in progs.values():
         for i in p:
             validate(i, cfg)
+            if i.op == "AVGPOOL" or (i.op == "CONV" and i.resid) or (i.op == "LOAD" and i.buf == 2):
+                event("AVGPOOL" if i.op == "AVGPOOL" else "CONV resid" if i.op == "CONV" else "LOAD RES")
     rng = np.random.default_rng(seed)
     mem = np.zeros(MEM, dtype=np.uint8)
     mem[DATA:OUT] = rng.integers(0, 256, OUT - DATA, dtype=np.uint8)

@@ -23,3 +23,19 @@ def test_run_on_amaranth_equals_functional(tmp_path):
     assert ie.GetInfo("hwcycles") == cycles_sw
     text = vcd.read_text()
     assert "$enddefinitions" in text and "$var" in text and "#1" in text
+
+
+def test_run_residual_on_amaranth_equals_functional(tmp_path):
+    """A Conv+BN+Add+Relu block (a CONV with a fused residual) through the SDK API on the RTL."""
+    path = tmp_path / "res.onnx"
+    onnx.save(kernels.residual_model(4, 6, 6, 1, seed=2), str(path))
+    x = np.random.default_rng(1).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    ie = microndla.MDLA()
+    ie.SetFlag("bitfile", "small")
+    ie.Compile(str(path))
+    y_sw = ie.Run_sw(x)
+    cycles_sw = ie.GetInfo("hwcycles")
+    ie.SetFlag("simulator", "amaranth")
+    y_rtl = ie.Run(x)
+    assert np.array_equal(y_rtl, y_sw)
+    assert ie.GetInfo("hwcycles") == cycles_sw

@@ -1,24 +1,27 @@
-"""MVUnit block tests: whole CONV and MAXPOOL traces, driven by the trace generator, against the
-functional model's numpy units (:class:`sim.units.ClusterUnits`), with the pipeline's latency."""
+"""MVUnit block tests: whole CONV (with and without a residual), MAXPOOL and AVGPOOL traces, driven by
+the trace generator, against the functional model's numpy units (:class:`sim.units.ClusterUnits`),
+with the pipeline's latency; the output stage and the average stage alone against
+:mod:`arch.numerics`."""
 import numpy as np
 import pytest
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
 from arch import isa
+from arch import numerics
 from arch.isa import Instr
 from arch.machine import SMALL
 from arch.timing import compute_cycles
 from hw.compute import TraceGenerator, drive_mv
-from hw.mv import MVUnit
+from hw.mv import AverageStage, MVUnit, OutputStage, sum_bits
 from sim.units import ClusterUnits
 from tests.hw.util import pack, unpack
 
 CFG = SMALL
 
 
-def run_trace(cfg, instr: Instr, maps: np.ndarray, kern: np.ndarray):
-    """Load MV 0's buffers, run one trace starting in cycle s; return the output buffer as it is at
+def run_trace(cfg, instr: Instr, maps: np.ndarray, kern: np.ndarray, resid: np.ndarray | None = None):
+    """Load MV 0's buffers (maps, kernel, residual), run one trace starting in cycle s; return the output buffer as it is at
     the trace's end cycle ``e = s + compute_cycles`` (so results must be written in time) and the
     saturations counted."""
     L = cfg.lanes
@@ -42,6 +45,12 @@ def run_trace(cfg, instr: Instr, maps: np.ndarray, kern: np.ndarray):
                 ctx.set(mv.kern_w_data.as_value(), pack(kern[a, v], 16))
                 await ctx.tick()
         ctx.set(mv.kern_w_en, 0)
+        for a, w in enumerate(resid if resid is not None else ()):
+            ctx.set(mv.res_w_en, 1)
+            ctx.set(mv.res_w_addr, a)
+            ctx.set(mv.res_w_data.as_value(), pack(w, 16))
+            await ctx.tick()
+        ctx.set(mv.res_w_en, 0)
         ctx.set(tg.instr, int.from_bytes(isa.encode(instr), "little"))
         ctx.set(tg.start, 1)
         await ctx.tick()
@@ -65,14 +74,13 @@ def run_trace(cfg, instr: Instr, maps: np.ndarray, kern: np.ndarray):
     return res
 
 
-def reference(cfg, instr, maps, kern):
+def reference(cfg, instr, maps, kern, res=None):
     u = ClusterUnits(cfg)
     u.maps_w[0, :len(maps)] = maps
     u.kern[0, :kern.shape[0]] = kern
-    if instr.op == "CONV":
-        u.conv(instr)
-    else:
-        u.maxpool(instr)
+    if res is not None:
+        u.res[0, :len(res)] = res
+    getattr(u, instr.op.lower())(instr)
     return u.out[0], u.saturations
 
 
@@ -109,3 +117,161 @@ def test_maxpool_trace():
     got = run_trace(cfg, instr, maps, kern)
     want, _ = reference(cfg, instr, maps, kern)
     np.testing.assert_array_equal(got["out"], want)
+
+
+# ------------------------------------------------------------------------------------------------
+# residual path of the output stage
+# ------------------------------------------------------------------------------------------------
+
+RESID_CONVS = [
+    # pitch > nvv, ReLU, residual in the accumulator's format (the compiler's case)
+    dict(nvv=2, maps_addr=1, in_w=4, cpitch=3, cin=3, kh=2, kw=2, sy=1, sx=1, dy=1, dx=1, oh=2, ow=3,
+         kern_addr=0, bias_addr=30, acc_addr=2, out_addr=1, out_pitch=3, init=1, write=1, shift=12, act=1,
+         resid=1, res_addr=5, rshift=12),
+    # no ReLU, shift 0 and rshift 0: saturates often; strided, dilated
+    dict(nvv=1, maps_addr=0, in_w=7, cpitch=4, cin=4, kh=2, kw=2, sy=2, sx=2, dy=2, dx=2, oh=2, ow=2,
+         kern_addr=3, bias_addr=0, acc_addr=0, out_addr=0, out_pitch=1, init=0, write=1, shift=0, act=0,
+         resid=1, res_addr=0, rshift=0, amp=60),
+    # a large rshift (the residual's high bits wrap away at acc_bits)
+    dict(nvv=2, maps_addr=2, in_w=3, cpitch=2, cin=2, kh=1, kw=1, sy=1, sx=1, dy=1, dx=1, oh=3, ow=3,
+         kern_addr=1, bias_addr=0, acc_addr=0, out_addr=3, out_pitch=2, init=0, write=1, shift=40, act=0,
+         resid=1, res_addr=7, rshift=45),
+]
+
+
+@pytest.mark.parametrize("fields", RESID_CONVS)
+def test_conv_trace_residual(fields):
+    cfg = CFG
+    rng = np.random.default_rng(len(str(fields)) + 11)
+    instr = Instr("CONV", mv_mask=1, **{k: v for k, v in fields.items() if k != "amp"})
+    isa.validate(instr, cfg)
+    amp = fields.get("amp", 3000)
+    maps = rng.integers(-amp, amp, size=(cfg.maps_words // 2, cfg.lanes))
+    kern = rng.integers(-amp, amp, size=(48, cfg.vv_per_mv, cfg.lanes))
+    res = rng.integers(-32768, 32768, size=(cfg.res_words, cfg.lanes))
+    got = run_trace(cfg, instr, maps, kern, res)
+    want, sat = reference(cfg, instr, maps, kern, res)
+    np.testing.assert_array_equal(got["out"], want)
+    assert got["sat"] == sat
+    # the residual matters: without it the outputs differ
+    plain, _ = reference(cfg, instr.replace(resid=0), maps, kern, res)
+    assert not np.array_equal(plain, want)
+
+
+def _comb_vectors(dut, cases, setter, getter):
+    out = []
+
+    async def bench(ctx):
+        for c in cases:
+            setter(ctx, c)
+            out.append(getter(ctx))
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+def test_output_stage_residual_vectors():
+    """OutputStage alone against arch.numerics.requantize on random (acc, res, shift, rshift, act),
+    over the whole 48-bit accumulator range and every shift."""
+    cfg = CFG
+    L, A = cfg.lanes, cfg.acc_bits
+    rng = np.random.default_rng(3)
+    cases = []
+    for k in range(160):
+        mag = int(rng.integers(1, A))
+        acc = rng.integers(-(1 << (mag - 1)), 1 << (mag - 1), size=L, dtype=np.int64)
+        res = rng.integers(-32768, 32768, size=L, dtype=np.int64)
+        shift = int(rng.integers(0, 64)) if k % 4 == 0 else int(rng.integers(0, 24))
+        rshift = int(rng.integers(0, 64)) if k % 5 == 0 else int(rng.integers(0, 24))
+        cases.append((acc, res, shift, rshift, int(rng.integers(0, 2)), k % 7 != 0))
+    dut = OutputStage(cfg)
+
+    def setter(ctx, c):
+        acc, res, shift, rshift, act, resid = c
+        ctx.set(dut.acc.as_value(), pack(acc, A))
+        ctx.set(dut.res.as_value(), pack(res, 16))
+        ctx.set(dut.shift, shift)
+        ctx.set(dut.rshift, rshift)
+        ctx.set(dut.act, act)
+        ctx.set(dut.resid, int(resid))
+
+    got = _comb_vectors(dut, cases, setter,
+                        lambda ctx: (unpack(ctx.get(dut.out.as_value()), 16, L), ctx.get(dut.sat)))
+    for (acc, res, shift, rshift, act, resid), (out, sat) in zip(cases, got):
+        with np.errstate(over="ignore"):
+            want, nsat = numerics.requantize(acc, shift, act, res if resid else None, rshift, A)
+        np.testing.assert_array_equal(out, want, err_msg=str((acc, res, shift, rshift, act, resid)))
+        assert bin(sat).count("1") == nsat
+
+
+# ------------------------------------------------------------------------------------------------
+# average pooling
+# ------------------------------------------------------------------------------------------------
+
+def test_average_stage_vectors():
+    """AverageStage alone against arch.numerics.average on random window sums (up to 255 x 255
+    extreme elements), multipliers and shifts, and the reciprocals the compiler uses."""
+    cfg = CFG
+    L = cfg.lanes
+    lim = 255 * 255 * 32768
+    rng = np.random.default_rng(5)
+    cases = []
+    for k in range(120):
+        if k % 3 == 0:
+            n = int(rng.integers(1, 255 * 255 + 1))
+            mul, shift = numerics.reciprocal(n)
+            s = rng.integers(-32768, 32768, size=L, dtype=np.int64) * n
+        else:
+            mul, shift = int(rng.integers(0, 1 << 16)), int(rng.integers(0, 64))
+            s = rng.integers(-lim, lim + 1, size=L, dtype=np.int64)
+        if k < 2:
+            s = np.full(L, lim if k == 0 else -lim, dtype=np.int64)
+        cases.append((s, mul, shift))
+    dut = AverageStage(cfg)
+
+    def setter(ctx, c):
+        s, mul, shift = c
+        ctx.set(dut.sum.as_value(), pack(s, sum_bits(cfg)))
+        ctx.set(dut.mul, mul)
+        ctx.set(dut.shift, shift)
+
+    got = _comb_vectors(dut, cases, setter,
+                        lambda ctx: (unpack(ctx.get(dut.out.as_value()), 16, L), ctx.get(dut.sat)))
+    for (s, mul, shift), (out, sat) in zip(cases, got):
+        want, nsat = numerics.average(s, mul, shift)
+        np.testing.assert_array_equal(out, want, err_msg=str((s, mul, shift)))
+        assert bin(sat).count("1") == nsat
+
+
+AVGPOOLS = [
+    # 2x3 windows, strided, two words per pixel; reciprocal of 6
+    dict(maps_addr=2, in_w=5, ppitch=3, nb=2, kh=2, kw=3, sy=1, sx=2, oh=2, ow=2, out_addr=1, out_pitch=3,
+         mul=numerics.reciprocal(6)[0], shift=numerics.reciprocal(6)[1]),
+    # global average of a 4x4 map; a multiplier that saturates (counted)
+    dict(maps_addr=0, in_w=4, ppitch=1, nb=1, kh=4, kw=4, sy=1, sx=1, oh=1, ow=1, out_addr=0, out_pitch=1,
+         mul=3000, shift=3),
+    # 1x1 window, shift 0
+    dict(maps_addr=1, in_w=3, ppitch=2, nb=2, kh=1, kw=1, sy=1, sx=1, oh=2, ow=3, out_addr=2, out_pitch=2,
+         mul=1, shift=0),
+]
+
+
+@pytest.mark.parametrize("fields", AVGPOOLS)
+def test_avgpool_trace(fields):
+    cfg = CFG
+    rng = np.random.default_rng(len(str(fields)))
+    instr = Instr("AVGPOOL", mv_mask=1, **fields)
+    isa.validate(instr, cfg)
+    maps = rng.integers(-32768, 32768, size=(cfg.maps_words // 2, cfg.lanes))
+    kern = np.zeros((1, cfg.vv_per_mv, cfg.lanes), dtype=np.int64)
+    got = run_trace(cfg, instr, maps, kern)
+    want, sat = reference(cfg, instr, maps, kern)
+    np.testing.assert_array_equal(got["out"], want)
+    assert got["sat"] == sat
+    # and against numpy directly: the window sums of output pixel 0, word 0
+    i = instr
+    win = np.array([maps[i.maps_addr + (ky * i.in_w + kx) * i.ppitch] for ky in range(i.kh) for kx in range(i.kw)])
+    y, _ = numerics.average(win.sum(axis=0), i.mul, i.shift)
+    np.testing.assert_array_equal(got["out"][i.out_addr], y)
