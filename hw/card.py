@@ -34,6 +34,9 @@ class Card(wiring.Component):
     cfg : MachineConfig
     init : list[int]
         Initial main-memory words (little-endian, ``beat_bytes`` each); the memory has this depth.
+    depth : int, optional
+        Main-memory depth in words, when larger than ``init`` (the rest starts at zero). The Verilog
+        export (:mod:`hw.export`) uses it to size the memory without an image.
 
     Ports
     -----
@@ -49,11 +52,13 @@ class Card(wiring.Component):
         Some cluster fetched an illegal opcode.
     """
 
-    def __init__(self, cfg: MachineConfig, init):
+    def __init__(self, cfg: MachineConfig, init, depth: int | None = None):
         from amaranth.lib import data
         self.cfg = cfg
         self.init = list(init)
-        self.depth = max(1, len(self.init))
+        self.depth = max(1, len(self.init)) if depth is None else int(depth)
+        if self.depth < max(1, len(self.init)):
+            raise ValueError(f"memory depth {self.depth} is smaller than the {len(self.init)}-word image")
         super().__init__({
             "enable": In(cfg.clusters_per_card),
             "prog_addr": In(data.ArrayLayout(32, cfg.clusters_per_card)),

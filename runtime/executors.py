@@ -58,3 +58,6 @@ def get_executor(name: str) -> Executor:
     except KeyError:
         raise ValueError(f"unknown simulator {name!r}; available: {sorted(EXECUTORS)}") from None
 
+
+from .verilog_executors import IcarusExecutor, VerilatorExecutor  # noqa: E402 - registered after EXECUTORS exists
+EXECUTORS.update(icarus=IcarusExecutor, verilator=VerilatorExecutor)

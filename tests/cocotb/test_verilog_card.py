@@ -1,0 +1,181 @@
+"""Card-level tests on the exported Verilog (hw/export.py) in Icarus and Verilator through cocotb.
+
+Every program runs on the functional model and on the Verilog card from the same memory image; the
+final memory images must be equal bit for bit and the cycle count and every counter of every cluster
+equal. One card build per simulator (SMALL), shared by the session (tests/cocotb/conftest.py) and
+cached on disk by the hash of its Verilog."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from arch.isa import encode_program
+from arch.machine import SMALL
+from sim.card import run_card
+
+SIMS = ("icarus", "verilator")
+FIELDS = ("cycles", "instructions", "busy", "token_wait", "port_wait", "bytes_loaded", "bytes_stored",
+          "macs", "mac_slots", "saturations")
+
+
+def compiled_image(model, cfg, seed=0):
+    from compiler.driver import compile_graph
+    from compiler.frontend import load_model
+    from compiler.quantize import quantize
+    from arch.numerics import float_to_fixed
+    c = compile_graph(quantize(load_model(model), cfg), cfg)
+    mem = c.memory_image()
+    rng = np.random.default_rng(seed)
+    for i in c.inputs:
+        lay = c.memmap.tensors[i.tensor]
+        q, _ = float_to_fixed(rng.standard_normal((lay.channels, lay.height, lay.width)), lay.frac)
+        lay.write(mem, c.memmap.tensor_addr(i.tensor), cfg.lanes, q)
+    return mem, {p: c.memmap.code_addr(p) for p in c.programs}
+
+
+def assert_same(sim, cfg, mem, programs, *, check_memory=True, check_hazards=True):
+    from hw.verilog_run import LAST_RUN, run_verilog
+    m_model, m_rtl = mem.copy(), mem.copy()
+    want = run_card(cfg, m_model, programs, check_hazards=check_hazards)
+    got = run_verilog(sim, cfg, m_rtl, programs)
+    print(f"{sim}: {LAST_RUN['cycles']} cycles in {LAST_RUN['seconds']:.2f} s = "
+          f"{LAST_RUN['cycles_per_second']:.0f} cycles/s ({LAST_RUN['total_seconds']:.2f} s with start-up)")
+    assert got.cycles == want.cycles
+    assert sorted(got.clusters) == sorted(want.clusters)
+    for c, w in want.clusters.items():
+        for f in FIELDS:
+            assert getattr(got.clusters[c], f) == getattr(w, f), \
+                f"cluster {c} {f}: {sim} {getattr(got.clusters[c], f)} model {getattr(w, f)}"
+    if check_memory:
+        diff = np.flatnonzero(m_model != m_rtl)
+        assert diff.size == 0, f"{diff.size} memory bytes differ, first at {diff[0]:#x}"
+    return want
+
+
+def _kernels():
+    from zoo import kernels
+    return {
+        "conv_3x3": lambda: kernels.conv_model(3, 4, 6, 6, 3, 1, 1, relu=True, seed=1),
+        "conv_strided_dilated": lambda: kernels.conv_model(5, 7, 9, 9, 3, 2, 2, dilation=2, seed=4),
+        "maxpool_overlap": lambda: kernels.maxpool_model(5, 7, 7, 3, 2, 1, seed=5),
+        "fc": lambda: kernels.fc_model(16, 8, seed=1),
+    }
+
+
+@pytest.mark.parametrize("sim", SIMS)
+@pytest.mark.parametrize("name", sorted(_kernels()))
+def test_compiled_kernel(card_build, sim, name):
+    card_build(sim)
+    mem, programs = compiled_image(_kernels()[name](), SMALL)
+    assert_same(sim, SMALL, mem, programs)
+
+
+@pytest.mark.parametrize("sim", SIMS)
+def test_small_cnn(card_build, sim):
+    from zoo.small_cnn import small_cnn
+    card_build(sim)
+    mem, programs = compiled_image(small_cnn(seed=0, input_shape=(1, 3, 8, 8)), SMALL)
+    assert_same(sim, SMALL, mem, programs)
+
+
+# two clusters sharing the memory port, with equal-start ties (timing only: these race on purpose)
+LOAD4 = "LOAD buf=MAPS mv_mask=1 dram_addr=0x4000 n0=4 n1=1 n2=1"
+CONV1 = ("CONV mv_mask=1 nvv=1 in_w=2 cpitch=4 cin=4 kh=1 kw=2 sy=1 sx=1 dy=1 dx=1 oh=1 ow=1 "
+         "out_pitch=1 write=1")
+
+
+def _tie_prog(c):
+    return f"""
+    {CONV1} push_next=1 push_prev=1
+    STORE mv=0 dram_addr={0x8000 + 0x100 * c} n0=3 n1=1 n2=1 pop_prev=1
+    LOAD buf=MAPS mv_mask=2 dram_addr=0x4000 n0=2 n1=1 n2=1 pop_next=1
+    END"""
+
+
+CORNERS = {
+    "port_shared": {0: f"{LOAD4}\n{LOAD4}\nEND", 1: f"{LOAD4}\nEND"},
+    "equal_start_ties": {0: _tie_prog(0), 1: _tie_prog(1)},
+    "queue_full": {0: f"{LOAD4} push_next=1\n{CONV1} pop_prev=1\n{CONV1}\n{CONV1}\n{CONV1}\n{CONV1}\n{LOAD4}\nEND"},
+}
+
+
+@pytest.mark.parametrize("sim", SIMS)
+@pytest.mark.parametrize("name", sorted(CORNERS))
+def test_two_cluster_timing(card_build, sim, name):
+    from arch.asm import assemble
+    card_build(sim)
+    mem = np.zeros(0xA000, dtype=np.uint8)
+    mem[0x4000:0x8000] = np.random.default_rng(3).integers(0, 256, 0x4000, dtype=np.uint8)
+    addrs = {}
+    for c, p in CORNERS[name].items():
+        code = encode_program(assemble(p))
+        mem[0x1000 * c:0x1000 * c + len(code)] = np.frombuffer(code, dtype=np.uint8)
+        addrs[c] = 0x1000 * c
+    assert_same(sim, SMALL, mem, addrs, check_hazards=False, check_memory=name == "port_shared")
+
+
+@pytest.mark.parametrize("sim", SIMS)
+def test_mdla_run_on_verilog(card_build, sim, tmp_path):
+    """SetFlag('simulator', sim): Run() on the exported Verilog gives Run_sw's bits and cycles."""
+    import onnx
+
+    import microndla
+    from zoo import kernels
+    card_build(sim)
+    path = tmp_path / "conv.onnx"
+    onnx.save(kernels.conv_model(4, 8, 6, 6, 3, 1, 1, relu=True, seed=3), str(path))
+    x = np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    ie = microndla.MDLA()
+    ie.SetFlag("bitfile", "small")
+    ie.Compile(str(path))
+    y_sw = ie.Run_sw(x)
+    cycles_sw = ie.GetInfo("hwcycles")
+    ie.SetFlag("simulator", sim)
+    y_rtl = ie.Run(x)
+    assert np.array_equal(y_rtl, y_sw)
+    assert ie.GetInfo("hwcycles") == cycles_sw
+    ie.Free()
+
+
+def test_executors_registered():
+    from runtime.executors import EXECUTORS, get_executor
+    from runtime.verilog_executors import IcarusExecutor, VerilatorExecutor
+    assert EXECUTORS["icarus"] is IcarusExecutor and EXECUTORS["verilator"] is VerilatorExecutor
+    assert get_executor("icarus").name == "icarus"
+
+
+def test_export_cli(tmp_path):
+    """mdla hw build writes the card's Verilog with the $readmemh loader and every counter port."""
+    from click.testing import CliRunner
+
+    from hw.cluster import STATS
+    from runtime.cli import main
+    out = tmp_path / "dla.v"
+    r = CliRunner().invoke(main, ["hw", "build", "--config", "small", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert "module mdla_card(" in text and "$readmemh" in text and "$writememh" in text
+    for c in range(SMALL.clusters_per_card):
+        for s in STATS:
+            assert f"output [47:0] stat_{c}_{s};" in text
+    assert "memory[0] = " not in text          # no per-word initialisation: the image is loaded at run time
+
+
+def test_memh_round_trip(tmp_path):
+    from hw.export import read_memh, write_memh
+    mem = np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8)
+    write_memh(tmp_path / "m.hex", mem, SMALL, 256)
+    back = read_memh(tmp_path / "m.hex", SMALL)
+    assert np.array_equal(back[:1000], mem) and not back[1000:].any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [(16, 32, 10, 10, 3, 2, 1, 1), (4, 70, 17, 17, 3, 1, 1, 1)],
+                         ids=lambda c: "cin{}_cout{}_{}x{}_k{}_s{}_p{}_d{}".format(*c))
+def test_compiled_kernel_slow_verilator(card_build, case):
+    from zoo import kernels
+    card_build("verilator")
+    cin, cout, h, w, k, s, p, d = case
+    mem, programs = compiled_image(kernels.conv_model(cin, cout, h, w, k, s, p, dilation=d, relu=True,
+                                                      seed=cin + cout), SMALL)
+    assert_same("verilator", SMALL, mem, programs)
