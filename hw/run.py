@@ -62,15 +62,11 @@ def _store_words(cfg: MachineConfig, i: isa.Instr) -> np.ndarray:
                     + np.arange(i.n0)[None, None, :])).ravel()
 
 
-def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *, vcd: str | None = None,
-            max_cycles: int | None = None) -> CardStats:
-    """Run the programs of some clusters of one card on the RTL; ``memory`` is updated in place.
-
-    ``vcd``: write a waveform of the whole run to this path. ``max_cycles``: give up (SimError) after
-    this many cycles; by default a bound no deadlock-free program can reach."""
+def decode_programs(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int]) -> dict[int, list]:
+    """Check the arguments of an RTL run and decode each cluster's program (shared by the Amaranth
+    and Verilog runners): cluster -> instructions, refusing what the RTL does not implement."""
     if not isinstance(memory, np.ndarray) or memory.dtype != np.uint8 or memory.ndim != 1:
         raise TypeError("memory must be a 1-D numpy uint8 array (the card's main-memory image)")
-    bb = cfg.beat_bytes
     progs = {}
     for c, a in programs.items():
         if not 0 <= int(c) < cfg.clusters_per_card:
@@ -78,6 +74,28 @@ def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
         if not 0 <= int(a) < len(memory):
             raise SimError(f"cluster {c}: program address {a!r} is outside the {len(memory)}-byte memory image")
         progs[int(c)] = _decode(cfg, memory, int(a), int(c))
+    return progs
+
+
+def cycle_bound(cfg: MachineConfig, progs: dict[int, list]) -> int:
+    """A number of cycles no deadlock-free run of these programs can reach (the runners' watchdog)."""
+    bound = 100
+    for p in progs.values():
+        for i in p:
+            cost = (timing.transfer_words(i) if i.engine in ("load", "store")
+                    else timing.compute_cycles(i, cfg) if i.engine == "compute" else 1)
+            bound += 2 * (cost + cfg.mem_latency + 2)
+    return bound
+
+
+def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *, vcd: str | None = None,
+            max_cycles: int | None = None) -> CardStats:
+    """Run the programs of some clusters of one card on the RTL; ``memory`` is updated in place.
+
+    ``vcd``: write a waveform of the whole run to this path. ``max_cycles``: give up (SimError) after
+    this many cycles; by default a bound no deadlock-free program can reach."""
+    bb = cfg.beat_bytes
+    progs = decode_programs(cfg, memory, programs)
     if not progs:
         return CardStats(cycles=0, clusters={})
     nwords = -(-len(memory) // bb)
@@ -89,12 +107,7 @@ def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
         raw = padded.tobytes()
         init = [int.from_bytes(raw[k * bb:(k + 1) * bb], "little") for k in range(nwords)]
     if max_cycles is None:
-        max_cycles = 100
-        for p in progs.values():
-            for i in p:
-                cost = (timing.transfer_words(i) if i.engine in ("load", "store")
-                        else timing.compute_cycles(i, cfg) if i.engine == "compute" else 1)
-                max_cycles += 2 * (cost + cfg.mem_latency + 2)
+        max_cycles = cycle_bound(cfg, progs)
     stored = np.unique(np.concatenate([_store_words(cfg, i) for p in progs.values() for i in p if i.op == "STORE"]
                                       or [np.zeros(0, dtype=np.int64)]))
 

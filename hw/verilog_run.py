@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from arch import timing
 from arch.machine import MachineConfig
 from sim.card import CardStats, ClusterStats, SimError
 
@@ -174,26 +173,13 @@ def run_verilog(sim: str, cfg: MachineConfig, memory: np.ndarray, programs: dict
     from cocotb_tools.runner import get_runner
 
     from .cluster import STATS
-    from .run import _decode
-    if not isinstance(memory, np.ndarray) or memory.dtype != np.uint8 or memory.ndim != 1:
-        raise TypeError("memory must be a 1-D numpy uint8 array (the card's main-memory image)")
+    from .run import cycle_bound, decode_programs
     bb = cfg.beat_bytes
-    progs = {}
-    for c, a in programs.items():
-        if not 0 <= int(c) < cfg.clusters_per_card:
-            raise SimError(f"cluster {c!r} does not exist: machine {cfg.name!r} has clusters 0..{cfg.clusters_per_card - 1}")
-        if not 0 <= int(a) < len(memory):
-            raise SimError(f"cluster {c}: program address {a!r} is outside the {len(memory)}-byte memory image")
-        progs[int(c)] = _decode(cfg, memory, int(a), int(c))
+    progs = decode_programs(cfg, memory, programs)
     if not progs:
         return CardStats(cycles=0, clusters={})
     if max_cycles is None:
-        max_cycles = 100
-        for p in progs.values():
-            for i in p:
-                cost = (timing.transfer_words(i) if i.engine in ("load", "store")
-                        else timing.compute_cycles(i, cfg) if i.engine == "compute" else 1)
-                max_cycles += 2 * (cost + cfg.mem_latency + 2)
+        max_cycles = cycle_bound(cfg, progs)
     t_start = time.perf_counter()
     info = build(sim, cfg, mem_words_for(cfg, len(memory)), verbose=verbose)
     work = Path(tempfile.mkdtemp(prefix=f"mdla-{sim}-"))
