@@ -6,11 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: Icarus Verilog (Debian's iverilog 11; the tests pass -g2005 to it), and make, g++
-# and perl, which Verilator needs to compile a model. apt-get only when one is missing (needs root;
-# CI runs as root).
+# System packages: Icarus Verilog (Debian's iverilog 11; the tests pass -g2005 to it), make, g++
+# and perl, which Verilator needs to compile a model, and GTKWave, whose VCD loader (vcd2fst) the
+# tests use to check that waveforms open. apt-get only when one is missing (needs root; CI runs as
+# root).
 missing=()
-for tool in iverilog:iverilog vvp:iverilog make:make g++:g++ perl:perl; do
+for tool in iverilog:iverilog vvp:iverilog make:make g++:g++ perl:perl vcd2fst:gtkwave; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

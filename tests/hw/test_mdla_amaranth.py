@@ -1,7 +1,10 @@
 """The SDK API on the RTL: SetFlag('simulator', 'amaranth') runs Run() on the Amaranth card and
 gives the functional model's bits and cycles; SetFlag('vcd', path) writes the waveform."""
+import os
+
 import numpy as np
 import onnx
+import pytest
 
 import microndla
 from zoo import kernels
@@ -21,8 +24,17 @@ def test_run_on_amaranth_equals_functional(tmp_path):
     y_rtl = ie.Run(x)
     assert np.array_equal(y_rtl, y_sw)
     assert ie.GetInfo("hwcycles") == cycles_sw
+    # GTKWave's own VCD loader reads the whole waveform (what the viewer does when it opens it)
+    import shutil
+    import subprocess
     text = vcd.read_text()
-    assert "$enddefinitions" in text and "$var" in text and "#1" in text
+    assert "$enddefinitions" in text and "cluster" in text
+    if shutil.which("vcd2fst") is None:
+        assert not os.environ.get("CI"), "GTKWave (vcd2fst) is missing: scripts/setup.sh installs it"
+        pytest.skip("GTKWave is not installed here (scripts/setup.sh installs it)")
+    fst = tmp_path / "conv.fst"
+    done = subprocess.run(["vcd2fst", "-v", str(vcd), "-f", str(fst)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and fst.stat().st_size > 0, done.stderr
 
 
 def test_run_residual_on_amaranth_equals_functional(tmp_path):
