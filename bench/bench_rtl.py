@@ -19,7 +19,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from arch.machine import SMALL  # noqa: E402
-from arch.numerics import float_to_fixed  # noqa: E402
 from sim.card import run_card  # noqa: E402
 
 
@@ -28,13 +27,8 @@ def image(model, cfg, seed=0):
     from compiler.frontend import load_model
     from compiler.quantize import quantize
     c = compile_graph(quantize(load_model(model), cfg), cfg)
-    mem = c.memory_image()
-    rng = np.random.default_rng(seed)
-    for i in c.inputs:
-        lay = c.memmap.tensors[i.tensor]
-        q, _ = float_to_fixed(rng.standard_normal((lay.channels, lay.height, lay.width)), lay.frac)
-        lay.write(mem, c.memmap.tensor_addr(i.tensor), cfg.lanes, q)
-    return mem, {p: c.memmap.code_addr(p) for p in c.programs}
+    mem, _ = c.seeded_image(seed)
+    return mem, c.program_addresses()
 
 
 def models():

@@ -93,6 +93,25 @@ class Compiled:
         return mem
 
 
+    def program_addresses(self) -> dict[int, int]:
+        """Cluster -> byte address of its program (what the executors take)."""
+        return {p: self.memmap.code_addr(p) for p in self.programs}
+
+    def seeded_image(self, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The memory image with seeded N(0, 1) inputs in image slot 0, converted to each input's
+        fixed-point format; returns (image, int16 (C, H, W) inputs by tensor). For tests and benchmarks."""
+        from arch.numerics import float_to_fixed
+        mem = self.memory_image()
+        rng = np.random.default_rng(seed)
+        feeds = {}
+        for i in self.inputs:
+            lay = self.memmap.tensors[i.tensor]
+            q, _ = float_to_fixed(rng.standard_normal((lay.channels, lay.height, lay.width)), lay.frac)
+            lay.write(mem, self.memmap.tensor_addr(i.tensor), self.cfg.lanes, q)
+            feeds[i.tensor] = q
+        return mem, feeds
+
+
 def compile_graph(graph: Graph, cfg: MachineConfig, base: int = 0, parallel: Parallel = Parallel()) -> Compiled:
     """Lay out and generate code for a quantised graph: one program per cluster of ``parallel``,
     each processing its clusters' image slots (all cards get the same memory image)."""

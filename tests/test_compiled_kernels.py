@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from arch.machine import REFERENCE, SMALL
-from arch.numerics import float_to_fixed
 from compiler.driver import compile_graph
 from compiler.frontend import load_model
 from compiler.quantize import quantize
@@ -22,15 +21,8 @@ def run_both(model, cfg, seed=0):
     """Compile and run ``model`` on ``cfg``; return (DLA outputs, golden outputs, compiled, stats)."""
     g = quantize(load_model(model), cfg)
     c = compile_graph(g, cfg)
-    mem = c.memory_image()
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for i in c.inputs:
-        lay = c.memmap.tensors[i.tensor]
-        q, _ = float_to_fixed(rng.standard_normal((lay.channels, lay.height, lay.width)), lay.frac)
-        feeds[i.tensor] = q
-        lay.write(mem, c.memmap.tensor_addr(i.tensor), cfg.lanes, q)
-    stats = run_card(cfg, mem, {0: c.memmap.code_addr(0)})
+    mem, feeds = c.seeded_image(seed)
+    stats = run_card(cfg, mem, c.program_addresses())
     gold, _ = run_quantized(g, feeds)
     dla = {t: c.memmap.tensors[t].read(mem, c.memmap.tensor_addr(t), cfg.lanes) for t in g.tensors}
     return dla, gold, c, stats

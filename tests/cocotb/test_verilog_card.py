@@ -22,15 +22,9 @@ def compiled_image(model, cfg, seed=0):
     from compiler.driver import compile_graph
     from compiler.frontend import load_model
     from compiler.quantize import quantize
-    from arch.numerics import float_to_fixed
     c = compile_graph(quantize(load_model(model), cfg), cfg)
-    mem = c.memory_image()
-    rng = np.random.default_rng(seed)
-    for i in c.inputs:
-        lay = c.memmap.tensors[i.tensor]
-        q, _ = float_to_fixed(rng.standard_normal((lay.channels, lay.height, lay.width)), lay.frac)
-        lay.write(mem, c.memmap.tensor_addr(i.tensor), cfg.lanes, q)
-    return mem, {p: c.memmap.code_addr(p) for p in c.programs}
+    mem, _ = c.seeded_image(seed)
+    return mem, c.program_addresses()
 
 
 def assert_same(sim, cfg, mem, programs, *, check_memory=True, check_hazards=True):

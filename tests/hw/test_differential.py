@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from arch.isa import Instr, encode_program
 from arch.machine import SMALL
-from arch.numerics import float_to_fixed, reciprocal
+from arch.numerics import reciprocal
 from hw.run import LAST_RUN, run_rtl
 from sim.card import SimError, run_card
 
@@ -47,13 +47,8 @@ def compiled_image(model, cfg, seed=0):
     from compiler.quantize import quantize
     g = quantize(load_model(model), cfg)
     c = compile_graph(g, cfg)
-    mem = c.memory_image()
-    rng = np.random.default_rng(seed)
-    for i in c.inputs:
-        lay = c.memmap.tensors[i.tensor]
-        q, _ = float_to_fixed(rng.standard_normal((lay.channels, lay.height, lay.width)), lay.frac)
-        lay.write(mem, c.memmap.tensor_addr(i.tensor), cfg.lanes, q)
-    return mem, {p: c.memmap.code_addr(p) for p in c.programs}
+    mem, _ = c.seeded_image(seed)
+    return mem, c.program_addresses()
 
 
 def _kernels():
@@ -144,7 +139,7 @@ def random_programs(draw):
     CONV (with or without a residual), MAXPOOL or AVGPOOL -> STORE, with the tokens a correct program
     needs (plus SYNCs), random fields, and random sharing of the memory port between clusters."""
     cfg = dataclasses.replace(SMALL, queue_depth=draw(st.integers(1, 4)), mem_latency=draw(st.integers(1, 9)))
-    L, M, V = cfg.lanes, cfg.mv_per_cluster, cfg.vv_per_mv
+    M, V = cfg.mv_per_cluster, cfg.vv_per_mv
     progs = {}
     for c in range(draw(st.integers(1, cfg.clusters_per_card))):
         out = []
