@@ -32,7 +32,7 @@ from arch.machine import MachineConfig
 
 from .codegen import LayerCode
 from .driver import Compiled, IODesc, Parallel
-from .ir import AvgPool, Conv, Graph, GraphInput, GraphOutput, MaxPool, TensorInfo
+from .ir import AvgPool, Concat, Conv, Graph, GraphInput, GraphOutput, MaxPool, TensorInfo
 from .memmap import MemoryMap
 
 MAGIC = b"MDLABIN\0"
@@ -68,6 +68,7 @@ def _graph_sections(g: Graph) -> tuple[bytes, bytes]:
         "tensors": {k: {"shape": t.shape, "frac": t.frac} for k, t in g.tensors.items()},
         "inputs": [asdict(i) for i in g.inputs], "outputs": [asdict(o) for o in g.outputs],
         "layers": layers,
+        "concats": [asdict(c) for c in g.concats],
     }
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -97,7 +98,8 @@ def _graph_from_sections(js: bytes, npz: bytes) -> Graph:
     return Graph(name=meta["name"], tensors=tensors, layers=layers,
                  inputs=[GraphInput(i["name"], i["tensor"], tuple(i["onnx_shape"])) for i in meta["inputs"]],
                  outputs=[GraphOutput(o["name"], o["tensor"], tuple(o["onnx_shape"])) for o in meta["outputs"]],
-                 opset=meta["opset"], notes=meta["notes"])
+                 opset=meta["opset"], notes=meta["notes"],
+                 concats=[Concat(**c) for c in meta.get("concats", [])])
 
 
 def to_bytes(c: Compiled) -> bytes:

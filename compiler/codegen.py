@@ -131,11 +131,12 @@ class CodeGen:
     def _dma(self, op: str, addr: int, buf_addr: int, tile_rows: int, tile_cols: int,
              words: int, t: TensorLayout, **extra) -> dict:
         """A LOAD/STORE of a rows x cols x words box of tensor t (channel words contiguous)."""
-        if words == t.cwords:   # whole pixels: each tile row is one contiguous run
+        pitch = t.pitch_words
+        if words == pitch:   # whole pixels: each tile row is one contiguous run
             return _instr(op, dram_addr=addr, buf_addr=buf_addr, n0=tile_cols * words, n1=tile_rows,
-                          s1=t.row_pixels * t.cwords, n2=1, s2=0, **extra)
-        return _instr(op, dram_addr=addr, buf_addr=buf_addr, n0=words, n1=tile_cols, s1=t.cwords,
-                      n2=tile_rows, s2=t.row_pixels * t.cwords, **extra)
+                          s1=t.row_pixels * pitch, n2=1, s2=0, **extra)
+        return _instr(op, dram_addr=addr, buf_addr=buf_addr, n0=words, n1=tile_cols, s1=pitch,
+                      n2=tile_rows, s2=t.row_pixels * pitch, **extra)
 
     # ------------------------------------------------------------------ planning
     def _plan_chunks(self, cin: int, kh: int, kw: int, dy: int, dx: int) -> list[Chunk]:

@@ -39,12 +39,12 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from .ir import AvgPool, CompileError, Conv, Graph, GraphInput, GraphOutput, MaxPool, TensorInfo
+from .ir import AvgPool, CompileError, Concat, Conv, Graph, GraphInput, GraphOutput, MaxPool, TensorInfo
 
 __all__ = ["load_model", "parse_inshapes", "SUPPORTED_OPS"]
 
 #: ONNX ops the DLA runs (besides any node whose inputs are all constants, which is folded).
-SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Add", "Sum", "MaxPool", "AveragePool",
+SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Add", "Sum", "Concat", "MaxPool", "AveragePool",
                  "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Flatten", "Reshape", "Identity", "Dropout")
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
@@ -146,8 +146,8 @@ class _Fusable:
 
 
 def _reads(op) -> list[str]:
-    """IR tensors an op (layer or pending fusion) reads."""
-    if isinstance(op, _Fusable):
+    """IR tensors an op (layer, concatenation or pending fusion) reads."""
+    if isinstance(op, (_Fusable, Concat)):
         return op.inputs
     return [op.input] + ([op.residual] if getattr(op, "residual", None) else [])
 
@@ -168,6 +168,7 @@ class _FrontEnd:
         self.notes: list[str] = []
         self.layer_names: set[str] = set()
         self.used: set[str] = set()              # ONNX names some node or graph output reads
+        self.concats: list[Concat] = []
         self.bad_inputs: dict[str, str] = {}     # graph inputs of a rank the DLA cannot take -> message
 
     # ---- driver ------------------------------------------------------------------------------
@@ -188,7 +189,8 @@ class _FrontEnd:
         self._prune(outputs)
         layers = self._fuse()
         return Graph(name=g.name or Path(self.source).stem or "model", tensors=self.tensors,
-                     layers=layers, inputs=inputs, outputs=outputs, opset=self.opset, notes=self.notes)
+                     layers=layers, inputs=inputs, outputs=outputs, opset=self.opset, notes=self.notes,
+                     concats=self.concats)
 
     # ---- inputs and shapes ---------------------------------------------------------------------
     def _inputs(self) -> list[GraphInput]:
@@ -524,6 +526,22 @@ class _FrontEnd:
         self._new_tensor(out, self.tensors[a].shape, sa, where)
         self.ops.append(_Fusable(self._node_name(index, node), "Add", a, out, (b,)))
 
+    def _op_Concat(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        names = [i for i in node.input if i]
+        parts = [self._feature_map(where, n) for n in names]
+        axis = attrs.get("axis", 1)
+        if axis not in (1, -3):
+            raise CompileError(f"{where}: only concatenation along the channel axis (axis=1) is supported, got axis={axis}")
+        hw = {chw[1:] for _, chw in parts}
+        if len(hw) != 1:
+            raise CompileError(f"{where}: the inputs have different spatial sizes {sorted(hw)}")
+        c = sum(chw[0] for _, chw in parts)
+        (h, w), = hw
+        out = node.output[0]
+        self._new_tensor(out, (c, h, w), (1, c, h, w), where)
+        self.ops.append(Concat(name=self._layer_name(index, node), nodes=[self._node_name(index, node)],
+                               inputs=[t for t, _ in parts], output=out))
+
     def _op_Sum(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
         ins = [i for i in node.input if i]
         if len(ins) == 1:
@@ -663,6 +681,9 @@ class _FrontEnd:
         producer: dict[str, Conv | MaxPool] = {}
         layers: list[Conv | MaxPool] = []
         for op in self.ops:
+            if isinstance(op, Concat):
+                self.concats.append(op)
+                continue
             if not isinstance(op, _Fusable):
                 layers.append(op)
                 producer[op.output] = op
@@ -760,7 +781,7 @@ class _FrontEnd:
                 keep.append(op)
                 needed.update(_reads(op))
             else:
-                name = op.name if isinstance(op, _Fusable) else op.nodes[0]
+                name = op.name if isinstance(op, (_Fusable, Concat)) else op.nodes[0]
                 self.notes.append(f"dropped node '{name}': no graph output depends on it")
                 self.tensors.pop(op.output, None)
         self.ops = keep[::-1]

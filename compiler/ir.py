@@ -81,6 +81,16 @@ class AvgPool(Pool):
     shift: int | None = None
 
 
+@dataclass
+class Concat:
+    """Channel concatenation. It runs no code: each input tensor is a view of the output at its
+    channel offset, so the layers producing the inputs write straight into the output."""
+    name: str
+    nodes: list[str]
+    inputs: list[str]
+    output: str
+
+
 Layer = Conv | MaxPool | AvgPool
 
 
@@ -113,6 +123,7 @@ class Graph:
     outputs: list[GraphOutput]
     opset: int = 0
     notes: list[str] = field(default_factory=list)   #: what the front end folded or dropped
+    concats: list[Concat] = field(default_factory=list)
 
     def producer(self, tensor: str) -> Layer | None:
         for layer in self.layers:

@@ -41,6 +41,18 @@ class TensorLayout:
     fill: int                            #: value of the halo
     offset: int                          #: byte offset inside an image slot's activation region
     frac: int
+    pitch: int = 0                       #: words per pixel of the storage when this is a channel view (0: own storage)
+    cw_offset: int = 0                   #: first word of this view inside each pixel of the storage
+
+    @property
+    def is_view(self) -> bool:
+        """A channel range of another tensor's storage (an input of a Concat)."""
+        return self.pitch != 0
+
+    @property
+    def pitch_words(self) -> int:
+        """Words from one pixel to the next in memory."""
+        return self.pitch or self.cwords
 
     @property
     def row_pixels(self) -> int:
@@ -52,18 +64,20 @@ class TensorLayout:
 
     @property
     def words(self) -> int:
-        return self.rows * self.row_pixels * self.cwords
+        """Words of the storage (for a view: of the tensor it is a view of)."""
+        return self.rows * self.row_pixels * self.pitch_words
 
     def word_index(self, y: int, x: int, cw: int = 0) -> int:
         """Word offset (from the tensor's start) of word ``cw`` of interior pixel (y, x); y and x may
         reach into the halo (negative or past the edge) down to minus the halo's width."""
-        return ((y + self.halo[0]) * self.row_pixels + (x + self.halo[1])) * self.cwords + cw
+        return ((y + self.halo[0]) * self.row_pixels + (x + self.halo[1])) * self.pitch_words + self.cw_offset + cw
 
     def view(self, memory: np.ndarray, addr: int, lanes: int) -> np.ndarray:
         """The tensor's interior as an int16 (H, W, C) view into a card memory image at ``addr``."""
         nbytes = self.words * lanes * 2
-        v = memory[addr:addr + nbytes].view(np.int16).reshape(self.rows, self.row_pixels, self.cwords * lanes)
-        return v[self.halo[0]:self.halo[0] + self.height, self.halo[1]:self.halo[1] + self.width, :self.channels]
+        v = memory[addr:addr + nbytes].view(np.int16).reshape(self.rows, self.row_pixels, self.pitch_words * lanes)
+        c0 = self.cw_offset * lanes
+        return v[self.halo[0]:self.halo[0] + self.height, self.halo[1]:self.halo[1] + self.width, c0:c0 + self.channels]
 
     def write(self, memory: np.ndarray, addr: int, lanes: int, chw: np.ndarray) -> None:
         """Store an int16 (C, H, W) array into the interior (padded channels stay zero)."""
@@ -141,38 +155,76 @@ class MemoryMap:
             start = self.slot_base(slot)
             memory[start:start + self.slot_bytes] = 0
             for t in self.tensors.values():
-                if t.fill == 0:
+                if t.fill == 0 or t.is_view:
                     continue
                 a = start + t.offset
                 view = memory[a:a + t.words * cfg.beat_bytes].view(np.int16)
-                view = view.reshape(t.rows, t.row_pixels, t.cwords * cfg.lanes)
+                view = view.reshape(t.rows, t.row_pixels, t.pitch_words * cfg.lanes)
                 view[...] = t.fill
                 view[t.halo[0]:t.halo[0] + t.height, t.halo[1]:t.halo[1] + t.width, :] = 0
 
 
+def _views(graph: Graph, cfg: MachineConfig) -> dict[str, tuple[str, int]]:
+    """Tensor -> (tensor whose storage it uses, channel offset) for the inputs of every Concat,
+    followed through nested concatenations to the tensor that owns the storage."""
+    parent: dict[str, tuple[str, int]] = {}
+    inputs = {gi.tensor for gi in graph.inputs}
+    for cat in graph.concats:
+        off = 0
+        for t in cat.inputs:
+            if t in parent:
+                raise CompileError(f"Concat '{cat.name}': tensor {t!r} already feeds another Concat; a tensor "
+                                   f"in two concatenations would need a copy (not supported yet)")
+            if t in inputs:
+                raise CompileError(f"Concat '{cat.name}': concatenating the graph input {t!r} is not supported yet")
+            if off % cfg.lanes:
+                raise CompileError(f"Concat '{cat.name}': input {t!r} would start at channel {off}, which is not a "
+                                   f"multiple of {cfg.lanes} (a word); such a concatenation needs a copy (not "
+                                   f"supported yet)")
+            parent[t] = (cat.output, off)
+            off += graph.tensors[t].shape[0]
+
+    def root(t: str) -> tuple[str, int]:
+        if t not in parent:
+            return t, 0
+        p, off = parent[t]
+        r, base = root(p)
+        return r, base + off
+    return {t: root(t) for t in parent}
+
+
 def plan_tensors(graph: Graph, cfg: MachineConfig) -> tuple[dict[str, TensorLayout], int]:
-    """Layouts (halo, fill value, offset) of every activation tensor; returns (layouts, slot bytes)."""
+    """Layouts (halo, fill value, offset) of every activation tensor; returns (layouts, slot bytes).
+    The inputs of a Concat are views of its output's storage (halo and fill shared)."""
+    views = _views(graph, cfg)
+
+    def owner(t: str) -> str:
+        return views[t][0] if t in views else t
+
     halos: dict[str, list[int]] = {n: [0, 0, 0, 0] for n in graph.tensors}
     conv_pad: dict[str, bool] = {n: False for n in graph.tensors}
     pool_pad: dict[str, list[str]] = {n: [] for n in graph.tensors}
     for layer in graph.layers:
         if any(layer.pads):
-            h = halos[layer.input]
+            t = owner(layer.input)
+            h = halos[t]
             for i in range(4):
                 h[i] = max(h[i], layer.pads[i])
             if isinstance(layer, MaxPool):
-                pool_pad[layer.input].append(layer.name)
+                pool_pad[t].append(layer.name)
             else:
-                conv_pad[layer.input] = True
+                conv_pad[t] = True
     layouts, offset = {}, 0
     for name, t in graph.tensors.items():
+        if name in views:
+            continue
         fill = 0
         if pool_pad[name]:
             if not conv_pad[name]:
                 fill = DATA_MIN
             else:
-                prod = graph.producer(name)
-                if not (isinstance(prod, Conv) and prod.act == "relu"):
+                writers = [l for l in graph.layers if owner(l.output) == name]
+                if not writers or not all(isinstance(w, Conv) and w.act == "relu" for w in writers):
                     raise CompileError(
                         f"tensor {name!r} is padded both by a convolution (zeros) and by max-pooling "
                         f"{pool_pad[name][0]!r} (-inf), and is not known to be non-negative")
@@ -182,4 +234,10 @@ def plan_tensors(graph: Graph, cfg: MachineConfig) -> tuple[dict[str, TensorLayo
                            frac=t.frac if t.frac is not None else cfg.default_frac)
         layouts[name] = lay
         offset = align(offset + lay.words * cfg.beat_bytes, 64)
+    for name, (root, ch) in views.items():
+        r = layouts[root]
+        c, h, w = graph.tensors[name].shape
+        layouts[name] = TensorLayout(name=name, channels=c, height=h, width=w, cwords=-(-c // cfg.lanes),
+                                     halo=r.halo, fill=r.fill, offset=r.offset, frac=r.frac,
+                                     pitch=r.cwords, cw_offset=ch // cfg.lanes)
     return layouts, align(offset)

@@ -49,6 +49,11 @@ def quantize(graph: Graph, cfg: MachineConfig, act_frac: int | None = None) -> G
         raise CompileError(f"activation format: frac must be an integer in 0..{cfg.data_bits - 1}, got {act_frac!r}")
     for t in graph.tensors.values():
         t.frac = int(frac)
+    for cat in graph.concats:
+        fracs = {graph.tensors[t].frac for t in cat.inputs}
+        if len(fracs) != 1:
+            raise CompileError(f"Concat '{cat.name}': its inputs have different fixed-point formats {sorted(fracs)}")
+        graph.tensors[cat.output].frac = fracs.pop()
     for layer in graph.layers:
         if isinstance(layer, MaxPool):
             graph.tensors[layer.output].frac = graph.tensors[layer.input].frac

@@ -99,6 +99,17 @@ def _check_inputs(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.n
 # public API
 # --------------------------------------------------------------------------------------------
 
+def _concats(graph: Graph, tensors: dict[str, np.ndarray]) -> None:
+    """Evaluate every concatenation whose inputs all exist (channel axis)."""
+    done = True
+    while done:
+        done = False
+        for cat in graph.concats:
+            if cat.output not in tensors and all(t in tensors for t in cat.inputs):
+                tensors[cat.output] = np.concatenate([tensors[t] for t in cat.inputs], axis=0)
+                done = True
+
+
 def run_quantized(graph: Graph, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
     """Evaluate the quantised graph on int16 (C, H, W) inputs (keyed by input name).
 
@@ -112,6 +123,7 @@ def run_quantized(graph: Graph, inputs: dict[str, np.ndarray]) -> tuple[dict[str
         tensors[name] = x.astype(np.int16, copy=False)
     saturations = 0
     for layer in graph.layers:
+        _concats(graph, tensors)
         x = tensors[layer.input]
         if isinstance(layer, MaxPool):
             tensors[layer.output] = _pool(x, layer, DATA_MIN)   # int16 minimum == "padding is ignored"
@@ -131,6 +143,7 @@ def run_quantized(graph: Graph, inputs: dict[str, np.ndarray]) -> tuple[dict[str
                             layer.res_shift or 0)
         tensors[layer.output] = y.reshape(cout, oh, ow)
         saturations += sat
+    _concats(graph, tensors)
     return tensors, saturations
 
 
@@ -139,6 +152,7 @@ def run_float(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
     (C, H, W) inputs; returns every tensor as float32 (C, H, W)."""
     tensors = {name: np.asarray(x, dtype=np.float32) for name, x in _check_inputs(graph, inputs).items()}
     for layer in graph.layers:
+        _concats(graph, tensors)
         x = tensors[layer.input]
         if isinstance(layer, MaxPool):
             tensors[layer.output] = _pool(x, layer, -np.inf)
@@ -155,6 +169,7 @@ def run_float(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
         if layer.act == "relu":
             y = np.maximum(y, 0.0)
         tensors[layer.output] = y.reshape(cout, oh, ow).astype(np.float32, copy=False)
+    _concats(graph, tensors)
     return tensors
 
 

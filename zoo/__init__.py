@@ -12,10 +12,11 @@ from pathlib import Path
 import onnx
 
 from .classic import alexnet, vgg16
+from .inception import inception
 from .resnet import resnet18, resnet34, resnet50
 from .small_cnn import small_cnn
 
-__all__ = ["MODELS", "build", "save", "small_cnn", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16"]
+__all__ = ["MODELS", "build", "save", "small_cnn", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16", "inception"]
 
 #: name -> builder(seed=0, **kw) -> ModelProto
 MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
@@ -25,6 +26,7 @@ MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
     "resnet50": resnet50,
     "alexnet": alexnet,
     "vgg16": vgg16,
+    "inception": inception,
 }
 
 

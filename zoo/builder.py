@@ -66,6 +66,15 @@ class Builder:
         self.shapes[out] = self.shapes[a]
         return out
 
+    def concat(self, xs: list[str]) -> str:
+        n, _, h, w = self.shapes[xs[0]]
+        assert all(self.shapes[x][2:] == (h, w) for x in xs)
+        name = self._name("concat")
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node("Concat", xs, [out], name=name, axis=1))
+        self.shapes[out] = (n, sum(self.shapes[x][1] for x in xs), h, w)
+        return out
+
     def maxpool(self, x: str, k: int, stride: int, pad: int = 0) -> str:
         n, c, h, w = self.shapes[x]
         name = self._name("maxpool")
