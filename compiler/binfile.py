@@ -13,7 +13,8 @@ Sections: ``config`` (machine configuration, JSON), ``memmap`` (JSON), ``io`` (i
 JSON), ``layers`` (code-generation report, JSON), ``meta`` (JSON), ``weights`` (raw), ``code.<k>``
 (the program of cluster k, raw 32-byte instructions), ``parallel`` (cards, clusters, images per call,
 JSON), ``graph.json`` + ``graph.npz`` (the quantised IR, for
-``Run_th`` and the golden reference). Unknown sections are ignored, so later versions can add
+``Run_th`` and the golden reference), ``outputs`` (the model's output order) and ``host.onnx`` +
+``host.json`` (operators the runtime runs on the host after the DLA). Unknown sections are ignored, so later versions can add
 (for example, per-card or per-cluster programs) without breaking readers.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from arch.machine import MachineConfig
 
 from .codegen import LayerCode
 from .driver import Compiled, IODesc, Parallel
-from .ir import AvgPool, Concat, Conv, Graph, GraphInput, GraphOutput, MaxPool, TensorInfo
+from .ir import AvgPool, Concat, Conv, Graph, GraphInput, GraphOutput, HostTail, MaxPool, TensorInfo
 from .memmap import MemoryMap
 
 MAGIC = b"MDLABIN\0"
@@ -111,9 +112,14 @@ def to_bytes(c: Compiled) -> bytes:
         ("layers", json.dumps([asdict(l) for l in c.layers]).encode()),
         ("meta", json.dumps(c.meta).encode()),
         ("parallel", json.dumps(c.parallel.to_dict()).encode()),
+        ("outputs", json.dumps(c.output_order).encode()),
         ("weights", c.weights),
     ]
     sections += [(f"code.{p}", c.code_bytes(p)) for p in sorted(c.programs)]
+    if c.host is not None:
+        sections += [("host.onnx", c.host.model),
+                     ("host.json", json.dumps({"inputs": c.host.inputs, "nodes": c.host.nodes,
+                                               "outputs": [asdict(o) for o in c.host.outputs]}).encode())]
     if c.graph is not None:
         gj, gz = _graph_sections(c.graph)
         sections += [("graph.json", gj), ("graph.npz", gz)]
@@ -164,12 +170,20 @@ def from_bytes(data: bytes, source: str = "<bytes>") -> Compiled:
         graph = _graph_from_sections(sec["graph.json"], sec["graph.npz"]) if "graph.json" in sec else None
         meta = json.loads(sec.get("meta", b"{}"))
         parallel = Parallel.from_dict(json.loads(sec["parallel"])) if "parallel" in sec else Parallel()
+        order = json.loads(sec["outputs"]) if "outputs" in sec else []
+        host = None
+        if "host.onnx" in sec:
+            hj = json.loads(sec["host.json"])
+            host = HostTail(model=sec["host.onnx"], inputs=hj["inputs"], nodes=hj["nodes"],
+                            outputs=[GraphOutput(o["name"], o["tensor"], tuple(o["onnx_shape"])) for o in hj["outputs"]])
+        if graph is not None:
+            graph.host, graph.output_order = host, order
     except (ValueError, KeyError, TypeError, ISAError) as e:
         raise BinFormatError(f"{source}: malformed section contents: {e}") from None
     return Compiled(cfg=cfg, memmap=mm, programs=programs, weights=sec["weights"],
                     inputs=[IODesc.from_dict(d) for d in iod["inputs"]],
                     outputs=[IODesc.from_dict(d) for d in iod["outputs"]],
-                    layers=layers, graph=graph, meta=meta, parallel=parallel)
+                    layers=layers, graph=graph, meta=meta, parallel=parallel, host=host, output_order=order)
 
 
 def read(path: str | Path) -> Compiled:

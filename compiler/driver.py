@@ -9,7 +9,7 @@ from arch.isa import Instr, encode_program
 from arch.machine import MachineConfig
 
 from .codegen import CodeGen, LayerCode, WeightStore
-from .ir import CompileError, Graph
+from .ir import CompileError, Graph, HostTail
 from .memmap import MemoryMap, align, plan_tensors
 
 
@@ -74,6 +74,16 @@ class Compiled:
     graph: Graph | None = None                 #: quantised IR (for Run_th and the golden reference)
     meta: dict = field(default_factory=dict)
     parallel: Parallel = field(default_factory=Parallel)
+    host: HostTail | None = None               #: operators the runtime runs on the host after the DLA
+    output_order: list[str] = field(default_factory=list)   #: the model's outputs, in order
+
+    @property
+    def final_outputs(self) -> list[IODesc]:
+        """The model's outputs as the user sees them: DLA outputs and host-tail outputs, in model order."""
+        dla = {o.name: o for o in self.outputs}
+        host = {o.name: IODesc(o.name, "", tuple(o.onnx_shape)) for o in (self.host.outputs if self.host else [])}
+        order = self.output_order or [o.name for o in self.outputs]
+        return [dla.get(n) or host[n] for n in order]
 
     def code_bytes(self, program: int) -> bytes:
         return encode_program(self.programs[program])
@@ -155,7 +165,8 @@ def compile_graph(graph: Graph, cfg: MachineConfig, base: int = 0, parallel: Par
     inputs = [IODesc(i.name, i.tensor, tuple(i.onnx_shape)) for i in graph.inputs]
     outputs = [IODesc(o.name, o.tensor, tuple(o.onnx_shape)) for o in graph.outputs]
     return Compiled(cfg=cfg, memmap=mm, programs=programs, weights=weights, inputs=inputs,
-                    outputs=outputs, layers=layers, graph=graph, meta={"model": graph.name}, parallel=p)
+                    outputs=outputs, layers=layers, graph=graph, meta={"model": graph.name}, parallel=p,
+                    host=graph.host, output_order=list(graph.output_order))
 
 
 def compile_model(model, cfg: MachineConfig, inshapes: str | None = None, base: int = 0,

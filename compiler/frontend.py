@@ -39,7 +39,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from .ir import AvgPool, CompileError, Concat, Conv, Graph, GraphInput, GraphOutput, MaxPool, TensorInfo
+from .ir import AvgPool, CompileError, Concat, Conv, Graph, GraphInput, GraphOutput, HostTail, MaxPool, TensorInfo
 
 __all__ = ["load_model", "parse_inshapes", "SUPPORTED_OPS"]
 
@@ -169,6 +169,8 @@ class _FrontEnd:
         self.layer_names: set[str] = set()
         self.used: set[str] = set()              # ONNX names some node or graph output reads
         self.concats: list[Concat] = []
+        self.host_nodes: list[tuple[int, onnx.NodeProto]] = []   # nodes after the DLA part, run on the host
+        self.host_tensors: set[str] = set()
         self.bad_inputs: dict[str, str] = {}     # graph inputs of a rank the DLA cannot take -> message
 
     # ---- driver ------------------------------------------------------------------------------
@@ -182,15 +184,20 @@ class _FrontEnd:
         self._infer_shapes()
         self.used = {i for n in g.node for i in n.input if i} | {o.name for o in g.output}
         for index, node in self._topological():
+            if self._host(index, node):
+                self.host_nodes.append((index, node))
+                self.host_tensors.update(o for o in node.output if o)
+                continue
             self._node(index, node)
         for message in self.bad_inputs.values():
             raise CompileError(message)
-        outputs = self._outputs()
+        host = self._host_tail()
+        outputs = self._outputs(host)
         self._prune(outputs)
         layers = self._fuse()
         return Graph(name=g.name or Path(self.source).stem or "model", tensors=self.tensors,
                      layers=layers, inputs=inputs, outputs=outputs, opset=self.opset, notes=self.notes,
-                     concats=self.concats)
+                     concats=self.concats, host=host, output_order=[o.name for o in g.output])
 
     # ---- inputs and shapes ---------------------------------------------------------------------
     def _inputs(self) -> list[GraphInput]:
@@ -312,6 +319,72 @@ class _FrontEnd:
             name = f"{name}_{index}"
         self.layer_names.add(name)
         return name
+
+    def _host(self, index: int, node: onnx.NodeProto) -> bool:
+        """Whether a node belongs to the host tail: an op type the DLA does not run (that cannot be
+        folded), or any node reading what such a node produced."""
+        ins = [i for i in node.input if i]
+        if any(i in self.host_tensors for i in ins):
+            return True
+        if all(i in self.consts for i in ins) or (node.op_type in ("Shape", "Size") and node.input[0] in self.shapes):
+            return False
+        return node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS
+
+    def _host_tail(self) -> HostTail | None:
+        """The host nodes as a model of their own, or a CompileError if the DLA would have to run
+        something after them (they would be in the middle of the network)."""
+        if not self.host_nodes:
+            return None
+        first = self._where(*self.host_nodes[0])
+        for index, node in self.host_nodes:
+            if node.op_type in SUPPORTED_OPS and not all(i in self.consts for i in node.input if i):
+                if node.op_type in ("Identity", "Dropout", "Flatten", "Reshape"):
+                    continue
+                raise CompileError(
+                    f"{first} is not supported on the DLA, and DLA layers follow it ({self._where(index, node)}); "
+                    f"operators after the last DLA layer run on the host, but running them in the middle of the "
+                    f"network (SetFlag('heterogeneous', 1)) is not supported by this build yet; supported on the "
+                    f"DLA: {', '.join(SUPPORTED_OPS)}")
+        made = {o for _, n in self.host_nodes for o in n.output if o}
+        boundary, inits = [], []
+        for _, node in self.host_nodes:
+            for i in node.input:
+                if not i or i in made:
+                    continue
+                if i in self.consts:
+                    if i not in {t.name for t in inits}:
+                        inits.append(numpy_helper.from_array(np.asarray(self.consts[i]), i))
+                elif i not in boundary:
+                    if self._resolve(i) in {gi.name for gi in self.proto.graph.input}:
+                        raise CompileError(f"{first} reads the graph input {i!r} directly; running operators on "
+                                           f"the host before the DLA is not supported by this build yet")
+                    boundary.append(i)
+        g = self.proto.graph
+        outs = [o for o in g.output if o.name in made]
+        if not outs:
+            return None
+        ins = [helper.make_tensor_value_info(b, onnx.TensorProto.FLOAT, list(self.shapes[b])) for b in boundary]
+        model = helper.make_model(helper.make_graph([n for _, n in self.host_nodes], "host_tail", ins, list(outs), inits),
+                                  opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
+        try:
+            ReferenceEvaluator(model)
+        except Exception as e:  # noqa: BLE001 - any reason the host cannot evaluate these nodes
+            bad = next((self._where(i, n) if n.domain in ("", "ai.onnx") else
+                        f"node '{self._node_name(i, n)}' ({n.domain}.{n.op_type})")
+                       for i, n in self.host_nodes)
+            raise CompileError(f"{bad} runs neither on the DLA nor on the host (the host evaluates ONNX operators "
+                               f"with onnx.reference: {e})") from None
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        shapes = {}
+        for vi in inferred.graph.output:
+            s_ = _static(vi.type.tensor_type.shape) if vi.type.tensor_type.HasField("shape") else None
+            if s_ is None:
+                raise CompileError(f"{first}: the shape of host output {vi.name!r} cannot be inferred")
+            shapes[vi.name] = s_
+        nodes = [self._where(i, n) for i, n in self.host_nodes]
+        self.notes.append(f"run on the host after the DLA: {', '.join(nodes)}")
+        return HostTail(model=model.SerializeToString(), inputs=boundary,
+                        outputs=[GraphOutput(o.name, "", shapes[o.name]) for o in outs], nodes=nodes)
 
     def _node(self, index: int, node: onnx.NodeProto) -> None:
         where = self._where(index, node)
@@ -758,9 +831,13 @@ class _FrontEnd:
         op.input, op.params = mine, (other,)
         return src
 
-    def _outputs(self) -> list[GraphOutput]:
+    def _outputs(self, host: HostTail | None) -> list[GraphOutput]:
+        """What the DLA program produces: the graph outputs it computes, then the inputs of the host tail."""
         outputs = []
-        for o in self.proto.graph.output:
+        wanted = [o.name for o in self.proto.graph.output if not (host and o.name in self.host_tensors)]
+        wanted += [b for b in (host.inputs if host else []) if b not in wanted]
+        for name in wanted:
+            o = onnx.ValueInfoProto(name=name)
             if o.name in self.consts:
                 raise CompileError(f"graph output {o.name!r} is a constant; there is nothing for the DLA to compute")
             if o.name not in self.shapes:

@@ -115,6 +115,16 @@ class GraphOutput:
 
 
 @dataclass
+class HostTail:
+    """Operators after the last DLA layer that the DLA does not run (Softmax, ...): run on the host
+    by the runtime, as the SDK did, on the DLA's outputs."""
+    model: bytes                         #: an ONNX model of just these nodes
+    inputs: list[str]                    #: its inputs: names of DLA outputs (Graph.outputs)
+    outputs: list[GraphOutput]           #: what it produces (graph outputs)
+    nodes: list[str]                     #: the nodes, for reports
+
+
+@dataclass
 class Graph:
     name: str
     tensors: dict[str, TensorInfo]
@@ -124,6 +134,8 @@ class Graph:
     opset: int = 0
     notes: list[str] = field(default_factory=list)   #: what the front end folded or dropped
     concats: list[Concat] = field(default_factory=list)
+    host: HostTail | None = None         #: operators run on the host after the DLA
+    output_order: list[str] = field(default_factory=list)   #: the model's output names, in order
 
     def producer(self, tensor: str) -> Layer | None:
         for layer in self.layers:

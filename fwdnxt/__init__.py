@@ -62,7 +62,7 @@ class FWDNXT:
         self._ie.Compile(str(modelpath), inshapes="x".join(map(str, shape)), outfile=str(outfile))
         self._outfile = str(outfile)
         from compiler import binfile
-        sizes = tuple(math.prod(o.onnx_shape[1:]) for o in binfile.read(outfile).outputs)
+        sizes = tuple(math.prod(o.onnx_shape[1:]) for o in binfile.read(outfile).final_outputs)
         return sizes[0] if len(sizes) == 1 else sizes
 
     def Compile2(self, image, modelpath, outfile, numcard=1, numclus=1, nlayers=-1):
@@ -83,7 +83,7 @@ class FWDNXT:
                 warnings.warn(f"bitfile {bitfile!r} not found: using the {compiled.cfg.name!r} hardware "
                               f"configuration {infile} was compiled for", stacklevel=2)
         self._ie._load(compiled)
-        sizes = tuple(math.prod(o.onnx_shape[1:]) for o in compiled.outputs)
+        sizes = tuple(math.prod(o.onnx_shape[1:]) for o in compiled.final_outputs)
         return sizes[0] if len(sizes) == 1 else sizes
 
     def Run(self, image, result):

@@ -103,9 +103,9 @@ class MDLA:
             "saturations": lambda: int(self._saturations),
             "batch": lambda: int(self._need().parallel.batch),
             "inshapes": lambda: ";".join("x".join(map(str, i.onnx_shape)) for i in self._need().inputs),
-            "outshapes": lambda: ";".join("x".join(map(str, o.onnx_shape)) for o in self._need().outputs),
+            "outshapes": lambda: ";".join("x".join(map(str, o.onnx_shape)) for o in self._need().final_outputs),
             "innames": lambda: ";".join(i.name for i in self._need().inputs),
-            "outnames": lambda: ";".join(o.name for o in self._need().outputs),
+            "outnames": lambda: ";".join(o.name for o in self._need().final_outputs),
             "addroff": lambda: int(self._need().memmap.end),
         }
         if name in info:
@@ -142,7 +142,7 @@ class MDLA:
             binfile.write(compiled, outfile)
         else:
             self._load(compiled, MDLA)
-        return [o.name for o in compiled.outputs]
+        return [o.name for o in compiled.final_outputs]
 
     def Init(self, infile, MDLA=None):
         """Load a compiled .bin (written by Compile(..., outfile=...)), optionally linked to another object."""
@@ -233,6 +233,11 @@ class MDLA:
                 card.memory[base:compiled.memmap.end] = image[base:]
         self._compiled = compiled
         self._cards = cards
+        self._host_ev = None
+        if compiled.host is not None:
+            import onnx
+            from onnx.reference import ReferenceEvaluator
+            self._host_ev = ReferenceEvaluator(onnx.load_from_string(compiled.host.model))
         if "i" in self._flags["debug"]:
             for card in cards:
                 for p, prog in compiled.programs.items():
@@ -257,13 +262,13 @@ class MDLA:
         if c.graph is None:
             raise MDLAError("this .bin has no graph section; Run_th needs one")
         arrays, batch = self._inputs(images, c, any_batch=True)
-        results = [[] for _ in c.outputs]
+        results = [[] for _ in c.graph.outputs]
         for n in range(batch):
             feeds = {i.tensor: self._image(arrays, k, n) for k, i in enumerate(c.inputs)}
             t = run_float(c.graph, feeds)
             for k, o in enumerate(c.graph.outputs):
                 results[k].append(output_array(o, t[o.tensor])[0])
-        return self._pack(results)
+        return self._pack(self._finish(results))
 
     def PutInput(self, images, userobj):
         """Queue one call's inputs (None: end-of-stream marker) with a user object; returns False when
@@ -367,6 +372,21 @@ class MDLA:
         lay = self._compiled.memmap.tensors[self._compiled.inputs[k].tensor]
         return arrays[k][n].reshape(lay.channels, lay.height, lay.width)
 
+    def _finish(self, per_output: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        """The model's outputs from the DLA's (per output, per image): the host tail, if any, runs on
+        each image's DLA outputs, and the outputs come back in the model's order."""
+        c = self._compiled
+        names = [o.name for o in c.outputs]
+        if c.host is None:
+            return per_output
+        dla = dict(zip(names, per_output))
+        host = {o.name: [] for o in c.host.outputs}
+        for n in range(len(per_output[0])):
+            feeds = {b: dla[b][n][None].astype(np.float32) for b in c.host.inputs}
+            for o, v in zip(c.host.outputs, self._host_ev.run([o.name for o in c.host.outputs], feeds)):
+                host[o.name].append(np.asarray(v, dtype=np.float32).reshape(o.onnx_shape[1:]))
+        return [dla[n] if n in dla else host[n] for n in (c.output_order or names)]
+
     @staticmethod
     def _pack(results):
         out = [np.stack(r).astype(np.float32) for r in results]
@@ -460,7 +480,7 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
             print(f"warning: {sat} values saturated to the 16-bit range during this run", file=sys.stderr)
         if "b" in dbg:
             obj._print_profile(batch)
-        outcomes.append((obj._pack(results), cycles))
+        outcomes.append((obj._pack(obj._finish(results)), cycles))
     return outcomes
 
 

@@ -91,7 +91,8 @@ def test_unsupported_op_names_node_and_op(tmp_path):
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])
     w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4, 1, 1], np.eye(4, dtype=np.float32).ravel())
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv0"),
-             helper.make_node("Softsign", ["c"], ["y"], name="weird_node")]
+             helper.make_node("Softsign", ["c"], ["s"], name="weird_node"),
+             helper.make_node("Conv", ["s", "w"], ["y"], name="conv1")]
     m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 13)])
     p = tmp_path / "unsupported.onnx"
     onnx.save(m, str(p))

@@ -92,20 +92,36 @@ def fc_then(node) -> onnx.ModelProto:
                 [("x", (1, 8))], [("y", (1, 4))], [("w", rand((4, 8)))])
 
 
-def test_unsupported_op_names_node_and_op():
-    with pytest.raises(CompileError, match=r"node 'sm' \(Softmax\) is not supported on the DLA; supported: Conv"):
-        load_model(fc_then(helper.make_node("Softmax", ["h"], ["y"], name="sm")))
+def fc_then_fc(node) -> onnx.ModelProto:
+    """Gemm -> node -> Gemm: the node is in the middle of the DLA part."""
+    return make([helper.make_node("Gemm", ["x", "w"], ["h"], name="fc", transB=1), node,
+                 helper.make_node("Gemm", ["m", "w2"], ["y"], name="fc2", transB=1)],
+                [("x", (1, 8))], [("y", (1, 4))], [("w", rand((4, 8))), ("w2", rand((4, 4)))])
+
+
+def test_unsupported_op_in_the_middle_names_node_and_op():
+    with pytest.raises(CompileError, match=r"node 'sm' \(Softmax\) is not supported on the DLA, and DLA layers "
+                                           r"follow it \(node 'fc2' \(Gemm\)\).*heterogeneous.*supported on the DLA: Conv"):
+        load_model(fc_then_fc(helper.make_node("Softmax", ["h"], ["m"], name="sm")))
+
+
+def test_unsupported_op_after_the_dla_runs_on_the_host():
+    g = load_model(fc_then(helper.make_node("Softmax", ["h"], ["y"], name="sm")))
+    assert g.host is not None and g.host.nodes == ["node 'sm' (Softmax)"]
+    assert [o.name for o in g.outputs] == ["h"] and [o.name for o in g.host.outputs] == ["y"]
+    assert g.output_order == ["y"]
 
 
 def test_unsupported_op_without_name_gets_index_name():
-    with pytest.raises(CompileError, match=r"node 'Sigmoid_1' \(Sigmoid\) is not supported"):
-        load_model(fc_then(helper.make_node("Sigmoid", ["h"], ["y"])))
+    with pytest.raises(CompileError, match=r"node 'Sigmoid_1' \(Sigmoid\) is not supported on the DLA, and DLA layers"):
+        load_model(fc_then_fc(helper.make_node("Sigmoid", ["h"], ["m"])))
+    assert load_model(fc_then(helper.make_node("Sigmoid", ["h"], ["y"]))).host.nodes == ["node 'Sigmoid_1' (Sigmoid)"]
 
 
 def test_unsupported_custom_domain():
     model = fc_then(helper.make_node("Gelu", ["h"], ["y"], name="g", domain="com.example"))
     model.opset_import.append(helper.make_opsetid("com.example", 1))
-    with pytest.raises(CompileError, match=r"node 'g' \(com\.example\.Gelu\) is not supported"):
+    with pytest.raises(CompileError, match=r"node 'g' \(com\.example\.Gelu\) runs neither on the DLA nor on the host"):
         load_model(model)
 
 
