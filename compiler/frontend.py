@@ -545,13 +545,24 @@ class _FrontEnd:
             kernel = tuple(attrs.get("kernel_shape", ()))
             if len(kernel) != 2:
                 raise CompileError(f"{where}: only 2-D pooling is supported; kernel_shape is {list(kernel)}")
-            if attrs.get("ceil_mode", 0) != 0:
-                raise CompileError(f"{where}: ceil_mode=1 is not supported; only ceil_mode=0")
+            ceil = attrs.get("ceil_mode", 0) != 0
+            if ceil and cls is AvgPool:
+                raise CompileError(f"{where}: ceil_mode=1 is not supported for average pooling yet (the last "
+                                   f"windows would have other divisors)")
             if tuple(attrs.get("dilations", (1, 1))) != (1, 1):
                 raise CompileError(f"{where}: dilations {list(attrs['dilations'])} are not supported; only dilations 1")
             stride, pads, (oh, ow) = self._window(where, attrs, (h, w), kernel, (1, 1))
             if max(pads[0], pads[2]) >= kernel[0] or max(pads[1], pads[3]) >= kernel[1]:
                 raise CompileError(f"{where}: pads {list(pads)} must be smaller than the kernel {list(kernel)}")
+            if ceil:   # the partial last windows: more padding at the end, which max-pooling ignores
+                sizes, end = [], list(pads[2:])
+                for d, (n, k, st, b, e) in enumerate(zip((h, w), kernel, stride, pads[:2], pads[2:])):
+                    o = -(-(n + b + e - k) // st) + 1
+                    if (o - 1) * st >= n + b:       # a window may not start in the end padding
+                        o -= 1
+                    end[d] = e + max(0, (o - 1) * st + k - (n + b + e))
+                    sizes.append(o)
+                pads, (oh, ow) = (pads[0], pads[1], end[0], end[1]), tuple(sizes)
             if cls is AvgPool and any(pads) and not attrs.get("count_include_pad", 0):
                 raise CompileError(f"{where}: count_include_pad=0 with padding {list(pads)} is not supported yet "
                                    f"(the divisor would vary at the borders); only count_include_pad=1 or no padding")

@@ -155,3 +155,23 @@ def test_unaligned_concat_is_refused_clearly():
         run_both(_concat_model(8, 16), REFERENCE)
     dla, gold, _, _ = run_both(_concat_model(8, 16), SMALL)     # 8 channels are two words of 4 lanes
     assert_bit_exact(dla, gold)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
+@pytest.mark.parametrize("c_,h,w,k,s,p", [(16, 10, 10, 3, 2, 0), (8, 7, 9, 2, 2, 0), (24, 13, 13, 3, 2, 1)],
+                         ids=["10x10_k3s2", "7x9_k2s2", "13x13_k3s2p1"])
+def test_maxpool_ceil_mode(cfg, c_, h, w, k, s, p):
+    """ceil_mode=1 as exporters write it (ResNet/GoogLeNet-style pools): the same output as
+    onnxruntime, computed as extra end padding that max-pooling ignores."""
+    import onnx
+    import onnxruntime as ort
+    from arch.numerics import fixed_to_float
+    model = kernels.maxpool_model(c_, h, w, k, s, p)
+    model.graph.node[0].attribute.append(onnx.helper.make_attribute("ceil_mode", 1))
+    model.graph.output[0].type.tensor_type.ClearField("shape")   # the ceil-mode size differs
+    dla, gold, c, _ = run_both(model, cfg)
+    assert_bit_exact(dla, gold)
+    x = fixed_to_float(gold["input"], 8)[None]
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert dla["output"].shape == ref.shape[1:]
+    np.testing.assert_array_equal(fixed_to_float(dla["output"], 8), ref[0])

@@ -145,12 +145,20 @@ def test_conv_weight_must_be_constant():
         load_model(model)
 
 
-@pytest.mark.parametrize("attrs, what", [({"ceil_mode": 1}, "ceil_mode=1"), ({"dilations": [2, 2]}, "dilations")])
-def test_maxpool_attributes_rejected(attrs, what):
-    model = make([helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2, 2], strides=[2, 2], **attrs)],
+@pytest.mark.parametrize("op, attrs, what", [("MaxPool", {"dilations": [2, 2]}, "dilations"),
+                                             ("AveragePool", {"ceil_mode": 1}, "ceil_mode=1")])
+def test_pool_attributes_rejected(op, attrs, what):
+    model = make([helper.make_node(op, ["x"], ["y"], name="mp", kernel_shape=[2, 2], strides=[2, 2], **attrs)],
                  [("x", (1, 2, 7, 7))], [("y", None)])
-    with pytest.raises(CompileError, match=rf"node 'mp' \(MaxPool\): {what}"):
+    with pytest.raises(CompileError, match=rf"node 'mp' \({op}\): {what}"):
         load_model(model)
+
+
+def test_maxpool_ceil_mode_pads_the_end():
+    model = make([helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)],
+                 [("x", (1, 2, 7, 7))], [("y", None)])
+    (mp,) = load_model(model).layers
+    assert mp.pads == (0, 0, 1, 1)        # the 4th window of each row/column hangs one pixel over
 
 
 def test_gemm_transA_rejected():
