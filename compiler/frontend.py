@@ -44,7 +44,7 @@ from .ir import AvgPool, CompileError, Concat, Conv, Graph, GraphInput, GraphOut
 __all__ = ["load_model", "parse_inshapes", "SUPPORTED_OPS"]
 
 #: ONNX ops the DLA runs (besides any node whose inputs are all constants, which is folded).
-SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Add", "Sum", "Concat", "MaxPool", "AveragePool",
+SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Add", "Sum", "Mul", "Concat", "MaxPool", "AveragePool",
                  "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Flatten", "Reshape", "Identity", "Dropout")
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
@@ -583,23 +583,36 @@ class _FrontEnd:
     def _op_GlobalMaxPool(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
         self._pool(index, node, where, attrs, MaxPool, global_=True)
 
-    def _op_Add(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+    def _per_channel_constant(self, index: int, node: onnx.NodeProto, where: str, kind: str) -> bool:
+        """A binary op with one constant operand holding a scalar or one value per channel: becomes a
+        pending fusion ``kind`` (folded into the producing layer). False if no operand is constant."""
         a_name, b_name = node.input[0], node.input[1]
         consts = [n for n in (a_name, b_name) if n in self.consts]
-        if len(consts) == 1:   # a per-channel constant: folded into the producer's bias
-            x_name = b_name if consts[0] == a_name else a_name
-            x, shape = self._operand(where, x_name)
-            chw = self.tensors[x].shape
-            v = np.asarray(self.consts[consts[0]], dtype=np.float64)
-            ok = v.size == 1 or (v.size == chw[0] and (v.ndim <= 1 or v.shape[-2:] == (1, 1) or
-                                                        (v.ndim == 2 and len(shape) == 2)))
-            if not ok:
-                raise CompileError(f"{where}: adding constant {consts[0]!r} of shape {v.shape} to {shape} is not "
-                                   f"supported; only a scalar or one value per channel")
-            out = node.output[0]
-            self._new_tensor(out, chw, shape, where)
-            self.ops.append(_Fusable(self._node_name(index, node), "AddConst", x, out,
-                                     (np.broadcast_to(v.reshape(-1), (chw[0],)).copy(),)))
+        if len(consts) != 1:
+            return False
+        x_name = b_name if consts[0] == a_name else a_name
+        x, shape = self._operand(where, x_name)
+        chw = self.tensors[x].shape
+        v = np.asarray(self.consts[consts[0]], dtype=np.float64)
+        ok = v.size == 1 or (v.size == chw[0] and (v.ndim <= 1 or v.shape[-2:] == (1, 1) or
+                                                    (v.ndim == 2 and len(shape) == 2)))
+        if not ok:
+            raise CompileError(f"{where}: constant {consts[0]!r} of shape {v.shape} with {shape} is not supported; "
+                               f"only a scalar or one value per channel")
+        out = node.output[0]
+        self._new_tensor(out, chw, shape, where)
+        self.ops.append(_Fusable(self._node_name(index, node), kind, x, out,
+                                 (np.broadcast_to(v.reshape(-1), (chw[0],)).copy(),)))
+        return True
+
+    def _op_Mul(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        if not self._per_channel_constant(index, node, where, "MulConst"):
+            raise CompileError(f"{where}: only multiplication by a constant (a scalar or one value per channel) is "
+                               f"supported; an element-wise product of two tensors is not supported yet")
+
+    def _op_Add(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        a_name, b_name = node.input[0], node.input[1]
+        if self._per_channel_constant(index, node, where, "AddConst"):   # folded into the producer's bias
             return
         a, sa = self._operand(where, a_name)
         b, sb = self._operand(where, b_name)
@@ -791,7 +804,7 @@ class _FrontEnd:
             elif consumers[op.input] > 1:
                 made_by = (f"layer '{src.name}' producing it has {consumers[op.input]} consumers "
                            f"(its output is also needed unmodified)")
-            elif op.op in ("BatchNormalization", "AddConst") and src.residual:
+            elif op.op in ("BatchNormalization", "AddConst", "MulConst") and src.residual:
                 made_by = f"layer '{src.name}' already adds a residual"
             else:
                 made_by = ""
@@ -806,6 +819,11 @@ class _FrontEnd:
             elif op.op == "AddConst":
                 src.bias = (src.bias.astype(np.float64) + op.params[0]).astype(np.float32)
                 self.notes.append(f"folded {where} into the bias of layer '{src.name}'")
+            elif op.op == "MulConst":
+                v = op.params[0]
+                src.weight = (src.weight.astype(np.float64) * v[:, None, None, None]).astype(np.float32)
+                src.bias = (src.bias.astype(np.float64) * v).astype(np.float32)
+                self.notes.append(f"folded {where} into the weights and bias of layer '{src.name}'")
             elif op.op == "BatchNormalization":
                 gamma, beta, mean, var, eps = op.params
                 if np.any(var + eps <= 0):

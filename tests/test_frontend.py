@@ -432,3 +432,32 @@ def test_fusion_through_identity_and_fc_batchnorm():
     model = make(nodes, [("x", (1, 6))], [("y", None)], [("w", rand((4, 6)))] + bn_inits(4))
     (fc,) = check_against_ort(model).layers
     assert fc.nodes == ["g", "bn", "r"] and fc.act == "relu"
+
+
+def test_per_channel_mul_and_add_fold_into_the_convolution():
+    """Conv -> Mul(per-channel scale) -> Add(per-channel shift) -> Relu, as some exporters write a
+    folded BatchNormalization: one layer, numerically equal to onnxruntime."""
+    import onnxruntime as ort
+    from sim.golden import run_float
+    w = rand((6, 3, 3, 3))
+    scale = np.linspace(0.5, 2.0, 6).astype(np.float32).reshape(1, 6, 1, 1)
+    shift = np.linspace(-0.3, 0.3, 6).astype(np.float32).reshape(6, 1, 1)
+    model = make([conv_node("c", "x", "w", "c_out", pads=[1, 1, 1, 1]),
+                  helper.make_node("Mul", ["c_out", "s"], ["m"], name="scale"),
+                  helper.make_node("Add", ["sh", "m"], ["a"], name="shift"),
+                  helper.make_node("Relu", ["a"], ["y"], name="relu")],
+                 [("x", (1, 3, 5, 5))], [("y", None)], [("w", w), ("s", scale), ("sh", shift)])
+    g = load_model(model)
+    assert len(g.layers) == 1 and g.layers[0].nodes == ["c", "scale", "shift", "relu"]
+    x = np.random.default_rng(0).standard_normal((1, 3, 5, 5)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y = run_float(g, {"x": x[0]})[g.outputs[0].tensor]
+    np.testing.assert_allclose(y, ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_tensor_times_tensor_is_refused():
+    model = make([conv_node("c", "x", "w", "a"), conv_node("d", "x", "w", "b"),
+                  helper.make_node("Mul", ["a", "b"], ["y"], name="prod")],
+                 [("x", (1, 3, 5, 5))], [("y", None)], [("w", rand((2, 3, 3, 3)))])
+    with pytest.raises(CompileError, match=r"node 'prod' \(Mul\): only multiplication by a constant"):
+        load_model(model)
