@@ -8,13 +8,15 @@ initialised from the memory image at elaboration. It has:
   served by start cycle (ties: lower cluster first, then load before store). A transfer starting in
   cycle ``s`` gets ``g = max(s, port_free)`` and owns the port in ``[g, g + words)``, so at most one
   transfer drives it in any cycle;
+* the barrier unit (:class:`BarrierUnit`, rule 6), which ends the matching BARRIERs of the
+  clusters in a mask together;
 * per cluster, an instruction port of ``INSTR_BYTES / beat_bytes`` combinational read ports that
   return one whole instruction per cycle (instruction fetch never competes with data).
 """
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -23,7 +25,40 @@ from arch.machine import MachineConfig
 
 from .cluster import CYCLE_BITS, STATS, Cluster
 
-__all__ = ["Card"]
+__all__ = ["Card", "BarrierUnit"]
+
+
+class BarrierUnit(wiring.Component):
+    """Rule 6, combinationally: releases the BARRIERs of a group of clusters in the cycle the last of
+    them starts.
+
+    Cluster ``c`` shows ``wait[c]`` from the start cycle of a BARRIER until its release, with the
+    BARRIER's ``mask[c]`` and ``count[c]``, the number of BARRIERs it has finished (so this is its
+    ``count[c]``-th BARRIER, counting from 0). ``release[c]`` is true when every cluster ``j`` in
+    ``mask[c]`` waits at a BARRIER with the same mask and the same count: the functional model's
+    meeting of the k-th BARRIERs with key ``(mask, k)``. A cluster waits at one BARRIER at a time
+    (its compute engine is held), so the group completes in the start cycle of its last member, all
+    members see ``release`` in that cycle and end in the next one, ``1 + max(s)``; members that do
+    not match (another mask, another count, or a cluster that runs no program) are never released,
+    as in the model (the runners report a deadlock)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        super().__init__({"wait": In(n), "mask": In(data.ArrayLayout(n, n)),
+                          "count": In(data.ArrayLayout(32, n)), "release": Out(n)})
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.n
+        for c in range(n):
+            partner = []
+            for j in range(n):
+                if j == c:
+                    continue
+                same = self.wait[j] & (self.mask[j] == self.mask[c]) & (self.count[j] == self.count[c])
+                partner.append(~self.mask[c][j] | same)
+            m.d.comb += self.release[c].eq(self.wait[c] & Cat(1, *partner).all())
+        return m
 
 
 class Card(wiring.Component):
@@ -53,7 +88,6 @@ class Card(wiring.Component):
     """
 
     def __init__(self, cfg: MachineConfig, init, depth: int | None = None):
-        from amaranth.lib import data
         self.cfg = cfg
         self.init = list(init)
         self.depth = max(1, len(self.init)) if depth is None else int(depth)
@@ -75,6 +109,11 @@ class Card(wiring.Component):
         wp = mem.write_port()
         per_instr = INSTR_BYTES // cfg.beat_bytes
         m.d.sync += self.now.eq(self.now + 1)
+
+        m.submodules.barrier = bar = BarrierUnit(cfg.clusters_per_card)
+        for c, cl in enumerate(self.clusters):
+            m.d.comb += [bar.wait[c].eq(cl.bar_wait), bar.mask[c].eq(cl.bar_mask), bar.count[c].eq(cl.bar_count),
+                         cl.bar_release.eq(bar.release[c])]
 
         port_free = Signal(CYCLE_BITS)
         base = Mux(port_free > self.now, port_free, self.now)

@@ -12,6 +12,11 @@ Timing (exactly :mod:`arch.timing`):
   instruction pops is available; it is then busy for the instruction's duration (rule 2 and 4), and
   in its last busy cycle it pushes its tokens, so they are visible in the end cycle ``e``, when the
   engine is idle again.
+* BARRIER (rule 6) is a SYNC that holds the compute engine until the card's barrier unit
+  (:class:`hw.card.BarrierUnit`) releases it: from its start cycle the cluster shows ``bar_wait``
+  with the instruction's mask and ``bar_count`` (BARRIERs this cluster has finished, so this one is
+  its ``bar_count``-th, counting from 0); in the cycle ``bar_release`` comes back (the start cycle of
+  the last partner, ``max(s)``) it pushes its tokens and finishes, so it ends at ``1 + max(s)``.
 * LOAD and STORE request the card's memory port in their start cycle and get their grant cycle
   ``g`` back at once (:class:`hw.card.Card` arbitrates); they move one word per cycle in
   ``[g, g + words)`` and end at ``g + words + mem_latency``.
@@ -63,6 +68,10 @@ class Cluster(wiring.Component):
         Data read port (data arrives the cycle after the address).
     mem_w_en, mem_w_addr, mem_w_data : Out
         Data write port.
+    bar_wait : Out(1), bar_mask : Out(clusters_per_card), bar_count : Out(32), bar_release : In(1)
+        Barrier handshake with :class:`hw.card.BarrierUnit`: the compute engine has started a BARRIER
+        (combinationally from its start cycle) with this mask, and it is this cluster's
+        ``bar_count``-th BARRIER (from 0); ``bar_release`` ends it in the same cycle.
     done : Out(1)
         END has been fetched and every queue and engine is empty.
     error : Out(1)
@@ -87,6 +96,8 @@ class Cluster(wiring.Component):
             "store_req": Out(1), "store_words": Out(32), "store_grant": In(CYCLE_BITS),
             "mem_r_en": Out(1), "mem_r_addr": Out(32), "mem_r_data": In(wbits),
             "mem_w_en": Out(1), "mem_w_addr": Out(32), "mem_w_data": Out(wbits),
+            "bar_wait": Out(1), "bar_mask": Out(cfg.clusters_per_card), "bar_count": Out(32),
+            "bar_release": In(1),
             "done": Out(1), "error": Out(1),
         }
         members.update({f"stat_{s}": Out(CYCLE_BITS) for s in STATS})
@@ -111,7 +122,7 @@ class Cluster(wiring.Component):
         m.d.comb += self.fetch_addr.eq(self.prog_addr + pc * (INSTR_BYTES // cfg.beat_bytes))
         target = {"load": op == OPCODES["LOAD"], "store": op == OPCODES["STORE"],
                   "compute": (op == OPCODES["CONV"]) | (op == OPCODES["MAXPOOL"]) | (op == OPCODES["AVGPOOL"])
-                  | (op == OPCODES["SYNC"])}
+                  | (op == OPCODES["SYNC"]) | (op == OPCODES["BARRIER"])}
         fetching = self.enable & ~ended & ~error
         for e, f in fifos.items():
             m.d.comb += [f.w_data.eq(self.fetch_data), f.w_en.eq(fetching & target[e])]
@@ -148,8 +159,12 @@ class Cluster(wiring.Component):
 
         busys = []
 
-        def engine(e: str, duration, ready=1):
-            """The start/busy/finish control of engine ``e``; returns (start, active, current instr)."""
+        def engine(e: str, duration, ready=1, hold=None):
+            """The start/busy/finish control of engine ``e``; returns (start, active, busy, current instr).
+
+            ``hold``: (head instruction waits, release) -- an instruction for which the first is true
+            ignores ``duration`` and finishes in the first cycle, from its start cycle on, in which
+            ``release`` is true (BARRIER)."""
             f = fifos[e]
             head = data.View(HEADER_LAYOUT, f.r_data)
             busy = Signal(name=f"{e}_busy")
@@ -162,12 +177,23 @@ class Cluster(wiring.Component):
             start = Signal(name=f"{e}_start")
             finish = Signal(name=f"{e}_finish")
             m.d.comb += [start.eq(~busy & f.r_rdy & tokens_ok & ready), f.r_en.eq(start)]
+            holds, release = hold if hold is not None else (0, 0)
+            waiting = Signal(name=f"{e}_waiting")     # busy with a held instruction
             with m.If(start):
                 m.d.sync += cur.eq(f.r_data)
-                with m.If(duration == 1):
+                with m.If(holds):
+                    with m.If(release):
+                        m.d.comb += finish.eq(1)
+                    with m.Else():
+                        m.d.sync += [busy.eq(1), waiting.eq(1)]
+                with m.Elif(duration == 1):
                     m.d.comb += finish.eq(1)
                 with m.Else():
                     m.d.sync += [busy.eq(1), rem.eq(duration - 1)]
+            with m.Elif(waiting):
+                with m.If(release):
+                    m.d.sync += [busy.eq(0), waiting.eq(0)]
+                    m.d.comb += finish.eq(1)
             with m.Elif(busy):
                 m.d.sync += rem.eq(rem - 1)
                 with m.If(rem == 1):
@@ -183,7 +209,7 @@ class Cluster(wiring.Component):
                 stat[f"token_wait_{e}"].eq(stat[f"token_wait_{e}"] + (~busy & f.r_rdy & ~tokens_ok)),
             ]
             busys.append(busy)
-            return start, active, busy, cur
+            return start, active, busy, cur, waiting
 
         # ---- MV units ---------------------------------------------------------------------------
         mvs = []
@@ -201,8 +227,18 @@ class Cluster(wiring.Component):
                    cfg.conv_pipeline + conv.oh * conv.ow * conv.kh * conv.kw * conv.cin,
                    Mux((copc == OPCODES["MAXPOOL"]) | (copc == OPCODES["AVGPOOL"]),
                        cfg.pool_pipeline + pool.oh * pool.ow * pool.nb * pool.kh * pool.kw, 1))
-        c_start, _, _, _ = engine("compute", cdur)
-        m.d.comb += [tg.start.eq(c_start & (copc != OPCODES["SYNC"])), tg.instr.eq(ch)]
+        # BARRIER: waits (bar_wait) from its start cycle until the barrier unit releases it
+        bar_head = copc == OPCODES["BARRIER"]
+        c_start, _, _, c_cur, c_waiting = engine("compute", cdur, hold=(bar_head, self.bar_release))
+        bar_count = Signal(32)
+        m.d.comb += [
+            self.bar_wait.eq((c_start & bar_head) | c_waiting),
+            self.bar_mask.eq(Mux(c_start, data.View(LAYOUTS["BARRIER"], ch).mask,
+                                 data.View(LAYOUTS["BARRIER"], c_cur).mask)),
+            self.bar_count.eq(bar_count),
+        ]
+        m.d.sync += bar_count.eq(bar_count + (self.bar_wait & self.bar_release))
+        m.d.comb += [tg.start.eq(c_start & (copc != OPCODES["SYNC"]) & ~bar_head), tg.instr.eq(ch)]
         for i, mv in enumerate(mvs):
             m.d.comb += drive_mv(tg, mv, i)
         conv_step = tg.issue & ~tg.pool
@@ -222,7 +258,7 @@ class Cluster(wiring.Component):
             words = head.n0 * head.n1 * head.n2
             req, req_words, grant = (getattr(self, f"{e}_{x}") for x in ("req", "words", "grant"))
             dur = grant - self.now + words + cfg.mem_latency
-            start, act, busy, cur = engine(e, dur)
+            start, act, busy, cur, _ = engine(e, dur)
             curv = data.View(LAYOUTS[fmt], cur)
             m.d.comb += [req.eq(start), req_words.eq(words)]
             g = Signal(CYCLE_BITS, name=f"{e}_g")

@@ -21,7 +21,7 @@ from .card import Card
 __all__ = ["run_rtl", "LAST_RUN", "RTL_OPS"]
 
 #: instructions the RTL executes
-RTL_OPS = ("LOAD", "STORE", "CONV", "MAXPOOL", "AVGPOOL", "SYNC", "END")
+RTL_OPS = ("LOAD", "STORE", "CONV", "MAXPOOL", "AVGPOOL", "SYNC", "BARRIER", "END")
 
 #: wall time and cycles of the last run (for reports of simulated cycles per second)
 LAST_RUN: dict = {}
@@ -45,6 +45,8 @@ def _decode(cfg: MachineConfig, memory: np.ndarray, addr: int, c: int) -> list[i
             raise SimError(f"cluster {c}, pc {pc}: {e}") from None
         if i.op not in RTL_OPS:
             raise SimError(f"cluster {c}, pc {pc} ({i.op}): not implemented in the RTL (it runs {', '.join(RTL_OPS)})")
+        if i.op == "BARRIER" and not i.mask >> c & 1:
+            raise SimError(f"cluster {c}, pc {pc} (BARRIER): its mask {i.mask:#b} does not include cluster {c} itself")
         if i.op in ("LOAD", "STORE"):
             hi = i.dram_addr + ((i.n2 - 1) * i.s2 + (i.n1 - 1) * i.s1 + i.n0) * cfg.beat_bytes
             if hi > len(memory) // cfg.beat_bytes * cfg.beat_bytes:
@@ -74,6 +76,13 @@ def decode_programs(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, 
         if not 0 <= int(a) < len(memory):
             raise SimError(f"cluster {c}: program address {a!r} is outside the {len(memory)}-byte memory image")
         progs[int(c)] = _decode(cfg, memory, int(a), int(c))
+    for c, p in progs.items():       # the model's deadlock, found before simulating
+        for pc, i in enumerate(p):
+            missing = [j for j in range(cfg.clusters_per_card) if i.op == "BARRIER" and i.mask >> j & 1
+                       and j not in progs]
+            if missing:
+                raise SimError(f"deadlock: cluster {c}, pc {pc} (BARRIER, mask {i.mask:#b}) waits for "
+                               f"cluster(s) {missing}, which run no program")
     return progs
 
 

@@ -108,6 +108,41 @@ def test_two_cluster_timing(card_build, sim, name):
     assert_same(sim, SMALL, mem, addrs, check_hazards=False, check_memory=name == "port_shared")
 
 
+# BARRIER (rule 6): cluster 1 arrives first and waits for cluster 0's; the BARRIER pops a LOAD's
+# token and releases a STORE and the other cluster's LOAD; the second waits for that STORE
+BARRIER_PROGS = {
+    0: f"{CONV1}\n{LOAD4.replace('mv_mask=1', 'mv_mask=2')} push_next=1\nBARRIER mask=0b11 pop_prev=1 push_next=1\n"
+       "STORE mv=0 dram_addr=0x8000 n0=2 n1=1 n2=1 pop_prev=1 push_prev=1\nBARRIER mask=0b11 pop_next=1\nEND",
+    1: "BARRIER mask=0b11 push_prev=1\nLOAD buf=MAPS mv_mask=2 dram_addr=0x4100 n0=3 n1=1 n2=1 pop_next=1\n"
+       "BARRIER mask=0b11\nEND",
+}
+
+
+@pytest.mark.parametrize("sim", SIMS)
+@pytest.mark.parametrize("case", ["hand_written", "clustersbatchmode"])
+def test_barrier(card_build, sim, case):
+    from arch.asm import assemble
+    card_build(sim)
+    if case == "hand_written":
+        mem = np.zeros(0xA000, dtype=np.uint8)
+        mem[0x4000:0x8000] = np.random.default_rng(4).integers(0, 256, 0x4000, dtype=np.uint8)
+        programs = {}
+        for c, p in BARRIER_PROGS.items():
+            code = encode_program(assemble(p))
+            mem[0x1000 * c:0x1000 * c + len(code)] = np.frombuffer(code, dtype=np.uint8)
+            programs[c] = 0x1000 * c
+    else:      # small_cnn with clusters 0 and 1 splitting each layer, a BARRIER between layers
+        from compiler.driver import Parallel, compile_graph
+        from compiler.frontend import load_model
+        from compiler.quantize import quantize
+        from zoo.small_cnn import small_cnn
+        c = compile_graph(quantize(load_model(small_cnn(seed=0, input_shape=(1, 3, 8, 8))), SMALL), SMALL,
+                          parallel=Parallel(clusters=(0, 1), split=True))
+        mem, _ = c.seeded_image(0)
+        programs = c.program_addresses()
+    assert_same(sim, SMALL, mem, programs)
+
+
 @pytest.mark.parametrize("sim", SIMS)
 def test_mdla_run_on_verilog(card_build, sim, tmp_path):
     """SetFlag('simulator', sim): Run() on the exported Verilog gives Run_sw's bits and cycles."""

@@ -115,6 +115,35 @@ def test_mini_resnet():
     assert_same(SMALL, mem, programs)
 
 
+def _split_models():
+    from zoo import kernels
+    from zoo.small_cnn import small_cnn
+    return {
+        # one layer (no BARRIER: the clusters split its output channels), 4.4 k cycles
+        "conv": lambda: kernels.conv_model(8, 16, 10, 10, 3, 1, 1, seed=1),
+        # four layers, each ended by SYNCs and a BARRIER of both clusters
+        "small_cnn": lambda: small_cnn(seed=0, input_shape=(1, 3, 8, 8)),
+    }
+
+
+def split_image(model, cfg, seed=0):
+    """A model compiled in clustersbatchmode: clusters 0 and 1 split each layer's work and meet at a
+    BARRIER between layers."""
+    from compiler.driver import Parallel, compile_graph
+    from compiler.frontend import load_model
+    from compiler.quantize import quantize
+    c = compile_graph(quantize(load_model(model), cfg), cfg, parallel=Parallel(clusters=(0, 1), split=True))
+    mem, _ = c.seeded_image(seed)
+    return mem, c.program_addresses()
+
+
+@pytest.mark.parametrize("name", [pytest.param("conv", marks=pytest.mark.slow), "small_cnn"])
+def test_clustersbatchmode(name):
+    mem, programs = split_image(_split_models()[name](), SMALL)
+    assert sorted(programs) == [0, 1]
+    assert_same(SMALL, mem, programs)
+
+
 @pytest.mark.slow
 def test_resnet18():
     """A whole ResNet-18 (16x16 input): residual CONVs, MAXPOOL, GlobalAveragePool and the FC layer.
@@ -137,14 +166,31 @@ MEM = 0xA000
 def random_programs(draw):
     """Race-free random programs: each cluster runs rounds of LOAD maps (+ LOAD RES) + LOAD kernel ->
     CONV (with or without a residual), MAXPOOL or AVGPOOL -> STORE, with the tokens a correct program
-    needs (plus SYNCs), random fields, and random sharing of the memory port between clusters."""
+    needs (plus SYNCs), random fields, and random sharing of the memory port between clusters.
+    Sometimes every cluster also meets the others at the same number of BARRIERs (mask: all
+    generated clusters), each placed between rounds (or before the first) at a random position per
+    cluster; the first BARRIER after a round pops its STORE's token (the stores are drained), and the
+    next round's compute then relies on the BARRIER for its output buffer."""
     cfg = dataclasses.replace(SMALL, queue_depth=draw(st.integers(1, 4)), mem_latency=draw(st.integers(1, 9)))
     M, V = cfg.mv_per_cluster, cfg.vv_per_mv
     progs = {}
-    for c in range(draw(st.integers(1, cfg.clusters_per_card))):
+    nclusters = draw(st.integers(1, cfg.clusters_per_card))
+    nbarriers = draw(st.sampled_from([0, 0, 1, 2]))
+    bmask = (1 << nclusters) - 1
+    for c in range(nclusters):
         out = []
         rounds = draw(st.integers(1, 3))
+        # BARRIER positions: p = before round p (p = rounds: after the last)
+        at = sorted(draw(st.lists(st.integers(0, rounds), min_size=nbarriers, max_size=nbarriers)))
+        drained = [p > 0 and draw(st.integers(0, 3)) > 0 for p in range(rounds + 1)]   # BARRIER pops the store token
+        drained = [d and p in at for p, d in enumerate(drained)]
+
+        def barriers(p):
+            for k in range(at.count(p)):
+                out.append(Instr("BARRIER", mask=bmask, pop_next=1 if drained[p] and k == 0 else 0))
+
         for r in range(rounds):
+            barriers(r)
             mask = draw(st.integers(1, (1 << M) - 1))
             wait_store = 1 if r else 0           # do not overwrite buffers the last round still uses
             n0 = draw(st.integers(1, 12))
@@ -162,7 +208,8 @@ def random_programs(draw):
                              buf_addr=0, n0=nvv * draw(st.integers(1, 20)), n1=1, n2=1, push_next=1))
             # compute waits for its loads and for the previous round's STORE (output buffer reuse) and
             # tells the next round's loads when it has read its buffers
-            tok = dict(pop_prev=1, push_next=1, pop_next=1 if r else 0, push_prev=1 if r < rounds - 1 else 0)
+            tok = dict(pop_prev=1, push_next=1, pop_next=1 if r and not drained[r] else 0,
+                       push_prev=1 if r < rounds - 1 else 0)
             kind = draw(st.sampled_from(["CONV", "CONV", "MAXPOOL", "AVGPOOL"]))
             if kind == "CONV":
                 oh, ow = draw(st.integers(1, 3)), draw(st.integers(1, 3))
@@ -208,7 +255,8 @@ def random_programs(draw):
             mv = draw(st.sampled_from([m for m in range(M) if mask >> m & 1]))
             base = OUT + 0x800 * c + 0x100 * r
             out.append(Instr("STORE", mv=mv, dram_addr=base, buf_addr=0, n0=n_out, n1=1, n2=1, pop_prev=1,
-                             push_prev=1 if r < rounds - 1 else 0))
+                             push_prev=1 if r < rounds - 1 or drained[r + 1] else 0))
+        barriers(rounds)
         progs[c] = out + [Instr("END")]
     return cfg, progs
 
@@ -222,6 +270,8 @@ def test_random_programs(case, seed):
     for p in progs.values():
         for i in p:
             validate(i, cfg)
+            if i.op == "BARRIER":
+                event(f"BARRIER ({len(progs)} cluster(s))")
             if i.op == "AVGPOOL" or (i.op == "CONV" and i.resid) or (i.op == "LOAD" and i.buf == 2):
                 event("AVGPOOL" if i.op == "AVGPOOL" else "CONV resid" if i.op == "CONV" else "LOAD RES")
     rng = np.random.default_rng(seed)
@@ -297,3 +347,85 @@ def test_vcd(tmp_path):
     path = tmp_path / "run.vcd"
     run_rtl(SMALL, mem, programs, vcd=str(path))
     assert path.stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# BARRIER (rule 6): the k-th BARRIERs of the clusters of a mask end together at 1 + max(start)
+# ------------------------------------------------------------------------------------------------
+
+LONG = ("CONV mv_mask=1 nvv=1 in_w=10 cpitch=4 cin=1 kh=1 kw=1 sy=1 sx=1 dy=1 dx=1 oh=1 ow={} write=0")
+
+# name -> (clusters_per_card, queue_depth, programs)
+BARRIERS = {
+    # tests/test_sim_timing.py::test_barrier_ends_together_one_cycle_after_the_last_arrival
+    "two_clusters": (2, 4, {0: f"{LONG.format(10)}\nBARRIER mask=0b11\nSYNC\nEND",
+                            1: "BARRIER mask=0b11\nSYNC\nEND"}),
+    "both_at_once": (2, 4, {0: "BARRIER mask=0b11\nBARRIER mask=0b11\nEND",
+                            1: "BARRIER mask=0b11\nSYNC\nBARRIER mask=0b11\nEND"}),
+    "self_only": (2, 4, {0: f"BARRIER mask=0b1\n{LONG.format(3)}\nBARRIER mask=0b1\nEND"}),
+    # tokens around the BARRIER: it waits for a LOAD and releases a STORE and the other cluster's LOAD
+    "tokens": (2, 4, {0: f"{LOAD4} push_next=1\nBARRIER mask=0b11 pop_prev=1 push_next=1\n"
+                         "STORE mv=0 dram_addr=0x8000 n0=2 n1=1 n2=1 pop_prev=1\nEND",
+                      1: f"{LONG.format(7)}\nBARRIER mask=0b11 push_prev=1\n{LOAD4} pop_next=1\nEND"}),
+    # the compute queue (depth 1) stays full while its head waits at the BARRIER
+    "queue_full_behind_barrier": (2, 1, {0: f"BARRIER mask=0b11\n{CONV1}\n{CONV1}\n{LOAD4.replace('mv_mask=1', 'mv_mask=2')}\nEND",
+                                         1: f"{LONG.format(6)}\n{LONG.format(6)}\nBARRIER mask=0b11\nEND"}),
+    # four clusters: pairs meet, then all; each cluster's count includes its BARRIERs of every mask
+    "pairs_then_all": (4, 4, {0: f"{LONG.format(4)}\nBARRIER mask=0b0011\nBARRIER mask=0b1111\nEND",
+                              1: "BARRIER mask=0b0011\nBARRIER mask=0b1111\nEND",
+                              2: f"BARRIER mask=0b1100\n{LONG.format(9)}\nBARRIER mask=0b1111\nEND",
+                              3: f"{LONG.format(2)}\nBARRIER mask=0b1100\nBARRIER mask=0b1111\nEND"}),
+    "counted": (4, 4, {0: "BARRIER mask=0b0001\nBARRIER mask=0b0101\nEND",
+                       1: f"{LONG.format(5)}\nBARRIER mask=0b0010\nEND",
+                       2: f"{LONG.format(3)}\nBARRIER mask=0b0100\nBARRIER mask=0b0101\nEND"}),
+}
+
+# programs on which the model reports a deadlock (the RTL: its watchdog, or the decoder)
+BARRIER_DEADLOCKS = {
+    # cluster 0's second BARRIER (k = 1) never meets cluster 1's first (k = 0)
+    "count_mismatch": {0: "BARRIER mask=0b001\nBARRIER mask=0b011\nEND", 1: "BARRIER mask=0b011\nEND"},
+    # clusters 1 and 2 meet at mask 0b110; cluster 0 waits for cluster 1 at mask 0b011 forever
+    "mask_mismatch": {0: "BARRIER mask=0b011\nEND", 1: "BARRIER mask=0b110\nEND", 2: "BARRIER mask=0b110\nEND"},
+    "partner_without_program": {0: f"{LOAD4}\nBARRIER mask=0b11\nEND"},
+}
+
+
+def _image(progs):
+    from arch.asm import assemble
+    mem = np.zeros(MEM, dtype=np.uint8)
+    mem[DATA:OUT] = np.random.default_rng(5).integers(0, 256, OUT - DATA, dtype=np.uint8)
+    addrs = {}
+    for c, p in progs.items():
+        code = encode_program(assemble(p))
+        mem[0x1000 * c:0x1000 * c + len(code)] = np.frombuffer(code, dtype=np.uint8)
+        addrs[c] = 0x1000 * c
+    return mem, addrs
+
+
+@pytest.mark.parametrize("name", sorted(BARRIERS))
+def test_barrier(name):
+    clusters, depth, progs = BARRIERS[name]
+    cfg = dataclasses.replace(SMALL, queue_depth=depth, clusters_per_card=clusters)
+    mem, addrs = _image(progs)
+    want = assert_same(cfg, mem, addrs)
+    if name == "two_clusters":      # the numbers of tests/test_sim_timing.py
+        assert want.cycles == SMALL.conv_pipeline + 10 + 3
+
+
+@pytest.mark.parametrize("name", sorted(BARRIER_DEADLOCKS))
+def test_barrier_deadlock(name):
+    progs = BARRIER_DEADLOCKS[name]
+    cfg = dataclasses.replace(SMALL, clusters_per_card=4) if max(progs) >= 2 else SMALL
+    mem, addrs = _image(progs)
+    with pytest.raises(SimError, match="deadlock"):
+        run_card(cfg, mem.copy(), addrs)
+    with pytest.raises(SimError, match="deadlock"):
+        run_rtl(cfg, mem.copy(), addrs)
+
+
+def test_barrier_mask_without_itself():
+    mem, addrs = _image({0: "BARRIER mask=0b10\nEND", 1: "BARRIER mask=0b10\nEND"})
+    with pytest.raises(SimError, match="does not include cluster 0"):
+        run_card(SMALL, mem.copy(), addrs)
+    with pytest.raises(SimError, match="does not include cluster 0"):
+        run_rtl(SMALL, mem.copy(), addrs)
