@@ -159,13 +159,16 @@ def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
             lo = int(a) * bb
             n = min(bb, len(memory) - lo)
             memory[lo:lo + n] = row[:n]
-    clusters = {}
-    for c, s in result["stats"].items():
-        clusters[c] = ClusterStats(
-            cycles=s["cycles"], instructions=s["instructions"],
-            busy={e: s[f"busy_{e}"] for e in ("load", "compute", "store")},
-            token_wait={e: s[f"token_wait_{e}"] for e in ("load", "compute", "store")},
-            port_wait={e: s[f"port_wait_{e}"] for e in ("load", "store")},
-            bytes_loaded=s["words_loaded"] * bb, bytes_stored=s["words_stored"] * bb,
-            macs=s["macs"], mac_slots=s["mac_slots"], saturations=s["saturations"])
+    clusters = {c: cluster_stats(s, bb) for c, s in result["stats"].items()}
     return CardStats(cycles=max(cs.cycles for cs in clusters.values()), clusters=clusters)
+
+
+def cluster_stats(s: dict, bb: int) -> ClusterStats:
+    """A cluster's performance counters, as read from the RTL, in the functional model's form."""
+    return ClusterStats(
+        cycles=s["cycles"], instructions=s["instructions"],
+        busy={e: s[f"busy_{e}"] for e in ("load", "compute", "store")},
+        token_wait={e: s[f"token_wait_{e}"] for e in ("load", "compute", "store")},
+        port_wait={e: s[f"port_wait_{e}"] for e in ("load", "store")},
+        bytes_loaded=s["words_loaded"] * bb, bytes_stored=s["words_stored"] * bb,
+        macs=s["macs"], mac_slots=s["mac_slots"], saturations=s["saturations"])

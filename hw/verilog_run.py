@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from arch.machine import MachineConfig
-from sim.card import CardStats, ClusterStats, SimError
+from sim.card import CardStats, SimError
 
 from .export import TOP, cache_dir, mem_words_for, read_memh, verilog_text, write_memh
 
@@ -163,16 +163,6 @@ def build(sim: str, cfg: MachineConfig, mem_words: int | None = None, *, verbose
     return info
 
 
-def _cluster_stats(s: dict, bb: int) -> ClusterStats:
-    return ClusterStats(
-        cycles=s["cycles"], instructions=s["instructions"],
-        busy={e: s[f"busy_{e}"] for e in ("load", "compute", "store")},
-        token_wait={e: s[f"token_wait_{e}"] for e in ("load", "compute", "store")},
-        port_wait={e: s[f"port_wait_{e}"] for e in ("load", "store")},
-        bytes_loaded=s["words_loaded"] * bb, bytes_stored=s["words_stored"] * bb,
-        macs=s["macs"], mac_slots=s["mac_slots"], saturations=s["saturations"])
-
-
 def run_verilog(sim: str, cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
                 max_cycles: int | None = None, verbose: bool = False, keep: bool = False) -> CardStats:
     """Run the programs of some clusters of one card on the exported Verilog in ``sim``
@@ -184,7 +174,7 @@ def run_verilog(sim: str, cfg: MachineConfig, memory: np.ndarray, programs: dict
     from cocotb_tools.runner import get_runner
 
     from .cluster import STATS
-    from .run import cycle_bound, decode_programs
+    from .run import cluster_stats, cycle_bound, decode_programs
     bb = cfg.beat_bytes
     progs = decode_programs(cfg, memory, programs)
     if not progs:
@@ -256,7 +246,7 @@ def run_verilog(sim: str, cfg: MachineConfig, memory: np.ndarray, programs: dict
             raise SimError(f"deadlock: the card did not finish within {max_cycles} cycles")
         final = read_memh(memout, cfg)
         memory[:] = final[:len(memory)]
-        clusters = {int(c): _cluster_stats(s, bb) for c, s in res["stats"].items()}
+        clusters = {int(c): cluster_stats(s, bb) for c, s in res["stats"].items()}
         ok = True
         return CardStats(cycles=max(cs.cycles for cs in clusters.values()), clusters=clusters)
     finally:
