@@ -73,22 +73,12 @@ def test_small_cnn(card_build, sim):
 
 
 # two clusters sharing the memory port, with equal-start ties (timing only: these race on purpose)
-LOAD4 = "LOAD buf=MAPS mv_mask=1 dram_addr=0x4000 n0=4 n1=1 n2=1"
-CONV1 = ("CONV mv_mask=1 nvv=1 in_w=2 cpitch=4 cin=4 kh=1 kw=2 sy=1 sx=1 dy=1 dx=1 oh=1 ow=1 "
-         "out_pitch=1 write=1")
-
-
-def _tie_prog(c):
-    return f"""
-    {CONV1} push_next=1 push_prev=1
-    STORE mv=0 dram_addr={0x8000 + 0x100 * c} n0=3 n1=1 n2=1 pop_prev=1
-    LOAD buf=MAPS mv_mask=2 dram_addr=0x4000 n0=2 n1=1 n2=1 pop_next=1
-    END"""
+from tests.hw.timing_programs import CONV1, LOAD4, tie_prog  # noqa: E402
 
 
 CORNERS = {
     "port_shared": {0: f"{LOAD4}\n{LOAD4}\nEND", 1: f"{LOAD4}\nEND"},
-    "equal_start_ties": {0: _tie_prog(0), 1: _tie_prog(1)},
+    "equal_start_ties": {0: tie_prog(0), 1: tie_prog(1)},
     "queue_full": {0: f"{LOAD4} push_next=1\n{CONV1} pop_prev=1\n{CONV1}\n{CONV1}\n{CONV1}\n{CONV1}\n{LOAD4}\nEND"},
 }
 
