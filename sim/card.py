@@ -579,6 +579,11 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
             barrier_count[c] += 1
             arrived = barriers.setdefault(key, {})
             arrived[c] = (pc, start, token_wait)
+            # It has started: its queue slot is free, so dispatch may go on (rule 1); the compute
+            # engine stays held (still offered) until the group is released.
+            r.s[pc] = start
+            r.advance_dispatch()
+            r.offer(heap)
             if all(m in arrived for m in range(cfg.clusters_per_card) if i.mask >> m & 1):
                 end = max(s_ for _, s_, _ in arrived.values()) + 1
                 for m, (mpc, ms, mtw) in sorted(arrived.items()):

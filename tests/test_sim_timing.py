@@ -348,3 +348,31 @@ def test_barrier_ends_together_one_cycle_after_the_last_arrival():
     mem[2048:2048 + len(bad)] = np.frombuffer(bad, np.uint8)
     with pytest.raises(SimError, match="does not include cluster 0"):
         run_card(SMALL, mem, {0: 2048})
+
+
+def test_a_waiting_barrier_frees_its_queue_slot_when_it_starts():
+    """Rule 1 with a BARRIER: d = s[j] + 1 counts from the BARRIER's start, not from its release,
+    so with a compute queue of 1 the instructions behind it dispatch while it waits, and their
+    memory requests take their place in the port's first-come-first-served order."""
+    import dataclasses
+
+    import numpy as np
+    from arch.asm import assemble
+    from arch.isa import encode_program
+    from arch.machine import SMALL
+    from sim.card import run_card
+    cfg = dataclasses.replace(SMALL, queue_depth=1)
+    load = "LOAD buf=MAPS mv_mask=1 dram_addr=0x800 buf_addr=64 n0=8 n1=1 n2=1"   # not what the CONV reads
+    p0 = encode_program(assemble("CONV mv_mask=1 nvv=1 in_w=10 cpitch=4 cin=4 kh=1 kw=1 sy=1 sx=1 dy=1 dx=1 "
+                                 f"oh=1 ow=10 write=0\n{load}\n{load}\nBARRIER mask=0b11\nEND"))
+    p1 = encode_program(assemble(f"BARRIER mask=0b11\nSYNC\n{load}\nEND"))
+    mem = np.zeros(4096, np.uint8)
+    mem[:len(p0)] = np.frombuffer(p0, np.uint8)
+    mem[1024:1024 + len(p1)] = np.frombuffer(p1, np.uint8)
+    st = run_card(cfg, mem, {0: 0, 1: 1024}, trace=True)
+    barrier, sync, load1 = st.clusters[1].timeline[:3]
+    first, second = st.clusters[0].timeline[1:3]
+    assert barrier.start == 1 and barrier.end > second.start          # still waiting when cluster 0 loads again
+    assert sync.dispatch == barrier.start + 1 and load1.start == sync.dispatch + 2
+    assert first.grant == 2 and load1.grant == first.grant + 8         # first come, first served:
+    assert second.grant == load1.grant + 8                             # cluster 1 requested before cluster 0's 2nd

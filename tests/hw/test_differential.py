@@ -347,6 +347,11 @@ LONG = ("CONV mv_mask=1 nvv=1 in_w=10 cpitch=4 cin=1 kh=1 kw=1 sy=1 sx=1 dy=1 dx
 
 # name -> (clusters_per_card, queue_depth, programs)
 BARRIERS = {
+    # a waiting BARRIER frees its queue slot when it starts (rule 1): with a queue of 1, cluster 1's
+    # LOAD behind its waiting BARRIER starts early and gets the port before cluster 0's second LOAD
+    "dispatch_past_waiting_barrier": (2, 1, {
+        0: f"{LONG.format(10)}\n{LONG.format(10)}\n{LOAD4} buf_addr=64\n{LOAD4} buf_addr=64\nBARRIER mask=0b11\nEND",
+        1: f"BARRIER mask=0b11\nSYNC\n{LOAD4}\nEND"}),
     # tests/test_sim_timing.py::test_barrier_ends_together_one_cycle_after_the_last_arrival
     "two_clusters": (2, 4, {0: f"{LONG.format(10)}\nBARRIER mask=0b11\nSYNC\nEND",
                             1: "BARRIER mask=0b11\nSYNC\nEND"}),
