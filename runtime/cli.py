@@ -132,9 +132,17 @@ def disasm(binfile):
         c = bf.read(binfile)
     except Exception as e:  # noqa: BLE001
         _fail(e)
-    for p, prog in sorted(c.programs.items()):
-        click.echo(f"# program {p}: {len(prog)} instructions")
-        click.echo(disassemble(prog, with_pc=True), nl=False)
+    stages = getattr(c, "stages", [c])
+    dla = 0
+    for stage in stages:
+        if not hasattr(stage, "programs"):          # a host stage of a heterogeneous model
+            click.echo(f"# host ({stage.position}): {', '.join(stage.nodes)}")
+            continue
+        for p, prog in sorted(stage.programs.items()):
+            where = f"DLA stage {dla}, " if len(stages) > 1 else ""
+            click.echo(f"# {where}program {p}: {len(prog)} instructions")
+            click.echo(disassemble(prog, with_pc=True), nl=False)
+        dla += 1
 
 
 @main.command()
