@@ -44,6 +44,7 @@ from onnx.reference import ReferenceEvaluator
 from arch.machine import MachineConfig
 
 from .driver import Compiled, IODesc, Parallel, compile_model
+from .hostops import host_evaluator
 from .frontend import SUPPORTED_OPS, _FrontEnd, _load, _static
 from .ir import CompileError
 from .memmap import align
@@ -388,7 +389,7 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
 def _check_host(model: onnx.ModelProto, part: _Part) -> None:
     """The host must be able to evaluate every node: else a CompileError naming the first it cannot."""
     try:
-        ReferenceEvaluator(model)
+        host_evaluator(model)
         return
     except Exception as whole:  # noqa: BLE001 - any reason the host cannot evaluate these nodes
         reason = whole

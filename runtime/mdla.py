@@ -27,6 +27,7 @@ from arch.machine import get_config
 from arch.numerics import fixed_to_float, float_to_fixed
 from compiler import binfile
 from compiler.driver import Compiled, Parallel
+from compiler.hostops import host_evaluator
 from compiler.ir import CompileError
 from compiler.partition import HostStage, Staged, compile_partitioned
 from compiler.memmap import align
@@ -237,13 +238,11 @@ class MDLA:
         self._cards = cards
         self._host_ev = None
         self._host_evs = {}
-        import onnx
-        from onnx.reference import ReferenceEvaluator
         if compiled.host is not None:
-            self._host_ev = ReferenceEvaluator(onnx.load_from_string(compiled.host.model))
+            self._host_ev = host_evaluator(compiled.host.model)
         for k, stage in enumerate(getattr(compiled, "stages", [])):
             if isinstance(stage, HostStage):
-                self._host_evs[k] = ReferenceEvaluator(onnx.load_from_string(stage.model))
+                self._host_evs[k] = host_evaluator(stage.model)
         if "i" in self._flags["debug"]:
             # one file per card, cluster and program (a DLA stage of a model with host stages is a program)
             segments = compiled.segments if isinstance(compiled, Staged) else [compiled]
