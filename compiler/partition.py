@@ -44,8 +44,8 @@ from onnx.reference import ReferenceEvaluator
 from arch.machine import MachineConfig
 
 from .driver import Compiled, IODesc, Parallel, compile_model
-from .hostops import host_evaluator
 from .frontend import SUPPORTED_OPS, _FrontEnd, _load, _static
+from .hostops import host_evaluator
 from .ir import CompileError
 from .memmap import align
 
@@ -200,49 +200,77 @@ def _where(index: int, node: onnx.NodeProto) -> str:
 
 
 class _Partitioner:
+    """The model, its constants and (once :meth:`prepare` ran) the shapes and types of its tensors.
+
+    Labelling needs only which tensors are constant, so the weights are neither converted nor
+    shape-inferred until the model turns out to need host stages before or between DLA layers."""
+
     def __init__(self, model, inshapes: str | None):
-        proto, self.source = _load(model)
-        fe = _FrontEnd(proto, self.source, inshapes)
-        for init in proto.graph.initializer:
-            fe.consts[init.name] = numpy_helper.to_array(init)
-        self.inputs = fe._inputs()               # applies inshapes, checks types and static shapes
-        fe._infer_shapes()
-        self.proto = proto
-        self.shapes = dict(fe.inferred)
-        self.consts: dict[str, np.ndarray] = dict(fe.consts)
-        self.order = fe._topological()
-        self.types = {vi.name: vi for vi in self._inferred_value_infos()}
-
-    def _inferred_value_infos(self):
-        try:
-            g = onnx.shape_inference.infer_shapes(self.proto, strict_mode=False).graph
-        except Exception:  # noqa: BLE001 - the front end already reported a failing inference
-            return []
-        return list(g.value_info) + list(g.output) + list(g.input)
-
-    def fold_constants(self) -> list[tuple[int, onnx.NodeProto]]:
-        """Evaluate the constant nodes; return the others, in topological order."""
-        rest = []
+        self.proto, self.source = _load(model)
+        self.fe = _FrontEnd(self.proto, self.source, inshapes)
+        self.inits = {t.name: t for t in self.proto.graph.initializer}
+        self.fe.consts = dict.fromkeys(self.inits)          # the ordering needs only the names
+        self.order = self.fe._topological()
+        self.consts = set(self.inits)
+        self.const_nodes, self.nodes = [], []
         for index, node in self.order:
             ins = [i for i in node.input if i]
-            if all(i in self.consts for i in ins):
-                feeds = {i: self.consts[i] for i in ins}
-            elif node.op_type in ("Shape", "Size") and node.input[0] in self.shapes:
+            # Shape/Size fold when their input's shape is static (checked in prepare)
+            if all(i in self.consts for i in ins) or node.op_type in ("Shape", "Size"):
+                self.const_nodes.append((index, node))
+                self.consts.update(o for o in node.output if o)
+            else:
+                self.nodes.append((index, node))
+        self.values: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.types: dict[str, onnx.ValueInfoProto] = {}
+
+    def prepare(self) -> None:
+        """Apply inshapes, infer shapes and types, evaluate the constant nodes."""
+        self.inputs = self.fe._inputs()          # applies inshapes, checks types and static shapes
+        g = self.proto.graph
+        # shape inference on the graph without its weights' values (their shapes suffice), which
+        # is much cheaper than serialising every weight
+        small = [t for t in g.initializer if int(np.prod(t.dims)) <= 64]
+        named = {vi.name for vi in g.input}
+        weights = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer
+                   if int(np.prod(t.dims)) > 64 and t.name not in named]
+        light = helper.make_model(helper.make_graph(list(g.node), g.name or "model", list(g.input) + weights,
+                                                    list(g.output), small),
+                                  opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False).graph
+        except Exception as e:  # noqa: BLE001
+            raise CompileError(f"{self.source}: ONNX shape inference failed: {e}") from None
+        for vi in list(inferred.value_info) + list(inferred.output) + list(inferred.input):
+            if vi.type.HasField("tensor_type"):
+                self.types[vi.name] = vi
+                if vi.type.tensor_type.HasField("shape"):
+                    shape = _static(vi.type.tensor_type.shape)
+                    if shape is not None:
+                        self.shapes[vi.name] = shape
+        for index, node in self.const_nodes:
+            ins = [i for i in node.input if i]
+            if node.op_type in ("Shape", "Size") and not all(i in self.consts for i in ins):
+                if node.input[0] not in self.shapes:
+                    raise CompileError(f"{_where(index, node)}: the shape of {node.input[0]!r} is not static")
                 feeds = {node.input[0]: np.broadcast_to(np.float32(0), self.shapes[node.input[0]])}
             else:
-                rest.append((index, node))
-                continue
-            names = list(feeds)
-            g = helper.make_graph([node], "fold", [helper.make_value_info(n, onnx.TypeProto()) for n in names],
-                                  [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])
-            m = helper.make_model(g, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
+                feeds = {i: self.value(i) for i in ins}
+            graph = helper.make_graph([node], "fold", [helper.make_value_info(n, onnx.TypeProto()) for n in feeds],
+                                      [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])
+            m = helper.make_model(graph, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
             try:
                 values = ReferenceEvaluator(m).run(None, feeds)
             except Exception as e:  # noqa: BLE001
                 raise CompileError(f"{_where(index, node)}: its inputs are constant but evaluating it failed: {e}") from None
             for o, v in zip([o for o in node.output if o], values):
-                self.consts[o] = np.asarray(v)
-        return rest
+                self.values[o] = np.asarray(v)
+
+    def value(self, name: str) -> np.ndarray:
+        if name not in self.values:
+            self.values[name] = numpy_helper.to_array(self.inits[name])
+        return self.values[name]
 
     def parts(self, nodes, heterogeneous: bool) -> list[_Part]:
         forced: set[int] = set()
@@ -318,7 +346,7 @@ class _Partitioner:
             for i in n.input:
                 if i and i in self.consts and i not in seen:
                     seen.add(i)
-                    inits.append(numpy_helper.from_array(np.asarray(self.consts[i]), i))
+                    inits.append(self.inits[i] if i in self.inits else numpy_helper.from_array(self.values[i], i))
         need = part.kind == DLA
         g = helper.make_graph([n for _, n in part.nodes], name,
                               [self.value_info(i, where, need) for i in ins],
@@ -327,18 +355,19 @@ class _Partitioner:
 
 
 def partition(model, inshapes: str | None = None, heterogeneous: bool = False):
-    """Split a model into stages: a list of (kind, nodes, inputs, outputs, ONNX model), or None when
-    the model has neither a host head nor a host middle (it compiles as one DLA program, with its
-    host tail if any). Raises CompileError for a host operator between DLA layers without
+    """Split a model into alternating host and DLA parts: (the prepared partitioner, the parts), or
+    None when the model has neither a host head nor a host middle (it compiles as one DLA program,
+    with its host tail if any). Raises CompileError for a host operator between DLA layers without
     ``heterogeneous``."""
     p = _Partitioner(model, inshapes)
-    nodes = p.fold_constants()
+    nodes = p.nodes
     parts = p.parts(nodes, heterogeneous)
     if not any(q.kind == DLA for q in parts):
         raise CompileError("the model has no layer that runs on the DLA"
                            + (f" (host operators: {', '.join(_where(*x) for x in nodes[:5])})" if nodes else ""))
     if parts[0].kind == DLA and sum(q.kind == DLA for q in parts) == 1:
         return None
+    p.prepare()
     return p, parts
 
 
