@@ -142,6 +142,23 @@ class _Part:
     nodes: list[tuple[int, onnx.NodeProto]]
 
 
+def _dla_can(node: onnx.NodeProto, consts) -> bool:
+    """Whether the DLA runs this kind of node at all, as far as its op type, constant operands and
+    axis tell (the front end checks the rest and names what it refuses)."""
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx") or op not in SUPPORTED_OPS:
+        return False
+    ins = [i for i in node.input if i]
+    if op in ("Conv", "Gemm", "MatMul"):                    # weights come from the model
+        return len(ins) > 1 and ins[1] in consts
+    if op == "Mul":                                        # by a constant only (folded into weights)
+        return sum(i in consts for i in ins) == 1
+    if op == "Concat":                                     # along channels only
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        return axis in (1, -3)
+    return True
+
+
 def _label(order, consts, forced: set[int]) -> dict[int, str]:
     """DLA or host for every non-constant node (see the module docstring, step 2)."""
     made_by: dict[str, str] = {}                 # tensor -> label of its producer
@@ -149,7 +166,7 @@ def _label(order, consts, forced: set[int]) -> dict[int, str]:
     for index, node in order:
         ins = [i for i in node.input if i and i not in consts]
         op = node.op_type
-        if index in forced or node.domain not in ("", "ai.onnx") or op not in SUPPORTED_OPS:
+        if index in forced or not _dla_can(node, consts):
             lab = HOST
         elif op in FUSED_OPS and not (op == "Sum" and len(ins) == 1):
             lab = DLA if any(made_by.get(i) == DLA for i in ins) else HOST
@@ -365,10 +382,21 @@ def partition(model, inshapes: str | None = None, heterogeneous: bool = False):
     if not any(q.kind == DLA for q in parts):
         raise CompileError("the model has no layer that runs on the DLA"
                            + (f" (host operators: {', '.join(_where(*x) for x in nodes[:5])})" if nodes else ""))
-    if parts[0].kind == DLA and sum(q.kind == DLA for q in parts) == 1:
+    if parts[0].kind == DLA and (len(parts) == 1 or (len(parts) == 2 and _frontend_tail(parts[1]))):
         return None
     p.prepare()
     return p, parts
+
+
+def _frontend_tail(tail: _Part) -> bool:
+    """Whether the front end puts these nodes in its host tail of one DLA program, as it does for
+    ops it does not know and for everything reading what they produce."""
+    made = set()
+    for _, node in tail.nodes:
+        if node.domain in ("", "ai.onnx") and node.op_type in SUPPORTED_OPS and not any(i in made for i in node.input):
+            return False
+        made.update(o for o in node.output if o)
+    return True
 
 
 def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, base: int = 0,

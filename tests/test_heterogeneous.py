@@ -236,3 +236,46 @@ def test_host_lrn_follows_the_specification(size):
     x = np.random.default_rng(0).random((1, 6, 4, 4), dtype=np.float32) * 3
     got = host_evaluator(m).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, reference(m, x), rtol=1e-6, atol=1e-6)
+
+
+def test_product_of_two_tensors_in_the_middle_runs_on_the_host():
+    """x * softmax(x) over channels (an attention-like gate): the element-wise product of two
+    tensors is no DLA operation, so with the flag both run on the host; without it the error
+    names the first of them."""
+    m = small_cnn(seed=6)
+    for n in m.graph.node:
+        if n.name == "conv2":
+            n.input[0] = "gated"
+    m.graph.node.insert(4, helper.make_node("Softmax", ["pool1_out"], ["gate"], name="gate", axis=1))
+    m.graph.node.insert(5, helper.make_node("Mul", ["pool1_out", "gate"], ["gated"], name="apply_gate"))
+    _check(m)
+    with pytest.raises(CompileError, match=r"node 'gate' \(Softmax\).*heterogeneous"):
+        microndla.MDLA().Compile(m)
+    ie = microndla.MDLA()
+    ie.SetFlag("heterogeneous", 1)
+    ie.Compile(m)
+    assert ie._compiled.stages[1].nodes == ["node 'gate' (Softmax)", "node 'apply_gate' (Mul)"]
+    x = images(m, 1, seed=2)
+    within_budget(ie.Run(x), reference(m, x))
+    ie.Free()
+
+
+def test_two_inputs_one_through_the_host():
+    """A second input normalised on the host joins the DLA as a residual."""
+    m = small_cnn(seed=7)
+    g = m.graph
+    g.input.append(helper.make_tensor_value_info("bias_map", onnx.TensorProto.FLOAT, [1, 16, 32, 32]))
+    g.node.insert(0, helper.make_node("Sigmoid", ["bias_map"], ["squashed"], name="squash"))
+    for n in g.node:
+        if n.name == "relu1":
+            n.input[0] = "with_res"
+    g.node.insert(3, helper.make_node("Add", ["bn1_out", "squashed"], ["with_res"], name="residual"))
+    _check(m)
+    ie = microndla.MDLA()
+    ie.Compile(m)
+    assert ie._compiled.stages[0].position == "head" and ie.GetInfo("innames") == "input;bias_map"
+    rng = np.random.default_rng(3)
+    x, b = rng.random((1, 3, 32, 32), dtype=np.float32), rng.standard_normal((1, 16, 32, 32)).astype(np.float32)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    within_budget(ie.Run([x, b]), sess.run(None, {"input": x, "bias_map": b})[0])
+    ie.Free()
