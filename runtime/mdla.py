@@ -284,10 +284,9 @@ class MDLA:
         """Run_th of a model with host stages: the DLA stages' graphs in float32, the host stages as in Run."""
         from sim.golden import output_array, run_float
         c = self._need()
-        arrays, batch = self._inputs(images, c, any_batch=True)
-
         if any(s.graph is None for s in c.segments):
             raise MDLAError("this .bin has no graph section; Run_th needs one")
+        arrays, batch = self._inputs(images, c, any_batch=True)
 
         def dla(k, seg, env):
             for e in env:
@@ -561,9 +560,9 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
     in one run per card: every image to its card, cluster and slot. Returns each call's (results,
     modelled cycles); an object's cycles are those of its own clusters on its slowest card. A model
     with host stages runs alone (its DLA stages wait for the host stages between them)."""
-    if isinstance(calls[0][0]._need(), Staged):
-        assert len(calls) == 1
-        return [_run_staged(calls[0][0], calls[0][1], simulator)]
+    if any(isinstance(obj._need(), Staged) for obj, _ in calls):
+        return [_run_staged(obj, images, simulator) if isinstance(obj._compiled, Staged)
+                else _run_joint([(obj, images)], simulator)[0] for obj, images in calls]
     first = calls[0][0]
     prepared = []
     for obj, images in calls:
