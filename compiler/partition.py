@@ -406,6 +406,10 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
     if split is None:
         return compile_model(model, cfg, inshapes=inshapes, base=base, parallel=parallel)
     p, parts = split
+    for i in p.inputs:
+        if i.onnx_shape[0] != 1:
+            raise CompileError(f"input {i.name!r} has batch dimension {i.onnx_shape[0]} (shape {i.onnx_shape}); compile "
+                               f"the model for batch 1: the runtime batches images over cards and clusters")
     dla = [k for k, q in enumerate(parts) if q.kind == DLA]
     stages, notes = [], []
     for k, (part, (ins, outs)) in enumerate(zip(parts, p.boundaries(parts))):
@@ -416,8 +420,7 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
             except CompileError as e:
                 raise CompileError(f"{e} (in DLA stage {k} of the host/DLA partition: "
                                    f"{', '.join(_where(*x) for x in part.nodes[:3])}, ...)") from None
-            # the runtime hands tensors between stages by name, in the model's terms
-            base = align(c.memmap.end)
+            base = align(c.memmap.end)          # the next DLA stage goes after this one in card memory
             stages.append(c)
             notes.append(f"stage {k}: DLA, layers {', '.join(l.name for l in c.layers)}")
         else:
@@ -426,19 +429,14 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
             nodes = [_where(*x) for x in part.nodes]
             stages.append(HostStage(sub.SerializeToString(), ins, outs, nodes, position))
             notes.append(f"stage {k}: host ({position}), run with onnx.reference: {', '.join(nodes)}")
-    shapes = p.shapes
     inputs = [IODesc(i.name, i.name, tuple(i.onnx_shape)) for i in p.inputs]
     outputs = []
     for o in p.proto.graph.output:
         if o.name in p.consts:
             raise CompileError(f"graph output {o.name!r} is a constant; there is nothing for the DLA to compute")
-        if o.name not in shapes:
+        if o.name not in p.shapes:
             raise CompileError(f"the shape of graph output {o.name!r} cannot be inferred")
-        outputs.append(IODesc(o.name, "", shapes[o.name]))
-    for i in inputs:
-        if i.onnx_shape[0] != 1:
-            raise CompileError(f"input {i.name!r} has batch dimension {i.onnx_shape[0]} (shape {i.onnx_shape}); compile "
-                               f"the model for batch 1: the runtime batches images over cards and clusters")
+        outputs.append(IODesc(o.name, "", p.shapes[o.name]))
     return Staged(stages=stages, inputs=inputs, outputs=outputs, notes=notes,
                   meta={"model": p.proto.graph.name or "model"})
 
@@ -455,9 +453,8 @@ def _check_host(model: onnx.ModelProto, part: _Part) -> None:
                               [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])
         m = helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version)
         try:
-            ReferenceEvaluator(m)
+            host_evaluator(m)
         except Exception as e:  # noqa: BLE001
-            reason = e
             raise CompileError(f"{_where(index, node)} runs neither on the DLA nor on the host (the host evaluates "
                                f"ONNX operators with onnx.reference: {e})") from None
     raise CompileError(f"{_where(*part.nodes[0])}: the host cannot evaluate its stage: {reason}")
