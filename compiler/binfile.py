@@ -16,6 +16,11 @@ JSON), ``graph.json`` + ``graph.npz`` (the quantised IR, for
 ``Run_th`` and the golden reference), ``outputs`` (the model's output order) and ``host.onnx`` +
 ``host.json`` (operators the runtime runs on the host after the DLA). Unknown sections are ignored, so later versions can add
 (for example, per-card or per-cluster programs) without breaking readers.
+
+A model with host stages before or between DLA stages (:class:`compiler.partition.Staged`, version
+2) holds instead a ``staged`` section (JSON: the stages in order, the model's inputs and outputs,
+notes) and one ``stage.<k>`` section per stage: the ONNX model of a host stage, or a whole nested
+``.bin`` of a DLA stage. Version 1 files (no staged models) are read as before.
 """
 from __future__ import annotations
 
@@ -35,9 +40,11 @@ from .codegen import LayerCode
 from .driver import Compiled, IODesc, Parallel
 from .ir import AvgPool, Concat, Conv, Graph, GraphInput, GraphOutput, HostTail, MaxPool, TensorInfo
 from .memmap import MemoryMap
+from .partition import HostStage, Staged
 
 MAGIC = b"MDLABIN\0"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)              #: version 2 added the staged (host and DLA stages) container
 _HEADER = struct.Struct("<8sII32s")
 _ENTRY = struct.Struct("<16sQQ")
 
@@ -103,7 +110,46 @@ def _graph_from_sections(js: bytes, npz: bytes) -> Graph:
                  concats=[Concat(**c) for c in meta.get("concats", [])])
 
 
-def to_bytes(c: Compiled) -> bytes:
+def _pack(sections: list[tuple[str, bytes]]) -> bytes:
+    table, body, off = [], [], _HEADER.size + _ENTRY.size * len(sections)
+    for name, data in sections:
+        table.append(_ENTRY.pack(name.encode("ascii"), off, len(data)))
+        body.append(data)
+        off += len(data)
+    rest = b"".join(table) + b"".join(body)
+    return _HEADER.pack(MAGIC, VERSION, len(sections), hashlib.sha256(rest).digest()) + rest
+
+
+def _staged_bytes(c: Staged) -> bytes:
+    table = {"stages": [s.to_dict() if isinstance(s, HostStage) else {"kind": "dla"} for s in c.stages],
+             "inputs": [i.to_dict() for i in c.inputs], "outputs": [o.to_dict() for o in c.outputs],
+             "notes": c.notes, "meta": c.meta}
+    sections = [("staged", json.dumps(table).encode())]
+    sections += [(f"stage.{k}", s.model if isinstance(s, HostStage) else to_bytes(s)) for k, s in enumerate(c.stages)]
+    return _pack(sections)
+
+
+def _staged_from(sec: dict[str, bytes], source: str) -> Staged:
+    try:
+        table = json.loads(sec["staged"])
+        stages = []
+        for k, d in enumerate(table["stages"]):
+            data = sec[f"stage.{k}"]
+            if d["kind"] == "dla":
+                stages.append(from_bytes(data, f"{source} (DLA stage {k})"))
+            else:
+                stages.append(HostStage(model=data, inputs=d["inputs"], outputs=d["outputs"], nodes=d["nodes"],
+                                        position=d["position"]))
+        return Staged(stages=stages, inputs=[IODesc.from_dict(d) for d in table["inputs"]],
+                      outputs=[IODesc.from_dict(d) for d in table["outputs"]], notes=table.get("notes", []),
+                      meta=table.get("meta", {}))
+    except (ValueError, KeyError, TypeError) as e:
+        raise BinFormatError(f"{source}: malformed staged sections: {e!r}") from None
+
+
+def to_bytes(c: Compiled | Staged) -> bytes:
+    if isinstance(c, Staged):
+        return _staged_bytes(c)
     sections: list[tuple[str, bytes]] = [
         ("config", c.cfg.to_json().encode()),
         ("memmap", json.dumps(c.memmap.to_dict()).encode()),
@@ -123,27 +169,22 @@ def to_bytes(c: Compiled) -> bytes:
     if c.graph is not None:
         gj, gz = _graph_sections(c.graph)
         sections += [("graph.json", gj), ("graph.npz", gz)]
-    table, body, off = [], [], _HEADER.size + _ENTRY.size * len(sections)
-    for name, data in sections:
-        table.append(_ENTRY.pack(name.encode("ascii"), off, len(data)))
-        body.append(data)
-        off += len(data)
-    rest = b"".join(table) + b"".join(body)
-    return _HEADER.pack(MAGIC, VERSION, len(sections), hashlib.sha256(rest).digest()) + rest
+    return _pack(sections)
 
 
-def write(c: Compiled, path: str | Path) -> None:
+def write(c: Compiled | Staged, path: str | Path) -> None:
     Path(path).write_bytes(to_bytes(c))
 
 
-def from_bytes(data: bytes, source: str = "<bytes>") -> Compiled:
+def from_bytes(data: bytes, source: str = "<bytes>") -> Compiled | Staged:
     if len(data) < _HEADER.size:
         raise BinFormatError(f"{source}: truncated: {len(data)} bytes is shorter than the {_HEADER.size}-byte header")
     magic, version, n, digest = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise BinFormatError(f"{source}: not a DLA .bin file (bad magic {magic!r})")
-    if version != VERSION:
-        raise BinFormatError(f"{source}: .bin format version {version} is not supported (this build reads {VERSION})")
+    if version not in READABLE:
+        raise BinFormatError(f"{source}: .bin format version {version} is not supported (this build reads "
+                             f"{', '.join(map(str, READABLE))})")
     if len(data) < _HEADER.size + _ENTRY.size * n:
         raise BinFormatError(f"{source}: truncated section table")
     if hashlib.sha256(data[_HEADER.size:]).digest() != digest:
@@ -154,6 +195,8 @@ def from_bytes(data: bytes, source: str = "<bytes>") -> Compiled:
         if off + length > len(data):
             raise BinFormatError(f"{source}: truncated section {name!r}")
         sec[name.rstrip(b"\0").decode("ascii")] = data[off:off + length]
+    if "staged" in sec:
+        return _staged_from(sec, source)
     missing = [s for s in ("config", "memmap", "io", "weights") if s not in sec]
     if not any(s.startswith("code.") for s in sec):
         missing.append("code.<cluster>")
@@ -186,7 +229,7 @@ def from_bytes(data: bytes, source: str = "<bytes>") -> Compiled:
                     layers=layers, graph=graph, meta=meta, parallel=parallel, host=host, output_order=order)
 
 
-def read(path: str | Path) -> Compiled:
+def read(path: str | Path) -> Compiled | Staged:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f".bin file not found: {p}")

@@ -342,9 +342,9 @@ class _FrontEnd:
                     continue
                 raise CompileError(
                     f"{first} is not supported on the DLA, and DLA layers follow it ({self._where(index, node)}); "
-                    f"operators after the last DLA layer run on the host, but running them in the middle of the "
-                    f"network (SetFlag('heterogeneous', 1)) is not supported by this build yet; supported on the "
-                    f"DLA: {', '.join(SUPPORTED_OPS)}")
+                    f"one DLA program takes host operators only after its last layer (compiler.partition splits "
+                    f"a model into host and DLA stages: Compile does, in the middle of the network with "
+                    f"SetFlag('heterogeneous', 1)); supported on the DLA: {', '.join(SUPPORTED_OPS)}")
         made = {o for _, n in self.host_nodes for o in n.output if o}
         boundary, inits = [], []
         for _, node in self.host_nodes:
@@ -356,8 +356,9 @@ class _FrontEnd:
                         inits.append(numpy_helper.from_array(np.asarray(self.consts[i]), i))
                 elif i not in boundary:
                     if self._resolve(i) in {gi.name for gi in self.proto.graph.input}:
-                        raise CompileError(f"{first} reads the graph input {i!r} directly; running operators on "
-                                           f"the host before the DLA is not supported by this build yet")
+                        raise CompileError(f"{first} reads the graph input {i!r} directly; one DLA program takes "
+                                           f"host operators only after its last layer (host operators before the "
+                                           f"DLA are split off by compiler.partition, as Compile does)")
                     boundary.append(i)
         g = self.proto.graph
         outs = [o for o in g.output if o.name in made]

@@ -45,12 +45,14 @@ def zoo(name, output, seed):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help=".bin file to write")
 @click.option("--config", default="reference", show_default=True, help="hardware configuration (name or JSON file)")
 @click.option("--inshapes", default=None, help="input shape(s), e.g. 1x3x224x224 (';' between inputs)")
-def compile(model, output, config, inshapes):
+@click.option("--heterogeneous", is_flag=True, help="run operators the DLA does not run on the host between DLA layers too")
+def compile(model, output, config, inshapes, heterogeneous):
     """Compile an ONNX MODEL to a .bin for the chosen hardware configuration."""
     from runtime.mdla import MDLA
     ie = MDLA()
     try:
         ie.SetFlag("bitfile", config)
+        ie.SetFlag("heterogeneous", int(heterogeneous))
         t0 = time.perf_counter()
         names = ie.Compile(model, inshapes=inshapes, outfile=output)
     except Exception as e:  # noqa: BLE001 - report any user-facing error cleanly
@@ -63,7 +65,8 @@ def compile(model, output, config, inshapes):
 @click.option("--config", default="reference", show_default=True, help="hardware configuration for an ONNX model")
 @click.option("--input", "input_npy", type=click.Path(exists=True, dir_okay=False), help="input .npy (default random)")
 @click.option("--seed", default=0, show_default=True, help="seed of the random input")
-def run(model, config, input_npy, seed):
+@click.option("--heterogeneous", is_flag=True, help="ONNX model: run unsupported operators between DLA layers on the host")
+def run(model, config, input_npy, seed, heterogeneous):
     """Run an ONNX MODEL or a compiled .bin on the functional model and report."""
     from runtime.mdla import MDLA
     ie = MDLA()
@@ -72,6 +75,7 @@ def run(model, config, input_npy, seed):
             ie.Init(model)
         else:
             ie.SetFlag("bitfile", config)
+            ie.SetFlag("heterogeneous", int(heterogeneous))
             ie.Compile(model)
         shape = tuple(int(s) for s in ie.GetInfo("inshapes").split(";")[0].split("x"))
         x = np.load(input_npy) if input_npy else np.random.default_rng(seed).random(shape, dtype=np.float32)
@@ -132,9 +136,17 @@ def disasm(binfile):
         c = bf.read(binfile)
     except Exception as e:  # noqa: BLE001
         _fail(e)
-    for p, prog in sorted(c.programs.items()):
-        click.echo(f"# program {p}: {len(prog)} instructions")
-        click.echo(disassemble(prog, with_pc=True), nl=False)
+    stages = getattr(c, "stages", [c])
+    dla = 0
+    for stage in stages:
+        if not hasattr(stage, "programs"):          # a host stage of a heterogeneous model
+            click.echo(f"# host ({stage.position}): {', '.join(stage.nodes)}")
+            continue
+        for p, prog in sorted(stage.programs.items()):
+            where = f"DLA stage {dla}, " if len(stages) > 1 else ""
+            click.echo(f"# {where}program {p}: {len(prog)} instructions")
+            click.echo(disassemble(prog, with_pc=True), nl=False)
+        dla += 1
 
 
 @main.command()

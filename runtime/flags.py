@@ -79,16 +79,14 @@ FLAGS: dict[str, FlagSpec] = {
     "clustersbatchmode": FlagSpec(_bool, 0, "1: the clusters split one image"),
     "mvbatch": FlagSpec(_bool, 0, "1: each MV unit takes its own image"),
     "blockingmode": FlagSpec(_bool, 1, "1: PutInput/GetResult wait; 0: they return at once"),
-    "heterogeneous": FlagSpec(_bool, 0, "run unsupported layers in the middle of the network on the host"),
+    "heterogeneous": FlagSpec(_bool, 0, "1: operators the DLA does not run may also run on the host between DLA layers (before the first and after the last they always do)"),
     "hazardcheck": FlagSpec(_bool, 1, "functional model: check that the program is free of data races"),
     "maxfpga": FlagSpec(_int_range(1, 64), REFERENCE.max_cards, "simulated cards in the system (shared by all MDLA objects)"),
 }
 ALIASES = {"nobatch": "clustersbatchmode"}
 
 #: Flags whose non-default values this build cannot honour yet, with what is missing.
-NOT_YET = {
-    "heterogeneous": "host fallback for unsupported layers",
-}
+NOT_YET: dict[str, str] = {}
 
 
 class FlagSet:

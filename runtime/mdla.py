@@ -26,8 +26,10 @@ from arch.asm import disassemble
 from arch.machine import get_config
 from arch.numerics import fixed_to_float, float_to_fixed
 from compiler import binfile
-from compiler.driver import Compiled, Parallel, compile_model
+from compiler.driver import Compiled, Parallel
+from compiler.hostops import host_evaluator
 from compiler.ir import CompileError
+from compiler.partition import HostStage, Staged, compile_partitioned
 from compiler.memmap import align
 
 from .cards import POOL, CardsUnavailable
@@ -135,7 +137,8 @@ class MDLA:
         base = 0
         if MDLA is not None:
             base = self._link_base(MDLA, parallel)
-        compiled = compile_model(modelpath, cfg, inshapes=inshapes, base=base, parallel=parallel)
+        compiled = compile_partitioned(modelpath, cfg, inshapes=inshapes, base=base, parallel=parallel,
+                                       heterogeneous=bool(self._flags["heterogeneous"]))
         if "n" in self._flags["debug"]:
             self._print_layers(compiled)
         if outfile is not None:
@@ -234,14 +237,19 @@ class MDLA:
         self._compiled = compiled
         self._cards = cards
         self._host_ev = None
+        self._host_evs = {}
         if compiled.host is not None:
-            import onnx
-            from onnx.reference import ReferenceEvaluator
-            self._host_ev = ReferenceEvaluator(onnx.load_from_string(compiled.host.model))
+            self._host_ev = host_evaluator(compiled.host.model)
+        for k, stage in enumerate(getattr(compiled, "stages", [])):
+            if isinstance(stage, HostStage):
+                self._host_evs[k] = host_evaluator(stage.model)
         if "i" in self._flags["debug"]:
+            # one file per card, cluster and program (a DLA stage of a model with host stages is a program)
+            segments = compiled.segments if isinstance(compiled, Staged) else [compiled]
             for card in cards:
-                for p, prog in compiled.programs.items():
-                    Path(f"instr{card.index}_{p}_0.txt").write_text(disassemble(prog, with_pc=True))
+                for k, seg in enumerate(segments):
+                    for p, prog in seg.programs.items():
+                        Path(f"instr{card.index}_{p}_{k}.txt").write_text(disassemble(prog, with_pc=True))
 
     # ------------------------------------------------------------------ run
     def Run(self, images):
@@ -259,16 +267,50 @@ class MDLA:
         """Run the same graph in float32 on the host, no fixed point (the SDK's thnets path)."""
         from sim.golden import output_array, run_float
         c = self._need()
+        if isinstance(c, Staged):
+            return self._run_th_staged(images)
         if c.graph is None:
             raise MDLAError("this .bin has no graph section; Run_th needs one")
         arrays, batch = self._inputs(images, c, any_batch=True)
         results = [[] for _ in c.graph.outputs]
         for n in range(batch):
-            feeds = {i.tensor: self._image(arrays, k, n) for k, i in enumerate(c.inputs)}
+            feeds = {i.tensor: _image(c, arrays, k, n) for k, i in enumerate(c.inputs)}
             t = run_float(c.graph, feeds)
             for k, o in enumerate(c.graph.outputs):
                 results[k].append(output_array(o, t[o.tensor])[0])
         return self._pack(self._finish(results))
+
+    def _run_th_staged(self, images):
+        """Run_th of a model with host stages: the DLA stages' graphs in float32, the host stages as in Run."""
+        from sim.golden import output_array, run_float
+        c = self._need()
+        if any(s.graph is None for s in c.segments):
+            raise MDLAError("this .bin has no graph section; Run_th needs one")
+        arrays, batch = self._inputs(images, c, any_batch=True)
+
+        def dla(k, seg, env):
+            for e in env:
+                feeds = {i.tensor: e[i.name].reshape(seg.graph.tensors[i.tensor].shape) for i in seg.inputs}
+                t = run_float(seg.graph, feeds)
+                for o in seg.graph.outputs:
+                    e[o.name] = output_array(o, t[o.tensor])
+        return self._pack(self._stages(c, arrays, batch, dla))
+
+    def _stages(self, c: Staged, arrays, batch: int, run_dla) -> list[list[np.ndarray]]:
+        """Run the stages of ``c`` in order over the images of a call; ``run_dla(k, segment, env)``
+        runs DLA stage k, reading and adding tensors (ONNX shapes, batch 1) in each image's ``env``.
+        Returns the model's outputs (per output, per image)."""
+        env = [{i.name: arrays[k][n][None] for k, i in enumerate(c.inputs)} for n in range(batch)]
+        for k, stage in enumerate(c.stages):
+            if isinstance(stage, HostStage):
+                ev = self._host_evs[k]
+                for e in env:
+                    feeds = {i: e[i].astype(np.float32) if e[i].dtype.kind == "f" else e[i] for i in stage.inputs}
+                    values = ev.run(stage.outputs, feeds)
+                    e.update((name, np.asarray(v)) for name, v in zip(stage.outputs, values))
+            else:
+                run_dla(k, stage, env)
+        return [[np.asarray(e[o.name], dtype=np.float32).reshape(o.onnx_shape[1:]) for e in env] for o in c.outputs]
 
     def PutInput(self, images, userobj):
         """Queue one call's inputs (None: end-of-stream marker) with a user object; returns False when
@@ -302,9 +344,9 @@ class MDLA:
         sharing its memory port, as the hardware would run them."""
         group = [(self, entry)]
         used = set(self._compiled.parallel.clusters)
-        for other in _objects_on(self._cards):
+        for other in _objects_on(self._cards) if not isinstance(self._compiled, Staged) else []:
             clusters = set(other._compiled.parallel.clusters)
-            if other is self or clusters & used:
+            if other is self or clusters & used or isinstance(other._compiled, Staged):
                 continue
             claimed = other._stream.claim_head()
             if claimed is not None:
@@ -367,11 +409,6 @@ class MDLA:
             raise ValueError(f"got a batch of {batch} image(s); this compilation takes {expected} per call ({per})")
         return out, batch
 
-    def _image(self, arrays, k: int, n: int) -> np.ndarray:
-        """Image n of input k as the (C, H, W) tensor the network's first layer reads."""
-        lay = self._compiled.memmap.tensors[self._compiled.inputs[k].tensor]
-        return arrays[k][n].reshape(lay.channels, lay.height, lay.width)
-
     def _finish(self, per_output: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
         """The model's outputs from the DLA's (per output, per image): the host tail, if any, runs on
         each image's DLA outputs, and the outputs come back in the model's order."""
@@ -392,11 +429,19 @@ class MDLA:
         out = [np.stack(r).astype(np.float32) for r in results]
         return out[0] if len(out) == 1 else out
 
-    def _print_layers(self, c: Compiled) -> None:
-        from .profile import layer_lines
-        for line, lc in zip(layer_lines(c), c.layers):
-            print(f"{line}  # {lc.mode} tile={lc.tile[0]}x{lc.tile[1]} chunks={lc.chunks} slots={lc.slots} "
-                  f"pc={lc.first_pc}..{lc.last_pc}")
+    def _print_layers(self, c) -> None:
+        from .profile import host_line, layer_lines
+        program = 0
+        for stage in getattr(c, "stages", [c]):
+            if isinstance(stage, HostStage):
+                print(host_line(stage.nodes, stage.inputs, stage.outputs, stage.position))
+                continue
+            for line, lc in zip(layer_lines(stage), stage.layers):
+                print(f"{line}  # {lc.mode} tile={lc.tile[0]}x{lc.tile[1]} chunks={lc.chunks} slots={lc.slots} "
+                      f"pc={lc.first_pc}..{lc.last_pc}" + (f" program={program}" if isinstance(c, Staged) else ""))
+            program += 1
+        if getattr(c, "host", None) is not None:
+            print(host_line(c.host.nodes, c.host.inputs, [o.name for o in c.host.outputs], "tail"))
 
     def _print_profile(self, batch: int) -> None:
         c = self._compiled
@@ -411,53 +456,52 @@ class MDLA:
               f"ideal at peak {cfg.cycles_to_ms(ideal):.4f} ms; efficiency {ideal / max(cycles, 1):.3f}")
 
 
-def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None) -> list[tuple[object, int]]:
-    """Run calls of objects that share cards (one object, or models linked on disjoint clusters)
-    in one run per card: every image to its card, cluster and slot. Returns each call's (results,
-    modelled cycles); an object's cycles are those of its own clusters on its slowest card."""
-    first = calls[0][0]
+def _image(c: Compiled, arrays, k: int, n: int) -> np.ndarray:
+    """Image n of input k of ``c`` as the (C, H, W) tensor its first layer reads."""
+    lay = c.memmap.tensors[c.inputs[k].tensor]
+    return arrays[k][n].reshape(lay.channels, lay.height, lay.width)
+
+
+def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]], simulator: str | None):
+    """One executor run per card of ``first``'s cards for DLA programs sharing them: every image of
+    every job written to its card, cluster and slot, then read back. Returns (run statistics per
+    card, per job the outputs per image, per job the input values saturated)."""
     cards = first._cards
-    prepared = []
-    for obj, images in calls:
-        c = obj._need()
-        arrays, batch = obj._inputs(images, c)
-        prepared.append((obj, c, arrays, batch))
     executor = get_executor(simulator or first._flags["simulator"])
     if getattr(first, "_trace", False) and hasattr(executor, "trace"):
         executor.trace = True
     if first._flags["vcd"] and hasattr(executor, "vcd"):
         executor.vcd = first._flags["vcd"]
     check = bool(first._flags["hazardcheck"])
-    cfg = prepared[0][1].cfg
-    programs = {cl: c.memmap.code_addr(cl) for _, c, _, _ in prepared for cl in c.parallel.clusters}
+    cfg = jobs[0][0].cfg
+    programs = {cl: c.memmap.code_addr(cl) for c, _, _ in jobs for cl in c.parallel.clusters}
 
     def run_card(f: int):
         card = cards[f]
-        outs, sat = {}, {}
+        outs, sat = {}, [0] * len(jobs)
         with card.lock:
-            for obj, c, arrays, batch in prepared:
+            for j, (c, arrays, batch) in enumerate(jobs):
                 mm, p = c.memmap, c.parallel
-                sat[id(obj)] = 0
                 for n in range(batch):
                     if p.slot(n)[0] != f:
                         continue
                     for k, i in enumerate(c.inputs):
                         lay = mm.tensors[i.tensor]
-                        q, over = float_to_fixed(obj._image(arrays, k, n), lay.frac)
-                        sat[id(obj)] += over
+                        q, over = float_to_fixed(_image(c, arrays, k, n), lay.frac)
+                        sat[j] += over
                         lay.write(card.memory, mm.tensor_addr(i.tensor, p.slot(n)[2]), cfg.lanes, q)
             stats = executor.run(cfg, card.memory, programs, check_hazards=check)
-            for obj, c, arrays, batch in prepared:
+            for j, (c, arrays, batch) in enumerate(jobs):
                 mm, p = c.memmap, c.parallel
                 for n in range(batch):
                     if p.slot(n)[0] == f:
-                        outs[(id(obj), n)] = [
+                        outs[(j, n)] = [
                             fixed_to_float(mm.tensors[o.tensor].read(card.memory, mm.tensor_addr(o.tensor, p.slot(n)[2]),
                                                                      cfg.lanes), mm.tensors[o.tensor].frac)
                             .reshape(o.onnx_shape[1:]) for o in c.outputs]
         return stats, outs, sat
 
-    nfpgas = prepared[0][1].parallel.nfpgas
+    nfpgas = jobs[0][0].parallel.nfpgas
     if nfpgas > 1 and (os.cpu_count() or 1) > 1:
         with ThreadPoolExecutor(max_workers=min(nfpgas, os.cpu_count() or 1), thread_name_prefix="mdla-card") as pool:
             per_card = list(pool.map(run_card, range(nfpgas)))
@@ -465,22 +509,76 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
         per_card = [run_card(f) for f in range(nfpgas)]
     all_stats = [s for s, _, _ in per_card]
     merged = {key: value for _, outs, _ in per_card for key, value in outs.items()}
+    results = [[merged[(j, n)] for n in range(batch)] for j, (_, _, batch) in enumerate(jobs)]
+    sat = [sum(x[j] for _, _, x in per_card) for j in range(len(jobs))]
+    return all_stats, results, sat
+
+
+def _cycles_and_saturations(all_stats, clusters) -> tuple[int, int]:
+    """Modelled cycles of ``clusters`` (on the slowest card) and the values they saturated."""
+    mine = [cs for s in all_stats for cl, cs in s.clusters.items() if cl in clusters]
+    return max(cs.cycles for cs in mine), sum(cs.saturations for cs in mine)
+
+
+def _report(obj: "MDLA", batch: int) -> None:
+    dbg = obj._flags["debug"]
+    if "w" in dbg and obj._saturations:
+        print(f"warning: {obj._saturations} values saturated to the 16-bit range during this run", file=sys.stderr)
+    if "b" in dbg:
+        obj._print_profile(batch)
+
+
+def _run_staged(obj: "MDLA", images, simulator: str | None = None) -> tuple[object, int]:
+    """One call of a model with host stages: the stages in order, each DLA stage one run of the
+    cards over all the call's images. Modelled cycles: the sum of the DLA stages' (host time is
+    not modelled)."""
+    c = obj._need()
+    arrays, batch = obj._inputs(images, c)
+    totals = {"cycles": 0, "sat": 0, "stats": []}
+
+    def dla(k, seg, env):
+        seg_arrays = [np.concatenate([e[i.name] for e in env]).astype(np.float32, copy=False) for i in seg.inputs]
+        stats, results, sat = _run_cards(obj, [(seg, seg_arrays, batch)], simulator)
+        cycles, sat_dla = _cycles_and_saturations(stats, seg.parallel.clusters)
+        totals["cycles"] += cycles
+        totals["sat"] += sat[0] + sat_dla
+        totals["stats"] += stats
+        for e, outs in zip(env, results[0]):
+            for o, v in zip(seg.outputs, outs):
+                e[o.name] = v[None]
+
+    outputs = obj._stages(c, arrays, batch, dla)
+    obj._last_stats = totals["stats"]
+    obj._hwcycles = totals["cycles"]
+    obj._saturations = totals["sat"]
+    _report(obj, batch)
+    return obj._pack(outputs), totals["cycles"]
+
+
+def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None) -> list[tuple[object, int]]:
+    """Run calls of objects that share cards (one object, or models linked on disjoint clusters)
+    in one run per card: every image to its card, cluster and slot. Returns each call's (results,
+    modelled cycles); an object's cycles are those of its own clusters on its slowest card. A model
+    with host stages runs alone (its DLA stages wait for the host stages between them)."""
+    if any(isinstance(obj._need(), Staged) for obj, _ in calls):
+        return [_run_staged(obj, images, simulator) if isinstance(obj._compiled, Staged)
+                else _run_joint([(obj, images)], simulator)[0] for obj, images in calls]
+    first = calls[0][0]
+    prepared = []
+    for obj, images in calls:
+        c = obj._need()
+        arrays, batch = obj._inputs(images, c)
+        prepared.append((obj, c, arrays, batch))
+    all_stats, results, sat_in = _run_cards(first, [(c, arrays, batch) for _, c, arrays, batch in prepared], simulator)
     outcomes = []
-    for obj, c, arrays, batch in prepared:
-        mine = c.parallel.clusters
-        cycles = max(cs.cycles for s in all_stats for cl, cs in s.clusters.items() if cl in mine)
-        sat = sum(x[id(obj)] for _, _, x in per_card) + sum(
-            cs.saturations for s in all_stats for cl, cs in s.clusters.items() if cl in mine)
+    for j, (obj, c, arrays, batch) in enumerate(prepared):
+        cycles, sat = _cycles_and_saturations(all_stats, c.parallel.clusters)
         obj._last_stats = all_stats
         obj._hwcycles = cycles
-        obj._saturations = sat
-        results = [[merged[(id(obj), n)][k] for n in range(batch)] for k in range(len(c.outputs))]
-        dbg = obj._flags["debug"]
-        if "w" in dbg and sat:
-            print(f"warning: {sat} values saturated to the 16-bit range during this run", file=sys.stderr)
-        if "b" in dbg:
-            obj._print_profile(batch)
-        outcomes.append((obj._pack(obj._finish(results)), cycles))
+        obj._saturations = sat + sat_in[j]
+        per_output = [[results[j][n][k] for n in range(batch)] for k in range(len(c.outputs))]
+        _report(obj, batch)
+        outcomes.append((obj._pack(obj._finish(per_output)), cycles))
     return outcomes
 
 

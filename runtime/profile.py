@@ -42,6 +42,9 @@ class LayerProfile:
 def profile(ie, images=None, seed: int = 0) -> list[LayerProfile]:
     """Run ``images`` (random in [0, 1) if None) once with tracing and attribute the cycles to layers."""
     c = ie._need()
+    if hasattr(c, "stages"):
+        raise ValueError("the per-layer profile of a model with host stages (heterogeneous) is not supported yet; "
+                         "profile its DLA part as a model of its own")
     cfg, p = c.cfg, c.parallel
     if images is None:
         shape = (p.batch,) + tuple(c.inputs[0].onnx_shape[1:])
@@ -111,6 +114,14 @@ def layer_lines(compiled) -> list[str]:
                      f"k=(Z1,H{kh},W{kw}) stride=(Z1,H{sh},W{sw}) dilation=(Z1,H{dh},W{dw}) "
                      f"pad=(Z0,Ze0,T{t},B{b},R{r},L{l}) opad=(Z0,H0,W0) {ids[L.input]}->{ids[L.output]}{extra}{act}")
     return lines
+
+
+def host_line(nodes: list[str], inputs: list[str], outputs: list[str], position: str) -> str:
+    """A host stage in the layer list: ``type host name=... in=... out=...  # head: run on the host``."""
+    names = ",".join(n.split("'")[1] if "'" in n else n for n in nodes)
+    ops = ",".join(n.rsplit("(", 1)[-1].rstrip(")") for n in nodes)
+    return (f"type host name={names} ops={ops} in={','.join(inputs)} out={','.join(outputs)}  # {position}: run on "
+            f"the host (onnx.reference), time not modelled")
 
 
 def format_table(rows: list[LayerProfile]) -> str:

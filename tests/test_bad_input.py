@@ -102,10 +102,6 @@ def test_unsupported_op_names_node_and_op(tmp_path):
 
 def test_modes_of_later_issues_fail_clearly(cnn):
     ie = microndla.MDLA()
-    ie.SetFlag("heterogeneous", 1)
-    with pytest.raises(microndla.MDLAError, match="heterogeneous=1"):
-        ie.Compile(cnn)
-    ie = microndla.MDLA()
     ie.SetFlag({"nclusters": 2, "clustersbatchmode": 1, "imgs_per_cluster": 4, "mvbatch": 1})
     with pytest.raises(microndla.MDLAError, match="cannot be combined"):
         ie.Compile(cnn)

@@ -1,0 +1,460 @@
+"""Host fallback (the SDK's ``heterogeneous`` flag): a model split into host and DLA stages.
+
+Operators the DLA does not run (Softmax, LRN, Transpose, Sub, Div, ...) run on the host in the
+runtime, evaluated with ``onnx.reference``. Where they may be:
+
+* **head**: before the first DLA layer (an input normalisation, a layout change), always allowed;
+* **tail**: after the last DLA layer (a Softmax after a classifier), always allowed;
+* **middle**: between DLA layers, only with ``SetFlag('heterogeneous', 1)``; otherwise Compile
+  fails with an error naming the node, its op and the flag.
+
+How the model is split:
+
+1. Constants are evaluated once (as the front end does): initializers, nodes whose inputs are all
+   constants, ``Shape``/``Size`` of a statically shaped tensor.
+2. Every other node is labelled DLA or host. DLA: an op of :data:`compiler.frontend.SUPPORTED_OPS`
+   where the front end could place it; a fusable op (BatchNormalization, Relu, Add, Mul, Sum) only
+   when one of its inputs is computed on the DLA (it is fused into the layer producing it); a
+   reshape or concatenation only when one of its inputs is not a host tensor. Host: the rest.
+3. The nodes are ordered topologically, staying with the current label as long as a node of that
+   label is ready (fewest switches), and cut where the label changes: host and DLA stages
+   alternate. A DLA stage with no layer that computes (only reshapes or fused ops) runs on the host.
+4. A model with neither head nor middle is compiled exactly as before
+   (:func:`compiler.driver.compile_model`, a host tail inside :class:`~compiler.driver.Compiled`).
+   Otherwise every DLA stage is an ONNX model of its own, compiled by the same pipeline into a
+   :class:`~compiler.driver.Compiled` placed in card memory after the previous one, and every host
+   stage is an ONNX model run by the runtime: together a :class:`Staged`.
+
+The runtime moves tensors between stages through the host (the SDK's heterogeneous mode did the
+same): each DLA stage's inputs are converted to fixed point and written to its input slots, its
+outputs read back. Modelled time (``hwcycles``) is the sum of the DLA stages' cycles; host time is
+not modelled.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from arch.machine import MachineConfig
+
+from .driver import Compiled, IODesc, Parallel, compile_model
+from .frontend import SUPPORTED_OPS, _FrontEnd, _load, _static
+from .hostops import host_evaluator
+from .ir import CompileError
+from .memmap import align
+
+__all__ = ["HostStage", "Staged", "compile_partitioned", "partition"]
+
+#: ops that make a DLA layer (the others only fuse into one, or are views)
+LAYER_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul"})
+#: ops fused into the layer producing their input: on the DLA only if that layer is
+FUSED_OPS = frozenset({"BatchNormalization", "Relu", "Add", "Sum", "Mul"})
+#: views and concatenation: no code of their own
+VIEW_OPS = frozenset({"Identity", "Dropout", "Flatten", "Reshape", "Concat"})
+
+HOST, DLA = "host", "dla"
+
+
+@dataclass
+class HostStage:
+    """Operators the runtime runs on the host, per image, with ``onnx.reference``."""
+    model: bytes                 #: an ONNX model of just these nodes (batch 1)
+    inputs: list[str]            #: tensors it reads: model inputs or earlier stages' outputs
+    outputs: list[str]           #: tensors it produces that later stages or the model's outputs need
+    nodes: list[str]             #: "node 'x' (Op)", for reports
+    position: str                #: 'head', 'middle' or 'tail'
+
+    def to_dict(self) -> dict:
+        return {"kind": HOST, "inputs": self.inputs, "outputs": self.outputs, "nodes": self.nodes,
+                "position": self.position}
+
+
+class Span(NamedTuple):
+    """The card memory a staged model occupies (each DLA stage has its own memory map inside it)."""
+    base: int
+    end: int
+
+
+@dataclass
+class Staged:
+    """A model with host stages before or between DLA stages: the stages in the order they run.
+
+    It offers what the runtime reads of a :class:`Compiled` that does not depend on the stage
+    (configuration, batching, memory span, inputs and outputs, layers for reports)."""
+    stages: list[HostStage | Compiled]
+    inputs: list[IODesc]         #: the model's inputs (tensor = ONNX name), shape with batch 1
+    outputs: list[IODesc]        #: the model's outputs, in the model's order
+    notes: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    graph = None                 #: no single graph: Run_th runs the stages
+    host = None                  #: host stages are stages here, not a tail of a Compiled
+
+    @property
+    def segments(self) -> list[Compiled]:
+        return [s for s in self.stages if isinstance(s, Compiled)]
+
+    @property
+    def cfg(self) -> MachineConfig:
+        return self.segments[0].cfg
+
+    @property
+    def parallel(self) -> Parallel:
+        return self.segments[0].parallel
+
+    @property
+    def memmap(self) -> Span:
+        return Span(self.segments[0].memmap.base, self.segments[-1].memmap.end)
+
+    @property
+    def final_outputs(self) -> list[IODesc]:
+        return self.outputs
+
+    @property
+    def output_order(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    @property
+    def layers(self):
+        return [lc for s in self.segments for lc in s.layers]
+
+    def memory_image(self) -> np.ndarray:
+        """Every DLA stage's memory image in its place, from address 0 to the end of the last."""
+        mem = np.zeros(self.memmap.end, dtype=np.uint8)
+        for s in self.segments:
+            mem[s.memmap.base:s.memmap.end] = s.memory_image()[s.memmap.base:]
+        return mem
+
+
+# --------------------------------------------------------------------------------------------
+# partitioning
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class _Part:
+    kind: str                                    #: HOST or DLA
+    nodes: list[tuple[int, onnx.NodeProto]]
+
+
+def _dla_can(node: onnx.NodeProto, consts) -> bool:
+    """Whether the DLA runs this kind of node at all, as far as its op type, constant operands and
+    axis tell (the front end checks the rest and names what it refuses)."""
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx") or op not in SUPPORTED_OPS:
+        return False
+    ins = [i for i in node.input if i]
+    if op in ("Conv", "Gemm", "MatMul"):                    # weights come from the model
+        return len(ins) > 1 and ins[1] in consts
+    if op == "Mul":                                        # by a constant only (folded into weights)
+        return sum(i in consts for i in ins) == 1
+    if op == "Concat":                                     # along channels only
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        return axis in (1, -3)
+    return True
+
+
+def _label(order, consts, forced: set[int]) -> dict[int, str]:
+    """DLA or host for every non-constant node (see the module docstring, step 2)."""
+    made_by: dict[str, str] = {}                 # tensor -> label of its producer
+    labels = {}
+    for index, node in order:
+        ins = [i for i in node.input if i and i not in consts]
+        op = node.op_type
+        if index in forced or not _dla_can(node, consts):
+            lab = HOST
+        elif op in FUSED_OPS and not (op == "Sum" and len(ins) == 1):
+            lab = DLA if any(made_by.get(i) == DLA for i in ins) else HOST
+        elif op in VIEW_OPS or op == "Sum":
+            lab = HOST if ins and all(made_by.get(i) == HOST for i in ins) else DLA
+        else:
+            lab = DLA
+        labels[index] = lab
+        for o in node.output:
+            if o:
+                made_by[o] = lab
+    return labels
+
+
+def _schedule(order, consts, labels: dict[int, str]) -> list[_Part]:
+    """Topological order that keeps to the current label while it can, cut into alternating parts."""
+    producer = {o: k for k, (_, n) in enumerate(order) for o in n.output if o}
+    waiting = [0] * len(order)
+    readers: dict[int, list[int]] = {}
+    for k, (_, n) in enumerate(order):
+        for name in {i for i in n.input if i and i not in consts and i in producer}:
+            waiting[k] += 1
+            readers.setdefault(producer[name], []).append(k)
+    ready = {HOST: [], DLA: []}
+    for k in range(len(order)):
+        if waiting[k] == 0:
+            heapq.heappush(ready[labels[order[k][0]]], k)
+    parts: list[_Part] = []
+    current = HOST
+    while ready[HOST] or ready[DLA]:
+        if not ready[current]:
+            current = DLA if current == HOST else HOST
+        k = heapq.heappop(ready[current])
+        if not parts or parts[-1].kind != current:
+            parts.append(_Part(current, []))
+        parts[-1].nodes.append(order[k])
+        for j in readers.get(k, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready[labels[order[j][0]]], j)
+    return parts
+
+
+def _where(index: int, node: onnx.NodeProto) -> str:
+    name = node.name or f"{node.op_type}_{index}"
+    op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+    return f"node '{name}' ({op})"
+
+
+class _Partitioner:
+    """The model, its constants and (once :meth:`prepare` ran) the shapes and types of its tensors.
+
+    Labelling needs only which tensors are constant, so the weights are neither converted nor
+    shape-inferred until the model turns out to need host stages before or between DLA layers."""
+
+    def __init__(self, model, inshapes: str | None):
+        self.proto, self.source = _load(model)
+        self.fe = _FrontEnd(self.proto, self.source, inshapes)
+        self.inits = {t.name: t for t in self.proto.graph.initializer}
+        self.fe.consts = dict.fromkeys(self.inits)          # the ordering needs only the names
+        self.order = self.fe._topological()
+        self.consts = set(self.inits)
+        self.const_nodes, self.nodes = [], []
+        for index, node in self.order:
+            ins = [i for i in node.input if i]
+            # Shape/Size fold when their input's shape is static (checked in prepare)
+            if all(i in self.consts for i in ins) or node.op_type in ("Shape", "Size"):
+                self.const_nodes.append((index, node))
+                self.consts.update(o for o in node.output if o)
+            else:
+                self.nodes.append((index, node))
+        self.values: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.types: dict[str, onnx.ValueInfoProto] = {}
+
+    def prepare(self) -> None:
+        """Apply inshapes, infer shapes and types, evaluate the constant nodes."""
+        self.inputs = self.fe._inputs()          # applies inshapes, checks types and static shapes
+        g = self.proto.graph
+        # shape inference on the graph without its weights' values (their shapes suffice), which
+        # is much cheaper than serialising every weight
+        small = [t for t in g.initializer if int(np.prod(t.dims)) <= 64]
+        named = {vi.name for vi in g.input}
+        weights = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer
+                   if int(np.prod(t.dims)) > 64 and t.name not in named]
+        light = helper.make_model(helper.make_graph(list(g.node), g.name or "model", list(g.input) + weights,
+                                                    list(g.output), small),
+                                  opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False).graph
+        except Exception as e:  # noqa: BLE001
+            raise CompileError(f"{self.source}: ONNX shape inference failed: {e}") from None
+        for vi in list(inferred.value_info) + list(inferred.output) + list(inferred.input):
+            if vi.type.HasField("tensor_type"):
+                self.types[vi.name] = vi
+                if vi.type.tensor_type.HasField("shape"):
+                    shape = _static(vi.type.tensor_type.shape)
+                    if shape is not None:
+                        self.shapes[vi.name] = shape
+        for index, node in self.const_nodes:
+            ins = [i for i in node.input if i]
+            if node.op_type in ("Shape", "Size") and not all(i in self.consts for i in ins):
+                if node.input[0] not in self.shapes:
+                    raise CompileError(f"{_where(index, node)}: the shape of {node.input[0]!r} is not static")
+                feeds = {node.input[0]: np.broadcast_to(np.float32(0), self.shapes[node.input[0]])}
+            else:
+                feeds = {i: self.value(i) for i in ins}
+            graph = helper.make_graph([node], "fold", [helper.make_value_info(n, onnx.TypeProto()) for n in feeds],
+                                      [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])
+            m = helper.make_model(graph, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
+            try:
+                values = ReferenceEvaluator(m).run(None, feeds)
+            except Exception as e:  # noqa: BLE001
+                raise CompileError(f"{_where(index, node)}: its inputs are constant but evaluating it failed: {e}") from None
+            for o, v in zip([o for o in node.output if o], values):
+                self.values[o] = np.asarray(v)
+
+    def value(self, name: str) -> np.ndarray:
+        if name not in self.values:
+            self.values[name] = numpy_helper.to_array(self.inits[name])
+        return self.values[name]
+
+    def parts(self, nodes, heterogeneous: bool) -> list[_Part]:
+        forced: set[int] = set()
+        while True:
+            labels = _label(nodes, self.consts, forced)
+            parts = _schedule(nodes, self.consts, labels)
+            idle = [p for p in parts if p.kind == DLA and not any(n.op_type in LAYER_OPS for _, n in p.nodes)]
+            if not idle:
+                break
+            forced |= {i for p in idle for i, _ in p.nodes}
+        dla = [k for k, p in enumerate(parts) if p.kind == DLA]
+        if dla and not heterogeneous:
+            for p in parts[dla[0] + 1:dla[-1]]:
+                if p.kind == HOST:
+                    self._refuse_middle(p, parts[parts.index(p) + 1:])
+        return parts
+
+    def _refuse_middle(self, part: _Part, later: list[_Part]) -> None:
+        """The CompileError for host operators between DLA layers without the flag: names the first
+        host node of ``part`` that a later DLA layer depends on, and that layer."""
+        after = [x for p in later for x in p.nodes]
+        for index, node in part.nodes:
+            reach = {o for o in node.output if o}
+            for j, n in part.nodes[part.nodes.index((index, node)) + 1:] + after:
+                if any(i in reach for i in n.input):
+                    if n.op_type in LAYER_OPS and any(j == k for q in later if q.kind == DLA for k, _ in q.nodes):
+                        raise CompileError(
+                            f"{_where(index, node)} is not supported on the DLA, and DLA layers follow it "
+                            f"({_where(j, n)}); operators before the first and after the last DLA layer run on the "
+                            f"host, in the middle of the network only with SetFlag('heterogeneous', 1); supported "
+                            f"on the DLA: {', '.join(SUPPORTED_OPS)}")
+                    reach.update(o for o in n.output if o)
+        raise CompileError(f"{_where(*part.nodes[0])} runs on the host between DLA layers; operators in the middle "
+                           f"of the network run on the host only with SetFlag('heterogeneous', 1)")
+
+    # ---- stage models ----------------------------------------------------------------------------
+    def boundaries(self, parts: list[_Part]) -> list[tuple[list[str], list[str]]]:
+        """(inputs, outputs) of every part: the non-constant tensors it reads from outside, and the
+        tensors it makes that a later part or the model's outputs need."""
+        made = [{o for _, n in p.nodes for o in n.output if o} for p in parts]
+        reads = []
+        for p, mine in zip(parts, made):
+            r = []
+            for _, n in p.nodes:
+                for i in n.input:
+                    if i and i not in self.consts and i not in mine and i not in r:
+                        r.append(i)
+            reads.append(r)
+        wanted = [o.name for o in self.proto.graph.output]
+        result = []
+        for k, p in enumerate(parts):
+            later = {t for r in reads[k + 1:] for t in r} | set(wanted)
+            outs = [o for _, n in p.nodes for o in n.output if o and o in later]
+            result.append((reads[k], outs))
+        return result
+
+    def value_info(self, name: str, where: str, need_shape: bool) -> onnx.ValueInfoProto:
+        shape = self.shapes.get(name)
+        if need_shape and shape is None:
+            raise CompileError(f"{where}: the shape of tensor {name!r} cannot be inferred statically; the DLA "
+                               f"stages need static shapes")
+        vi = self.types.get(name)
+        if vi is not None and vi.type.HasField("tensor_type"):
+            out = onnx.ValueInfoProto()
+            out.CopyFrom(vi)
+            return out
+        return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(shape) if shape else None)
+
+    def sub_model(self, part: _Part, ins: list[str], outs: list[str], name: str) -> onnx.ModelProto:
+        where = _where(*part.nodes[0])
+        inits, seen = [], set()
+        for _, n in part.nodes:
+            for i in n.input:
+                if i and i in self.consts and i not in seen:
+                    seen.add(i)
+                    inits.append(self.inits[i] if i in self.inits else numpy_helper.from_array(self.values[i], i))
+        need = part.kind == DLA
+        g = helper.make_graph([n for _, n in part.nodes], name,
+                              [self.value_info(i, where, need) for i in ins],
+                              [self.value_info(o, where, need) for o in outs], inits)
+        return helper.make_model(g, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
+
+
+def partition(model, inshapes: str | None = None, heterogeneous: bool = False):
+    """Split a model into alternating host and DLA parts: (the prepared partitioner, the parts), or
+    None when the model has neither a host head nor a host middle (it compiles as one DLA program,
+    with its host tail if any). Raises CompileError for a host operator between DLA layers without
+    ``heterogeneous``."""
+    p = _Partitioner(model, inshapes)
+    nodes = p.nodes
+    parts = p.parts(nodes, heterogeneous)
+    if not any(q.kind == DLA for q in parts):
+        raise CompileError("the model has no layer that runs on the DLA"
+                           + (f" (host operators: {', '.join(_where(*x) for x in nodes[:5])})" if nodes else ""))
+    if parts[0].kind == DLA and (len(parts) == 1 or (len(parts) == 2 and _frontend_tail(parts[1]))):
+        return None
+    p.prepare()
+    return p, parts
+
+
+def _frontend_tail(tail: _Part) -> bool:
+    """Whether the front end puts these nodes in its host tail of one DLA program, as it does for
+    ops it does not know and for everything reading what they produce."""
+    made = set()
+    for _, node in tail.nodes:
+        if node.domain in ("", "ai.onnx") and node.op_type in SUPPORTED_OPS and not any(i in made for i in node.input):
+            return False
+        made.update(o for o in node.output if o)
+    return True
+
+
+def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, base: int = 0,
+                        parallel: Parallel = Parallel(), heterogeneous: bool = False) -> Compiled | Staged:
+    """ONNX model -> a :class:`Compiled` (no host stage before or between DLA layers) or a :class:`Staged`."""
+    split = partition(model, inshapes, heterogeneous)
+    if split is None:
+        return compile_model(model, cfg, inshapes=inshapes, base=base, parallel=parallel)
+    p, parts = split
+    for i in p.inputs:
+        if i.onnx_shape[0] != 1:
+            raise CompileError(f"input {i.name!r} has batch dimension {i.onnx_shape[0]} (shape {i.onnx_shape}); compile "
+                               f"the model for batch 1: the runtime batches images over cards and clusters")
+    dla = [k for k, q in enumerate(parts) if q.kind == DLA]
+    stages, notes = [], []
+    for k, (part, (ins, outs)) in enumerate(zip(parts, p.boundaries(parts))):
+        sub = p.sub_model(part, ins, outs, f"{p.proto.graph.name or 'model'}_stage{k}")
+        if part.kind == DLA:
+            try:
+                c = compile_model(sub, cfg, base=base, parallel=parallel)
+            except CompileError as e:
+                raise CompileError(f"{e} (in DLA stage {k} of the host/DLA partition: "
+                                   f"{', '.join(_where(*x) for x in part.nodes[:3])}, ...)") from None
+            base = align(c.memmap.end)          # the next DLA stage goes after this one in card memory
+            stages.append(c)
+            notes.append(f"stage {k}: DLA, layers {', '.join(l.name for l in c.layers)}")
+        else:
+            position = "head" if k < dla[0] else "tail" if k > dla[-1] else "middle"
+            _check_host(sub, part)
+            nodes = [_where(*x) for x in part.nodes]
+            stages.append(HostStage(sub.SerializeToString(), ins, outs, nodes, position))
+            notes.append(f"stage {k}: host ({position}), run with onnx.reference: {', '.join(nodes)}")
+    inputs = [IODesc(i.name, i.name, tuple(i.onnx_shape)) for i in p.inputs]
+    outputs = []
+    for o in p.proto.graph.output:
+        if o.name in p.consts:
+            raise CompileError(f"graph output {o.name!r} is a constant; there is nothing for the DLA to compute")
+        if o.name not in p.shapes:
+            raise CompileError(f"the shape of graph output {o.name!r} cannot be inferred")
+        outputs.append(IODesc(o.name, "", p.shapes[o.name]))
+    return Staged(stages=stages, inputs=inputs, outputs=outputs, notes=notes,
+                  meta={"model": p.proto.graph.name or "model"})
+
+
+def _check_host(model: onnx.ModelProto, part: _Part) -> None:
+    """The host must be able to evaluate every node: else a CompileError naming the first it cannot."""
+    try:
+        host_evaluator(model)
+        return
+    except Exception as whole:  # noqa: BLE001 - any reason the host cannot evaluate these nodes
+        reason = whole
+    for index, node in part.nodes:
+        g = helper.make_graph([node], "probe", [helper.make_value_info(i, onnx.TypeProto()) for i in node.input if i],
+                              [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])
+        m = helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+        try:
+            host_evaluator(m)
+        except Exception as e:  # noqa: BLE001
+            raise CompileError(f"{_where(index, node)} runs neither on the DLA nor on the host (the host evaluates "
+                               f"ONNX operators with onnx.reference: {e})") from None
+    raise CompileError(f"{_where(*part.nodes[0])}: the host cannot evaluate its stage: {reason}")
