@@ -787,7 +787,7 @@ class _FrontEnd:
     def _op_LeakyRelu(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
         alpha = float(attrs.get("alpha", 0.01))
         if not 0.0 <= alpha <= 1.0:
-            raise CompileError(f"{where}: alpha {alpha} is out of range; the DLA supports 0 <= alpha <= 1")
+            raise CompileError(f"{where}: alpha {alpha:.6g} is out of range; the DLA supports 0 <= alpha <= 1")
         self._activation(index, node, where, alpha=alpha)
 
     def _op_Clip(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
@@ -803,7 +803,7 @@ class _FrontEnd:
         bounds = [None if b is None or not np.isfinite(b) or abs(b) >= _FLT_MAX else float(b) for b in bounds]
         lo, hi = bounds
         if lo is not None and hi is not None and lo > hi:
-            raise CompileError(f"{where}: min {lo} is greater than max {hi}")
+            raise CompileError(f"{where}: min {lo:.6g} is greater than max {hi:.6g}")
         self._activation(index, node, where, clip=(lo, hi))
 
     def _alias(self, node: onnx.NodeProto, where: str, shape: tuple[int, ...], reshape: bool) -> None:
