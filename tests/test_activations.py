@@ -274,3 +274,32 @@ def test_mul_with_a_gate_of_other_channels_is_refused():
               [init("w", rng.standard_normal((4, 3, 1, 1))), init("w2", rng.standard_normal((2, 3, 4, 4)))])
     with pytest.raises(CompileError, match=r"node 'gate' \(Mul\): multiplies 'c' \(1, 4, 4, 4\) and 'g0' \(1, 2, 1, 1\)"):
         load_model(m)
+
+
+@pytest.mark.parametrize("kind,ok", [("relu6", True), ("sigmoid", True), ("tanh", False), ("mul_relu", False)])
+def test_zero_padding_under_max_pooling_needs_a_non_negative_activation(kind, ok):
+    """A tensor padded by both a Conv (zeros) and a MaxPool (-inf) must be known non-negative; ReLU
+    followed by a fused Mul is not (the other operand may be negative)."""
+    rng = np.random.default_rng(0)
+    w = [init(n, rng.standard_normal((4, 4, 3, 3)) * 0.2) for n in ("w1", "w2", "w3")]
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c"], name="conv", pads=[1] * 4, kernel_shape=[3, 3])]
+    if kind == "mul_relu":
+        nodes += [helper.make_node("Relu", ["c"], ["r"], name="relu"),
+                  helper.make_node("Conv", ["input", "w3"], ["d"], name="other", pads=[1] * 4, kernel_shape=[3, 3]),
+                  helper.make_node("Mul", ["r", "d"], ["a"], name="prod")]
+    else:
+        op, _, bounds = kernels.ACTIVATION_KINDS[kind]
+        extra = []
+        if bounds:
+            w += [init("lo", np.float32(bounds[0])), init("hi", np.float32(bounds[1]))]
+            extra = ["lo", "hi"]
+        nodes.append(helper.make_node(op, ["c"] + extra, ["a"], name="act"))
+    nodes += [helper.make_node("MaxPool", ["a"], ["p"], name="pool", kernel_shape=[3, 3], pads=[1] * 4),
+              helper.make_node("Conv", ["a", "w2"], ["q"], name="conv2", pads=[1] * 4, kernel_shape=[3, 3])]
+    m = model("pads", nodes, [tensor("input", (1, 4, 5, 5))], [tensor("p", (1, 4, 5, 5)), tensor("q", (1, 4, 5, 5))], w)
+    if ok:
+        dla, gold, _, _ = run_both(m, SMALL)
+        assert_bit_exact(dla, gold)
+    else:
+        with pytest.raises(CompileError, match="is not known to be non-negative"):
+            run_both(m, SMALL)
