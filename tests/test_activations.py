@@ -303,3 +303,23 @@ def test_zero_padding_under_max_pooling_needs_a_non_negative_activation(kind, ok
     else:
         with pytest.raises(CompileError, match="is not known to be non-negative"):
             run_both(m, SMALL)
+
+
+def test_bin_file_keeps_activations_and_mul(tmp_path):
+    """A .bin written by Compile(outfile) runs the same bits, and its float graph (Run_th) keeps the
+    activation parameters and the Mul."""
+    m = kernels.mul_model("gate", seed=4)
+    m.graph.node[1].op_type = "LeakyRelu"            # the main branch's Relu -> LeakyRelu(0.01)
+    path, out = str(tmp_path / "m.onnx"), str(tmp_path / "m.bin")
+    onnx.save(m, path)
+    x = np.random.default_rng(0).standard_normal((1, 20, 6, 6)).astype(np.float32)
+    direct = microndla.MDLA()
+    direct.Compile(path)
+    y = direct.Run(x)
+    microndla.MDLA().Compile(path, outfile=out)
+    loaded = microndla.MDLA()
+    loaded.Init(out)
+    assert np.array_equal(loaded.Run(x), y)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(loaded.Run_th(x), ref, rtol=1e-4, atol=1e-5)
+    assert nx.sdk_error_metric(y, ref)[0] <= BUDGET_MEAN
