@@ -12,6 +12,7 @@ from pathlib import Path
 from . import asm, isa, numerics, timing
 from .isa import ENUMS, FORMATS, HEADER, INSTR_BITS, INSTR_BYTES
 from .machine import CONFIGS, REFERENCE
+from .numerics import ACT_SIGMOID, ACT_TANH, LUT_SEG_BITS, LUT_SEGMENTS, lut_max_error
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -138,6 +139,25 @@ in the kernel buffer, so loading a layer's kernel also loads its bias.
 right arithmetically (one adder; DSP48 slices have a rounding constant for exactly this), then
 clips to 16 bits and counts each clip. Float to fixed on the host rounds half to even
 (numpy's `rint`); it is not hardware. ReLU is exact.
+
+**Activations and the fused Mul live in the output stage.** After saturation the output stage
+applies one of RELU, LEAKY (negative side times a 16-bit multiplier, then a rounding right shift:
+alpha in [0, 1] to within 2^-16 relative), CLIP (int16 bounds in the output format; ReLU6 is
+CLIP(0, 6), and the compiler gives a clipped tensor the finest format its bounds fit), SIGMOID and
+TANH. The two curves are one piecewise-linear table each, {LUT_SEGMENTS} segments over |x| < 8 with
+the input in Q4.11 and the output in Q0.15, evaluated as `base[i] + (delta[i] * r) >> {LUT_SEG_BITS}` on
+|x| with the odd/complementary symmetry for x < 0: one small ROM and one 12 x 8-bit multiplier per
+lane, and an error below 2^-11 against the float function for every input (sigmoid
+{lut_max_error(ACT_SIGMOID):.2e}, tanh {lut_max_error(ACT_TANH):.2e}). The table is generated in
+`arch/numerics.py` and baked into the RTL's ROM, so model and RTL cannot disagree. The requantising
+shift brings the accumulator to Q4.11, so no extra scaling step is needed. The residual operand has
+a mode: ADD (as before, into the accumulator before rounding and the activation) or MUL, which
+multiplies the *activated* 16-bit value by the residual and rounds once more by `rshift`
+(`sat16(round_shift(act(y) * r, rshift))`); activating first is what a gate needs (a sigmoid's output
+times a feature map) and keeps the product's format fixed by the two operands. A per-channel (C,1,1)
+operand, as in squeeze-excitation, is broadcast by loading it into the residual buffer with DMA
+strides of 0. The CONV word found the 33 bits for this by narrowing address fields to what 4-16
+times the reference machine's buffers need.
 
 **Buffers (reference): maps {REFERENCE.maps_words} words per MV, kernel {REFERENCE.kernel_words} words per VV,
 output {REFERENCE.out_words} words per MV, {REFERENCE.acc_entries} accumulator entries per VV** (a word is

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from . import numerics
 from .machine import MachineConfig
 
 INSTR_BITS = 256
@@ -39,12 +40,23 @@ class Init(IntEnum):
 
 
 class Act(IntEnum):
-    """Activation applied by the output stage after requantisation."""
-    NONE = 0
-    RELU = 1
+    """Activation applied by the output stage after requantisation (:func:`arch.numerics.activate`)."""
+    NONE = numerics.ACT_NONE
+    RELU = numerics.ACT_RELU
+    LEAKY = numerics.ACT_LEAKY       #: x < 0: sat16(round_shift(x * act_a, act_b))
+    CLIP = numerics.ACT_CLIP         #: min(max(x, int16(act_a)), int16(act_b))
+    SIGMOID = numerics.ACT_SIGMOID   #: Q4.11 in, Q0.15 out, piecewise-linear table
+    TANH = numerics.ACT_TANH         #: Q4.11 in, Q0.15 out, piecewise-linear table
 
 
-ENUMS = {"buf": Buf, "init": Init, "act": Act}
+class Resid(IntEnum):
+    """What the output stage does with the residual operand (residual buffer)."""
+    NONE = numerics.RES_NONE
+    ADD = numerics.RES_ADD           #: acc + (r << rshift) before requantising (a fused Add)
+    MUL = numerics.RES_MUL           #: sat16(round_shift(act(...) * r, rshift)) (a fused Mul)
+
+
+ENUMS = {"buf": Buf, "init": Init, "act": Act, "resid": Resid}
 
 ENGINES = ("load", "compute", "store")
 #: The neighbours of each engine in the token chain load -> compute -> store.
@@ -126,7 +138,7 @@ transfer, read at output-buffer word `buf_addr + w`, is written at
 _fmt("CONV", 3, "compute", (
     Field("mv_mask", 8, "MV units that execute (in lockstep, each on its own buffers)"),
     Field("nvv", 5, "VV units used in each MV (1..vv_per_mv); output channels = nvv x lanes"),
-    Field("maps_addr", 20, "maps-buffer element address of input pixel (0, 0), channel 0"),
+    Field("maps_addr", 18, "maps-buffer element address of input pixel (0, 0), channel 0"),
     Field("in_w", 12, "pixels per row of the maps tile"),
     Field("cpitch", 12, "elements per pixel in the maps tile"),
     Field("cin", 12, "input channels reduced at each kernel position (<= cpitch)"),
@@ -136,20 +148,22 @@ _fmt("CONV", 3, "compute", (
     Field("sx", 4, "horizontal stride"),
     Field("dy", 4, "vertical dilation"),
     Field("dx", 4, "horizontal dilation"),
-    Field("oh", 12, "output rows in the tile"),
-    Field("ow", 12, "output columns in the tile"),
-    Field("kern_addr", 16, "kernel-buffer word of weight k = 0"),
-    Field("bias_addr", 16, "kernel-buffer word of the bias (two words: low and high 16 bits)"),
-    Field("acc_addr", 12, "first accumulator entry"),
-    Field("out_addr", 16, "output-buffer word of output pixel 0"),
+    Field("oh", 10, "output rows in the tile"),
+    Field("ow", 10, "output columns in the tile"),
+    Field("kern_addr", 14, "kernel-buffer word of weight k = 0"),
+    Field("bias_addr", 14, "kernel-buffer word of the bias (two words: low and high 16 bits)"),
+    Field("acc_addr", 10, "first accumulator entry"),
+    Field("out_addr", 14, "output-buffer word of output pixel 0"),
     Field("out_pitch", 8, "output-buffer words per output pixel (>= nvv)"),
     Field("init", 2, "accumulator start: ZERO, BIAS or ACC"),
     Field("write", 1, "1: requantise, activate and write the outputs; 0: keep the sums in the accumulators"),
     Field("shift", 6, "requantisation right shift"),
-    Field("act", 4, "activation: NONE or RELU"),
-    Field("resid", 1, "1: add a residual before requantising (a fused Add)"),
-    Field("res_addr", 16, "residual-buffer word of output pixel 0"),
-    Field("rshift", 6, "left shift aligning the residual with the accumulator"),
+    Field("act", 4, "activation: NONE, RELU, LEAKY, CLIP, SIGMOID or TANH"),
+    Field("act_a", 16, "LEAKY: negative-side multiplier (unsigned); CLIP: lower bound (int16); else 0"),
+    Field("act_b", 16, "LEAKY: right shift after the multiplication; CLIP: upper bound (int16); else 0"),
+    Field("resid", 2, "residual mode: NONE, ADD (a fused Add) or MUL (a fused Mul)"),
+    Field("res_addr", 14, "residual-buffer word of output pixel 0"),
+    Field("rshift", 6, "ADD: left shift aligning the residual with the accumulator; MUL: right shift of the product"),
 ), """Convolution trace (also fully connected layers, as a kernel covering the whole map). For every output
 pixel p = (oy, ox) of the oh x ow tile (raster order) and every lane l of VV v < nvv, with
 K = kh*kw*cin and k = (ky*kw + kx)*cin + ci:
@@ -159,10 +173,18 @@ K = kh*kw*cin and k = (ky*kw + kx)*cin + ci:
 
 where start is 0, the bias (bias[v][l] = lo + 65536*hi, read from kernel words bias_addr and
 bias_addr+1) or the accumulator's value, and sums wrap at acc_bits. The maps element is broadcast to
-all nvv x lanes MACs. With write = 1 the output stage then writes
-`act(sat16(round_shift(acc + r, shift)))` to output-buffer word `out_addr + p*out_pitch + v`, lane l,
-where r = 0, or with resid = 1 r = res[res_addr + p*out_pitch + v][l] << rshift (the sum wraps at
-acc_bits).""")
+all nvv x lanes MACs. With write = 1 the output stage then writes y to output-buffer word
+`out_addr + p*out_pitch + v`, lane l, where, with R = res[res_addr + p*out_pitch + v][l]:
+
+* resid = NONE: `y = act(sat16(round_shift(acc, shift)))`;
+* resid = ADD: `y = act(sat16(round_shift(acc + (R << rshift), shift)))` (the sum wraps at acc_bits);
+* resid = MUL: `y = sat16(round_shift(act(sat16(round_shift(acc, shift))) * R, rshift))`.
+
+act (with its parameters act_a, act_b) is defined in `arch/numerics.py`: RELU max(x, 0); LEAKY x, or
+for x < 0 sat16(round_shift(x * act_a, act_b)); CLIP min(max(x, lo), hi) with lo, hi = act_a, act_b as
+int16; SIGMOID and TANH read x in Q4.11 and give Q0.15 from a 128-segment piecewise-linear table.
+A per-channel operand (a (C,1,1) gate) is broadcast over the pixels by loading it into the residual
+buffer with a zero DMA stride.""")
 
 _fmt("MAXPOOL", 4, "compute", (
     Field("mv_mask", 8, "MV units that execute"),
@@ -380,7 +402,15 @@ def validate(i: Instr, cfg: MachineConfig) -> None:
         need(i.cin <= i.cpitch, f"cin {i.cin} exceeds cpitch {i.cpitch}")
         need((i.ow - 1) * i.sx + (i.kw - 1) * i.dx < i.in_w, "the window runs past the end of the tile row (in_w)")
         need(i.init in (Init.ZERO, Init.BIAS, Init.ACC), f"init {i.init} is not ZERO, BIAS or ACC")
-        need(i.act in (Act.NONE, Act.RELU), f"act {i.act} is not NONE or RELU")
+        need(i.act in tuple(Act), f"act {i.act} is not one of {', '.join(a.name for a in Act)}")
+        if i.act == Act.LEAKY:
+            need(i.act_b <= numerics.LEAKY_MAX_SHIFT, f"LEAKY shift act_b {i.act_b} exceeds {numerics.LEAKY_MAX_SHIFT}")
+        elif i.act == Act.CLIP:
+            need(numerics.s16(i.act_a) <= numerics.s16(i.act_b),
+                 f"CLIP lower bound {numerics.s16(i.act_a)} exceeds the upper bound {numerics.s16(i.act_b)}")
+        else:
+            need(i.act_a == 0 and i.act_b == 0, f"act_a and act_b must be 0 for act {Act(i.act).name}")
+        need(i.resid in tuple(Resid), f"resid {i.resid} is not NONE, ADD or MUL")
         need(conv_reduction(i) <= cfg.max_reduction,
              f"reduction of {conv_reduction(i)} terms exceeds {cfg.max_reduction}, the accumulator's safe length")
         end = i.maps_addr + maps_extent_conv(i)

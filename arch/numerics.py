@@ -11,8 +11,18 @@ mirrored bit for bit by the RTL's output stage):
   wrap never happens; see ``MachineConfig.max_reduction``).
 * Requantisation: arithmetic right shift by ``shift`` with round-half-up (add ``2**(shift-1)``
   first), then saturate to 16 bits. Saturation events are counted.
-* ReLU is exact: ``max(x, 0)`` after saturation.
-* A fused residual is added to the accumulator, shifted left into its format, before rounding.
+* Activations (``act``, after saturation; ``a``/``b`` are the CONV's 16-bit ``act_a``/``act_b``
+  fields): NONE; RELU ``max(x, 0)``; LEAKY ``x`` for ``x >= 0`` else ``sat16(round_shift(x * a, b))``
+  (``a`` unsigned, ``a / 2**b`` ~ alpha); CLIP ``min(max(x, lo), hi)`` with ``lo``/``hi`` the fields
+  read as int16 (ReLU6 is CLIP(0, 6 in the output format)); SIGMOID and TANH: ``x`` is read in Q4.11
+  (:data:`LUT_IN_FRAC`; the requantising shift brings the accumulator there) and the result is in
+  Q0.15 (:data:`LUT_OUT_FRAC`), from a piecewise-linear table (:func:`lut_table`) over |x| < 8 with
+  128 segments, using the functions' symmetry for x < 0. Its error against the float function is
+  below 2**-11 for every input (see :func:`lut_max_error`); the RTL bakes the same table into a ROM.
+* A fused residual (mode ADD) is added to the accumulator, shifted left into its format, before
+  rounding and the activation. Mode MUL multiplies the activated 16-bit value by the residual and
+  requantises the exact product once more: ``sat16(round_shift(act(...) * r, rshift))`` (a fused
+  element-wise Mul, or a per-channel gate broadcast over the pixels).
 * Average pooling: the exact window sum times a 16-bit multiplier ``mul`` ~ 2**shift / n, then the
   same round-half-up shift and saturation (:func:`reciprocal` chooses mul and shift).
 """
@@ -26,6 +36,21 @@ DATA_MAX = (1 << (DATA_BITS - 1)) - 1
 
 ACT_NONE = 0
 ACT_RELU = 1
+ACT_LEAKY = 2
+ACT_CLIP = 3
+ACT_SIGMOID = 4
+ACT_TANH = 5
+ACT_NAMES = ("none", "relu", "leaky", "clip", "sigmoid", "tanh")   #: index = code; the IR's names
+
+RES_NONE = 0    #: no residual
+RES_ADD = 1     #: add the residual (shifted left by rshift) to the accumulator before requantising
+RES_MUL = 2     #: multiply the activated output by the residual, then round_shift by rshift and saturate
+
+LUT_IN_FRAC = 11       #: SIGMOID/TANH read their input in Q4.11
+LUT_OUT_FRAC = 15      #: and produce Q0.15 (saturated at 32767)
+LUT_SEG_BITS = 7       #: input LSBs per segment: 2**7 / 2**11 = 1/16
+LUT_SEGMENTS = 128     #: segments cover |x| < 128/16 = 8; beyond, the value at 8
+LEAKY_MAX_SHIFT = 31   #: largest LEAKY right shift (act_b)
 
 
 def saturate(x: np.ndarray, bits: int = DATA_BITS) -> tuple[np.ndarray, int]:
@@ -67,23 +92,111 @@ def round_shift(acc: np.ndarray, shift: int) -> np.ndarray:
     return (acc + (np.int64(1) << np.int64(shift - 1))) >> np.int64(shift)
 
 
-def activate(x: np.ndarray, act: int) -> np.ndarray:
+def s16(v: int) -> int:
+    """A 16-bit field's bit pattern read as int16."""
+    v = int(v) & 0xFFFF
+    return v - 0x10000 if v & 0x8000 else v
+
+
+def _lut_functions():
+    return {ACT_SIGMOID: lambda x: 1.0 / (1.0 + np.exp(-x)), ACT_TANH: np.tanh}
+
+
+_LUT_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def lut_table(act: int) -> tuple[np.ndarray, np.ndarray]:
+    """(base, delta) of the SIGMOID or TANH table, each ``LUT_SEGMENTS`` int64 entries: segment i
+    covers |x| in [i, i+1) * 2**LUT_SEG_BITS (Q4.11 LSBs) and runs linearly from base[i] to
+    base[i] + delta[i] (Q0.15); base[i] is f at the segment's start, rounded, so the curve is
+    continuous. Generated here and nowhere else (the RTL's ROM is this table)."""
+    if act not in _LUT_CACHE:
+        f = _lut_functions()[act]
+        xs = np.arange(LUT_SEGMENTS + 1) * (2.0 ** (LUT_SEG_BITS - LUT_IN_FRAC))
+        pts = np.rint(f(xs) * 2.0 ** LUT_OUT_FRAC).astype(np.int64)
+        _LUT_CACHE[act] = (pts[:-1].copy(), np.diff(pts))
+    return _LUT_CACHE[act]
+
+
+def lut_eval(x: np.ndarray, act: int) -> np.ndarray:
+    """SIGMOID/TANH of int16 values in Q4.11 -> int64 in Q0.15 (the hardware's table evaluation)."""
+    base, delta = lut_table(act)
+    x = np.asarray(x, dtype=np.int64)
+    a = np.minimum(np.abs(x), LUT_SEGMENTS << LUT_SEG_BITS)          # beyond the table: its last value
+    i = np.minimum(a >> LUT_SEG_BITS, LUT_SEGMENTS - 1)
+    r = a - (i << LUT_SEG_BITS)                                        # 0 .. 2**LUT_SEG_BITS
+    y = base[i] + ((delta[i] * r + (1 << (LUT_SEG_BITS - 1))) >> LUT_SEG_BITS)
+    neg = x < 0
+    if act == ACT_SIGMOID:
+        y = np.where(neg, (1 << LUT_OUT_FRAC) - y, y)                  # sigmoid(-x) = 1 - sigmoid(x)
+    else:
+        y = np.where(neg, -y, y)                                       # tanh(-x) = -tanh(x)
+    return np.minimum(y, DATA_MAX)                                     # 1.0 is not representable in Q0.15
+
+
+def lut_max_error(act: int) -> float:
+    """Largest |table - f| over every int16 input (in units of 1.0), the approximation's error bound."""
+    x = np.arange(DATA_MIN, DATA_MAX + 1, dtype=np.int64)
+    exact = _lut_functions()[act](np.ldexp(x.astype(np.float64), -LUT_IN_FRAC))
+    return float(np.max(np.abs(np.ldexp(lut_eval(x, act).astype(np.float64), -LUT_OUT_FRAC) - exact)))
+
+
+def leaky_fields(alpha: float) -> tuple[int, int]:
+    """(act_a, act_b) = (mul, shift) of LEAKY with mul / 2**shift the closest approximation of
+    ``alpha`` in [0, 1] with a 16-bit unsigned multiplier (largest shift <= LEAKY_MAX_SHIFT)."""
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"LeakyRelu alpha {alpha} is outside [0, 1]")
+    shift = 0
+    while shift < LEAKY_MAX_SHIFT and round(alpha * 2.0 ** (shift + 1)) < (1 << 16):
+        shift += 1
+    return int(round(alpha * 2.0 ** shift)), shift
+
+
+def clip_fields(lo: int, hi: int) -> tuple[int, int]:
+    """(act_a, act_b) of CLIP: the int16 bounds as 16-bit field patterns."""
+    for v in (lo, hi):
+        if not DATA_MIN <= v <= DATA_MAX:
+            raise ValueError(f"CLIP bound {v} does not fit 16 bits")
+    if lo > hi:
+        raise ValueError(f"CLIP lower bound {lo} exceeds the upper bound {hi}")
+    return lo & 0xFFFF, hi & 0xFFFF
+
+
+def activate(x: np.ndarray, act: int, a: int = 0, b: int = 0) -> np.ndarray:
+    """The activation ``act`` of saturated int16 values, with the CONV's ``act_a``/``act_b`` fields."""
+    x = np.asarray(x, dtype=np.int64)
     if act == ACT_NONE:
         return x
     if act == ACT_RELU:
         return np.maximum(x, 0)
+    if act == ACT_LEAKY:
+        return np.where(x < 0, saturate(round_shift(x * np.int64(a), b))[0], x)
+    if act == ACT_CLIP:
+        return np.clip(x, s16(a), s16(b))
+    if act in (ACT_SIGMOID, ACT_TANH):
+        return lut_eval(x, act)
     raise ValueError(f"unknown activation code {act}")
 
 
 def requantize(acc: np.ndarray, shift: int, act: int = ACT_NONE, residual: np.ndarray | None = None,
-               rshift: int = 0, acc_bits: int = 48) -> tuple[np.ndarray, int]:
-    """Output stage: add the residual (shifted left by ``rshift``, wrapping at ``acc_bits``), round_shift,
-    saturate to 16 bits, activate. Returns (int16 array, saturations)."""
+               rshift: int = 0, acc_bits: int = 48, act_a: int = 0, act_b: int = 0,
+               mode: int = RES_ADD) -> tuple[np.ndarray, int]:
+    """Output stage. ADD (or no residual): add the residual (shifted left by ``rshift``, wrapping at
+    ``acc_bits``), round_shift, saturate to 16 bits, activate. MUL: round_shift, saturate, activate,
+    multiply by the residual, round_shift by ``rshift``, saturate. Returns (int16 array, values
+    clipped by either saturation)."""
     acc = np.asarray(acc, dtype=np.int64)
-    if residual is not None:
+    if residual is not None and mode == RES_ADD:
         acc = wrap(acc + (np.asarray(residual, dtype=np.int64) << np.int64(rshift)), acc_bits)
-    y, over = saturate(round_shift(acc, shift))
-    return activate(y, act).astype(np.int16), over
+    r = round_shift(acc, shift)
+    clipped = (r < DATA_MIN) | (r > DATA_MAX)
+    y = activate(np.clip(r, DATA_MIN, DATA_MAX), act, act_a, act_b)
+    if residual is not None and mode == RES_MUL:
+        p = round_shift(y * np.asarray(residual, dtype=np.int64), rshift)
+        clipped |= (p < DATA_MIN) | (p > DATA_MAX)
+        y = np.clip(p, DATA_MIN, DATA_MAX)
+    return y.astype(np.int16), int(np.count_nonzero(clipped))
 
 
 def reciprocal(n: int, mul_bits: int = 16) -> tuple[int, int]:

@@ -60,7 +60,8 @@ def _graph_sections(g: Graph) -> tuple[bytes, bytes]:
         d = {"type": type(L).__name__, "name": L.name, "nodes": L.nodes, "input": L.input, "output": L.output}
         if isinstance(L, Conv):
             d.update(stride=L.stride, pads=L.pads, dilation=L.dilation, act=L.act, kind=L.kind,
-                     w_frac=L.w_frac, shift=L.shift, residual=L.residual, res_shift=L.res_shift)
+                     w_frac=L.w_frac, shift=L.shift, residual=L.residual, res_shift=L.res_shift,
+                     res_op=L.res_op, alpha=L.alpha, clip=list(L.clip), act_a=L.act_a, act_b=L.act_b)
             arrays[f"{i}.weight"] = L.weight
             arrays[f"{i}.bias"] = L.bias
             if L.wq is not None:
@@ -92,7 +93,9 @@ def _graph_from_sections(js: bytes, npz: bytes) -> Graph:
         if d["type"] == "Conv":
             L = Conv(weight=arrays[f"{i}.weight"], bias=arrays[f"{i}.bias"], stride=tuple(d["stride"]),
                      pads=tuple(d["pads"]), dilation=tuple(d["dilation"]), act=d["act"], kind=d["kind"],
-                     residual=d.get("residual"), **common)
+                     residual=d.get("residual"), res_op=d.get("res_op", "add"), alpha=d.get("alpha", 0.0),
+                     clip=tuple(d.get("clip", (None, None))), act_a=d.get("act_a", 0), act_b=d.get("act_b", 0),
+                     **common)
             if f"{i}.wq" in arrays:
                 L.wq, L.bq = arrays[f"{i}.wq"], arrays[f"{i}.bq"]
                 L.w_frac, L.shift, L.res_shift = d["w_frac"], d["shift"], d.get("res_shift")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from arch.isa import Act, Buf, Init, Instr
+from arch.isa import Act, Buf, Init, Instr, Resid
 from arch.machine import MachineConfig
 from arch.numerics import split_bias
 
@@ -287,7 +287,9 @@ class CodeGen:
                 for ts in tsets:
                     items.append([(g, t, bases[0]) for t in ts])
 
-        act = Act.RELU if L.act == "relu" else Act.NONE
+        act = Act[L.act.upper()]
+        resid = Resid.MUL if L.res_op == "mul" else Resid.ADD
+        bcast = tres is not None and (tres.height, tres.width) != (OH, OW)   # a (C, 1, 1) operand
         slots: list[_Slot] = []
         for it in self._mine(items):
             nmv = len(it)
@@ -321,15 +323,22 @@ class CodeGen:
                 rbase = half * self.res_half
                 if last and tres is not None:   # the residual tile, laid out like the output tile
                     for m, (g, t, b) in enumerate(it):
-                        s.loads.append(self._dma("LOAD", self._addr(b, tres, t.oy0, t.ox0, g[0]), rbase,
-                                                 t.oh, t.ow, g[1], tres, buf=Buf.RES, mv_mask=1 << m, nvv=0))
+                        if bcast:   # the same channel words for every pixel: DMA strides of 0
+                            s.loads.append(_instr("LOAD", dram_addr=self._addr(b, tres, 0, 0, g[0]), buf_addr=rbase,
+                                                  n0=g[1], n1=t.ow, s1=0, n2=t.oh, s2=0, buf=Buf.RES,
+                                                  mv_mask=1 << m, nvv=0))
+                        else:
+                            s.loads.append(self._dma("LOAD", self._addr(b, tres, t.oy0, t.ox0, g[0]), rbase,
+                                                     t.oh, t.ow, g[1], tres, buf=Buf.RES, mv_mask=1 << m, nvv=0))
                 s.compute = _instr(
                     "CONV", mv_mask=mask, nvv=nvv, maps_addr=mbase * cfg.lanes, in_w=in_cols,
                     cpitch=ch.words * cfg.lanes, cin=ch.cin, kh=ch.kh, kw=ch.kw, sy=sy, sx=sx, dy=dy, dx=dx,
                     oh=t0.oh, ow=t0.ow, kern_addr=kbase + (2 if ci == 0 else 0), bias_addr=kbase,
                     acc_addr=0, out_addr=0, out_pitch=nvv, init=Init.BIAS if ci == 0 else Init.ACC,
                     write=int(last), shift=L.shift if last else 0, act=act if last else Act.NONE,
-                    resid=int(last and tres is not None), res_addr=rbase if last and tres is not None else 0,
+                    act_a=L.act_a if last else 0, act_b=L.act_b if last else 0,
+                    resid=resid if last and tres is not None else Resid.NONE,
+                    res_addr=rbase if last and tres is not None else 0,
                     rshift=L.res_shift if last and tres is not None else 0)
                 if last:
                     for m, (g, t, b) in enumerate(it):

@@ -18,8 +18,12 @@ What it does, in order:
      ONNX shape of the alias is remembered for graph outputs and for checks;
    * ``Conv``, ``MaxPool``, ``Gemm`` and ``MatMul`` (constant right operand) become layers; a
      Gemm/MatMul becomes a ``Conv`` of kind ``'fc'`` whose kernel covers the whole input map;
-   * ``BatchNormalization`` and ``Relu`` are fused into the Conv/Gemm/MatMul layer that produces their
-     input when they are its only consumer (the DLA has no separate units for them).
+   * ``BatchNormalization`` and the activations ``Relu``, ``LeakyRelu``, ``Clip``, ``Sigmoid`` and
+     ``Tanh`` are fused into the Conv/Gemm/MatMul layer that produces their input when they are its
+     only consumer (the DLA has no separate units for them: they run in the CONV's output stage);
+   * an ``Add`` or ``Mul`` of two computed tensors is fused into the Conv producing one operand (the
+     other is read from the residual buffer); a Mul's other operand may be a per-channel (C, 1, 1)
+     tensor (a squeeze-excitation gate), broadcast over the pixels.
 
 5. Drop layers that no graph output depends on (recorded in ``Graph.notes``, like every fold).
 
@@ -44,7 +48,8 @@ from .ir import AvgPool, CompileError, Concat, Conv, Graph, GraphInput, GraphOut
 __all__ = ["load_model", "parse_inshapes", "SUPPORTED_OPS"]
 
 #: ONNX ops the DLA runs (besides any node whose inputs are all constants, which is folded).
-SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Add", "Sum", "Mul", "Concat", "MaxPool", "AveragePool",
+SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Add", "Sum", "Mul",
+                 "Concat", "MaxPool", "AveragePool",
                  "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Flatten", "Reshape", "Identity", "Dropout")
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
@@ -138,11 +143,48 @@ class _Fusable:
     op: str
     input: str                      # IR tensor
     output: str                     # IR tensor (new name, same shape)
-    params: tuple = ()              # BN: (gamma, beta, mean, var, eps); Add: (other IR tensor,); AddConst: (vector,)
+    params: tuple = ()              # BN: (gamma, beta, mean, var, eps); Add, Mul: (other IR tensor,);
+                                    # AddConst, MulConst: (vector,); activations: (act name, alpha, (lo, hi))
 
     @property
     def inputs(self) -> list[str]:
-        return [self.input, self.params[0]] if self.op == "Add" else [self.input]
+        return [self.input, self.params[0]] if self.op in ("Add", "Mul") else [self.input]
+
+
+#: ONNX activation op -> the IR's activation name (arch.numerics.ACT_NAMES)
+ACTIVATIONS = {"Relu": "relu", "LeakyRelu": "leaky", "Clip": "clip", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+
+#: float32's largest value: ONNX Clip's default bounds (opset < 11) mean "unbounded"
+_FLT_MAX = 3.4028234663852886e38
+
+
+def fusion_blocker(op_kind: str, src, consumers: int) -> str:
+    """Why the pending fusion ``op_kind`` (an activation, BatchNormalization, AddConst or MulConst)
+    cannot be fused into ``src``, the layer producing its input read by ``consumers`` ops ('' if it
+    can). Shared with any lowering that first turns the producer into a Conv."""
+    if src is None:
+        return "it is a graph input"
+    if not isinstance(src, Conv):
+        return f"it is produced by {type(src).__name__} '{src.name}'"
+    if src.act != "none":
+        return f"layer '{src.name}' already ends in an activation ({src.act})"
+    if consumers > 1:
+        return f"layer '{src.name}' producing it has {consumers} consumers (its output is also needed unmodified)"
+    if src.residual and src.res_op == "mul":
+        return f"layer '{src.name}' already ends in a multiplication by {src.residual!r}"
+    if op_kind in ("BatchNormalization", "AddConst", "MulConst") and src.residual:
+        return f"layer '{src.name}' already adds a residual"
+    return ""
+
+
+def fuse_activation(conv: Conv, params: tuple) -> None:
+    """Make ``conv``'s output stage apply the activation ``params`` = (name, alpha, (lo, hi))."""
+    conv.act, conv.alpha, conv.clip = params[0], float(params[1]), tuple(params[2])
+
+
+def fuse_binary(conv: Conv, op: str, other: str) -> None:
+    """Make ``conv`` add (op 'Add') or multiply (op 'Mul') its output by tensor ``other``."""
+    conv.residual, conv.res_op = other, ("mul" if op == "Mul" else "add")
 
 
 def _reads(op) -> list[str]:
@@ -607,9 +649,23 @@ class _FrontEnd:
         return True
 
     def _op_Mul(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
-        if not self._per_channel_constant(index, node, where, "MulConst"):
-            raise CompileError(f"{where}: only multiplication by a constant (a scalar or one value per channel) is "
-                               f"supported; an element-wise product of two tensors is not supported yet")
+        if self._per_channel_constant(index, node, where, "MulConst"):   # folded into the producer's weights
+            return
+        a_name, b_name = node.input[0], node.input[1]
+        a, sa = self._operand(where, a_name)
+        b, sb = self._operand(where, b_name)
+        ca, cb = self.tensors[a].shape, self.tensors[b].shape
+        if ca[1:] == (1, 1) and cb[1:] != (1, 1):          # the full-size operand first
+            (a, sa, ca, a_name), (b, sb, cb, b_name) = (b, sb, cb, b_name), (a, sa, ca, a_name)
+        same = sa == sb and ca == cb
+        gate = cb == (ca[0], 1, 1) and len(sa) == len(sb) == 4
+        if not (same or gate):
+            raise CompileError(f"{where}: multiplies {a_name!r} {sa} and {b_name!r} {sb}; only tensors of the same "
+                               f"shape, or a feature map and a per-channel (1, C, 1, 1) tensor of the same C, are "
+                               f"supported")
+        out = node.output[0]
+        self._new_tensor(out, ca, sa, where)
+        self.ops.append(_Fusable(self._node_name(index, node), "Mul", a, out, (b,)))
 
     def _op_Add(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
         a_name, b_name = node.input[0], node.input[1]
@@ -712,11 +768,44 @@ class _FrontEnd:
         self._new_tensor(out, chw, shape, where)
         self.ops.append(_Fusable(self._node_name(index, node), node.op_type, x, out, (*params, eps)))
 
-    def _op_Relu(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+    def _activation(self, index: int, node: onnx.NodeProto, where: str, alpha: float = 0.0,
+                    clip: tuple = (None, None)) -> None:
         x, shape = self._operand(where, node.input[0])
         out = node.output[0]
         self._new_tensor(out, self.tensors[x].shape, shape, where)
-        self.ops.append(_Fusable(self._node_name(index, node), node.op_type, x, out))
+        self.ops.append(_Fusable(self._node_name(index, node), node.op_type, x, out,
+                                 (ACTIVATIONS[node.op_type], alpha, clip)))
+
+    def _op_Relu(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        self._activation(index, node, where)
+
+    def _op_Sigmoid(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        self._activation(index, node, where)
+
+    def _op_Tanh(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        self._activation(index, node, where)
+
+    def _op_LeakyRelu(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        alpha = float(attrs.get("alpha", 0.01))
+        if not 0.0 <= alpha <= 1.0:
+            raise CompileError(f"{where}: alpha {alpha:.6g} is out of range; the DLA supports 0 <= alpha <= 1")
+        self._activation(index, node, where, alpha=alpha)
+
+    def _op_Clip(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        if self.opset < 11:    # bounds are attributes
+            bounds = [attrs.get("min"), attrs.get("max")]
+        else:                  # bounds are optional constant inputs
+            bounds = []
+            for pos, what in ((1, "min"), (2, "max")):
+                v = self._const(where, node, pos, what, required=False)
+                if v is not None and np.asarray(v).size != 1:
+                    raise CompileError(f"{where}: {what} must be a scalar, got shape {np.asarray(v).shape}")
+                bounds.append(None if v is None else float(np.asarray(v).reshape(-1)[0]))
+        bounds = [None if b is None or not np.isfinite(b) or abs(b) >= _FLT_MAX else float(b) for b in bounds]
+        lo, hi = bounds
+        if lo is not None and hi is not None and lo > hi:
+            raise CompileError(f"{where}: min {lo:.6g} is greater than max {hi:.6g}")
+        self._activation(index, node, where, clip=(lo, hi))
 
     def _alias(self, node: onnx.NodeProto, where: str, shape: tuple[int, ...], reshape: bool) -> None:
         src = node.input[0]
@@ -787,36 +876,29 @@ class _FrontEnd:
                 producer[op.output] = op
                 continue
             where = f"node '{op.name}' ({op.op})"
-            if op.op == "Add":
+            if op.op in ("Add", "Mul"):
                 src = self._fuse_add(op, producer, consumers, layers, where)
+                if src is None:
+                    need = "without activation" if op.op == "Add" else "without a fused Add or Mul"
+                    what = "a residual" if op.op == "Add" else "a multiplication"
+                    raise CompileError(f"{where} is not supported here: neither operand ({op.input!r}, "
+                                       f"{op.params[0]!r}) is produced by a Conv/Gemm/MatMul {need} whose output only "
+                                       f"this {op.op} reads (and whose other operand does not depend on it), so it "
+                                       f"cannot be fused as {what} (a standalone element-wise {op.op} is not "
+                                       f"supported yet)")
+                made_by = ""
             else:
                 src = producer.get(op.input)
-            if src is None and op.op == "Add":
-                raise CompileError(f"{where} is not supported here: neither operand ({op.input!r}, {op.params[0]!r}) "
-                                   f"is produced by a Conv/Gemm/MatMul without activation whose output only this Add "
-                                   f"reads, so it cannot be fused as a residual (a standalone element-wise Add is not "
-                                   f"supported yet)")
-            if src is None:
-                made_by = "it is a graph input"
-            elif not isinstance(src, Conv):
-                made_by = f"it is produced by {type(src).__name__} '{src.name}'"
-            elif src.act != "none":
-                made_by = f"layer '{src.name}' already ends in a ReLU"
-            elif consumers[op.input] > 1:
-                made_by = (f"layer '{src.name}' producing it has {consumers[op.input]} consumers "
-                           f"(its output is also needed unmodified)")
-            elif op.op in ("BatchNormalization", "AddConst", "MulConst") and src.residual:
-                made_by = f"layer '{src.name}' already adds a residual"
-            else:
-                made_by = ""
+                made_by = fusion_blocker(op.op, src, consumers.get(op.input, 0))
             if made_by:
                 raise CompileError(f"{where} is not supported here: it must directly follow a Conv/Gemm/MatMul whose "
                                    f"output it alone consumes, so that it can be fused; its input {op.input!r}: {made_by}")
-            if op.op == "Add":
-                src.residual = op.params[0]
+            if op.op in ("Add", "Mul"):
+                fuse_binary(src, op.op, op.params[0])
                 layers.remove(src)          # runs once both operands exist
                 layers.append(src)
-                self.notes.append(f"fused {where} into layer '{src.name}' as a residual of {src.residual!r}")
+                self.notes.append(f"fused {where} into layer '{src.name}' as "
+                                  f"{'a residual' if op.op == 'Add' else 'a multiplication by'} {src.residual!r}")
             elif op.op == "AddConst":
                 src.bias = (src.bias.astype(np.float64) + op.params[0]).astype(np.float32)
                 self.notes.append(f"folded {where} into the bias of layer '{src.name}'")
@@ -834,7 +916,7 @@ class _FrontEnd:
                 src.bias = ((src.bias.astype(np.float64) - mean) * s + beta).astype(np.float32)
                 self.notes.append(f"folded {where} into layer '{src.name}'")
             else:
-                src.act = "relu"
+                fuse_activation(src, op.params)
                 self.notes.append(f"fused {where} into layer '{src.name}'")
             del self.tensors[src.output]
             del producer[src.output]
@@ -843,23 +925,42 @@ class _FrontEnd:
             producer[op.output] = src
         return layers
 
-    @staticmethod
-    def _fuse_add(op: _Fusable, producer: dict, consumers: dict, layers: list, where: str):
-        """The Conv an Add of two tensors fuses into: one that produces an operand, has no activation
-        or residual yet and no other consumer; of two candidates, the later one (its partner then
-        already exists). Sets op.input/op.params so that op.input is the fused operand. None if no
-        operand qualifies."""
+    def _fuse_add(self, op: _Fusable, producer: dict, consumers: dict, layers: list, where: str):
+        """The Conv an Add (or Mul) of two tensors fuses into: one that produces an operand, has no
+        residual yet (an Add: no activation either, which would come after the Add; a Mul applies the
+        activation first) and no other consumer, and whose output the other operand does not depend
+        on; a Mul's per-channel operand is never the fused one. Of two candidates, the later one (its
+        partner then already exists). Sets op.input/op.params so that op.input is the fused operand.
+        None if no operand qualifies."""
         cands = []
         for mine, other in ((op.input, op.params[0]), (op.params[0], op.input)):
             src = producer.get(mine)
-            if isinstance(src, Conv) and src.act == "none" and not src.residual and consumers[mine] == 1 \
-                    and mine != other:
+            if isinstance(src, Conv) and (op.op == "Mul" or src.act == "none") and not src.residual \
+                    and consumers[mine] == 1 and mine != other \
+                    and self.tensors[mine].shape == self.tensors[op.output].shape \
+                    and not self._depends_on(other, mine, producer):
                 cands.append((layers.index(src), mine, other, src))
         if not cands:
             return None
         _, mine, other, src = max(cands, key=lambda c: c[0])
         op.input, op.params = mine, (other,)
         return src
+
+    def _depends_on(self, tensor: str, on: str, producer: dict) -> bool:
+        """Whether ``tensor`` is computed from ``on`` (through layers fused so far and concatenations)."""
+        cats = {c.output: c for c in self.concats}
+        todo, seen = [tensor], set()
+        while todo:
+            t = todo.pop()
+            if t == on:
+                return True
+            if t in seen:
+                continue
+            seen.add(t)
+            src = producer.get(t) or cats.get(t)
+            if src is not None:
+                todo.extend(_reads(src))
+        return False
 
     def _outputs(self, host: HostTail | None) -> list[GraphOutput]:
         """What the DLA program produces: the graph outputs it computes, then the inputs of the host tail."""

@@ -30,7 +30,7 @@ class TensorInfo:
 @dataclass
 class Conv:
     """Convolution (also Gemm/MatMul, as a kernel covering the whole input map) with optional
-    fused bias, BatchNormalization and ReLU."""
+    fused bias, BatchNormalization, activation and a fused Add or Mul of a second tensor."""
     name: str                            #: name of the (first) ONNX node
     nodes: list[str]                     #: all ONNX nodes fused into this layer
     input: str
@@ -40,15 +40,21 @@ class Conv:
     stride: tuple[int, int] = (1, 1)
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)   #: (top, left, bottom, right)
     dilation: tuple[int, int] = (1, 1)
-    act: str = "none"                    #: 'none' or 'relu' (applied after the residual)
+    act: str = "none"                    #: one of arch.numerics.ACT_NAMES: 'none', 'relu', 'leaky', 'clip', 'sigmoid', 'tanh'
     kind: str = "conv"                   #: 'conv' or 'fc' (for reports only)
-    residual: str | None = None          #: tensor added to the output before the activation (a fused Add)
+    residual: str | None = None          #: second operand of a fused Add or Mul (same shape, or (C, 1, 1) for a Mul)
+    res_op: str = "add"                  #: 'add': added before the activation; 'mul': multiplies the activated output
+    alpha: float = 0.0                   #: LeakyRelu's negative slope
+    clip: tuple[float | None, float | None] = (None, None)   #: Clip's bounds (None: unbounded)
     # set by quantisation
     wq: np.ndarray | None = None         #: int16 (Cout, Cin, kh, kw)
     w_frac: int | None = None
     bq: np.ndarray | None = None         #: int64 (Cout,), in the accumulator's format (in_frac + w_frac)
     shift: int | None = None             #: requantisation shift = in_frac + w_frac - out_frac
-    res_shift: int | None = None         #: residual left shift = in_frac + w_frac - residual frac
+    res_shift: int | None = None         #: add: residual left shift = in_frac + w_frac - residual frac;
+                                         #: mul: product right shift = act_frac + residual frac - out_frac
+    act_a: int = 0                       #: the CONV's act_a/act_b fields (LEAKY mul/shift, CLIP lo/hi patterns)
+    act_b: int = 0
 
     @property
     def kernel(self) -> tuple[int, int]:

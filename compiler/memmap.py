@@ -224,7 +224,7 @@ def plan_tensors(graph: Graph, cfg: MachineConfig) -> tuple[dict[str, TensorLayo
                 fill = DATA_MIN
             else:
                 writers = [l for l in graph.layers if owner(l.output) == name]
-                if not writers or not all(isinstance(w, Conv) and w.act == "relu" for w in writers):
+                if not writers or not all(_non_negative(w) for w in writers):
                     raise CompileError(
                         f"tensor {name!r} is padded both by a convolution (zeros) and by max-pooling "
                         f"{pool_pad[name][0]!r} (-inf), and is not known to be non-negative")
@@ -241,3 +241,12 @@ def plan_tensors(graph: Graph, cfg: MachineConfig) -> tuple[dict[str, TensorLayo
                                      halo=r.halo, fill=r.fill, offset=r.offset, frac=r.frac,
                                      pitch=r.cwords, cw_offset=ch // cfg.lanes)
     return layouts, align(offset)
+
+
+def _non_negative(layer) -> bool:
+    """Whether a layer's output is never negative (so zero padding equals max-pooling's -inf padding):
+    a Conv ending in ReLU, Sigmoid or a Clip with a lower bound >= 0, not followed by a fused Mul."""
+    if not isinstance(layer, Conv) or (layer.residual and layer.res_op == "mul"):
+        return False
+    lo = layer.clip[0]
+    return layer.act in ("relu", "sigmoid") or (layer.act == "clip" and lo is not None and lo >= 0)

@@ -22,6 +22,14 @@ Decisions, and why:
 * A fused residual (an Add) is shifted left into the accumulator format by
   ``in_frac + w_frac - residual_frac``. AvgPool keeps its input's format; its divisor is a 16-bit
   reciprocal (:func:`arch.numerics.reciprocal`).
+* **Activations choose their output format.** SIGMOID and TANH: the shift brings the accumulator
+  to the table's input format Q4.11 and the output is Q0.15 (``arch.numerics.LUT_*_FRAC``). CLIP:
+  the finest format (at most Q0.15) in which its bounds fit, so ReLU6's output is Q3.12 (with one
+  bound missing, no finer than ``act_frac``). LEAKY and RELU keep ``act_frac``. A Concat's inputs
+  must still share one format (CompileError otherwise).
+* **A fused Mul** (``res_op == 'mul'``): the activated value keeps the activation's format, the
+  product with the second operand has ``act + residual`` fractional bits and is shifted right by
+  ``res_shift`` into ``act_frac`` (CompileError if that would be a left shift).
 * A reduction longer than ``cfg.max_reduction`` terms (``kh * kw * cin``) could wrap the
   accumulator, which would make the result depend on the hardware's summation order: rejected.
 """
@@ -30,7 +38,8 @@ from __future__ import annotations
 import numpy as np
 
 from arch.machine import MachineConfig
-from arch.numerics import float_to_fixed, frac_for_range, reciprocal
+from arch.numerics import (DATA_MAX, DATA_MIN, LUT_IN_FRAC, LUT_OUT_FRAC, clip_fields, float_to_fixed,
+                           frac_for_range, leaky_fields, reciprocal)
 
 from .ir import AvgPool, CompileError, Conv, Graph, MaxPool
 
@@ -49,12 +58,24 @@ def quantize(graph: Graph, cfg: MachineConfig, act_frac: int | None = None) -> G
         raise CompileError(f"activation format: frac must be an integer in 0..{cfg.data_bits - 1}, got {act_frac!r}")
     for t in graph.tensors.values():
         t.frac = int(frac)
-    for cat in graph.concats:
-        fracs = {graph.tensors[t].frac for t in cat.inputs}
-        if len(fracs) != 1:
-            raise CompileError(f"Concat '{cat.name}': its inputs have different fixed-point formats {sorted(fracs)}")
-        graph.tensors[cat.output].frac = fracs.pop()
+    # A Concat's format is settled once every input's producer has been quantised (activations may
+    # change a layer's output format), before any layer reads the Concat's output.
+    pending = list(graph.concats)
+    done = {gi.tensor for gi in graph.inputs}
+
+    def settle():
+        for cat in list(pending):
+            if all(t in done for t in cat.inputs):
+                fracs = {graph.tensors[t].frac for t in cat.inputs}
+                if len(fracs) != 1:
+                    raise CompileError(f"Concat '{cat.name}': its inputs have different fixed-point formats "
+                                       f"{sorted(fracs)}")
+                graph.tensors[cat.output].frac = fracs.pop()
+                pending.remove(cat)
+                done.add(cat.output)
+
     for layer in graph.layers:
+        settle()
         if isinstance(layer, MaxPool):
             graph.tensors[layer.output].frac = graph.tensors[layer.input].frac
         elif isinstance(layer, AvgPool):
@@ -62,14 +83,47 @@ def quantize(graph: Graph, cfg: MachineConfig, act_frac: int | None = None) -> G
             layer.mul, layer.shift = reciprocal(layer.kernel[0] * layer.kernel[1])
         elif isinstance(layer, Conv):
             res_frac = graph.tensors[layer.residual].frac if layer.residual else None
-            _quantize_conv(layer, graph.tensors[layer.input].frac, graph.tensors[layer.output].frac, cfg, res_frac)
+            graph.tensors[layer.output].frac = _quantize_conv(layer, graph.tensors[layer.input].frac, int(frac),
+                                                              cfg, res_frac)
         else:
             raise CompileError(f"layer '{getattr(layer, 'name', layer)}': unknown layer type {type(layer).__name__}")
+        done.add(layer.output)
+    settle()
     return graph
 
 
-def _quantize_conv(layer: Conv, in_frac: int, out_frac: int, cfg: MachineConfig, res_frac: int | None = None) -> None:
+def act_format(layer: Conv, act_frac: int) -> tuple[int, int]:
+    """(frac the requantising shift targets, frac of the activation's output) of a Conv's activation."""
+    if layer.act in ("sigmoid", "tanh"):
+        return LUT_IN_FRAC, LUT_OUT_FRAC
+    if layer.act == "clip":
+        bounds = [abs(v) for v in layer.clip if v is not None]
+        f = frac_for_range(max(bounds), max_frac=LUT_OUT_FRAC) if bounds else act_frac
+        if len(bounds) < 2:     # unbounded on one side: no finer than the default format
+            f = min(f, act_frac)
+        return f, f
+    return act_frac, act_frac
+
+
+def _act_fields(layer: Conv, f: int) -> tuple[int, int]:
+    if layer.act == "leaky":
+        return leaky_fields(layer.alpha)
+    if layer.act == "clip":
+        lo, hi = ((DATA_MIN if v is None else int(np.clip(np.rint(v * 2.0 ** f), DATA_MIN, DATA_MAX)))
+                  for v in layer.clip)
+        return clip_fields(lo, hi if layer.clip[1] is not None else DATA_MAX)
+    return 0, 0
+
+
+def _quantize_conv(layer: Conv, in_frac: int, act_frac: int, cfg: MachineConfig, res_frac: int | None = None) -> int:
+    """Quantise one Conv whose input has ``in_frac`` fractional bits; returns its output's frac."""
     what = f"layer '{layer.name}' ({layer.kind}, nodes {', '.join(layer.nodes)})"
+    out_frac, a_frac = act_format(layer, act_frac)     # out_frac: the frac the shift targets
+    mul = res_frac is not None and layer.res_op == "mul"
+    try:
+        layer.act_a, layer.act_b = _act_fields(layer, a_frac)
+    except ValueError as e:
+        raise CompileError(f"{what}: {e}") from None
     cout, cin, kh, kw = layer.weight.shape
     terms = kh * kw * cin
     if terms > cfg.max_reduction:
@@ -91,12 +145,21 @@ def _quantize_conv(layer: Conv, in_frac: int, out_frac: int, cfg: MachineConfig,
                            f"w_frac = {w_frac}, but the requantising shift {in_frac} + w_frac - {out_frac} must not "
                            f"be negative")
     # (c) a fused residual is shifted left into the accumulator format: res_shift >= 0
-    if res_frac is not None and in_frac + w_frac < res_frac:
+    if res_frac is not None and not mul and in_frac + w_frac < res_frac:
         raise CompileError(f"{what}: the residual's format (frac {res_frac}) is finer than the accumulator's "
                            f"({in_frac} + {w_frac}); the output stage can only shift the residual left")
     acc_frac = in_frac + w_frac
-    layer.res_shift = int(acc_frac - res_frac) if res_frac is not None else None
+    result_frac = a_frac
+    if mul:   # (d) the product (a_frac + res_frac) is shifted right into act_frac
+        result_frac = act_frac
+        if a_frac + res_frac < act_frac:
+            raise CompileError(f"{what}: the fused Mul's product (frac {a_frac} + {res_frac}) is coarser than "
+                               f"the output format (frac {act_frac}); the output stage can only shift it right")
+        layer.res_shift = int(a_frac + res_frac - act_frac)
+    else:
+        layer.res_shift = int(acc_frac - res_frac) if res_frac is not None else None
     layer.w_frac = int(w_frac)
     layer.wq, _ = float_to_fixed(layer.weight, w_frac, bits=cfg.data_bits)
     layer.bq = np.rint(np.ldexp(layer.bias.astype(np.float64), acc_frac)).astype(np.int64)
     layer.shift = int(acc_frac - out_frac)
+    return int(result_frac)

@@ -35,7 +35,7 @@ class TraceGenerator(wiring.Component):
     issue, maddr, kaddr, acc_addr, out_addr, res_addr, first, last : Out
         The step (see :class:`hw.mv.MVUnit`); ``first``/``last`` refer to the pixel's reduction
         (CONV: ``ky, kx, ci``) or window (pooling: ``ky, kx``).
-    pool, avg, mv_mask, nvv, init, bias_addr, write, shift, act, resid, rshift, mul : Out
+    pool, avg, mv_mask, nvv, init, bias_addr, write, shift, act, act_a, act_b, resid, rshift, mul : Out
         Fields of the running instruction, registered at ``start`` (``pool``: MAXPOOL or AVGPOOL,
         ``avg``: AVGPOOL; ``shift`` is the CONV's or the AVGPOOL's).
     """
@@ -48,7 +48,7 @@ class TraceGenerator(wiring.Component):
             "out_addr": Out(_ADDR), "res_addr": Out(_ADDR), "first": Out(1), "last": Out(1),
             "pool": Out(1), "avg": Out(1), "mv_mask": Out(8), "nvv": Out(5), "init": Out(2),
             "bias_addr": Out(16), "write": Out(1), "shift": Out(6), "act": Out(4),
-            "resid": Out(1), "rshift": Out(6), "mul": Out(16),
+            "act_a": Out(16), "act_b": Out(16), "resid": Out(2), "rshift": Out(6), "mul": Out(16),
         })
 
     def elaborate(self, platform):
@@ -103,7 +103,8 @@ class TraceGenerator(wiring.Component):
                 self.mv_mask.eq(Mux(is_pool, pool.mv_mask, conv.mv_mask)),
                 self.nvv.eq(conv.nvv), self.init.eq(conv.init), self.bias_addr.eq(conv.bias_addr),
                 self.write.eq(conv.write), self.shift.eq(Mux(is_avg, avgp.shift, conv.shift)),
-                self.act.eq(conv.act), self.resid.eq(conv.resid), self.rshift.eq(conv.rshift),
+                self.act.eq(conv.act), self.act_a.eq(conv.act_a), self.act_b.eq(conv.act_b),
+                self.resid.eq(conv.resid), self.rshift.eq(conv.rshift),
                 self.mul.eq(avgp.mul),
             ]
         return m
@@ -114,7 +115,8 @@ def drive_mv(tg: TraceGenerator, mv, index: int) -> list:
     return [
         mv.pool.eq(tg.pool), mv.avg.eq(tg.avg), mv.nvv.eq(tg.nvv), mv.init.eq(tg.init),
         mv.bias_addr.eq(tg.bias_addr), mv.write.eq(tg.write), mv.shift.eq(tg.shift), mv.act.eq(tg.act),
-        mv.resid.eq(tg.resid), mv.rshift.eq(tg.rshift), mv.mul.eq(tg.mul),
+        mv.act_a.eq(tg.act_a), mv.act_b.eq(tg.act_b), mv.resid.eq(tg.resid), mv.rshift.eq(tg.rshift),
+        mv.mul.eq(tg.mul),
         mv.issue.eq(tg.issue & tg.mv_mask[index]),
         mv.maddr.eq(tg.maddr), mv.kaddr.eq(tg.kaddr), mv.acc_addr.eq(tg.acc_addr), mv.out_addr.eq(tg.out_addr),
         mv.res_addr.eq(tg.res_addr), mv.first.eq(tg.first), mv.last.eq(tg.last),

@@ -5,8 +5,8 @@ The compute engine of the cluster drives all MV units in lockstep with the same 
 MAXPOOL or AVGPOOL trace from :class:`hw.agu.LoopNest`); each MV works on its own buffers. Pipeline
 (see :class:`hw.vv.VVUnit`): stage I issues the maps-buffer read, stage R selects the maps element and
 the VV units multiply-accumulate (or the pooling unit compares or adds a word) while the residual
-buffer is read for a pixel's output, stage O requantises (with the residual) or averages and writes
-the output buffer. So a step's result is in the output buffer two cycles after it was issued, and a trace whose
+buffer is read for a pixel's output, stage O requantises (adding or multiplying by the residual),
+activates or averages and writes the output buffer. So a step's result is in the output buffer two cycles after it was issued, and a trace whose
 last step is issued in cycle ``s + T`` (``s`` its start, ``T`` its steps) has written everything by
 ``s + T + 3``: that is why the machine needs ``conv_pipeline >= 3`` and ``pool_pipeline >= 3``.
 """
@@ -17,49 +17,111 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from arch.isa import Act
+from arch import numerics
+from arch.isa import Act, Resid
 from arch.machine import MachineConfig
 
 from .vv import VVUnit, acc_layout, word_layout
 
-__all__ = ["MVUnit", "OutputStage", "AverageStage", "round_saturate", "sum_bits", "MV_PIPELINE"]
+__all__ = ["MVUnit", "OutputStage", "AverageStage", "round_saturate", "sum_bits", "lut_rom_init", "MV_PIPELINE"]
 
 #: Cycles from a trace's start to the first cycle its last result is visible, minus the steps.
 MV_PIPELINE = 3
 
 
+def lut_rom_init() -> list[int]:
+    """The SIGMOID/TANH ROM, from :func:`arch.numerics.lut_table`: entry ``t * LUT_SEGMENTS + i``
+    (t = 0 sigmoid, 1 tanh) holds ``base[i] | delta[i] << 16``."""
+    words = []
+    for act in (numerics.ACT_SIGMOID, numerics.ACT_TANH):
+        base, delta = numerics.lut_table(act)
+        words += [int(b) | int(d) << 16 for b, d in zip(base, delta)]
+    return words
+
+
+#: ROM word: 16-bit base (up to 32768) and 12-bit delta (up to 2**12 - 1)
+_LUT_BASE_BITS, _LUT_DELTA_BITS = 16, 12
+
+
 class OutputStage(wiring.Component):
-    """Requantisation of one accumulator word (combinational).
+    """Requantisation and activation of one accumulator word (combinational), per lane:
 
-    ``out = act(sat16(round_shift(wrap(acc + (res << rshift)), shift)))`` per lane with round-half-up
-    (:func:`arch.numerics.requantize`), where the residual term is present only when ``resid`` is set
-    and the sum wraps at ``acc_bits``; ``sat`` has bit ``l`` set when lane ``l`` was clipped.
+    ``y = sat16(round_shift(wrap(acc + (res << rshift)), shift))`` (the residual term only when
+    ``resid`` is ADD; the sum wraps at ``acc_bits``), then ``a = act(y)`` with the parameters
+    ``act_a``/``act_b`` (:func:`arch.numerics.activate`: RELU, LEAKY, CLIP, and SIGMOID/TANH from a
+    ROM holding :func:`arch.numerics.lut_table`), then ``out = a``, or with ``resid`` MUL
+    ``out = sat16(round_shift(a * res, rshift))``. ``sat`` has bit ``l`` set when lane ``l`` was
+    clipped by either saturation.
 
-    Ports: ``acc`` In(acc word), ``shift`` In(6), ``act`` In(4), ``resid`` In(1), ``res`` In(word),
-    ``rshift`` In(6), ``out`` Out(word), ``sat`` Out(lanes).
+    Ports: ``acc`` In(acc word), ``shift`` In(6), ``act`` In(4), ``act_a`` In(16), ``act_b`` In(16),
+    ``resid`` In(2), ``res`` In(word), ``rshift`` In(6), ``out`` Out(word), ``sat`` Out(lanes).
     """
 
     def __init__(self, cfg: MachineConfig):
         self.cfg = cfg
-        super().__init__({"acc": In(acc_layout(cfg)), "shift": In(6), "act": In(4),
-                          "resid": In(1), "res": In(word_layout(cfg)), "rshift": In(6),
+        super().__init__({"acc": In(acc_layout(cfg)), "shift": In(6), "act": In(4), "act_a": In(16),
+                          "act_b": In(16), "resid": In(2), "res": In(word_layout(cfg)), "rshift": In(6),
                           "out": Out(word_layout(cfg)), "sat": Out(cfg.lanes)})
 
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        A = cfg.acc_bits
+        A, D = cfg.acc_bits, cfg.data_bits
+        seg, nseg = numerics.LUT_SEG_BITS, numerics.LUT_SEGMENTS
+        m.submodules.rom = rom = Memory(shape=_LUT_BASE_BITS + _LUT_DELTA_BITS, depth=2 * nseg, init=lut_rom_init())
         sat = []
         for l in range(cfg.lanes):
             # the residual shifted into the accumulator's format; only its low acc_bits bits matter
             # since the sum wraps at acc_bits
             rsh = Signal(A, name=f"rsh{l}")
-            m.d.comb += rsh.eq(Mux(self.resid, self.res[l].as_signed() << self.rshift, 0))
+            m.d.comb += rsh.eq(Mux(self.resid == Resid.ADD, self.res[l].as_signed() << self.rshift, 0))
             total = Signal(signed(A), name=f"total{l}")
             m.d.comb += total.eq(self.acc[l] + rsh.as_signed())                    # wraps at acc_bits
-            y, over, under = round_saturate(m, total, self.shift, cfg.data_bits, f"{l}")
-            m.d.comb += self.out[l].eq(Mux((self.act == Act.RELU) & (y < 0), 0, y))
-            sat.append(over | under)
+            yv, over, under = round_saturate(m, total, self.shift, D, f"{l}")
+            y = Signal(signed(D), name=f"y{l}")
+            m.d.comb += y.eq(yv)
+            # LEAKY: the negative side times act_a (unsigned), rounded right by act_b
+            lprod = Signal(signed(D + 17), name=f"lprod{l}")
+            m.d.comb += lprod.eq(y * self.act_a)
+            leaky, _, _ = round_saturate(m, lprod, self.act_b[:6], D, f"l{l}")
+            # CLIP: the fields as int16 bounds
+            lo, hi = self.act_a.as_signed(), self.act_b.as_signed()
+            # SIGMOID/TANH: |y| in Q4.11 -> segment i and offset r; base + (delta * r) >> seg
+            mag = Signal(D + 1, name=f"mag{l}")
+            m.d.comb += mag.eq(Mux(y < 0, -y, y))
+            mc = Signal(D + 1, name=f"mc{l}")
+            m.d.comb += mc.eq(Mux(mag > (nseg << seg), nseg << seg, mag))
+            idx = Signal(range(nseg), name=f"idx{l}")
+            m.d.comb += idx.eq(Mux(mc[seg:] >= nseg, nseg - 1, mc[seg:]))
+            off = Signal(seg + 1, name=f"off{l}")
+            m.d.comb += off.eq(mc - (idx << seg))
+            rp = rom.read_port(domain="comb")
+            m.d.comb += rp.addr.eq(Cat(idx, self.act == Act.TANH))
+            base, delta = rp.data[:_LUT_BASE_BITS], rp.data[_LUT_BASE_BITS:]
+            ypos = Signal(D + 1, name=f"ypos{l}")
+            m.d.comb += ypos.eq(base + ((delta * off + (1 << (seg - 1))) >> seg))
+            curve = Signal(signed(D + 2), name=f"curve{l}")
+            m.d.comb += curve.eq(Mux(y < 0, Mux(self.act == Act.TANH, -ypos, (1 << numerics.LUT_OUT_FRAC) - ypos),
+                                     ypos))
+            a = Signal(signed(D), name=f"a{l}")
+            with m.Switch(self.act):
+                with m.Case(Act.RELU):
+                    m.d.comb += a.eq(Mux(y < 0, 0, y))
+                with m.Case(Act.LEAKY):
+                    m.d.comb += a.eq(Mux(y < 0, leaky, y))
+                with m.Case(Act.CLIP):
+                    m.d.comb += a.eq(Mux(y < lo, lo, Mux(y > hi, hi, y)))
+                with m.Case(Act.SIGMOID, Act.TANH):
+                    m.d.comb += a.eq(Mux(curve > numerics.DATA_MAX, numerics.DATA_MAX, curve))
+                with m.Default():
+                    m.d.comb += a.eq(y)
+            # MUL: the activated value times the residual, rounded right by rshift
+            mprod = Signal(signed(2 * D), name=f"mprod{l}")
+            m.d.comb += mprod.eq(a * self.res[l].as_signed())
+            mv, mover, munder = round_saturate(m, mprod, self.rshift, D, f"m{l}")
+            is_mul = self.resid == Resid.MUL
+            m.d.comb += self.out[l].eq(Mux(is_mul, mv, a))
+            sat.append(over | under | (is_mul & (mover | munder)))
         m.d.comb += self.sat.eq(Cat(*sat))
         return m
 
@@ -130,7 +192,7 @@ class MVUnit(wiring.Component):
         whole instruction, from the cycle before its first issue.
     avg : In(1)
         The pooling trace is an AVGPOOL (window sums, then :class:`AverageStage`), else a MAXPOOL.
-    nvv, init, bias_addr, write, shift, act, resid, rshift : In
+    nvv, init, bias_addr, write, shift, act, act_a, act_b, resid, rshift : In
         CONV fields (:mod:`arch.isa`); ``shift`` is AVGPOOL's shift during an AVGPOOL.
     mul : In(16)
         AVGPOOL's multiplier.
@@ -154,7 +216,8 @@ class MVUnit(wiring.Component):
             "res_w_en": In(1), "res_w_addr": In(rbits), "res_w_data": In(word_layout(cfg)),
             "out_r_addr": In(cfg.addr_bits(cfg.out_words)), "out_r_data": Out(word_layout(cfg)),
             "pool": In(1), "avg": In(1), "nvv": In(5), "init": In(2), "bias_addr": In(kbits), "write": In(1),
-            "shift": In(6), "act": In(4), "resid": In(1), "rshift": In(6), "mul": In(16),
+            "shift": In(6), "act": In(4), "act_a": In(16), "act_b": In(16), "resid": In(2), "rshift": In(6),
+            "mul": In(16),
             "issue": In(1), "maddr": In(cfg.addr_bits(cfg.maps_words * cfg.lanes)), "kaddr": In(kbits),
             "acc_addr": In(cfg.addr_bits(cfg.acc_entries)), "out_addr": In(cfg.addr_bits(cfg.out_words)),
             "res_addr": In(rbits),
@@ -223,6 +286,7 @@ class MVUnit(wiring.Component):
             os_ = OutputStage(cfg)
             m.submodules[f"outstage{v}"] = os_
             m.d.comb += [os_.acc.eq(vv.out_acc), os_.shift.eq(self.shift), os_.act.eq(self.act),
+                         os_.act_a.eq(self.act_a), os_.act_b.eq(self.act_b),
                          os_.resid.eq(self.resid), os_.res.eq(rrps[v].data), os_.rshift.eq(self.rshift)]
             wr = vv.out_valid & self.write
             m.d.comb += [owps[v].addr.eq(out2 + v), owps[v].data.eq(os_.out), owps[v].en.eq(wr)]

@@ -108,8 +108,10 @@ def layer_lines(compiled) -> list[str]:
             kind = "avgpool" if isinstance(L, AvgPool) else "maxpool"
             (kh, kw), (sh, sw), (dh, dw) = L.kernel, L.stride, (1, 1)
         t, l, b, r = L.pads
-        extra = f" residual={ids[L.residual]}" if getattr(L, "residual", None) else ""
-        act = " relu" if getattr(L, "act", "none") == "relu" else ""
+        extra = ""
+        if getattr(L, "residual", None):
+            extra = f" {'multiply' if L.res_op == 'mul' else 'residual'}={ids[L.residual]}"
+        act = f" {L.act}" if getattr(L, "act", "none") != "none" else ""
         lines.append(f"type {kind} name={L.name} id={n} in=(Z1,H{h},W{w},P{cin}) out=(Z1,H{oh},W{ow},P{cout}) "
                      f"k=(Z1,H{kh},W{kw}) stride=(Z1,H{sh},W{sw}) dilation=(Z1,H{dh},W{dw}) "
                      f"pad=(Z0,Ze0,T{t},B{b},R{r},L{l}) opad=(Z0,H0,W0) {ids[L.input]}->{ids[L.output]}{extra}{act}")

@@ -4,7 +4,8 @@ the memory layout (it imports nothing from ``arch.isa`` or ``compiler.codegen``)
 * :func:`run_quantized` evaluates the *quantised* graph exactly as the DLA's numerics define it
   (:mod:`arch.numerics`): zero padding, exact integer convolution, ``acc = bq + sum(wq * x)``,
   plus a fused residual shifted into the accumulator's format, then ``requantize`` (round-half-up
-  right shift, saturate to 16 bits, ReLU); average pooling as an exact window sum times a 16-bit
+  right shift, saturate to 16 bits, the activation, and for a fused Mul the product with the second
+  operand, broadcast over the pixels when it is (C, 1, 1)); average pooling as an exact window sum times a 16-bit
   reciprocal (``arch.numerics.average``). The functional model
   and the RTL must match it bit for bit.
 * :func:`run_float` evaluates the same graph in float32 with the float weights: the SDK's
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from arch.numerics import ACT_NONE, ACT_RELU, DATA_MAX, DATA_MIN, average, float_to_fixed, requantize
+from arch.numerics import ACT_NAMES, DATA_MAX, DATA_MIN, RES_ADD, RES_MUL, average, float_to_fixed, requantize
 from compiler.ir import AvgPool, Conv, Graph, GraphOutput, MaxPool
 
 __all__ = ["run_quantized", "run_float", "output_array", "fixed_inputs"]
@@ -110,6 +111,30 @@ def _concats(graph: Graph, tensors: dict[str, np.ndarray]) -> None:
                 done = True
 
 
+def _residual(tensors: dict[str, np.ndarray], layer: Conv, oh: int, ow: int) -> np.ndarray | None:
+    """A Conv's second operand as (Cout, OH*OW); a (C, 1, 1) operand is broadcast over the pixels."""
+    if not layer.residual:
+        return None
+    r = tensors[layer.residual]
+    return np.broadcast_to(r, (r.shape[0], oh, ow)).reshape(r.shape[0], -1)
+
+
+def _float_act(y: np.ndarray, layer: Conv) -> np.ndarray:
+    """The float activation of a Conv (what the fixed-point output stage approximates)."""
+    if layer.act == "relu":
+        return np.maximum(y, 0.0)
+    if layer.act == "leaky":
+        return np.where(y < 0, y * np.float32(layer.alpha), y)
+    if layer.act == "clip":
+        lo, hi = layer.clip
+        return np.clip(y, -np.inf if lo is None else lo, np.inf if hi is None else hi)
+    if layer.act == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-y))
+    if layer.act == "tanh":
+        return np.tanh(y)
+    return y
+
+
 def run_quantized(graph: Graph, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
     """Evaluate the quantised graph on int16 (C, H, W) inputs (keyed by input name).
 
@@ -138,9 +163,9 @@ def run_quantized(graph: Graph, inputs: dict[str, np.ndarray]) -> tuple[dict[str
         w = layer.wq.reshape(cout, -1).astype(np.float64)
         assert cols.shape[0] * float(DATA_MAX + 1) ** 2 < _EXACT_LIMIT, "reduction too long for exact float64"
         acc = (w @ cols).astype(np.int64) + layer.bq.astype(np.int64)[:, None]
-        res = tensors[layer.residual].reshape(cout, -1) if layer.residual else None
-        y, sat = requantize(acc, layer.shift, ACT_RELU if layer.act == "relu" else ACT_NONE, res,
-                            layer.res_shift or 0)
+        res = _residual(tensors, layer, oh, ow)
+        y, sat = requantize(acc, layer.shift, ACT_NAMES.index(layer.act), res, layer.res_shift or 0,
+                            act_a=layer.act_a, act_b=layer.act_b, mode=RES_MUL if layer.res_op == "mul" else RES_ADD)
         tensors[layer.output] = y.reshape(cout, oh, ow)
         saturations += sat
     _concats(graph, tensors)
@@ -164,10 +189,12 @@ def run_float(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
         cout = layer.weight.shape[0]
         cols, oh, ow = _im2col(_pad(x, layer.pads, 0.0), layer.kernel, layer.stride, layer.dilation, np.float32)
         y = layer.weight.reshape(cout, -1).astype(np.float32) @ cols + layer.bias.astype(np.float32)[:, None]
-        if layer.residual:
-            y = y + tensors[layer.residual].reshape(cout, -1)
-        if layer.act == "relu":
-            y = np.maximum(y, 0.0)
+        res = _residual(tensors, layer, oh, ow)
+        if res is not None and layer.res_op == "add":
+            y = y + res
+        y = _float_act(y, layer)
+        if res is not None and layer.res_op == "mul":
+            y = y * res
         tensors[layer.output] = y.reshape(cout, oh, ow).astype(np.float32, copy=False)
     _concats(graph, tensors)
     return tensors

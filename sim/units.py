@@ -214,7 +214,8 @@ class ClusterUnits:
             r = None
             if i.resid:
                 r = np.stack([_pitched(self.res[m], i.res_addr, P, i.out_pitch, nvv) for m in mvs])
-            y, sat = requantize(acc, i.shift, i.act, residual=r, rshift=i.rshift, acc_bits=self.cfg.acc_bits)
+            y, sat = requantize(acc, i.shift, i.act, residual=r, rshift=i.rshift, acc_bits=self.cfg.acc_bits,
+                                act_a=i.act_a, act_b=i.act_b, mode=i.resid)
             self.saturations += sat
             for j, m in enumerate(mvs):
                 _pitched(self.out[m], i.out_addr, P, i.out_pitch, nvv)[...] = y[j]

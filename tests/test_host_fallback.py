@@ -60,12 +60,12 @@ def test_softmax_after_the_dla_runs_on_the_host(softmax_model, tmp_path):
 
 def test_op_in_the_middle_is_refused_naming_it(tmp_path):
     m = small_cnn(seed=0)
-    for n in m.graph.node:                       # put a Sigmoid between the second pool and the flatten
+    for n in m.graph.node:                       # put an Erf between the second pool and the flatten
         if n.name == "flatten":
             n.input[0] = "sig_out"
-    m.graph.node.append(helper.make_node("Sigmoid", ["pool2_out"], ["sig_out"], name="squash"))
+    m.graph.node.append(helper.make_node("Erf", ["pool2_out"], ["sig_out"], name="squash"))
     p = tmp_path / "middle.onnx"
     onnx.save(m, str(p))
-    with pytest.raises(CompileError, match=r"node 'squash' \(Sigmoid\) is not supported on the DLA, and DLA layers "
+    with pytest.raises(CompileError, match=r"node 'squash' \(Erf\) is not supported on the DLA, and DLA layers "
                                            r"follow it \(node 'fc' \(Gemm\)\).*heterogeneous"):
         microndla.MDLA().Compile(str(p))

@@ -58,6 +58,23 @@ class Builder:
         self.shapes[out] = self.shapes[x]
         return out
 
+    def act(self, x: str, op: str, **attrs) -> str:
+        """An element-wise activation node (Sigmoid, Tanh, LeakyRelu, ...)."""
+        name = self._name(op.lower())
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node(op, [x], [out], name=name, **attrs))
+        self.shapes[out] = self.shapes[x]
+        return out
+
+    def mul(self, a: str, b: str) -> str:
+        """Element-wise product; ``b`` may be a per-channel (N, C, 1, 1) tensor."""
+        assert self.shapes[b] in (self.shapes[a], self.shapes[a][:2] + (1, 1)), (self.shapes[a], self.shapes[b])
+        name = self._name("mul")
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node("Mul", [a, b], [out], name=name))
+        self.shapes[out] = self.shapes[a]
+        return out
+
     def add(self, a: str, b: str) -> str:
         assert self.shapes[a] == self.shapes[b], (self.shapes[a], self.shapes[b])
         name = self._name("add")

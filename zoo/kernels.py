@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
-from ._util import conv_out, he, init, model, tensor
+from ._util import IR_VERSION, conv_out, he, init, model, tensor
 
-__all__ = ["conv_model", "maxpool_model", "fc_model", "residual_model", "avgpool_model"]
+__all__ = ["conv_model", "maxpool_model", "fc_model", "residual_model", "avgpool_model", "activation_model",
+           "mul_model", "ACTIVATION_KINDS", "MUL_KINDS"]
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -96,3 +97,69 @@ def avgpool_model(c: int, h: int, w: int, k: int | None = None, stride: int = 1,
     nodes = [helper.make_node("AveragePool", ["input"], ["output"], name="avgpool", kernel_shape=[k, k],
                               strides=[stride, stride], pads=[pad] * 4, count_include_pad=1)]
     return model("avgpool", nodes, [tensor("input", (1, c, h, w))], [tensor("output", (1, c, oh, ow))], [])
+
+
+#: activation_model kinds: (ONNX op, attributes, constant inputs (min, max) or None)
+ACTIVATION_KINDS = {
+    "relu": ("Relu", {}, None),
+    "leaky": ("LeakyRelu", {"alpha": 0.1}, None),
+    "relu6": ("Clip", {}, (0.0, 6.0)),                       # opset 11+: bounds as constant inputs
+    "clip_attr": ("Clip", {"min": -0.5, "max": 1.25}, None),  # opset 10 (Clip-6): bounds as attributes
+    "clip_max_only": ("Clip", {}, (None, 0.75)),
+    "sigmoid": ("Sigmoid", {}, None),
+    "tanh": ("Tanh", {}, None),
+}
+
+
+def activation_model(kind: str, cin: int = 6, cout: int = 20, h: int = 7, w: int = 7, seed: int = 0,
+                     **attrs) -> onnx.ModelProto:
+    """Input (1, cin, h, w) -> Conv(3x3, pad 1, bias) -> one activation of :data:`ACTIVATION_KINDS`
+    (``attrs`` override its attributes, e.g. ``alpha``). ``clip_attr`` is built with opset 10, whose
+    Clip (version 6) takes its bounds as attributes; the others with the zoo's opset."""
+    op, defaults, bounds = ACTIVATION_KINDS[kind]
+    rng = np.random.default_rng(seed)
+    inits = [init("weight", he(rng, (cout, cin, 3, 3), cin * 9)), init("bias", rng.uniform(-0.2, 0.2, cout))]
+    nodes = [helper.make_node("Conv", ["input", "weight", "bias"], ["conv_out"], name="conv", kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1])]
+    ins = ["conv_out"]
+    if bounds is not None:
+        for name, v in zip(("min", "max"), bounds):
+            ins.append("" if v is None else name)
+            if v is not None:
+                inits.append(numpy_helper.from_array(np.asarray(v, dtype=np.float32), name))
+    nodes.append(helper.make_node(op, ins, ["output"], name=kind, **{**defaults, **attrs}))
+    io = ([tensor("input", (1, cin, h, w))], [tensor("output", (1, cout, h, w))])
+    if kind != "clip_attr":
+        return model(kind, nodes, *io, inits)
+    m = helper.make_model(helper.make_graph(nodes, kind, *io, initializer=inits),
+                          opset_imports=[helper.make_opsetid("", 10)], ir_version=IR_VERSION,
+                          producer_name="open-mdla zoo")
+    onnx.checker.check_model(m)
+    return m
+
+
+#: mul_model kinds
+MUL_KINDS = ("maps", "gate", "se")
+
+
+def mul_model(kind: str, c: int = 20, h: int = 6, w: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """Element-wise products of two computed tensors, from an input (1, c, h, w):
+
+    * ``maps``: Conv(3x3) -> Tanh times Conv(1x1) (two feature maps of the same shape);
+    * ``gate``: Conv(3x3) -> Relu times a per-channel gate GlobalAveragePool -> Conv(1x1) -> Relu ->
+      Conv(1x1) -> Sigmoid computed from the block's input (C, 1, 1), broadcast over the pixels;
+    * ``se``: a true squeeze-excitation block, whose gate is computed from the very feature map it
+      multiplies (the DLA cannot fuse that Mul: its operands depend on each other).
+    """
+    if kind not in MUL_KINDS:
+        raise ValueError(f"mul_model: kind must be one of {MUL_KINDS}, got {kind!r}")
+    from .builder import Builder
+    b = Builder(f"mul_{kind}", (1, c, h, w), seed)
+    if kind == "maps":
+        x = b.act(b.conv("input", c, 3, 1, 1, bias=True), "Tanh")
+        return b.finish(b.mul(x, b.conv("input", c, 1, 1, 0, bias=True)))
+    x = b.relu(b.conv("input", c, 3, 1, 1, bias=True))
+    src = "input" if kind == "gate" else x
+    g = b.relu(b.conv(b.global_avgpool(src), max(1, c // 4), 1, bias=True))
+    g = b.act(b.conv(g, c, 1, bias=True), "Sigmoid")
+    return b.finish(b.mul(x, g))

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 
-from arch.isa import Instr, encode_program
+from arch.isa import Act, Instr, Resid, encode_program
 from arch.machine import SMALL
 from arch.numerics import reciprocal
 from hw.run import LAST_RUN, run_rtl
@@ -67,6 +67,10 @@ def _kernels():
         "avgpool": lambda: kernels.avgpool_model(5, 6, 6, 2, 2, 0),
         "avgpool_overlap_pad": lambda: kernels.avgpool_model(6, 7, 7, 3, 2, 1),
         "global_avgpool": lambda: kernels.avgpool_model(8, 5, 5, None),
+        # the fused Mul (resid=MUL) after TANH, and after SIGMOID with the gate's (C, 1, 1) operand
+        # loaded with DMA strides of 0 (LEAKY and CLIP: random programs and tests/hw/test_mv.py)
+        "mul_maps": lambda: kernels.mul_model("maps", c=4, h=4, w=4, seed=1),
+        "mul_gate": lambda: kernels.mul_model("gate", c=5, h=4, w=4, seed=1),
     }
 
 
@@ -78,6 +82,14 @@ def test_compiled_kernel(name):
 
 SLOW_KERNELS = [(16, 32, 10, 10, 3, 2, 1, 1), (20, 24, 9, 11, 3, 1, 0, 1), (64, 40, 6, 6, 3, 1, 1, 1),
                 (4, 70, 17, 17, 3, 1, 1, 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["leaky", "relu6", "clip_attr", "clip_max_only", "sigmoid", "tanh"])
+def test_compiled_activation_slow(kind):
+    from zoo import kernels
+    mem, programs = compiled_image(kernels.activation_model(kind, cin=3, cout=5, h=4, w=4, seed=2), SMALL)
+    assert_same(SMALL, mem, programs)
 
 
 @pytest.mark.slow
@@ -225,10 +237,16 @@ def random_programs(draw):
                           kern_addr=draw(st.integers(0, 20 - min(K, 20))) if K <= 20 else 0,
                           bias_addr=draw(st.integers(0, 10)), acc_addr=draw(st.integers(0, 16 - oh * ow)),
                           out_addr=draw(st.integers(0, 4)), out_pitch=out_pitch, init=draw(st.integers(0, 2)),
-                          write=1, shift=draw(st.integers(0, 40)), act=draw(st.integers(0, 1)),
+                          write=1, shift=draw(st.integers(0, 40)), act=draw(st.sampled_from(list(Act))),
                           **tok)
+                if i.act == Act.LEAKY:
+                    i = i.replace(act_a=draw(st.integers(0, (1 << 16) - 1)), act_b=draw(st.integers(0, 31)))
+                elif i.act == Act.CLIP:
+                    lo, hi = sorted(draw(st.integers(-32768, 32767)) for _ in range(2))
+                    i = i.replace(act_a=lo & 0xFFFF, act_b=hi & 0xFFFF)
                 if draw(st.booleans()):
-                    i = i.replace(resid=1, res_addr=draw(st.integers(0, 8)), rshift=draw(st.integers(0, 40)))
+                    i = i.replace(resid=draw(st.sampled_from([Resid.ADD, Resid.MUL])), res_addr=draw(st.integers(0, 8)),
+                                  rshift=draw(st.integers(0, 40)))
                 if K > cfg.kernel_words:
                     i = i.replace(cin=1, cpitch=1)
                 n_out = (oh * ow - 1) * out_pitch + nvv
@@ -273,7 +291,10 @@ def test_random_programs(case, seed):
             if i.op == "BARRIER":
                 event(f"BARRIER ({len(progs)} cluster(s))")
             if i.op == "AVGPOOL" or (i.op == "CONV" and i.resid) or (i.op == "LOAD" and i.buf == 2):
-                event("AVGPOOL" if i.op == "AVGPOOL" else "CONV resid" if i.op == "CONV" else "LOAD RES")
+                event("AVGPOOL" if i.op == "AVGPOOL" else f"CONV resid {Resid(i.resid).name}" if i.op == "CONV"
+                      else "LOAD RES")
+            if i.op == "CONV":
+                event(f"CONV act {Act(i.act).name}")
     rng = np.random.default_rng(seed)
     mem = np.zeros(MEM, dtype=np.uint8)
     mem[DATA:OUT] = rng.integers(0, 256, OUT - DATA, dtype=np.uint8)

@@ -206,6 +206,53 @@ def test_output_stage_residual_vectors():
         assert bin(sat).count("1") == nsat
 
 
+def test_output_stage_activation_vectors():
+    """OutputStage alone against arch.numerics.requantize for every activation (random LEAKY and
+    CLIP parameters, the SIGMOID/TANH ROM over its segment boundaries and tails) and every residual
+    mode, MUL included."""
+    cfg = CFG
+    L, A = cfg.lanes, cfg.acc_bits
+    rng = np.random.default_rng(4)
+    edges = np.array([0, 1, -1, 127, 128, -128, 16383, 16384, 16385, -16384, 32767, -32768, 4095, -4096])
+    cases = []
+    for k in range(240):
+        act = k % 6
+        mode = (k // 6) % 3
+        shift = int(rng.integers(0, 20))
+        if k % 5 == 0:   # table edges and saturation, exactly
+            y = rng.choice(edges, size=L)
+            acc = (y.astype(np.int64) << shift) + (rng.integers(0, 1 << shift, size=L) if shift else 0)
+        else:
+            acc = rng.integers(-(1 << (shift + 16)), 1 << (shift + 16), size=L, dtype=np.int64)
+        res = rng.integers(-32768, 32768, size=L, dtype=np.int64)
+        rshift = int(rng.integers(0, 24)) if mode != numerics.RES_MUL else int(rng.integers(0, 40))
+        a = b = 0
+        if act == numerics.ACT_LEAKY:
+            a, b = int(rng.integers(0, 1 << 16)), int(rng.integers(0, 32))
+        elif act == numerics.ACT_CLIP:
+            lo, hi = sorted(int(v) for v in rng.integers(-32768, 32768, size=2))
+            a, b = numerics.clip_fields(lo, hi)
+        cases.append((acc, res, shift, rshift, act, mode, a, b))
+    dut = OutputStage(cfg)
+
+    def setter(ctx, c):
+        acc, res, shift, rshift, act, mode, a, b = c
+        ctx.set(dut.acc.as_value(), pack(acc, A))
+        ctx.set(dut.res.as_value(), pack(res, 16))
+        for port, v in ((dut.shift, shift), (dut.rshift, rshift), (dut.act, act), (dut.resid, mode),
+                        (dut.act_a, a), (dut.act_b, b)):
+            ctx.set(port, v)
+
+    got = _comb_vectors(dut, cases, setter,
+                        lambda ctx: (unpack(ctx.get(dut.out.as_value()), 16, L), ctx.get(dut.sat)))
+    for c, (out, sat) in zip(cases, got):
+        acc, res, shift, rshift, act, mode, a, b = c
+        want, nsat = numerics.requantize(acc, shift, act, res if mode else None, rshift, A, act_a=a, act_b=b,
+                                         mode=mode)
+        np.testing.assert_array_equal(out, want, err_msg=str(c))
+        assert bin(sat).count("1") == nsat
+
+
 # ------------------------------------------------------------------------------------------------
 # average pooling
 # ------------------------------------------------------------------------------------------------
