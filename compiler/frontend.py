@@ -41,7 +41,7 @@ from onnx.reference import ReferenceEvaluator
 
 from .ir import AvgPool, CompileError, Concat, Conv, Graph, GraphInput, GraphOutput, HostTail, MaxPool, TensorInfo
 
-__all__ = ["load_model", "parse_inshapes", "SUPPORTED_OPS"]
+__all__ = ["load_model", "parse_inshapes", "channelwise_layer", "SUPPORTED_OPS"]
 
 #: ONNX ops the DLA runs (besides any node whose inputs are all constants, which is folded).
 SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Add", "Sum", "Mul", "Concat", "MaxPool", "AveragePool",
@@ -64,6 +64,21 @@ def load_model(model: str | Path | onnx.ModelProto, inshapes: str | None = None)
     :class:`CompileError` for anything the DLA cannot run."""
     proto, source = _load(model)
     return _FrontEnd(proto, source, inshapes).run()
+
+
+def channelwise_layer(name: str, nodes: list[str], x: str, out: str, scale: np.ndarray, bias: np.ndarray,
+                      act: str = "none") -> Conv:
+    """``out = act(scale * x + bias)`` per channel, as a layer: a depthwise 1x1 convolution (groups =
+    channels), which the DLA runs like any convolution (at 1/lanes of its MAC rate, see
+    docs/architecture.md). Used for whatever cannot be folded into a producing convolution:
+    standalone BatchNormalization, per-channel Mul/Add by constants, an activation after a
+    Concat, a pooling layer or the graph input."""
+    scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+    c = scale.size
+    return Conv(name=name, nodes=list(nodes), input=x, output=out,
+                weight=scale.reshape(c, 1, 1, 1).astype(np.float32),
+                bias=np.broadcast_to(np.asarray(bias, dtype=np.float64), (c,)).astype(np.float32),
+                groups=c, act=act, kind="channelwise")
 
 
 def parse_inshapes(inshapes: str) -> list[tuple[int, ...]]:
@@ -513,12 +528,13 @@ class _FrontEnd:
             raise CompileError(f"{where}: only 2-D convolutions are supported; this is a {w.ndim - 2}-D convolution "
                                f"(weight shape {w.shape})")
         group = attrs.get("group", 1)
-        if group != 1:
-            raise CompileError(f"{where}: group={group} (grouped or depthwise convolution) is not supported; only group=1")
         x, (c, h, wd) = self._feature_map(where, node.input[0])
         cout, cin, kh, kw = w.shape
-        if cin != c:
-            raise CompileError(f"{where}: weight {node.input[1]!r} expects {cin} input channels, input {node.input[0]!r} has {c}")
+        if group < 1 or cout % group:
+            raise CompileError(f"{where}: group={group} must be a positive divisor of the {cout} output channels")
+        if cin * group != c:
+            raise CompileError(f"{where}: weight {node.input[1]!r} expects {cin} x group {group} = {cin * group} input "
+                               f"channels, input {node.input[0]!r} has {c}")
         if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != (kh, kw):
             raise CompileError(f"{where}: kernel_shape {list(attrs['kernel_shape'])} disagrees with the weight shape {w.shape}")
         dilation = tuple(attrs.get("dilations", (1, 1)))
@@ -535,7 +551,7 @@ class _FrontEnd:
         self.ops.append(Conv(name=self._layer_name(index, node), nodes=[self._node_name(index, node)], input=x,
                              output=out, weight=np.ascontiguousarray(w, dtype=np.float32),
                              bias=np.asarray(b, dtype=np.float32), stride=stride, pads=pads,
-                             dilation=(int(dilation[0]), int(dilation[1])), kind="conv"))
+                             dilation=(int(dilation[0]), int(dilation[1])), kind="conv", groups=int(group)))
 
     def _pool(self, index: int, node: onnx.NodeProto, where: str, attrs: dict, cls, global_: bool = False) -> None:
         x, (c, h, w) = self._feature_map(where, node.input[0])
@@ -808,9 +824,12 @@ class _FrontEnd:
                 made_by = f"layer '{src.name}' already adds a residual"
             else:
                 made_by = ""
-            if made_by:
-                raise CompileError(f"{where} is not supported here: it must directly follow a Conv/Gemm/MatMul whose "
-                                   f"output it alone consumes, so that it can be fused; its input {op.input!r}: {made_by}")
+            if made_by:   # a layer of its own: a depthwise 1x1 convolution
+                layer = self._standalone(op)
+                layers.append(layer)
+                producer[op.output] = layer
+                self.notes.append(f"{where} runs as channel-wise layer '{layer.name}' (it cannot be fused: {made_by})")
+                continue
             if op.op == "Add":
                 src.residual = op.params[0]
                 layers.remove(src)          # runs once both operands exist
@@ -842,6 +861,27 @@ class _FrontEnd:
             producer[op.output] = src
         return layers
 
+    def _standalone(self, op: _Fusable) -> Conv:
+        """The channel-wise layer running a BatchNormalization, per-channel Mul/Add or Relu that no
+        producing layer can take."""
+        c = self.tensors[op.input].shape[0]
+        scale, bias, act = np.ones(c), np.zeros(c), "none"
+        if op.op == "BatchNormalization":
+            gamma, beta, mean, var, eps = op.params
+            if np.any(var + eps <= 0):
+                raise CompileError(f"node '{op.name}' (BatchNormalization): var + epsilon must be positive")
+            scale = gamma / np.sqrt(var + eps)
+            bias = beta - mean * scale
+        elif op.op == "MulConst":
+            scale = op.params[0]
+        elif op.op == "AddConst":
+            bias = op.params[0]
+        else:
+            act = "relu"
+        name = op.name if op.name not in self.layer_names else f"{op.name}_{len(self.layer_names)}"
+        self.layer_names.add(name)
+        return channelwise_layer(name, [op.name], op.input, op.output, scale, bias, act)
+
     @staticmethod
     def _fuse_add(op: _Fusable, producer: dict, consumers: dict, layers: list, where: str):
         """The Conv an Add of two tensors fuses into: one that produces an operand, has no activation
@@ -852,7 +892,7 @@ class _FrontEnd:
         for mine, other in ((op.input, op.params[0]), (op.params[0], op.input)):
             src = producer.get(mine)
             if isinstance(src, Conv) and src.act == "none" and not src.residual and consumers[mine] == 1 \
-                    and mine != other:
+                    and mine != other and src.up == (1, 1) and not src.edge:
                 cands.append((layers.index(src), mine, other, src))
         if not cands:
             return None
