@@ -255,9 +255,10 @@ class CodeGen:
                   for c in self._plan_chunks(e + i1 - i0, kh, kw, *L.dilation)]
         return i0 // lanes, chunks
 
-    def _conv_slots(self, L: Conv, bases: list[int], piece=None):
+    def _conv_slots(self, L: Conv, bases: list[int], piece=None, first: int = 0):
         """Slots of a Conv; ``piece`` = (out0, step, size): only that rectangle of the output, every
-        step-th pixel from out0 (a phase of a transposed convolution)."""
+        step-th pixel from out0 (a phase of a transposed convolution). ``first``: slots of the layer
+        before these (the buffer halves alternate over the whole layer)."""
         cfg = self.cfg
         tin, tout = self.layouts[L.input], self.layouts[L.output]
         cout, cin, kh, kw = L.wq.shape
@@ -328,7 +329,7 @@ class CodeGen:
             chunks = ginfo[it[0][0]][1]
             for ci, ch in enumerate(chunks):
                 s = _Slot()
-                half = len(slots) % 2
+                half = (first + len(slots)) % 2
                 mbase = half * self.maps_half
                 kbase = half * self.kern_half
                 in_rows = (t0.oh - 1) * sy + (ch.kh - 1) * dy + 1
@@ -377,7 +378,7 @@ class CodeGen:
         tin, tout = self.layouts[L.input], self.layouts[L.output]
         slots, macs, chunks = [], 0, 1
         for p in conv_pieces(L, (tin.height, tin.width), (tout.height, tout.width)):
-            s, info = self._conv_slots(p.conv, bases, (p.out0, p.step, p.size))
+            s, info = self._conv_slots(p.conv, bases, (p.out0, p.step, p.size), len(slots))
             slots += s
             macs += info["macs"]
             chunks = max(chunks, info["chunks"])
@@ -389,13 +390,13 @@ class CodeGen:
         tin, tout = self.layouts[L.input], self.layouts[L.output]
         slots = []
         for y0, x0, h, w, n in pool_pieces(L, (tin.height, tin.width), (tout.height, tout.width)):
-            s, info = self._pool_slots(L, bases, (y0, x0, h, w), L.muls[n])
+            s, info = self._pool_slots(L, bases, (y0, x0, h, w), L.muls[n], len(slots))
             slots += s
         return slots, info
 
-    def _pool_slots(self, L: MaxPool | AvgPool, bases: list[int], region=None, muls=None):
+    def _pool_slots(self, L: MaxPool | AvgPool, bases: list[int], region=None, muls=None, first: int = 0):
         """Slots of a pooling layer; ``region`` = (oy0, ox0, oh, ow): only that rectangle of the
-        output, averaged with ``muls`` = (mul, shift)."""
+        output, averaged with ``muls`` = (mul, shift); ``first`` as for :meth:`_conv_slots`."""
         cfg = self.cfg
         tin, tout = self.layouts[L.input], self.layouts[L.output]
         kh, kw = L.kernel
@@ -420,7 +421,7 @@ class CodeGen:
         slots = []
         for it in self._mine(groups):
             s = _Slot()
-            half = len(slots) % 2
+            half = (first + len(slots)) % 2
             mbase = half * self.maps_half
             nb, t0 = it[0][1], it[0][2]
             in_rows = (t0.oh - 1) * sy + kh

@@ -91,9 +91,8 @@ def _grouped(w: np.ndarray, cols: np.ndarray, groups: int) -> np.ndarray:
 def _counts(layer: AvgPool, hw: tuple[int, int]) -> np.ndarray:
     """(OH, OW) divisor of each window of an AvgPool with ``count_pads``: its pixels inside the
     input extended by count_pads."""
-    ones = np.zeros((1,) + hw, dtype=np.int64)
     cp = layer.count_pads
-    ones = np.pad(ones + 1, ((0, 0), (cp[0], cp[2]), (cp[1], cp[3])))
+    ones = np.ones((1, hw[0] + cp[0] + cp[2], hw[1] + cp[1] + cp[3]), dtype=np.int64)
     region = AvgPool(layer.name, [], "", "", layer.kernel, layer.stride,
                      tuple(p - c for p, c in zip(layer.pads, cp)))
     return _pool(ones, region, 0, np.add, np.int64)[0]
