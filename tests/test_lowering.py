@@ -1,0 +1,223 @@
+"""Operators lowered onto the existing instructions (compiler/lowering.py, the grouped-convolution
+path of compiler/codegen.py): grouped and depthwise Conv, channel-wise layers, ConvTranspose,
+Resize/Upsample and AveragePool with varying divisors.
+
+Each model runs (1) through the SDK API (microndla.MDLA Compile/Run on the functional model)
+against onnxruntime in float32 with the SDK metric, budget mean <= 1 %, max <= 5 % of max |ref|
+(Q8.8 activations), and (2) compiled for the other configuration, on the functional model, bit for
+bit against the golden reference, which evaluates these layers from their definitions (groups,
+zero insertion, replicated borders, per-window divisors) rather than from the pieces."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+import microndla
+from arch.machine import REFERENCE, SMALL
+from arch.numerics import sdk_error_metric
+from compiler.frontend import load_model
+from compiler.ir import CompileError
+from zoo import kernels
+from zoo._util import init, model, tensor
+
+from test_compiled_kernels import assert_bit_exact, run_both
+
+BUDGET_MEAN, BUDGET_MAX = 1.0, 5.0
+
+
+def check(m: onnx.ModelProto, tmp_path, bitfile: str = "small", seed: int = 0):
+    """SDK run vs onnxruntime (metric) on ``bitfile``; functional model vs golden, bit-exact, on the
+    other configuration. Returns the compiled program of the bit-exact run."""
+    path = str(tmp_path / "m.onnx")
+    onnx.save(m, path)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    shape = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    ie = microndla.MDLA()
+    ie.SetFlag("bitfile", bitfile)
+    ie.Compile(path)
+    y = ie.Run(x)
+    assert y.shape == ref.shape
+    mean, mx = sdk_error_metric(y, ref)
+    assert mean <= BUDGET_MEAN and mx <= BUDGET_MAX, f"error {mean:.3f} % / {mx:.3f} % exceeds the budget"
+    dla, gold, c, _ = run_both(m, REFERENCE if bitfile == "small" else SMALL, seed)
+    assert_bit_exact(dla, gold)
+    return c
+
+
+def _ids(case):
+    return "-".join(str(v).replace(" ", "") for v in case)
+
+
+# ---- grouped and depthwise convolutions ---------------------------------------------------------
+
+GROUPED = [
+    # cin, cout, group, h, w, k, stride, pad, dilation
+    (8, 8, 8, 9, 9, 3, 1, 1, 1),                 # depthwise 3x3
+    (24, 24, 24, 8, 7, 3, 2, (0, 1, 1, 2), 1),   # depthwise, strided, asymmetric pads, 24 = 1.5 words (reference)
+    (20, 20, 20, 7, 7, 3, 1, 2, 2),              # depthwise, dilated
+    (6, 12, 3, 9, 8, 3, 2, (1, 0, 2, 1), 1),     # groups of 2 input channels, inside words
+    (16, 32, 2, 6, 6, 3, 1, 1, 1),               # two groups of 8 -> 16
+    (12, 6, 2, 5, 5, 1, 1, 0, 1),                # grouped 1x1, fewer outputs than inputs
+    (8, 16, 8, 6, 6, 5, 1, (2, 1, 2, 3), 1),     # depth multiplier 2, 5x5
+]
+
+
+@pytest.mark.parametrize("case", GROUPED, ids=_ids)
+def test_grouped_conv(case, tmp_path):
+    cin, cout, group, h, w, k, s, p, d = case
+    m = kernels.grouped_conv_model(cin, cout, group, h, w, k, s, p, d, relu=group % 2 == 0, seed=cin + cout)
+    c = check(m, tmp_path, "small" if cin % 3 else "reference")
+    (layer,) = c.layers
+    assert layer.macs == (cin // group) * cout * k * k * c.graph.tensors[c.graph.layers[0].output].shape[1] \
+        * c.graph.tensors[c.graph.layers[0].output].shape[2]
+
+
+def test_dense_conv_asymmetric_pads_and_dilation(tmp_path):
+    check(kernels.conv_model(5, 9, 9, 10, 3, (2, 1), (0, 2, 1, 1), dilation=(2, 1), seed=3), tmp_path)
+
+
+# ---- channel-wise layers --------------------------------------------------------------------------
+
+def _chan_model(kind: str, c: int = 6, h: int = 5, w: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """A graph input, or a MaxPool/Concat output, followed by what no layer can absorb."""
+    rng = np.random.default_rng(seed)
+    inits = [init("s", rng.uniform(0.5, 1.5, (c, 1, 1))), init("t", rng.normal(0, 0.3, (1, c, 1, 1))),
+             init("g", rng.uniform(0.5, 1.5, c)), init("b", rng.normal(0, 0.2, c)), init("mu", rng.normal(0, 0.2, c)),
+             init("var", rng.uniform(0.5, 2, c))]
+    if kind == "bn_relu_input":          # BatchNormalization + Relu on the graph input
+        nodes = [helper.make_node("BatchNormalization", ["input", "g", "b", "mu", "var"], ["n"], name="bn"),
+                 helper.make_node("Relu", ["n"], ["output"], name="relu")]
+        oh, ow = h, w
+    elif kind == "mul_add_pool":         # per-channel Mul and Add after a pooling layer
+        nodes = [helper.make_node("MaxPool", ["input"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+                 helper.make_node("Mul", ["p", "s"], ["m"], name="mul"),
+                 helper.make_node("Add", ["t", "m"], ["output"], name="add")]
+        oh, ow = h // 2, w // 2
+    else:                                # Relu after a Concat of two convolutions
+        inits += [init("w1", rng.normal(0, 0.2, (16, c, 3, 3))), init("w2", rng.normal(0, 0.3, (4, c, 1, 1)))]
+        nodes = [helper.make_node("Conv", ["input", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+                 helper.make_node("Conv", ["input", "w2"], ["b2"], name="c2"),
+                 helper.make_node("Concat", ["a", "b2"], ["cat"], name="cat", axis=1),
+                 helper.make_node("Relu", ["cat"], ["output"], name="relu")]
+        c, oh, ow = 20, h, w
+    used = {i for n in nodes for i in n.input}
+    inits = [t for t in inits if t.name in used]
+    return model("chan", nodes, [tensor("input", (1, 6, h, w))], [tensor("output", (1, c, oh, ow))], inits)
+
+
+@pytest.mark.parametrize("kind", ["bn_relu_input", "mul_add_pool", "relu_after_concat"])
+def test_channelwise_layer(kind, tmp_path):
+    c = check(_chan_model(kind), tmp_path, "small" if kind != "mul_add_pool" else "reference")
+    chan = [l for l in c.graph.layers if getattr(l, "kind", "") == "channelwise"]
+    assert len(chan) == 1 and chan[0].groups == c.graph.tensors[chan[0].input].shape[0]
+
+
+# ---- ConvTranspose ------------------------------------------------------------------------------
+
+DECONV = [
+    # cin, cout, h, w, k, stride, pad, output_padding, group
+    (4, 6, 5, 5, 3, 2, 1, 1, 1),        # the usual 'x2' decoder layer
+    (8, 8, 6, 5, 4, 2, 1, 0, 1),        # k=4, s=2, p=1 (DCGAN, LinkNet)
+    (3, 5, 4, 4, 2, 2, 0, 0, 1),        # k = s: no overlap
+    (6, 4, 4, 5, 3, 3, (0, 1, 2, 0), 2, 2),   # stride 3, asymmetric pads, grouped
+    (4, 4, 3, 3, 1, 2, 0, 1, 1),        # kernel smaller than the stride: phases without taps
+    (16, 16, 5, 4, 4, 2, 1, 0, 16),     # depthwise (bilinear-style upsampling layers)
+    (5, 7, 4, 4, 3, 1, 1, 0, 1),        # stride 1
+]
+
+
+@pytest.mark.parametrize("case", DECONV, ids=_ids)
+def test_conv_transpose(case, tmp_path):
+    cin, cout, h, w, k, s, p, op, g = case
+    check(kernels.conv_transpose_model(cin, cout, h, w, k, s, p, op, g, seed=cin * cout), tmp_path,
+          "small" if cin % 2 else "reference")
+
+
+# ---- Resize / Upsample ----------------------------------------------------------------------------
+
+RESIZE = [
+    # c, h, w, scales, mode, coordinate_transformation_mode, nearest_mode, sizes
+    (3, 5, 6, (2, 2), "nearest", "asymmetric", "floor", False),           # PyTorch nearest
+    (3, 5, 6, (2, 2), "nearest", "half_pixel", "round_prefer_floor", True),
+    (2, 4, 5, (3, 2), "nearest", "asymmetric", "round_prefer_ceil", False),   # shifted copies, clamped
+    (2, 4, 4, (2, 3), "nearest", "tf_half_pixel_for_nn", "ceil", False),
+    (3, 5, 6, (2, 2), "linear", "half_pixel", "floor", False),            # bilinear x2: {1,3,9}/16, clamped
+    (3, 4, 5, (2, 2), "linear", "pytorch_half_pixel", "floor", True),
+    (2, 4, 5, (2, 3), "linear", "asymmetric", "floor", False),
+    (2, 4, 4, (3, 3), "linear", "half_pixel", "floor", False),            # weights in sixths
+    (5, 3, 4, (1, 2), "linear", "half_pixel", "floor", False),            # one axis only
+]
+
+
+@pytest.mark.parametrize("case", RESIZE, ids=_ids)
+def test_resize(case, tmp_path):
+    c, h, w, sc, mode, coord, nearest, sizes = case
+    check(kernels.resize_model(c, h, w, sc, mode, coord, nearest, sizes), tmp_path,
+          "reference" if mode == "linear" else "small")
+
+
+@pytest.mark.parametrize("opset, mode", [(7, "nearest"), (9, "linear"), (10, "nearest"), (10, "linear")])
+def test_upsample_and_resize10(opset, mode, tmp_path):
+    check(kernels.upsample_model(3, 4, 5, 2, mode, opset), tmp_path)
+
+
+def test_nearest_is_a_plain_copy():
+    """Nearest x2 (asymmetric, floor) needs no replicated border: one piece per phase, weights 1."""
+    g = load_model(kernels.resize_model(3, 4, 5, (2, 2)))
+    (layer,) = g.layers
+    assert layer.edge == 0 and layer.up == (2, 2) and layer.groups == 3 and np.all(layer.weight == 1.0)
+
+
+# ---- AveragePool with a varying divisor -------------------------------------------------------
+
+AVG = [
+    # c, h, w, k, stride, pad, count_include_pad, ceil_mode
+    (3, 7, 7, 3, 1, 1, 0, 0),
+    (5, 8, 9, 3, 2, (1, 0, 1, 1), 0, 0),
+    (20, 6, 6, 3, 1, 1, 0, 0),             # more than a word of channels
+    (4, 7, 7, 2, 2, 0, 1, 1),              # ceil_mode: the last window is partial
+    (4, 7, 7, 3, 2, 1, 0, 1),
+    (4, 8, 8, 3, 2, 1, 1, 1),              # ceil_mode with counted padding
+]
+
+
+@pytest.mark.parametrize("case", AVG, ids=_ids)
+def test_avgpool_varying_divisor(case, tmp_path):
+    c, h, w, k, s, p, cip, ceil = case
+    check(kernels.avgpool_model(c, h, w, k, s, p, cip, ceil), tmp_path, "small" if c % 2 else "reference")
+
+
+# ---- rejections -----------------------------------------------------------------------------------
+
+def _one(op, ins, inits, opset=13, **attrs):
+    nodes = [helper.make_node(op, ["input"] + ins, ["output"], name="n1", **attrs)]
+    graph = helper.make_graph(nodes, "bad", [tensor("input", (1, 4, 4, 4))],
+                              [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, None)], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+W = init("w", np.ones((4, 4, 3, 3)))
+ROI, SC = init("roi", np.zeros(0)), init("sc", np.array([1, 1, 2, 2]))
+
+
+@pytest.mark.parametrize("op, ins, inits, attrs, match", [
+    ("ConvTranspose", ["w"], [W], dict(dilations=[2, 2]), r"dilations \[2, 2\]"),
+    ("ConvTranspose", ["w"], [W], dict(strides=[2, 2], output_padding=[2, 2]), r"output_padding \[2, 2\]"),
+    ("ConvTranspose", ["w"], [W], dict(group=3), r"group=3"),
+    ("Resize", ["roi", "sc"], [ROI, SC], dict(mode="cubic"), r"mode 'cubic'"),
+    ("Resize", ["roi", "sc"], [ROI, SC], dict(mode="linear", coordinate_transformation_mode="align_corners"),
+     r"coordinate_transformation_mode 'align_corners'"),
+    ("Resize", ["roi", "sc"], [ROI, SC], dict(coordinate_transformation_mode="tf_crop_and_resize"),
+     r"coordinate_transformation_mode 'tf_crop_and_resize'"),
+    ("Resize", ["roi", "sc"], [ROI, init("sc", np.array([1, 1, 1.5, 2]))], {}, r"only integer upsampling"),
+    ("Resize", ["roi", "sc"], [ROI, init("sc", np.array([1, 2, 2, 2]))], {}, r"batch or channel axis"),
+    ("Resize", ["roi", "sc"], [ROI, SC], dict(mode="linear", exclude_outside=1), r"exclude_outside=1"),
+])
+def test_unsupported_attributes_name_node_and_attribute(op, ins, inits, attrs, match):
+    with pytest.raises(CompileError, match=rf"node 'n1' \({op}\): .*{match}"):
+        load_model(_one(op, ins, inits, **attrs))
