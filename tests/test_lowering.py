@@ -221,3 +221,50 @@ ROI, SC = init("roi", np.zeros(0)), init("sc", np.array([1, 1, 2, 2]))
 def test_unsupported_attributes_name_node_and_attribute(op, ins, inits, attrs, match):
     with pytest.raises(CompileError, match=rf"node 'n1' \({op}\): .*{match}"):
         load_model(_one(op, ins, inits, **attrs))
+
+
+# ---- zero-cost graph ops --------------------------------------------------------------------------
+
+def test_pytorch_interpolate_and_shape_arithmetic_fold(tmp_path):
+    """F.interpolate(scale_factor=2) as PyTorch exports it (opset 11+): the Resize sizes come from
+    Shape/Gather/Cast/Mul/Cast/Floor/Unsqueeze/Slice/Concat of the input's shape; a ConstantOfShape
+    bias, a Squeeze/Unsqueeze round trip and a Cast chain on a weight. All of it folds into
+    constants: one depthwise transposed convolution (the Resize) and one Conv remain."""
+    from onnx import TensorProto, numpy_helper
+    rng = np.random.default_rng(5)
+    i64 = lambda name, v: numpy_helper.from_array(np.array(v, dtype=np.int64), name)   # noqa: E731
+    nodes = [
+        # the conv's bias: ConstantOfShape, then Squeeze of an Unsqueeze, through a Cast chain
+        helper.make_node("ConstantOfShape", ["bshape"], ["b0"], name="zeros",
+                         value=numpy_helper.from_array(np.array([0.25], dtype=np.float32))),
+        helper.make_node("Cast", ["b0"], ["b1"], name="to_double", to=TensorProto.DOUBLE),
+        helper.make_node("Cast", ["b1"], ["b2"], name="to_float", to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["b2", "s0"], ["b3"], name="unsq_b"),
+        helper.make_node("Squeeze", ["b3", "s0"], ["bias"], name="squeeze_b"),
+        helper.make_node("Conv", ["input", "wc", "bias"], ["x"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["x"], ["shp"], name="shape"),
+        helper.make_node("Slice", ["shp", "s0", "s2", "s0"], ["nc"], name="slice"),
+        helper.make_node("Constant", [], ["two"], name="const_two", value=numpy_helper.from_array(np.float32(2))),
+    ]
+    for axis in ("2", "3"):
+        nodes += [helper.make_node("Gather", ["shp", "i" + axis], ["g" + axis], name="gather" + axis, axis=0),
+                  helper.make_node("Cast", ["g" + axis], ["f" + axis], name="cast" + axis, to=TensorProto.FLOAT),
+                  helper.make_node("Mul", ["f" + axis, "two"], ["m" + axis], name="mul" + axis),
+                  helper.make_node("Floor", ["m" + axis], ["fl" + axis], name="floor" + axis),
+                  helper.make_node("Cast", ["fl" + axis], ["c" + axis], name="casti" + axis, to=TensorProto.INT64),
+                  helper.make_node("Unsqueeze", ["c" + axis, "s0"], ["u" + axis], name="unsq" + axis)]
+    nodes += [
+        helper.make_node("Concat", ["nc", "u2", "u3"], ["sizes"], name="cat", axis=0),
+        helper.make_node("Resize", ["x", "", "", "sizes"], ["output"], name="resize", mode="nearest",
+                         coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+    ]
+    inits = [init("wc", rng.normal(0, 0.3, (4, 3, 3, 3))), i64("s0", [0]), i64("s2", [2]), i64("i2", 2), i64("i3", 3),
+             i64("bshape", [4])]
+    m = model("interp", nodes, [tensor("input", (1, 3, 5, 6))], [tensor("output", (1, 4, 10, 12))], inits)
+    c = check(m, tmp_path)
+    conv, resize = c.graph.layers
+    assert conv.kind == "conv" and np.allclose(conv.bias, 0.25) and resize.kind == "resize" and resize.up == (2, 2)
+    folded = " ".join(c.graph.notes)
+    for node in ("shape", "slice", "gather2", "cast3", "mul2", "floor3", "unsq2", "cat", "zeros", "to_double",
+                 "squeeze_b", "const_two"):
+        assert f"'{node}'" in folded, node
