@@ -734,6 +734,9 @@ class _FrontEnd:
             raise CompileError(f"{where}: nearest_mode {nearest!r} is not supported; supported: {', '.join(self._NEAREST_MODES)}")
         if attrs.get("exclude_outside", 0):
             raise CompileError(f"{where}: exclude_outside=1 is not supported")
+        if sizes is not None and text("keep_aspect_ratio_policy", "stretch") != "stretch" and factors[0] != factors[1]:
+            raise CompileError(f"{where}: keep_aspect_ratio_policy {text('keep_aspect_ratio_policy', '')!r} with sizes "
+                               f"of different factors {factors} is not supported; only 'stretch'")
         taps = [_interp_taps(f, mode, coord, nearest) for f in factors]
         edge = max(max(abs(d) for phase in t for d in phase) for t in taps)
         k1 = [_interp_kernel(f, t, edge) for f, t in zip(factors, taps)]

@@ -268,3 +268,47 @@ def test_pytorch_interpolate_and_shape_arithmetic_fold(tmp_path):
     for node in ("shape", "slice", "gather2", "cast3", "mul2", "floor3", "unsq2", "cat", "zeros", "to_double",
                  "squeeze_b", "const_two"):
         assert f"'{node}'" in folded, node
+
+
+# ---- networks built on these operators --------------------------------------------------------------
+
+def check_network(m: onnx.ModelProto, tmp_path):
+    """A whole network on the reference configuration: SDK vs onnxruntime (metric), functional model
+    vs golden (bit-exact)."""
+    path = str(tmp_path / "net.onnx")
+    onnx.save(m, path)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    shape = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(1).random(shape, dtype=np.float32)
+    ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    ie = microndla.MDLA()
+    ie.Compile(path)
+    y = ie.Run(x)
+    mean, mx = sdk_error_metric(y, ref)
+    assert mean <= BUDGET_MEAN and mx <= BUDGET_MAX, f"error {mean:.3f} % / {mx:.3f} % exceeds the budget"
+    dla, gold, _, _ = run_both(m, REFERENCE)
+    assert_bit_exact(dla, gold)
+
+
+def test_mobilenet_v2(tmp_path):
+    import zoo
+    m = zoo.build("mobilenet_v2", input_shape=(1, 3, 32, 32), width=0.35, classes=10)
+    assert sum(n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
+               for n in m.graph.node) == 17          # one depthwise convolution per inverted residual block
+    check_network(m, tmp_path)
+
+
+@pytest.mark.parametrize("up", ["convtranspose", "nearest", "linear"])
+def test_unet(up, tmp_path):
+    import zoo
+    check_network(zoo.build("unet", input_shape=(1, 3, 32, 32), up=up), tmp_path)
+
+
+def test_mdla_zoo_writes_the_new_models(tmp_path):
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+    for name in ("mobilenet_v2", "unet"):
+        result = CliRunner().invoke(main, ["zoo", name, "-o", str(tmp_path / f"{name}.onnx")])
+        assert result.exit_code == 0, result.output
+        onnx.checker.check_model(onnx.load(str(tmp_path / f"{name}.onnx")))
