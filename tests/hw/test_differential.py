@@ -67,6 +67,12 @@ def _kernels():
         "avgpool": lambda: kernels.avgpool_model(5, 6, 6, 2, 2, 0),
         "avgpool_overlap_pad": lambda: kernels.avgpool_model(6, 7, 7, 3, 2, 1),
         "global_avgpool": lambda: kernels.avgpool_model(8, 5, 5, None),
+        # lowered operators (compiler/lowering.py): channels from inside a word (maps_addr), strided
+        # STOREs of phases, AVGPOOL pieces with their own multipliers
+        "grouped_conv": lambda: kernels.grouped_conv_model(6, 6, 3, 4, 4, 3, 2, 1, relu=True, seed=2),
+        "conv_transpose": lambda: kernels.conv_transpose_model(4, 4, 3, 3, 3, 2, 1, 1, seed=4),
+        "resize_bilinear": lambda: kernels.resize_model(4, 3, 3, (2, 2), "linear", "half_pixel"),
+        "avgpool_exclude_pad": lambda: kernels.avgpool_model(4, 5, 5, 3, 2, 1, count_include_pad=0),
     }
 
 
