@@ -16,10 +16,16 @@ What it does, in order:
    * ``Identity``, ``Dropout``, ``Flatten`` and ``Reshape`` are aliases: no layer, the IR tensor keeps
      its ``(C, H, W)`` shape in C-major order (which is what ONNX's flatten of NCHW produces) and the
      ONNX shape of the alias is remembered for graph outputs and for checks;
-   * ``Conv``, ``MaxPool``, ``Gemm`` and ``MatMul`` (constant right operand) become layers; a
-     Gemm/MatMul becomes a ``Conv`` of kind ``'fc'`` whose kernel covers the whole input map;
-   * ``BatchNormalization`` and ``Relu`` are fused into the Conv/Gemm/MatMul layer that produces their
-     input when they are its only consumer (the DLA has no separate units for them).
+   * ``Conv`` (also grouped), ``MaxPool``, ``AveragePool``, ``Gemm`` and ``MatMul`` (constant right
+     operand) become layers; a Gemm/MatMul becomes a ``Conv`` of kind ``'fc'`` whose kernel covers
+     the whole input map; ``ConvTranspose`` becomes a ``Conv`` with ``up`` (the stride-1 convolution
+     of the zero-inserted input), ``Resize``/``Upsample`` by integer factors a depthwise one with
+     fixed weights and a replicated border (``edge``); the code generator lowers both by phases
+     (:mod:`compiler.lowering`);
+   * ``BatchNormalization``, ``Relu`` and per-channel ``Mul``/``Add`` by constants are fused into the
+     Conv/Gemm/MatMul layer that produces their input when they are its only consumer (the DLA has
+     no separate units for them); otherwise they become a channel-wise layer
+     (:func:`channelwise_layer`, a depthwise 1x1 convolution).
 
 5. Drop layers that no graph output depends on (recorded in ``Graph.notes``, like every fold).
 
