@@ -312,3 +312,22 @@ def test_mdla_zoo_writes_the_new_models(tmp_path):
         result = CliRunner().invoke(main, ["zoo", name, "-o", str(tmp_path / f"{name}.onnx")])
         assert result.exit_code == 0, result.output
         onnx.checker.check_model(onnx.load(str(tmp_path / f"{name}.onnx")))
+
+
+@pytest.mark.parametrize("flags, images", [({"nclusters": 2, "clustersbatchmode": 1}, 1),
+                                           ({"imgs_per_cluster": 2, "mvbatch": 1}, 2)])
+def test_pieces_in_parallel_modes(flags, images, tmp_path):
+    """The pieces of a layer split over clusters (clustersbatchmode) and run per MV image (mvbatch)
+    give the bits of the plain run."""
+    import zoo
+    path = str(tmp_path / "unet.onnx")
+    onnx.save(zoo.build("unet", input_shape=(1, 3, 16, 16), up="linear", depth=2), path)
+    x = np.random.default_rng(0).random((images, 3, 16, 16), dtype=np.float32)
+    ie = microndla.MDLA()
+    ie.Compile(path)
+    plain = ie.Run(x[:1])
+    ie = microndla.MDLA()
+    ie.SetFlag(flags)
+    ie.Compile(path)
+    y = ie.Run(x)
+    assert np.array_equal(y[:1], plain)
