@@ -315,7 +315,7 @@ def test_mdla_zoo_writes_the_new_models(tmp_path):
 
 
 @pytest.mark.parametrize("flags, images", [({"nclusters": 2, "clustersbatchmode": 1}, 1),
-                                           ({"imgs_per_cluster": 2, "mvbatch": 1}, 2)])
+                                           ({"imgs_per_cluster": 4, "mvbatch": 1}, 4)])
 def test_pieces_in_parallel_modes(flags, images, tmp_path):
     """The pieces of a layer split over clusters (clustersbatchmode) and run per MV image (mvbatch)
     give the bits of the plain run."""
