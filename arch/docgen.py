@@ -142,8 +142,8 @@ phases is an ordinary stride-1 CONV with a sub-kernel of about k/s taps whose ou
 pixel stride of s writes into place. Zero insertion would multiply s_y*s_x times as many zeros and
 need its producer to write a strided, zero-filled view; phases keep the input an ordinary tensor.
 Resize and Upsample by integer factors are depthwise transposed convolutions whose kernels are
-ONNX's coordinate formulas evaluated exactly per phase (nearest: copies; bilinear x2 half_pixel:
-{{1, 3, 9}}/16); clamped coordinates are a replicated border, exact in border pieces that sum the taps
+ONNX's coordinate formulas evaluated exactly per phase (nearest: copies, which run as exact 1x1
+AVGPOOLs on the pooling unit, lane-parallel over channels; bilinear x2 half_pixel: {{1, 3, 9}}/16); clamped coordinates are a replicated border, exact in border pieces that sum the taps
 falling on the same pixel. Average pooling whose divisor varies at the borders (count_include_pad=0,
 ceil_mode) runs one AVGPOOL per rectangle of equal divisor, each with its own multiplier. The pieces
 are in `compiler/lowering.py`; the golden reference evaluates these layers from their definitions.

@@ -1,7 +1,8 @@
 """MAC utilisation of the lowered layers (grouped/depthwise Conv, ConvTranspose by phases,
 Resize as depthwise transposed convolutions) side by side with the dense convolution of the same
 shape, on the reference configuration: the numbers behind the lowering decisions in
-docs/architecture.md. Cycles are the functional model's (cycle-exact with the RTL).
+docs/architecture.md. Cycles are the functional model's (cycle-exact with the RTL). Nearest
+upsampling and the corners of bilinear upsampling are copies, run on the pooling unit (no MACs).
 
     python bench/bench_lowering.py
 """

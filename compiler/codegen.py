@@ -36,7 +36,7 @@ import numpy as np
 
 from arch.isa import Act, Buf, Init, Instr
 from arch.machine import MachineConfig
-from arch.numerics import split_bias
+from arch.numerics import reciprocal, split_bias
 
 from .ir import AvgPool, CompileError, Conv, Graph, MaxPool
 from .lowering import conv_pieces, pool_pieces
@@ -373,12 +373,26 @@ class CodeGen:
         nchunks = max(len(cs) for _, cs in ginfo.values())
         return slots, dict(name=L.name, kind=L.kind, mode=mode, chunks=nchunks, tile=(ohb, owb), macs=macs)
 
+    @staticmethod
+    def _is_copy(P: Conv) -> bool:
+        """Whether a piece only copies each channel (nearest upsampling): depthwise 1x1, weight 1.0
+        exactly, no bias, activation or residual."""
+        cout, cin_g, kh, kw = P.wq.shape
+        return (P.groups == cout and cin_g == 1 and (kh, kw) == (1, 1) and not P.residual and P.act == "none"
+                and 0 <= P.shift < 15 and bool(np.all(P.wq == 1 << P.shift)) and not np.any(P.bq))
+
     def _pieces_slots(self, L: Conv, bases: list[int]):
-        """A transposed convolution or upsampling: the slots of its pieces, one after the other."""
+        """A transposed convolution or upsampling: the slots of its pieces, one after the other. A
+        piece that only copies channels (nearest upsampling) runs on the pooling unit, which is
+        lane-parallel over channels: an AVGPOOL over a 1x1 window with multiplier 1.0 (exact)."""
         tin, tout = self.layouts[L.input], self.layouts[L.output]
         slots, macs, chunks = [], 0, 1
         for p in conv_pieces(L, (tin.height, tin.width), (tout.height, tout.width)):
-            s, info = self._conv_slots(p.conv, bases, (p.out0, p.step, p.size), len(slots))
+            if self._is_copy(p.conv):
+                copy = AvgPool(p.conv.name, p.conv.nodes, L.input, L.output, (1, 1), (1, 1), p.conv.pads)
+                s, info = self._pool_slots(copy, bases, (0, 0) + p.size, reciprocal(1), len(slots), (p.out0, p.step))
+            else:
+                s, info = self._conv_slots(p.conv, bases, (p.out0, p.step, p.size), len(slots))
             slots += s
             macs += info["macs"]
             chunks = max(chunks, info["chunks"])
@@ -394,9 +408,11 @@ class CodeGen:
             slots += s
         return slots, info
 
-    def _pool_slots(self, L: MaxPool | AvgPool, bases: list[int], region=None, muls=None, first: int = 0):
+    def _pool_slots(self, L: MaxPool | AvgPool, bases: list[int], region=None, muls=None, first: int = 0,
+                    place=None):
         """Slots of a pooling layer; ``region`` = (oy0, ox0, oh, ow): only that rectangle of the
-        output, averaged with ``muls`` = (mul, shift); ``first`` as for :meth:`_conv_slots`."""
+        output, averaged with ``muls`` = (mul, shift); ``first`` as for :meth:`_conv_slots`;
+        ``place`` = (out0, step): the region's outputs go to pixels out0 + step*(y, x) instead."""
         cfg = self.cfg
         tin, tout = self.layouts[L.input], self.layouts[L.output]
         kh, kw = L.kernel
@@ -434,9 +450,10 @@ class CodeGen:
             s.compute = _instr("AVGPOOL" if avg else "MAXPOOL", mv_mask=(1 << len(it)) - 1, maps_addr=mbase,
                                in_w=in_cols, ppitch=nb, nb=nb, kh=kh, kw=kw, sy=sy, sx=sx, oh=t0.oh, ow=t0.ow,
                                out_addr=0, out_pitch=nb, **avg)
+            (SY0, SX0), ostep = place or ((Y0, X0), (1, 1))
             for m, (cw, _, t, b) in enumerate(it):
-                s.stores.append(self._dma("STORE", self._addr(b, tout, Y0 + t.oy0, X0 + t.ox0, cw), 0,
-                                          t.oh, t.ow, nb, tout, mv=m))
+                s.stores.append(self._dma("STORE", self._addr(b, tout, SY0 + ostep[0] * t.oy0, SX0 + ostep[1] * t.ox0,
+                                                          cw), 0, t.oh, t.ow, nb, tout, step=ostep, mv=m))
             slots.append(s)
         kind = "avgpool" if isinstance(L, AvgPool) else "maxpool"
         mode = "mvbatch" if len(bases) > 1 else "spatial"

@@ -167,10 +167,16 @@ def test_upsample_and_resize10(opset, mode, tmp_path):
 
 
 def test_nearest_is_a_plain_copy():
-    """Nearest x2 (asymmetric, floor) needs no replicated border: one piece per phase, weights 1."""
+    """Nearest x2 (asymmetric, floor) needs no replicated border: one piece per phase, weights 1,
+    which runs on the pooling unit (lane-parallel) as a 1x1 AVGPOOL, not as a CONV."""
+    from compiler.driver import compile_graph
+    from compiler.quantize import quantize
     g = load_model(kernels.resize_model(3, 4, 5, (2, 2)))
     (layer,) = g.layers
     assert layer.edge == 0 and layer.up == (2, 2) and layer.groups == 3 and np.all(layer.weight == 1.0)
+    c = compile_graph(quantize(g, SMALL), SMALL)
+    ops = [i.op for p in c.programs.values() for i in p]
+    assert ops.count("AVGPOOL") >= 4 and "CONV" not in ops
 
 
 # ---- AveragePool with a varying divisor -------------------------------------------------------

@@ -72,6 +72,7 @@ def _kernels():
         "grouped_conv": lambda: kernels.grouped_conv_model(6, 6, 3, 4, 4, 3, 2, 1, relu=True, seed=2),
         "conv_transpose": lambda: kernels.conv_transpose_model(4, 4, 3, 3, 3, 2, 1, 1, seed=4),
         "resize_bilinear": lambda: kernels.resize_model(4, 3, 3, (2, 2), "linear", "half_pixel"),
+        "resize_nearest": lambda: kernels.resize_model(4, 3, 3, (2, 2)),     # 1x1 AVGPOOLs, strided STOREs
         "avgpool_exclude_pad": lambda: kernels.avgpool_model(4, 5, 5, 3, 2, 1, count_include_pad=0),
     }
 
