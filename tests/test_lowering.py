@@ -64,6 +64,7 @@ GROUPED = [
     (16, 32, 2, 6, 6, 3, 1, 1, 1),               # two groups of 8 -> 16
     (12, 6, 2, 5, 5, 1, 1, 0, 1),                # grouped 1x1, fewer outputs than inputs
     (8, 16, 8, 6, 6, 5, 1, (2, 1, 2, 3), 1),     # depth multiplier 2, 5x5
+    (36, 36, 6, 6, 6, 3, 1, 1, 1),               # groups of 6: reduction chunks on the small configuration
 ]
 
 
@@ -129,6 +130,22 @@ DECONV = [
     (16, 16, 5, 4, 4, 2, 1, 0, 16),     # depthwise (bilinear-style upsampling layers)
     (5, 7, 4, 4, 3, 1, 1, 0, 1),        # stride 1
 ]
+
+
+def _deconv_attrs(m: onnx.ModelProto, **attrs) -> onnx.ModelProto:
+    node = m.graph.node[0]
+    keep = [a for a in node.attribute if a.name not in ("pads", "output_padding") and a.name not in attrs]
+    del node.attribute[:]
+    node.attribute.extend(keep + [helper.make_attribute(k, v) for k, v in attrs.items()])
+    return m
+
+
+@pytest.mark.parametrize("attrs", [dict(output_shape=[9, 10]), dict(auto_pad="SAME_UPPER"),
+                                   dict(auto_pad="SAME_LOWER", strides=[3, 3])])
+def test_conv_transpose_output_shape_and_auto_pad(attrs, tmp_path):
+    m = _deconv_attrs(kernels.conv_transpose_model(4, 6, 5, 5, 3, 2, 0, 0, seed=9), **attrs)
+    m.graph.output[0].type.tensor_type.ClearField("shape")
+    check(m, tmp_path)
 
 
 @pytest.mark.parametrize("case", DECONV, ids=_ids)
