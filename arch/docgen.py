@@ -123,7 +123,31 @@ an adder tree) wastes 13 of 16 lanes on the first convolution (3 input channels)
 16-input adder tree per VV; ours loses lanes only when the output channel count is not a multiple of
 16, which in CNNs is the classifier alone (table below). Each lane is a plain multiply-accumulate,
 which maps onto one DSP48 slice with its native 48-bit accumulator. Depthwise convolution is poor
-in both dataflows; a lane-parallel mode for it is left to the networks issue.
+in both dataflows (below).
+
+**Grouped and depthwise convolutions: block-diagonal CONVs.** A CONV for nvv x {REFERENCE.lanes} output
+channels reduces only the input channels of the groups those channels belong to (`maps_addr` starts
+inside a word where a group does, `cin` is their count), with zero weights off the block diagonal.
+All VV units of an MV see the same broadcast element, so a depthwise layer takes as many cycles as
+the dense layer with as many input and output channels: 1/(vv_per_mv x lanes) =
+1/{REFERENCE.vv_per_mv * REFERENCE.lanes} of its MAC rate on `reference` (`bench/bench_lowering.py`: a depthwise 3x3 layer over 64
+channels of 28x28 uses 1.3 % of the cluster's MACs, the dense 64 -> 64 layer 83 %, in the same cycles).
+Standalone per-channel operations (BatchNormalization, Mul/Add by constants, an activation no layer
+can absorb) are depthwise 1x1 convolutions of this kind. Candidate extension: a lane-parallel
+depthwise mode of the pooling unit (per-lane weights in place of AVGPOOL's window sum, which is
+already lane-parallel over channels), {REFERENCE.lanes}-{REFERENCE.vv_per_mv * REFERENCE.lanes}x faster on these layers.
+
+**Transposed convolutions and upsampling: phases, not zero insertion.** Output pixels s*m + r of
+phase r of a stride-s ConvTranspose depend on the kernel taps r' + s*j only, so each of the s_y*s_x
+phases is an ordinary stride-1 CONV with a sub-kernel of about k/s taps whose outputs a STORE with a
+pixel stride of s writes into place. Zero insertion would multiply s_y*s_x times as many zeros and
+need its producer to write a strided, zero-filled view; phases keep the input an ordinary tensor.
+Resize and Upsample by integer factors are depthwise transposed convolutions whose kernels are
+ONNX's coordinate formulas evaluated exactly per phase (nearest: copies, which run as exact 1x1
+AVGPOOLs on the pooling unit, lane-parallel over channels; bilinear x2 half_pixel: {{1, 3, 9}}/16); clamped coordinates are a replicated border, exact in border pieces that sum the taps
+falling on the same pixel. Average pooling whose divisor varies at the borders (count_include_pad=0,
+ceil_mode) runs one AVGPOOL per rectangle of equal divisor, each with its own multiplier. The pieces
+are in `compiler/lowering.py`; the golden reference evaluates these layers from their definitions.
 
 **Accumulator: {REFERENCE.acc_bits} bits, wrapping.** A product of two 16-bit values takes 31 bits;
 {REFERENCE.acc_bits} bits hold the sum of {REFERENCE.max_reduction} products plus a 32-bit bias, more than

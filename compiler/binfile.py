@@ -61,7 +61,8 @@ def _graph_sections(g: Graph) -> tuple[bytes, bytes]:
         if isinstance(L, Conv):
             d.update(stride=L.stride, pads=L.pads, dilation=L.dilation, act=L.act, kind=L.kind,
                      w_frac=L.w_frac, shift=L.shift, residual=L.residual, res_shift=L.res_shift,
-                     res_op=L.res_op, alpha=L.alpha, clip=list(L.clip), act_a=L.act_a, act_b=L.act_b)
+                     res_op=L.res_op, alpha=L.alpha, clip=list(L.clip), act_a=L.act_a, act_b=L.act_b,
+                     groups=L.groups, up=L.up, edge=L.edge)
             arrays[f"{i}.weight"] = L.weight
             arrays[f"{i}.bias"] = L.bias
             if L.wq is not None:
@@ -70,7 +71,8 @@ def _graph_sections(g: Graph) -> tuple[bytes, bytes]:
         else:
             d.update(kernel=L.kernel, stride=L.stride, pads=L.pads)
             if isinstance(L, AvgPool):
-                d.update(mul=L.mul, shift=L.shift)
+                d.update(mul=L.mul, shift=L.shift, count_pads=L.count_pads,
+                         muls=None if L.muls is None else {str(k): v for k, v in L.muls.items()})
         layers.append(d)
     meta = {
         "name": g.name, "opset": g.opset, "notes": g.notes,
@@ -95,13 +97,17 @@ def _graph_from_sections(js: bytes, npz: bytes) -> Graph:
                      pads=tuple(d["pads"]), dilation=tuple(d["dilation"]), act=d["act"], kind=d["kind"],
                      residual=d.get("residual"), res_op=d.get("res_op", "add"), alpha=d.get("alpha", 0.0),
                      clip=tuple(d.get("clip", (None, None))), act_a=d.get("act_a", 0), act_b=d.get("act_b", 0),
+                     groups=d.get("groups", 1), up=tuple(d.get("up", (1, 1))), edge=d.get("edge", 0),
                      **common)
             if f"{i}.wq" in arrays:
                 L.wq, L.bq = arrays[f"{i}.wq"], arrays[f"{i}.bq"]
                 L.w_frac, L.shift, L.res_shift = d["w_frac"], d["shift"], d.get("res_shift")
         elif d["type"] == "AvgPool":
             L = AvgPool(kernel=tuple(d["kernel"]), stride=tuple(d["stride"]), pads=tuple(d["pads"]),
-                        mul=d["mul"], shift=d["shift"], **common)
+                        mul=d["mul"], shift=d["shift"],
+                        count_pads=tuple(d["count_pads"]) if d.get("count_pads") is not None else None,
+                        muls=({int(k): tuple(v) for k, v in d["muls"].items()} if d.get("muls") is not None else None),
+                        **common)
         else:
             L = MaxPool(kernel=tuple(d["kernel"]), stride=tuple(d["stride"]), pads=tuple(d["pads"]), **common)
         layers.append(L)

@@ -36,9 +36,10 @@ import numpy as np
 
 from arch.isa import Act, Buf, Init, Instr, Resid
 from arch.machine import MachineConfig
-from arch.numerics import split_bias
+from arch.numerics import reciprocal, split_bias
 
 from .ir import AvgPool, CompileError, Conv, Graph, MaxPool
+from .lowering import conv_pieces, pool_pieces
 from .memmap import TensorLayout
 
 
@@ -50,7 +51,8 @@ class Chunk:
     kx1: int
     cw0: int
     cw1: int
-    cin: int          #: real input channels in channel words [cw0, cw1)
+    cin: int          #: input channels reduced, from element c0 of word cw0
+    c0: int = 0       #: first channel reduced inside word cw0 (a group's channels need not start a word)
 
     @property
     def kh(self) -> int:
@@ -129,14 +131,15 @@ class CodeGen:
         return act_base + t.offset + t.word_index(y, x, cw) * self.cfg.beat_bytes
 
     def _dma(self, op: str, addr: int, buf_addr: int, tile_rows: int, tile_cols: int,
-             words: int, t: TensorLayout, **extra) -> dict:
-        """A LOAD/STORE of a rows x cols x words box of tensor t (channel words contiguous)."""
+             words: int, t: TensorLayout, step: tuple[int, int] = (1, 1), **extra) -> dict:
+        """A LOAD/STORE of a rows x cols x words box of tensor t (channel words contiguous); with
+        ``step``, of every step-th row and column (the pixels of one phase of an upsampling)."""
         pitch = t.pitch_words
-        if words == pitch:   # whole pixels: each tile row is one contiguous run
+        if words == pitch and step == (1, 1):   # whole pixels: each tile row is one contiguous run
             return _instr(op, dram_addr=addr, buf_addr=buf_addr, n0=tile_cols * words, n1=tile_rows,
                           s1=t.row_pixels * pitch, n2=1, s2=0, **extra)
-        return _instr(op, dram_addr=addr, buf_addr=buf_addr, n0=words, n1=tile_cols, s1=pitch,
-                      n2=tile_rows, s2=t.row_pixels * pitch, **extra)
+        return _instr(op, dram_addr=addr, buf_addr=buf_addr, n0=words, n1=tile_cols, s1=step[1] * pitch,
+                      n2=tile_rows, s2=step[0] * t.row_pixels * pitch, **extra)
 
     # ------------------------------------------------------------------ planning
     def _plan_chunks(self, cin: int, kh: int, kw: int, dy: int, dx: int) -> list[Chunk]:
@@ -208,8 +211,12 @@ class CodeGen:
         planned = []
         for r, bases in enumerate(rounds):
             for layer in self.graph.layers:
-                if isinstance(layer, Conv):
+                if isinstance(layer, Conv) and (layer.up != (1, 1) or layer.edge):
+                    slots, info = self._pieces_slots(layer, bases)
+                elif isinstance(layer, Conv):
                     slots, info = self._conv_slots(layer, bases)
+                elif isinstance(layer, AvgPool) and layer.count_pads is not None:
+                    slots, info = self._avg_pieces_slots(layer, bases)
                 elif isinstance(layer, (MaxPool, AvgPool)):
                     slots, info = self._pool_slots(layer, bases)
                 else:  # pragma: no cover - the front end only produces these
@@ -232,32 +239,54 @@ class CodeGen:
         k, n = self.share
         return work[k::n]
 
-    def _conv_slots(self, L: Conv, bases: list[int]):
+    def _group_inputs(self, L: Conv, g: tuple[int, int]) -> tuple[int, list[Chunk]]:
+        """(first input word, chunks relative to it) reduced by output-channel group ``g``. For a
+        grouped convolution only the input channels of the groups its output channels belong to
+        (the block diagonal), starting inside a word where the group does."""
+        cout, cin_g, kh, kw = L.wq.shape
+        lanes = self.cfg.lanes
+        if L.groups == 1:
+            return 0, self._plan_chunks(cin_g, kh, kw, *L.dilation)
+        cout_g = cout // L.groups
+        o0, o1 = g[0] * lanes, min(cout, (g[0] + g[1]) * lanes)
+        i0, i1 = o0 // cout_g * cin_g, ((o1 - 1) // cout_g + 1) * cin_g
+        e = i0 % lanes
+        chunks = [c if c.cw0 else Chunk(c.ky0, c.ky1, c.kx0, c.kx1, c.cw0, c.cw1, c.cin - e, e)
+                  for c in self._plan_chunks(e + i1 - i0, kh, kw, *L.dilation)]
+        return i0 // lanes, chunks
+
+    def _conv_slots(self, L: Conv, bases: list[int], piece=None, first: int = 0):
+        """Slots of a Conv; ``piece`` = (out0, step, size): only that rectangle of the output, every
+        step-th pixel from out0 (a phase of a transposed convolution). ``first``: slots of the layer
+        before these (the buffer halves alternate over the whole layer)."""
         cfg = self.cfg
         tin, tout = self.layouts[L.input], self.layouts[L.output]
         cout, cin, kh, kw = L.wq.shape
         sy, sx = L.stride
         dy, dx = L.dilation
         pt, pl = L.pads[0], L.pads[1]
-        OH, OW = tout.height, tout.width
+        (Y0, X0), ostep, (OH, OW) = piece or ((0, 0), (1, 1), (tout.height, tout.width))
         V, M = cfg.vv_per_mv, cfg.mv_per_cluster
         cout_words = -(-cout // cfg.lanes)
         groups = [(g * V, min(V, cout_words - g * V)) for g in range(-(-cout_words // V))]  # (first word, nvv)
-        chunks = self._plan_chunks(cin, kh, kw, dy, dx)
-        khm = max(c.kh for c in chunks)
-        kwm = max(c.kw for c in chunks)
-        cwm = max(c.words for c in chunks)
+        ginfo = {g: self._group_inputs(L, g) for g in groups}
+        allchunks = [c for _, cs in ginfo.values() for c in cs]
+        khm = max(c.kh for c in allchunks)
+        kwm = max(c.kw for c in allchunks)
+        cwm = max(c.words for c in allchunks)
         nvv_max = max(n for _, n in groups)
         ohb, owb = self._plan_tile(OH, OW, sy, sx, dy, dx, khm, kwm, cwm, nvv_max, cfg.acc_entries, L.name,
                                    residual=bool(L.residual))
         tres = self.layouts[L.residual] if L.residual else None
-        ktot = sum(c.K for c in chunks)
-        pipe = cfg.conv_pipeline * len(chunks)
+        ktot = max(sum(c.K for c in cs) for _, cs in ginfo.values())
+        pipe = cfg.conv_pipeline * max(len(cs) for _, cs in ginfo.values())
 
-        # Candidate 1, cout mode: MVs take different channel groups of one tile.
-        full = [g for g in groups if g[1] == nvv_max]
-        part = [g for g in groups if g[1] != nvv_max]
-        gsets = [full[i:i + M] for i in range(0, len(full), M)] + [[g] for g in part]
+        # Candidate 1, cout mode: MVs take different channel groups of one tile (groups whose
+        # instructions are the same: same nvv and, for grouped convolutions, the same chunks).
+        alike: dict[tuple, list] = {}
+        for g in groups:
+            alike.setdefault((g[1], tuple(ginfo[g][1])), []).append(g)
+        gsets = [gs[i:i + M] for gs in alike.values() for i in range(0, len(gs), M)]
         tiles_c = self._tiles(OH, OW, ohb, owb)
         est_c = len(gsets) * sum(t.oh * t.ow * ktot + pipe for t in tiles_c)
         # Candidate 2, spatial mode: MVs take different tiles of one channel group.
@@ -294,28 +323,31 @@ class CodeGen:
         for it in self._mine(items):
             nmv = len(it)
             mask = (1 << nmv) - 1
-            share_tile = all(t == it[0][1] and b == it[0][2] for _, t, b in it)
+            share_tile = all(t == it[0][1] and b == it[0][2] and ginfo[g][0] == ginfo[it[0][0]][0]
+                             for g, t, b in it)
             share_group = all(g == it[0][0] for g, _, _ in it)
             nvv = it[0][0][1]
             t0 = it[0][1]
+            chunks = ginfo[it[0][0]][1]
             for ci, ch in enumerate(chunks):
                 s = _Slot()
-                half = len(slots) % 2
+                half = (first + len(slots)) % 2
                 mbase = half * self.maps_half
                 kbase = half * self.kern_half
                 in_rows = (t0.oh - 1) * sy + (ch.kh - 1) * dy + 1
                 in_cols = (t0.ow - 1) * sx + (ch.kw - 1) * dx + 1
                 # maps
-                targets = [(mask, t0, it[0][2])] if share_tile else [(1 << m, t, b) for m, (_, t, b) in enumerate(it)]
-                for mmask, t, b in targets:
+                targets = [(mask, t0, it[0][2], it[0][0])] if share_tile else \
+                    [(1 << m, t, b, g) for m, (g, t, b) in enumerate(it)]
+                for mmask, t, b, g in targets:
                     y = t.oy0 * sy + ch.ky0 * dy - pt
                     x = t.ox0 * sx + ch.kx0 * dx - pl
-                    s.loads.append(self._dma("LOAD", self._addr(b, tin, y, x, ch.cw0), mbase,
+                    s.loads.append(self._dma("LOAD", self._addr(b, tin, y, x, ginfo[g][0] + ch.cw0), mbase,
                                              in_rows, in_cols, ch.words, tin, buf=Buf.MAPS, mv_mask=mmask, nvv=0))
                 # kernels
                 ktargets = [(mask, it[0][0])] if share_group else [(1 << m, g) for m, (g, _, _) in enumerate(it)]
                 for kmask, g in ktargets:
-                    off, nwords = self.weights.conv_blob(L, g, ch, ci == 0, nvv)
+                    off, nwords = self.weights.conv_blob(L, g, ch, ci == 0, nvv, ginfo[g][0])
                     s.loads.append(_instr("LOAD", buf=Buf.KERNEL, mv_mask=kmask, nvv=nvv,
                                           dram_addr=self.weights_addr + off, buf_addr=kbase,
                                           n0=nwords, n1=1, s1=0, n2=1, s2=0))
@@ -331,7 +363,7 @@ class CodeGen:
                             s.loads.append(self._dma("LOAD", self._addr(b, tres, t.oy0, t.ox0, g[0]), rbase,
                                                      t.oh, t.ow, g[1], tres, buf=Buf.RES, mv_mask=1 << m, nvv=0))
                 s.compute = _instr(
-                    "CONV", mv_mask=mask, nvv=nvv, maps_addr=mbase * cfg.lanes, in_w=in_cols,
+                    "CONV", mv_mask=mask, nvv=nvv, maps_addr=mbase * cfg.lanes + ch.c0, in_w=in_cols,
                     cpitch=ch.words * cfg.lanes, cin=ch.cin, kh=ch.kh, kw=ch.kw, sy=sy, sx=sx, dy=dy, dx=dx,
                     oh=t0.oh, ow=t0.ow, kern_addr=kbase + (2 if ci == 0 else 0), bias_addr=kbase,
                     acc_addr=0, out_addr=0, out_pitch=nvv, init=Init.BIAS if ci == 0 else Init.ACC,
@@ -342,19 +374,60 @@ class CodeGen:
                     rshift=L.res_shift if last and tres is not None else 0)
                 if last:
                     for m, (g, t, b) in enumerate(it):
-                        s.stores.append(self._dma("STORE", self._addr(b, tout, t.oy0, t.ox0, g[0]), 0,
-                                                  t.oh, t.ow, g[1], tout, mv=m))
+                        s.stores.append(self._dma("STORE", self._addr(b, tout, Y0 + ostep[0] * t.oy0,
+                                                                      X0 + ostep[1] * t.ox0, g[0]), 0,
+                                                  t.oh, t.ow, g[1], tout, step=ostep, mv=m))
                 slots.append(s)
         macs = OH * OW * cout * kh * kw * cin
-        return slots, dict(name=L.name, kind=L.kind, mode=mode, chunks=len(chunks), tile=(ohb, owb), macs=macs)
+        nchunks = max(len(cs) for _, cs in ginfo.values())
+        return slots, dict(name=L.name, kind=L.kind, mode=mode, chunks=nchunks, tile=(ohb, owb), macs=macs)
 
-    def _pool_slots(self, L: MaxPool | AvgPool, bases: list[int]):
+    @staticmethod
+    def _is_copy(P: Conv) -> bool:
+        """Whether a piece only copies each channel (nearest upsampling): depthwise 1x1, weight 1.0
+        exactly, no bias, activation or residual."""
+        cout, cin_g, kh, kw = P.wq.shape
+        return (P.groups == cout and cin_g == 1 and (kh, kw) == (1, 1) and not P.residual and P.act == "none"
+                and 0 <= P.shift < 15 and bool(np.all(P.wq == 1 << P.shift)) and not np.any(P.bq))
+
+    def _pieces_slots(self, L: Conv, bases: list[int]):
+        """A transposed convolution or upsampling: the slots of its pieces, one after the other. A
+        piece that only copies channels (nearest upsampling) runs on the pooling unit, which is
+        lane-parallel over channels: an AVGPOOL over a 1x1 window with multiplier 1.0 (exact)."""
+        tin, tout = self.layouts[L.input], self.layouts[L.output]
+        slots, macs, chunks = [], 0, 1
+        for p in conv_pieces(L, (tin.height, tin.width), (tout.height, tout.width)):
+            if self._is_copy(p.conv):
+                copy = AvgPool(p.conv.name, p.conv.nodes, L.input, L.output, (1, 1), (1, 1), p.conv.pads)
+                s, info = self._pool_slots(copy, bases, (0, 0) + p.size, reciprocal(1), len(slots), (p.out0, p.step))
+            else:
+                s, info = self._conv_slots(p.conv, bases, (p.out0, p.step, p.size), len(slots))
+            slots += s
+            macs += info["macs"]
+            chunks = max(chunks, info["chunks"])
+        return slots, dict(name=L.name, kind=L.kind, mode=info["mode"], chunks=chunks, tile=info["tile"], macs=macs)
+
+    def _avg_pieces_slots(self, L: AvgPool, bases: list[int]):
+        """Average pooling whose divisor varies at the borders: one set of AVGPOOL slots per
+        rectangle of outputs with the same divisor, each with its multiplier."""
+        tin, tout = self.layouts[L.input], self.layouts[L.output]
+        slots = []
+        for y0, x0, h, w, n in pool_pieces(L, (tin.height, tin.width), (tout.height, tout.width)):
+            s, info = self._pool_slots(L, bases, (y0, x0, h, w), L.muls[n], len(slots))
+            slots += s
+        return slots, info
+
+    def _pool_slots(self, L: MaxPool | AvgPool, bases: list[int], region=None, muls=None, first: int = 0,
+                    place=None):
+        """Slots of a pooling layer; ``region`` = (oy0, ox0, oh, ow): only that rectangle of the
+        output, averaged with ``muls`` = (mul, shift); ``first`` as for :meth:`_conv_slots`;
+        ``place`` = (out0, step): the region's outputs go to pixels out0 + step*(y, x) instead."""
         cfg = self.cfg
         tin, tout = self.layouts[L.input], self.layouts[L.output]
         kh, kw = L.kernel
         sy, sx = L.stride
-        pt, pl = L.pads[0], L.pads[1]
-        OH, OW = tout.height, tout.width
+        Y0, X0, OH, OW = region or (0, 0, tout.height, tout.width)
+        pt, pl = L.pads[0] - Y0 * sy, L.pads[1] - X0 * sx
         M = cfg.mv_per_cluster
         cw_total = tin.cwords
         nbw = cw_total
@@ -373,7 +446,7 @@ class CodeGen:
         slots = []
         for it in self._mine(groups):
             s = _Slot()
-            half = len(slots) % 2
+            half = (first + len(slots)) % 2
             mbase = half * self.maps_half
             nb, t0 = it[0][1], it[0][2]
             in_rows = (t0.oh - 1) * sy + kh
@@ -382,13 +455,14 @@ class CodeGen:
                 y, x = t.oy0 * sy - pt, t.ox0 * sx - pl
                 s.loads.append(self._dma("LOAD", self._addr(b, tin, y, x, cw), mbase, in_rows, in_cols,
                                          nb, tin, buf=Buf.MAPS, mv_mask=1 << m, nvv=0))
-            avg = dict(mul=L.mul, shift=L.shift) if isinstance(L, AvgPool) else {}
+            avg = dict(zip(("mul", "shift"), muls or (L.mul, L.shift))) if isinstance(L, AvgPool) else {}
             s.compute = _instr("AVGPOOL" if avg else "MAXPOOL", mv_mask=(1 << len(it)) - 1, maps_addr=mbase,
                                in_w=in_cols, ppitch=nb, nb=nb, kh=kh, kw=kw, sy=sy, sx=sx, oh=t0.oh, ow=t0.ow,
                                out_addr=0, out_pitch=nb, **avg)
+            (SY0, SX0), ostep = place or ((Y0, X0), (1, 1))
             for m, (cw, _, t, b) in enumerate(it):
-                s.stores.append(self._dma("STORE", self._addr(b, tout, t.oy0, t.ox0, cw), 0,
-                                          t.oh, t.ow, nb, tout, mv=m))
+                s.stores.append(self._dma("STORE", self._addr(b, tout, SY0 + ostep[0] * t.oy0, SX0 + ostep[1] * t.ox0,
+                                                          cw), 0, t.oh, t.ow, nb, tout, step=ostep, mv=m))
             slots.append(s)
         kind = "avgpool" if isinstance(L, AvgPool) else "maxpool"
         mode = "mvbatch" if len(bases) > 1 else "spatial"
@@ -449,9 +523,11 @@ class WeightStore:
         self.size = 0
         self._index: dict[tuple, tuple[int, int]] = {}
 
-    def conv_blob(self, L: Conv, group: tuple[int, int], ch: Chunk, with_bias: bool, nvv: int) -> tuple[int, int]:
-        """(byte offset in the weights region, words) of the blob for channel group ``group`` and chunk ``ch``."""
-        key = (L.name, group, ch, with_bias, nvv)
+    def conv_blob(self, L: Conv, group: tuple[int, int], ch: Chunk, with_bias: bool, nvv: int,
+                  cw_base: int = 0) -> tuple[int, int]:
+        """(byte offset in the weights region, words) of the blob for channel group ``group`` and chunk
+        ``ch`` (whose words count from input word ``cw_base``)."""
+        key = (L.name, group, ch, with_bias, nvv, cw_base)
         hit = self._index.get(key)
         if hit is not None:
             return hit
@@ -462,9 +538,18 @@ class WeightStore:
         sel = np.zeros((nch,) + L.wq.shape[1:], dtype=np.int16)
         real = max(0, min(cout - w0, nch))
         sel[:real] = L.wq[w0:w0 + real]
-        ci0 = ch.cw0 * lanes
+        ci0 = (cw_base + ch.cw0) * lanes + ch.c0
+        if L.groups == 1:
+            dense = sel[:, ci0:ci0 + ch.cin]
+        else:   # block diagonal: output channel o takes input channel i only in its own group
+            cout_g, cin_g = cout // L.groups, L.wq.shape[1]
+            o = np.arange(w0, w0 + nch)[:, None] // cout_g
+            i = np.arange(ci0, ci0 + ch.cin)[None, :]
+            local = i - o * cin_g
+            inside = (local >= 0) & (local < cin_g)
+            dense = np.where(inside[:, :, None, None], sel[np.arange(nch)[:, None], np.clip(local, 0, cin_g - 1)], 0)
         # (cout, cin, ky, kx) -> rows k = (ky*kw + kx)*cin + ci, columns = output channels
-        wk = sel[:, ci0:ci0 + ch.cin, ch.ky0:ch.ky1, ch.kx0:ch.kx1]
+        wk = dense[:, :, ch.ky0:ch.ky1, ch.kx0:ch.kx1]
         rows = wk.transpose(2, 3, 1, 0).reshape(ch.K, nch)
         if with_bias:
             b = np.zeros(nch, dtype=np.int64)

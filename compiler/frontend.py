@@ -16,11 +16,17 @@ What it does, in order:
    * ``Identity``, ``Dropout``, ``Flatten`` and ``Reshape`` are aliases: no layer, the IR tensor keeps
      its ``(C, H, W)`` shape in C-major order (which is what ONNX's flatten of NCHW produces) and the
      ONNX shape of the alias is remembered for graph outputs and for checks;
-   * ``Conv``, ``MaxPool``, ``Gemm`` and ``MatMul`` (constant right operand) become layers; a
-     Gemm/MatMul becomes a ``Conv`` of kind ``'fc'`` whose kernel covers the whole input map;
-   * ``BatchNormalization`` and the activations ``Relu``, ``LeakyRelu``, ``Clip``, ``Sigmoid`` and
-     ``Tanh`` are fused into the Conv/Gemm/MatMul layer that produces their input when they are its
-     only consumer (the DLA has no separate units for them: they run in the CONV's output stage);
+   * ``Conv`` (also grouped), ``MaxPool``, ``AveragePool``, ``Gemm`` and ``MatMul`` (constant right
+     operand) become layers; a Gemm/MatMul becomes a ``Conv`` of kind ``'fc'`` whose kernel covers
+     the whole input map; ``ConvTranspose`` becomes a ``Conv`` with ``up`` (the stride-1 convolution
+     of the zero-inserted input), ``Resize``/``Upsample`` by integer factors a depthwise one with
+     fixed weights and a replicated border (``edge``); the code generator lowers both by phases
+     (:mod:`compiler.lowering`);
+   * ``BatchNormalization``, per-channel ``Mul``/``Add`` by constants and the activations ``Relu``,
+     ``LeakyRelu``, ``Clip``, ``Sigmoid`` and ``Tanh`` are fused into the Conv/Gemm/MatMul layer that
+     produces their input when they are its only consumer (the DLA has no separate units for them:
+     they run in the CONV's output stage); otherwise they become a channel-wise layer
+     (:func:`channelwise_layer`, a depthwise 1x1 convolution);
    * an ``Add`` or ``Mul`` of two computed tensors is fused into the Conv producing one operand (the
      other is read from the residual buffer); a Mul's other operand may be a per-channel (C, 1, 1)
      tensor (a squeeze-excitation gate), broadcast over the pixels.
@@ -36,6 +42,7 @@ import heapq
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +52,12 @@ from onnx.reference import ReferenceEvaluator
 
 from .ir import AvgPool, CompileError, Concat, Conv, Graph, GraphInput, GraphOutput, HostTail, MaxPool, TensorInfo
 
-__all__ = ["load_model", "parse_inshapes", "SUPPORTED_OPS"]
+__all__ = ["load_model", "parse_inshapes", "channelwise_layer", "SUPPORTED_OPS"]
 
 #: ONNX ops the DLA runs (besides any node whose inputs are all constants, which is folded).
-SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Add", "Sum", "Mul",
-                 "Concat", "MaxPool", "AveragePool",
-                 "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Flatten", "Reshape", "Identity", "Dropout")
+SUPPORTED_OPS = ("Conv", "ConvTranspose", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh",
+                 "Add", "Sum", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+                 "Gemm", "MatMul", "Resize", "Upsample", "Flatten", "Reshape", "Identity", "Dropout")
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16)
@@ -69,6 +76,21 @@ def load_model(model: str | Path | onnx.ModelProto, inshapes: str | None = None)
     :class:`CompileError` for anything the DLA cannot run."""
     proto, source = _load(model)
     return _FrontEnd(proto, source, inshapes).run()
+
+
+def channelwise_layer(name: str, nodes: list[str], x: str, out: str, scale: np.ndarray, bias: np.ndarray,
+                      act: str = "none") -> Conv:
+    """``out = act(scale * x + bias)`` per channel, as a layer: a depthwise 1x1 convolution (groups =
+    channels), which the DLA runs like any convolution (at 1/lanes of its MAC rate, see
+    docs/architecture.md). Used for whatever cannot be folded into a producing convolution:
+    standalone BatchNormalization, per-channel Mul/Add by constants, an activation after a
+    Concat, a pooling layer or the graph input."""
+    scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+    c = scale.size
+    return Conv(name=name, nodes=list(nodes), input=x, output=out,
+                weight=scale.reshape(c, 1, 1, 1).astype(np.float32),
+                bias=np.broadcast_to(np.asarray(bias, dtype=np.float64), (c,)).astype(np.float32),
+                groups=c, act=act, kind="channelwise")
 
 
 def parse_inshapes(inshapes: str) -> list[tuple[int, ...]]:
@@ -129,6 +151,56 @@ def _static(shape_proto) -> tuple[int, ...] | None:
 def _dims_text(shape_proto) -> str:
     return "(" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
                            for d in shape_proto.dim) + ")"
+
+
+# --------------------------------------------------------------------------------------------
+# interpolation kernels (Resize, Upsample)
+# --------------------------------------------------------------------------------------------
+
+def _interp_taps(s: int, mode: str, coord: str, nearest: str) -> list[dict[int, Fraction]]:
+    """For an integer factor s, the weights of input pixel m + d in output pixel s*m + r, per phase r:
+    ONNX's coordinate formulas evaluated exactly (Fractions) at an interior m, where they do not
+    depend on m. Clamping at the borders is the replicated border of ``Conv.edge``."""
+    m = 1000
+    phases = []
+    for r in range(s):
+        y = s * m + r
+        if coord in ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric"):
+            xo = Fraction(2 * y + 1, 2 * s) - Fraction(1, 2)
+        elif coord == "tf_half_pixel_for_nn":
+            xo = Fraction(2 * y + 1, 2 * s)
+        else:   # asymmetric, and align_corners with s == 1
+            xo = Fraction(y, s)
+        if mode == "nearest":
+            fl = math.floor(xo)
+            frac = xo - fl
+            up = {"floor": False, "ceil": frac > 0, "round_prefer_floor": frac > Fraction(1, 2),
+                  "round_prefer_ceil": frac >= Fraction(1, 2)}[nearest]
+            phases.append({fl + up - m: Fraction(1)})
+        else:
+            fl = math.floor(xo)
+            f = xo - fl
+            phases.append({d: v for d, v in ((fl - m, 1 - f), (fl + 1 - m, f)) if v})
+    return phases
+
+
+def _interp_kernel(s: int, phases: list[dict[int, Fraction]], edge: int) -> tuple[np.ndarray, int, int]:
+    """(ConvTranspose kernel, forward pad before, forward pad after) over the input extended by
+    ``edge`` pixels per side: output s*m + r = sum_d w_r[d] * x[m + d], the kernel tap of (r, d)
+    being r + s*(dmax - d)."""
+    ds = [d for p in phases for d in p]
+    dmin, dmax = min(ds), max(ds)
+    k = s * (dmax - dmin + 1)
+    kernel = np.zeros(k)
+    for r, p in enumerate(phases):
+        for d, v in p.items():
+            kernel[r + s * (dmax - d)] = float(v)
+    begin, end = s * (dmax + edge), s * (edge - dmin)      # ConvTranspose pads
+    nz = np.flatnonzero(kernel)
+    lead, trail = int(nz[0]), int(k - 1 - nz[-1])          # taps without weight would only cost MACs
+    kernel = kernel[lead:k - trail]
+    begin, end, k = begin - lead, end - trail, k - lead - trail
+    return kernel, k - 1 - begin, k - 1 - end
 
 
 # --------------------------------------------------------------------------------------------
@@ -556,12 +628,13 @@ class _FrontEnd:
             raise CompileError(f"{where}: only 2-D convolutions are supported; this is a {w.ndim - 2}-D convolution "
                                f"(weight shape {w.shape})")
         group = attrs.get("group", 1)
-        if group != 1:
-            raise CompileError(f"{where}: group={group} (grouped or depthwise convolution) is not supported; only group=1")
         x, (c, h, wd) = self._feature_map(where, node.input[0])
         cout, cin, kh, kw = w.shape
-        if cin != c:
-            raise CompileError(f"{where}: weight {node.input[1]!r} expects {cin} input channels, input {node.input[0]!r} has {c}")
+        if group < 1 or cout % group:
+            raise CompileError(f"{where}: group={group} must be a positive divisor of the {cout} output channels")
+        if cin * group != c:
+            raise CompileError(f"{where}: weight {node.input[1]!r} expects {cin} x group {group} = {cin * group} input "
+                               f"channels, input {node.input[0]!r} has {c}")
         if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != (kh, kw):
             raise CompileError(f"{where}: kernel_shape {list(attrs['kernel_shape'])} disagrees with the weight shape {w.shape}")
         dilation = tuple(attrs.get("dilations", (1, 1)))
@@ -578,10 +651,156 @@ class _FrontEnd:
         self.ops.append(Conv(name=self._layer_name(index, node), nodes=[self._node_name(index, node)], input=x,
                              output=out, weight=np.ascontiguousarray(w, dtype=np.float32),
                              bias=np.asarray(b, dtype=np.float32), stride=stride, pads=pads,
-                             dilation=(int(dilation[0]), int(dilation[1])), kind="conv"))
+                             dilation=(int(dilation[0]), int(dilation[1])), kind="conv", groups=int(group)))
+
+    def _op_ConvTranspose(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        w = self._const(where, node, 1, "weight")
+        if w.ndim != 4:
+            raise CompileError(f"{where}: only 2-D transposed convolutions are supported (weight shape {w.shape})")
+        x, (c, h, wd) = self._feature_map(where, node.input[0])
+        group = int(attrs.get("group", 1))
+        cin, cout_g, kh, kw = w.shape
+        if group < 1 or cin != c or c % group:
+            raise CompileError(f"{where}: weight {node.input[1]!r} {w.shape} with group={group} does not take the {c} "
+                               f"input channels of {node.input[0]!r}")
+        if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != (kh, kw):
+            raise CompileError(f"{where}: kernel_shape {list(attrs['kernel_shape'])} disagrees with the weight shape {w.shape}")
+        if tuple(attrs.get("dilations", (1, 1))) != (1, 1):
+            raise CompileError(f"{where}: dilations {list(attrs['dilations'])} are not supported; only dilations 1")
+        strides = tuple(int(v) for v in attrs.get("strides", (1, 1)))
+        opad = tuple(int(v) for v in attrs.get("output_padding", (0, 0)))
+        if len(strides) != 2 or min(strides) < 1:
+            raise CompileError(f"{where}: strides {list(strides)} must be two positive integers")
+        if len(opad) != 2 or min(opad) < 0 or any(o >= s_ for o, s_ in zip(opad, strides)):
+            raise CompileError(f"{where}: output_padding {list(opad)} must be two non-negative integers below the strides")
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+        full = [s_ * (n - 1) + o + k for s_, n, o, k in zip(strides, (h, wd), opad, (kh, kw))]
+        if "output_shape" in attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            target = list(attrs["output_shape"])[-2:] if "output_shape" in attrs else [n * s_ for n, s_ in zip((h, wd), strides)]
+            total = [f - t for f, t in zip(full, target)]
+            if min(total) < 0:
+                raise CompileError(f"{where}: output_shape {list(attrs['output_shape'])} is larger than the transposed "
+                                   f"convolution produces; only output_shape reachable with non-negative pads is supported")
+            if auto_pad == "SAME_UPPER":
+                begin, end = [t // 2 for t in total], [t - t // 2 for t in total]
+            else:
+                begin, end = [t - t // 2 for t in total], [t // 2 for t in total]
+        elif auto_pad in ("NOTSET", "VALID"):
+            pads = tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0))) if auto_pad == "NOTSET" else (0, 0, 0, 0)
+            if len(pads) != 4 or min(pads) < 0:
+                raise CompileError(f"{where}: pads {list(pads)} must be four non-negative integers")
+            begin, end = pads[:2], pads[2:]
+        else:
+            raise CompileError(f"{where}: auto_pad {auto_pad!r} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER")
+        oh, ow = (f - b - e for f, b, e in zip(full, begin, end))
+        cout = cout_g * group
+        b = self._const(where, node, 2, "bias", required=False)
+        if b is None:
+            b = np.zeros(cout, dtype=np.float32)
+        elif b.shape != (cout,):
+            raise CompileError(f"{where}: bias {node.input[2]!r} has shape {b.shape}, expected ({cout},)")
+        # The equivalent stride-1 convolution over the zero-inserted input: weights per output channel
+        # (group-major, like Conv's), kernel flipped, pads k-1-p (output_padding at the end).
+        wf = w.reshape(group, cin // group, cout_g, kh, kw).transpose(0, 2, 1, 3, 4).reshape(cout, cin // group, kh, kw)
+        wf = np.ascontiguousarray(wf[:, :, ::-1, ::-1], dtype=np.float32)
+        pads = (kh - 1 - begin[0], kw - 1 - begin[1], kh - 1 - end[0] + opad[0], kw - 1 - end[1] + opad[1])
+        out = node.output[0]
+        self._new_tensor(out, (cout, oh, ow), (1, cout, oh, ow), where)
+        self.ops.append(Conv(name=self._layer_name(index, node), nodes=[self._node_name(index, node)], input=x,
+                             output=out, weight=wf, bias=np.asarray(b, dtype=np.float32), pads=pads, kind="convT",
+                             groups=group, up=strides))
+
+    # ---- Resize / Upsample ---------------------------------------------------------------------
+    _COORD_MODES = ("half_pixel", "pytorch_half_pixel", "asymmetric", "half_pixel_symmetric", "tf_half_pixel_for_nn")
+    _NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+    def _op_Upsample(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        # Upsample (opset 7: scales attribute, opset 9: scales input) = Resize-10: asymmetric, floor
+        scales = attrs.get("scales")
+        if scales is None:
+            scales = self._const(where, node, 1, "scales")
+        self._resize(index, node, where, attrs, np.asarray(scales, dtype=np.float64).reshape(-1), None, legacy=True)
+
+    def _op_Resize(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        if self.opset < 11:
+            self._resize(index, node, where, attrs, np.asarray(self._const(where, node, 1, "scales"), np.float64).reshape(-1),
+                         None, legacy=True)
+            return
+        scales = self._const(where, node, 2, "scales", required=False)
+        sizes = self._const(where, node, 3, "sizes", required=False)
+        scales = None if scales is None or np.asarray(scales).size == 0 else np.asarray(scales, np.float64).reshape(-1)
+        sizes = None if sizes is None or np.asarray(sizes).size == 0 else np.asarray(sizes, np.int64).reshape(-1)
+        if (scales is None) == (sizes is None):
+            raise CompileError(f"{where}: exactly one of scales and sizes must be given")
+        self._resize(index, node, where, attrs, scales, sizes, legacy=False)
+
+    def _resize(self, index: int, node: onnx.NodeProto, where: str, attrs: dict, scales, sizes, legacy: bool) -> None:
+        """Resize/Upsample by integer factors as a depthwise transposed convolution with fixed weights
+        (``_interp_kernel``); borders replicate (``Conv.edge``), which is what clamping coordinates does."""
+        x, (c, h, w) = self._feature_map(where, node.input[0])
+        def text(name, default):
+            v = attrs.get(name, default)
+            return v.decode() if isinstance(v, bytes) else str(v)
+        mode = text("mode", "nearest")
+        coord = "asymmetric" if legacy else text("coordinate_transformation_mode", "half_pixel")
+        nearest = "floor" if legacy else text("nearest_mode", "round_prefer_floor")
+        axes = attrs.get("axes")
+        full = (1, c, h, w)
+        if axes is not None:   # opset 18: scales/sizes for these axes only
+            axes = [a + 4 if a < 0 else a for a in axes]
+            vals = scales if scales is not None else sizes
+            if len(vals) != len(axes):
+                raise CompileError(f"{where}: axes {list(attrs['axes'])} and scales/sizes disagree in length")
+            base = [1.0] * 4 if scales is not None else list(full)
+            for a, v in zip(axes, vals):
+                base[a] = v
+            scales, sizes = (np.asarray(base, np.float64), None) if scales is not None else (None, np.asarray(base))
+        if sizes is not None:
+            if len(sizes) != 4:
+                raise CompileError(f"{where}: sizes {sizes.tolist()} must have 4 entries (N, C, H, W)")
+            if any(o % i for o, i in zip(sizes, full)) or any(o < i for o, i in zip(sizes, full)):
+                raise CompileError(f"{where}: sizes {sizes.tolist()} are not integer multiples of the input shape "
+                                   f"{list(full)}; only integer upsampling factors are supported")
+            scales = np.asarray(sizes, np.float64) / np.asarray(full, np.float64)
+        if len(scales) != 4:
+            raise CompileError(f"{where}: scales {scales.tolist()} must have 4 entries (N, C, H, W)")
+        if scales[0] != 1 or scales[1] != 1:
+            raise CompileError(f"{where}: scales {scales.tolist()} resize the batch or channel axis; only H and W")
+        factors = [int(round(v)) for v in scales[2:]]
+        if any(abs(v - f) > 1e-6 or f < 1 for v, f in zip(scales[2:], factors)):
+            raise CompileError(f"{where}: scales {scales.tolist()}: only integer upsampling factors (>= 1) are supported")
+        if mode not in ("nearest", "linear", "bilinear"):
+            raise CompileError(f"{where}: mode {mode!r} is not supported; only nearest and linear")
+        if coord == "align_corners" and max(factors) > 1:
+            raise CompileError(f"{where}: coordinate_transformation_mode 'align_corners' is not supported (its "
+                               f"weights vary across the map, it is no convolution); supported: {', '.join(self._COORD_MODES)}")
+        if coord not in self._COORD_MODES + ("align_corners",):
+            raise CompileError(f"{where}: coordinate_transformation_mode {coord!r} is not supported; supported: "
+                               f"{', '.join(self._COORD_MODES)}")
+        if mode == "nearest" and nearest not in self._NEAREST_MODES:
+            raise CompileError(f"{where}: nearest_mode {nearest!r} is not supported; supported: {', '.join(self._NEAREST_MODES)}")
+        if attrs.get("exclude_outside", 0):
+            raise CompileError(f"{where}: exclude_outside=1 is not supported")
+        if sizes is not None and text("keep_aspect_ratio_policy", "stretch") != "stretch" and factors[0] != factors[1]:
+            raise CompileError(f"{where}: keep_aspect_ratio_policy {text('keep_aspect_ratio_policy', '')!r} with sizes "
+                               f"of different factors {factors} is not supported; only 'stretch'")
+        taps = [_interp_taps(f, mode, coord, nearest) for f in factors]
+        edge = max(max(abs(d) for phase in t for d in phase) for t in taps)
+        k1 = [_interp_kernel(f, t, edge) for f, t in zip(factors, taps)]
+        k2 = np.outer(k1[0][0], k1[1][0])[::-1, ::-1]      # the flipped (forward) kernel
+        pads = (k1[0][1], k1[1][1], k1[0][2], k1[1][2])
+        out = node.output[0]
+        oh, ow = h * factors[0], w * factors[1]
+        self._new_tensor(out, (c, oh, ow), (1, c, oh, ow), where)
+        self.ops.append(Conv(name=self._layer_name(index, node), nodes=[self._node_name(index, node)], input=x,
+                             output=out, weight=np.broadcast_to(k2, (c, 1) + k2.shape).astype(np.float32),
+                             bias=np.zeros(c, np.float32), pads=pads, kind="resize", groups=c,
+                             up=(factors[0], factors[1]), edge=edge))
 
     def _pool(self, index: int, node: onnx.NodeProto, where: str, attrs: dict, cls, global_: bool = False) -> None:
         x, (c, h, w) = self._feature_map(where, node.input[0])
+        extra = {}
         if global_:
             kernel, stride, pads, (oh, ow) = (h, w), (1, 1), (0, 0, 0, 0), (1, 1)
         else:
@@ -589,12 +808,10 @@ class _FrontEnd:
             if len(kernel) != 2:
                 raise CompileError(f"{where}: only 2-D pooling is supported; kernel_shape is {list(kernel)}")
             ceil = attrs.get("ceil_mode", 0) != 0
-            if ceil and cls is AvgPool:
-                raise CompileError(f"{where}: ceil_mode=1 is not supported for average pooling yet (the last "
-                                   f"windows would have other divisors)")
             if tuple(attrs.get("dilations", (1, 1))) != (1, 1):
                 raise CompileError(f"{where}: dilations {list(attrs['dilations'])} are not supported; only dilations 1")
             stride, pads, (oh, ow) = self._window(where, attrs, (h, w), kernel, (1, 1))
+            given = pads
             if max(pads[0], pads[2]) >= kernel[0] or max(pads[1], pads[3]) >= kernel[1]:
                 raise CompileError(f"{where}: pads {list(pads)} must be smaller than the kernel {list(kernel)}")
             if ceil:   # the partial last windows: more padding at the end, which max-pooling ignores
@@ -606,13 +823,16 @@ class _FrontEnd:
                     end[d] = e + max(0, (o - 1) * st + k - (n + b + e))
                     sizes.append(o)
                 pads, (oh, ow) = (pads[0], pads[1], end[0], end[1]), tuple(sizes)
-            if cls is AvgPool and any(pads) and not attrs.get("count_include_pad", 0):
-                raise CompileError(f"{where}: count_include_pad=0 with padding {list(pads)} is not supported yet "
-                                   f"(the divisor would vary at the borders); only count_include_pad=1 or no padding")
+            if cls is AvgPool and any(pads):
+                # the divisor counts the window's pixels inside the input (count_include_pad=0) or
+                # inside the padded input without the extension for ceil_mode's partial windows
+                count = (0, 0, 0, 0) if not attrs.get("count_include_pad", 0) else given
+                if count != pads:
+                    extra["count_pads"] = count
         out = node.output[0]
         self._new_tensor(out, (c, oh, ow), (1, c, oh, ow), where)
         self.ops.append(cls(name=self._layer_name(index, node), nodes=[self._node_name(index, node)], input=x,
-                            output=out, kernel=(int(kernel[0]), int(kernel[1])), stride=stride, pads=pads))
+                            output=out, kernel=(int(kernel[0]), int(kernel[1])), stride=stride, pads=pads, **extra))
 
     def _op_MaxPool(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
         self._pool(index, node, where, attrs, MaxPool)
@@ -878,21 +1098,28 @@ class _FrontEnd:
             where = f"node '{op.name}' ({op.op})"
             if op.op in ("Add", "Mul"):
                 src = self._fuse_add(op, producer, consumers, layers, where)
-                if src is None:
-                    need = "without activation" if op.op == "Add" else "without a fused Add or Mul"
-                    what = "a residual" if op.op == "Add" else "a multiplication"
-                    raise CompileError(f"{where} is not supported here: neither operand ({op.input!r}, "
-                                       f"{op.params[0]!r}) is produced by a Conv/Gemm/MatMul {need} whose output only "
-                                       f"this {op.op} reads (and whose other operand does not depend on it), so it "
-                                       f"cannot be fused as {what} (a standalone element-wise {op.op} is not "
-                                       f"supported yet)")
-                made_by = ""
+                if src is None:   # an identity channel-wise layer reads one operand and takes the other
+                    a, b = op.input, op.params[0]
+                    if self.tensors[a].shape != self.tensors[op.output].shape:
+                        a, b = b, a
+                    c = self.tensors[a].shape[0]
+                    name = op.name if op.name not in self.layer_names else f"{op.name}_{len(self.layer_names)}"
+                    self.layer_names.add(name)
+                    layer = channelwise_layer(name, [op.name], a, op.output, np.ones(c), np.zeros(c))
+                    fuse_binary(layer, op.op, b)
+                    layers.append(layer)
+                    producer[op.output] = layer
+                    self.notes.append(f"{where} runs as channel-wise layer '{name}' (no producing layer can take it)")
+                    continue
             else:
                 src = producer.get(op.input)
                 made_by = fusion_blocker(op.op, src, consumers.get(op.input, 0))
-            if made_by:
-                raise CompileError(f"{where} is not supported here: it must directly follow a Conv/Gemm/MatMul whose "
-                                   f"output it alone consumes, so that it can be fused; its input {op.input!r}: {made_by}")
+                if made_by:   # a layer of its own: a depthwise 1x1 convolution
+                    layer = self._standalone(op)
+                    layers.append(layer)
+                    producer[op.output] = layer
+                    self.notes.append(f"{where} runs as channel-wise layer '{layer.name}' (it cannot be fused: {made_by})")
+                    continue
             if op.op in ("Add", "Mul"):
                 fuse_binary(src, op.op, op.params[0])
                 layers.remove(src)          # runs once both operands exist
@@ -925,18 +1152,40 @@ class _FrontEnd:
             producer[op.output] = src
         return layers
 
+    def _standalone(self, op: _Fusable) -> Conv:
+        """The channel-wise layer running a BatchNormalization, per-channel Mul/Add or activation that
+        no producing layer can take."""
+        c = self.tensors[op.input].shape[0]
+        scale, bias = np.ones(c), np.zeros(c)
+        if op.op == "BatchNormalization":
+            gamma, beta, mean, var, eps = op.params
+            if np.any(var + eps <= 0):
+                raise CompileError(f"node '{op.name}' (BatchNormalization): var + epsilon must be positive")
+            scale = gamma / np.sqrt(var + eps)
+            bias = beta - mean * scale
+        elif op.op == "MulConst":
+            scale = op.params[0]
+        elif op.op == "AddConst":
+            bias = op.params[0]
+        name = op.name if op.name not in self.layer_names else f"{op.name}_{len(self.layer_names)}"
+        self.layer_names.add(name)
+        layer = channelwise_layer(name, [op.name], op.input, op.output, scale, bias)
+        if op.op not in ("BatchNormalization", "MulConst", "AddConst"):
+            fuse_activation(layer, op.params)
+        return layer
+
     def _fuse_add(self, op: _Fusable, producer: dict, consumers: dict, layers: list, where: str):
         """The Conv an Add (or Mul) of two tensors fuses into: one that produces an operand, has no
         residual yet (an Add: no activation either, which would come after the Add; a Mul applies the
-        activation first) and no other consumer, and whose output the other operand does not depend
-        on; a Mul's per-channel operand is never the fused one. Of two candidates, the later one (its
-        partner then already exists). Sets op.input/op.params so that op.input is the fused operand.
-        None if no operand qualifies."""
+        activation first), no other consumer and no phases (ConvTranspose, Resize), and whose output
+        the other operand does not depend on; a Mul's per-channel operand is never the fused one. Of
+        two candidates, the later one (its partner then already exists). Sets op.input/op.params so
+        that op.input is the fused operand. None if no operand qualifies."""
         cands = []
         for mine, other in ((op.input, op.params[0]), (op.params[0], op.input)):
             src = producer.get(mine)
             if isinstance(src, Conv) and (op.op == "Mul" or src.act == "none") and not src.residual \
-                    and consumers[mine] == 1 and mine != other \
+                    and consumers[mine] == 1 and mine != other and src.up == (1, 1) and not src.edge \
                     and self.tensors[mine].shape == self.tensors[op.output].shape \
                     and not self._depends_on(other, mine, producer):
                 cands.append((layers.index(src), mine, other, src))

@@ -30,7 +30,15 @@ class TensorInfo:
 @dataclass
 class Conv:
     """Convolution (also Gemm/MatMul, as a kernel covering the whole input map) with optional
-    fused bias, BatchNormalization, activation and a fused Add or Mul of a second tensor."""
+    fused bias, BatchNormalization, activation and a fused Add or Mul of a second tensor.
+
+    Also grouped and depthwise convolutions (``groups``), per-channel scale and bias (a depthwise
+    1x1 convolution), transposed convolutions and upsampling: with ``up`` = (s_y, s_x) != (1, 1) the
+    input is first extended by ``edge`` pixels on every side replicating its border (Resize's
+    clamped coordinates), then s-1 zeros are inserted between its pixels, and the layer is the
+    ordinary stride-1 convolution of that (``weight`` is then the flipped kernel of the
+    ConvTranspose). The code generator lowers ``up`` by phases (``compiler.lowering``), never by
+    inserting zeros."""
     name: str                            #: name of the (first) ONNX node
     nodes: list[str]                     #: all ONNX nodes fused into this layer
     input: str
@@ -46,6 +54,9 @@ class Conv:
     res_op: str = "add"                  #: 'add': added before the activation; 'mul': multiplies the activated output
     alpha: float = 0.0                   #: LeakyRelu's negative slope
     clip: tuple[float | None, float | None] = (None, None)   #: Clip's bounds (None: unbounded)
+    groups: int = 1                      #: input and output channels split into this many groups (Cin/groups per weight)
+    up: tuple[int, int] = (1, 1)         #: zero-insertion factor of the input (a transposed convolution's stride)
+    edge: int = 0                        #: border pixels replicated around the input before zero insertion
     # set by quantisation
     wq: np.ndarray | None = None         #: int16 (Cout, Cin, kh, kw)
     w_frac: int | None = None
@@ -81,10 +92,16 @@ class MaxPool(Pool):
 @dataclass
 class AvgPool(Pool):
     """Average pooling (also GlobalAveragePool, as a window covering the whole map); padding is
-    zeros and counted."""
-    # set by quantisation: output = sat16(round_shift(window_sum * mul, shift))
+    zeros. The divisor is kh*kw unless ``count_pads`` is set: then it is the number of window
+    pixels inside the input extended by ``count_pads`` (ONNX count_include_pad=0: (0, 0, 0, 0);
+    ceil_mode: the pads without the extension for the partial last windows), which varies at
+    the borders."""
+    count_pads: tuple[int, int, int, int] | None = None
+    # set by quantisation: output = sat16(round_shift(window_sum * mul, shift)); with count_pads,
+    # (mul, shift) = muls[n] for a window counting n pixels
     mul: int | None = None
     shift: int | None = None
+    muls: dict[int, tuple[int, int]] | None = None
 
 
 @dataclass

@@ -22,6 +22,7 @@ from arch.machine import MachineConfig
 from arch.numerics import DATA_MIN
 
 from .ir import CompileError, Conv, Graph, MaxPool
+from .lowering import conv_input_halo
 
 ALIGN = 4096
 
@@ -205,11 +206,14 @@ def plan_tensors(graph: Graph, cfg: MachineConfig) -> tuple[dict[str, TensorLayo
     conv_pad: dict[str, bool] = {n: False for n in graph.tensors}
     pool_pad: dict[str, list[str]] = {n: [] for n in graph.tensors}
     for layer in graph.layers:
-        if any(layer.pads):
+        pads = layer.pads
+        if isinstance(layer, Conv) and (layer.up != (1, 1) or layer.edge):   # the pieces' windows
+            pads = conv_input_halo(layer, graph.tensors[layer.input].shape[1:], graph.tensors[layer.output].shape[1:])
+        if any(pads):
             t = owner(layer.input)
             h = halos[t]
             for i in range(4):
-                h[i] = max(h[i], layer.pads[i])
+                h[i] = max(h[i], pads[i])
             if isinstance(layer, MaxPool):
                 pool_pad[t].append(layer.name)
             else:

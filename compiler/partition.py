@@ -13,9 +13,11 @@ How the model is split:
 1. Constants are evaluated once (as the front end does): initializers, nodes whose inputs are all
    constants, ``Shape``/``Size`` of a statically shaped tensor.
 2. Every other node is labelled DLA or host. DLA: an op of :data:`compiler.frontend.SUPPORTED_OPS`
-   where the front end could place it; a fusable op (BatchNormalization, Relu, Add, Mul, Sum) only
-   when one of its inputs is computed on the DLA (it is fused into the layer producing it); a
-   reshape or concatenation only when one of its inputs is not a host tensor. Host: the rest.
+   where the front end could place it; a per-channel op (BatchNormalization, an activation, Add or
+   Mul by a constant) unless its input comes from the host (it is fused into the layer producing
+   it, or becomes a channel-wise layer); an Add, Mul or Sum of two tensors only when one of its
+   inputs is computed on the DLA (it is fused into the layer producing it); a reshape or
+   concatenation only when one of its inputs is not a host tensor. Host: the rest.
 3. The nodes are ordered topologically, staying with the current label as long as a node of that
    label is ready (fewest switches), and cut where the label changes: host and DLA stages
    alternate. A DLA stage with no layer that computes (only reshapes or fused ops) runs on the host.
@@ -51,10 +53,14 @@ from .memmap import align
 
 __all__ = ["HostStage", "Staged", "compile_partitioned", "partition"]
 
-#: ops that make a DLA layer (the others only fuse into one, or are views)
-LAYER_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul"})
+#: ops that make a DLA layer (the others fuse into one, make a channel-wise layer, or are views)
+LAYER_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+                       "Gemm", "MatMul", "Resize", "Upsample"})
+#: per-channel ops: fused into the layer producing their input, else a channel-wise layer of their
+#: own; on the DLA when their input comes from the DLA or is a model input
+UNARY_OPS = frozenset({"BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh"})
 #: ops fused into the layer producing their input: on the DLA only if that layer is
-FUSED_OPS = frozenset({"BatchNormalization", "Relu", "Add", "Sum", "Mul"})
+FUSED_OPS = UNARY_OPS | {"Add", "Sum", "Mul"}
 #: views and concatenation: no code of their own
 VIEW_OPS = frozenset({"Identity", "Dropout", "Flatten", "Reshape", "Concat"})
 
@@ -149,14 +155,19 @@ def _dla_can(node: onnx.NodeProto, consts) -> bool:
     if node.domain not in ("", "ai.onnx") or op not in SUPPORTED_OPS:
         return False
     ins = [i for i in node.input if i]
-    if op in ("Conv", "Gemm", "MatMul"):                    # weights come from the model
+    if op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):   # weights come from the model
         return len(ins) > 1 and ins[1] in consts
-    if op == "Mul":                                        # by a constant only (folded into weights)
-        return sum(i in consts for i in ins) == 1
     if op == "Concat":                                     # along channels only
         axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
         return axis in (1, -3)
     return True
+
+
+def _computes(node: onnx.NodeProto, consts) -> bool:
+    """Whether the node makes a DLA layer whatever precedes it: a layer op, or a per-channel op
+    (a channel-wise layer where it cannot be fused)."""
+    ins = [i for i in node.input if i and i not in consts]
+    return node.op_type in LAYER_OPS or (node.op_type in UNARY_OPS or node.op_type in ("Add", "Mul")) and len(ins) == 1
 
 
 def _label(order, consts, forced: set[int]) -> dict[int, str]:
@@ -168,6 +179,8 @@ def _label(order, consts, forced: set[int]) -> dict[int, str]:
         op = node.op_type
         if index in forced or not _dla_can(node, consts):
             lab = HOST
+        elif (op in UNARY_OPS or op in ("Add", "Mul")) and len(ins) == 1:   # per channel: a layer if need be
+            lab = HOST if made_by.get(ins[0]) == HOST else DLA
         elif op in FUSED_OPS and not (op == "Sum" and len(ins) == 1):
             lab = DLA if any(made_by.get(i) == DLA for i in ins) else HOST
         elif op in VIEW_OPS or op == "Sum":
@@ -294,7 +307,7 @@ class _Partitioner:
         while True:
             labels = _label(nodes, self.consts, forced)
             parts = _schedule(nodes, self.consts, labels)
-            idle = [p for p in parts if p.kind == DLA and not any(n.op_type in LAYER_OPS for _, n in p.nodes)]
+            idle = [p for p in parts if p.kind == DLA and not any(_computes(n, self.consts) for _, n in p.nodes)]
             if not idle:
                 break
             forced |= {i for p in idle for i, _ in p.nodes}

@@ -42,6 +42,7 @@ from arch.numerics import (DATA_MAX, DATA_MIN, LUT_IN_FRAC, LUT_OUT_FRAC, clip_f
                            frac_for_range, leaky_fields, reciprocal)
 
 from .ir import AvgPool, CompileError, Conv, Graph, MaxPool
+from .lowering import window_counts
 
 __all__ = ["quantize"]
 
@@ -81,6 +82,10 @@ def quantize(graph: Graph, cfg: MachineConfig, act_frac: int | None = None) -> G
         elif isinstance(layer, AvgPool):
             graph.tensors[layer.output].frac = graph.tensors[layer.input].frac
             layer.mul, layer.shift = reciprocal(layer.kernel[0] * layer.kernel[1])
+            if layer.count_pads is not None:   # one multiplier per divisor occurring at the borders
+                t_in, t_out = graph.tensors[layer.input], graph.tensors[layer.output]
+                counts = window_counts(layer, t_in.shape[1:], t_out.shape[1:])
+                layer.muls = {int(n): reciprocal(int(n)) for n in np.unique(counts)}
         elif isinstance(layer, Conv):
             res_frac = graph.tensors[layer.residual].frac if layer.residual else None
             graph.tensors[layer.output].frac = _quantize_conv(layer, graph.tensors[layer.input].frac, int(frac),
@@ -130,6 +135,8 @@ def _quantize_conv(layer: Conv, in_frac: int, act_frac: int, cfg: MachineConfig,
         raise CompileError(f"{what}: its reduction has {kh}x{kw}x{cin} = {terms} terms, more than the "
                            f"{cfg.max_reduction} a {cfg.acc_bits}-bit accumulator sums without overflow")
     w_max = float(np.max(np.abs(layer.weight))) if layer.weight.size else 0.0
+    if layer.edge and layer.weight.size:   # border pieces sum taps (compiler.lowering): bound those sums too
+        w_max = max(w_max, float(np.max(np.abs(layer.weight).sum(axis=(2, 3)))))
     b_max = float(np.max(np.abs(layer.bias))) if layer.bias.size else 0.0
     try:
         w_frac = frac_for_range(w_max, bits=cfg.data_bits, max_frac=_MAX_WEIGHT_FRAC)

@@ -63,6 +63,42 @@ def _im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], di
     return cols.reshape(c * kh * kw, oh * ow), oh, ow
 
 
+def _conv_cols(x: np.ndarray, layer: Conv, dtype) -> tuple[np.ndarray, int, int]:
+    """im2col of a Conv's input as the layer defines it: border pixels replicated (``edge``), zeros
+    inserted (``up``, a transposed convolution), then the zero padding (negative pads crop)."""
+    if layer.edge:
+        x = np.pad(x, ((0, 0), (layer.edge, layer.edge), (layer.edge, layer.edge)), mode="edge")
+    if layer.up != (1, 1):
+        c, h, w = x.shape
+        z = np.zeros((c, (h - 1) * layer.up[0] + 1, (w - 1) * layer.up[1] + 1), dtype=x.dtype)
+        z[:, ::layer.up[0], ::layer.up[1]] = x
+        x = z
+    top, left, bottom, right = layer.pads
+    x = x[:, max(0, -top):x.shape[1] - max(0, -bottom), max(0, -left):x.shape[2] - max(0, -right)]
+    x = _pad(x, tuple(max(0, p) for p in layer.pads), 0)
+    return _im2col(x, layer.kernel, layer.stride, layer.dilation, dtype)
+
+
+def _grouped(w: np.ndarray, cols: np.ndarray, groups: int) -> np.ndarray:
+    """(Cout, P) product of a (Cout, Cin/groups, kh, kw) weight with the im2col matrix, group by
+    group (output channel group g reads input channel group g only)."""
+    cout = w.shape[0]
+    if groups == 1:
+        return w.reshape(cout, -1) @ cols
+    wg = w.reshape(groups, cout // groups, -1)
+    return np.matmul(wg, cols.reshape(groups, wg.shape[2], -1)).reshape(cout, -1)
+
+
+def _counts(layer: AvgPool, hw: tuple[int, int]) -> np.ndarray:
+    """(OH, OW) divisor of each window of an AvgPool with ``count_pads``: its pixels inside the
+    input extended by count_pads."""
+    cp = layer.count_pads
+    ones = np.ones((1, hw[0] + cp[0] + cp[2], hw[1] + cp[1] + cp[3]), dtype=np.int64)
+    region = AvgPool(layer.name, [], "", "", layer.kernel, layer.stride,
+                     tuple(p - c for p, c in zip(layer.pads, cp)))
+    return _pool(ones, region, 0, np.add, np.int64)[0]
+
+
 def _pool(x: np.ndarray, layer: MaxPool | AvgPool, pad_value, reduce=np.maximum, dtype=None) -> np.ndarray:
     """Max (or, with reduce=np.add, sum) over each window of the padded map."""
     xp = _pad(x, layer.pads, pad_value)
@@ -153,16 +189,26 @@ def run_quantized(graph: Graph, inputs: dict[str, np.ndarray]) -> tuple[dict[str
         if isinstance(layer, MaxPool):
             tensors[layer.output] = _pool(x, layer, DATA_MIN)   # int16 minimum == "padding is ignored"
             continue
-        if isinstance(layer, AvgPool):   # exact window sum (zero padding counted), 16-bit reciprocal
-            y, sat = average(_pool(x, layer, 0, np.add, np.int64), layer.mul, layer.shift)
+        if isinstance(layer, AvgPool):   # exact window sum (zero padding), 16-bit reciprocal of the count
+            sums = _pool(x, layer, 0, np.add, np.int64)
+            if layer.count_pads is None:
+                y, sat = average(sums, layer.mul, layer.shift)
+            else:
+                counts = _counts(layer, x.shape[1:])
+                y = np.empty(sums.shape, dtype=np.int16)
+                sat = 0
+                for n in np.unique(counts):
+                    sel = counts == n
+                    y[:, sel], s_ = average(sums[:, sel], *layer.muls[int(n)])
+                    sat += s_
             tensors[layer.output] = y
             saturations += sat
             continue
         cout = layer.wq.shape[0]
-        cols, oh, ow = _im2col(_pad(x, layer.pads, 0), layer.kernel, layer.stride, layer.dilation, np.float64)
-        w = layer.wq.reshape(cout, -1).astype(np.float64)
-        assert cols.shape[0] * float(DATA_MAX + 1) ** 2 < _EXACT_LIMIT, "reduction too long for exact float64"
-        acc = (w @ cols).astype(np.int64) + layer.bq.astype(np.int64)[:, None]
+        cols, oh, ow = _conv_cols(x, layer, np.float64)
+        w = layer.wq.astype(np.float64)
+        assert w[0].size * float(DATA_MAX + 1) ** 2 < _EXACT_LIMIT, "reduction too long for exact float64"
+        acc = _grouped(w, cols, layer.groups).astype(np.int64) + layer.bq.astype(np.int64)[:, None]
         res = _residual(tensors, layer, oh, ow)
         y, sat = requantize(acc, layer.shift, ACT_NAMES.index(layer.act), res, layer.res_shift or 0,
                             act_a=layer.act_a, act_b=layer.act_b, mode=RES_MUL if layer.res_op == "mul" else RES_ADD)
@@ -183,12 +229,12 @@ def run_float(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
             tensors[layer.output] = _pool(x, layer, -np.inf)
             continue
         if isinstance(layer, AvgPool):
-            n = layer.kernel[0] * layer.kernel[1]
+            n = layer.kernel[0] * layer.kernel[1] if layer.count_pads is None else _counts(layer, x.shape[1:])
             tensors[layer.output] = (_pool(x, layer, 0.0, np.add, np.float32) / np.float32(n)).astype(np.float32)
             continue
         cout = layer.weight.shape[0]
-        cols, oh, ow = _im2col(_pad(x, layer.pads, 0.0), layer.kernel, layer.stride, layer.dilation, np.float32)
-        y = layer.weight.reshape(cout, -1).astype(np.float32) @ cols + layer.bias.astype(np.float32)[:, None]
+        cols, oh, ow = _conv_cols(x, layer, np.float32)
+        y = _grouped(layer.weight.astype(np.float32), cols, layer.groups) + layer.bias.astype(np.float32)[:, None]
         res = _residual(tensors, layer, oh, ow)
         if res is not None and layer.res_op == "add":
             y = y + res

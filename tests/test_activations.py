@@ -22,7 +22,7 @@ from zoo import kernels
 from zoo._util import IR_VERSION, OPSET, init, model, tensor
 
 BUDGET_MEAN, BUDGET_MAX = 1.0, 5.0
-KINDS = list(kernels.ACTIVATION_KINDS) + [f"mul_{k}" for k in ("maps", "gate")]
+KINDS = list(kernels.ACTIVATION_KINDS) + [f"mul_{k}" for k in kernels.MUL_KINDS]
 
 
 def build(kind: str, seed: int = 0) -> onnx.ModelProto:
@@ -242,27 +242,33 @@ def test_leaky_alpha_out_of_range_names_the_node(alpha):
         load_model(_conv_then(helper.make_node("LeakyRelu", ["c"], ["y"], name="lr", alpha=alpha)))
 
 
-def test_activation_after_a_pool_names_the_node():
+def _channelwise_layers(m) -> list:
+    return [L for L in load_model(m).layers if getattr(L, "kind", "") == "channelwise"]
+
+
+def test_activation_after_a_pool_runs_as_a_channelwise_layer():
     nodes = [helper.make_node("MaxPool", ["input"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
              helper.make_node("Sigmoid", ["p"], ["y"], name="sig")]
-    m = model("bad", nodes, [tensor("input", (1, 3, 4, 4))], [tensor("y", (1, 3, 2, 2))], [])
-    with pytest.raises(CompileError, match=r"node 'sig' \(Sigmoid\) is not supported here: .*produced by MaxPool 'pool'"):
-        load_model(m)
+    m = model("pool_sigmoid", nodes, [tensor("input", (1, 3, 4, 4))], [tensor("y", (1, 3, 2, 2))], [])
+    (layer,) = _channelwise_layers(m)
+    assert layer.nodes == ["sig"] and layer.act == "sigmoid" and layer.input == "p"
 
 
-def test_activation_after_a_fused_mul_is_refused():
+def test_activation_after_a_fused_mul_runs_as_a_channelwise_layer():
     m = kernels.mul_model("maps")
     out = m.graph.output[0].name
     m.graph.node.append(helper.make_node("Tanh", [out], ["z"], name="after"))
     m.graph.output[0].name = "z"
-    with pytest.raises(CompileError, match=r"node 'after' \(Tanh\) is not supported here: .*already ends in a "
-                                           r"multiplication"):
-        load_model(m)
+    (layer,) = _channelwise_layers(m)
+    assert layer.nodes == ["after"] and layer.act == "tanh"
 
 
-def test_squeeze_excitation_whose_gate_reads_the_map_is_refused_naming_the_mul():
-    with pytest.raises(CompileError, match=r"node 'mul\d+' \(Mul\) is not supported here: neither operand"):
-        load_model(kernels.mul_model("se"))
+def test_squeeze_excitation_multiplies_in_an_identity_channelwise_layer():
+    """The gate is computed from the map it multiplies, so the Mul cannot fuse into the map's Conv:
+    an identity channel-wise layer reads the map and multiplies by the gate (run against onnxruntime
+    in test_sdk_run_matches_onnxruntime_and_golden[mul_se])."""
+    (layer,) = _channelwise_layers(kernels.mul_model("se"))
+    assert layer.res_op == "mul" and layer.act == "none" and np.all(layer.weight == 1) and np.all(layer.bias == 0)
 
 
 def test_mul_with_a_gate_of_other_channels_is_refused():

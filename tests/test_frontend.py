@@ -125,11 +125,20 @@ def test_unsupported_custom_domain():
         load_model(model)
 
 
-def test_grouped_conv_rejected():
-    model = make([conv_node("gc", "x", "w", "y", group=2)], [("x", (1, 4, 6, 6))], [("y", None)],
+def test_grouped_conv_with_bad_group_rejected():
+    model = make([conv_node("gc", "x", "w", "y", group=3)], [("x", (1, 4, 6, 6))], [("y", None)],
                  [("w", rand((4, 2, 3, 3)))])
-    with pytest.raises(CompileError, match=r"node 'gc' \(Conv\): group=2"):
+    with pytest.raises(CompileError, match=r"node 'gc' \(Conv\): group=3 must be a positive divisor"):
         load_model(model)
+
+
+@pytest.mark.parametrize("group, cin, cout", [(2, 4, 6), (8, 8, 8), (4, 8, 16)])
+def test_grouped_conv_matches_onnxruntime(group, cin, cout):
+    model = make([conv_node("gc", "x", "w", "y", "b", group=group, pads=[1, 0, 2, 1], dilations=[2, 1])],
+                 [("x", (1, cin, 7, 6))], [("y", None)],
+                 [("w", rand((cout, cin // group, 3, 3))), ("b", rand((cout,), 2))])
+    (conv,) = check_against_ort(model).layers
+    assert conv.groups == group
 
 
 def test_3d_conv_rejected():
@@ -146,7 +155,7 @@ def test_conv_weight_must_be_constant():
 
 
 @pytest.mark.parametrize("op, attrs, what", [("MaxPool", {"dilations": [2, 2]}, "dilations"),
-                                             ("AveragePool", {"ceil_mode": 1}, "ceil_mode=1")])
+                                             ("AveragePool", {"dilations": [2, 2]}, "dilations")])
 def test_pool_attributes_rejected(op, attrs, what):
     model = make([helper.make_node(op, ["x"], ["y"], name="mp", kernel_shape=[2, 2], strides=[2, 2], **attrs)],
                  [("x", (1, 2, 7, 7))], [("y", None)])
@@ -185,33 +194,41 @@ def bn_node(name, x, out, prefix="bn", **attrs):
     return helper.make_node("BatchNormalization", [x] + [f"{prefix}.{k}" for k in "sbmv"], [out], name=name, **attrs)
 
 
-def test_batchnorm_not_after_conv_rejected():
+def _channelwise(graph, name):
+    (layer,) = [l for l in graph.layers if l.name == name]
+    assert isinstance(layer, Conv) and layer.kind == "channelwise" and layer.groups == layer.weight.shape[0]
+    assert any(f"runs as channel-wise layer '{name}'" in n for n in graph.notes)
+    return layer
+
+
+def test_batchnorm_not_after_conv_is_a_channelwise_layer():
     model = make([bn_node("bn0", "x", "y")], [("x", (1, 3, 4, 4))], [("y", None)], bn_inits(3))
-    with pytest.raises(CompileError, match=r"node 'bn0' \(BatchNormalization\).*follow a Conv.*graph input"):
-        load_model(model)
-    model = make([helper.make_node("MaxPool", ["x"], ["p"], name="mp", kernel_shape=[2, 2]), bn_node("bn1", "p", "y")],
-                 [("x", (1, 3, 4, 4))], [("y", None)], bn_inits(3))
-    with pytest.raises(CompileError, match=r"node 'bn1' \(BatchNormalization\).*MaxPool 'mp'"):
-        load_model(model)
+    _channelwise(check_against_ort(model), "bn0")
+    model = make([helper.make_node("MaxPool", ["x"], ["p"], name="mp", kernel_shape=[2, 2]), bn_node("bn1", "p", "b"),
+                  helper.make_node("Relu", ["b"], ["y"], name="r")], [("x", (1, 3, 4, 4))], [("y", None)], bn_inits(3))
+    graph = check_against_ort(model)
+    assert _channelwise(graph, "bn1").act == "relu"          # the Relu fuses into the channel-wise layer
+    assert len(graph.layers) == 2
 
 
-def test_batchnorm_after_conv_with_other_consumer_rejected():
+def test_batchnorm_after_conv_with_other_consumer_is_a_channelwise_layer():
     model = make([conv_node("c", "x", "w", "h"), bn_node("bn", "h", "y")],
                  [("x", (1, 2, 5, 5))], [("y", None), ("h", None)], [("w", rand((3, 2, 3, 3)))] + bn_inits(3))
-    with pytest.raises(CompileError, match=r"node 'bn' \(BatchNormalization\).*2 consumers"):
-        load_model(model)
+    _channelwise(check_against_ort(model), "bn")
 
 
-def test_relu_not_after_conv_rejected():
+def test_relu_and_constants_not_after_conv_are_channelwise_layers():
     model = make([helper.make_node("MaxPool", ["x"], ["p"], name="mp", kernel_shape=[2, 2]),
                   helper.make_node("Relu", ["p"], ["y"], name="r")], [("x", (1, 3, 4, 4))], [("y", None)])
-    with pytest.raises(CompileError, match=r"node 'r' \(Relu\).*Conv/Gemm/MatMul.*MaxPool 'mp'"):
-        load_model(model)
+    assert _channelwise(check_against_ort(model), "r").act == "relu"
     model = make([conv_node("c", "x", "w", "h"), helper.make_node("Relu", ["h"], ["r1"], name="ra"),
                   helper.make_node("Relu", ["r1"], ["y"], name="rb")],
                  [("x", (1, 2, 5, 5))], [("y", None)], [("w", rand((3, 2, 3, 3)))])
-    with pytest.raises(CompileError, match=r"node 'rb' \(Relu\).*already ends in an activation \(relu\)"):
-        load_model(model)
+    _channelwise(check_against_ort(model), "rb")
+    model = make([helper.make_node("Mul", ["x", "s"], ["m"], name="mul"), helper.make_node("Add", ["m", "t"], ["y"], name="add")],
+                 [("x", (1, 3, 4, 5))], [("y", None)], [("s", rand((3, 1, 1), 3)), ("t", rand((1, 3, 1, 1), 4))])
+    graph = check_against_ort(model)
+    assert len(graph.layers) == 1 and _channelwise(graph, "mul").nodes == ["mul", "add"]
 
 
 def test_reshape_of_feature_map_into_conv_rejected():

@@ -238,10 +238,10 @@ def test_host_lrn_follows_the_specification(size):
     np.testing.assert_allclose(got, reference(m, x), rtol=1e-6, atol=1e-6)
 
 
-def test_product_of_two_tensors_in_the_middle_runs_on_the_host():
-    """x * softmax(x) over channels (an attention-like gate): the element-wise product of two
-    tensors is no DLA operation, so with the flag both run on the host; without it the error
-    names the first of them."""
+def test_gate_from_the_host_multiplies_on_the_dla():
+    """x * softmax(x) over channels (an attention-like gate): the Softmax runs on the host (with the
+    flag; without it the error names it), the element-wise product on the DLA, as a channel-wise
+    layer reading x and multiplying by the host's gate in its output stage."""
     m = small_cnn(seed=6)
     for n in m.graph.node:
         if n.name == "conv2":
@@ -254,7 +254,9 @@ def test_product_of_two_tensors_in_the_middle_runs_on_the_host():
     ie = microndla.MDLA()
     ie.SetFlag("heterogeneous", 1)
     ie.Compile(m)
-    assert ie._compiled.stages[1].nodes == ["node 'gate' (Softmax)", "node 'apply_gate' (Mul)"]
+    assert ie._compiled.stages[1].nodes == ["node 'gate' (Softmax)"]
+    gated = [L for L in ie._compiled.stages[2].graph.layers if L.nodes == ["apply_gate"]]
+    assert len(gated) == 1 and gated[0].kind == "channelwise" and gated[0].res_op == "mul"
     x = images(m, 1, seed=2)
     within_budget(ie.Run(x), reference(m, x))
     ie.Free()
@@ -265,7 +267,7 @@ def test_two_inputs_one_through_the_host():
     m = small_cnn(seed=7)
     g = m.graph
     g.input.append(helper.make_tensor_value_info("bias_map", onnx.TensorProto.FLOAT, [1, 16, 32, 32]))
-    g.node.insert(0, helper.make_node("Sigmoid", ["bias_map"], ["squashed"], name="squash"))
+    g.node.insert(0, helper.make_node("Erf", ["bias_map"], ["squashed"], name="squash"))
     for n in g.node:
         if n.name == "relu1":
             n.input[0] = "with_res"

@@ -13,10 +13,13 @@ import onnx
 
 from .classic import alexnet, vgg16
 from .inception import inception
+from .mobilenet import mobilenet_v2
 from .resnet import resnet18, resnet34, resnet50
 from .small_cnn import small_cnn
+from .unet import unet
 
-__all__ = ["MODELS", "build", "save", "small_cnn", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16", "inception"]
+__all__ = ["MODELS", "build", "save", "small_cnn", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16", "inception",
+           "mobilenet_v2", "unet"]
 
 #: name -> builder(seed=0, **kw) -> ModelProto
 MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
@@ -27,6 +30,8 @@ MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
     "alexnet": alexnet,
     "vgg16": vgg16,
     "inception": inception,
+    "mobilenet_v2": mobilenet_v2,
+    "unet": unet,
 }
 
 

@@ -25,18 +25,57 @@ class Builder:
         return f"{kind}{self._n}"
 
     def conv(self, x: str, cout: int, k: int, stride: int = 1, pad: int = 0, bias: bool = False,
-             name: str | None = None) -> str:
+             name: str | None = None, group: int = 1) -> str:
         n, c, h, w = self.shapes[x]
         name = name or self._name("conv")
         ins = [x, f"{name}.weight"]
-        self.inits.append(init(f"{name}.weight", he(self.rng, (cout, c, k, k), c * k * k)))
+        self.inits.append(init(f"{name}.weight", he(self.rng, (cout, c // group, k, k), c // group * k * k)))
         if bias:
             ins.append(f"{name}.bias")
             self.inits.append(init(f"{name}.bias", self.rng.normal(0.0, 0.05, cout)))
         out = f"{name}_out"
         self.nodes.append(helper.make_node("Conv", ins, [out], name=name, kernel_shape=[k, k],
-                                           strides=[stride, stride], pads=[pad] * 4))
+                                           strides=[stride, stride], pads=[pad] * 4, group=group))
         self.shapes[out] = (n, cout, conv_out(h, k, stride, pad, pad), conv_out(w, k, stride, pad, pad))
+        return out
+
+    def conv_transpose(self, x: str, cout: int, k: int, stride: int, pad: int = 0, output_padding: int = 0,
+                       bias: bool = False, name: str | None = None) -> str:
+        n, c, h, w = self.shapes[x]
+        name = name or self._name("deconv")
+        ins = [x, f"{name}.weight"]
+        self.inits.append(init(f"{name}.weight", he(self.rng, (c, cout, k, k), max(1, c * k * k // stride ** 2))))
+        if bias:
+            ins.append(f"{name}.bias")
+            self.inits.append(init(f"{name}.bias", self.rng.normal(0.0, 0.05, cout)))
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node("ConvTranspose", ins, [out], name=name, kernel_shape=[k, k],
+                                           strides=[stride, stride], pads=[pad] * 4,
+                                           output_padding=[output_padding] * 2))
+        size = [stride * (d - 1) + output_padding + k - 2 * pad for d in (h, w)]
+        self.shapes[out] = (n, cout, *size)
+        return out
+
+    def resize(self, x: str, scale: int, mode: str = "nearest") -> str:
+        """Resize by an integer factor as PyTorch exports F.interpolate (nearest: asymmetric/floor;
+        linear: half_pixel, i.e. align_corners=False)."""
+        n, c, h, w = self.shapes[x]
+        name = self._name("resize")
+        self.inits.append(init(f"{name}.scales", np.array([1, 1, scale, scale])))
+        coord = "asymmetric" if mode == "nearest" else "pytorch_half_pixel"
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node("Resize", [x, "", f"{name}.scales"], [out], name=name, mode=mode,
+                                           coordinate_transformation_mode=coord, nearest_mode="floor"))
+        self.shapes[out] = (n, c, h * scale, w * scale)
+        return out
+
+    def clip(self, x: str, lo: float, hi: float) -> str:
+        """Clip with min/max inputs (opset 11+), e.g. ReLU6 as PyTorch exports it."""
+        name = self._name("clip")
+        self.inits += [init(f"{name}.min", np.array(lo)), init(f"{name}.max", np.array(hi))]
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node("Clip", [x, f"{name}.min", f"{name}.max"], [out], name=name))
+        self.shapes[out] = self.shapes[x]
         return out
 
     def bn(self, x: str, gamma: tuple[float, float] = (0.5, 1.5), name: str | None = None) -> str:

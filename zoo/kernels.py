@@ -1,5 +1,5 @@
-"""Single-layer ONNX models for kernel tests (one Conv, one MaxPool, one Gemm), seeded and with
-weight scales that keep Q8.8 activations O(1) for N(0, 1) inputs."""
+"""Single-layer ONNX models for kernel tests (one Conv, one MaxPool, one Gemm, one ConvTranspose,
+one Resize, ...), seeded and with weight scales that keep Q8.8 activations O(1) for N(0, 1) inputs."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,8 @@ from onnx import helper, numpy_helper
 from ._util import IR_VERSION, conv_out, he, init, model, tensor
 
 __all__ = ["conv_model", "maxpool_model", "fc_model", "residual_model", "avgpool_model", "activation_model",
-           "mul_model", "ACTIVATION_KINDS", "MUL_KINDS"]
+           "mul_model", "ACTIVATION_KINDS", "MUL_KINDS", "grouped_conv_model", "conv_transpose_model",
+           "resize_model", "upsample_model"]
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -87,16 +88,21 @@ def residual_model(c: int, h: int, w: int, stride: int = 1, seed: int = 0) -> on
     return b.finish(b.relu(b.add(y, short)))
 
 
-def avgpool_model(c: int, h: int, w: int, k: int | None = None, stride: int = 1, pad: int = 0) -> onnx.ModelProto:
-    """Input (1, c, h, w) -> AveragePool(k, stride, pad, count_include_pad=1), or GlobalAveragePool
-    when ``k`` is None."""
+def avgpool_model(c: int, h: int, w: int, k: int | None = None, stride: int = 1, pad: int | tuple[int, ...] = 0,
+                  count_include_pad: int = 1, ceil_mode: int = 0) -> onnx.ModelProto:
+    """Input (1, c, h, w) -> AveragePool(k, stride, pad, count_include_pad, ceil_mode), or
+    GlobalAveragePool when ``k`` is None."""
     if k is None:
         nodes = [helper.make_node("GlobalAveragePool", ["input"], ["output"], name="gap")]
         return model("gap", nodes, [tensor("input", (1, c, h, w))], [tensor("output", (1, c, 1, 1))], [])
-    oh, ow = conv_out(h, k, stride, pad, pad), conv_out(w, k, stride, pad, pad)
+    pads = _pads(pad)
+    size = [(n + b + e - k + (stride - 1 if ceil_mode else 0)) // stride + 1 for n, b, e in ((h, pads[0], pads[2]), (w, pads[1], pads[3]))]
+    if ceil_mode:   # a last window starting in the end padding is dropped
+        size = [o - 1 if (o - 1) * stride >= n + b else o for o, n, b in zip(size, (h, w), pads[:2])]
     nodes = [helper.make_node("AveragePool", ["input"], ["output"], name="avgpool", kernel_shape=[k, k],
-                              strides=[stride, stride], pads=[pad] * 4, count_include_pad=1)]
-    return model("avgpool", nodes, [tensor("input", (1, c, h, w))], [tensor("output", (1, c, oh, ow))], [])
+                              strides=[stride, stride], pads=list(pads), count_include_pad=count_include_pad,
+                              ceil_mode=ceil_mode)]
+    return model("avgpool", nodes, [tensor("input", (1, c, h, w))], [tensor("output", (1, c, *size))], [])
 
 
 #: activation_model kinds: (ONNX op, attributes, constant inputs (min, max) or None)
@@ -163,3 +169,67 @@ def mul_model(kind: str, c: int = 20, h: int = 6, w: int = 6, seed: int = 0) -> 
     g = b.relu(b.conv(b.global_avgpool(src), max(1, c // 4), 1, bias=True))
     g = b.act(b.conv(g, c, 1, bias=True), "Sigmoid")
     return b.finish(b.mul(x, g))
+
+
+def grouped_conv_model(cin: int, cout: int, group: int, h: int, w: int, k: int, stride: int = 1,
+                       pad: int | tuple[int, ...] = 0, dilation: int = 1, relu: bool = False,
+                       seed: int = 0) -> onnx.ModelProto:
+    """Input (1, cin, h, w) -> Conv(cout, k, group) [-> Relu]; group = cin = cout is depthwise."""
+    rng = np.random.default_rng(seed)
+    pads = _pads(pad)
+    oh, ow = conv_out(h, k, stride, pads[0], pads[2], dilation), conv_out(w, k, stride, pads[1], pads[3], dilation)
+    fan = cin // group * k * k
+    inits = [init("weight", he(rng, (cout, cin // group, k, k), fan)), init("bias", rng.uniform(-0.2, 0.2, cout))]
+    out = "conv_out" if relu else "output"
+    nodes = [helper.make_node("Conv", ["input", "weight", "bias"], [out], name="conv", group=group, kernel_shape=[k, k],
+                              strides=[stride, stride], pads=list(pads), dilations=[dilation, dilation])]
+    if relu:
+        nodes.append(helper.make_node("Relu", [out], ["output"], name="relu"))
+    return model("grouped_conv", nodes, [tensor("input", (1, cin, h, w))], [tensor("output", (1, cout, oh, ow))], inits)
+
+
+def conv_transpose_model(cin: int, cout: int, h: int, w: int, k: int, stride: int, pad: int | tuple[int, ...] = 0,
+                         output_padding: int = 0, group: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """Input (1, cin, h, w) -> ConvTranspose(cout, k, stride, pad, output_padding, group)."""
+    rng = np.random.default_rng(seed)
+    pads = _pads(pad)
+    # each output takes about k*k/stride**2 * cin/group terms
+    fan = max(1, cin // group * k * k // (stride * stride))
+    inits = [init("weight", he(rng, (cin, cout // group, k, k), fan)), init("bias", rng.uniform(-0.2, 0.2, cout))]
+    oh = stride * (h - 1) + output_padding + k - pads[0] - pads[2]
+    ow = stride * (w - 1) + output_padding + k - pads[1] - pads[3]
+    nodes = [helper.make_node("ConvTranspose", ["input", "weight", "bias"], ["output"], name="deconv", group=group,
+                              kernel_shape=[k, k], strides=[stride, stride], pads=list(pads),
+                              output_padding=[output_padding] * 2)]
+    return model("conv_transpose", nodes, [tensor("input", (1, cin, h, w))], [tensor("output", (1, cout, oh, ow))], inits)
+
+
+def resize_model(c: int, h: int, w: int, scales: tuple[int, int], mode: str = "nearest",
+                 coord: str = "asymmetric", nearest_mode: str = "floor", sizes: bool = False) -> onnx.ModelProto:
+    """Input (1, c, h, w) -> Resize (opset 13) by integer ``scales`` (given as sizes if ``sizes``)."""
+    out = (1, c, h * scales[0], w * scales[1])
+    inits = [init("roi", np.zeros(0)), init("scales", np.array([] if sizes else [1, 1, *scales]))]
+    ins = ["input", "roi", "scales"]
+    if sizes:
+        inits.append(onnx.numpy_helper.from_array(np.array(out, dtype=np.int64), "sizes"))
+        ins.append("sizes")
+    nodes = [helper.make_node("Resize", ins, ["output"], name="resize", mode=mode, coordinate_transformation_mode=coord,
+                              nearest_mode=nearest_mode)]
+    return model("resize", nodes, [tensor("input", (1, c, h, w))], [tensor("output", out)], inits)
+
+
+def upsample_model(c: int, h: int, w: int, scale: int, mode: str = "nearest", opset: int = 9) -> onnx.ModelProto:
+    """Input (1, c, h, w) -> Upsample (opset 7: scales attribute; 9: scales input) or, with
+    opset 10, Resize-10 (asymmetric), by ``scale`` in H and W, as older exporters wrote them."""
+    scales = [1.0, 1.0, float(scale), float(scale)]
+    if opset == 7:
+        nodes, inits = [helper.make_node("Upsample", ["input"], ["output"], name="up", mode=mode, scales=scales)], []
+    else:
+        op = "Upsample" if opset == 9 else "Resize"
+        nodes, inits = [helper.make_node(op, ["input", "scales"], ["output"], name="up", mode=mode)], [init("scales", np.array(scales))]
+    graph = helper.make_graph(nodes, "upsample", [tensor("input", (1, c, h, w))],
+                              [tensor("output", (1, c, h * scale, w * scale))], initializer=inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7 if opset < 9 else 8,
+                          producer_name="open-mdla zoo")
+    onnx.checker.check_model(m)
+    return m

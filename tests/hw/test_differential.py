@@ -71,6 +71,13 @@ def _kernels():
         # loaded with DMA strides of 0 (LEAKY and CLIP: random programs and tests/hw/test_mv.py)
         "mul_maps": lambda: kernels.mul_model("maps", c=4, h=4, w=4, seed=1),
         "mul_gate": lambda: kernels.mul_model("gate", c=5, h=4, w=4, seed=1),
+        # lowered operators (compiler/lowering.py): channels from inside a word (maps_addr), strided
+        # STOREs of phases, AVGPOOL pieces with their own multipliers
+        "grouped_conv": lambda: kernels.grouped_conv_model(6, 6, 3, 4, 4, 3, 2, 1, relu=True, seed=2),
+        "conv_transpose": lambda: kernels.conv_transpose_model(4, 4, 3, 3, 3, 2, 1, 1, seed=4),
+        "resize_bilinear": lambda: kernels.resize_model(4, 3, 3, (2, 2), "linear", "half_pixel"),
+        "resize_nearest": lambda: kernels.resize_model(4, 3, 3, (2, 2)),     # 1x1 AVGPOOLs, strided STOREs
+        "avgpool_exclude_pad": lambda: kernels.avgpool_model(4, 5, 5, 3, 2, 1, count_include_pad=0),
     }
 
 
