@@ -15,8 +15,9 @@ from .classic import alexnet, vgg16
 from .inception import inception
 from .resnet import resnet18, resnet34, resnet50
 from .small_cnn import small_cnn
+from .squeezenet import squeezenet
 
-__all__ = ["MODELS", "build", "save", "small_cnn", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16", "inception"]
+__all__ = ["MODELS", "build", "save", "small_cnn", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16", "inception", "squeezenet"]
 
 #: name -> builder(seed=0, **kw) -> ModelProto
 MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
@@ -27,6 +28,7 @@ MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
     "alexnet": alexnet,
     "vgg16": vgg16,
     "inception": inception,
+    "squeezenet": squeezenet,
 }
 
 
