@@ -148,6 +148,16 @@ def test_inception_bit_exact(cfg):
     assert len(c.graph.concats) == 4
 
 
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
+def test_squeezenet_bit_exact(cfg):
+    """Fire modules: 1x1 and 3x3 expand convs written side by side into one concatenation, ceil_mode
+    max-pools, a 1x1 conv classifier and a global average pool."""
+    import zoo
+    dla, gold, c, _ = run_both(zoo.squeezenet(seed=1, input_shape=(1, 3, 40, 40), classes=24), cfg)
+    assert_bit_exact(dla, gold)
+    assert len(c.graph.concats) == 8
+
+
 def test_unaligned_concat_is_refused_clearly():
     from compiler.ir import CompileError
     with pytest.raises(CompileError, match=r"Concat 'concat\d+': input .* would start at channel 8, which is not "

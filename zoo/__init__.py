@@ -16,10 +16,11 @@ from .inception import inception
 from .mobilenet import mobilenet_v2
 from .resnet import resnet18, resnet34, resnet50
 from .small_cnn import small_cnn
+from .squeezenet import squeezenet
 from .unet import unet
 
 __all__ = ["MODELS", "build", "save", "small_cnn", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16", "inception",
-           "mobilenet_v2", "unet"]
+           "squeezenet", "mobilenet_v2", "unet"]
 
 #: name -> builder(seed=0, **kw) -> ModelProto
 MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
@@ -30,6 +31,7 @@ MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
     "alexnet": alexnet,
     "vgg16": vgg16,
     "inception": inception,
+    "squeezenet": squeezenet,
     "mobilenet_v2": mobilenet_v2,
     "unet": unet,
 }
