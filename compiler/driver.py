@@ -170,10 +170,15 @@ def compile_graph(graph: Graph, cfg: MachineConfig, base: int = 0, parallel: Par
 
 
 def compile_model(model, cfg: MachineConfig, inshapes: str | None = None, base: int = 0,
-                  parallel: Parallel = Parallel()) -> Compiled:
-    """ONNX model (path or ModelProto) -> Compiled, with the default Q8.8 activations."""
+                  parallel: Parallel = Parallel(), samples=None) -> Compiled:
+    """ONNX model (path or ModelProto) -> Compiled: with the default Q8.8 activations, or with
+    ``samples`` (calibration images, see :func:`compiler.calibrate.calibration_feeds`) per-tensor
+    formats chosen from a float run on them (variable fixed point)."""
+    from .calibrate import calibrate
     from .frontend import load_model
     from .quantize import quantize
     graph = load_model(model, inshapes=inshapes)
-    quantize(graph, cfg)
-    return compile_graph(graph, cfg, base=base, parallel=parallel)
+    quantize(graph, cfg, ranges=calibrate(graph, samples) if samples is not None else None)
+    compiled = compile_graph(graph, cfg, base=base, parallel=parallel)
+    compiled.meta["varfp"] = samples is not None
+    return compiled

@@ -123,10 +123,11 @@ class MDLA:
         with: this model goes into the same cards' memory after the other's, on the clusters
         this object's flags select (disjoint ones run at the same time, the same ones in
         sequence). ``simplify`` is accepted for compatibility: the front end always folds
-        constants."""
-        if samples is not None:
-            raise MDLAError("calibration samples (variable fixed point) are not supported by this build yet; "
-                            "the default Q8.8 format is used without them")
+        constants. ``samples``: calibration images (a list of float32 arrays, one per image or
+        a batch each; for several inputs a list of per-input lists): each activation tensor
+        then gets its own Q format from a float run on them (variable fixed point), and a
+        ``SaturationWarning`` names each layer whose calibrated range is close to its format's
+        limit. Without samples every activation is Q8.8; weights always get a per-layer format."""
         if isinstance(modelpath, (list, tuple)):
             raise MDLAError("compiling a list of models into one program is not supported by this build yet")
         self._check_flags()
@@ -135,9 +136,11 @@ class MDLA:
         base = 0
         if MDLA is not None:
             base = self._link_base(MDLA, parallel)
-        compiled = compile_model(modelpath, cfg, inshapes=inshapes, base=base, parallel=parallel)
+        compiled = compile_model(modelpath, cfg, inshapes=inshapes, base=base, parallel=parallel, samples=samples)
         if "n" in self._flags["debug"]:
             self._print_layers(compiled)
+        if "Q" in self._flags["debug"]:
+            self._print_formats(compiled)
         if outfile is not None:
             binfile.write(compiled, outfile)
         else:
@@ -397,6 +400,22 @@ class MDLA:
         for line, lc in zip(layer_lines(c), c.layers):
             print(f"{line}  # {lc.mode} tile={lc.tile[0]}x{lc.tile[1]} chunks={lc.chunks} slots={lc.slots} "
                   f"pc={lc.first_pc}..{lc.last_pc}")
+
+    def _print_formats(self, c: Compiled) -> None:
+        """Debug 'Q': each layer's activation formats (and a Conv's weight format)."""
+        g = c.graph
+        bits = c.cfg.data_bits
+
+        def q(frac: int) -> str:
+            return f"Q{bits - frac}.{frac}"
+        mode = "variable fixed point (calibrated)" if c.meta.get("varfp") else "fixed point"
+        print(f"Formats ({mode}):")
+        for gi in g.inputs:
+            print(f"  input {gi.name}: {q(g.tensors[gi.tensor].frac)}")
+        for layer in g.layers:
+            w = f" weights {q(layer.w_frac)}" if getattr(layer, "w_frac", None) is not None else ""
+            print(f"  {layer.name} ({type(layer).__name__}): in {q(g.tensors[layer.input].frac)} "
+                  f"out {q(g.tensors[layer.output].frac)}{w}")
 
     def _print_profile(self, batch: int) -> None:
         c = self._compiled
