@@ -401,6 +401,29 @@ class MDLA:
             print(f"{line}  # {lc.mode} tile={lc.tile[0]}x{lc.tile[1]} chunks={lc.chunks} slots={lc.slots} "
                   f"pc={lc.first_pc}..{lc.last_pc}")
 
+    def _report_saturations(self, total: int, cluster_stats: list, input_sat: int) -> None:
+        """Debug 'w': the values clipped to the 16-bit range in the last run, per layer where the
+        executor counts them per instruction (the functional model does)."""
+        if not total:
+            return
+        c = self._compiled
+        print(f"warning: {total} values saturated to the 16-bit range during this run", file=sys.stderr)
+        if total - input_sat:
+            per_layer: dict[int | None, int] = {}
+            counted = 0
+            for cs, cl in cluster_stats:
+                for pc, n in cs.saturations_by_pc.items():
+                    k = c.layer_at(cl, pc)
+                    per_layer[k] = per_layer.get(k, 0) + n
+                    counted += n
+            if counted != total - input_sat:
+                print("warning:   (this executor counts saturations per run, not per layer)", file=sys.stderr)
+            for k, n in sorted(per_layer.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+                where = f"layer {c.layers[k].name} ({c.layers[k].kind})" if k is not None else "outside any layer"
+                print(f"warning:   {where}: {n} values saturated", file=sys.stderr)
+        if input_sat:
+            print(f"warning:   inputs: {input_sat} values saturated converting them to fixed point", file=sys.stderr)
+
     def _print_formats(self, c: Compiled) -> None:
         """Debug 'Q': each layer's activation formats (and a Conv's weight format)."""
         g = c.graph
@@ -495,8 +518,9 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
         obj._saturations = sat
         results = [[merged[(id(obj), n)][k] for n in range(batch)] for k in range(len(c.outputs))]
         dbg = obj._flags["debug"]
-        if "w" in dbg and sat:
-            print(f"warning: {sat} values saturated to the 16-bit range during this run", file=sys.stderr)
+        if "w" in dbg:
+            obj._report_saturations(sat, [(s.clusters[cl], cl) for s in all_stats for cl in mine if cl in s.clusters],
+                                    sum(x[id(obj)] for _, _, x in per_card))
         if "b" in dbg:
             obj._print_profile(batch)
         outcomes.append((obj._pack(obj._finish(results)), cycles))

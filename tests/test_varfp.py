@@ -192,3 +192,39 @@ def test_multi_input_samples():
     assert len(nested) == len(flat) == 2
     with pytest.raises(CompileError, match="multiple of 2"):
         calibration_feeds(graph, [a, b, a])
+
+
+def two_layer_model() -> onnx.ModelProto:
+    """conv 'quiet' (weights 0.5) then conv 'loud' (weights 100): only 'loud' saturates in Q8.8."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])
+    inits = [helper.make_tensor("w0", TensorProto.FLOAT, [4, 4, 1, 1], np.full(16, 0.5, np.float32)),
+             helper.make_tensor("w1", TensorProto.FLOAT, [4, 4, 1, 1], np.full(16, 100.0, np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["h"], name="quiet"),
+             helper.make_node("Conv", ["h", "w1"], ["y"], name="loud")]
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("flags", [{}, {"nclusters": 2, "imgs_per_cluster": 2}], ids=["one", "batched"])
+def test_debug_w_reports_saturations_per_layer(capsys, flags):
+    ie = microndla.MDLA()
+    ie.SetFlag(dict(flags, debug="w"))
+    ie.Compile(two_layer_model())
+    batch = ie.GetInfo("batch")
+    x = np.full((batch, 4, 2, 2), 1.0, np.float32)
+    x[0, 0, 0, 0] = 200.0                                  # beyond Q8.8: the input conversion saturates once
+    y = ie.Run(x)
+    err = capsys.readouterr().err
+    # 'quiet' gives 2 (or 101.5 at the big pixel), 'loud' 4 * 100 * 2 = 800 > 128 everywhere
+    loud = 4 * 2 * 2 * batch
+    assert ie.GetInfo("saturations") == loud + 1
+    assert f"layer loud (conv): {loud} values saturated" in err
+    assert "layer quiet" not in err and "inputs: 1 values saturated" in err
+    assert np.all(y == np.float32(32767 / 256))
+    # a calibrated compile of the same model has formats wide enough: nothing to report
+    ie = microndla.MDLA()
+    ie.SetFlag(dict(flags, debug="w"))
+    x[0, 0, 0, 0] = 1.0
+    ie.Compile(two_layer_model(), samples=[x])
+    ie.Run(x)
+    assert ie.GetInfo("saturations") == 0 and "saturated" not in capsys.readouterr().err
