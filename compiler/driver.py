@@ -150,6 +150,11 @@ def compile_graph(graph: Graph, cfg: MachineConfig, base: int = 0, parallel: Par
                            f"units of a cluster, got {p.imgs_per_cluster}")
     layouts, slot_bytes = plan_tensors(graph, cfg)
     nslots = p.images_per_card
+    if nslots * slot_bytes > cfg.mem_bytes:      # before generating any code
+        big = max(graph.tensors.values(), key=lambda t: int(np.prod(t.shape)))
+        raise CompileError(f"the model's activations need {nslots} x {slot_bytes} bytes of card memory "
+                           f"({nslots} image slot(s); the largest tensor is {big.name!r} {big.shape}); the "
+                           f"{cfg.name!r} configuration has {cfg.mem_bytes}")
     weights_offset = align(nslots * slot_bytes)
     store = WeightStore(cfg)
     programs, code_bytes, layers, spans = {}, {}, None, {}
@@ -187,7 +192,7 @@ def compile_model(model, cfg: MachineConfig, inshapes: str | None = None, base: 
     from .calibrate import calibrate
     from .frontend import load_model
     from .quantize import quantize
-    graph = load_model(model, inshapes=inshapes)
+    graph = load_model(model, inshapes=inshapes, mem_bytes=cfg.mem_bytes)
     quantize(graph, cfg, ranges=calibrate(graph, samples) if samples is not None else None)
     compiled = compile_graph(graph, cfg, base=base, parallel=parallel)
     compiled.meta["varfp"] = samples is not None
