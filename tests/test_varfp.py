@@ -228,3 +228,17 @@ def test_debug_w_reports_saturations_per_layer(capsys, flags):
     ie.Compile(two_layer_model(), samples=[x])
     ie.Run(x)
     assert ie.GetInfo("saturations") == 0 and "saturated" not in capsys.readouterr().err
+
+
+def test_cli_compile_with_samples(tmp_path):
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+    model, samples, out = tmp_path / "m.onnx", tmp_path / "s.npy", tmp_path / "m.bin"
+    onnx.save(zoo.build("small_cnn", input_shape=(1, 3, 16, 16)), str(model))
+    np.save(samples, np.concatenate(images((1, 3, 16, 16), 2)))
+    r = CliRunner().invoke(main, ["compile", str(model), "-o", str(out), "--samples", str(samples)])
+    assert r.exit_code == 0, r.output
+    ie = microndla.MDLA()
+    ie.Init(str(out))
+    assert ie._compiled.meta["varfp"] and len({t.frac for t in ie._compiled.graph.tensors.values()}) > 1
