@@ -143,6 +143,23 @@ def test_sdk_compile_with_samples_is_more_accurate(tmp_path):
     assert errors["varfp"][0] < errors["q88"][0] / 3, errors
 
 
+def test_calibration_rescues_a_network_that_saturates_in_q88():
+    # unnormalised 0..255 pixels do not fit Q8.8 (max 127.996): Q8.8 saturates and fails the budget,
+    # calibrated formats hold them
+    model = zoo.build("small_cnn", seed=0)
+    rng = np.random.default_rng(3)
+    x = 255 * rng.random((1, 3, 32, 32), dtype=np.float32)
+    samples = [255 * rng.random((1, 3, 32, 32), dtype=np.float32) for _ in range(2)]
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    q88, cal = microndla.MDLA(), microndla.MDLA()
+    q88.Compile(model)
+    cal.Compile(model, samples=samples)
+    mean, mx = sdk_error_metric(q88.Run(x), ref)
+    assert mean > 5.0 and q88.GetInfo("saturations") > 1000
+    mean, mx = sdk_error_metric(cal.Run(x), ref)
+    assert mean <= 1.0 and mx <= 5.0 and cal.GetInfo("saturations") == 0
+
+
 def test_samples_forms_and_the_binfile_keep_the_formats(tmp_path):
     model = zoo.build("small_cnn", input_shape=(1, 3, 16, 16))
     imgs = images((1, 3, 16, 16), 3)
