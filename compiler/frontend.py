@@ -111,6 +111,10 @@ def _load(model) -> tuple[onnx.ModelProto, str, str | None]:
         raise FileNotFoundError(f"ONNX model file not found: {path}")
     if path.is_dir():
         raise CompileError(f"{path} is not an ONNX model: it is a directory")
+    size = path.stat().st_size
+    if size > _PROTOBUF_LIMIT:      # protobuf cannot parse it; refuse before reading it into memory
+        raise CompileError(f"{path} is {size} bytes, more than the 2 GiB a protobuf (ONNX) file can hold; save the "
+                           f"model with its weights as external data (onnx.save(..., save_as_external_data=True))")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError, ...
@@ -119,6 +123,8 @@ def _load(model) -> tuple[onnx.ModelProto, str, str | None]:
         raise CompileError(f"{path} is not an ONNX model: it holds no graph with outputs")
     return proto, str(path), str(path.parent)
 
+
+_PROTOBUF_LIMIT = 2 ** 31 - 1
 
 #: bytes per weight on the card (16-bit fixed point), the lower bound used to refuse huge models early
 _DLA_WEIGHT_BYTES = 2

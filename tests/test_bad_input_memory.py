@@ -98,3 +98,11 @@ def test_layer_that_cannot_be_tiled_names_it():
     ie.SetFlag("bitfile", "small")
     with pytest.raises(CompileError, match=r"layer 'pool': one output pixel does not fit the buffers"):
         ie.Compile(kernels.maxpool_model(16, 24, 24, 20, 1, 0))
+
+
+def test_file_beyond_the_protobuf_limit_refused_unread(tmp_path):
+    path = tmp_path / "giant.onnx"
+    with open(path, "wb") as f:
+        f.truncate(2 ** 31 + 10)           # a sparse file: no disk space, and it must never be read
+    with pytest.raises(CompileError, match=r"giant.onnx is 2147483658 bytes, more than the 2 GiB.*external data"):
+        microndla.MDLA().Compile(str(path))
