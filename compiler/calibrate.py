@@ -35,8 +35,8 @@ def calibration_feeds(graph: Graph, samples) -> list[dict[str, np.ndarray]]:
         raise CompileError(f"samples must be a list of float32 arrays (calibration images), got {type(samples).__name__}")
     if not len(samples):
         raise CompileError("samples is empty: give at least one calibration image")
-    if k == 1:
-        groups = [[s] for s in samples]
+    if k == 1:   # [[x0], [x1]] (the several-input form) is accepted too
+        groups = [list(s) if isinstance(s, (list, tuple)) else [s] for s in samples]
     elif all(isinstance(s, (list, tuple)) for s in samples):
         groups = [list(s) for s in samples]
     elif len(samples) % k == 0:

@@ -163,7 +163,7 @@ def test_calibration_rescues_a_network_that_saturates_in_q88():
 def test_samples_forms_and_the_binfile_keep_the_formats(tmp_path):
     model = zoo.build("small_cnn", input_shape=(1, 3, 16, 16))
     imgs = images((1, 3, 16, 16), 3)
-    forms = [imgs, np.concatenate(imgs), [i[0] for i in imgs], tuple(imgs)]
+    forms = [imgs, np.concatenate(imgs), [i[0] for i in imgs], tuple(imgs), [[i] for i in imgs]]
     fracs = []
     for samples in forms:
         graph = load_model(model)
