@@ -149,6 +149,13 @@ def _calibrated_fracs(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]
         root = find(t)
         frac[root] = min(frac.get(root, top), f)
     # the shifts must not be negative: make outputs (and residuals) no finer than the accumulator
+    w_fracs: dict[tuple[int, int], int] = {}     # (layer, in_frac) -> w_frac; weights are scanned once each
+
+    def w_frac_of(layer: Conv, in_frac: int) -> int:
+        key = (id(layer), in_frac)
+        if key not in w_fracs:
+            w_fracs[key] = _weight_frac(layer, in_frac, cfg)[0]
+        return w_fracs[key]
     changed = True
     while changed:
         changed = False
@@ -156,7 +163,7 @@ def _calibrated_fracs(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]
             if not isinstance(layer, Conv):
                 continue
             in_frac = frac[find(layer.input)]
-            acc = in_frac + _weight_frac(layer, in_frac, cfg)[0]
+            acc = in_frac + w_frac_of(layer, in_frac)
             for t in [layer.output] + ([layer.residual] if layer.residual else []):
                 root = find(t)
                 if frac[root] > acc >= 0:
