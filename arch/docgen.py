@@ -183,6 +183,14 @@ operand, as in squeeze-excitation, is broadcast by loading it into the residual 
 strides of 0. The CONV word found the 33 bits for this by narrowing address fields to what 4-16
 times the reference machine's buffers need.
 
+**Fixed-point formats: chosen by the compiler, free in hardware.** Every shift is a field of the
+instruction, so formats cost nothing on the card. Weights always get a per-layer format (the finest
+that holds the layer's weights and keeps its bias and shifts legal). Activations are
+Q{REFERENCE.data_bits - REFERENCE.default_frac}.{REFERENCE.default_frac} by default; with calibration samples (`Compile(model, samples=...)`, the SDK's
+variable fixed point) each tensor gets the finest format holding its calibrated maximum with one
+bit of headroom, pooling and concatenation groups share one format, and a Conv output is never
+finer than its accumulator (`compiler/quantize.py`; errors per network in `docs/accuracy.md`).
+
 **Buffers (reference): maps {REFERENCE.maps_words} words per MV, kernel {REFERENCE.kernel_words} words per VV,
 output {REFERENCE.out_words} words per MV, {REFERENCE.acc_entries} accumulator entries per VV** (a word is
 {REFERENCE.lanes} x 16 bits). That is about 2 MiB of on-chip RAM per cluster, so four clusters fit the

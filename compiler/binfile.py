@@ -168,6 +168,7 @@ def to_bytes(c: Compiled | Staged) -> bytes:
         ("meta", json.dumps(c.meta).encode()),
         ("parallel", json.dumps(c.parallel.to_dict()).encode()),
         ("outputs", json.dumps(c.output_order).encode()),
+        ("spans", json.dumps({str(p): v for p, v in c.spans.items()}).encode()),
         ("weights", c.weights),
     ]
     sections += [(f"code.{p}", c.code_bytes(p)) for p in sorted(c.programs)]
@@ -223,6 +224,7 @@ def from_bytes(data: bytes, source: str = "<bytes>") -> Compiled | Staged:
         meta = json.loads(sec.get("meta", b"{}"))
         parallel = Parallel.from_dict(json.loads(sec["parallel"])) if "parallel" in sec else Parallel()
         order = json.loads(sec["outputs"]) if "outputs" in sec else []
+        spans = {int(p): [tuple(s) for s in v] for p, v in json.loads(sec.get("spans", b"{}")).items()}
         host = None
         if "host.onnx" in sec:
             hj = json.loads(sec["host.json"])
@@ -235,7 +237,8 @@ def from_bytes(data: bytes, source: str = "<bytes>") -> Compiled | Staged:
     return Compiled(cfg=cfg, memmap=mm, programs=programs, weights=sec["weights"],
                     inputs=[IODesc.from_dict(d) for d in iod["inputs"]],
                     outputs=[IODesc.from_dict(d) for d in iod["outputs"]],
-                    layers=layers, graph=graph, meta=meta, parallel=parallel, host=host, output_order=order)
+                    layers=layers, graph=graph, meta=meta, parallel=parallel, host=host, output_order=order,
+                    spans=spans)
 
 
 def read(path: str | Path) -> Compiled | Staged:

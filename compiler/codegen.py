@@ -125,6 +125,8 @@ class CodeGen:
         self.barrier_mask = barrier_mask
         self.program: list[Instr] = []
         self.layers: list[LayerCode] = []
+        #: (first pc, last pc, index into graph.layers) of every layer of every round
+        self.spans: list[tuple[int, int, int]] = []
 
     # ------------------------------------------------------------------ helpers
     def _addr(self, act_base: int, t: TensorLayout, y: int, x: int, cw: int) -> int:
@@ -228,6 +230,7 @@ class CodeGen:
             following = planned[n + 1][1] if n + 1 < len(planned) else None
             token = self._emit(slots, pop_boundary=token, last_layer=following is None,
                                push_boundary=bool(following))
+            self.spans.append((first_pc, len(self.program) - 1, n % len(self.graph.layers)))
             if r == 0:
                 self.layers.append(LayerCode(first_pc=first_pc, last_pc=len(self.program) - 1,
                                              slots=len(slots), **info))

@@ -76,6 +76,15 @@ class Compiled:
     parallel: Parallel = field(default_factory=Parallel)
     host: HostTail | None = None               #: operators the runtime runs on the host after the DLA
     output_order: list[str] = field(default_factory=list)   #: the model's outputs, in order
+    #: program -> (first pc, last pc, index into ``layers``) of each layer's code, every image round
+    spans: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
+
+    def layer_at(self, program: int, pc: int) -> int | None:
+        """Index into ``layers`` of the layer whose code holds ``pc`` of ``program`` (None if none)."""
+        for first, last, k in self.spans.get(program, ()):
+            if first <= pc <= last:
+                return k
+        return None
 
     @property
     def final_outputs(self) -> list[IODesc]:
@@ -141,9 +150,14 @@ def compile_graph(graph: Graph, cfg: MachineConfig, base: int = 0, parallel: Par
                            f"units of a cluster, got {p.imgs_per_cluster}")
     layouts, slot_bytes = plan_tensors(graph, cfg)
     nslots = p.images_per_card
+    if nslots * slot_bytes > cfg.mem_bytes:      # before generating any code
+        big = max(graph.tensors.values(), key=lambda t: int(np.prod(t.shape)))
+        raise CompileError(f"the model's activations need {nslots} x {slot_bytes} bytes of card memory "
+                           f"({nslots} image slot(s); the largest tensor is {big.name!r} {big.shape}); the "
+                           f"{cfg.name!r} configuration has {cfg.mem_bytes}")
     weights_offset = align(nslots * slot_bytes)
     store = WeightStore(cfg)
-    programs, code_bytes, layers = {}, {}, None
+    programs, code_bytes, layers, spans = {}, {}, None, {}
     per_round = cfg.mv_per_cluster if p.mvbatch else 1
     split = p.split and len(p.clusters) > 1
     mask = sum(1 << c for c in p.clusters) if split else 0
@@ -154,6 +168,7 @@ def compile_graph(graph: Graph, cfg: MachineConfig, base: int = 0, parallel: Par
         slots = [base + (first + b) * slot_bytes for b in range(p.imgs_per_cluster)]
         programs[cluster] = gen.lower([slots[i:i + per_round] for i in range(0, len(slots), per_round)])
         code_bytes[cluster] = len(programs[cluster]) * 32
+        spans[cluster] = gen.spans
         layers = layers or gen.layers
     weights = store.tobytes()
     mm = MemoryMap(base=base, slot_bytes=slot_bytes, nslots=nslots, weights_offset=weights_offset,
@@ -166,14 +181,19 @@ def compile_graph(graph: Graph, cfg: MachineConfig, base: int = 0, parallel: Par
     outputs = [IODesc(o.name, o.tensor, tuple(o.onnx_shape)) for o in graph.outputs]
     return Compiled(cfg=cfg, memmap=mm, programs=programs, weights=weights, inputs=inputs,
                     outputs=outputs, layers=layers, graph=graph, meta={"model": graph.name}, parallel=p,
-                    host=graph.host, output_order=list(graph.output_order))
+                    host=graph.host, output_order=list(graph.output_order), spans=spans)
 
 
 def compile_model(model, cfg: MachineConfig, inshapes: str | None = None, base: int = 0,
-                  parallel: Parallel = Parallel()) -> Compiled:
-    """ONNX model (path or ModelProto) -> Compiled, with the default Q8.8 activations."""
+                  parallel: Parallel = Parallel(), samples=None) -> Compiled:
+    """ONNX model (path or ModelProto) -> Compiled: with the default Q8.8 activations, or with
+    ``samples`` (calibration images, see :func:`compiler.calibrate.calibration_feeds`) per-tensor
+    formats chosen from a float run on them (variable fixed point)."""
+    from .calibrate import calibrate
     from .frontend import load_model
     from .quantize import quantize
-    graph = load_model(model, inshapes=inshapes)
-    quantize(graph, cfg)
-    return compile_graph(graph, cfg, base=base, parallel=parallel)
+    graph = load_model(model, inshapes=inshapes, mem_bytes=cfg.mem_bytes)
+    quantize(graph, cfg, ranges=calibrate(graph, samples) if samples is not None else None)
+    compiled = compile_graph(graph, cfg, base=base, parallel=parallel)
+    compiled.meta["varfp"] = samples is not None
+    return compiled

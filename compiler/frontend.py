@@ -68,14 +68,22 @@ _DIM_RE = re.compile(r"^\d+$")
 # public entry points
 # --------------------------------------------------------------------------------------------
 
-def load_model(model: str | Path | onnx.ModelProto, inshapes: str | None = None) -> Graph:
+def load_model(model: str | Path | onnx.ModelProto, inshapes: str | None = None,
+               mem_bytes: int | None = None) -> Graph:
     """Translate an ONNX model (path or proto) into the per-image graph IR.
 
     ``inshapes`` overrides the input shapes, in the SDK's form ``"1x3x224x224"`` with ``;`` between
-    the inputs of a multi-input model. Raises ``FileNotFoundError`` for a missing file and
+    the inputs of a multi-input model. ``mem_bytes`` is the card memory (default: the reference
+    configuration's): a model whose weights cannot fit it even as 16-bit values, or a constant
+    node whose output could not, is refused before any weight is read into memory (external
+    data is loaded only after this check). Raises ``FileNotFoundError`` for a missing file and
     :class:`CompileError` for anything the DLA cannot run."""
-    proto, source = _load(model)
-    return _FrontEnd(proto, source, inshapes).run()
+    from arch.machine import REFERENCE
+    limit = REFERENCE.mem_bytes if mem_bytes is None else int(mem_bytes)
+    proto, source, base_dir = _load(model)
+    _check_weight_bytes(proto, source, limit)
+    _load_external(proto, source, base_dir)
+    return _FrontEnd(proto, source, inshapes, limit).run()
 
 
 def channelwise_layer(name: str, nodes: list[str], x: str, out: str, scale: np.ndarray, bias: np.ndarray,
@@ -117,11 +125,12 @@ def parse_inshapes(inshapes: str) -> list[tuple[int, ...]]:
 # loading
 # --------------------------------------------------------------------------------------------
 
-def _load(model) -> tuple[onnx.ModelProto, str]:
+def _load(model) -> tuple[onnx.ModelProto, str, str | None]:
+    """(proto, name for messages, directory of external data files); external data is not read."""
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
-        return proto, proto.graph.name or "<model>"
+        return proto, proto.graph.name or "<model>", None
     if not isinstance(model, (str, Path)):
         raise TypeError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
     path = Path(model)
@@ -129,13 +138,55 @@ def _load(model) -> tuple[onnx.ModelProto, str]:
         raise FileNotFoundError(f"ONNX model file not found: {path}")
     if path.is_dir():
         raise CompileError(f"{path} is not an ONNX model: it is a directory")
+    size = path.stat().st_size
+    if size > _PROTOBUF_LIMIT:      # protobuf cannot parse it; refuse before reading it into memory
+        raise CompileError(f"{path} is {size} bytes, more than the 2 GiB a protobuf (ONNX) file can hold; save the "
+                           f"model with its weights as external data (onnx.save(..., save_as_external_data=True))")
     try:
-        proto = onnx.load(str(path))
-    except Exception as e:  # protobuf DecodeError, external-data errors, ...
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError, ...
         raise CompileError(f"{path} is not an ONNX model: {e}") from None
     if not proto.HasField("graph") or not proto.graph.output:
         raise CompileError(f"{path} is not an ONNX model: it holds no graph with outputs")
-    return proto, str(path)
+    return proto, str(path), str(path.parent)
+
+
+_PROTOBUF_LIMIT = 2 ** 31 - 1
+
+#: bytes per weight on the card (16-bit fixed point), the lower bound used to refuse huge models early
+_DLA_WEIGHT_BYTES = 2
+
+
+def _check_weight_bytes(proto: onnx.ModelProto, source: str, limit: int) -> None:
+    """Refuse a model whose weights need more than ``limit`` bytes as 16-bit values, from the
+    initializers' dims alone (nothing is decoded or loaded)."""
+    g = proto.graph
+    tensors = list(g.initializer) + [a.t for n in g.node if n.op_type == "Constant"
+                                     for a in n.attribute if a.name == "value" and a.HasField("t")]
+    sizes = [(t.name, tuple(t.dims), math.prod(t.dims) * _DLA_WEIGHT_BYTES) for t in tensors]
+    total = sum(n for _, _, n in sizes)
+    if total <= limit:
+        return
+    name, dims, big = max(sizes, key=lambda x: x[2])
+    readers = [f"'{n.name or n.op_type}' ({n.op_type})" for n in g.node if name in n.input][:3]
+    raise CompileError(f"{source}: the model's weights need {total} bytes as 16-bit fixed point, more than the "
+                       f"{limit} bytes of card memory; the largest, {name!r} {list(dims)}"
+                       f"{' read by node ' + ', '.join(readers) if readers else ''}, alone needs {big} bytes. "
+                       f"The model was refused before its weights were loaded")
+
+
+def _load_external(proto: onnx.ModelProto, source: str, base_dir: str | None) -> None:
+    """Read the external data of the initializers (after the size check)."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+    if not any(uses_external_data(t) for t in proto.graph.initializer):
+        return
+    if base_dir is None:
+        raise CompileError(f"{source}: its initializers keep their data in external files, which a model given "
+                           f"as a ModelProto cannot locate; pass the model's path instead")
+    try:
+        load_external_data_for_model(proto, base_dir)
+    except Exception as e:  # noqa: BLE001 - missing or short files, bad locations
+        raise CompileError(f"{source}: cannot load the external data of its initializers: {e}") from None
 
 
 def _static(shape_proto) -> tuple[int, ...] | None:
@@ -267,8 +318,9 @@ def _reads(op) -> list[str]:
 
 
 class _FrontEnd:
-    def __init__(self, proto: onnx.ModelProto, source: str, inshapes: str | None):
+    def __init__(self, proto: onnx.ModelProto, source: str, inshapes: str | None, mem_bytes: int):
         self.proto = proto
+        self.mem_bytes = mem_bytes
         self.source = source
         self.inshapes = inshapes
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -526,6 +578,11 @@ class _FrontEnd:
         handler(index, node, where, {a.name: helper.get_attribute_value(a) for a in node.attribute})
 
     def _fold(self, index: int, node: onnx.NodeProto, feeds: dict[str, np.ndarray], note: str = "") -> None:
+        for o in node.output:     # bounded memory: never materialise a constant larger than the card memory
+            if o in self.inferred and math.prod(self.inferred[o]) * _DLA_WEIGHT_BYTES > self.mem_bytes:
+                raise CompileError(f"{self._where(index, node)}: its constant output {o!r} {list(self.inferred[o])} "
+                                   f"would need {math.prod(self.inferred[o]) * _DLA_WEIGHT_BYTES} bytes as 16-bit "
+                                   f"values, more than the {self.mem_bytes} bytes of card memory")
         names = list(dict.fromkeys(feeds))
         graph = helper.make_graph([node], "fold", [helper.make_value_info(n, onnx.TypeProto()) for n in names],
                                   [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])

@@ -46,7 +46,7 @@ from onnx.reference import ReferenceEvaluator
 from arch.machine import MachineConfig
 
 from .driver import Compiled, IODesc, Parallel, compile_model
-from .frontend import SUPPORTED_OPS, _FrontEnd, _load, _static
+from .frontend import SUPPORTED_OPS, _check_weight_bytes, _FrontEnd, _load, _load_external, _static
 from .hostops import host_evaluator
 from .ir import CompileError
 from .memmap import align
@@ -163,11 +163,10 @@ def _dla_can(node: onnx.NodeProto, consts) -> bool:
     return True
 
 
-def _computes(node: onnx.NodeProto, consts) -> bool:
-    """Whether the node makes a DLA layer whatever precedes it: a layer op, or a per-channel op
-    (a channel-wise layer where it cannot be fused)."""
-    ins = [i for i in node.input if i and i not in consts]
-    return node.op_type in LAYER_OPS or (node.op_type in UNARY_OPS or node.op_type in ("Add", "Mul")) and len(ins) == 1
+def _computes(node: onnx.NodeProto) -> bool:
+    """Whether the node makes a DLA layer whatever precedes it: a layer op, or a per-channel or
+    element-wise op (a channel-wise layer where it cannot be fused)."""
+    return node.op_type in LAYER_OPS or node.op_type in FUSED_OPS
 
 
 def _label(order, consts, forced: set[int]) -> dict[int, str]:
@@ -182,7 +181,9 @@ def _label(order, consts, forced: set[int]) -> dict[int, str]:
         elif (op in UNARY_OPS or op in ("Add", "Mul")) and len(ins) == 1:   # per channel: a layer if need be
             lab = HOST if made_by.get(ins[0]) == HOST else DLA
         elif op in FUSED_OPS and not (op == "Sum" and len(ins) == 1):
-            lab = DLA if any(made_by.get(i) == DLA for i in ins) else HOST
+            # fused into the layer producing a DLA operand, or an identity channel-wise layer (also
+            # when every operand is a model input)
+            lab = DLA if any(made_by.get(i) == DLA for i in ins) or all(i not in made_by for i in ins) else HOST
         elif op in VIEW_OPS or op == "Sum":
             lab = HOST if ins and all(made_by.get(i) == HOST for i in ins) else DLA
         else:
@@ -235,9 +236,10 @@ class _Partitioner:
     Labelling needs only which tensors are constant, so the weights are neither converted nor
     shape-inferred until the model turns out to need host stages before or between DLA layers."""
 
-    def __init__(self, model, inshapes: str | None):
-        self.proto, self.source = _load(model)
-        self.fe = _FrontEnd(self.proto, self.source, inshapes)
+    def __init__(self, model, inshapes: str | None, mem_bytes: int):
+        self.proto, self.source, self.base_dir = _load(model)
+        _check_weight_bytes(self.proto, self.source, mem_bytes)   # before any weight is read
+        self.fe = _FrontEnd(self.proto, self.source, inshapes, mem_bytes)
         self.inits = {t.name: t for t in self.proto.graph.initializer}
         self.fe.consts = dict.fromkeys(self.inits)          # the ordering needs only the names
         self.order = self.fe._topological()
@@ -256,7 +258,8 @@ class _Partitioner:
         self.types: dict[str, onnx.ValueInfoProto] = {}
 
     def prepare(self) -> None:
-        """Apply inshapes, infer shapes and types, evaluate the constant nodes."""
+        """Read external weights, apply inshapes, infer shapes and types, evaluate the constant nodes."""
+        _load_external(self.proto, self.source, self.base_dir)
         self.inputs = self.fe._inputs()          # applies inshapes, checks types and static shapes
         g = self.proto.graph
         # shape inference on the graph without its weights' values (their shapes suffice), which
@@ -307,7 +310,7 @@ class _Partitioner:
         while True:
             labels = _label(nodes, self.consts, forced)
             parts = _schedule(nodes, self.consts, labels)
-            idle = [p for p in parts if p.kind == DLA and not any(_computes(n, self.consts) for _, n in p.nodes)]
+            idle = [p for p in parts if p.kind == DLA and not any(_computes(n) for _, n in p.nodes)]
             if not idle:
                 break
             forced |= {i for p in idle for i, _ in p.nodes}
@@ -384,12 +387,13 @@ class _Partitioner:
         return helper.make_model(g, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
 
 
-def partition(model, inshapes: str | None = None, heterogeneous: bool = False):
+def partition(model, inshapes: str | None = None, heterogeneous: bool = False, mem_bytes: int | None = None):
     """Split a model into alternating host and DLA parts: (the prepared partitioner, the parts), or
     None when the model has neither a host head nor a host middle (it compiles as one DLA program,
     with its host tail if any). Raises CompileError for a host operator between DLA layers without
     ``heterogeneous``."""
-    p = _Partitioner(model, inshapes)
+    from arch.machine import REFERENCE
+    p = _Partitioner(model, inshapes, REFERENCE.mem_bytes if mem_bytes is None else int(mem_bytes))
     nodes = p.nodes
     parts = p.parts(nodes, heterogeneous)
     if not any(q.kind == DLA for q in parts):
@@ -413,11 +417,14 @@ def _frontend_tail(tail: _Part) -> bool:
 
 
 def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, base: int = 0,
-                        parallel: Parallel = Parallel(), heterogeneous: bool = False) -> Compiled | Staged:
-    """ONNX model -> a :class:`Compiled` (no host stage before or between DLA layers) or a :class:`Staged`."""
-    split = partition(model, inshapes, heterogeneous)
+                        parallel: Parallel = Parallel(), heterogeneous: bool = False, samples=None) -> Compiled | Staged:
+    """ONNX model -> a :class:`Compiled` (no host stage before or between DLA layers) or a :class:`Staged`.
+
+    ``samples`` (calibration images for the model's inputs) give every DLA stage calibration samples
+    of its own inputs: the stages run in float, in order, on each sample."""
+    split = partition(model, inshapes, heterogeneous, cfg.mem_bytes)
     if split is None:
-        return compile_model(model, cfg, inshapes=inshapes, base=base, parallel=parallel)
+        return compile_model(model, cfg, inshapes=inshapes, base=base, parallel=parallel, samples=samples)
     p, parts = split
     for i in p.inputs:
         if i.onnx_shape[0] != 1:
@@ -425,11 +432,21 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
                                f"the model for batch 1: the runtime batches images over cards and clusters")
     dla = [k for k, q in enumerate(parts) if q.kind == DLA]
     stages, notes = [], []
-    for k, (part, (ins, outs)) in enumerate(zip(parts, p.boundaries(parts))):
-        sub = p.sub_model(part, ins, outs, f"{p.proto.graph.name or 'model'}_stage{k}")
+    # host stages first: an operator the host cannot evaluate is the error to report, before any
+    # shape the DLA stages would need
+    bounds = p.boundaries(parts)
+    subs = [None] * len(parts)
+    for k in sorted(range(len(parts)), key=lambda k: parts[k].kind != HOST):
+        part, (ins, outs) = parts[k], bounds[k]
+        subs[k] = (part, ins, outs, p.sub_model(part, ins, outs, f"{p.proto.graph.name or 'model'}_stage{k}"))
+        if part.kind == HOST:
+            _check_host(subs[k][3], part)
+    envs = _sample_envs(p, subs, samples) if samples is not None else None
+    for k, (part, ins, outs, sub) in enumerate(subs):
         if part.kind == DLA:
             try:
-                c = compile_model(sub, cfg, base=base, parallel=parallel)
+                stage_samples = None if envs is None else [[env[i] for i in ins] for env in envs[k]]
+                c = compile_model(sub, cfg, base=base, parallel=parallel, samples=stage_samples)
             except CompileError as e:
                 raise CompileError(f"{e} (in DLA stage {k} of the host/DLA partition: "
                                    f"{', '.join(_where(*x) for x in part.nodes[:3])}, ...)") from None
@@ -438,7 +455,6 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
             notes.append(f"stage {k}: DLA, layers {', '.join(l.name for l in c.layers)}")
         else:
             position = "head" if k < dla[0] else "tail" if k > dla[-1] else "middle"
-            _check_host(sub, part)
             nodes = [_where(*x) for x in part.nodes]
             stages.append(HostStage(sub.SerializeToString(), ins, outs, nodes, position))
             notes.append(f"stage {k}: host ({position}), run with onnx.reference: {', '.join(nodes)}")
@@ -452,6 +468,26 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
         outputs.append(IODesc(o.name, "", p.shapes[o.name]))
     return Staged(stages=stages, inputs=inputs, outputs=outputs, notes=notes,
                   meta={"model": p.proto.graph.name or "model"})
+
+
+def _sample_envs(p: "_Partitioner", subs, samples) -> list[list[dict[str, np.ndarray]]]:
+    """For every stage, per calibration sample, the float values of the tensors it reads (batch 1):
+    the stages evaluated in float, in order, with onnx.reference."""
+    from types import SimpleNamespace
+
+    from .calibrate import calibration_feeds
+    shim = SimpleNamespace(inputs=[SimpleNamespace(name=i.name, tensor=i.name, onnx_shape=i.onnx_shape) for i in p.inputs],
+                           tensors={i.name: SimpleNamespace(shape=tuple(i.onnx_shape)) for i in p.inputs})
+    feeds = calibration_feeds(shim, samples)
+    envs: list[list[dict[str, np.ndarray]]] = [[] for _ in subs]
+    evaluators = [host_evaluator(sub) for _, _, _, sub in subs]
+    for feed in feeds:
+        env = {name: np.asarray(v, dtype=np.float32) for name, v in feed.items()}
+        for k, ((_, ins, outs, _), ev) in enumerate(zip(subs, evaluators)):
+            envs[k].append({i: env[i] for i in ins})
+            for o, v in zip(outs, ev.run(outs, {i: env[i] for i in ins})):
+                env[o] = np.asarray(v, dtype=np.float32)
+    return envs
 
 
 def _check_host(model: onnx.ModelProto, part: _Part) -> None:

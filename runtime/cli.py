@@ -46,15 +46,18 @@ def zoo(name, output, seed):
 @click.option("--config", default="reference", show_default=True, help="hardware configuration (name or JSON file)")
 @click.option("--inshapes", default=None, help="input shape(s), e.g. 1x3x224x224 (';' between inputs)")
 @click.option("--heterogeneous", is_flag=True, help="run operators the DLA does not run on the host between DLA layers too")
-def compile(model, output, config, inshapes, heterogeneous):
+@click.option("--samples", "samples_npy", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="calibration images, a .npy batch (N, C, H, W): variable fixed point instead of Q8.8")
+def compile(model, output, config, inshapes, heterogeneous, samples_npy):
     """Compile an ONNX MODEL to a .bin for the chosen hardware configuration."""
     from runtime.mdla import MDLA
     ie = MDLA()
     try:
         ie.SetFlag("bitfile", config)
         ie.SetFlag("heterogeneous", int(heterogeneous))
+        samples = np.load(samples_npy) if samples_npy else None
         t0 = time.perf_counter()
-        names = ie.Compile(model, inshapes=inshapes, outfile=output)
+        names = ie.Compile(model, inshapes=inshapes, outfile=output, samples=samples)
     except Exception as e:  # noqa: BLE001 - report any user-facing error cleanly
         _fail(e)
     click.echo(f"compiled {model} -> {output} in {time.perf_counter() - t0:.2f} s; outputs: {', '.join(names)}")

@@ -13,9 +13,10 @@ from arch.machine import REFERENCE, get_config
 
 DEBUG_LETTERS = {
     "b": "per-run profile (cycles, time, bytes moved, efficiency)",
-    "w": "warnings, including fixed-point saturation counts",
+    "w": "warnings, including fixed-point saturation counts per layer after each run",
     "n": "list of layers",
     "i": "dump the instructions to instr<card>_<cluster>_<program>.txt",
+    "Q": "the fixed-point formats chosen per layer (variable fixed point)",
 }
 
 

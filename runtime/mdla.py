@@ -125,10 +125,11 @@ class MDLA:
         with: this model goes into the same cards' memory after the other's, on the clusters
         this object's flags select (disjoint ones run at the same time, the same ones in
         sequence). ``simplify`` is accepted for compatibility: the front end always folds
-        constants."""
-        if samples is not None:
-            raise MDLAError("calibration samples (variable fixed point) are not supported by this build yet; "
-                            "the default Q8.8 format is used without them")
+        constants. ``samples``: calibration images (a list of float32 arrays, one per image or
+        a batch each; for several inputs a list of per-input lists): each activation tensor
+        then gets its own Q format from a float run on them (variable fixed point), and a
+        ``SaturationWarning`` names each layer whose calibrated range is close to its format's
+        limit. Without samples every activation is Q8.8; weights always get a per-layer format."""
         if isinstance(modelpath, (list, tuple)):
             raise MDLAError("compiling a list of models into one program is not supported by this build yet")
         self._check_flags()
@@ -138,9 +139,11 @@ class MDLA:
         if MDLA is not None:
             base = self._link_base(MDLA, parallel)
         compiled = compile_partitioned(modelpath, cfg, inshapes=inshapes, base=base, parallel=parallel,
-                                       heterogeneous=bool(self._flags["heterogeneous"]))
+                                       heterogeneous=bool(self._flags["heterogeneous"]), samples=samples)
         if "n" in self._flags["debug"]:
             self._print_layers(compiled)
+        if "Q" in self._flags["debug"]:
+            self._print_formats(compiled)
         if outfile is not None:
             binfile.write(compiled, outfile)
         else:
@@ -443,6 +446,45 @@ class MDLA:
         if getattr(c, "host", None) is not None:
             print(host_line(c.host.nodes, c.host.inputs, [o.name for o in c.host.outputs], "tail"))
 
+    def _report_saturations(self, total: int, cluster_stats: list, input_sat: int) -> None:
+        """Debug 'w': the values clipped to the 16-bit range in the last run, per layer where the
+        executor counts them per instruction (the functional model does)."""
+        if not total:
+            return
+        c = self._compiled
+        print(f"warning: {total} values saturated to the 16-bit range during this run", file=sys.stderr)
+        if total - input_sat:
+            per_layer: dict[int | None, int] = {}
+            counted = 0
+            for cs, cl in cluster_stats:
+                for pc, n in cs.saturations_by_pc.items():
+                    k = c.layer_at(cl, pc)
+                    per_layer[k] = per_layer.get(k, 0) + n
+                    counted += n
+            if counted != total - input_sat:
+                print("warning:   (this executor counts saturations per run, not per layer)", file=sys.stderr)
+            for k, n in sorted(per_layer.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+                where = f"layer {c.layers[k].name} ({c.layers[k].kind})" if k is not None else "outside any layer"
+                print(f"warning:   {where}: {n} values saturated", file=sys.stderr)
+        if input_sat:
+            print(f"warning:   inputs: {input_sat} values saturated converting them to fixed point", file=sys.stderr)
+
+    def _print_formats(self, c: Compiled) -> None:
+        """Debug 'Q': each layer's activation formats (and a Conv's weight format)."""
+        g = c.graph
+        bits = c.cfg.data_bits
+
+        def q(frac: int) -> str:
+            return f"Q{bits - frac}.{frac}"
+        mode = "variable fixed point (calibrated)" if c.meta.get("varfp") else "fixed point"
+        print(f"Formats ({mode}):")
+        for gi in g.inputs:
+            print(f"  input {gi.name}: {q(g.tensors[gi.tensor].frac)}")
+        for layer in g.layers:
+            w = f" weights {q(layer.w_frac)}" if getattr(layer, "w_frac", None) is not None else ""
+            print(f"  {layer.name} ({type(layer).__name__}): in {q(g.tensors[layer.input].frac)} "
+                  f"out {q(g.tensors[layer.output].frac)}{w}")
+
     def _print_profile(self, batch: int) -> None:
         c = self._compiled
         cfg, p = c.cfg, c.parallel
@@ -520,9 +562,12 @@ def _cycles_and_saturations(all_stats, clusters) -> tuple[int, int]:
     return max(cs.cycles for cs in mine), sum(cs.saturations for cs in mine)
 
 
-def _report(obj: "MDLA", batch: int) -> None:
+def _report(obj: "MDLA", batch: int, cluster_stats: list | None = None, input_sat: int = 0) -> None:
+    """Debug 'w' (saturations: per layer when the executor counts them per instruction) and 'b'."""
     dbg = obj._flags["debug"]
-    if "w" in dbg and obj._saturations:
+    if "w" in dbg and cluster_stats is not None:
+        obj._report_saturations(obj._saturations, cluster_stats, input_sat)
+    elif "w" in dbg and obj._saturations:
         print(f"warning: {obj._saturations} values saturated to the 16-bit range during this run", file=sys.stderr)
     if "b" in dbg:
         obj._print_profile(batch)
@@ -577,7 +622,8 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
         obj._hwcycles = cycles
         obj._saturations = sat + sat_in[j]
         per_output = [[results[j][n][k] for n in range(batch)] for k in range(len(c.outputs))]
-        _report(obj, batch)
+        _report(obj, batch, [(s.clusters[cl], cl) for s in all_stats for cl in c.parallel.clusters if cl in s.clusters],
+                sat_in[j])
         outcomes.append((obj._pack(obj._finish(per_output)), cycles))
     return outcomes
 

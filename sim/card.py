@@ -26,7 +26,7 @@ import heapq
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -79,7 +79,9 @@ class ClusterStats:
     * ``port_wait[engine]`` (load, store): sum of ``grant - start``, the wait for the memory port.
     * ``bytes_loaded``, ``bytes_stored``: main-memory traffic.
     * ``macs``, ``mac_slots``: :func:`arch.timing.macs` summed over the CONVs.
-    * ``saturations``: values clipped by the output stage (requantisation) during the run.
+    * ``saturations``: values clipped by the output stage (requantisation) during the run;
+      ``saturations_by_pc``: the same per instruction (pc -> count, only pcs that saturated; the
+      functional model fills it, executors that count only totals leave it empty).
     * ``timeline``: per instruction in program order, only when run with ``trace=True``.
     """
     cycles: int
@@ -93,6 +95,7 @@ class ClusterStats:
     mac_slots: int
     saturations: int
     timeline: list[InstrTiming] | None = None
+    saturations_by_pc: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -552,6 +555,7 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
 
     mem_words = memory[:len(memory) // bb * bb].view("<i2").reshape(-1, cfg.lanes)
     units = {c: ClusterUnits(cfg) for c in clusters}
+    sat_pcs: dict[int, dict[int, int]] = {c: {} for c in clusters}
     runs = {c: _ClusterRun(c, progs[c], cfg) for c in clusters}
     hz = HazardChecker(bb) if check_hazards else None
     if hz is not None:
@@ -608,7 +612,11 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
         if o.words:
             getattr(units[c], o.effect)(i, mem_words, i.dram_addr // bb)
         elif o.effect is not None:
-            getattr(units[c], o.effect)(i)
+            u = units[c]
+            before = u.saturations
+            getattr(u, o.effect)(i)
+            if u.saturations != before:      # per instruction, so the runtime can report them per layer
+                sat_pcs[c][pc] = sat_pcs[c].get(pc, 0) + u.saturations - before
         r.schedule(pc, start, end, grant, token_wait)
         r.advance_dispatch()
         r.offer(heap)
@@ -624,4 +632,6 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
         raise SimError("deadlock: " + "; ".join(stuck))
 
     stats = {c: runs[c].stats(trace, bb, units[c].saturations) for c in clusters}
+    for c in clusters:
+        stats[c].saturations_by_pc = sat_pcs[c]
     return CardStats(cycles=max((s.cycles for s in stats.values()), default=0), clusters=stats)

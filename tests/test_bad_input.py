@@ -105,8 +105,8 @@ def test_modes_of_later_issues_fail_clearly(cnn):
     ie.SetFlag({"nclusters": 2, "clustersbatchmode": 1, "imgs_per_cluster": 4, "mvbatch": 1})
     with pytest.raises(microndla.MDLAError, match="cannot be combined"):
         ie.Compile(cnn)
-    with pytest.raises(microndla.MDLAError, match="samples"):
-        microndla.MDLA().Compile(cnn, samples=[np.zeros((1, 3, 32, 32), np.float32)])
+    with pytest.raises(CompileError, match=r"samples\[0\] for input 'input' has shape"):
+        microndla.MDLA().Compile(cnn, samples=[np.zeros((1, 3, 32, 31), np.float32)])
 
 
 @pytest.mark.parametrize("flags,match", [
