@@ -8,8 +8,8 @@
 
 ``Run`` converts the inputs to the network's fixed-point format, writes each image into the slot
 of its card and cluster in the card memory, runs the compiled programs on the selected executor
-(the functional model by default; cards run concurrently in threads) and converts the results
-back. ``Run_sw`` always uses the functional model; ``Run_th`` runs the same graph in float32 on the
+(the functional model by default; with the 'workers' flag, cards and clusters run in parallel
+worker processes, see ``runtime.workers``) and converts the results back. ``Run_sw`` always uses the functional model; ``Run_th`` runs the same graph in float32 on the
 host, like the SDK's thnets path. ``PutInput``/``GetResult`` stream inputs through two buffers.
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ from compiler.ir import CompileError
 from compiler.memmap import align
 
 from .cards import POOL, CardsUnavailable
-from .executors import get_executor
+from . import workers
+from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
 from .streaming import Stream, StreamDeadlock
 
@@ -430,11 +431,18 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
     check = bool(first._flags["hazardcheck"])
     cfg = prepared[0][1].cfg
     programs = {cl: c.memmap.code_addr(cl) for _, c, _, _ in prepared for cl in c.parallel.clusters}
+    nfpgas = prepared[0][1].parallel.nfpgas
+    macs = sum(sum(l.macs for l in c.layers) * batch for _, c, _, batch in prepared)
+    where = workers.plan(first._flags["workers"], isinstance(executor, FunctionalExecutor), nfpgas,
+                         len(programs), macs // nfpgas)
+    trace = bool(getattr(executor, "trace", False))
 
     def run_card(f: int):
         card = cards[f]
         outs, sat = {}, {}
         with card.lock:
+            if where != "here":
+                card.shared()       # before the inputs are written: the image moves to shared memory
             for obj, c, arrays, batch in prepared:
                 mm, p = c.memmap, c.parallel
                 sat[id(obj)] = 0
@@ -446,7 +454,8 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
                         q, over = float_to_fixed(obj._image(arrays, k, n), lay.frac)
                         sat[id(obj)] += over
                         lay.write(card.memory, mm.tensor_addr(i.tensor, p.slot(n)[2]), cfg.lanes, q)
-            stats = executor.run(cfg, card.memory, programs, check_hazards=check)
+            stats = card.run(cfg, programs, executor, where, check_hazards=check, trace=trace,
+                             helpers=workers.cluster_helpers(len(programs)))
             for obj, c, arrays, batch in prepared:
                 mm, p = c.memmap, c.parallel
                 for n in range(batch):
@@ -457,9 +466,17 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
                             .reshape(o.onnx_shape[1:]) for o in c.outputs]
         return stats, outs, sat
 
-    nfpgas = prepared[0][1].parallel.nfpgas
-    if nfpgas > 1 and (os.cpu_count() or 1) > 1:
-        with ThreadPoolExecutor(max_workers=min(nfpgas, os.cpu_count() or 1), thread_name_prefix="mdla-card") as pool:
+    # Cards in worker processes are driven from one thread each; the RTL executors run cards in
+    # threads (an external simulator may use another core); the functional model here runs them
+    # one after another (threads of one process would only contend for the GIL).
+    if where == "cards":
+        threads = nfpgas
+    elif not isinstance(executor, FunctionalExecutor):
+        threads = min(nfpgas, os.cpu_count() or 1)
+    else:
+        threads = 1
+    if nfpgas > 1 and threads > 1:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mdla-card") as pool:
             per_card = list(pool.map(run_card, range(nfpgas)))
     else:
         per_card = [run_card(f) for f in range(nfpgas)]

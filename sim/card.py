@@ -27,7 +27,7 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -40,7 +40,7 @@ from .hazards import MEMORY, Access, HazardChecker
 from .units import ClusterUnits, conv_maps_words, dma_offsets, mv_list, pitched_words, pool_maps_words
 
 __all__ = ["SimError", "InstrTiming", "ClusterStats", "CardStats", "run_card", "TOKEN_QUEUES",
-           "clear_program_cache"]
+           "clear_program_cache", "apply_effect", "memory_words", "EffectSink"]
 
 
 class SimError(RuntimeError):
@@ -524,8 +524,37 @@ def _single_thread_blas():
                 _blas_limiter = None
 
 
+def memory_words(cfg: MachineConfig, memory: np.ndarray) -> np.ndarray:
+    """The memory image as ``int16[words, lanes]`` (the view LOAD and STORE work on)."""
+    bb = cfg.beat_bytes
+    return memory[:len(memory) // bb * bb].view("<i2").reshape(-1, cfg.lanes)
+
+
+def apply_effect(units: ClusterUnits, o: _Op, mem_words: np.ndarray, beat_bytes: int) -> None:
+    """Apply the data effect of one decoded instruction to its cluster's units (and, for a LOAD or
+    STORE, to the memory image)."""
+    if o.words:
+        getattr(units, o.effect)(o.instr, mem_words, o.instr.dram_addr // beat_bytes)
+    else:
+        getattr(units, o.effect)(o.instr)
+
+
+class EffectSink(Protocol):
+    """Where :func:`_run_card` sends the data effects when it does not apply them itself.
+
+    ``effect`` receives each instruction with a data effect, in start order (the order the serial
+    model applies them); ``sync`` marks the release of a BARRIER group; ``finish`` is called once
+    the schedule is complete and returns each cluster's saturation count."""
+
+    def effect(self, cluster: int, op: _Op) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def finish(self) -> dict[int, int]: ...
+
+
 def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
-              check_hazards: bool = True, trace: bool = False) -> CardStats:
+              check_hazards: bool = True, trace: bool = False, sink: EffectSink | None = None) -> CardStats:
     """Run the programs of some clusters of one card to completion.
 
     ``memory``: the card's main-memory image from byte 0 (1-D uint8, modified in place by STOREs).
@@ -533,6 +562,10 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
     including the first END). Every cluster starts with zeroed buffers at cycle 0. With
     ``check_hazards`` a data race between concurrently running instructions raises SimError; with
     ``trace`` each cluster's statistics carry the per-instruction timeline.
+
+    The schedule does not depend on the data, so the data effects can be left to a ``sink``
+    (:mod:`sim.parallel` runs them in other processes); without one they are applied here, each
+    at its instruction's start.
     """
     _check_args(cfg, memory, programs)
     bb = cfg.beat_bytes
@@ -550,8 +583,8 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
             raise SimError(f"deadlock: {p.ops[pc].who(c)} pops token #{k} of the {_QUEUE_NAME[q]} queue, "
                            f"but the program pushes only {n} token(s) into it")
 
-    mem_words = memory[:len(memory) // bb * bb].view("<i2").reshape(-1, cfg.lanes)
-    units = {c: ClusterUnits(cfg) for c in clusters}
+    mem_words = memory_words(cfg, memory)
+    units = {c: ClusterUnits(cfg) for c in clusters} if sink is None else {}
     runs = {c: _ClusterRun(c, progs[c], cfg) for c in clusters}
     hz = HazardChecker(bb) if check_hazards else None
     if hz is not None:
@@ -591,6 +624,8 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
                     runs[m].advance_dispatch()
                     runs[m].offer(heap)
                 del barriers[key]
+                if sink is not None:
+                    sink.sync()
             continue
         grant = None
         if o.words:
@@ -605,10 +640,11 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
                 for kind, mv, lo, hi, w, ex in o.accesses])
             if msg is not None:
                 raise SimError(msg)
-        if o.words:
-            getattr(units[c], o.effect)(i, mem_words, i.dram_addr // bb)
-        elif o.effect is not None:
-            getattr(units[c], o.effect)(i)
+        if o.effect is not None:
+            if sink is None:
+                apply_effect(units[c], o, mem_words, bb)
+            else:
+                sink.effect(c, o)
         r.schedule(pc, start, end, grant, token_wait)
         r.advance_dispatch()
         r.offer(heap)
@@ -623,5 +659,6 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
     if stuck:
         raise SimError("deadlock: " + "; ".join(stuck))
 
-    stats = {c: runs[c].stats(trace, bb, units[c].saturations) for c in clusters}
+    saturations = {c: u.saturations for c, u in units.items()} if sink is None else sink.finish()
+    stats = {c: runs[c].stats(trace, bb, saturations[c]) for c in clusters}
     return CardStats(cycles=max((s.cycles for s in stats.values()), default=0), clusters=stats)
