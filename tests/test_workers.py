@@ -258,3 +258,29 @@ def test_workers_and_shared_memory_end_with_the_interpreter(tmp_path):
     *pids, shm = r.stdout.split()
     assert len(pids) == 2 and not any(_alive(int(p)) for p in pids)
     assert not Path("/dev/shm", shm.lstrip("/")).exists()
+
+
+def test_streaming_linked_models_in_processes(tmp_path):
+    """PutInput/GetResult of two models linked on disjoint clusters run them together on the card:
+    in processes exactly as in this process."""
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(small_cnn(seed=3), str(a))
+    onnx.save(small_cnn(seed=8), str(b))
+    x = np.random.default_rng(4).random((2, 3, 32, 32), dtype=np.float32)
+    got = {}
+    for mode in ("serial", "processes"):
+        ie, ie2 = microndla.MDLA(), microndla.MDLA()
+        ie.SetFlag({"nclusters": 2, "clustersbatchmode": 1, "workers": mode})
+        ie2.SetFlag({"nclusters": 2, "firstcluster": 2, "workers": mode})
+        ie.Compile(str(a))
+        ie2.Compile(str(b), MDLA=ie)
+        ie.PutInput(x[0], "a")
+        ie2.PutInput(x, "b")
+        (y1, o1), (y2, o2) = ie.GetResult(), ie2.GetResult()
+        assert (o1, o2) == ("a", "b")
+        got[mode] = (y1, y2, ie.GetInfo("hwcycles"), ie2.GetInfo("hwcycles"), ie._last_stats)
+        assert bool(ie._cards[0].workers) == (mode == "processes")
+        ie2.Free()
+        ie.Free()
+    s, p = got["serial"], got["processes"]
+    assert np.array_equal(s[0], p[0]) and np.array_equal(s[1], p[1]) and s[2:] == p[2:]
