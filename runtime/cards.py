@@ -13,6 +13,7 @@ workers work on it in place. Releasing a card stops its workers and frees its sh
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
@@ -96,8 +97,11 @@ class Card:
         _free(old)
 
 
+_CREATOR = os.getpid()
+
+
 def _free(shm: shared_memory.SharedMemory | None) -> None:
-    if shm is None:
+    if shm is None or os.getpid() != _CREATOR:    # a forked child leaves its parent's memory alone
         return
     try:
         shm.close()

@@ -32,6 +32,7 @@ from compiler.memmap import align
 
 from .cards import POOL, CardsUnavailable
 from . import workers
+from .workers import WorkerCrashed
 from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
 from .streaming import Stream, StreamDeadlock
@@ -512,4 +513,4 @@ def _objects_on(cards) -> list[MDLA]:
     return objs
 
 
-__all__ = ["MDLA", "MDLAError", "CompileError", "VERSION"]
+__all__ = ["MDLA", "MDLAError", "CompileError", "WorkerCrashed", "VERSION"]

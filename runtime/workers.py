@@ -87,6 +87,7 @@ class Worker:
         self.conn: Connection | None = None
         self.pending = 0
         self.lock = threading.RLock()
+        self.creator = os.getpid()      # a forked child must not stop its parent's workers
 
     @property
     def pid(self) -> int | None:
@@ -170,7 +171,7 @@ class Worker:
     def stop(self, kill: bool = False) -> None:
         """End the worker process and reap it (idempotent)."""
         with self.lock:
-            if self.proc is None:
+            if self.proc is None or os.getpid() != self.creator:
                 return
             proc = self.proc
             if not kill and proc.poll() is None:
@@ -202,6 +203,8 @@ class ClusterHelper:
         self.worker.wait()
 
     def end(self):
+        if self.worker.proc is None:      # it died (already reported): nothing to end
+            return {}
         return self.worker.call(("end",))
 
 

@@ -17,7 +17,8 @@ import sim.parallel as par
 from arch.asm import assemble
 from arch.isa import encode_program
 from arch.machine import SMALL
-from runtime.workers import Worker, WorkerCrashed, plan
+from microndla import WorkerCrashed
+from runtime.workers import Worker, plan
 from sim import SimError, run_card
 from zoo import resnet18, small_cnn
 
@@ -223,15 +224,16 @@ def test_worker_reports_errors_and_survives_a_crash():
         shm.unlink()
 
 
-def test_killed_card_worker_is_a_clear_error_then_restarts(r18):
+@pytest.mark.parametrize("flags,who", [({"nfpgas": 2}, ""), ({"nclusters": 2}, r" \(helper 1\)")])
+def test_killed_worker_is_a_clear_error_then_restarts(r18, flags, who):
     ie = microndla.MDLA()
-    ie.SetFlag({"nfpgas": 2, "workers": "processes"})
+    ie.SetFlag({**flags, "workers": "processes"})
     ie.Compile(r18)
     x = np.random.default_rng(2).random((2, 3, 32, 32), dtype=np.float32)
     y = ie.Run(x)
-    victim = ie._cards[1].workers[0].pid
+    victim = ie._cards[-1].workers[-1].pid
     os.kill(victim, signal.SIGKILL)
-    with pytest.raises(WorkerCrashed, match=rf"card {ie._cards[1].index} \(pid {victim}\).*exit code -9"):
+    with pytest.raises(WorkerCrashed, match=rf"card {ie._cards[-1].index}{who} \(pid {victim}\).*exit code -9"):
         ie.Run(x)
     assert np.array_equal(ie.Run(x), y)
     pids = [w.pid for c in ie._cards for w in c.workers]
@@ -284,3 +286,25 @@ def test_streaming_linked_models_in_processes(tmp_path):
         ie.Free()
     s, p = got["serial"], got["processes"]
     assert np.array_equal(s[0], p[0]) and np.array_equal(s[1], p[1]) and s[2:] == p[2:]
+
+
+def test_helper_dying_mid_run(r18, monkeypatch):
+    """A cluster helper that dies in the middle of a run: a clear error, the other helper's run is
+    ended, and the next run is right again."""
+    from runtime.workers import ClusterHelper
+    ie = microndla.MDLA()
+    ie.SetFlag({"nclusters": 2, "workers": "processes"})
+    ie.Compile(r18)
+    x = np.random.default_rng(6).random((2, 3, 32, 32), dtype=np.float32)
+    y = ie.Run(x)
+    real, calls = ClusterHelper.apply, []
+
+    def apply(self, ops):
+        calls.append(1)
+        real(self, ops) if len(calls) != 3 else self.worker.submit(("exit", 5))
+    monkeypatch.setattr(ClusterHelper, "apply", apply)
+    with pytest.raises(WorkerCrashed, match=r"died while running a request \(exit code 5\)"):
+        ie.Run(x)
+    monkeypatch.setattr(ClusterHelper, "apply", real)
+    assert np.array_equal(ie.Run(x), y)
+    ie.Free()
