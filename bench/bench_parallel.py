@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +49,21 @@ def _cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(") ", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {cpu}: pass\n"
+
+
+def available_parallelism(cpu_s: float = 0.5) -> float:
+    """The speed-up two processes get on this machine right now: the wall time of two processes that
+    each burn ``cpu_s`` CPU seconds at once, against one that burns 2 x ``cpu_s``."""
+    def run(n: int, cpu: float) -> float:
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", _SPIN.format(cpu=cpu)]) for _ in range(n)]
+        for p in procs:
+            p.wait()
+        return time.perf_counter() - t0
+    return run(1, 2 * cpu_s) / run(2, cpu_s)
 
 
 def wall(size: int, repeat: int) -> None:
@@ -91,6 +107,8 @@ def wall(size: int, repeat: int) -> None:
                   f"{best['serial'] / best['processes']:.2f}x | {cpu['serial'][0]:.3f} | "
                   f"{' + '.join(f'{c:.3f}' for c in pc)} | {bound:.3f} |")
             ie.Free()
+    print(f"speed-up two processes get on this machine now (two processes burning 0.5 CPU s each vs one "
+          f"burning 1 s): {available_parallelism():.2f}x; load average {os.getloadavg()[0]:.1f} at the end")
 
 
 def main() -> None:
