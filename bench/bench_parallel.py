@@ -128,8 +128,8 @@ def modelled() -> None:
             path = str(Path(tmp) / f"{name}.onnx")
             onnx.save(zoo.build(name), path)
             print(f"\n{name} (reference configuration, 250 MHz)")
-            print(f"| mode | images | modelled ms | ms per image | images/s | wall s |")
-            print(f"| --- | ---: | ---: | ---: | ---: | ---: |")
+            print("| mode | images | modelled ms | ms per image | images/s | wall s |")
+            print("| --- | ---: | ---: | ---: | ---: | ---: |")
             for title, flags in MODES:
                 ie = microndla.MDLA()
                 ie.SetFlag(flags)

@@ -9,8 +9,9 @@
 ``Run`` converts the inputs to the network's fixed-point format, writes each image into the slot
 of its card and cluster in the card memory, runs the compiled programs on the selected executor
 (the functional model by default; with the 'workers' flag, cards and clusters run in parallel
-worker processes, see ``runtime.workers``) and converts the results back. ``Run_sw`` always uses the functional model; ``Run_th`` runs the same graph in float32 on the
-host, like the SDK's thnets path. ``PutInput``/``GetResult`` stream inputs through two buffers.
+worker processes, see ``runtime.workers``) and converts the results back. ``Run_sw`` always uses
+the functional model; ``Run_th`` runs the same graph in float32 on the host, like the SDK's thnets
+path. ``PutInput``/``GetResult`` stream inputs through two buffers.
 """
 from __future__ import annotations
 
@@ -30,12 +31,12 @@ from compiler.driver import Compiled, Parallel, compile_model
 from compiler.ir import CompileError
 from compiler.memmap import align
 
-from .cards import POOL, CardsUnavailable
 from . import workers
-from .workers import WorkerCrashed
+from .cards import POOL, CardsUnavailable
 from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
 from .streaming import Stream, StreamDeadlock
+from .workers import WorkerCrashed
 
 VERSION = "0.1.0"
 

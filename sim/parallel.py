@@ -133,7 +133,6 @@ class _PhasedSink:
         #: the open phase: (cluster, pc, first byte, end byte, 0 no transfer / 1 LOAD / 2 STORE)
         self.open: list[tuple[int, int, int, int, int]] = []
         self.busy: set[int] = set()           # helpers with a phase in flight
-        self.phases = 0
 
     def effect(self, cluster: int, o: _Op) -> None:
         kind = 0 if not o.words else 2 if o.op == "STORE" else 1
@@ -167,7 +166,6 @@ class _PhasedSink:
         for h in np.unique(mine).tolist():
             self.helpers[h].apply(np.ascontiguousarray(ops[mine == h]))
             self.busy.add(h)
-        self.phases += 1
 
     def finish(self) -> dict[int, int]:
         self.sync()
