@@ -530,13 +530,14 @@ def memory_words(cfg: MachineConfig, memory: np.ndarray) -> np.ndarray:
     return memory[:len(memory) // bb * bb].view("<i2").reshape(-1, cfg.lanes)
 
 
-def apply_effect(units: ClusterUnits, o: _Op, mem_words: np.ndarray, beat_bytes: int) -> None:
-    """Apply the data effect of one decoded instruction to its cluster's units (and, for a LOAD or
-    STORE, to the memory image)."""
-    if o.words:
-        getattr(units, o.effect)(o.instr, mem_words, o.instr.dram_addr // beat_bytes)
-    else:
-        getattr(units, o.effect)(o.instr)
+def apply_effect(units: ClusterUnits, i: Instr, mem_words: np.ndarray, beat_bytes: int) -> None:
+    """Apply the data effect of one instruction to its cluster's units (and, for a LOAD or STORE,
+    to the memory image)."""
+    effect = _EFFECTS[i.op]
+    if effect in ("load", "store"):
+        getattr(units, effect)(i, mem_words, i.dram_addr // beat_bytes)
+    elif effect is not None:
+        getattr(units, effect)(i)
 
 
 class EffectSink(Protocol):
@@ -642,7 +643,7 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
                 raise SimError(msg)
         if o.effect is not None:
             if sink is None:
-                apply_effect(units[c], o, mem_words, bb)
+                apply_effect(units[c], i, mem_words, bb)
             else:
                 sink.effect(c, o)
         r.schedule(pc, start, end, grant, token_wait)

@@ -18,14 +18,18 @@ bounding byte ranges, so conservatively) is halved until its parts are free of i
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import Protocol
 
 import numpy as np
 
+from arch import isa
+from arch.isa import INSTR_BYTES, Instr
 from arch.machine import MachineConfig
 
-from .card import (CardStats, _check_args, _load_program, _Op, _run_card, _single_thread_blas, apply_effect,
-                   memory_words)
+from .card import (_CACHE_SIZE, CardStats, SimError, _check_args, _find_end, _load_program, _Op, _run_card,
+                   _single_thread_blas, apply_effect, memory_words)
 from .units import ClusterUnits
 
 __all__ = ["Helper", "LocalHelper", "ClusterEffects", "run_card_parallel", "PHASE_OPS"]
@@ -48,21 +52,53 @@ class Helper(Protocol):
     def end(self) -> dict[int, int]: ...
 
 
+class _Instrs:
+    """A program's instructions, each decoded at its first use. A helper only applies effects of
+    programs the scheduling process has decoded and validated in full (``sim.card._load_program``),
+    so plain decoding suffices here (a quarter of the full decoding's cost)."""
+
+    def __init__(self, raw: bytes):
+        self.raw = raw
+        self.instrs: list[Instr | None] = [None] * (len(raw) // INSTR_BYTES)
+
+    def __getitem__(self, pc: int) -> Instr:
+        i = self.instrs[pc]
+        if i is None:
+            i = self.instrs[pc] = isa.decode(self.raw[pc * INSTR_BYTES:(pc + 1) * INSTR_BYTES])
+        return i
+
+
+_instr_cache: OrderedDict[tuple, _Instrs] = OrderedDict()
+
+
+def _instrs(cfg: MachineConfig, memory: np.ndarray, addr: int, cluster: int) -> _Instrs:
+    end = _find_end(memory, addr)
+    if end is None:
+        raise SimError(f"cluster {cluster}: the program at byte {addr:#x} has no END instruction")
+    raw = memory[addr:addr + (end + 1) * INSTR_BYTES].tobytes()
+    key = (cfg, len(raw), hashlib.blake2b(raw, digest_size=16).digest())
+    prog = _instr_cache.pop(key, None) or _Instrs(raw)
+    _instr_cache[key] = prog
+    if len(_instr_cache) > _CACHE_SIZE:
+        _instr_cache.popitem(last=False)
+    return prog
+
+
 class ClusterEffects:
-    """The helper side of one run: the buffers of some clusters and their decoded programs.
+    """The helper side of one run: the buffers of some clusters and their programs.
 
     ``programs``: cluster -> program address of the clusters this helper owns."""
 
     def __init__(self, cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int]):
         self.bb = cfg.beat_bytes
         self.mem_words = memory_words(cfg, memory)
-        self.ops = {c: _load_program(cfg, memory, int(a), c).ops for c, a in programs.items()}
+        self.instrs = {c: _instrs(cfg, memory, int(a), c) for c, a in programs.items()}
         self.units = {c: ClusterUnits(cfg) for c in programs}
 
     def apply(self, ops: np.ndarray) -> None:
         """``ops``: (n, 2) array of (cluster, pc), in start order."""
         for c, pc in ops.tolist():
-            apply_effect(self.units[c], self.ops[c][pc], self.mem_words, self.bb)
+            apply_effect(self.units[c], self.instrs[c][pc], self.mem_words, self.bb)
 
     def saturations(self) -> dict[int, int]:
         return {c: u.saturations for c, u in self.units.items()}
