@@ -162,17 +162,20 @@ class _PhasedSink:
     """Collects the effects in start order, cuts them into phases and runs each on the helpers
     (implements :class:`sim.card.EffectSink`)."""
 
-    def __init__(self, helpers: list[Helper], owner: dict[int, int], phase_ops: int):
+    def __init__(self, helpers: list[Helper], owner: dict[int, int], phase_ops: int, beat_bytes: int):
         self.helpers = helpers
         self.owner = owner                    # cluster -> index of its helper
         self.phase_ops = phase_ops
-        #: the open phase: (cluster, pc, first byte, end byte, 0 no transfer / 1 LOAD / 2 STORE)
-        self.open: list[tuple[int, int, int, int, int]] = []
+        self.bb = beat_bytes
+        #: the open phase: (cluster, pc, first byte, end byte, 0 no transfer / 1 LOAD / 2 STORE, position)
+        self.open: list[tuple[int, int, int, int, int, int]] = []
+        self.instrs: list[Instr] = []         # the open phase's instructions, by position
         self.busy: set[int] = set()           # helpers with a phase in flight
 
     def effect(self, cluster: int, o: _Op) -> None:
         kind = 0 if not o.words else 2 if o.op == "STORE" else 1
-        self.open.append((cluster, o.pc, o.mem_lo, o.mem_hi, kind))
+        self.open.append((cluster, o.pc, o.mem_lo, o.mem_hi, kind, len(self.open)))
+        self.instrs.append(o.instr)
         if len(self.open) >= self.phase_ops:
             self.sync()
 
@@ -180,17 +183,32 @@ class _PhasedSink:
         if not self.open:
             return
         phase = np.array(self.open, dtype=np.int64)
-        self.open = []
         for part in self._parts(phase):
             self._run(part[:, :2])
+        self.open, self.instrs = [], []
 
     def _parts(self, phase: np.ndarray) -> list[np.ndarray]:
         """``phase`` cut into consecutive parts, each free of cross-cluster memory conflicts."""
         x = phase[phase[:, 4] != 0]
-        if len(np.unique(phase[:, 0])) < 2 or independent(x[:, 0], x[:, 2], x[:, 3], x[:, 4] == 2):
+        if len(np.unique(phase[:, 0])) < 2 or independent(x[:, 0], x[:, 2], x[:, 3], x[:, 4] == 2) \
+                or independent(*self._runs(x)):
             return [phase]
         half = len(phase) // 2
         return self._parts(phase[:half]) + self._parts(phase[half:])
+
+    def _runs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The transfers ``x`` as the byte ranges of their contiguous runs (cluster, lo, hi, is a
+        STORE), exact where a strided transfer's bounding range is not (interleaved stores)."""
+        cl, lo, n, wr = [], [], [], []
+        for c, pos, kind in x[:, [0, 5, 4]].tolist():
+            i = self.instrs[pos]
+            starts = (np.arange(i.n2)[:, None] * i.s2 + np.arange(i.n1)[None, :] * i.s1).ravel()
+            lo.append(i.dram_addr + starts * self.bb)
+            n.append(np.full(starts.size, i.n0 * self.bb))
+            cl.append(np.full(starts.size, c))
+            wr.append(np.full(starts.size, kind == 2))
+        lo_ = np.concatenate(lo)
+        return np.concatenate(cl), lo_, lo_ + np.concatenate(n), np.concatenate(wr)
 
     def _run(self, ops: np.ndarray) -> None:
         """Run one phase: wait until the previous one is done everywhere, then hand each helper
@@ -225,7 +243,7 @@ def run_card_parallel(cfg: MachineConfig, memory: np.ndarray, programs: dict[int
         raise ValueError("run_card_parallel needs at least one helper")
     helpers = helpers[:len(clusters)] or helpers[:1]
     owner = {c: n % len(helpers) for n, c in enumerate(clusters)}
-    sink = _PhasedSink(helpers, owner, phase_ops)
+    sink = _PhasedSink(helpers, owner, phase_ops, cfg.beat_bytes)
     begun = []
     try:
         # bad arguments and programs are reported here, as the serial model reports them, not by a helper
