@@ -68,7 +68,7 @@ def available_parallelism(cpu_s: float = 0.5) -> float:
 
 def wall(size: int, repeat: int) -> None:
     """Wall time per call, serial vs worker processes, on ResNet-18 at ``size`` x ``size``: the
-    best of ``repeat`` calls after a warm-up call (which starts the workers and decodes the
+    best of ``repeat`` calls each (alternating between the modes) after a warm-up call (which starts the workers and decodes the
     programs). Also the CPU seconds each process used per call, and from them the wall time the
     processes could reach on an idle machine with this many cores (a bound, not a measurement)."""
     cores = os.cpu_count() or 1
@@ -86,20 +86,23 @@ def wall(size: int, repeat: int) -> None:
             ie.Compile(path)
             n = ie.GetInfo("batch")
             x = np.random.default_rng(0).random((n, 3, size, size), dtype=np.float32)
-            best, cpu, outs = {}, {}, {}
+            outs, times, cpus = {}, {"serial": [], "processes": []}, {"serial": [], "processes": []}
             for mode in ("serial", "processes"):
                 ie.SetFlag("workers", mode)
                 outs[mode] = ie.Run(x)                 # warm-up
-                pids = [w.pid for c in ie._cards for w in c.workers]
-                times, cpus = [], []
-                for _ in range(repeat):
+            pids = [w.pid for c in ie._cards for w in c.workers]
+            for _ in range(repeat):                    # alternating, so that both see the same load
+                for mode in ("serial", "processes"):
+                    ie.SetFlag("workers", mode)
                     c0 = [time.process_time()] + [_cpu_s(p) for p in pids]
                     t0 = time.perf_counter()
                     ie.Run(x)
-                    times.append(time.perf_counter() - t0)
-                    cpus.append([b - a for a, b in zip(c0, [time.process_time()] + [_cpu_s(p) for p in pids])])
-                k = int(np.argmin(times))
-                best[mode], cpu[mode] = times[k], cpus[k]
+                    times[mode].append(time.perf_counter() - t0)
+                    cpus[mode].append([b - a for a, b in zip(c0, [time.process_time()] + [_cpu_s(p) for p in pids])])
+            best, cpu = {}, {}
+            for mode in times:
+                k = int(np.argmin(times[mode]))
+                best[mode], cpu[mode] = times[mode][k], cpus[mode][k]
             assert np.array_equal(outs["serial"], outs["processes"])
             pc = cpu["processes"]
             bound = max(max(pc), sum(pc) / cores)
@@ -115,7 +118,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wall", action="store_true", help="only the wall-time part")
     ap.add_argument("--size", type=int, default=112, help="input size of the wall-time part (default 112)")
-    ap.add_argument("--repeat", type=int, default=5, help="calls timed per mode (default 5)")
+    ap.add_argument("--repeat", type=int, default=7, help="calls timed per mode (default 7)")
     args = ap.parse_args()
     if not args.wall:
         modelled()
