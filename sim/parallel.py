@@ -14,7 +14,8 @@ start order. The result equals the serial one as long as no phase holds a LOAD o
 cluster whose bytes overlap a STORE of another. Phases end at every BARRIER release (the
 compiler's only cross-cluster synchronisation) and every ``PHASE_OPS`` effects (so the helpers
 start while the schedule is still being computed); a phase that still holds such an overlap (by
-bounding byte ranges, so conservatively) is halved until its parts are free of it.
+bounding byte ranges, then by the contiguous runs of strided transfers) is halved until its parts
+are free of it.
 """
 from __future__ import annotations
 
