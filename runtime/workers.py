@@ -101,8 +101,11 @@ class Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
         try:
+            # cwd: ``-m`` puts the working directory first on sys.path, where the user's folders
+            # could shadow ours (a 'sim' or 'runtime' of their own)
             self.proc = subprocess.Popen([sys.executable, "-m", "runtime.workers", str(theirs.fileno())],
-                                         pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+                                         pass_fds=(theirs.fileno(),), env=env, cwd=str(ROOT),
+                                         stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
         self.conn = Connection(mine.detach())
