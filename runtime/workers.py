@@ -260,7 +260,12 @@ class _Memory:
 
 
 def _serve(conn: Connection) -> None:
+    import signal
+
     from threadpoolctl import threadpool_limits
+
+    # Ctrl-C reaches the whole process group: the parent decides (an interrupted wait kills the worker)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     from sim.card import run_card
     from sim.parallel import ClusterEffects
