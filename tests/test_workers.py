@@ -308,3 +308,14 @@ def test_helper_dying_mid_run(r18, monkeypatch):
     monkeypatch.setattr(ClusterHelper, "apply", real)
     assert np.array_equal(ie.Run(x), y)
     ie.Free()
+
+
+def test_auto_keeps_tiny_calls_in_this_process(tmp_path):
+    p = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(seed=2), str(p))
+    ie = microndla.MDLA()
+    ie.SetFlag({"nfpgas": 2, "nclusters": 2})
+    ie.Compile(str(p))
+    ie.Run(np.zeros((4, 3, 32, 32), np.float32))
+    assert ie.GetInfo("workers") == "auto" and not any(c.workers or c.shm for c in ie._cards)
+    ie.Free()
