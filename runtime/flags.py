@@ -60,6 +60,13 @@ def _simulator(v: str) -> str:
     return v
 
 
+def _workers(v: str) -> str:
+    from .workers import MODES
+    if v not in MODES:
+        raise ValueError(f"expects one of {', '.join(MODES)}, got {v!r}")
+    return v
+
+
 @dataclass(frozen=True)
 class FlagSpec:
     parse: Callable[[str], object]
@@ -82,6 +89,12 @@ FLAGS: dict[str, FlagSpec] = {
     "blockingmode": FlagSpec(_bool, 1, "1: PutInput/GetResult wait; 0: they return at once"),
     "heterogeneous": FlagSpec(_bool, 0, "1: operators the DLA does not run may also run on the host between DLA layers (before the first and after the last they always do)"),
     "hazardcheck": FlagSpec(_bool, 1, "functional model: check that the program is free of data races"),
+    "workers": FlagSpec(_workers, "auto",
+                        "where the functional model runs: 'serial' (in this process, cards one after another), "
+                        "'processes' (each card in a worker process of its own; the clusters of a single card "
+                        "in worker processes, one per core) or 'auto' (processes when the machine has more than "
+                        "one core and a call has at least 100 M MACs per card, else serial); results are "
+                        "identical in every mode"),
     "maxfpga": FlagSpec(_int_range(1, 64), REFERENCE.max_cards, "simulated cards in the system (shared by all MDLA objects)"),
 }
 ALIASES = {"nobatch": "clustersbatchmode"}

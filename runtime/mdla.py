@@ -8,9 +8,10 @@
 
 ``Run`` converts the inputs to the network's fixed-point format, writes each image into the slot
 of its card and cluster in the card memory, runs the compiled programs on the selected executor
-(the functional model by default; cards run concurrently in threads) and converts the results
-back. ``Run_sw`` always uses the functional model; ``Run_th`` runs the same graph in float32 on the
-host, like the SDK's thnets path. ``PutInput``/``GetResult`` stream inputs through two buffers.
+(the functional model by default; with the 'workers' flag, cards and clusters run in parallel
+worker processes, see ``runtime.workers``) and converts the results back. ``Run_sw`` always uses
+the functional model; ``Run_th`` runs the same graph in float32 on the host, like the SDK's thnets
+path. ``PutInput``/``GetResult`` stream inputs through two buffers.
 """
 from __future__ import annotations
 
@@ -32,10 +33,12 @@ from compiler.ir import CompileError
 from compiler.partition import HostStage, Staged, compile_partitioned
 from compiler.memmap import align
 
+from . import workers
 from .cards import POOL, CardsUnavailable
-from .executors import get_executor
+from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
 from .streaming import Stream, StreamDeadlock
+from .workers import WorkerCrashed
 
 VERSION = "0.1.0"
 
@@ -517,11 +520,18 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
     check = bool(first._flags["hazardcheck"])
     cfg = jobs[0][0].cfg
     programs = {cl: c.memmap.code_addr(cl) for c, _, _ in jobs for cl in c.parallel.clusters}
+    nfpgas = jobs[0][0].parallel.nfpgas
+    macs = sum(sum(l.macs for l in c.layers) * batch for c, _, batch in jobs)
+    where = workers.plan(first._flags["workers"], isinstance(executor, FunctionalExecutor), nfpgas,
+                         len(programs), macs // nfpgas)
+    trace = bool(getattr(executor, "trace", False))
 
     def run_card(f: int):
         card = cards[f]
         outs, sat = {}, [0] * len(jobs)
         with card.lock:
+            if where != "here":
+                card.shared()       # before the inputs are written: the image moves to shared memory
             for j, (c, arrays, batch) in enumerate(jobs):
                 mm, p = c.memmap, c.parallel
                 for n in range(batch):
@@ -532,7 +542,8 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
                         q, over = float_to_fixed(_image(c, arrays, k, n), lay.frac)
                         sat[j] += over
                         lay.write(card.memory, mm.tensor_addr(i.tensor, p.slot(n)[2]), cfg.lanes, q)
-            stats = executor.run(cfg, card.memory, programs, check_hazards=check)
+            stats = card.run(cfg, programs, executor, where, check_hazards=check, trace=trace,
+                             helpers=workers.cluster_helpers(len(programs)))
             for j, (c, arrays, batch) in enumerate(jobs):
                 mm, p = c.memmap, c.parallel
                 for n in range(batch):
@@ -543,9 +554,17 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
                             .reshape(o.onnx_shape[1:]) for o in c.outputs]
         return stats, outs, sat
 
-    nfpgas = jobs[0][0].parallel.nfpgas
-    if nfpgas > 1 and (os.cpu_count() or 1) > 1:
-        with ThreadPoolExecutor(max_workers=min(nfpgas, os.cpu_count() or 1), thread_name_prefix="mdla-card") as pool:
+    # Cards in worker processes are driven from one thread each; the RTL executors run cards in
+    # threads (an external simulator may use another core); the functional model here runs them
+    # one after another (threads of one process would only contend for the GIL).
+    if where == "cards":
+        threads = nfpgas
+    elif not isinstance(executor, FunctionalExecutor):
+        threads = min(nfpgas, os.cpu_count() or 1)
+    else:
+        threads = 1
+    if nfpgas > 1 and threads > 1:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mdla-card") as pool:
             per_card = list(pool.map(run_card, range(nfpgas)))
     else:
         per_card = [run_card(f) for f in range(nfpgas)]
@@ -639,4 +658,4 @@ def _objects_on(cards) -> list[MDLA]:
     return objs
 
 
-__all__ = ["MDLA", "MDLAError", "CompileError", "VERSION"]
+__all__ = ["MDLA", "MDLAError", "CompileError", "WorkerCrashed", "VERSION"]

@@ -27,7 +27,7 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -40,7 +40,7 @@ from .hazards import MEMORY, Access, HazardChecker
 from .units import ClusterUnits, conv_maps_words, dma_offsets, mv_list, pitched_words, pool_maps_words
 
 __all__ = ["SimError", "InstrTiming", "ClusterStats", "CardStats", "run_card", "TOKEN_QUEUES",
-           "clear_program_cache"]
+           "clear_program_cache", "apply_effect", "memory_words", "EffectSink"]
 
 
 class SimError(RuntimeError):
@@ -527,8 +527,38 @@ def _single_thread_blas():
                 _blas_limiter = None
 
 
+def memory_words(cfg: MachineConfig, memory: np.ndarray) -> np.ndarray:
+    """The memory image as ``int16[words, lanes]`` (the view LOAD and STORE work on)."""
+    bb = cfg.beat_bytes
+    return memory[:len(memory) // bb * bb].view("<i2").reshape(-1, cfg.lanes)
+
+
+def apply_effect(units: ClusterUnits, i: Instr, mem_words: np.ndarray, beat_bytes: int) -> None:
+    """Apply the data effect of one instruction to its cluster's units (and, for a LOAD or STORE,
+    to the memory image)."""
+    effect = _EFFECTS[i.op]
+    if effect in ("load", "store"):
+        getattr(units, effect)(i, mem_words, i.dram_addr // beat_bytes)
+    elif effect is not None:
+        getattr(units, effect)(i)
+
+
+class EffectSink(Protocol):
+    """Where :func:`_run_card` sends the data effects when it does not apply them itself.
+
+    ``effect`` receives each instruction with a data effect, in start order (the order the serial
+    model applies them); ``sync`` marks the release of a BARRIER group; ``finish`` is called once
+    the schedule is complete and returns, per cluster, its saturation count and those per pc."""
+
+    def effect(self, cluster: int, op: _Op) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def finish(self) -> dict[int, tuple[int, dict[int, int]]]: ...
+
+
 def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
-              check_hazards: bool = True, trace: bool = False) -> CardStats:
+              check_hazards: bool = True, trace: bool = False, sink: EffectSink | None = None) -> CardStats:
     """Run the programs of some clusters of one card to completion.
 
     ``memory``: the card's main-memory image from byte 0 (1-D uint8, modified in place by STOREs).
@@ -536,6 +566,10 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
     including the first END). Every cluster starts with zeroed buffers at cycle 0. With
     ``check_hazards`` a data race between concurrently running instructions raises SimError; with
     ``trace`` each cluster's statistics carry the per-instruction timeline.
+
+    The schedule does not depend on the data, so the data effects can be left to a ``sink``
+    (:mod:`sim.parallel` runs them in other processes); without one they are applied here, each
+    at its instruction's start.
     """
     _check_args(cfg, memory, programs)
     bb = cfg.beat_bytes
@@ -553,9 +587,9 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
             raise SimError(f"deadlock: {p.ops[pc].who(c)} pops token #{k} of the {_QUEUE_NAME[q]} queue, "
                            f"but the program pushes only {n} token(s) into it")
 
-    mem_words = memory[:len(memory) // bb * bb].view("<i2").reshape(-1, cfg.lanes)
-    units = {c: ClusterUnits(cfg) for c in clusters}
-    sat_pcs: dict[int, dict[int, int]] = {c: {} for c in clusters}
+    mem_words = memory_words(cfg, memory)
+    units = {c: ClusterUnits(cfg) for c in clusters} if sink is None else {}
+    sat_pcs: dict[int, dict[int, int]] = {c: {} for c in clusters}   # per instruction, when applied here
     runs = {c: _ClusterRun(c, progs[c], cfg) for c in clusters}
     hz = HazardChecker(bb) if check_hazards else None
     if hz is not None:
@@ -595,6 +629,8 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
                     runs[m].advance_dispatch()
                     runs[m].offer(heap)
                 del barriers[key]
+                if sink is not None:
+                    sink.sync()
             continue
         grant = None
         if o.words:
@@ -609,14 +645,15 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
                 for kind, mv, lo, hi, w, ex in o.accesses])
             if msg is not None:
                 raise SimError(msg)
-        if o.words:
-            getattr(units[c], o.effect)(i, mem_words, i.dram_addr // bb)
-        elif o.effect is not None:
-            u = units[c]
-            before = u.saturations
-            getattr(u, o.effect)(i)
-            if u.saturations != before:      # per instruction, so the runtime can report them per layer
-                sat_pcs[c][pc] = sat_pcs[c].get(pc, 0) + u.saturations - before
+        if o.effect is not None:
+            if sink is None:
+                u = units[c]
+                before = u.saturations
+                apply_effect(u, i, mem_words, bb)
+                if u.saturations != before:      # per instruction, so the runtime can report them per layer
+                    sat_pcs[c][pc] = sat_pcs[c].get(pc, 0) + u.saturations - before
+            else:
+                sink.effect(c, o)
         r.schedule(pc, start, end, grant, token_wait)
         r.advance_dispatch()
         r.offer(heap)
@@ -631,7 +668,13 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
     if stuck:
         raise SimError("deadlock: " + "; ".join(stuck))
 
-    stats = {c: runs[c].stats(trace, bb, units[c].saturations) for c in clusters}
+    if sink is not None:
+        done = sink.finish()
+        sat_pcs = {c: by_pc for c, (_, by_pc) in done.items()}
+        saturations = {c: total for c, (total, _) in done.items()}
+    else:
+        saturations = {c: u.saturations for c, u in units.items()}
+    stats = {c: runs[c].stats(trace, bb, saturations[c]) for c in clusters}
     for c in clusters:
         stats[c].saturations_by_pc = sat_pcs[c]
     return CardStats(cycles=max((s.cycles for s in stats.values()), default=0), clusters=stats)
