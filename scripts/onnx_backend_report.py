@@ -15,10 +15,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-import onnx_backend as ob  # noqa: E402
-from test_onnx_backend import REFUSED  # noqa: E402
+from tests import onnx_backend as ob  # noqa: E402
+from tests.test_onnx_backend import REASONS, REFUSED  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -44,6 +43,10 @@ def main(argv=None) -> int:
         "what is unsupported. Cases whose values exceed the Q8.8 range are compiled with the case's input as",
         "the calibration sample (variable fixed point), as a user would pass representative samples.",
         "",
+        "Why cases are refused:",
+        "",
+        *[f"* **{r}** ({len(REFUSED[r])} cases): {REASONS[r][1]}" for r in REASONS],
+        "",
         f"onnx {__import__('onnx').__version__}, {datetime.date.today().isoformat()}: "
         f"**{total['pass']} pass, {total['refused']} refused, {total['fail']} fail** of {len(outcomes)} cases.",
         "",
@@ -54,8 +57,9 @@ def main(argv=None) -> int:
         c = per_op[op]
         lines.append(f"| {op} | {sum(c.values())} | {c['pass']} | {c['refused']} | {c['fail']} |")
     lines += ["", "## Every case", "", "| case | outcome | detail / reason |", "| --- | --- | --- |"]
+    reason_of = {name: REASONS[r][1] for r, names in REFUSED.items() for name in names}
     for o in outcomes:
-        why = REFUSED.get(o.name, "")
+        why = reason_of.get(o.name, "")
         detail = f"{why} ({o.detail})" if why else o.detail
         lines.append(f"| `{o.name}` | {o.status} | {detail.replace('|', '/')} |")
     Path(args.out).write_text("\n".join(lines) + "\n")
