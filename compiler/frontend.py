@@ -950,11 +950,17 @@ class _FrontEnd:
             return
         a, sa = self._operand(where, a_name)
         b, sb = self._operand(where, b_name)
-        if sa != sb or self.tensors[a].shape != self.tensors[b].shape:
+        ca, cb = self.tensors[a].shape, self.tensors[b].shape
+        if ca[1:] == (1, 1) and cb[1:] != (1, 1):          # the full-size operand first
+            (a, sa, ca, a_name), (b, sb, cb, b_name) = (b, sb, cb, b_name), (a, sa, ca, a_name)
+        same = sa == sb and ca == cb
+        per_channel = cb == (ca[0], 1, 1) and len(sa) == len(sb) == 4   # broadcast over the pixels
+        if not (same or per_channel):
             raise CompileError(f"{where}: adds {a_name!r} {sa} and {b_name!r} {sb}; only tensors of the same shape "
-                               f"(a residual connection) or a per-channel constant are supported")
+                               f"(a residual connection), a feature map and a per-channel (1, C, 1, 1) tensor of the "
+                               f"same C, or a per-channel constant are supported")
         out = node.output[0]
-        self._new_tensor(out, self.tensors[a].shape, sa, where)
+        self._new_tensor(out, ca, sa, where)
         self.ops.append(_Fusable(self._node_name(index, node), "Add", a, out, (b,)))
 
     def _op_Concat(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:

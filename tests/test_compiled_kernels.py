@@ -185,3 +185,40 @@ def test_maxpool_ceil_mode(cfg, c_, h, w, k, s, p):
     ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     assert dla["output"].shape == ref.shape[1:]
     np.testing.assert_array_equal(fixed_to_float(dla["output"], 8), ref[0])
+
+
+def _per_channel_add_model(seed: int = 0):
+    """A residual Add whose second operand is a computed per-channel (1, C, 1, 1) tensor, broadcast
+    over the pixels (loaded into the residual buffer with DMA strides of 0)."""
+    from onnx import helper
+
+    from zoo.builder import Builder
+    b = Builder("add_per_channel", (1, 20, 6, 5), seed)
+    x = b.conv("input", 20, 3, 1, 1, bias=True)
+    g = b.conv(b.global_avgpool("input"), 20, 1, bias=True)
+    b.nodes.append(helper.make_node("Add", [g, x], ["sum"], name="add_bcast"))   # the small operand first
+    b.shapes["sum"] = b.shapes[x]
+    return b.finish(b.relu("sum"))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
+def test_residual_add_of_a_per_channel_tensor(cfg):
+    dla, gold, c, _ = run_both(_per_channel_add_model(seed=3), cfg)
+    assert_bit_exact(dla, gold)
+    (fused,) = [L for L in c.graph.layers if "add_bcast" in L.nodes]
+    assert c.graph.tensors[fused.residual].shape == (20, 1, 1) and fused.act == "relu"
+
+
+def test_residual_add_of_a_per_channel_tensor_matches_onnxruntime():
+    import onnxruntime as ort
+
+    import microndla
+    from arch.numerics import sdk_error_metric
+    m = _per_channel_add_model(seed=4)
+    x = np.random.default_rng(5).standard_normal((1, 20, 6, 5)).astype(np.float32)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    ie = microndla.MDLA()
+    ie.Compile(m)
+    mean, mx = sdk_error_metric(ie.Run(x), ref)
+    ie.Free()
+    assert mean <= 1.0 and mx <= 5.0, (mean, mx)
