@@ -37,9 +37,9 @@ from arch.isa import ENGINE_NEXT, ENGINE_PREV, ENGINES, INSTR_BYTES, Buf, Instr,
 from arch.machine import MachineConfig
 
 from .hazards import MEMORY, Access, HazardChecker
-from .units import ClusterUnits, conv_maps_words, dma_offsets, mv_list, pitched_words, pool_maps_words
+from .units import ClusterUnits, available_cores, conv_maps_words, dma_offsets, mv_list, pitched_words, pool_maps_words
 
-__all__ = ["SimError", "InstrTiming", "ClusterStats", "CardStats", "run_card", "TOKEN_QUEUES",
+__all__ = ["SimError", "InstrTiming", "ClusterStats", "CardStats", "run_card", "default_threads", "TOKEN_QUEUES",
            "clear_program_cache"]
 
 
@@ -175,6 +175,7 @@ class _Op:
 
 @dataclass(frozen=True)
 class _Program:
+    key: tuple                                #: program cache key: (machine, length, hash of the bytes)
     ops: tuple[_Op, ...]
     engine_pcs: tuple[tuple[int, ...], ...]   #: pcs of each engine's instructions, in order
     nbytes: int
@@ -261,9 +262,20 @@ _program_cache: OrderedDict[tuple, _Program] = OrderedDict()
 _cache_lock = threading.Lock()   # cards may run in threads
 
 
+#: Schedules of finished runs, keyed by the machine and the (cluster, address, program) set. The
+#: timing is data-independent (arch.timing), so a run of the same programs at the same addresses has
+#: the same schedule and the same hazard-check outcome: a repeated run only replays the data effects
+#: in the recorded order. Value: (order of (cluster, pc) with a data effect, the finished
+#: _ClusterRuns, whether the hazards were checked).
+_schedule_cache: OrderedDict[tuple, tuple] = OrderedDict()
+
+
 def clear_program_cache() -> None:
-    """Forget all decoded programs (they are otherwise kept for the last 64 distinct programs)."""
-    _program_cache.clear()
+    """Forget all decoded programs and recorded schedules (they are otherwise kept for the last
+    64 distinct programs and program sets)."""
+    with _cache_lock:
+        _program_cache.clear()
+        _schedule_cache.clear()
 
 
 def _find_end(memory: np.ndarray, addr: int) -> int | None:
@@ -333,7 +345,7 @@ def _load_program(cfg: MachineConfig, memory: np.ndarray, addr: int, cluster: in
             popped[q] += 1
             if popped[q] > pushes[q] and unmatched is None:
                 unmatched = (q, o.pc, popped[q], pushes[q])
-    prog = _Program(ops=tuple(ops), engine_pcs=engine_pcs, nbytes=len(raw),
+    prog = _Program(key=key, ops=tuple(ops), engine_pcs=engine_pcs, nbytes=len(raw),
                     mem_hi=max((o.mem_hi for o in ops), default=0), unmatched_pop=unmatched)
     with _cache_lock:
         _program_cache[key] = prog
@@ -490,14 +502,28 @@ def _check_args(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int]
 
 
 def run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
-             check_hazards: bool = True, trace: bool = False) -> CardStats:
+             check_hazards: bool = True, trace: bool = False, threads: int | None = None) -> CardStats:
     """Run the programs of some clusters of one card to completion (see :func:`_run_card`).
+
+    ``threads``: threads the arithmetic of a large CONV is split over (by rows of output pixels);
+    None: :func:`default_threads`. Results and cycles do not depend on it.
 
     BLAS is held to one thread meanwhile: the model issues many medium-sized GEMMs, for which
     OpenBLAS's threads gain little on an idle machine and thrash when the other cores are busy
-    (ResNet-18 took 2.5 s instead of 0.16 s on two cores with one of them loaded)."""
-    with _single_thread_blas():
-        return _run_card(cfg, memory, programs, check_hazards=check_hazards, trace=trace)
+    (ResNet-18 took 2.5 s instead of 0.16 s on two cores with one of them loaded). The model's own
+    threads wait without spinning, so they cost little when the cores are busy."""
+    if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    with _single_thread_blas() as alone:
+        if threads is None:
+            threads = default_threads() if alone else 1
+        return _run_card(cfg, memory, programs, check_hazards=check_hazards, trace=trace, threads=threads)
+
+
+def default_threads() -> int:
+    """Threads one card's run uses by default: the process's cores (a run that starts while another
+    one is in progress in the process, cards in threads, uses one)."""
+    return available_cores()
 
 
 _blas_lock = threading.Lock()
@@ -508,14 +534,16 @@ _blas_limiter = None
 @contextmanager
 def _single_thread_blas():
     """threadpoolctl's limit is process-wide, so concurrent runs (cards in threads) share one:
-    the first run in sets it, the last one out restores the original."""
+    the first run in sets it, the last one out restores the original. Yields whether no other run
+    was in progress when this one started."""
     global _blas_users, _blas_limiter
     with _blas_lock:
         if _blas_users == 0:
             _blas_limiter = threadpool_limits(limits=1, user_api="blas")
         _blas_users += 1
+        alone = _blas_users == 1
     try:
-        yield
+        yield alone
     finally:
         with _blas_lock:
             _blas_users -= 1
@@ -525,7 +553,7 @@ def _single_thread_blas():
 
 
 def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
-              check_hazards: bool = True, trace: bool = False) -> CardStats:
+              check_hazards: bool = True, trace: bool = False, threads: int = 1) -> CardStats:
     """Run the programs of some clusters of one card to completion.
 
     ``memory``: the card's main-memory image from byte 0 (1-D uint8, modified in place by STOREs).
@@ -551,7 +579,25 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
                            f"but the program pushes only {n} token(s) into it")
 
     mem_words = memory[:len(memory) // bb * bb].view("<i2").reshape(-1, cfg.lanes)
-    units = {c: ClusterUnits(cfg) for c in clusters}
+    units = {c: ClusterUnits(cfg, threads) for c in clusters}
+    sched_key = (cfg, tuple((c, int(programs[c]), progs[c].key) for c in clusters))
+    with _cache_lock:
+        cached = _schedule_cache.get(sched_key)
+        if cached is not None:
+            _schedule_cache.move_to_end(sched_key)
+    if cached is not None and (cached[2] or not check_hazards):
+        order, runs, _ = cached
+        for c, pc in order:
+            o = runs[c].ops[pc]
+            i = o.instr
+            if o.words:
+                getattr(units[c], o.effect)(i, mem_words, i.dram_addr // bb)
+            else:
+                getattr(units[c], o.effect)(i)
+        stats = {c: runs[c].stats(trace, bb, units[c].saturations) for c in clusters}
+        return CardStats(cycles=max((s.cycles for s in stats.values()), default=0), clusters=stats)
+
+    order: list[tuple[int, int]] = []
     runs = {c: _ClusterRun(c, progs[c], cfg) for c in clusters}
     hz = HazardChecker(bb) if check_hazards else None
     if hz is not None:
@@ -607,8 +653,10 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
                 raise SimError(msg)
         if o.words:
             getattr(units[c], o.effect)(i, mem_words, i.dram_addr // bb)
+            order.append((c, pc))
         elif o.effect is not None:
             getattr(units[c], o.effect)(i)
+            order.append((c, pc))
         r.schedule(pc, start, end, grant, token_wait)
         r.advance_dispatch()
         r.offer(heap)
@@ -623,5 +671,9 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
     if stuck:
         raise SimError("deadlock: " + "; ".join(stuck))
 
+    with _cache_lock:
+        _schedule_cache[sched_key] = (order, runs, check_hazards)
+        if len(_schedule_cache) > _CACHE_SIZE:
+            _schedule_cache.popitem(last=False)
     stats = {c: runs[c].stats(trace, bb, units[c].saturations) for c in clusters}
     return CardStats(cycles=max((s.cycles for s in stats.values()), default=0), clusters=stats)

@@ -21,6 +21,9 @@ that are each exact and summed in int64.)
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -28,9 +31,9 @@ from numpy.lib.stride_tricks import as_strided
 
 from arch.isa import Buf, Init, Instr, maps_extent_conv
 from arch.machine import MachineConfig
-from arch.numerics import average, join_bias, requantize, wrap
+from arch.numerics import ACT_NONE, ACT_RELU, average, join_bias, requantize
 
-__all__ = ["ClusterUnits", "mv_list", "dma_offsets", "conv_maps_words", "pool_maps_words",
+__all__ = ["ClusterUnits", "available_cores", "mv_list", "dma_offsets", "conv_maps_words", "pool_maps_words",
            "pitched_words"]
 
 
@@ -101,7 +104,7 @@ def pitched_words(base: int, count: int, pitch: int, width: int) -> np.ndarray:
 class ClusterUnits:
     """The buffers of one cluster (all its MV and VV units), zeroed at construction."""
 
-    def __init__(self, cfg: MachineConfig):
+    def __init__(self, cfg: MachineConfig, threads: int = 1):
         if cfg.data_bits != 16:
             raise ValueError(f"machine {cfg.name!r}: the model (like the memory image format and "
                              f"arch.numerics) supports 16-bit data only, not data_bits={cfg.data_bits}")
@@ -117,6 +120,7 @@ class ClusterUnits:
         self.out = np.zeros((M, cfg.out_words, L), dtype=np.int16)
         self.res = np.zeros((M, cfg.res_words, L), dtype=np.int16)
         self.saturations = 0            #: values clipped by the output stages (CONV, AVGPOOL)
+        self.threads = max(int(threads), 1)   #: threads a large CONV is split over
 
     # ---- main-memory transfers ---------------------------------------------------------------
     def load(self, i: Instr, mem_words: np.ndarray, base_word: int) -> None:
@@ -149,14 +153,15 @@ class ClusterUnits:
             mem_words[base_word + pat.unique] = data[pat.last]
 
     # ---- compute -----------------------------------------------------------------------------
-    def _im2col(self, m: int, i: Instr, out: np.ndarray) -> None:
-        """Gather the (P, K) operand of a CONV from MV m's maps buffer into ``out`` (one strided copy)."""
-        src = self.maps[m, i.maps_addr:]
+    def _im2col(self, m: int, i: Instr, out: np.ndarray, y0: int, y1: int) -> None:
+        """Gather output rows y0..y1 of the (P, K) operand of a CONV from MV m's maps buffer into
+        ``out`` (one strided copy)."""
+        src = self.maps[m, i.maps_addr + y0 * i.sy * i.in_w * i.cpitch:]
         e = src.strides[0]
         row, pix = i.in_w * i.cpitch * e, i.cpitch * e
-        win = as_strided(src, shape=(i.oh, i.ow, i.kh, i.kw, i.cin),
+        win = as_strided(src, shape=(y1 - y0, i.ow, i.kh, i.kw, i.cin),
                          strides=(i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, e), writeable=False)
-        out.reshape(i.oh, i.ow, i.kh, i.kw, i.cin)[...] = win
+        out.reshape(y1 - y0, i.ow, i.kh, i.kw, i.cin)[...] = win
 
     def _matmul(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
         """Exact int64 product of integer-valued float64 matrices (or stacks of them)."""
@@ -184,40 +189,68 @@ class ClusterUnits:
         else:
             same_maps = True
         if same_maps:
-            A = np.empty((P, K), dtype=np.float64)
-            self._im2col(mvs[0], i, A)
-            if nmv == 1:
-                R = self._matmul(A, W[0])[None]
-            else:
-                R = self._matmul(A, np.concatenate(W, axis=1)).reshape(P, nmv, N).transpose(1, 0, 2)
+            B = W[0] if nmv == 1 else np.concatenate(W, axis=1)
+        elif all(np.array_equal(W[0], w) for w in W[1:]):      # per-MV images, shared weights
+            B = W[0]
         else:
-            A = np.empty((nmv, P, K), dtype=np.float64)
+            B = np.stack(W)
+        bias = None
+        if i.init == Init.BIAS:
+            bias = [join_bias(self.kern[m, i.bias_addr, :nvv].astype(np.int64),
+                              self.kern[m, i.bias_addr + 1, :nvv].astype(np.int64)) for m in mvs]
+        # Rows of output pixels are independent: large CONVs are split by output rows over threads.
+        ny = min(self.threads, i.oh) if P * K * N * nmv >= _SPLIT_MACS else 1
+        cuts = [i.oh * t // ny for t in range(ny + 1)]
+        jobs = [(i, mvs, same_maps, B, bias, cuts[t], cuts[t + 1]) for t in range(ny)]
+        if ny == 1:
+            self.saturations += self._conv_rows(*jobs[0])
+        else:
+            pending = [_pool().submit(self._conv_rows, *job) for job in jobs[1:]]
+            sat = self._conv_rows(*jobs[0])
+            self.saturations += sat + sum(f.result() for f in pending)
+
+    def _conv_rows(self, i: Instr, mvs: tuple[int, ...], same_maps: bool, B: np.ndarray, bias, y0: int,
+                   y1: int) -> int:
+        """Output rows y0..y1 of a CONV on the MVs ``mvs``: gather, GEMM, accumulate, output stage.
+        Touches only its own accumulator entries and output words; returns the saturations."""
+        L, nmv, nvv, ow = self.lanes, len(mvs), i.nvv, i.ow
+        K = i.kh * i.kw * i.cin
+        p0, Pc = y0 * ow, (y1 - y0) * ow
+        if same_maps:
+            A = np.empty((Pc, K), dtype=np.float64)
+            self._im2col(mvs[0], i, A, y0, y1)
+            R = self._matmul(A, B).reshape(Pc, nmv, nvv, L)
+            accs = [R[:, j] for j in range(nmv)]
+        else:
+            A = np.empty((nmv, Pc, K), dtype=np.float64)
             for j, m in enumerate(mvs):
-                self._im2col(m, i, A[j])
-            if all(np.array_equal(W[0], w) for w in W[1:]):   # per-MV images, shared weights
-                R = self._matmul(A.reshape(nmv * P, K), W[0]).reshape(nmv, P, N)
+                self._im2col(m, i, A[j], y0, y1)
+            if B.ndim == 2:
+                R = self._matmul(A.reshape(nmv * Pc, K), B).reshape(nmv, Pc, nvv, L)
             else:
-                R = self._matmul(A, np.stack(W))
-        acc = R.reshape(nmv, P, nvv, L)
-        a0, a1 = i.acc_addr, i.acc_addr + P
+                R = self._matmul(A, B).reshape(nmv, Pc, nvv, L)
+            accs = [R[j] for j in range(nmv)]
+        a0, a1 = i.acc_addr + p0, i.acc_addr + p0 + Pc
         for j, m in enumerate(mvs):
-            if i.init == Init.BIAS:
-                lo = self.kern[m, i.bias_addr, :nvv].astype(np.int64)
-                hi = self.kern[m, i.bias_addr + 1, :nvv].astype(np.int64)
-                acc[j] += join_bias(lo, hi)[None]
+            if bias is not None:
+                accs[j] += bias[j]
             elif i.init == Init.ACC:
-                acc[j] += self.acc[m, a0:a1, :nvv]
-        acc = wrap(acc, self.cfg.acc_bits)
+                accs[j] += self.acc[m, a0:a1, :nvv]
+        acc_bits = self.cfg.acc_bits
+        # A first term (zero or a 32-bit bias plus K products of 2**30 at most) cannot wrap on a
+        # 48-bit accumulator; an accumulation onto earlier sums can.
+        if i.init == Init.ACC or K * (1 << 30) + (1 << 31) >= 1 << (acc_bits - 1):
+            _wrap_inplace(R, acc_bits)
         for j, m in enumerate(mvs):
-            self.acc[m, a0:a1, :nvv] = acc[j]
-        if i.write:
-            r = None
-            if i.resid:
-                r = np.stack([_pitched(self.res[m], i.res_addr, P, i.out_pitch, nvv) for m in mvs])
-            y, sat = requantize(acc, i.shift, i.act, residual=r, rshift=i.rshift, acc_bits=self.cfg.acc_bits)
-            self.saturations += sat
-            for j, m in enumerate(mvs):
-                _pitched(self.out[m], i.out_addr, P, i.out_pitch, nvv)[...] = y[j]
+            self.acc[m, a0:a1, :nvv] = accs[j]
+        if not i.write:
+            return 0
+        sat = 0
+        for j, m in enumerate(mvs):
+            r = _pitched(self.res[m], i.res_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) if i.resid else None
+            dst = _pitched(self.out[m], i.out_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv)
+            sat += _output_stage(accs[j], i, r, acc_bits, dst)
+        return sat
 
     def _pool_window(self, m: int, i: Instr) -> np.ndarray:
         """Read-only (oh, ow, kh, kw, nb, lanes) view of the pooling windows of MV m."""
@@ -241,6 +274,61 @@ class ClusterUnits:
             y, sat = average(total, i.mul, i.shift)
             self.saturations += sat
             _pitched(self.out[m], i.out_addr, P, i.out_pitch, i.nb)[...] = y.reshape(P, i.nb, self.lanes)
+
+
+#: CONVs of fewer MACs than this are not split over threads (the hand-off would cost more).
+_SPLIT_MACS = 1 << 21
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=max(available_cores() - 1, 1), thread_name_prefix="sim-conv")
+        return _POOL
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _wrap_inplace(x: np.ndarray, bits: int) -> None:
+    """arch.numerics.wrap, in place (x is int64)."""
+    if bits >= 64:
+        return
+    half = np.int64(1) << np.int64(bits - 1)
+    x += half
+    x &= (np.int64(1) << np.int64(bits)) - 1
+    x -= half
+
+
+def _output_stage(acc: np.ndarray, i: Instr, r: np.ndarray | None, acc_bits: int, dst: np.ndarray) -> int:
+    """Write ``arch.numerics.requantize(acc, i.shift, i.act, r, i.rshift, acc_bits)`` into ``dst``
+    (int16) and return its saturation count. ``acc`` (int64) is used as scratch space.
+
+    Same arithmetic in fewer passes: the offset 2**15 that maps the int16 range onto 0..2**16-1 is
+    added before the shift (adding a multiple of 2**shift commutes with the floor shift), so one
+    unsigned comparison counts the saturations and the offset is removed by flipping the top bit of
+    the 16-bit result."""
+    s = i.shift
+    # the offset could overflow int64, or an activation other than these: the plain definition
+    if acc_bits > 62 or s > 46 or i.act not in (ACT_NONE, ACT_RELU):
+        y, sat = requantize(acc, s, i.act, residual=r, rshift=i.rshift, acc_bits=acc_bits)
+        dst[...] = y
+        return sat
+    if r is not None:
+        acc += r.astype(np.int64) << np.int64(i.rshift)
+        _wrap_inplace(acc, acc_bits)
+    acc += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
+    acc >>= s
+    sat = int(np.count_nonzero(acc.view(np.uint64) > 0xFFFF))
+    np.clip(acc, (1 << 15) if i.act == ACT_RELU else 0, 0xFFFF, out=acc)
+    dst.view(np.uint16)[...] = acc
+    dst.view(np.uint16)[...] ^= 0x8000
+    return sat
 
 
 def _pitched(buf: np.ndarray, base: int, count: int, pitch: int, width: int) -> np.ndarray:
