@@ -7,8 +7,9 @@ Storage layouts are internal to the model (the ISA only fixes addresses):
 
 * maps buffers: ``float64[mv, maps_words * lanes]`` (element addressed). Values are int16, kept as
   float64 so a CONV gathers straight into the GEMM operand without a conversion pass.
-* kernel buffers: ``float64[mv, kernel_words, vv, lanes]``, so the kernel words of all VV units
-  of an MV form one ``(K, nvv * lanes)`` matrix.
+* kernel buffers: ``float64[mv, kernel_words, vv, lanes]`` (``kern``), a view of storage ordered
+  ``[kernel_words, mv, vv, lanes]`` (``kern_wm``), so the kernel words of all VV units of
+  consecutive MVs form one ``(K, nmv * nvv * lanes)`` matrix without a copy.
 * accumulators: ``int64[mv, acc_entries, vv, lanes]``, wrapped to ``cfg.acc_bits``.
 * output buffers: ``int16[mv, out_words, lanes]``; residual buffers: ``int16[mv, res_words, lanes]``.
 
@@ -115,7 +116,14 @@ class ClusterUnits:
         self.lanes = L
         self.maps = np.zeros((M, cfg.maps_words * L), dtype=np.float64)
         self.maps_w = self.maps.reshape(M, cfg.maps_words, L)        # word view
-        self.kern = np.zeros((M, cfg.kernel_words, V, L), dtype=np.float64)
+        #: per MV and maps word, the sequence number of the LOAD that wrote it last (0: none): equal
+        #: nonzero tags in two MVs mean equal contents, a cheap test for a CONV's maps being the same
+        #: in all MVs (so once a word is loaded, it must only be written through load())
+        self.maps_tag = np.zeros((M, cfg.maps_words), dtype=np.int64)
+        self._loads = 0
+        self.kern_wm = np.zeros((cfg.kernel_words, M, V, L), dtype=np.float64)
+        self.kern = self.kern_wm.transpose(1, 0, 2, 3)
+        self.kern_tag = np.zeros((cfg.kernel_words, M), dtype=np.int64)   #: as maps_tag, per kernel word
         self.acc = np.zeros((M, cfg.acc_entries, V, L), dtype=np.int64)
         self.out = np.zeros((M, cfg.out_words, L), dtype=np.int16)
         self.res = np.zeros((M, cfg.res_words, L), dtype=np.int16)
@@ -130,17 +138,26 @@ class ClusterUnits:
         if pat.contiguous:
             data = mem_words[base_word:base_word + n]
         else:
-            data = mem_words[base_word + pat.offsets]
+            data = _strided_words(mem_words, base_word, i, False).reshape(n, self.lanes)
         mvs = mv_list(i.mv_mask)
-        if i.buf in (Buf.MAPS, Buf.RES):
-            dst = self.maps_w if i.buf == Buf.MAPS else self.res
+        if i.buf == Buf.RES:
             for m in mvs:
-                dst[m, i.buf_addr:i.buf_addr + n] = data
+                self.res[m, i.buf_addr:i.buf_addr + n] = data
+            return
+        self._loads += 1
+        if len(mvs) > 1:
+            data = data.astype(np.float64)          # convert once for all MVs
+        a = i.buf_addr
+        if i.buf == Buf.MAPS:
+            for m in mvs:
+                self.maps_w[m, a:a + n] = data
+                self.maps_tag[m, a:a + n] = self._loads
         else:
             nvv = i.nvv
             dealt = data.reshape(n // nvv, nvv, self.lanes)
             for m in mvs:
-                self.kern[m, i.buf_addr:i.buf_addr + n // nvv, :nvv] = dealt
+                self.kern_wm[a:a + n // nvv, m, :nvv] = dealt
+                self.kern_tag[a:a + n // nvv, m] = self._loads
 
     def store(self, i: Instr, mem_words: np.ndarray, base_word: int) -> None:
         pat = _dma_pattern(i)
@@ -148,20 +165,23 @@ class ClusterUnits:
         if pat.contiguous:
             mem_words[base_word:base_word + pat.words] = data
         elif pat.unique is None:
-            mem_words[base_word + pat.offsets] = data
+            _strided_words(mem_words, base_word, i, True)[...] = data.reshape(i.n2, i.n1, i.n0, self.lanes)
         else:  # overlapping destinations: the last word written in transfer order wins
             mem_words[base_word + pat.unique] = data[pat.last]
 
     # ---- compute -----------------------------------------------------------------------------
-    def _im2col(self, m: int, i: Instr, out: np.ndarray, y0: int, y1: int) -> None:
-        """Gather output rows y0..y1 of the (P, K) operand of a CONV from MV m's maps buffer into
-        ``out`` (one strided copy)."""
+    def _window(self, m: int, i: Instr, y0: int, y1: int) -> np.ndarray:
+        """Read-only (rows, ow, kh, kw, cin) view of the maps of output rows y0..y1 of a CONV in MV m."""
         src = self.maps[m, i.maps_addr + y0 * i.sy * i.in_w * i.cpitch:]
         e = src.strides[0]
         row, pix = i.in_w * i.cpitch * e, i.cpitch * e
-        win = as_strided(src, shape=(y1 - y0, i.ow, i.kh, i.kw, i.cin),
-                         strides=(i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, e), writeable=False)
-        out.reshape(y1 - y0, i.ow, i.kh, i.kw, i.cin)[...] = win
+        return as_strided(src, shape=(y1 - y0, i.ow, i.kh, i.kw, i.cin),
+                          strides=(i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, e), writeable=False)
+
+    def _im2col(self, m: int, i: Instr, out: np.ndarray, y0: int, y1: int) -> None:
+        """Gather output rows y0..y1 of the (P, K) operand of a CONV from MV m's maps buffer into
+        ``out`` (one strided copy)."""
+        out.reshape(y1 - y0, i.ow, i.kh, i.kw, i.cin)[...] = self._window(m, i, y0, y1)
 
     def _matmul(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
         """Exact int64 product of integer-valued float64 matrices (or stacks of them)."""
@@ -172,6 +192,16 @@ class ClusterUnits:
         for k0 in range(0, K, self.k_exact):
             R += (A[..., k0:k0 + self.k_exact] @ B[..., k0:k0 + self.k_exact, :]).astype(np.int64)
         return R
+
+    @staticmethod
+    def _same(tags: np.ndarray, mvs: tuple[int, ...], data) -> bool:
+        """Whether the MVs ``mvs`` hold equal operands, known equal when their words carry the same
+        nonzero load tags (``tags[m]``). Words no LOAD wrote (zeroed, or set directly by a test) are
+        compared by value (``data(m)``). False only costs speed: the per-MV path gives the same result."""
+        t0 = tags[mvs[0]]
+        if t0.all():
+            return all(np.array_equal(t0, tags[m]) for m in mvs[1:])
+        return all(np.array_equal(data(mvs[0]), data(m)) for m in mvs[1:])
 
     def conv(self, i: Instr) -> None:
         L = self.lanes
@@ -185,13 +215,19 @@ class ClusterUnits:
             lo = i.maps_addr
             hi = lo + maps_extent_conv(i)
             m0 = mvs[0]
-            same_maps = all(np.array_equal(self.maps[m0, lo:hi], self.maps[m, lo:hi]) for m in mvs[1:])
+            same_maps = self._same(self.maps_tag[:, lo // L:-(-hi // L)], mvs,
+                                   lambda m: self.maps[m, lo:hi])
         else:
             same_maps = True
         if same_maps:
-            B = W[0] if nmv == 1 else np.concatenate(W, axis=1)
-        elif all(np.array_equal(W[0], w) for w in W[1:]):      # per-MV images, shared weights
-            B = W[0]
+            if nmv == 1:
+                B = W[0]
+            elif mvs[-1] - mvs[0] == nmv - 1:               # consecutive MVs: one view of the kernel words
+                B = self.kern_wm[i.kern_addr:i.kern_addr + K, mvs[0]:mvs[0] + nmv, :nvv].reshape(K, nmv * N)
+            else:
+                B = np.concatenate(W, axis=1)
+        elif self._same(self.kern_tag[i.kern_addr:i.kern_addr + K].T, mvs, lambda m: W[mvs.index(m)]):
+            B = W[0]                                            # per-MV images, shared weights
         else:
             B = np.stack(W)
         bias = None
@@ -217,8 +253,7 @@ class ClusterUnits:
         K = i.kh * i.kw * i.cin
         p0, Pc = y0 * ow, (y1 - y0) * ow
         if same_maps:
-            A = np.empty((Pc, K), dtype=np.float64)
-            self._im2col(mvs[0], i, A, y0, y1)
+            A = self._window(mvs[0], i, y0, y1).reshape(Pc, K)    # a view when the rows are dense
             R = self._matmul(A, B).reshape(Pc, nmv, nvv, L)
             accs = [R[:, j] for j in range(nmv)]
         else:
@@ -329,6 +364,15 @@ def _output_stage(acc: np.ndarray, i: Instr, r: np.ndarray | None, acc_bits: int
     dst.view(np.uint16)[...] = acc
     dst.view(np.uint16)[...] ^= 0x8000
     return sat
+
+
+def _strided_words(mem_words: np.ndarray, base: int, i: Instr, writeable: bool) -> np.ndarray:
+    """(n2, n1, n0, lanes) view of the main-memory words of a strided LOAD or STORE (bounds are
+    checked before the run starts)."""
+    src = mem_words[base:]
+    ws, es = src.strides
+    return as_strided(src, shape=(i.n2, i.n1, i.n0, src.shape[1]), strides=(i.s2 * ws, i.s1 * ws, ws, es),
+                      writeable=writeable)
 
 
 def _pitched(buf: np.ndarray, base: int, count: int, pitch: int, width: int) -> np.ndarray:
