@@ -145,17 +145,18 @@ class ClusterUnits:
                 self.res[m, i.buf_addr:i.buf_addr + n] = data
             return
         self._loads += 1
-        if len(mvs) > 1:
-            data = data.astype(np.float64)          # convert once for all MVs
         a = i.buf_addr
+        # consecutive MVs (a broadcast mask) are written in one assignment
+        groups = [slice(mvs[0], mvs[-1] + 1)] if mvs[-1] - mvs[0] == len(mvs) - 1 else mvs
         if i.buf == Buf.MAPS:
-            for m in mvs:
+            for m in groups:
                 self.maps_w[m, a:a + n] = data
                 self.maps_tag[m, a:a + n] = self._loads
         else:
             nvv = i.nvv
-            dealt = data.reshape(n // nvv, nvv, self.lanes)
-            for m in mvs:
+            dealt = data.reshape(n // nvv, 1, nvv, self.lanes)
+            for m in groups:
+                m = m if isinstance(m, slice) else slice(m, m + 1)
                 self.kern_wm[a:a + n // nvv, m, :nvv] = dealt
                 self.kern_tag[a:a + n // nvv, m] = self._loads
 
@@ -195,13 +196,18 @@ class ClusterUnits:
 
     @staticmethod
     def _same(tags: np.ndarray, mvs: tuple[int, ...], data) -> bool:
-        """Whether the MVs ``mvs`` hold equal operands, known equal when their words carry the same
-        nonzero load tags (``tags[m]``). Words no LOAD wrote (zeroed, or set directly by a test) are
-        compared by value (``data(m)``). False only costs speed: the per-MV path gives the same result."""
+        """Whether the MVs ``mvs`` hold equal operands (words ``data(m)``), known equal where their
+        words carry the same nonzero load tags ``tags[m]``; words no LOAD wrote (zeroed, or set
+        directly by a test) are compared by value. False only costs speed: the per-MV path gives the
+        same result."""
         t0 = tags[mvs[0]]
-        if t0.all():
-            return all(np.array_equal(t0, tags[m]) for m in mvs[1:])
-        return all(np.array_equal(data(mvs[0]), data(m)) for m in mvs[1:])
+        if not all(np.array_equal(t0, tags[m]) for m in mvs[1:]):
+            return False
+        z = t0 == 0
+        if not z.any():
+            return True
+        d0 = data(mvs[0])[z]
+        return all(np.array_equal(d0, data(m)[z]) for m in mvs[1:])
 
     def conv(self, i: Instr) -> None:
         L = self.lanes
@@ -215,8 +221,8 @@ class ClusterUnits:
             lo = i.maps_addr
             hi = lo + maps_extent_conv(i)
             m0 = mvs[0]
-            same_maps = self._same(self.maps_tag[:, lo // L:-(-hi // L)], mvs,
-                                   lambda m: self.maps[m, lo:hi])
+            wlo, whi = lo // L, -(-hi // L)
+            same_maps = self._same(self.maps_tag[:, wlo:whi], mvs, lambda m: self.maps_w[m, wlo:whi])
         else:
             same_maps = True
         if same_maps:
@@ -280,12 +286,10 @@ class ClusterUnits:
             self.acc[m, a0:a1, :nvv] = accs[j]
         if not i.write:
             return 0
-        sat = 0
-        for j, m in enumerate(mvs):
-            r = _pitched(self.res[m], i.res_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) if i.resid else None
-            dst = _pitched(self.out[m], i.out_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv)
-            sat += _output_stage(accs[j], i, r, acc_bits, dst)
-        return sat
+        res = [_pitched(self.res[m], i.res_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) for m in mvs] \
+            if i.resid else None
+        dst = [_pitched(self.out[m], i.out_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) for m in mvs]
+        return _output_stage(R, accs, i, res, acc_bits, dst)
 
     def _pool_window(self, m: int, i: Instr) -> np.ndarray:
         """Read-only (oh, ow, kh, kw, nb, lanes) view of the pooling windows of MV m."""
@@ -340,29 +344,40 @@ def _wrap_inplace(x: np.ndarray, bits: int) -> None:
     x -= half
 
 
-def _output_stage(acc: np.ndarray, i: Instr, r: np.ndarray | None, acc_bits: int, dst: np.ndarray) -> int:
-    """Write ``arch.numerics.requantize(acc, i.shift, i.act, r, i.rshift, acc_bits)`` into ``dst``
-    (int16) and return its saturation count. ``acc`` (int64) is used as scratch space.
+def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.ndarray] | None,
+                  acc_bits: int, dst: list[np.ndarray]) -> int:
+    """Write ``arch.numerics.requantize(accs[j], i.shift, i.act, res[j], i.rshift, acc_bits)`` into
+    ``dst[j]`` (int16) for each MV j and return the saturation count. ``accs`` are views covering
+    all of ``R`` (int64), which is used as scratch space.
 
     Same arithmetic in fewer passes: the offset 2**15 that maps the int16 range onto 0..2**16-1 is
     added before the shift (adding a multiple of 2**shift commutes with the floor shift), so one
-    unsigned comparison counts the saturations and the offset is removed by flipping the top bit of
-    the 16-bit result."""
+    unsigned comparison counts the saturations, the clip is skipped when nothing saturates (ReLU is
+    then one maximum), and the offset is removed by flipping the top bit while casting to 16 bits."""
     s = i.shift
     # the offset could overflow int64, or an activation other than these: the plain definition
     if acc_bits > 62 or s > 46 or i.act not in (ACT_NONE, ACT_RELU):
-        y, sat = requantize(acc, s, i.act, residual=r, rshift=i.rshift, acc_bits=acc_bits)
-        dst[...] = y
+        sat = 0
+        for j, acc in enumerate(accs):
+            y, n = requantize(acc, s, i.act, residual=None if res is None else res[j], rshift=i.rshift,
+                              acc_bits=acc_bits)
+            dst[j][...] = y
+            sat += n
         return sat
-    if r is not None:
-        acc += r.astype(np.int64) << np.int64(i.rshift)
-        _wrap_inplace(acc, acc_bits)
-    acc += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
-    acc >>= s
-    sat = int(np.count_nonzero(acc.view(np.uint64) > 0xFFFF))
-    np.clip(acc, (1 << 15) if i.act == ACT_RELU else 0, 0xFFFF, out=acc)
-    dst.view(np.uint16)[...] = acc
-    dst.view(np.uint16)[...] ^= 0x8000
+    if res is not None:
+        for acc, r in zip(accs, res):
+            acc += r.astype(np.int64) << np.int64(i.rshift)
+        _wrap_inplace(R, acc_bits)
+    R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
+    R >>= s
+    sat = int(np.count_nonzero(R.view(np.uint64) > 0xFFFF))
+    relu = i.act == ACT_RELU
+    if sat:
+        np.clip(R, (1 << 15) if relu else 0, 0xFFFF, out=R)
+    elif relu:
+        np.maximum(R, 1 << 15, out=R)
+    for acc, d in zip(accs, dst):
+        np.bitwise_xor(acc, 0x8000, out=d.view(np.uint16), casting="unsafe")
     return sat
 
 

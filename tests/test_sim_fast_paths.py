@@ -23,18 +23,22 @@ from test_sim_hazards import CONV, LOADM, run as run_prog
 @pytest.mark.parametrize("act", [Act.NONE, Act.RELU])
 @pytest.mark.parametrize("resid", [False, True])
 def test_output_stage_equals_requantize(shift, act, resid):
+    """Two MVs' accumulators interleaved in one array, as a CONV shared by the MVs leaves them."""
     rng = np.random.default_rng(shift)
-    acc = rng.integers(-(1 << 47), 1 << 47, size=(50, 3, 16), dtype=np.int64)
-    acc[:10] >>= rng.integers(0, 47, size=(10, 3, 16))          # small values too, both signs
-    acc[10, 0, :4] = [0, -1, (1 << 47) - 1, -(1 << 47)]
-    r = rng.integers(-(1 << 15), 1 << 15, size=acc.shape, dtype=np.int64).astype(np.int16) if resid else None
+    R = rng.integers(-(1 << 47), 1 << 47, size=(50, 2, 3, 16), dtype=np.int64)
+    R[:10] >>= rng.integers(0, 47, size=(10, 2, 3, 16))            # small values too, both signs
+    R[10, 0, 0, :4] = [0, -1, (1 << 47) - 1, -(1 << 47)]
     rshift = 9
     i = Instr("CONV", shift=shift, act=act, rshift=rshift)
-    want, want_sat = requantize(acc, shift, act, residual=r, rshift=rshift, acc_bits=48)
-    dst = np.full(acc.shape, 7, dtype=np.int16)
-    sat = units._output_stage(acc.copy(), i, r, 48, dst)
-    np.testing.assert_array_equal(dst, want)
-    assert sat == want_sat
+    res = [rng.integers(-(1 << 15), 1 << 15, size=(50, 3, 16)).astype(np.int16) for _ in range(2)] if resid else None
+    want = [requantize(R[:, j], shift, act, residual=res[j] if resid else None, rshift=rshift, acc_bits=48)
+            for j in range(2)]
+    dst = [np.full((50, 3, 16), 7, dtype=np.int16) for _ in range(2)]
+    scratch = R.copy()
+    sat = units._output_stage(scratch, [scratch[:, 0], scratch[:, 1]], i, res, 48, dst)
+    for j in range(2):
+        np.testing.assert_array_equal(dst[j], want[j][0])
+    assert sat == want[0][1] + want[1][1]
 
 
 @pytest.fixture(scope="module")
