@@ -191,7 +191,7 @@ def _accesses(i: Instr, cfg: MachineConfig) -> tuple[tuple, ...]:
     if i.op in ("LOAD", "STORE"):
         pat = dma_offsets(i.n0, i.n1, i.s1, i.n2, i.s2)
         base = i.dram_addr // bb
-        hi = base + int(pat.offsets.max()) + 1
+        hi = base + (i.n2 - 1) * i.s2 + (i.n1 - 1) * i.s1 + i.n0     # strides are unsigned: the last run ends last
         exact = None if pat.contiguous else _memo(lambda: np.unique(base + pat.offsets))
         out.append(("memory", None, base, hi, i.op == "STORE", exact))
         words = pat.words
