@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import os
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -521,8 +522,14 @@ def run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *
 
 
 def default_threads() -> int:
-    """Threads one card's run uses by default: the process's cores (a run that starts while another
-    one is in progress in the process, cards in threads, uses one)."""
+    """Threads one card's run uses by default: the environment variable ``MDLA_SIM_THREADS`` if set
+    (say 1 in worker processes that each run a card), else the process's cores. A run that starts
+    while another one is in progress in the process (cards in threads) uses one."""
+    env = os.environ.get("MDLA_SIM_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"MDLA_SIM_THREADS must be a positive integer, got {env!r}")
+        return int(env)
     return available_cores()
 
 

@@ -84,3 +84,13 @@ def test_replay_of_an_unchecked_run_still_checks_hazards():
 def test_bad_thread_count():
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         run_prog({0: "SYNC\nEND"}, threads=0)
+
+
+def test_thread_count_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MDLA_SIM_THREADS", "3")
+    assert card.default_threads() == 3
+    monkeypatch.setenv("MDLA_SIM_THREADS", "two")
+    with pytest.raises(ValueError, match="MDLA_SIM_THREADS must be a positive integer, got 'two'"):
+        run_prog({0: "SYNC\nEND"})
+    monkeypatch.delenv("MDLA_SIM_THREADS")
+    assert card.default_threads() == units.available_cores()
