@@ -150,15 +150,32 @@ class ClusterUnits:
         groups = [slice(mvs[0], mvs[-1] + 1)] if mvs[-1] - mvs[0] == len(mvs) - 1 else mvs
         if i.buf == Buf.MAPS:
             for m in groups:
-                self.maps_w[m, a:a + n] = data
+                m = m if isinstance(m, slice) else slice(m, m + 1)
+                self._copy(self.maps_w[m, a:a + n].swapaxes(0, 1), data[:, None])
                 self.maps_tag[m, a:a + n] = self._loads
         else:
             nvv = i.nvv
             dealt = data.reshape(n // nvv, 1, nvv, self.lanes)
             for m in groups:
                 m = m if isinstance(m, slice) else slice(m, m + 1)
-                self.kern_wm[a:a + n // nvv, m, :nvv] = dealt
+                self._copy(self.kern_wm[a:a + n // nvv, m, :nvv], dealt)
                 self.kern_tag[a:a + n // nvv, m] = self._loads
+
+    def _copy(self, dst: np.ndarray, src: np.ndarray) -> None:
+        """``dst[...] = src`` (int16 into float64), split along the first axis over the threads when large."""
+        rows = dst.shape[0]
+        parts = min(self.threads, rows) if dst.size >= _SPLIT_COPY else 1
+        if parts == 1:
+            dst[...] = src
+            return
+        cuts = [rows * t // parts for t in range(parts + 1)]
+
+        def part(t: int) -> None:
+            dst[cuts[t]:cuts[t + 1]] = src[cuts[t]:cuts[t + 1]]
+        pending = [_pool().submit(part, t) for t in range(1, parts)]
+        part(0)
+        for f in pending:
+            f.result()
 
     def store(self, i: Instr, mem_words: np.ndarray, base_word: int) -> None:
         pat = _dma_pattern(i)
@@ -317,6 +334,8 @@ class ClusterUnits:
 
 #: CONVs of fewer MACs than this are not split over threads (the hand-off would cost more).
 _SPLIT_MACS = 1 << 21
+#: nor LOADs of fewer elements than this
+_SPLIT_COPY = 1 << 17
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 

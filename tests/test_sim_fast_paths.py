@@ -60,6 +60,7 @@ def test_threads_and_replay_change_no_bit_or_cycle(compiled, cfg, monkeypatch):
     plain = mem0.copy()
     ref = run_card(cfg, plain, progs, trace=True, threads=1)
     monkeypatch.setattr(units, "_SPLIT_MACS", 0)              # split every CONV, down to single rows
+    monkeypatch.setattr(units, "_SPLIT_COPY", 0)              # and every LOAD
     for threads in (2, 3, 7):
         for cold in (True, False):                            # decoded and scheduled, then replayed
             if cold:
