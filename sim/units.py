@@ -19,6 +19,12 @@ reduction length by ``cfg.max_reduction`` (2**15 on the reference machine), so e
 an integer below 2**53, whatever order the BLAS adds in. (A machine whose kernel buffer allows
 reductions of 2**23 terms or more would break that bound; such reductions are split into chunks
 that are each exact and summed in int64.)
+
+Speed (measured by bench/bench_speed.py): the output pixels of a CONV are independent, so a large
+CONV is split by rows of output pixels over ``threads`` threads (each calls single-threaded BLAS on
+its rows and writes only its own accumulators and output words), and so are large LOADs. Whether
+all MVs of a CONV see the same maps (gather once) or the same weights (one GEMM for all MVs) is
+decided from per-word load tags instead of comparing the data. None of this changes a result.
 """
 from __future__ import annotations
 
