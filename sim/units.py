@@ -208,10 +208,11 @@ class ClusterUnits:
         out.reshape(y1 - y0, i.ow, i.kh, i.kw, i.cin)[...] = self._window(m, i, y0, y1)
 
     def _matmul(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
-        """Exact int64 product of integer-valued float64 matrices (or stacks of them)."""
+        """Exact product of integer-valued float64 matrices (or stacks of them): float64 (integer
+        valued, below 2**53) when the reduction is short enough, else int64."""
         K = A.shape[-1]
         if K <= self.k_exact:
-            return (A @ B).astype(np.int64)
+            return A @ B
         R = np.zeros(A.shape[:-1] + B.shape[-1:], dtype=np.int64)
         for k0 in range(0, K, self.k_exact):
             R += (A[..., k0:k0 + self.k_exact] @ B[..., k0:k0 + self.k_exact, :]).astype(np.int64)
@@ -283,27 +284,36 @@ class ClusterUnits:
         p0, Pc = y0 * ow, (y1 - y0) * ow
         if same_maps:
             A = self._window(mvs[0], i, y0, y1).reshape(Pc, K)    # a view when the rows are dense
-            R = self._matmul(A, B).reshape(Pc, nmv, nvv, L)
-            accs = [R[:, j] for j in range(nmv)]
+            G = self._matmul(A, B).reshape(Pc, nmv, nvv, L)
         else:
             A = np.empty((nmv, Pc, K), dtype=np.float64)
             for j, m in enumerate(mvs):
                 self._im2col(m, i, A[j], y0, y1)
             if B.ndim == 2:
-                R = self._matmul(A.reshape(nmv * Pc, K), B).reshape(nmv, Pc, nvv, L)
+                G = self._matmul(A.reshape(nmv * Pc, K), B).reshape(nmv, Pc, nvv, L)
             else:
-                R = self._matmul(A, B).reshape(nmv, Pc, nvv, L)
-            accs = [R[j] for j in range(nmv)]
-        a0, a1 = i.acc_addr + p0, i.acc_addr + p0 + Pc
-        for j, m in enumerate(mvs):
-            if bias is not None:
-                accs[j] += bias[j]
-            elif i.init == Init.ACC:
-                accs[j] += self.acc[m, a0:a1, :nvv]
+                G = self._matmul(A, B).reshape(nmv, Pc, nvv, L)
         acc_bits = self.cfg.acc_bits
+        a0, a1 = i.acc_addr + p0, i.acc_addr + p0 + Pc
+        # The first term (bias or earlier sums) is added while converting to int64, in one pass:
+        # exact in float64 while |products| + |first term| < 2**53.
+        first_max = 1 << max(acc_bits, self.cfg.bias_bits) - 1
+        fused = G.dtype == np.float64 and K * (1 << 30) + first_max < 1 << 53
+        R = np.empty(G.shape, dtype=np.int64) if fused else G.astype(np.int64, copy=False)
+        part = (lambda x, j: x[:, j]) if same_maps else (lambda x, j: x[j])
+        accs = [part(R, j) for j in range(nmv)]
+        for j, m in enumerate(mvs):
+            first = bias[j] if bias is not None else self.acc[m, a0:a1, :nvv] if i.init == Init.ACC else None
+            if not fused:
+                if first is not None:
+                    accs[j] += first
+            elif first is None:
+                accs[j][...] = part(G, j)
+            else:
+                np.add(part(G, j), first, out=accs[j], casting="unsafe")
         # A first term (zero or a 32-bit bias plus K products of 2**30 at most) cannot wrap on a
         # 48-bit accumulator; an accumulation onto earlier sums can.
-        if i.init == Init.ACC or K * (1 << 30) + (1 << 31) >= 1 << (acc_bits - 1):
+        if i.init == Init.ACC or K * (1 << 30) + (1 << self.cfg.bias_bits - 1) >= 1 << (acc_bits - 1):
             _wrap_inplace(R, acc_bits)
         for j, m in enumerate(mvs):
             self.acc[m, a0:a1, :nvv] = accs[j]
