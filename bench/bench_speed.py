@@ -1,11 +1,12 @@
 """Wall-clock speed of the functional model and of the compiler, side by side with onnxruntime.
 
 For each network (224x224, one image, built by the model builder with seeded weights) it prints:
-onnxruntime float32 with its default intra-op thread count and with one thread; the functional
-model (``sim.card.run_card`` on the compiled memory image, hazard checker on) with the default
-thread count and with one thread, on the first (cold) run, which decodes and validates the program
-and records its schedule, and on warm runs, which reuse both; and the ratios functional model /
-onnxruntime at equal thread counts. For ResNet-50 it also prints the compile time split by phase.
+onnxruntime float32 with its default intra-op thread count (the machine's cores) and with one
+thread; the functional model (``sim.card.run_card`` on the compiled memory image, hazard checker
+on) with as many threads as cores and with one thread (its default), on the first (cold) run,
+which decodes and validates the program and records its schedule, and on warm runs, which reuse
+both; the ratios functional model / onnxruntime at equal thread counts; the process CPU time of
+the one-thread runs; and the compile time of each network split by phase.
 
 Every time is the best of ``--repeat`` runs (the machine may be shared; the best run is the least
 disturbed one). Nothing here asserts a time: the tests check bits and cycles, this measures.
@@ -108,14 +109,14 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, {cores} cores, load average "
           f"{os.getloadavg()[0]:.2f} at start, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
           f"numpy {np.__version__}, onnxruntime {ort.__version__}; best of {args.repeat} runs")
-    print(f"# functional model: run_card, reference configuration, hazard checker on; 'default' threads "
-          f"= {card.default_threads()} (sim) and onnxruntime's own default (intra_op_num_threads=0)")
+    print(f"# functional model: run_card, reference configuration, hazard checker on; 'n threads': "
+          f"{cores} for the functional model, onnxruntime's own default (intra_op_num_threads=0)")
     rows = []
     for name in args.nets.split(","):
         model = zoo.build(name)
         compiled, phases = compile_phases(model, cfg)
         ort_t = ort_times(model, args.repeat)
-        sim_default = sim_times(compiled, args.repeat, None)
+        sim_default = sim_times(compiled, args.repeat, cores)
         sim_one = sim_times(compiled, args.repeat, 1)
         rows.append((name, ort_t, sim_default, sim_one))
         print(f"\n{name}: compile {sum(phases.values()):.2f} s ("
@@ -123,7 +124,7 @@ def main() -> None:
               + f"); {len(compiled.programs[0])} instructions, {sim_default[2]} modelled cycles")
     print("\nWall ms per image; ratio = functional model warm / onnxruntime at equal thread counts. "
           "CPU: process CPU time of the one-thread runs.\n")
-    print("| network | ORT default | sim default, cold | warm | ratio | ORT 1 thread | sim 1 thread, cold "
+    print("| network | ORT n threads | sim n threads, cold | warm | ratio | ORT 1 thread | sim 1 thread, cold "
           "| warm | ratio | ORT 1 thread CPU | sim 1 thread CPU | CPU ratio |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, o, (c0, (w0, _), _), (c1, (w1, cpu1), _) in rows:

@@ -523,14 +523,20 @@ def run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *
 
 def default_threads() -> int:
     """Threads one card's run uses by default: the environment variable ``MDLA_SIM_THREADS`` if set
-    (say 1 in worker processes that each run a card), else the process's cores. A run that starts
-    while another one is in progress in the process (cards in threads) uses one."""
+    (``cores``: the process's cores), else 1. A run that starts while another one is in progress in
+    the process (cards in threads) uses one.
+
+    One by default because the split pays only on idle cores: on the shared 2-core machine, with
+    other processes keeping both cores busy, ResNet-18 took 2.5 times the wall time with 2 threads
+    (the run waits for its descheduled half) and 25 % more CPU time (bench/bench_speed.py)."""
     env = os.environ.get("MDLA_SIM_THREADS", "").strip()
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"MDLA_SIM_THREADS must be a positive integer, got {env!r}")
-        return int(env)
-    return available_cores()
+    if not env:
+        return 1
+    if env == "cores":
+        return available_cores()
+    if not env.isdigit() or int(env) < 1:
+        raise ValueError(f"MDLA_SIM_THREADS must be a positive integer or 'cores', got {env!r}")
+    return int(env)
 
 
 _blas_lock = threading.Lock()

@@ -90,8 +90,10 @@ def test_bad_thread_count():
 def test_thread_count_from_the_environment(monkeypatch):
     monkeypatch.setenv("MDLA_SIM_THREADS", "3")
     assert card.default_threads() == 3
+    monkeypatch.setenv("MDLA_SIM_THREADS", "cores")
+    assert card.default_threads() == units.available_cores()
     monkeypatch.setenv("MDLA_SIM_THREADS", "two")
-    with pytest.raises(ValueError, match="MDLA_SIM_THREADS must be a positive integer, got 'two'"):
+    with pytest.raises(ValueError, match="MDLA_SIM_THREADS must be a positive integer or 'cores', got 'two'"):
         run_prog({0: "SYNC\nEND"})
     monkeypatch.delenv("MDLA_SIM_THREADS")
-    assert card.default_threads() == units.available_cores()
+    assert card.default_threads() == 1
