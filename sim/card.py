@@ -506,13 +506,12 @@ def run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *
              check_hazards: bool = True, trace: bool = False, threads: int | None = None) -> CardStats:
     """Run the programs of some clusters of one card to completion (see :func:`_run_card`).
 
-    ``threads``: threads the arithmetic of a large CONV is split over (by rows of output pixels);
-    None: :func:`default_threads`. Results and cycles do not depend on it.
+    ``threads``: threads the arithmetic of a large CONV (by rows of output pixels) and the copy of
+    a large LOAD are split over; None: :func:`default_threads`. Results and cycles do not depend on it.
 
     BLAS is held to one thread meanwhile: the model issues many medium-sized GEMMs, for which
     OpenBLAS's threads gain little on an idle machine and thrash when the other cores are busy
-    (ResNet-18 took 2.5 s instead of 0.16 s on two cores with one of them loaded). The model's own
-    threads wait without spinning, so they cost little when the cores are busy."""
+    (ResNet-18 took 2.5 s instead of 0.16 s on two cores with one of them loaded)."""
     if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
         raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
     with _single_thread_blas() as alone:
