@@ -68,8 +68,12 @@ def float_to_fixed(x, frac: int, bits: int = DATA_BITS) -> tuple[np.ndarray, int
     if np.isnan(x).any():
         raise ValueError("input contains NaN, which has no fixed-point value")
     q = np.rint(np.ldexp(x, frac))
+    if bits <= 16:      # saturate in float64 (exact for these bounds): fewer passes over big weights
+        lo, hi = float(-(1 << (bits - 1))), float((1 << (bits - 1)) - 1)
+        over = int(np.count_nonzero(q < lo)) + int(np.count_nonzero(q > hi))
+        return np.clip(q, lo, hi, out=q).astype(np.int16), over
     q, over = saturate(np.clip(q, -2.0**62, 2.0**62).astype(np.int64), bits)
-    return q.astype(np.int16 if bits <= 16 else np.int64), over
+    return q.astype(np.int64), over
 
 
 def fixed_to_float(q, frac: int) -> np.ndarray:

@@ -52,6 +52,9 @@ from onnx.reference import ReferenceEvaluator
 
 from .ir import AvgPool, CompileError, Concat, Conv, Graph, GraphInput, GraphOutput, HostTail, MaxPool, TensorInfo
 
+#: initializers of at most this many elements keep their values for ONNX shape inference
+_SHAPE_CONSTANT_LIMIT = 64
+
 __all__ = ["load_model", "parse_inshapes", "channelwise_layer", "SUPPORTED_OPS"]
 
 #: ONNX ops the DLA runs (besides any node whose inputs are all constants, which is folded).
@@ -422,7 +425,7 @@ class _FrontEnd:
     def _infer_shapes(self) -> None:
         del self.proto.graph.value_info[:]          # recomputed below, possibly for new input shapes
         try:
-            inferred = onnx.shape_inference.infer_shapes(self.proto, strict_mode=False)
+            inferred = onnx.shape_inference.infer_shapes(self._shapes_only(), strict_mode=False)
         except Exception as e:
             raise CompileError(f"{self.source}: ONNX shape inference failed: {e}") from None
         g = inferred.graph
@@ -431,6 +434,26 @@ class _FrontEnd:
                 s = _static(vi.type.tensor_type.shape)
                 if s is not None:
                     self.inferred[vi.name] = s
+
+    def _shapes_only(self) -> onnx.ModelProto:
+        """The model for shape inference: large initializers (weights) become typed graph inputs,
+        since onnx serialises the whole model to infer shapes (most of ResNet-50's front-end time).
+        Small ones keep their values, which shapes may depend on (Reshape's shape, say)."""
+        src = self.proto
+        light = onnx.ModelProto(ir_version=src.ir_version, opset_import=src.opset_import,
+                                functions=src.functions)
+        g, sg = light.graph, src.graph
+        g.name = sg.name
+        g.node.extend(sg.node)
+        g.input.extend(sg.input)
+        g.output.extend(sg.output)
+        declared = {i.name for i in sg.input}
+        for init in sg.initializer:
+            if math.prod(init.dims) <= _SHAPE_CONSTANT_LIMIT:
+                g.initializer.append(init)
+            elif init.name not in declared:
+                g.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        return light
 
     def _set_shape(self, name: str, shape: tuple[int, ...], where: str) -> None:
         shape = tuple(int(d) for d in shape)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import os
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -37,9 +38,9 @@ from arch.isa import ENGINE_NEXT, ENGINE_PREV, ENGINES, INSTR_BYTES, Buf, Instr,
 from arch.machine import MachineConfig
 
 from .hazards import MEMORY, Access, HazardChecker
-from .units import ClusterUnits, conv_maps_words, dma_offsets, mv_list, pitched_words, pool_maps_words
+from .units import ClusterUnits, available_cores, conv_maps_words, dma_offsets, mv_list, pitched_words, pool_maps_words
 
-__all__ = ["SimError", "InstrTiming", "ClusterStats", "CardStats", "run_card", "TOKEN_QUEUES",
+__all__ = ["SimError", "InstrTiming", "ClusterStats", "CardStats", "run_card", "default_threads", "TOKEN_QUEUES",
            "clear_program_cache", "apply_effect", "memory_words", "EffectSink"]
 
 
@@ -178,6 +179,7 @@ class _Op:
 
 @dataclass(frozen=True)
 class _Program:
+    key: tuple                                #: program cache key: (machine, length, hash of the bytes)
     ops: tuple[_Op, ...]
     engine_pcs: tuple[tuple[int, ...], ...]   #: pcs of each engine's instructions, in order
     nbytes: int
@@ -193,7 +195,7 @@ def _accesses(i: Instr, cfg: MachineConfig) -> tuple[tuple, ...]:
     if i.op in ("LOAD", "STORE"):
         pat = dma_offsets(i.n0, i.n1, i.s1, i.n2, i.s2)
         base = i.dram_addr // bb
-        hi = base + int(pat.offsets.max()) + 1
+        hi = base + (i.n2 - 1) * i.s2 + (i.n1 - 1) * i.s1 + i.n0     # strides are unsigned: the last run ends last
         exact = None if pat.contiguous else _memo(lambda: np.unique(base + pat.offsets))
         out.append(("memory", None, base, hi, i.op == "STORE", exact))
         words = pat.words
@@ -264,9 +266,20 @@ _program_cache: OrderedDict[tuple, _Program] = OrderedDict()
 _cache_lock = threading.Lock()   # cards may run in threads
 
 
+#: Schedules of finished runs, keyed by the machine and the (cluster, address, program) set. The
+#: timing is data-independent (arch.timing), so a run of the same programs at the same addresses has
+#: the same schedule and the same hazard-check outcome: a repeated run only replays the data effects
+#: in the recorded order. Value: (order of (cluster, pc) with a data effect, the finished
+#: _ClusterRuns, whether the hazards were checked).
+_schedule_cache: OrderedDict[tuple, tuple] = OrderedDict()
+
+
 def clear_program_cache() -> None:
-    """Forget all decoded programs (they are otherwise kept for the last 64 distinct programs)."""
-    _program_cache.clear()
+    """Forget all decoded programs and recorded schedules (they are otherwise kept for the last
+    64 distinct programs and program sets)."""
+    with _cache_lock:
+        _program_cache.clear()
+        _schedule_cache.clear()
 
 
 def _find_end(memory: np.ndarray, addr: int) -> int | None:
@@ -336,7 +349,7 @@ def _load_program(cfg: MachineConfig, memory: np.ndarray, addr: int, cluster: in
             popped[q] += 1
             if popped[q] > pushes[q] and unmatched is None:
                 unmatched = (q, o.pc, popped[q], pushes[q])
-    prog = _Program(ops=tuple(ops), engine_pcs=engine_pcs, nbytes=len(raw),
+    prog = _Program(key=key, ops=tuple(ops), engine_pcs=engine_pcs, nbytes=len(raw),
                     mem_hi=max((o.mem_hi for o in ops), default=0), unmatched_pop=unmatched)
     with _cache_lock:
         _program_cache[key] = prog
@@ -493,14 +506,39 @@ def _check_args(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int]
 
 
 def run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
-             check_hazards: bool = True, trace: bool = False) -> CardStats:
+             check_hazards: bool = True, trace: bool = False, threads: int | None = None) -> CardStats:
     """Run the programs of some clusters of one card to completion (see :func:`_run_card`).
+
+    ``threads``: threads the arithmetic of a large CONV (by rows of output pixels) and the copy of
+    a large LOAD are split over; None: :func:`default_threads`. Results and cycles do not depend on it.
 
     BLAS is held to one thread meanwhile: the model issues many medium-sized GEMMs, for which
     OpenBLAS's threads gain little on an idle machine and thrash when the other cores are busy
     (ResNet-18 took 2.5 s instead of 0.16 s on two cores with one of them loaded)."""
-    with _single_thread_blas():
-        return _run_card(cfg, memory, programs, check_hazards=check_hazards, trace=trace)
+    if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    with _single_thread_blas() as alone:
+        if threads is None:
+            threads = default_threads() if alone else 1
+        return _run_card(cfg, memory, programs, check_hazards=check_hazards, trace=trace, threads=threads)
+
+
+def default_threads() -> int:
+    """Threads one card's run uses by default: the environment variable ``MDLA_SIM_THREADS`` if set
+    (``cores``: the process's cores), else 1. A run that starts while another one is in progress in
+    the process (cards in threads) uses one.
+
+    One by default because the split pays only on idle cores: on the shared 2-core machine, with
+    other processes keeping both cores busy, ResNet-18 took 2.5 times the wall time with 2 threads
+    (the run waits for its descheduled half) and 25 % more CPU time (bench/bench_speed.py)."""
+    env = os.environ.get("MDLA_SIM_THREADS", "").strip()
+    if not env:
+        return 1
+    if env == "cores":
+        return available_cores()
+    if not env.isdigit() or int(env) < 1:
+        raise ValueError(f"MDLA_SIM_THREADS must be a positive integer or 'cores', got {env!r}")
+    return int(env)
 
 
 _blas_lock = threading.Lock()
@@ -511,14 +549,16 @@ _blas_limiter = None
 @contextmanager
 def _single_thread_blas():
     """threadpoolctl's limit is process-wide, so concurrent runs (cards in threads) share one:
-    the first run in sets it, the last one out restores the original."""
+    the first run in sets it, the last one out restores the original. Yields whether no other run
+    was in progress when this one started."""
     global _blas_users, _blas_limiter
     with _blas_lock:
         if _blas_users == 0:
             _blas_limiter = threadpool_limits(limits=1, user_api="blas")
         _blas_users += 1
+        alone = _blas_users == 1
     try:
-        yield
+        yield alone
     finally:
         with _blas_lock:
             _blas_users -= 1
@@ -558,7 +598,8 @@ class EffectSink(Protocol):
 
 
 def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
-              check_hazards: bool = True, trace: bool = False, sink: EffectSink | None = None) -> CardStats:
+              check_hazards: bool = True, trace: bool = False, sink: EffectSink | None = None,
+              threads: int = 1) -> CardStats:
     """Run the programs of some clusters of one card to completion.
 
     ``memory``: the card's main-memory image from byte 0 (1-D uint8, modified in place by STOREs).
@@ -588,8 +629,34 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
                            f"but the program pushes only {n} token(s) into it")
 
     mem_words = memory_words(cfg, memory)
-    units = {c: ClusterUnits(cfg) for c in clusters} if sink is None else {}
+    units = {c: ClusterUnits(cfg, threads) for c in clusters} if sink is None else {}
     sat_pcs: dict[int, dict[int, int]] = {c: {} for c in clusters}   # per instruction, when applied here
+
+    def apply(c: int, pc: int, o: _Op) -> None:
+        """The data effect of one instruction: here, or handed to the sink."""
+        if sink is not None:
+            sink.effect(c, o)
+            return
+        u = units[c]
+        before = u.saturations
+        apply_effect(u, o.instr, mem_words, bb)
+        if u.saturations != before:      # per instruction, so the runtime can report them per layer
+            sat_pcs[c][pc] = sat_pcs[c].get(pc, 0) + u.saturations - before
+
+    # The schedule does not depend on the data: a rerun of the same programs replays the recorded
+    # order of the data effects (and the race check's verdict) instead of scheduling again.
+    sched_key = (cfg, tuple((c, int(programs[c]), progs[c].key) for c in clusters))
+    with _cache_lock:
+        cached = _schedule_cache.get(sched_key)
+        if cached is not None:
+            _schedule_cache.move_to_end(sched_key)
+    if cached is not None and (cached[2] or not check_hazards) and sink is None:
+        order, runs, _ = cached
+        for c, pc in order:
+            apply(c, pc, runs[c].ops[pc])
+        return _card_stats(runs, units, sat_pcs, None, clusters, trace, bb)
+
+    order: list[tuple[int, int]] = []
     runs = {c: _ClusterRun(c, progs[c], cfg) for c in clusters}
     hz = HazardChecker(bb) if check_hazards else None
     if hz is not None:
@@ -646,14 +713,8 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
             if msg is not None:
                 raise SimError(msg)
         if o.effect is not None:
-            if sink is None:
-                u = units[c]
-                before = u.saturations
-                apply_effect(u, i, mem_words, bb)
-                if u.saturations != before:      # per instruction, so the runtime can report them per layer
-                    sat_pcs[c][pc] = sat_pcs[c].get(pc, 0) + u.saturations - before
-            else:
-                sink.effect(c, o)
+            apply(c, pc, o)
+            order.append((c, pc))
         r.schedule(pc, start, end, grant, token_wait)
         r.advance_dispatch()
         r.offer(heap)
@@ -668,6 +729,14 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
     if stuck:
         raise SimError("deadlock: " + "; ".join(stuck))
 
+    with _cache_lock:
+        _schedule_cache[sched_key] = (order, runs, check_hazards)
+        if len(_schedule_cache) > _CACHE_SIZE:
+            _schedule_cache.popitem(last=False)
+    return _card_stats(runs, units, sat_pcs, sink, clusters, trace, bb)
+
+
+def _card_stats(runs, units, sat_pcs, sink, clusters, trace: bool, bb: int) -> CardStats:
     if sink is not None:
         done = sink.finish()
         sat_pcs = {c: by_pc for c, (_, by_pc) in done.items()}

@@ -7,8 +7,9 @@ Storage layouts are internal to the model (the ISA only fixes addresses):
 
 * maps buffers: ``float64[mv, maps_words * lanes]`` (element addressed). Values are int16, kept as
   float64 so a CONV gathers straight into the GEMM operand without a conversion pass.
-* kernel buffers: ``float64[mv, kernel_words, vv, lanes]``, so the kernel words of all VV units
-  of an MV form one ``(K, nvv * lanes)`` matrix.
+* kernel buffers: ``float64[mv, kernel_words, vv, lanes]`` (``kern``), a view of storage ordered
+  ``[kernel_words, mv, vv, lanes]`` (``kern_wm``), so the kernel words of all VV units of
+  consecutive MVs form one ``(K, nmv * nvv * lanes)`` matrix without a copy.
 * accumulators: ``int64[mv, acc_entries, vv, lanes]``, wrapped to ``cfg.acc_bits``.
 * output buffers: ``int16[mv, out_words, lanes]``; residual buffers: ``int16[mv, res_words, lanes]``.
 
@@ -18,9 +19,18 @@ reduction length by ``cfg.max_reduction`` (2**15 on the reference machine), so e
 an integer below 2**53, whatever order the BLAS adds in. (A machine whose kernel buffer allows
 reductions of 2**23 terms or more would break that bound; such reductions are split into chunks
 that are each exact and summed in int64.)
+
+Speed (measured by bench/bench_speed.py): the output pixels of a CONV are independent, so a large
+CONV is split by rows of output pixels over ``threads`` threads (each calls single-threaded BLAS on
+its rows and writes only its own accumulators and output words), and so are large LOADs. Whether
+all MVs of a CONV see the same maps (gather once) or the same weights (one GEMM for all MVs) is
+decided from per-word load tags instead of comparing the data. None of this changes a result.
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -28,9 +38,9 @@ from numpy.lib.stride_tricks import as_strided
 
 from arch.isa import Buf, Init, Instr, maps_extent_conv
 from arch.machine import MachineConfig
-from arch.numerics import average, join_bias, requantize, wrap
+from arch.numerics import ACT_NONE, ACT_RELU, RES_ADD, RES_MUL, average, join_bias, requantize
 
-__all__ = ["ClusterUnits", "mv_list", "dma_offsets", "conv_maps_words", "pool_maps_words",
+__all__ = ["ClusterUnits", "available_cores", "mv_list", "dma_offsets", "conv_maps_words", "pool_maps_words",
            "pitched_words"]
 
 
@@ -101,7 +111,7 @@ def pitched_words(base: int, count: int, pitch: int, width: int) -> np.ndarray:
 class ClusterUnits:
     """The buffers of one cluster (all its MV and VV units), zeroed at construction."""
 
-    def __init__(self, cfg: MachineConfig):
+    def __init__(self, cfg: MachineConfig, threads: int = 1):
         if cfg.data_bits != 16:
             raise ValueError(f"machine {cfg.name!r}: the model (like the memory image format and "
                              f"arch.numerics) supports 16-bit data only, not data_bits={cfg.data_bits}")
@@ -112,11 +122,19 @@ class ClusterUnits:
         self.lanes = L
         self.maps = np.zeros((M, cfg.maps_words * L), dtype=np.float64)
         self.maps_w = self.maps.reshape(M, cfg.maps_words, L)        # word view
-        self.kern = np.zeros((M, cfg.kernel_words, V, L), dtype=np.float64)
+        #: per MV and maps word, the sequence number of the LOAD that wrote it last (0: none): equal
+        #: nonzero tags in two MVs mean equal contents, a cheap test for a CONV's maps being the same
+        #: in all MVs (so once a word is loaded, it must only be written through load())
+        self.maps_tag = np.zeros((M, cfg.maps_words), dtype=np.int64)
+        self._loads = 0
+        self.kern_wm = np.zeros((cfg.kernel_words, M, V, L), dtype=np.float64)
+        self.kern = self.kern_wm.transpose(1, 0, 2, 3)
+        self.kern_tag = np.zeros((cfg.kernel_words, M), dtype=np.int64)   #: as maps_tag, per kernel word
         self.acc = np.zeros((M, cfg.acc_entries, V, L), dtype=np.int64)
         self.out = np.zeros((M, cfg.out_words, L), dtype=np.int16)
         self.res = np.zeros((M, cfg.res_words, L), dtype=np.int16)
         self.saturations = 0            #: values clipped by the output stages (CONV, AVGPOOL)
+        self.threads = max(int(threads), 1)   #: threads a large CONV is split over
 
     # ---- main-memory transfers ---------------------------------------------------------------
     def load(self, i: Instr, mem_words: np.ndarray, base_word: int) -> None:
@@ -126,17 +144,44 @@ class ClusterUnits:
         if pat.contiguous:
             data = mem_words[base_word:base_word + n]
         else:
-            data = mem_words[base_word + pat.offsets]
+            data = _strided_words(mem_words, base_word, i, False).reshape(n, self.lanes)
         mvs = mv_list(i.mv_mask)
-        if i.buf in (Buf.MAPS, Buf.RES):
-            dst = self.maps_w if i.buf == Buf.MAPS else self.res
+        if i.buf == Buf.RES:
             for m in mvs:
-                dst[m, i.buf_addr:i.buf_addr + n] = data
+                self.res[m, i.buf_addr:i.buf_addr + n] = data
+            return
+        self._loads += 1
+        a = i.buf_addr
+        # consecutive MVs (a broadcast mask) are written in one assignment
+        groups = [slice(mvs[0], mvs[-1] + 1)] if mvs[-1] - mvs[0] == len(mvs) - 1 else mvs
+        if i.buf == Buf.MAPS:
+            for m in groups:
+                m = m if isinstance(m, slice) else slice(m, m + 1)
+                self._copy(self.maps_w[m, a:a + n].swapaxes(0, 1), data[:, None])
+                self.maps_tag[m, a:a + n] = self._loads
         else:
             nvv = i.nvv
-            dealt = data.reshape(n // nvv, nvv, self.lanes)
-            for m in mvs:
-                self.kern[m, i.buf_addr:i.buf_addr + n // nvv, :nvv] = dealt
+            dealt = data.reshape(n // nvv, 1, nvv, self.lanes)
+            for m in groups:
+                m = m if isinstance(m, slice) else slice(m, m + 1)
+                self._copy(self.kern_wm[a:a + n // nvv, m, :nvv], dealt)
+                self.kern_tag[a:a + n // nvv, m] = self._loads
+
+    def _copy(self, dst: np.ndarray, src: np.ndarray) -> None:
+        """``dst[...] = src`` (int16 into float64), split along the first axis over the threads when large."""
+        rows = dst.shape[0]
+        parts = min(self.threads, rows) if dst.size >= _SPLIT_COPY else 1
+        if parts == 1:
+            dst[...] = src
+            return
+        cuts = [rows * t // parts for t in range(parts + 1)]
+
+        def part(t: int) -> None:
+            dst[cuts[t]:cuts[t + 1]] = src[cuts[t]:cuts[t + 1]]
+        pending = [_pool().submit(part, t) for t in range(1, parts)]
+        part(0)
+        for f in pending:
+            f.result()
 
     def store(self, i: Instr, mem_words: np.ndarray, base_word: int) -> None:
         pat = _dma_pattern(i)
@@ -144,29 +189,49 @@ class ClusterUnits:
         if pat.contiguous:
             mem_words[base_word:base_word + pat.words] = data
         elif pat.unique is None:
-            mem_words[base_word + pat.offsets] = data
+            _strided_words(mem_words, base_word, i, True)[...] = data.reshape(i.n2, i.n1, i.n0, self.lanes)
         else:  # overlapping destinations: the last word written in transfer order wins
             mem_words[base_word + pat.unique] = data[pat.last]
 
     # ---- compute -----------------------------------------------------------------------------
-    def _im2col(self, m: int, i: Instr, out: np.ndarray) -> None:
-        """Gather the (P, K) operand of a CONV from MV m's maps buffer into ``out`` (one strided copy)."""
-        src = self.maps[m, i.maps_addr:]
+    def _window(self, m: int, i: Instr, y0: int, y1: int) -> np.ndarray:
+        """Read-only (rows, ow, kh, kw, cin) view of the maps of output rows y0..y1 of a CONV in MV m."""
+        src = self.maps[m, i.maps_addr + y0 * i.sy * i.in_w * i.cpitch:]
         e = src.strides[0]
         row, pix = i.in_w * i.cpitch * e, i.cpitch * e
-        win = as_strided(src, shape=(i.oh, i.ow, i.kh, i.kw, i.cin),
-                         strides=(i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, e), writeable=False)
-        out.reshape(i.oh, i.ow, i.kh, i.kw, i.cin)[...] = win
+        return as_strided(src, shape=(y1 - y0, i.ow, i.kh, i.kw, i.cin),
+                          strides=(i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, e), writeable=False)
+
+    def _im2col(self, m: int, i: Instr, out: np.ndarray, y0: int, y1: int) -> None:
+        """Gather output rows y0..y1 of the (P, K) operand of a CONV from MV m's maps buffer into
+        ``out`` (one strided copy)."""
+        out.reshape(y1 - y0, i.ow, i.kh, i.kw, i.cin)[...] = self._window(m, i, y0, y1)
 
     def _matmul(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
-        """Exact int64 product of integer-valued float64 matrices (or stacks of them)."""
+        """Exact product of integer-valued float64 matrices (or stacks of them): float64 (integer
+        valued, below 2**53) when the reduction is short enough, else int64."""
         K = A.shape[-1]
         if K <= self.k_exact:
-            return (A @ B).astype(np.int64)
+            return A @ B
         R = np.zeros(A.shape[:-1] + B.shape[-1:], dtype=np.int64)
         for k0 in range(0, K, self.k_exact):
             R += (A[..., k0:k0 + self.k_exact] @ B[..., k0:k0 + self.k_exact, :]).astype(np.int64)
         return R
+
+    @staticmethod
+    def _same(tags: np.ndarray, mvs: tuple[int, ...], data) -> bool:
+        """Whether the MVs ``mvs`` hold equal operands (words ``data(m)``), known equal where their
+        words carry the same nonzero load tags ``tags[m]``; words no LOAD wrote (zeroed, or set
+        directly by a test) are compared by value. False only costs speed: the per-MV path gives the
+        same result."""
+        t0 = tags[mvs[0]]
+        if not all(np.array_equal(t0, tags[m]) for m in mvs[1:]):
+            return False
+        z = t0 == 0
+        if not z.any():
+            return True
+        d0 = data(mvs[0])[z]
+        return all(np.array_equal(d0, data(m)[z]) for m in mvs[1:])
 
     def conv(self, i: Instr) -> None:
         L = self.lanes
@@ -180,45 +245,84 @@ class ClusterUnits:
             lo = i.maps_addr
             hi = lo + maps_extent_conv(i)
             m0 = mvs[0]
-            same_maps = all(np.array_equal(self.maps[m0, lo:hi], self.maps[m, lo:hi]) for m in mvs[1:])
+            wlo, whi = lo // L, -(-hi // L)
+            same_maps = self._same(self.maps_tag[:, wlo:whi], mvs, lambda m: self.maps_w[m, wlo:whi])
         else:
             same_maps = True
         if same_maps:
-            A = np.empty((P, K), dtype=np.float64)
-            self._im2col(mvs[0], i, A)
             if nmv == 1:
-                R = self._matmul(A, W[0])[None]
+                B = W[0]
+            elif mvs[-1] - mvs[0] == nmv - 1:               # consecutive MVs: one view of the kernel words
+                B = self.kern_wm[i.kern_addr:i.kern_addr + K, mvs[0]:mvs[0] + nmv, :nvv].reshape(K, nmv * N)
             else:
-                R = self._matmul(A, np.concatenate(W, axis=1)).reshape(P, nmv, N).transpose(1, 0, 2)
+                B = np.concatenate(W, axis=1)
+        elif self._same(self.kern_tag[i.kern_addr:i.kern_addr + K].T, mvs, lambda m: W[mvs.index(m)]):
+            B = W[0]                                            # per-MV images, shared weights
         else:
-            A = np.empty((nmv, P, K), dtype=np.float64)
+            B = np.stack(W)
+        bias = None
+        if i.init == Init.BIAS:
+            bias = [join_bias(self.kern[m, i.bias_addr, :nvv].astype(np.int64),
+                              self.kern[m, i.bias_addr + 1, :nvv].astype(np.int64)) for m in mvs]
+        # Rows of output pixels are independent: large CONVs are split by output rows over threads.
+        ny = min(self.threads, i.oh) if P * K * N * nmv >= _SPLIT_MACS else 1
+        cuts = [i.oh * t // ny for t in range(ny + 1)]
+        jobs = [(i, mvs, same_maps, B, bias, cuts[t], cuts[t + 1]) for t in range(ny)]
+        if ny == 1:
+            self.saturations += self._conv_rows(*jobs[0])
+        else:
+            pending = [_pool().submit(self._conv_rows, *job) for job in jobs[1:]]
+            sat = self._conv_rows(*jobs[0])
+            self.saturations += sat + sum(f.result() for f in pending)
+
+    def _conv_rows(self, i: Instr, mvs: tuple[int, ...], same_maps: bool, B: np.ndarray, bias, y0: int,
+                   y1: int) -> int:
+        """Output rows y0..y1 of a CONV on the MVs ``mvs``: gather, GEMM, accumulate, output stage.
+        Touches only its own accumulator entries and output words; returns the saturations."""
+        L, nmv, nvv, ow = self.lanes, len(mvs), i.nvv, i.ow
+        K = i.kh * i.kw * i.cin
+        p0, Pc = y0 * ow, (y1 - y0) * ow
+        if same_maps:
+            A = self._window(mvs[0], i, y0, y1).reshape(Pc, K)    # a view when the rows are dense
+            G = self._matmul(A, B).reshape(Pc, nmv, nvv, L)
+        else:
+            A = np.empty((nmv, Pc, K), dtype=np.float64)
             for j, m in enumerate(mvs):
-                self._im2col(m, i, A[j])
-            if all(np.array_equal(W[0], w) for w in W[1:]):   # per-MV images, shared weights
-                R = self._matmul(A.reshape(nmv * P, K), W[0]).reshape(nmv, P, N)
+                self._im2col(m, i, A[j], y0, y1)
+            if B.ndim == 2:
+                G = self._matmul(A.reshape(nmv * Pc, K), B).reshape(nmv, Pc, nvv, L)
             else:
-                R = self._matmul(A, np.stack(W))
-        acc = R.reshape(nmv, P, nvv, L)
-        a0, a1 = i.acc_addr, i.acc_addr + P
+                G = self._matmul(A, B).reshape(nmv, Pc, nvv, L)
+        acc_bits = self.cfg.acc_bits
+        a0, a1 = i.acc_addr + p0, i.acc_addr + p0 + Pc
+        # The first term (bias or earlier sums) is added while converting to int64, in one pass:
+        # exact in float64 while |products| + |first term| < 2**53.
+        first_max = 1 << max(acc_bits, self.cfg.bias_bits) - 1
+        fused = G.dtype == np.float64 and K * (1 << 30) + first_max < 1 << 53
+        R = np.empty(G.shape, dtype=np.int64) if fused else G.astype(np.int64, copy=False)
+        part = (lambda x, j: x[:, j]) if same_maps else (lambda x, j: x[j])
+        accs = [part(R, j) for j in range(nmv)]
         for j, m in enumerate(mvs):
-            if i.init == Init.BIAS:
-                lo = self.kern[m, i.bias_addr, :nvv].astype(np.int64)
-                hi = self.kern[m, i.bias_addr + 1, :nvv].astype(np.int64)
-                acc[j] += join_bias(lo, hi)[None]
-            elif i.init == Init.ACC:
-                acc[j] += self.acc[m, a0:a1, :nvv]
-        acc = wrap(acc, self.cfg.acc_bits)
+            first = bias[j] if bias is not None else self.acc[m, a0:a1, :nvv] if i.init == Init.ACC else None
+            if not fused:
+                if first is not None:
+                    accs[j] += first
+            elif first is None:
+                accs[j][...] = part(G, j)
+            else:
+                np.add(part(G, j), first, out=accs[j], casting="unsafe")
+        # A first term (zero or a 32-bit bias plus K products of 2**30 at most) cannot wrap on a
+        # 48-bit accumulator; an accumulation onto earlier sums can.
+        if i.init == Init.ACC or K * (1 << 30) + (1 << self.cfg.bias_bits - 1) >= 1 << (acc_bits - 1):
+            _wrap_inplace(R, acc_bits)
         for j, m in enumerate(mvs):
-            self.acc[m, a0:a1, :nvv] = acc[j]
-        if i.write:
-            r = None
-            if i.resid:
-                r = np.stack([_pitched(self.res[m], i.res_addr, P, i.out_pitch, nvv) for m in mvs])
-            y, sat = requantize(acc, i.shift, i.act, residual=r, rshift=i.rshift, acc_bits=self.cfg.acc_bits,
-                                act_a=i.act_a, act_b=i.act_b, mode=i.resid)
-            self.saturations += sat
-            for j, m in enumerate(mvs):
-                _pitched(self.out[m], i.out_addr, P, i.out_pitch, nvv)[...] = y[j]
+            self.acc[m, a0:a1, :nvv] = accs[j]
+        if not i.write:
+            return 0
+        res = [_pitched(self.res[m], i.res_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) for m in mvs] \
+            if i.resid else None
+        dst = [_pitched(self.out[m], i.out_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) for m in mvs]
+        return _output_stage(R, accs, i, res, acc_bits, dst)
 
     def _pool_window(self, m: int, i: Instr) -> np.ndarray:
         """Read-only (oh, ow, kh, kw, nb, lanes) view of the pooling windows of MV m."""
@@ -242,6 +346,85 @@ class ClusterUnits:
             y, sat = average(total, i.mul, i.shift)
             self.saturations += sat
             _pitched(self.out[m], i.out_addr, P, i.out_pitch, i.nb)[...] = y.reshape(P, i.nb, self.lanes)
+
+
+#: CONVs of fewer MACs than this are not split over threads (the hand-off would cost more).
+_SPLIT_MACS = 1 << 21
+#: nor LOADs of fewer elements than this
+_SPLIT_COPY = 1 << 17
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=max(available_cores() - 1, 1), thread_name_prefix="sim-conv")
+        return _POOL
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _wrap_inplace(x: np.ndarray, bits: int) -> None:
+    """arch.numerics.wrap, in place (x is int64)."""
+    if bits >= 64:
+        return
+    half = np.int64(1) << np.int64(bits - 1)
+    x += half
+    x &= (np.int64(1) << np.int64(bits)) - 1
+    x -= half
+
+
+def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.ndarray] | None,
+                  acc_bits: int, dst: list[np.ndarray]) -> int:
+    """Write ``arch.numerics.requantize(accs[j], i.shift, i.act, res[j], i.rshift, acc_bits, i.act_a,
+    i.act_b, i.resid)`` into
+    ``dst[j]`` (int16) for each MV j and return the saturation count. ``accs`` are views covering
+    all of ``R`` (int64), which is used as scratch space.
+
+    Same arithmetic in fewer passes: the offset 2**15 that maps the int16 range onto 0..2**16-1 is
+    added before the shift (adding a multiple of 2**shift commutes with the floor shift), so one
+    unsigned comparison counts the saturations, the clip is skipped when nothing saturates (ReLU is
+    then one maximum), and the offset is removed by flipping the top bit while casting to 16 bits."""
+    s = i.shift
+    # the offset could overflow int64, or another activation or a fused Mul: the plain definition
+    if acc_bits > 62 or s > 46 or i.act not in (ACT_NONE, ACT_RELU) or (res is not None and i.resid == RES_MUL):
+        sat = 0
+        for j, acc in enumerate(accs):
+            y, n = requantize(acc, s, i.act, residual=None if res is None else res[j], rshift=i.rshift,
+                              acc_bits=acc_bits, act_a=i.act_a, act_b=i.act_b,
+                              mode=RES_MUL if i.resid == RES_MUL else RES_ADD)
+            dst[j][...] = y
+            sat += n
+        return sat
+    if res is not None:
+        for acc, r in zip(accs, res):
+            acc += r.astype(np.int64) << np.int64(i.rshift)
+        _wrap_inplace(R, acc_bits)
+    R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
+    R >>= s
+    sat = int(np.count_nonzero(R.view(np.uint64) > 0xFFFF))
+    relu = i.act == ACT_RELU
+    if sat:
+        np.clip(R, (1 << 15) if relu else 0, 0xFFFF, out=R)
+    elif relu:
+        np.maximum(R, 1 << 15, out=R)
+    for acc, d in zip(accs, dst):
+        np.bitwise_xor(acc, 0x8000, out=d.view(np.uint16), casting="unsafe")
+    return sat
+
+
+def _strided_words(mem_words: np.ndarray, base: int, i: Instr, writeable: bool) -> np.ndarray:
+    """(n2, n1, n0, lanes) view of the main-memory words of a strided LOAD or STORE (bounds are
+    checked before the run starts)."""
+    src = mem_words[base:]
+    ws, es = src.strides
+    return as_strided(src, shape=(i.n2, i.n1, i.n0, src.shape[1]), strides=(i.s2 * ws, i.s1 * ws, ws, es),
+                      writeable=writeable)
 
 
 def _pitched(buf: np.ndarray, base: int, count: int, pitch: int, width: int) -> np.ndarray:

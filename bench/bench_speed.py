@@ -1,0 +1,137 @@
+"""Wall-clock speed of the functional model and of the compiler, side by side with onnxruntime.
+
+For each network (224x224, one image, built by the model builder with seeded weights) it prints:
+onnxruntime float32 with its default intra-op thread count (the machine's cores) and with one
+thread; the functional model (``sim.card.run_card`` on the compiled memory image, hazard checker
+on) with as many threads as cores and with one thread (its default), on the first (cold) run,
+which decodes and validates the program and records its schedule, and on warm runs, which reuse
+both; the ratios functional model / onnxruntime at equal thread counts; the process CPU time of
+the one-thread runs; and the compile time of each network split by phase.
+
+Every time is the best of ``--repeat`` runs (the machine may be shared; the best run is the least
+disturbed one). Nothing here asserts a time: the tests check bits and cycles, this measures.
+
+    python bench/bench_speed.py [--repeat 5] [--nets resnet18,resnet50,vgg16]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import zoo  # noqa: E402
+from arch.machine import get_config  # noqa: E402
+from compiler.driver import compile_graph  # noqa: E402
+from compiler.frontend import load_model  # noqa: E402
+from compiler.quantize import quantize  # noqa: E402
+from sim import card  # noqa: E402
+
+
+def best_of(n: int, fn) -> tuple[float, float]:
+    """Smallest wall time and smallest process CPU time of n calls of fn, in seconds. On a shared
+    machine the CPU time of a one-thread run is the steadier measure."""
+    wall, cpu = [], []
+    for _ in range(n):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return min(wall), min(cpu)
+
+
+def ort_times(model, repeat: int) -> dict[int, tuple[float, float]]:
+    """onnxruntime CPU float32 time per image: {intra-op threads (0 = its default): (wall, CPU) seconds}."""
+    x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    out = {}
+    for threads in (0, 1):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        sess.run(None, feed)                                   # warm-up
+        out[threads] = best_of(max(repeat, 10), lambda: sess.run(None, feed))
+    return out
+
+
+def compile_phases(model, cfg) -> tuple[object, dict[str, float]]:
+    """Compile ONNX -> program and memory image, timing each phase."""
+    t = {}
+    t0 = time.perf_counter()
+    graph = load_model(model)
+    t["front end"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    quantize(graph, cfg)
+    t["quantise"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = compile_graph(graph, cfg)
+    t["codegen"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled.memory_image()
+    t["memory image"] = time.perf_counter() - t0
+    return compiled, t
+
+
+def sim_times(compiled, repeat: int, threads: int | None) -> tuple[float, tuple[float, float], int]:
+    """Cold wall seconds and best warm (wall, CPU) seconds of run_card on the compiled image, and
+    the modelled cycles."""
+    cfg = compiled.cfg
+    mem, _ = compiled.seeded_image(0)
+    progs = compiled.program_addresses()
+    card.clear_program_cache()
+    m = mem.copy()
+    t0 = time.perf_counter()
+    stats = card.run_card(cfg, m, progs, threads=threads)
+    cold = time.perf_counter() - t0
+    wall, cpu = [], []
+    for _ in range(repeat):
+        m = mem.copy()                                   # a fresh image, not timed
+        w, c = best_of(1, lambda: card.run_card(cfg, m, progs, threads=threads))
+        wall.append(w)
+        cpu.append(c)
+    return cold, (min(wall), min(cpu)), stats.cycles
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=5, help="runs per measurement; the best is reported")
+    ap.add_argument("--nets", default="resnet18,resnet50,vgg16")
+    args = ap.parse_args()
+    cfg = get_config("reference")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"# {platform.processor() or platform.machine()}, {cores} cores, load average "
+          f"{os.getloadavg()[0]:.2f} at start, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"numpy {np.__version__}, onnxruntime {ort.__version__}; best of {args.repeat} runs")
+    print(f"# functional model: run_card, reference configuration, hazard checker on; 'n threads': "
+          f"{cores} for the functional model, onnxruntime's own default (intra_op_num_threads=0)")
+    rows = []
+    for name in args.nets.split(","):
+        model = zoo.build(name)
+        compiled, phases = compile_phases(model, cfg)
+        ort_t = ort_times(model, args.repeat)
+        sim_default = sim_times(compiled, args.repeat, cores)
+        sim_one = sim_times(compiled, args.repeat, 1)
+        rows.append((name, ort_t, sim_default, sim_one))
+        print(f"\n{name}: compile {sum(phases.values()):.2f} s ("
+              + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
+              + f"); {len(compiled.programs[0])} instructions, {sim_default[2]} modelled cycles")
+    print("\nWall ms per image; ratio = functional model warm / onnxruntime at equal thread counts. "
+          "CPU: process CPU time of the one-thread runs.\n")
+    print("| network | ORT n threads | sim n threads, cold | warm | ratio | ORT 1 thread | sim 1 thread, cold "
+          "| warm | ratio | ORT 1 thread CPU | sim 1 thread CPU | CPU ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, o, (c0, (w0, _), _), (c1, (w1, cpu1), _) in rows:
+        (ow0, _), (ow1, ocpu1) = o[0], o[1]
+        print(f"| {name} | {ow0 * 1e3:.1f} | {c0 * 1e3:.0f} | {w0 * 1e3:.0f} | {w0 / ow0:.1f}x "
+              f"| {ow1 * 1e3:.1f} | {c1 * 1e3:.0f} | {w1 * 1e3:.0f} | {w1 / ow1:.1f}x "
+              f"| {ocpu1 * 1e3:.1f} | {cpu1 * 1e3:.0f} | {cpu1 / ocpu1:.1f}x |")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The functional model's speed-ups change nothing: the threaded CONV split, the schedule replay of
+repeated runs and the fused output stage give the bits, cycles and timelines of the plain path,
+equal to the golden reference. (Their speed is measured in bench/bench_speed.py, not here.)"""
+import numpy as np
+import pytest
+
+import sim.card as card
+import sim.units as units
+from arch.isa import Act, Instr
+from arch.machine import REFERENCE, SMALL
+from arch.numerics import requantize
+from compiler.driver import compile_graph
+from compiler.frontend import load_model
+from compiler.quantize import quantize
+from sim import SimError, run_card
+from sim.golden import run_quantized
+from zoo import small_cnn
+
+from tests.test_sim_hazards import CONV, LOADM, run as run_prog
+
+
+@pytest.mark.parametrize("shift", [0, 1, 8, 20, 46, 47, 63])
+@pytest.mark.parametrize("act", [Act.NONE, Act.RELU])
+@pytest.mark.parametrize("resid", [False, True])
+def test_output_stage_equals_requantize(shift, act, resid):
+    """Two MVs' accumulators interleaved in one array, as a CONV shared by the MVs leaves them."""
+    rng = np.random.default_rng(shift)
+    R = rng.integers(-(1 << 47), 1 << 47, size=(50, 2, 3, 16), dtype=np.int64)
+    R[:10] >>= rng.integers(0, 47, size=(10, 2, 3, 16))            # small values too, both signs
+    R[10, 0, 0, :4] = [0, -1, (1 << 47) - 1, -(1 << 47)]
+    rshift = 9
+    i = Instr("CONV", shift=shift, act=act, rshift=rshift, resid=int(resid))
+    res = [rng.integers(-(1 << 15), 1 << 15, size=(50, 3, 16)).astype(np.int16) for _ in range(2)] if resid else None
+    want = [requantize(R[:, j], shift, act, residual=res[j] if resid else None, rshift=rshift, acc_bits=48)
+            for j in range(2)]
+    dst = [np.full((50, 3, 16), 7, dtype=np.int16) for _ in range(2)]
+    scratch = R.copy()
+    sat = units._output_stage(scratch, [scratch[:, 0], scratch[:, 1]], i, res, 48, dst)
+    for j in range(2):
+        np.testing.assert_array_equal(dst[j], want[j][0])
+    assert sat == want[0][1] + want[1][1]
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    out = {}
+    for cfg in (REFERENCE, SMALL):
+        g = quantize(load_model(small_cnn(seed=1)), cfg)
+        out[cfg.name] = (g, compile_graph(g, cfg))
+    return out
+
+
+@pytest.mark.parametrize("cfg", [REFERENCE, SMALL], ids=lambda c: c.name)
+def test_threads_and_replay_change_no_bit_or_cycle(compiled, cfg, monkeypatch):
+    g, c = compiled[cfg.name]
+    mem0, feeds = c.seeded_image(3)
+    gold, _ = run_quantized(g, feeds)
+    progs = c.program_addresses()
+    card.clear_program_cache()
+    plain = mem0.copy()
+    ref = run_card(cfg, plain, progs, trace=True, threads=1)
+    monkeypatch.setattr(units, "_SPLIT_MACS", 0)              # split every CONV, down to single rows
+    monkeypatch.setattr(units, "_SPLIT_COPY", 0)              # and every LOAD
+    for threads in (2, 3, 7):
+        for cold in (True, False):                            # decoded and scheduled, then replayed
+            if cold:
+                card.clear_program_cache()
+            mem = mem0.copy()
+            st = run_card(cfg, mem, progs, trace=True, threads=threads)
+            assert np.array_equal(mem, plain), (threads, cold)
+            assert st == ref, (threads, cold)
+    for t, want in gold.items():
+        np.testing.assert_array_equal(c.memmap.tensors[t].read(plain, c.memmap.tensor_addr(t), cfg.lanes), want)
+
+
+def test_replay_of_an_unchecked_run_still_checks_hazards():
+    card.clear_program_cache()
+    racy = {0: f"{LOADM}\n{CONV}\nEND"}
+    run_prog(racy, check_hazards=False)
+    run_prog(racy, check_hazards=False)                       # replayed
+    with pytest.raises(SimError, match="data race"):
+        run_prog(racy)
+
+
+def test_bad_thread_count():
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        run_prog({0: "SYNC\nEND"}, threads=0)
+
+
+def test_thread_count_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MDLA_SIM_THREADS", "3")
+    assert card.default_threads() == 3
+    monkeypatch.setenv("MDLA_SIM_THREADS", "cores")
+    assert card.default_threads() == units.available_cores()
+    monkeypatch.setenv("MDLA_SIM_THREADS", "two")
+    with pytest.raises(ValueError, match="MDLA_SIM_THREADS must be a positive integer or 'cores', got 'two'"):
+        run_prog({0: "SYNC\nEND"})
+    monkeypatch.delenv("MDLA_SIM_THREADS")
+    assert card.default_threads() == 1
