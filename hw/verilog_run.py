@@ -43,7 +43,10 @@ LAST_RUN: dict = {}
 
 BUILD_ARGS = {
     "icarus": ["-g2005"],
-    "verilator": ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast", "--x-initial", "fast"],
+    # --no-public-flat-rw undoes the runner's --public-flat-rw (every signal visible and writable, which
+    # blocks most optimisation); the ports of the top are public through metacomments (hw/export.py)
+    "verilator": ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast", "--x-initial", "fast",
+                  "--no-public-flat-rw"],
 }
 _MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include"
 
@@ -122,7 +125,7 @@ def build_verilog(sim: str, text: str, top: str, tag: str, *, verbose: bool = Fa
     if why:
         raise SimError(why)
     from cocotb_tools.runner import get_runner
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    digest = hashlib.sha256((text + "|" + " ".join(BUILD_ARGS[sim])).encode()).hexdigest()[:16]
     bdir = cache_dir() / f"{sim}-{tag}-{digest}"
     marker = bdir / ".mdla-built"
     vfile = bdir / f"{top}.v"
@@ -202,7 +205,8 @@ def run_verilog(sim: str, cfg: MachineConfig, memory: np.ndarray, programs: dict
                 runner.test(test_module="hw.cocotb_card", hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
                             testcase="run_card", build_dir=info.build_dir, test_dir=work,
                             results_xml=str(work / "results.xml"),
-                            plusargs=[f"+MEMIN={memin}", f"+MEMOUT={memout}"],
+                            plusargs=[f"+MEMIN={memin}", f"+MEMOUT={memout}",
+                                      f"+MEMDUMP={-(-len(memory) // bb)}"],
                             extra_env={"MDLA_JOB": str(work / "job.json")}, timescale=("1ns", "1ps"),
                             log_file=None if verbose else log)
             except (Exception, SystemExit) as e:  # noqa: BLE001 - runner.test exits under pytest on failure
