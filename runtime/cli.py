@@ -173,11 +173,12 @@ def hw():
 @click.option("--config", default="small", show_default=True, help="hardware configuration (name or JSON file)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Verilog file to write")
 @click.option("--mem-kib", type=int, default=None,
-              help="main memory in KiB (rounded up to a power-of-two number of words; default 64 KiB)")
+              help="main memory in KiB, the default of the MEM_WORDS parameter (rounded up to a size class: "
+                   "64 KiB times a power of 4; default 64 KiB)")
 @click.option("--sim", "sims", multiple=True, type=click.Choice(["icarus", "verilator"]),
               help="also compile it for this simulator into the build cache (repeatable)")
 def hw_build(config, output, mem_kib, sims):
-    """Write the Verilog of a card (module mdla_card; memory loaded with +MEMIN=<hex file>)."""
+    """Write the Verilog of a card (module mdla_card, parameter MEM_WORDS; memory loaded with +MEMIN=<hex file>)."""
     from arch.machine import get_config
     from hw.export import export_verilog, mem_words_for
     try:

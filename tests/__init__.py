@@ -1,2 +1,1 @@
-"""Test package (a package so that pytest puts the repository root, not tests/, on sys.path: tests/hw
-would otherwise shadow the top-level hw package)."""
+"""The test suite (a package, so that tests/hw is tests.hw and never shadows the RTL package hw)."""

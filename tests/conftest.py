@@ -4,8 +4,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# the project root first: `hw` must be the RTL package, never the test package tests/hw (tests/ is a
+# package, see tests/__init__.py, so pytest names that one tests.hw); else hw.card & co. would come
+# from wherever the editable install points (another working copy), not from this one
+while str(ROOT) in sys.path:
+    sys.path.remove(str(ROOT))
+sys.path.insert(0, str(ROOT))
 
 
 def pytest_addoption(parser):

@@ -173,11 +173,49 @@ def test_export_cli(tmp_path):
     r = CliRunner().invoke(main, ["hw", "build", "--config", "small", "-o", str(out)])
     assert r.exit_code == 0, r.output
     text = out.read_text()
-    assert "module mdla_card(" in text and "$readmemh" in text and "$writememh" in text
+    assert "module mdla_card #(parameter MEM_WORDS = 8192) (" in text
+    assert "module mdla_card_core(" in text and "$readmemh" in text and "$writememh" in text
     for c in range(SMALL.clusters_per_card):
         for s in STATS:
-            assert f"output [47:0] stat_{c}_{s};" in text
+            assert f"output wire [47:0] stat_{c}_{s} " in text
     assert "memory[0] = " not in text          # no per-word initialisation: the image is loaded at run time
+
+
+def test_memory_size_classes():
+    """Images map to few size classes, and a size changes only the top's MEM_WORDS default: the
+    exported design (the core) is the same for every size."""
+    from hw.export import DEFAULT_MEM_BYTES, mem_words_for, verilog_text
+    bb = SMALL.beat_bytes
+    base = DEFAULT_MEM_BYTES // bb
+    assert mem_words_for(SMALL, 0) == base and mem_words_for(SMALL, DEFAULT_MEM_BYTES) == base
+    assert mem_words_for(SMALL, DEFAULT_MEM_BYTES + 1) == 4 * base
+    assert mem_words_for(SMALL, 31_056_576) == 1024 * base        # ResNet-18's REFERENCE image: 64 MiB
+    a, b = verilog_text(SMALL, base), verilog_text(SMALL, 4 * base)
+    assert a != b
+    assert a.replace(f"MEM_WORDS = {base})", "").replace(f"(default {base})", "") == \
+        b.replace(f"MEM_WORDS = {4 * base})", "").replace(f"(default {4 * base})", "")
+    with pytest.raises(ValueError, match="power of two"):
+        verilog_text(SMALL, 3 * base)
+
+
+@pytest.mark.parametrize("sim", ["icarus"])
+def test_image_above_default_size(sim):
+    """An image larger than the default memory (a model compiled at 96 KiB, so that its data and
+    code lie above 64 KiB) runs on the next size class, bit-exact; only its words are dumped."""
+    from compiler.driver import compile_graph
+    from compiler.frontend import load_model
+    from compiler.quantize import quantize
+    from hw.export import DEFAULT_MEM_BYTES, mem_words_for
+    from zoo import kernels
+    from cocotb_util import require
+    require(sim)
+    c = compile_graph(quantize(load_model(kernels.conv_model(3, 4, 6, 6, 3, 1, 1, relu=True, seed=1)), SMALL),
+                      SMALL, base=96 << 10)
+    mem, _ = c.seeded_image(0)
+    programs = c.program_addresses()
+    assert len(mem) > DEFAULT_MEM_BYTES and min(programs.values()) >= DEFAULT_MEM_BYTES
+    assert mem_words_for(SMALL, len(mem)) == 4 * DEFAULT_MEM_BYTES // SMALL.beat_bytes
+    assert_same(sim, SMALL, mem, programs)
 
 
 def test_memh_round_trip(tmp_path):
