@@ -155,12 +155,15 @@ class CodeGen:
         while per >= 1 and not maps_ok(kh, kw, per):
             per -= 1
         if per >= 1:
+            # as few chunks as fit, of equal size: a short last chunk cannot hide the next slot's loads
+            per = -(-cwords // -(-cwords // per))
             return [Chunk(0, kh, 0, kw, c, min(c + per, cwords), real(c, min(c + per, cwords)))
                     for c in range(0, cwords, per)]
         rows = min(kh, cap // (kw * lanes))
         while rows >= 1 and not maps_ok(rows, kw, 1):
             rows -= 1
         if rows >= 1:
+            rows = -(-kh // -(-kh // rows))
             return [Chunk(ky, min(ky + rows, kh), 0, kw, c, c + 1, real(c, c + 1))
                     for c in range(cwords) for ky in range(0, kh, rows)]
         cols = min(kw, cap // lanes)
@@ -248,7 +251,11 @@ class CodeGen:
         kwm = max(c.kw for c in chunks)
         cwm = max(c.words for c in chunks)
         nvv_max = max(n for _, n in groups)
-        ohb, owb = self._plan_tile(OH, OW, sy, sx, dy, dx, khm, kwm, cwm, nvv_max, cfg.acc_entries, L.name,
+        # A strided 1x1 convolution reads every sy-th row and sx-th column only: the DMA picks those
+        # pixels (strided runs), so the maps buffer holds a dense tile and the CONV runs at stride 1.
+        subsample = kh == kw == 1 and (sy, sx) != (1, 1)
+        csy, csx = (1, 1) if subsample else (sy, sx)
+        ohb, owb = self._plan_tile(OH, OW, csy, csx, dy, dx, khm, kwm, cwm, nvv_max, cfg.acc_entries, L.name,
                                    residual=bool(L.residual))
         tres = self.layouts[L.residual] if L.residual else None
         ktot = sum(c.K for c in chunks)
@@ -288,54 +295,91 @@ class CodeGen:
                     items.append([(g, t, bases[0]) for t in ts])
 
         act = Act.RELU if L.act == "relu" else Act.NONE
-        slots: list[_Slot] = []
+
+        def kernel_targets(it):
+            if all(g == it[0][0] for g, _, _ in it):
+                return [((1 << len(it)) - 1, it[0][0])]      # one channel group: broadcast
+            return [(1 << m, g) for m, (g, _, _) in enumerate(it)]
+
+        # Kernel residency: consecutive items that use the same weights form a run; each chunk's
+        # weights are loaded once per run and stay in their kernel half while the run's tiles pass
+        # through (chunk-major order). With several chunks, the run's tiles keep their partial sums
+        # side by side in the accumulators, which bounds a run's pixels.
+        runs: list[list] = []
+        used = 0
         for it in self._mine(items):
-            nmv = len(it)
-            mask = (1 << nmv) - 1
-            share_tile = all(t == it[0][1] and b == it[0][2] for _, t, b in it)
-            share_group = all(g == it[0][0] for g, _, _ in it)
-            nvv = it[0][0][1]
-            t0 = it[0][1]
+            px = it[0][1].oh * it[0][1].ow
+            if runs and kernel_targets(runs[-1][0]) == kernel_targets(it) and (
+                    len(chunks) == 1 or used + px <= cfg.acc_entries):
+                runs[-1].append(it)
+                used += px
+            else:
+                runs.append([it])
+                used = px
+        slots: list[_Slot] = []
+        kloads = 0          # kernel loads so far: the k-th fills half k % 2
+        for run in runs:
+            accs, a = [], 0
+            for it in run:
+                accs.append(a if len(chunks) > 1 else 0)
+                a += it[0][1].oh * it[0][1].ow
+            ktargets = kernel_targets(run[0])
             for ci, ch in enumerate(chunks):
-                s = _Slot()
-                half = len(slots) % 2
-                mbase = half * self.maps_half
-                kbase = half * self.kern_half
-                in_rows = (t0.oh - 1) * sy + (ch.kh - 1) * dy + 1
-                in_cols = (t0.ow - 1) * sx + (ch.kw - 1) * dx + 1
-                # maps
-                targets = [(mask, t0, it[0][2])] if share_tile else [(1 << m, t, b) for m, (_, t, b) in enumerate(it)]
-                for mmask, t, b in targets:
-                    y = t.oy0 * sy + ch.ky0 * dy - pt
-                    x = t.ox0 * sx + ch.kx0 * dx - pl
-                    s.loads.append(self._dma("LOAD", self._addr(b, tin, y, x, ch.cw0), mbase,
-                                             in_rows, in_cols, ch.words, tin, buf=Buf.MAPS, mv_mask=mmask, nvv=0))
-                # kernels
-                ktargets = [(mask, it[0][0])] if share_group else [(1 << m, g) for m, (g, _, _) in enumerate(it)]
-                for kmask, g in ktargets:
-                    off, nwords = self.weights.conv_blob(L, g, ch, ci == 0, nvv)
-                    s.loads.append(_instr("LOAD", buf=Buf.KERNEL, mv_mask=kmask, nvv=nvv,
-                                          dram_addr=self.weights_addr + off, buf_addr=kbase,
-                                          n0=nwords, n1=1, s1=0, n2=1, s2=0))
+                # The half this load fills was last read by the previous-but-one kernel load's slots,
+                # all at least two slots back, which this slot's first load already waits for.
+                kbase = (kloads % 2) * self.kern_half
+                kloads += 1
                 last = ci == len(chunks) - 1
-                rbase = half * self.res_half
-                if last and tres is not None:   # the residual tile, laid out like the output tile
-                    for m, (g, t, b) in enumerate(it):
-                        s.loads.append(self._dma("LOAD", self._addr(b, tres, t.oy0, t.ox0, g[0]), rbase,
-                                                 t.oh, t.ow, g[1], tres, buf=Buf.RES, mv_mask=1 << m, nvv=0))
-                s.compute = _instr(
-                    "CONV", mv_mask=mask, nvv=nvv, maps_addr=mbase * cfg.lanes, in_w=in_cols,
-                    cpitch=ch.words * cfg.lanes, cin=ch.cin, kh=ch.kh, kw=ch.kw, sy=sy, sx=sx, dy=dy, dx=dx,
-                    oh=t0.oh, ow=t0.ow, kern_addr=kbase + (2 if ci == 0 else 0), bias_addr=kbase,
-                    acc_addr=0, out_addr=0, out_pitch=nvv, init=Init.BIAS if ci == 0 else Init.ACC,
-                    write=int(last), shift=L.shift if last else 0, act=act if last else Act.NONE,
-                    resid=int(last and tres is not None), res_addr=rbase if last and tres is not None else 0,
-                    rshift=L.res_shift if last and tres is not None else 0)
-                if last:
-                    for m, (g, t, b) in enumerate(it):
-                        s.stores.append(self._dma("STORE", self._addr(b, tout, t.oy0, t.ox0, g[0]), 0,
-                                                  t.oh, t.ow, g[1], tout, mv=m))
-                slots.append(s)
+                for r, it in enumerate(run):
+                    nmv = len(it)
+                    mask = (1 << nmv) - 1
+                    share_tile = all(t == it[0][1] and b == it[0][2] for _, t, b in it)
+                    nvv = it[0][0][1]
+                    t0 = it[0][1]
+                    s = _Slot()
+                    half = len(slots) % 2
+                    mbase = half * self.maps_half
+                    in_rows = (t0.oh - 1) * csy + (ch.kh - 1) * dy + 1
+                    in_cols = (t0.ow - 1) * csx + (ch.kw - 1) * dx + 1
+                    # maps
+                    targets = [(mask, t0, it[0][2])] if share_tile else [(1 << m, t, b) for m, (_, t, b) in enumerate(it)]
+                    for mmask, t, b in targets:
+                        y = t.oy0 * sy + ch.ky0 * dy - pt
+                        x = t.ox0 * sx + ch.kx0 * dx - pl
+                        addr = self._addr(b, tin, y, x, ch.cw0)
+                        if subsample:
+                            pitch = tin.pitch_words
+                            s.loads.append(_instr("LOAD", dram_addr=addr, buf_addr=mbase, n0=ch.words, n1=t.ow,
+                                                  s1=sx * pitch, n2=t.oh, s2=sy * tin.row_pixels * pitch,
+                                                  buf=Buf.MAPS, mv_mask=mmask, nvv=0))
+                        else:
+                            s.loads.append(self._dma("LOAD", addr, mbase, in_rows, in_cols, ch.words, tin,
+                                                     buf=Buf.MAPS, mv_mask=mmask, nvv=0))
+                    # kernels, with the run's first tile only
+                    if r == 0:
+                        for kmask, g in ktargets:
+                            off, nwords = self.weights.conv_blob(L, g, ch, ci == 0, nvv)
+                            s.loads.append(_instr("LOAD", buf=Buf.KERNEL, mv_mask=kmask, nvv=nvv,
+                                                  dram_addr=self.weights_addr + off, buf_addr=kbase,
+                                                  n0=nwords, n1=1, s1=0, n2=1, s2=0))
+                    rbase = half * self.res_half
+                    if last and tres is not None:   # the residual tile, laid out like the output tile
+                        for m, (g, t, b) in enumerate(it):
+                            s.loads.append(self._dma("LOAD", self._addr(b, tres, t.oy0, t.ox0, g[0]), rbase,
+                                                     t.oh, t.ow, g[1], tres, buf=Buf.RES, mv_mask=1 << m, nvv=0))
+                    s.compute = _instr(
+                        "CONV", mv_mask=mask, nvv=nvv, maps_addr=mbase * cfg.lanes, in_w=in_cols,
+                        cpitch=ch.words * cfg.lanes, cin=ch.cin, kh=ch.kh, kw=ch.kw, sy=csy, sx=csx, dy=dy, dx=dx,
+                        oh=t0.oh, ow=t0.ow, kern_addr=kbase + (2 if ci == 0 else 0), bias_addr=kbase,
+                        acc_addr=accs[r], out_addr=0, out_pitch=nvv, init=Init.BIAS if ci == 0 else Init.ACC,
+                        write=int(last), shift=L.shift if last else 0, act=act if last else Act.NONE,
+                        resid=int(last and tres is not None), res_addr=rbase if last and tres is not None else 0,
+                        rshift=L.res_shift if last and tres is not None else 0)
+                    if last:
+                        for m, (g, t, b) in enumerate(it):
+                            s.stores.append(self._dma("STORE", self._addr(b, tout, t.oy0, t.ox0, g[0]), 0,
+                                                      t.oh, t.ow, g[1], tout, mv=m))
+                    slots.append(s)
         macs = OH * OW * cout * kh * kw * cin
         return slots, dict(name=L.name, kind=L.kind, mode=mode, chunks=len(chunks), tile=(ohb, owb), macs=macs)
 
