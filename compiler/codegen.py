@@ -197,6 +197,15 @@ class CodeGen:
                 for y in range(0, OH, ohb) for x in range(0, OW, owb)]
 
     @staticmethod
+    def _split_tiles(OH, OW, nr, nc) -> list[Tile]:
+        """OH x OW cut into nr x nc near-equal blocks (sizes differ by at most one; larger first)."""
+        def cuts(n, k):
+            q, r = divmod(n, k)
+            sizes = [q + 1] * r + [q] * (k - r)
+            return [(sum(sizes[:i]), sizes[i]) for i in range(k)]
+        return [Tile(y, h, x, w) for y, h in cuts(OH, nr) for x, w in cuts(OW, nc)]
+
+    @staticmethod
     def _balanced(n: int, block: int, parts: int) -> int:
         """Block size no larger than ``block`` that splits n into a multiple of ``parts`` blocks if it can."""
         nb = -(-n // block)
@@ -261,20 +270,27 @@ class CodeGen:
         ktot = sum(c.K for c in chunks)
         pipe = cfg.conv_pipeline * len(chunks)
 
+        # Tiles are near-equal blocks of rows and columns, no larger than (ohb, owb).
+        nr0, nc0 = -(-OH // ohb), -(-OW // owb)
         # Candidate 1, cout mode: MVs take different channel groups of one tile.
         full = [g for g in groups if g[1] == nvv_max]
         part = [g for g in groups if g[1] != nvv_max]
         gsets = [full[i:i + M] for i in range(0, len(full), M)] + [[g] for g in part]
-        tiles_c = self._tiles(OH, OW, ohb, owb)
+        tiles_c = self._split_tiles(OH, OW, nr0, nc0)
         est_c = len(gsets) * sum(t.oh * t.ow * ktot + pipe for t in tiles_c)
-        # Candidate 2, spatial mode: MVs take different tiles of one channel group.
-        ohb_s = self._balanced(OH, ohb, M) if owb == OW else ohb
-        tiles_s = self._tiles(OH, OW, ohb_s, owb)
-        by_shape: dict[tuple[int, int], list[Tile]] = {}
-        for t in tiles_s:
-            by_shape.setdefault((t.oh, t.ow), []).append(t)
-        tsets = [ts[i:i + M] for ts in by_shape.values() for i in range(0, len(ts), M)]
-        est_s = len(groups) * sum(ts[0].oh * ts[0].ow * ktot + pipe for ts in tsets)
+        # Candidate 2, spatial mode: MVs take different tiles of one channel group, in lockstep, so
+        # only tiles of one shape share a slot; among a few finer cuts, the one that leaves the
+        # fewest MV units idle (by the compute-cycle estimate) wins.
+        est_s, tsets = None, []
+        for nr in range(nr0, min(OH, nr0 + 2 * M) + 1):
+            for nc in range(nc0, min(OW, nc0 + (2 * M if owb < OW else M)) + 1):
+                by_shape: dict[tuple[int, int], list[Tile]] = {}
+                for t in self._split_tiles(OH, OW, nr, nc):
+                    by_shape.setdefault((t.oh, t.ow), []).append(t)
+                cand = [ts[i:i + M] for ts in by_shape.values() for i in range(0, len(ts), M)]
+                est = len(groups) * sum(ts[0].oh * ts[0].ow * ktot + pipe for ts in cand)
+                if est_s is None or est < est_s:
+                    est_s, tsets = est, cand
 
         # An item is (channel group, tile, image slot base); the items of a slot run in lockstep.
         items: list[list[tuple[tuple[int, int], Tile, int]]] = []
