@@ -281,16 +281,21 @@ class CodeGen:
         # Candidate 2, spatial mode: MVs take different tiles of one channel group, in lockstep, so
         # only tiles of one shape share a slot; among a few finer cuts, the one that leaves the
         # fewest MV units idle (by the compute-cycle estimate) wins.
-        est_s, tsets = None, []
+        def sizes(n, k):     # {block size: count} of n cut into k near-equal blocks
+            q, r = divmod(n, k)
+            return {q + 1: r, q: k - r} if r else {q: k}
+
+        est_s, cut = None, (nr0, nc0)
         for nr in range(nr0, min(OH, nr0 + 2 * M) + 1):
             for nc in range(nc0, min(OW, nc0 + (2 * M if owb < OW else M)) + 1):
-                by_shape: dict[tuple[int, int], list[Tile]] = {}
-                for t in self._split_tiles(OH, OW, nr, nc):
-                    by_shape.setdefault((t.oh, t.ow), []).append(t)
-                cand = [ts[i:i + M] for ts in by_shape.values() for i in range(0, len(ts), M)]
-                est = len(groups) * sum(ts[0].oh * ts[0].ow * ktot + pipe for ts in cand)
+                est = len(groups) * sum(-(-(a * b) // M) * (h * w * ktot + pipe)
+                                        for h, a in sizes(OH, nr).items() for w, b in sizes(OW, nc).items())
                 if est_s is None or est < est_s:
-                    est_s, tsets = est, cand
+                    est_s, cut = est, (nr, nc)
+        by_shape: dict[tuple[int, int], list[Tile]] = {}
+        for t in self._split_tiles(OH, OW, *cut):
+            by_shape.setdefault((t.oh, t.ow), []).append(t)
+        tsets = [ts[i:i + M] for ts in by_shape.values() for i in range(0, len(ts), M)]
 
         # An item is (channel group, tile, image slot base); the items of a slot run in lockstep.
         items: list[list[tuple[tuple[int, int], Tile, int]]] = []
@@ -332,20 +337,29 @@ class CodeGen:
             else:
                 runs.append([it])
                 used = px
+        # The layer's first run starts with a one-word chunk: its small loads are all the layer waits
+        # for before its first CONV, and that CONV hides the next chunk's loads.
+        c0 = chunks[0]
+        peeled = chunks
+        if len(chunks) > 1 and c0.words > 1 and c0.kh == kh and c0.kw == kw:
+            lanes = cfg.lanes
+            peeled = [Chunk(0, kh, 0, kw, c0.cw0, c0.cw0 + 1, min(lanes, c0.cin)),
+                      Chunk(0, kh, 0, kw, c0.cw0 + 1, c0.cw1, c0.cin - lanes)] + chunks[1:]
         slots: list[_Slot] = []
         kloads = 0          # kernel loads so far: the k-th fills half k % 2
-        for run in runs:
+        for n_run, run in enumerate(runs):
             accs, a = [], 0
             for it in run:
                 accs.append(a if len(chunks) > 1 else 0)
                 a += it[0][1].oh * it[0][1].ow
             ktargets = kernel_targets(run[0])
-            for ci, ch in enumerate(chunks):
+            run_chunks = peeled if n_run == 0 else chunks
+            for ci, ch in enumerate(run_chunks):
                 # The half this load fills was last read by the previous-but-one kernel load's slots,
                 # all at least two slots back, which this slot's first load already waits for.
                 kbase = (kloads % 2) * self.kern_half
                 kloads += 1
-                last = ci == len(chunks) - 1
+                last = ci == len(run_chunks) - 1
                 for r, it in enumerate(run):
                     nmv = len(it)
                     mask = (1 << nmv) - 1
