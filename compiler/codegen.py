@@ -422,19 +422,30 @@ class CodeGen:
         OH, OW = tout.height, tout.width
         M = cfg.mv_per_cluster
         cw_total = tin.cwords
-        nbw = cw_total
-        while nbw > 1 and (kh * kw * nbw > self.maps_half or nbw > self.out_half):
-            nbw -= 1
-        ohb, owb = self._plan_tile(OH, OW, sy, sx, 1, 1, kh, kw, nbw, nbw, 1 << 30, L.name)
-        if owb == OW:
-            ohb = self._balanced(OH, ohb, M)
-        # Each MV pools its own (channel words, tile, image) item; nothing is shared.
-        work = [(cw, min(nbw, cw_total - cw), t, b) for cw in range(0, cw_total, nbw)
-                for t in self._tiles(OH, OW, ohb, owb) for b in bases]
-        by_shape: dict[tuple[int, int, int], list] = {}
-        for w in work:
-            by_shape.setdefault((w[1], w[2].oh, w[2].ow), []).append(w)
-        groups = [ws[i:i + M] for ws in by_shape.values() for i in range(0, len(ws), M)]
+        nbw_max = cw_total
+        while nbw_max > 1 and (kh * kw * nbw_max > self.maps_half or nbw_max > self.out_half):
+            nbw_max -= 1
+        # Pooling is bound by the memory port: fewer channel words per slot give taller tiles, whose
+        # input windows overlap less, so the candidate that moves the fewest words wins (ties: compute).
+        best = None
+        for nbw in range(nbw_max, 0, -1):
+            ohb, owb = self._plan_tile(OH, OW, sy, sx, 1, 1, kh, kw, nbw, nbw, 1 << 30, L.name)
+            if owb == OW:
+                ohb = self._balanced(OH, ohb, M)
+            # Each MV pools its own (channel words, tile, image) item; nothing is shared.
+            work = [(cw, min(nbw, cw_total - cw), t, b) for cw in range(0, cw_total, nbw)
+                    for t in self._tiles(OH, OW, ohb, owb) for b in bases]
+            by_shape: dict[tuple[int, int, int], list] = {}
+            for w in work:
+                by_shape.setdefault((w[1], w[2].oh, w[2].ow), []).append(w)
+            groups = [ws[i:i + M] for ws in by_shape.values() for i in range(0, len(ws), M)]
+            port = sum(nb * (t.oh * t.ow + ((t.oh - 1) * sy + kh) * ((t.ow - 1) * sx + kw)) + 2 * cfg.mem_latency
+                       for _, nb, t, _ in work)
+            compute = sum(cfg.pool_pipeline + g[0][2].oh * g[0][2].ow * g[0][1] * kh * kw for g in groups)
+            est = (max(port, compute), compute)
+            if best is None or est < best[0]:
+                best = (est, nbw, ohb, owb, groups)
+        _, nbw, ohb, owb, groups = best
         slots = []
         for it in self._mine(groups):
             s = _Slot()

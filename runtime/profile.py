@@ -78,12 +78,11 @@ def profile(ie, images=None, seed: int = 0, threshold: float = 0.85) -> list[Lay
 
 def _why(cfg, ins, span, macs, util, cycles, start, end, compute, port) -> str:
     """The reasons a layer's utilisation is low, largest loss first, from its traced instructions."""
-    if not macs:
-        return "no MACs: pooling runs on the pooling units, its cycles count against the network"
-    why = []
+    why = [] if macs else ["no MACs: pooling runs on the pooling units, its cycles count against the network"]
     convs = [(i, t) for i, t in zip(ins, span) if i.op == "CONV"]
     if port > compute:
-        why.append(f"memory-bound: the port carries {port} words while the MACs work {compute} cycles"
+        why.append(f"memory-bound: the port carries {port} words while the {'MACs' if macs else 'pooling units'} "
+                   f"work {compute} cycles"
                    + (" (every weight is used once per image)" if all(i.oh * i.ow == 1 for i, _ in convs) else ""))
     slots = sum(i.oh * i.ow * conv_reduction(i) * cfg.macs_per_cluster for i, _ in convs)
     active = sum(i.oh * i.ow * conv_reduction(i) * i.nvv * cfg.lanes * bin(i.mv_mask).count("1") for i, _ in convs)
@@ -104,7 +103,7 @@ def _why(cfg, ins, span, macs, util, cycles, start, end, compute, port) -> str:
         idle = cycles - compute - head - tail
         if idle > 0.02 * cycles:
             why.append(f"the compute engine waits {idle} cycles between CONVs for loads not hidden under compute")
-    return "; ".join(why) or f"{util:.0%}: small losses (load latency, pipeline) on a short layer"
+    return "; ".join(why) or "several small losses (load latency, pipeline, store drain), each under 2 % of the layer"
 
 
 def layer_lines(compiled) -> list[str]:
