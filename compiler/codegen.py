@@ -322,6 +322,15 @@ class CodeGen:
                 return [((1 << len(it)) - 1, it[0][0])]      # one channel group: broadcast
             return [(1 << m, g) for m, (g, _, _) in enumerate(it)]
 
+        # The layer's first run starts with a one-word chunk: its small loads are all the layer waits
+        # for before its first CONV (the previous layer's stores must be done), and that CONV hides
+        # the next chunk's loads.
+        c0 = chunks[0]
+        peeled = chunks
+        if c0.words > 1 and c0.kh == kh and c0.kw == kw:
+            lanes = cfg.lanes
+            peeled = [Chunk(0, kh, 0, kw, c0.cw0, c0.cw0 + 1, min(lanes, c0.cin)),
+                      Chunk(0, kh, 0, kw, c0.cw0 + 1, c0.cw1, c0.cin - lanes)] + chunks[1:]
         # Kernel residency: consecutive items that use the same weights form a run; each chunk's
         # weights are loaded once per run and stay in their kernel half while the run's tiles pass
         # through (chunk-major order). With several chunks, the run's tiles keep their partial sums
@@ -330,30 +339,23 @@ class CodeGen:
         used = 0
         for it in self._mine(items):
             px = it[0][1].oh * it[0][1].ow
+            nchunks = len(peeled if len(runs) == 1 else chunks)
             if runs and kernel_targets(runs[-1][0]) == kernel_targets(it) and (
-                    len(chunks) == 1 or used + px <= cfg.acc_entries):
+                    nchunks == 1 or used + px <= cfg.acc_entries):
                 runs[-1].append(it)
                 used += px
             else:
                 runs.append([it])
                 used = px
-        # The layer's first run starts with a one-word chunk: its small loads are all the layer waits
-        # for before its first CONV, and that CONV hides the next chunk's loads.
-        c0 = chunks[0]
-        peeled = chunks
-        if len(chunks) > 1 and c0.words > 1 and c0.kh == kh and c0.kw == kw:
-            lanes = cfg.lanes
-            peeled = [Chunk(0, kh, 0, kw, c0.cw0, c0.cw0 + 1, min(lanes, c0.cin)),
-                      Chunk(0, kh, 0, kw, c0.cw0 + 1, c0.cw1, c0.cin - lanes)] + chunks[1:]
         slots: list[_Slot] = []
         kloads = 0          # kernel loads so far: the k-th fills half k % 2
         for n_run, run in enumerate(runs):
+            run_chunks = peeled if n_run == 0 else chunks
             accs, a = [], 0
             for it in run:
-                accs.append(a if len(chunks) > 1 else 0)
+                accs.append(a if len(run_chunks) > 1 else 0)
                 a += it[0][1].oh * it[0][1].ow
             ktargets = kernel_targets(run[0])
-            run_chunks = peeled if n_run == 0 else chunks
             for ci, ch in enumerate(run_chunks):
                 # The half this load fills was last read by the previous-but-one kernel load's slots,
                 # all at least two slots back, which this slot's first load already waits for.
