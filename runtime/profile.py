@@ -83,7 +83,7 @@ def _why(cfg, ins, span, macs, util, cycles, start, end, compute, port) -> str:
     if port > compute:
         why.append(f"memory-bound: the port carries {port} words while the {'MACs' if macs else 'pooling units'} "
                    f"work {compute} cycles"
-                   + (" (every weight is used once per image)" if all(i.oh * i.ow == 1 for i, _ in convs) else ""))
+                   + (" (every weight is used once per image)" if convs and all(i.oh * i.ow == 1 for i, _ in convs) else ""))
     slots = sum(i.oh * i.ow * conv_reduction(i) * cfg.macs_per_cluster for i, _ in convs)
     active = sum(i.oh * i.ow * conv_reduction(i) * i.nvv * cfg.lanes * bin(i.mv_mask).count("1") for i, _ in convs)
     if slots and active / slots < 0.95:
