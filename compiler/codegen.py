@@ -12,7 +12,15 @@ output-channel groups of the same tile (maps broadcast, one kernel load per MV: 
 different tiles of the same channel group (kernel broadcast, one maps load per MV: *spatial*
 mode), whichever its cycle estimate prefers. A reduction longer than a kernel-buffer half is split
 into *chunks* (input-channel words, then kernel rows, then kernel columns) accumulated with
-``init=ACC``.
+``init=ACC``. Tiles are near-equal blocks of rows and columns; in spatial mode the cut is chosen
+among a few candidates so that the MV units' lockstep tile sets are full.
+
+Kernel residency: consecutive slots that use the same weights form a *run*, processed chunk by
+chunk; a chunk's weights are loaded once per run, into the kernel half that alternates per kernel
+load, and the run's tiles keep their partial sums side by side in the accumulators. The half a
+kernel load fills was last read two kernel loads earlier, by slots at least two back, which the
+slot's first load already waits for (below). A layer's first run starts with a one-word chunk, so
+that the loads exposed at the layer boundary are short.
 
 Token protocol (queues: l2c, c2l, c2s, s2c; the k-th pop takes the k-th push):
 
