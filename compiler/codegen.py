@@ -12,7 +12,15 @@ output-channel groups of the same tile (maps broadcast, one kernel load per MV: 
 different tiles of the same channel group (kernel broadcast, one maps load per MV: *spatial*
 mode), whichever its cycle estimate prefers. A reduction longer than a kernel-buffer half is split
 into *chunks* (input-channel words, then kernel rows, then kernel columns) accumulated with
-``init=ACC``.
+``init=ACC``. Tiles are near-equal blocks of rows and columns; in spatial mode the cut is chosen
+among a few candidates so that the MV units' lockstep tile sets are full.
+
+Kernel residency: consecutive slots that use the same weights form a *run*, processed chunk by
+chunk; a chunk's weights are loaded once per run, into the kernel half that alternates per kernel
+load, and the run's tiles keep their partial sums side by side in the accumulators. The half a
+kernel load fills was last read two kernel loads earlier, by slots at least two back, which the
+slot's first load already waits for (below). A layer's first run starts with a one-word chunk, so
+that the loads exposed at the layer boundary are short.
 
 Token protocol (queues: l2c, c2l, c2s, s2c; the k-th pop takes the k-th push):
 
@@ -160,12 +168,15 @@ class CodeGen:
         while per >= 1 and not maps_ok(kh, kw, per):
             per -= 1
         if per >= 1:
+            # as few chunks as fit, of equal size: a short last chunk cannot hide the next slot's loads
+            per = -(-cwords // -(-cwords // per))
             return [Chunk(0, kh, 0, kw, c, min(c + per, cwords), real(c, min(c + per, cwords)))
                     for c in range(0, cwords, per)]
         rows = min(kh, cap // (kw * lanes))
         while rows >= 1 and not maps_ok(rows, kw, 1):
             rows -= 1
         if rows >= 1:
+            rows = -(-kh // -(-kh // rows))
             return [Chunk(ky, min(ky + rows, kh), 0, kw, c, c + 1, real(c, c + 1))
                     for c in range(cwords) for ky in range(0, kh, rows)]
         cols = min(kw, cap // lanes)
@@ -197,6 +208,15 @@ class CodeGen:
     def _tiles(OH, OW, ohb, owb) -> list[Tile]:
         return [Tile(y, min(ohb, OH - y), x, min(owb, OW - x))
                 for y in range(0, OH, ohb) for x in range(0, OW, owb)]
+
+    @staticmethod
+    def _split_tiles(OH, OW, nr, nc) -> list[Tile]:
+        """OH x OW cut into nr x nc near-equal blocks (sizes differ by at most one; larger first)."""
+        def cuts(n, k):
+            q, r = divmod(n, k)
+            sizes = [q + 1] * r + [q] * (k - r)
+            return [(sum(sizes[:i]), sizes[i]) for i in range(k)]
+        return [Tile(y, h, x, w) for y, h in cuts(OH, nr) for x, w in cuts(OW, nc)]
 
     @staticmethod
     def _balanced(n: int, block: int, parts: int) -> int:
@@ -258,10 +278,11 @@ class CodeGen:
                   for c in self._plan_chunks(e + i1 - i0, kh, kw, *L.dilation)]
         return i0 // lanes, chunks
 
-    def _conv_slots(self, L: Conv, bases: list[int], piece=None, first: int = 0):
+    def _conv_slots(self, L: Conv, bases: list[int], piece=None, first: int = 0, kfirst: int = 0):
         """Slots of a Conv; ``piece`` = (out0, step, size): only that rectangle of the output, every
-        step-th pixel from out0 (a phase of a transposed convolution). ``first``: slots of the layer
-        before these (the buffer halves alternate over the whole layer)."""
+        step-th pixel from out0 (a phase of a transposed convolution). ``first``, ``kfirst``: slots
+        and kernel loads of the layer before these (the maps and kernel buffer halves alternate over
+        the whole layer); the kernel loads made are left in ``self._kernel_loads``."""
         cfg = self.cfg
         tin, tout = self.layouts[L.input], self.layouts[L.output]
         cout, cin, kh, kw = L.wq.shape
@@ -278,28 +299,44 @@ class CodeGen:
         kwm = max(c.kw for c in allchunks)
         cwm = max(c.words for c in allchunks)
         nvv_max = max(n for _, n in groups)
-        ohb, owb = self._plan_tile(OH, OW, sy, sx, dy, dx, khm, kwm, cwm, nvv_max, cfg.acc_entries, L.name,
+        # A strided 1x1 convolution reads every sy-th row and sx-th column only: the DMA picks those
+        # pixels (strided runs), so the maps buffer holds a dense tile and the CONV runs at stride 1.
+        subsample = kh == kw == 1 and (sy, sx) != (1, 1)
+        csy, csx = (1, 1) if subsample else (sy, sx)
+        ohb, owb = self._plan_tile(OH, OW, csy, csx, dy, dx, khm, kwm, cwm, nvv_max, cfg.acc_entries, L.name,
                                    residual=bool(L.residual))
         tres = self.layouts[L.residual] if L.residual else None
         ktot = max(sum(c.K for c in cs) for _, cs in ginfo.values())
         pipe = cfg.conv_pipeline * max(len(cs) for _, cs in ginfo.values())
 
+        # Tiles are near-equal blocks of rows and columns, no larger than (ohb, owb).
+        nr0, nc0 = -(-OH // ohb), -(-OW // owb)
         # Candidate 1, cout mode: MVs take different channel groups of one tile (groups whose
         # instructions are the same: same nvv and, for grouped convolutions, the same chunks).
         alike: dict[tuple, list] = {}
         for g in groups:
             alike.setdefault((g[1], tuple(ginfo[g][1])), []).append(g)
         gsets = [gs[i:i + M] for gs in alike.values() for i in range(0, len(gs), M)]
-        tiles_c = self._tiles(OH, OW, ohb, owb)
+        tiles_c = self._split_tiles(OH, OW, nr0, nc0)
         est_c = len(gsets) * sum(t.oh * t.ow * ktot + pipe for t in tiles_c)
-        # Candidate 2, spatial mode: MVs take different tiles of one channel group.
-        ohb_s = self._balanced(OH, ohb, M) if owb == OW else ohb
-        tiles_s = self._tiles(OH, OW, ohb_s, owb)
+        # Candidate 2, spatial mode: MVs take different tiles of one channel group, in lockstep, so
+        # only tiles of one shape share a slot; among a few finer cuts, the one that leaves the
+        # fewest MV units idle (by the compute-cycle estimate) wins.
+        def sizes(n, k):     # {block size: count} of n cut into k near-equal blocks
+            q, r = divmod(n, k)
+            return {q + 1: r, q: k - r} if r else {q: k}
+
+        est_s, cut = None, (nr0, nc0)
+        for nr in range(nr0, min(OH, nr0 + 2 * M) + 1):
+            for nc in range(nc0, min(OW, nc0 + (2 * M if owb < OW else M)) + 1):
+                est = len(groups) * sum(-(-(a * b) // M) * (h * w * ktot + pipe)
+                                        for h, a in sizes(OH, nr).items() for w, b in sizes(OW, nc).items())
+                if est_s is None or est < est_s:
+                    est_s, cut = est, (nr, nc)
         by_shape: dict[tuple[int, int], list[Tile]] = {}
-        for t in tiles_s:
+        for t in self._split_tiles(OH, OW, *cut):
             by_shape.setdefault((t.oh, t.ow), []).append(t)
         tsets = [ts[i:i + M] for ts in by_shape.values() for i in range(0, len(ts), M)]
-        est_s = len(groups) * sum(ts[0].oh * ts[0].ow * ktot + pipe for ts in tsets)
 
         # An item is (channel group, tile, image slot base); the items of a slot run in lockstep.
         items: list[list[tuple[tuple[int, int], Tile, int]]] = []
@@ -322,65 +359,115 @@ class CodeGen:
         act = Act[L.act.upper()]
         resid = Resid.MUL if L.res_op == "mul" else Resid.ADD
         bcast = tres is not None and (tres.height, tres.width) != (OH, OW)   # a (C, 1, 1) operand
-        slots: list[_Slot] = []
-        for it in self._mine(items):
-            nmv = len(it)
-            mask = (1 << nmv) - 1
-            share_tile = all(t == it[0][1] and b == it[0][2] and ginfo[g][0] == ginfo[it[0][0]][0]
-                             for g, t, b in it)
-            share_group = all(g == it[0][0] for g, _, _ in it)
-            nvv = it[0][0][1]
-            t0 = it[0][1]
+
+        def kernel_targets(it):
+            if all(g == it[0][0] for g, _, _ in it):
+                return [((1 << len(it)) - 1, it[0][0])]      # one channel group: broadcast
+            return [(1 << m, g) for m, (g, _, _) in enumerate(it)]
+
+        def item_chunks(it, first_run: bool) -> list[Chunk]:
+            """The chunks an item reduces. The layer's first run starts with a one-word chunk: its
+            small loads are all the layer waits for before its first CONV (the previous layer's
+            stores must be done), and that CONV hides the next chunk's loads."""
             chunks = ginfo[it[0][0]][1]
-            for ci, ch in enumerate(chunks):
-                s = _Slot()
-                half = (first + len(slots)) % 2
-                mbase = half * self.maps_half
-                kbase = half * self.kern_half
-                in_rows = (t0.oh - 1) * sy + (ch.kh - 1) * dy + 1
-                in_cols = (t0.ow - 1) * sx + (ch.kw - 1) * dx + 1
-                # maps
-                targets = [(mask, t0, it[0][2], it[0][0])] if share_tile else \
-                    [(1 << m, t, b, g) for m, (g, t, b) in enumerate(it)]
-                for mmask, t, b, g in targets:
-                    y = t.oy0 * sy + ch.ky0 * dy - pt
-                    x = t.ox0 * sx + ch.kx0 * dx - pl
-                    s.loads.append(self._dma("LOAD", self._addr(b, tin, y, x, ginfo[g][0] + ch.cw0), mbase,
-                                             in_rows, in_cols, ch.words, tin, buf=Buf.MAPS, mv_mask=mmask, nvv=0))
-                # kernels
-                ktargets = [(mask, it[0][0])] if share_group else [(1 << m, g) for m, (g, _, _) in enumerate(it)]
-                for kmask, g in ktargets:
-                    off, nwords = self.weights.conv_blob(L, g, ch, ci == 0, nvv, ginfo[g][0])
-                    s.loads.append(_instr("LOAD", buf=Buf.KERNEL, mv_mask=kmask, nvv=nvv,
-                                          dram_addr=self.weights_addr + off, buf_addr=kbase,
-                                          n0=nwords, n1=1, s1=0, n2=1, s2=0))
-                last = ci == len(chunks) - 1
-                rbase = half * self.res_half
-                if last and tres is not None:   # the residual tile, laid out like the output tile
-                    for m, (g, t, b) in enumerate(it):
-                        if bcast:   # the same channel words for every pixel: DMA strides of 0
-                            s.loads.append(_instr("LOAD", dram_addr=self._addr(b, tres, 0, 0, g[0]), buf_addr=rbase,
-                                                  n0=g[1], n1=t.ow, s1=0, n2=t.oh, s2=0, buf=Buf.RES,
-                                                  mv_mask=1 << m, nvv=0))
+            c0 = chunks[0]
+            if first_run and first == 0 and L.groups == 1 and c0.words > 1 and c0.kh == kh and c0.kw == kw:
+                lanes = cfg.lanes
+                return [Chunk(0, kh, 0, kw, c0.cw0, c0.cw0 + 1, min(lanes, c0.cin)),
+                        Chunk(0, kh, 0, kw, c0.cw0 + 1, c0.cw1, c0.cin - lanes)] + chunks[1:]
+            return chunks
+
+        # Kernel residency: consecutive items that use the same weights form a run; each chunk's
+        # weights are loaded once per run and stay in their kernel half while the run's tiles pass
+        # through (chunk-major order). With several chunks, the run's tiles keep their partial sums
+        # side by side in the accumulators, which bounds a run's pixels.
+        runs: list[list] = []
+        used = 0
+        for it in self._mine(items):
+            px = it[0][1].oh * it[0][1].ow
+            if runs and kernel_targets(runs[-1][0]) == kernel_targets(it) and (
+                    len(item_chunks(it, len(runs) == 1)) == 1 or used + px <= cfg.acc_entries):
+                runs[-1].append(it)
+                used += px
+            else:
+                runs.append([it])
+                used = px
+        slots: list[_Slot] = []
+        kloads = kfirst     # kernel loads so far in the layer: the k-th fills half k % 2
+        for n_run, run in enumerate(runs):
+            run_chunks = item_chunks(run[0], n_run == 0)
+            accs, a = [], 0
+            for it in run:
+                accs.append(a if len(run_chunks) > 1 else 0)
+                a += it[0][1].oh * it[0][1].ow
+            ktargets = kernel_targets(run[0])
+            for ci, ch in enumerate(run_chunks):
+                # The half this load fills was last read by the previous-but-one kernel load's slots,
+                # all at least two slots back, which this slot's first load already waits for.
+                kbase = (kloads % 2) * self.kern_half
+                kloads += 1
+                last = ci == len(run_chunks) - 1
+                for r, it in enumerate(run):
+                    nmv = len(it)
+                    mask = (1 << nmv) - 1
+                    share_tile = all(t == it[0][1] and b == it[0][2] and ginfo[g][0] == ginfo[it[0][0]][0]
+                                     for g, t, b in it)
+                    nvv = it[0][0][1]
+                    t0 = it[0][1]
+                    s = _Slot()
+                    half = (first + len(slots)) % 2
+                    mbase = half * self.maps_half
+                    in_rows = (t0.oh - 1) * csy + (ch.kh - 1) * dy + 1
+                    in_cols = (t0.ow - 1) * csx + (ch.kw - 1) * dx + 1
+                    # maps
+                    targets = [(mask, t0, it[0][2], it[0][0])] if share_tile else \
+                        [(1 << m, t, b, g) for m, (g, t, b) in enumerate(it)]
+                    for mmask, t, b, g in targets:
+                        y = t.oy0 * sy + ch.ky0 * dy - pt
+                        x = t.ox0 * sx + ch.kx0 * dx - pl
+                        addr = self._addr(b, tin, y, x, ginfo[g][0] + ch.cw0)
+                        if subsample:
+                            pitch = tin.pitch_words
+                            s.loads.append(_instr("LOAD", dram_addr=addr, buf_addr=mbase, n0=ch.words, n1=t.ow,
+                                                  s1=sx * pitch, n2=t.oh, s2=sy * tin.row_pixels * pitch,
+                                                  buf=Buf.MAPS, mv_mask=mmask, nvv=0))
                         else:
-                            s.loads.append(self._dma("LOAD", self._addr(b, tres, t.oy0, t.ox0, g[0]), rbase,
-                                                     t.oh, t.ow, g[1], tres, buf=Buf.RES, mv_mask=1 << m, nvv=0))
-                s.compute = _instr(
-                    "CONV", mv_mask=mask, nvv=nvv, maps_addr=mbase * cfg.lanes + ch.c0, in_w=in_cols,
-                    cpitch=ch.words * cfg.lanes, cin=ch.cin, kh=ch.kh, kw=ch.kw, sy=sy, sx=sx, dy=dy, dx=dx,
-                    oh=t0.oh, ow=t0.ow, kern_addr=kbase + (2 if ci == 0 else 0), bias_addr=kbase,
-                    acc_addr=0, out_addr=0, out_pitch=nvv, init=Init.BIAS if ci == 0 else Init.ACC,
-                    write=int(last), shift=L.shift if last else 0, act=act if last else Act.NONE,
-                    act_a=L.act_a if last else 0, act_b=L.act_b if last else 0,
-                    resid=resid if last and tres is not None else Resid.NONE,
-                    res_addr=rbase if last and tres is not None else 0,
-                    rshift=L.res_shift if last and tres is not None else 0)
-                if last:
-                    for m, (g, t, b) in enumerate(it):
-                        s.stores.append(self._dma("STORE", self._addr(b, tout, Y0 + ostep[0] * t.oy0,
-                                                                      X0 + ostep[1] * t.ox0, g[0]), 0,
-                                                  t.oh, t.ow, g[1], tout, step=ostep, mv=m))
-                slots.append(s)
+                            s.loads.append(self._dma("LOAD", addr, mbase, in_rows, in_cols, ch.words, tin,
+                                                     buf=Buf.MAPS, mv_mask=mmask, nvv=0))
+                    # kernels, with the run's first tile only
+                    if r == 0:
+                        for kmask, g in ktargets:
+                            off, nwords = self.weights.conv_blob(L, g, ch, ci == 0, nvv, ginfo[g][0])
+                            s.loads.append(_instr("LOAD", buf=Buf.KERNEL, mv_mask=kmask, nvv=nvv,
+                                                  dram_addr=self.weights_addr + off, buf_addr=kbase,
+                                                  n0=nwords, n1=1, s1=0, n2=1, s2=0))
+                    rbase = half * self.res_half
+                    if last and tres is not None:   # the residual tile, laid out like the output tile
+                        for m, (g, t, b) in enumerate(it):
+                            if bcast:   # the same channel words for every pixel: DMA strides of 0
+                                s.loads.append(_instr("LOAD", dram_addr=self._addr(b, tres, 0, 0, g[0]),
+                                                      buf_addr=rbase, n0=g[1], n1=t.ow, s1=0, n2=t.oh, s2=0,
+                                                      buf=Buf.RES, mv_mask=1 << m, nvv=0))
+                            else:
+                                s.loads.append(self._dma("LOAD", self._addr(b, tres, t.oy0, t.ox0, g[0]), rbase,
+                                                         t.oh, t.ow, g[1], tres, buf=Buf.RES, mv_mask=1 << m, nvv=0))
+                    s.compute = _instr(
+                        "CONV", mv_mask=mask, nvv=nvv, maps_addr=mbase * cfg.lanes + ch.c0, in_w=in_cols,
+                        cpitch=ch.words * cfg.lanes, cin=ch.cin, kh=ch.kh, kw=ch.kw, sy=csy, sx=csx, dy=dy, dx=dx,
+                        oh=t0.oh, ow=t0.ow, kern_addr=kbase + (2 if ci == 0 else 0), bias_addr=kbase,
+                        acc_addr=accs[r], out_addr=0, out_pitch=nvv, init=Init.BIAS if ci == 0 else Init.ACC,
+                        write=int(last), shift=L.shift if last else 0, act=act if last else Act.NONE,
+                        act_a=L.act_a if last else 0, act_b=L.act_b if last else 0,
+                        resid=resid if last and tres is not None else Resid.NONE,
+                        res_addr=rbase if last and tres is not None else 0,
+                        rshift=L.res_shift if last and tres is not None else 0)
+                    if last:
+                        for m, (g, t, b) in enumerate(it):
+                            s.stores.append(self._dma("STORE", self._addr(b, tout, Y0 + ostep[0] * t.oy0,
+                                                                          X0 + ostep[1] * t.ox0, g[0]), 0,
+                                                      t.oh, t.ow, g[1], tout, step=ostep, mv=m))
+                    slots.append(s)
+        self._kernel_loads = kloads
         macs = OH * OW * cout * kh * kw * cin
         nchunks = max(len(cs) for _, cs in ginfo.values())
         return slots, dict(name=L.name, kind=L.kind, mode=mode, chunks=nchunks, tile=(ohb, owb), macs=macs)
@@ -398,13 +485,14 @@ class CodeGen:
         piece that only copies channels (nearest upsampling) runs on the pooling unit, which is
         lane-parallel over channels: an AVGPOOL over a 1x1 window with multiplier 1.0 (exact)."""
         tin, tout = self.layouts[L.input], self.layouts[L.output]
-        slots, macs, chunks = [], 0, 1
+        slots, macs, chunks, kloads = [], 0, 1, 0
         for p in conv_pieces(L, (tin.height, tin.width), (tout.height, tout.width)):
             if self._is_copy(p.conv):
                 copy = AvgPool(p.conv.name, p.conv.nodes, L.input, L.output, (1, 1), (1, 1), p.conv.pads)
                 s, info = self._pool_slots(copy, bases, (0, 0) + p.size, reciprocal(1), len(slots), (p.out0, p.step))
             else:
-                s, info = self._conv_slots(p.conv, bases, (p.out0, p.step, p.size), len(slots))
+                s, info = self._conv_slots(p.conv, bases, (p.out0, p.step, p.size), len(slots), kloads)
+                kloads = self._kernel_loads
             slots += s
             macs += info["macs"]
             chunks = max(chunks, info["chunks"])
@@ -433,19 +521,30 @@ class CodeGen:
         pt, pl = L.pads[0] - Y0 * sy, L.pads[1] - X0 * sx
         M = cfg.mv_per_cluster
         cw_total = tin.cwords
-        nbw = cw_total
-        while nbw > 1 and (kh * kw * nbw > self.maps_half or nbw > self.out_half):
-            nbw -= 1
-        ohb, owb = self._plan_tile(OH, OW, sy, sx, 1, 1, kh, kw, nbw, nbw, 1 << 30, L.name)
-        if owb == OW:
-            ohb = self._balanced(OH, ohb, M)
-        # Each MV pools its own (channel words, tile, image) item; nothing is shared.
-        work = [(cw, min(nbw, cw_total - cw), t, b) for cw in range(0, cw_total, nbw)
-                for t in self._tiles(OH, OW, ohb, owb) for b in bases]
-        by_shape: dict[tuple[int, int, int], list] = {}
-        for w in work:
-            by_shape.setdefault((w[1], w[2].oh, w[2].ow), []).append(w)
-        groups = [ws[i:i + M] for ws in by_shape.values() for i in range(0, len(ws), M)]
+        nbw_max = cw_total
+        while nbw_max > 1 and (kh * kw * nbw_max > self.maps_half or nbw_max > self.out_half):
+            nbw_max -= 1
+        # Pooling is bound by the memory port: fewer channel words per slot give taller tiles, whose
+        # input windows overlap less, so the candidate that moves the fewest words wins (ties: compute).
+        best = None
+        for nbw in range(nbw_max, 0, -1):
+            ohb, owb = self._plan_tile(OH, OW, sy, sx, 1, 1, kh, kw, nbw, nbw, 1 << 30, L.name)
+            if owb == OW:
+                ohb = self._balanced(OH, ohb, M)
+            # Each MV pools its own (channel words, tile, image) item; nothing is shared.
+            work = [(cw, min(nbw, cw_total - cw), t, b) for cw in range(0, cw_total, nbw)
+                    for t in self._tiles(OH, OW, ohb, owb) for b in bases]
+            by_shape: dict[tuple[int, int, int], list] = {}
+            for w in work:
+                by_shape.setdefault((w[1], w[2].oh, w[2].ow), []).append(w)
+            groups = [ws[i:i + M] for ws in by_shape.values() for i in range(0, len(ws), M)]
+            port = sum(nb * (t.oh * t.ow + ((t.oh - 1) * sy + kh) * ((t.ow - 1) * sx + kw)) + 2 * cfg.mem_latency
+                       for _, nb, t, _ in work)
+            compute = sum(cfg.pool_pipeline + g[0][2].oh * g[0][2].ow * g[0][1] * kh * kw for g in groups)
+            est = (max(port, compute), compute)
+            if best is None or est < best[0]:
+                best = (est, nbw, ohb, owb, groups)
+        _, nbw, ohb, owb, groups = best
         slots = []
         for it in self._mine(groups):
             s = _Slot()

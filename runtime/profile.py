@@ -8,7 +8,7 @@ One traced run gives every instruction's start and end cycle (the same cycles th
 Each layer's instructions are known from the code generator, so a layer's time is from its first
 instruction's start to its last one's end in the first cluster's program. ``bound`` compares the
 cycles the compute engine was busy with the cycles the card's memory port carried the layer's
-transfers; ``why`` explains a utilisation below 85 %.
+transfers; ``why`` explains a utilisation below a threshold (85 % unless told).
 """
 from __future__ import annotations
 
@@ -33,14 +33,15 @@ class LayerProfile:
     compute_busy: int         #: cycles the compute engine was busy
     port_busy: int            #: cycles the memory port carried this layer's transfers
     bound: str                #: 'compute' or 'memory'
-    why: str                  #: reasons for a low utilisation ('' when >= 85 %)
+    why: str                  #: reasons for a low utilisation ('' at or above the threshold)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def profile(ie, images=None, seed: int = 0) -> list[LayerProfile]:
-    """Run ``images`` (random in [0, 1) if None) once with tracing and attribute the cycles to layers."""
+def profile(ie, images=None, seed: int = 0, threshold: float = 0.85) -> list[LayerProfile]:
+    """Run ``images`` (random in [0, 1) if None) once with tracing and attribute the cycles to
+    layers; layers below ``threshold`` utilisation get a ``why``."""
     c = ie._need()
     if hasattr(c, "stages"):
         raise ValueError("the per-layer profile of a model with host stages (heterogeneous) is not supported yet; "
@@ -71,23 +72,41 @@ def profile(ie, images=None, seed: int = 0) -> list[LayerProfile]:
         port = words_in + words_out
         macs = lc.macs * per_round
         util = macs / (cycles * cfg.macs_per_cluster * sharing)
-        why = []
-        if util < 0.85 and lc.macs:
-            if port > compute:
-                why.append(f"memory-bound: the port carries {port} words while the MACs work {compute} cycles")
-            convs = [i for i in ins if i.op == "CONV"]
-            slots = sum(i.oh * i.ow * conv_reduction(i) * cfg.macs_per_cluster for i in convs)
-            active = sum(i.oh * i.ow * conv_reduction(i) * i.nvv * cfg.lanes * bin(i.mv_mask).count("1") for i in convs)
-            if slots and active / slots < 0.9:
-                why.append(f"only {active / slots:.0%} of the MAC lanes are given work (output channels or tiles "
-                           f"do not fill {cfg.mv_per_cluster} MV x {cfg.vv_per_mv} VV x {cfg.lanes} lanes)")
-            if compute < 0.9 * cycles and port <= compute:
-                why.append(f"the compute engine idles {cycles - compute} of {cycles} cycles (load latency and "
-                           f"layer boundaries not hidden)")
+        why = _why(cfg, ins, span, lc.macs, util, cycles, start, end, compute, port) if util < threshold else ""
         rows.append(LayerProfile(lc.name, lc.kind, lc.mode, start, cycles, macs, util,
                                  words_in * cfg.beat_bytes, words_out * cfg.beat_bytes, compute, port,
-                                 "memory" if port > compute else "compute", "; ".join(why)))
+                                 "memory" if port > compute else "compute", why))
     return rows
+
+
+def _why(cfg, ins, span, macs, util, cycles, start, end, compute, port) -> str:
+    """The reasons a layer's utilisation is low, largest loss first, from its traced instructions."""
+    why = [] if macs else ["no MACs: pooling runs on the pooling units, its cycles count against the network"]
+    convs = [(i, t) for i, t in zip(ins, span) if i.op == "CONV"]
+    if port > compute:
+        why.append(f"memory-bound: the port carries {port} words while the {'MACs' if macs else 'pooling units'} "
+                   f"work {compute} cycles"
+                   + (" (every weight is used once per image)" if convs and all(i.oh * i.ow == 1 for i, _ in convs) else ""))
+    slots = sum(i.oh * i.ow * conv_reduction(i) * cfg.macs_per_cluster for i, _ in convs)
+    active = sum(i.oh * i.ow * conv_reduction(i) * i.nvv * cfg.lanes * bin(i.mv_mask).count("1") for i, _ in convs)
+    if slots and active / slots < 0.95:
+        why.append(f"only {active / slots:.0%} of the MAC lanes are given work (output channels or tiles "
+                   f"do not fill {cfg.mv_per_cluster} MV x {cfg.vv_per_mv} VV x {cfg.lanes} lanes)")
+    if convs and port <= compute:
+        head = min(t.start for _, t in convs) - start
+        tail = end - max(t.end for _, t in convs)
+        pipe = len(convs) * cfg.conv_pipeline
+        if head > 0.02 * cycles:
+            why.append(f"the first loads take {head} of {cycles} cycles before the first CONV (a layer's "
+                       f"loads start when the previous layer's stores are done)")
+        if tail > 0.02 * cycles:
+            why.append(f"the last stores drain {tail} cycles after the last CONV")
+        if pipe > 0.02 * cycles:
+            why.append(f"pipeline overhead: {len(convs)} CONVs x {cfg.conv_pipeline} cycles")
+        idle = cycles - compute - head - tail
+        if idle > 0.02 * cycles:
+            why.append(f"the compute engine waits {idle} cycles between CONVs for loads not hidden under compute")
+    return "; ".join(why) or "several small losses (load latency, pipeline, store drain), each under 2 % of the layer"
 
 
 def layer_lines(compiled) -> list[str]:

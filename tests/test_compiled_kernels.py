@@ -47,6 +47,8 @@ CONV_CASES = [
     (12, 20, 11, 11, 3, 1, 2, 2),      # dilated
     (64, 40, 6, 6, 3, 1, 1, 1),        # long reduction: chunks on the small configuration
     (4, 70, 17, 17, 3, 1, 1, 1),       # many output channels: cout mode
+    (100, 12, 9, 9, 1, 2, 0, 1),       # strided 1x1 (subsampling DMA); small: chunks x tiles, resident kernels
+    (24, 16, 7, 7, 1, 2, 1, 1),        # strided 1x1 reading the halo
 ]
 
 
