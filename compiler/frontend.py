@@ -951,40 +951,31 @@ class _FrontEnd:
     def _op_Mul(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
         if self._per_channel_constant(index, node, where, "MulConst"):   # folded into the producer's weights
             return
-        a_name, b_name = node.input[0], node.input[1]
-        a, sa = self._operand(where, a_name)
-        b, sb = self._operand(where, b_name)
-        ca, cb = self.tensors[a].shape, self.tensors[b].shape
-        if ca[1:] == (1, 1) and cb[1:] != (1, 1):          # the full-size operand first
-            (a, sa, ca, a_name), (b, sb, cb, b_name) = (b, sb, cb, b_name), (a, sa, ca, a_name)
-        same = sa == sb and ca == cb
-        gate = cb == (ca[0], 1, 1) and len(sa) == len(sb) == 4
-        if not (same or gate):
-            raise CompileError(f"{where}: multiplies {a_name!r} {sa} and {b_name!r} {sb}; only tensors of the same "
-                               f"shape, or a feature map and a per-channel (1, C, 1, 1) tensor of the same C, are "
-                               f"supported")
-        out = node.output[0]
-        self._new_tensor(out, ca, sa, where)
-        self.ops.append(_Fusable(self._node_name(index, node), "Mul", a, out, (b,)))
+        self._binary(index, node, where, "Mul", "multiplies")
 
     def _op_Add(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
-        a_name, b_name = node.input[0], node.input[1]
         if self._per_channel_constant(index, node, where, "AddConst"):   # folded into the producer's bias
             return
+        self._binary(index, node, where, "Add", "adds")
+
+    def _binary(self, index: int, node: onnx.NodeProto, where: str, op: str, verb: str) -> None:
+        """An Add or Mul of two computed tensors, pending fusion: of the same shape, or a feature map
+        and a per-channel (1, C, 1, 1) tensor (broadcast over the pixels; the map goes first)."""
+        a_name, b_name = node.input[0], node.input[1]
         a, sa = self._operand(where, a_name)
         b, sb = self._operand(where, b_name)
         ca, cb = self.tensors[a].shape, self.tensors[b].shape
         if ca[1:] == (1, 1) and cb[1:] != (1, 1):          # the full-size operand first
             (a, sa, ca, a_name), (b, sb, cb, b_name) = (b, sb, cb, b_name), (a, sa, ca, a_name)
         same = sa == sb and ca == cb
-        per_channel = cb == (ca[0], 1, 1) and len(sa) == len(sb) == 4   # broadcast over the pixels
+        per_channel = cb == (ca[0], 1, 1) and len(sa) == len(sb) == 4
         if not (same or per_channel):
-            raise CompileError(f"{where}: adds {a_name!r} {sa} and {b_name!r} {sb}; only tensors of the same shape "
-                               f"(a residual connection), a feature map and a per-channel (1, C, 1, 1) tensor of the "
-                               f"same C, or a per-channel constant are supported")
+            raise CompileError(f"{where}: {verb} {a_name!r} {sa} and {b_name!r} {sb}; only tensors of the same "
+                               f"shape, a feature map and a per-channel (1, C, 1, 1) tensor of the same C, or a "
+                               f"per-channel constant are supported")
         out = node.output[0]
         self._new_tensor(out, ca, sa, where)
-        self.ops.append(_Fusable(self._node_name(index, node), "Add", a, out, (b,)))
+        self.ops.append(_Fusable(self._node_name(index, node), op, a, out, (b,)))
 
     def _op_Concat(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
         names = [i for i in node.input if i]

@@ -485,6 +485,6 @@ def test_mul_of_shapes_that_do_not_broadcast_per_channel_is_refused():
                   helper.make_node("Mul", ["a", "p"], ["y"], name="prod")],
                  [("x", (1, 3, 5, 5))], [("y", None)], [("w", rand((2, 3, 3, 3)))])
     with pytest.raises(CompileError, match=r"node 'prod' \(Mul\): multiplies 'a' \(1, 2, 3, 3\) and 'p' "
-                                           r"\(1, 3, 1, 1\); only tensors of the same shape, or a feature map and "
+                                           r"\(1, 3, 1, 1\); only tensors of the same shape, a feature map and "
                                            r"a per-channel"):
         load_model(model)
