@@ -50,6 +50,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from .lift1d import lift_1d
 from .ir import AvgPool, CompileError, Concat, Conv, Graph, GraphInput, GraphOutput, HostTail, MaxPool, TensorInfo
 
 #: initializers of at most this many elements keep their values for ONNX shape inference
@@ -133,6 +134,7 @@ def _load(model) -> tuple[onnx.ModelProto, str, str | None]:
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
+        lift_1d(proto)
         return proto, proto.graph.name or "<model>", None
     if not isinstance(model, (str, Path)):
         raise TypeError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
@@ -151,6 +153,7 @@ def _load(model) -> tuple[onnx.ModelProto, str, str | None]:
         raise CompileError(f"{path} is not an ONNX model: {e}") from None
     if not proto.HasField("graph") or not proto.graph.output:
         raise CompileError(f"{path} is not an ONNX model: it holds no graph with outputs")
+    lift_1d(proto)
     return proto, str(path), str(path.parent)
 
 
@@ -407,16 +410,17 @@ class _FrontEnd:
             # A bad batch or rank is reported by the first node that reads the input (which may have a
             # more specific complaint, e.g. that a weight must be an initializer), or at the end.
             chw = (0, 0, 0)
-            if len(shape) not in (2, 4):
+            if len(shape) not in (2, 3, 4):
                 self.bad_inputs[vi.name] = (f"input {vi.name!r} has shape {shape}; the DLA takes NCHW images "
-                                            f"(rank 4) or (1, N) vectors (rank 2)")
+                                            f"(rank 4), NCL sequences (rank 3, as (N, C, L, 1) images) or "
+                                            f"(1, N) vectors (rank 2)")
             elif shape[0] != 1:
                 self.bad_inputs[vi.name] = (
                     f"input {vi.name!r} has batch dimension {shape[0]} (shape {shape}); compile the model for batch 1 "
                     f"(e.g. inshapes='{'x'.join(map(str, (1,) + shape[1:]))}'): the runtime batches images over "
                     f"cards and clusters")
             else:
-                chw = shape[1:] if len(shape) == 4 else (shape[1], 1, 1)
+                chw = shape[1:] if len(shape) == 4 else (shape[1], shape[2], 1) if len(shape) == 3 else (shape[1], 1, 1)
             self.tensors[vi.name] = TensorInfo(vi.name, chw)
             self.shapes[vi.name] = shape
             result.append(GraphInput(vi.name, vi.name, shape))

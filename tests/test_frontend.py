@@ -435,8 +435,8 @@ def test_nodes_out_of_order_are_sorted_and_cycles_rejected():
 
 
 def test_input_of_unsupported_rank_rejected():
-    model = make([helper.make_node("Relu", ["x"], ["y"], name="r")], [("x", (1, 3, 8))], [("y", None)])
-    with pytest.raises(CompileError, match=r"node 'r' \(Relu\): input 'x' has shape \(1, 3, 8\)"):
+    model = make([helper.make_node("Relu", ["x"], ["y"], name="r")], [("x", (1, 3, 2, 2, 2))], [("y", None)])
+    with pytest.raises(CompileError, match=r"node 'r' \(Relu\): input 'x' has shape \(1, 3, 2, 2, 2\)"):
         load_model(model)
 
 

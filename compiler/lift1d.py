@@ -1,0 +1,120 @@
+"""1-D models on the 2-D machine: (N, C, L) tensors as (N, C, L, 1) images.
+
+The DLA's layers are 2-D (NCHW). A model whose graph inputs are rank 3 (N, C, L) -- 1-D
+convolutions and pooling, or element-wise ops on such tensors -- runs unchanged in meaning as a
+model on (N, C, L, 1): every 1-D kernel, stride, pad and dilation gets a second axis of size 1 (pad
+0), every 1-D weight a trailing axis of 1, a per-channel constant (C, 1) becomes (C, 1, 1). The
+rewrite adds ``Reshape(x, [0, 0, 0, 1])`` after each rank-3 input and ``Reshape(y, [0, 0, 0])``
+before each rank-3 output, which the front end compiles as views (no code): the user still passes
+and gets (N, C, L) arrays.
+
+Only models made entirely of operators whose meaning does not depend on the rank are rewritten
+(see :data:`SAFE_OPS`; an op with an axis counted from the end, such as Softmax, would change
+meaning); anything else is left as it is, and the front end refuses its rank-3 tensors as before.
+Weights are reshaped through their ``dims`` only, so no weight data is read.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+__all__ = ["lift_1d"]
+
+#: ops whose meaning a trailing axis of 1 does not change (with the attribute rewrites below)
+SAFE_OPS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "BatchNormalization", "Add", "Mul", "Sum",
+                      "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+                      "Concat", "Identity", "Dropout"})
+_SPATIAL = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
+
+
+def _rank(vi: onnx.ValueInfoProto) -> int | None:
+    t = vi.type.tensor_type
+    return len(t.shape.dim) if vi.type.HasField("tensor_type") and t.HasField("shape") else None
+
+
+def lift_1d(proto: onnx.ModelProto) -> bool:
+    """Rewrite ``proto`` in place as described in the module docstring; False (and ``proto``
+    untouched) when it has no rank-3 input or an operator outside :data:`SAFE_OPS`."""
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    inputs = [vi for vi in g.input if vi.name not in inits]
+    if not inputs or any(_rank(vi) != 3 for vi in inputs):
+        return False
+    if any(_rank(vo) != 3 for vo in g.output):
+        return False
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        if n.domain not in ("", "ai.onnx") or n.op_type not in SAFE_OPS:
+            return False
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    # the constant operands that need a trailing axis, and each must serve only nodes that get one
+    reshape_dims: dict[str, list[int]] = {}
+    for n in g.node:
+        ins = [i for i in n.input if i]
+        if n.op_type in ("Conv", "ConvTranspose"):
+            w = inits.get(ins[1]) if len(ins) > 1 else None
+            if w is None or len(w.dims) != 3:
+                return False
+            reshape_dims[w.name] = list(w.dims) + [1]
+        elif n.op_type in ("Add", "Mul", "Sum"):
+            for i in ins:
+                t = inits.get(i)
+                if t is None:
+                    continue
+                if len(t.dims) >= 2 and t.dims[-1] == 1:      # (C, 1) or (1, C, 1): per channel
+                    reshape_dims[t.name] = list(t.dims) + [1]
+                elif int(np.prod(t.dims)) != 1:               # broadcast along L: no 2-D equivalent here
+                    return False
+        elif n.op_type == "Concat":
+            axis = next((a.i for a in n.attribute if a.name == "axis"), None)
+            if axis not in (1, -2):
+                return False
+    for name in reshape_dims:
+        if any(c.op_type not in ("Conv", "ConvTranspose", "Add", "Mul", "Sum") for c in consumers.get(name, [])):
+            return False
+    # rewrite
+    for name, dims in reshape_dims.items():
+        t = inits[name]
+        del t.dims[:]
+        t.dims.extend(dims)
+    for n in g.node:
+        if n.op_type in _SPATIAL:
+            _lift_attributes(n)
+        elif n.op_type == "Concat":
+            for a in n.attribute:
+                if a.name == "axis":
+                    a.i = 1
+    zero3 = numpy_helper.from_array(np.array([0, 0, 0, 1], dtype=np.int64), "lift1d_to_2d")
+    zero2 = numpy_helper.from_array(np.array([0, 0, 0], dtype=np.int64), "lift1d_to_1d")
+    g.initializer.extend([zero3, zero2])
+    head, tail = [], []
+    for vi in inputs:
+        lifted = f"{vi.name}__2d"
+        for n in g.node:
+            n.input[:] = [lifted if i == vi.name else i for i in n.input]
+        head.append(helper.make_node("Reshape", [vi.name, zero3.name], [lifted], name=f"{vi.name}__to_2d"))
+    for vo in g.output:
+        lifted = f"{vo.name}__2d"
+        for n in g.node:
+            n.output[:] = [lifted if o == vo.name else o for o in n.output]
+            n.input[:] = [lifted if i == vo.name else i for i in n.input]
+        tail.append(helper.make_node("Reshape", [lifted, zero2.name], [vo.name], name=f"{vo.name}__to_1d"))
+    nodes = head + list(g.node) + tail
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]        # rank-3 shapes of intermediate tensors no longer hold
+    return True
+
+
+def _lift_attributes(n: onnx.NodeProto) -> None:
+    """A 1-D Conv/ConvTranspose/pool's attributes as those of the (L, 1) 2-D op."""
+    extra = {"kernel_shape": 1, "strides": 1, "dilations": 1, "output_padding": 0, "output_shape": 1}
+    for a in n.attribute:
+        if a.name in extra and len(a.ints) == 1:
+            a.ints.append(extra[a.name])
+        elif a.name == "pads" and len(a.ints) == 2:
+            b, e = a.ints
+            del a.ints[:]
+            a.ints.extend([b, 0, e, 0])
