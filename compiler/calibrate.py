@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .driver import image_batch
 from .ir import CompileError, Graph
 
 __all__ = ["calibrate", "calibration_feeds", "HEADROOM"]
@@ -50,18 +51,10 @@ def calibration_feeds(graph: Graph, samples) -> list[dict[str, np.ndarray]]:
             raise CompileError(f"samples[{n}] has {len(group)} array(s); the model has {k} input(s)")
         per_input = []
         for gi, a in zip(graph.inputs, group):
-            a = np.asarray(a) if not isinstance(a, np.ndarray) else a
-            if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
-                raise CompileError(f"samples[{n}] for input {gi.name!r} must be a real float array, got dtype {a.dtype}")
-            per = tuple(gi.onnx_shape[1:])
-            if a.shape == per:
-                a = a[None]
-            if a.shape[1:] != per:
-                raise CompileError(f"samples[{n}] for input {gi.name!r} has shape {a.shape}; expected (N, "
-                                   f"{', '.join(map(str, per))}) or {per}")
-            if not np.all(np.isfinite(a)):
-                raise CompileError(f"samples[{n}] for input {gi.name!r} contains NaN or infinity")
-            per_input.append(a.astype(np.float32, copy=False))
+            try:
+                per_input.append(image_batch(a, tuple(gi.onnx_shape[1:]), f"samples[{n}] for input {gi.name!r}"))
+            except (TypeError, ValueError) as e:
+                raise CompileError(str(e)) from None
         batch = {len(a) for a in per_input}
         if len(batch) != 1:
             raise CompileError(f"samples[{n}]: the inputs have different batch sizes {sorted(batch)}")

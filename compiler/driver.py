@@ -13,6 +13,23 @@ from .ir import CompileError, Graph, HostTail
 from .memmap import MemoryMap, align, plan_tensors
 
 
+def image_batch(a, per: tuple[int, ...], what: str) -> np.ndarray:
+    """``a`` as a float32 batch ``(N, *per)`` of images of shape ``per`` (one image may leave N
+    out). TypeError when it is no array of real numbers, ValueError for a wrong shape, NaN or
+    infinity; the message starts with ``what`` (e.g. "input 'x'")."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
+        raise TypeError(f"{what} must be a real float array (float32), got dtype {a.dtype}")
+    if a.shape == per:
+        a = a[None]
+    if a.shape[1:] != per:
+        raise ValueError(f"{what} must have shape (N, {', '.join(map(str, per))}) or {per} for one image, "
+                         f"got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{what} contains NaN or infinity")
+    return a.astype(np.float32, copy=False)
+
+
 @dataclass
 class IODesc:
     """A network input or output as the host sees it."""

@@ -27,7 +27,7 @@ from arch.asm import disassemble
 from arch.machine import get_config
 from arch.numerics import fixed_to_float, float_to_fixed
 from compiler import binfile
-from compiler.driver import Compiled, Parallel
+from compiler.driver import Compiled, Parallel, image_batch
 from compiler.hostops import host_evaluator
 from compiler.ir import CompileError
 from compiler.partition import HostStage, Staged, compile_partitioned
@@ -392,21 +392,11 @@ class MDLA:
         for a, i in zip(arrays, c.inputs):
             if a is None:
                 raise ValueError(f"input {i.name!r} is None")
-            a = np.asarray(a)
-            if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
-                raise TypeError(f"input {i.name!r} must be a real float array (float32), got dtype {a.dtype}")
-            per = tuple(i.onnx_shape[1:])
-            if a.shape == per:
-                a = a[None]
-            if a.shape[1:] != per:
-                raise ValueError(f"input {i.name!r} must have shape (N, {', '.join(map(str, per))}) "
-                                 f"or {per} for one image, got {a.shape}")
-            if not np.all(np.isfinite(a)):
-                raise ValueError(f"input {i.name!r} contains NaN or infinity")
+            a = image_batch(a, tuple(i.onnx_shape[1:]), f"input {i.name!r}")
             if batch is not None and a.shape[0] != batch:
                 raise ValueError(f"inputs have different batch sizes ({batch} and {a.shape[0]})")
             batch = a.shape[0]
-            out.append(a.astype(np.float32, copy=False))
+            out.append(a)
         if not any_batch and batch != expected:
             p = c.parallel
             per = (f"nfpgas {p.nfpgas} x imgs_per_cluster {p.imgs_per_cluster}; the {len(p.clusters)} clusters "

@@ -191,7 +191,7 @@ def test_debug_Q_prints_the_formats(capsys):
 @pytest.mark.parametrize("samples,match", [
     ([], "samples is empty"),
     ("img.png", "samples must be a list"),
-    ([np.zeros((1, 3, 16, 15), np.float32)], r"samples\[0\] for input 'input' has shape \(1, 3, 16, 15\)"),
+    ([np.zeros((1, 3, 16, 15), np.float32)], r"samples\[0\] for input 'input' must have shape .* got \(1, 3, 16, 15\)"),
     ([np.full((1, 3, 16, 16), np.nan, np.float32)], r"samples\[0\] for input 'input' contains NaN"),
     ([np.zeros((1, 3, 16, 16), np.complex64)], "must be a real float array"),
 ])
