@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from arch.asm import assemble
-from arch.isa import Buf, Instr, ISAError, encode, encode_program, validate
+from arch.isa import Buf, Instr, encode, encode_program
 from arch.machine import REFERENCE, SMALL, MachineConfig
 from sim import SimError, run_card
 from sim.units import ClusterUnits
@@ -19,16 +19,6 @@ from sim.units import ClusterUnits
 CONFIGS = [SMALL, REFERENCE]
 
 
-def _res_loads_valid() -> bool:
-    try:
-        validate(Instr("LOAD", buf=Buf.RES, mv_mask=1, n0=1, n1=1, n2=1), SMALL)
-        return True
-    except ISAError:
-        return False
-
-
-#: arch.isa documents LOAD buf=RES, but validate() may not accept it yet
-needs_res_load = pytest.mark.skipif(not _res_loads_valid(), reason="arch.isa.validate rejects LOAD buf=RES")
 PROG = 0x0            # program address in the tests' memory images
 MAPS = 0x4000         # input feature map
 KERN = 0x10000        # weights and biases
@@ -375,7 +365,6 @@ def test_conv_residual_on_the_unit():
     np.testing.assert_array_equal(u.acc[0, :2, :f["nvv"]], ref_conv(x, w, 1, 1, 1, 1, 1, 2).reshape(2, f["nvv"], L))
 
 
-@needs_res_load
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
 def test_conv_residual_end_to_end(cfg: MachineConfig):
     L = cfg.lanes

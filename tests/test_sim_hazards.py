@@ -21,16 +21,6 @@ from sim import SimError, run_card
 MEM_BYTES = 0x10000
 
 
-def _res_loads_valid() -> bool:
-    try:
-        validate(Instr("LOAD", buf=Buf.RES, mv_mask=1, n0=1, n1=1, n2=1), SMALL)
-        return True
-    except ISAError:
-        return False
-
-
-#: arch.isa documents LOAD buf=RES (the residual of a fused Add), but validate() may not accept it yet
-RES_LOADS = _res_loads_valid()
 
 
 def image(programs: dict[int, str | list[Instr]], size: int = MEM_BYTES, seed: int = 0):
@@ -121,7 +111,6 @@ def test_race_on_kernel_buffer():
         run({0: f"LOAD buf=KERNEL mv_mask=1 nvv=2 dram_addr=0x2000 buf_addr=0 n0=8 n1=1 n2=1\n{CONV}\nEND"})
 
 
-@pytest.mark.skipif(not RES_LOADS, reason="arch.isa.validate rejects LOAD buf=RES")
 def test_race_on_residual_buffer():
     load = "LOAD buf=RES mv_mask=1 dram_addr=0x2000 buf_addr=2 n0=4 n1=1 n2=1"
     conv = f"{CONV} resid=1 res_addr=4 rshift=1"
@@ -288,7 +277,7 @@ def _mask(draw, cfg):
 def _load(draw, cfg: MachineConfig) -> Instr:
     if draw(st.booleans()):
         n0, n1, n2 = draw(st.integers(1, 8)), draw(st.integers(1, 3)), draw(st.integers(1, 2))
-        buf = Buf.RES if RES_LOADS and draw(st.integers(0, 3)) == 0 else Buf.MAPS
+        buf = Buf.RES if draw(st.integers(0, 3)) == 0 else Buf.MAPS
         return Instr("LOAD", buf=buf, mv_mask=_mask(draw, cfg), dram_addr=SRC + cfg.beat_bytes * draw(st.integers(0, 100)),
                      buf_addr=draw(st.integers(0, 40)), n0=n0, n1=n1, s1=draw(st.integers(0, 10)), n2=n2,
                      s2=draw(st.integers(0, 30)))
@@ -311,7 +300,7 @@ def _compute(draw, cfg: MachineConfig) -> Instr:
                      acc_addr=draw(st.integers(0, 5)), out_addr=draw(st.integers(0, 20)),
                      out_pitch=nvv + draw(st.integers(0, 1)), init=draw(st.integers(0, 2)),
                      write=draw(st.integers(0, 3)) > 0, shift=draw(st.integers(0, 14)), act=draw(st.integers(0, 1)),
-                     resid=RES_LOADS and draw(st.booleans()), res_addr=draw(st.integers(0, 20)),
+                     resid=draw(st.booleans()), res_addr=draw(st.integers(0, 20)),
                      rshift=draw(st.integers(0, 8)))
     avg = draw(st.booleans())
     kh, kw, sy, sx = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2)))

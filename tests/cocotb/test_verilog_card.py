@@ -136,24 +136,12 @@ def test_barrier(card_build, sim, case):
 @pytest.mark.parametrize("sim", SIMS)
 def test_mdla_run_on_verilog(card_build, sim, tmp_path):
     """SetFlag('simulator', sim): Run() on the exported Verilog gives Run_sw's bits and cycles."""
-    import onnx
-
-    import microndla
+    from tests.hw.util import assert_run_equals_run_sw
     from zoo import kernels
     card_build(sim)
-    path = tmp_path / "conv.onnx"
-    onnx.save(kernels.conv_model(4, 8, 6, 6, 3, 1, 1, relu=True, seed=3), str(path))
     x = np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32)
-    ie = microndla.MDLA()
-    ie.SetFlag("bitfile", "small")
-    ie.Compile(str(path))
-    y_sw = ie.Run_sw(x)
-    cycles_sw = ie.GetInfo("hwcycles")
-    ie.SetFlag("simulator", sim)
-    y_rtl = ie.Run(x)
-    assert np.array_equal(y_rtl, y_sw)
-    assert ie.GetInfo("hwcycles") == cycles_sw
-    ie.Free()
+    assert_run_equals_run_sw(kernels.conv_model(4, 8, 6, 6, 3, 1, 1, relu=True, seed=3), x, tmp_path,
+                             {"simulator": sim}).Free()
 
 
 def test_executors_registered():

@@ -3,27 +3,17 @@ gives the functional model's bits and cycles; SetFlag('vcd', path) writes the wa
 import os
 
 import numpy as np
-import onnx
 import pytest
 
-import microndla
+from tests.hw.util import assert_run_equals_run_sw
 from zoo import kernels
 
 
 def test_run_on_amaranth_equals_functional(tmp_path):
-    path = tmp_path / "conv.onnx"
-    onnx.save(kernels.conv_model(4, 8, 6, 6, 3, 1, 1, relu=True, seed=3), str(path))
     x = np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32)
-    ie = microndla.MDLA()
-    ie.SetFlag("bitfile", "small")
-    ie.Compile(str(path))
-    y_sw = ie.Run_sw(x)
-    cycles_sw = ie.GetInfo("hwcycles")
     vcd = tmp_path / "conv.vcd"
-    ie.SetFlag({"simulator": "amaranth", "vcd": str(vcd)})
-    y_rtl = ie.Run(x)
-    assert np.array_equal(y_rtl, y_sw)
-    assert ie.GetInfo("hwcycles") == cycles_sw
+    assert_run_equals_run_sw(kernels.conv_model(4, 8, 6, 6, 3, 1, 1, relu=True, seed=3), x, tmp_path,
+                             {"simulator": "amaranth", "vcd": str(vcd)})
     # GTKWave's own VCD loader reads the whole waveform (what the viewer does when it opens it)
     import shutil
     import subprocess
@@ -39,15 +29,5 @@ def test_run_on_amaranth_equals_functional(tmp_path):
 
 def test_run_residual_on_amaranth_equals_functional(tmp_path):
     """A Conv+BN+Add+Relu block (a CONV with a fused residual) through the SDK API on the RTL."""
-    path = tmp_path / "res.onnx"
-    onnx.save(kernels.residual_model(4, 6, 6, 1, seed=2), str(path))
     x = np.random.default_rng(1).standard_normal((1, 4, 6, 6)).astype(np.float32)
-    ie = microndla.MDLA()
-    ie.SetFlag("bitfile", "small")
-    ie.Compile(str(path))
-    y_sw = ie.Run_sw(x)
-    cycles_sw = ie.GetInfo("hwcycles")
-    ie.SetFlag("simulator", "amaranth")
-    y_rtl = ie.Run(x)
-    assert np.array_equal(y_rtl, y_sw)
-    assert ie.GetInfo("hwcycles") == cycles_sw
+    assert_run_equals_run_sw(kernels.residual_model(4, 6, 6, 1, seed=2), x, tmp_path, {"simulator": "amaranth"})
