@@ -232,8 +232,11 @@ class ISAError(ValueError):
 
 
 class Instr:
-    """One instruction: a mnemonic and its field values (missing fields are 0)."""
-    __slots__ = ("op", "f")
+    """One instruction: a mnemonic and its field values (missing fields are 0).
+
+    The fields are also plain instance attributes (``i.oh``): the functional model reads them
+    tens of thousands of times per network, and a ``__getattr__`` lookup would cost it ~5 %."""
+    __slots__ = ("op", "f", "__dict__")
 
     def __init__(self, op: str, **fields):
         fmt = FORMATS.get(op)
@@ -249,6 +252,7 @@ class Instr:
             vals[k] = int(v)
         object.__setattr__(self, "op", op)
         object.__setattr__(self, "f", vals)
+        self.__dict__.update(vals)
 
     def __getattr__(self, name):
         try:
