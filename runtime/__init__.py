@@ -1,2 +1,3 @@
 """The runtime: the MDLA API (``runtime.mdla``), its flags, the executors that run a compiled
-program (functional model now; Amaranth and Verilog simulations later) and the ``mdla`` CLI."""
+program (the functional model, the Amaranth simulation, the exported Verilog under cocotb) and the
+``mdla`` CLI."""
