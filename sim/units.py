@@ -34,11 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from arch.isa import Buf, Init, Instr, maps_extent_conv
 from arch.machine import MachineConfig
 from arch.numerics import ACT_NONE, ACT_RELU, RES_ADD, RES_MUL, average, join_bias, requantize
+
+from . import gemm
 
 __all__ = ["ClusterUnits", "available_cores", "mv_list", "dma_offsets", "conv_maps_words", "pool_maps_words",
            "pitched_words"]
@@ -140,31 +141,30 @@ class ClusterUnits:
     def load(self, i: Instr, mem_words: np.ndarray, base_word: int) -> None:
         """LOAD: ``mem_words`` is the memory image viewed as ``int16[words, lanes]``."""
         pat = _dma_pattern(i)
-        n = pat.words
+        n, L = pat.words, self.lanes
+        # src: the transferred words, (n, 1, lanes) or, strided, (n2, n1, n0, 1, lanes), the 1 being
+        # the MV axis of the destination; a strided source is read in place, not gathered first
         if pat.contiguous:
-            data = mem_words[base_word:base_word + n]
+            src = mem_words[base_word:base_word + n, None]
         else:
-            data = _strided_words(mem_words, base_word, i, False).reshape(n, self.lanes)
+            src = _strided_words(mem_words, base_word, i, False)[:, :, :, None]
+        shape = src.shape[:-2]
+        a = i.buf_addr
         mvs = mv_list(i.mv_mask)
         if i.buf == Buf.RES:
             for m in mvs:
-                self.res[m, i.buf_addr:i.buf_addr + n] = data
+                np.reshape(self.res[m, a:a + n], shape + (L,), copy=False)[...] = src[..., 0, :]
             return
         self._loads += 1
-        a = i.buf_addr
-        # consecutive MVs (a broadcast mask) are written in one assignment
-        groups = [slice(mvs[0], mvs[-1] + 1)] if mvs[-1] - mvs[0] == len(mvs) - 1 else mvs
-        if i.buf == Buf.MAPS:
-            for m in groups:
-                m = m if isinstance(m, slice) else slice(m, m + 1)
-                self._copy(self.maps_w[m, a:a + n].swapaxes(0, 1), data[:, None])
+        for g in _consecutive_runs(mvs):             # a broadcast mask: all MVs in one assignment
+            m = slice(g[0], g[-1] + 1)
+            if i.buf == Buf.MAPS:
+                self._copy(np.reshape(self.maps_w[m, a:a + n].swapaxes(0, 1), shape + (len(g), L), copy=False), src)
                 self.maps_tag[m, a:a + n] = self._loads
-        else:
-            nvv = i.nvv
-            dealt = data.reshape(n // nvv, 1, nvv, self.lanes)
-            for m in groups:
-                m = m if isinstance(m, slice) else slice(m, m + 1)
-                self._copy(self.kern_wm[a:a + n // nvv, m, :nvv], dealt)
+            else:
+                nvv = i.nvv
+                self._copy(self.kern_wm[a:a + n // nvv, m, :nvv],
+                           src.reshape(n // nvv, nvv, 1, L).swapaxes(1, 2))
                 self.kern_tag[a:a + n // nvv, m] = self._loads
 
     def _copy(self, dst: np.ndarray, src: np.ndarray) -> None:
@@ -196,11 +196,9 @@ class ClusterUnits:
     # ---- compute -----------------------------------------------------------------------------
     def _window(self, m: int, i: Instr, y0: int, y1: int) -> np.ndarray:
         """Read-only (rows, ow, kh, kw, cin) view of the maps of output rows y0..y1 of a CONV in MV m."""
-        src = self.maps[m, i.maps_addr + y0 * i.sy * i.in_w * i.cpitch:]
-        e = src.strides[0]
-        row, pix = i.in_w * i.cpitch * e, i.cpitch * e
-        return as_strided(src, shape=(y1 - y0, i.ow, i.kh, i.kw, i.cin),
-                          strides=(i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, e), writeable=False)
+        row, pix = i.in_w * i.cpitch, i.cpitch
+        return _view(self.maps[m], i.maps_addr + y0 * i.sy * row, (y1 - y0, i.ow, i.kh, i.kw, i.cin),
+                     (i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, 1))
 
     def _im2col(self, m: int, i: Instr, out: np.ndarray, y0: int, y1: int) -> None:
         """Gather output rows y0..y1 of the (P, K) operand of a CONV from MV m's maps buffer into
@@ -212,58 +210,58 @@ class ClusterUnits:
         valued, below 2**53) when the reduction is short enough, else int64."""
         K = A.shape[-1]
         if K <= self.k_exact:
-            return A @ B
+            return gemm.matmul(A, B)
         R = np.zeros(A.shape[:-1] + B.shape[-1:], dtype=np.int64)
         for k0 in range(0, K, self.k_exact):
-            R += (A[..., k0:k0 + self.k_exact] @ B[..., k0:k0 + self.k_exact, :]).astype(np.int64)
+            R += gemm.matmul(A[..., k0:k0 + self.k_exact], B[..., k0:k0 + self.k_exact, :]).astype(np.int64)
         return R
 
     @staticmethod
-    def _same(tags: np.ndarray, mvs: tuple[int, ...], data) -> bool:
-        """Whether the MVs ``mvs`` hold equal operands (words ``data(m)``), known equal where their
-        words carry the same nonzero load tags ``tags[m]``; words no LOAD wrote (zeroed, or set
-        directly by a test) are compared by value. False only costs speed: the per-MV path gives the
-        same result."""
-        t0 = tags[mvs[0]]
-        if not all(np.array_equal(t0, tags[m]) for m in mvs[1:]):
+    def _same(tags: np.ndarray, data) -> bool:
+        """Whether some MVs hold equal operands: ``tags[j]`` are the load tags of MV j's words and
+        ``data(j)`` the words. Words with the same nonzero tag are known equal; words no LOAD wrote
+        (zeroed, or set directly by a test) are compared by value. False only costs speed: the
+        per-MV path gives the same result."""
+        if not (tags[1:] == tags[0]).all():
             return False
-        z = t0 == 0
+        z = tags[0] == 0
         if not z.any():
             return True
-        d0 = data(mvs[0])[z]
-        return all(np.array_equal(d0, data(m)[z]) for m in mvs[1:])
+        d0 = data(0)[z]
+        return all(np.array_equal(d0, data(j)[z]) for j in range(1, len(tags)))
 
     def conv(self, i: Instr) -> None:
         L = self.lanes
         mvs = mv_list(i.mv_mask)
+        sel = _mv_index(mvs)
         nmv, nvv = len(mvs), i.nvv
         P, K, N = i.oh * i.ow, i.kh * i.kw * i.cin, i.nvv * L
-        # kernel operand per MV: (K, nvv*lanes)
-        W = [self.kern[m, i.kern_addr:i.kern_addr + K, :nvv].reshape(K, N) for m in mvs]
+        ka = i.kern_addr
+
+        def weights(m: int) -> np.ndarray:
+            """The kernel operand of MV m: (K, nvv*lanes), a view."""
+            return self.kern[m, ka:ka + K, :nvv].reshape(K, N)
         # Maps loaded with a broadcast mask are usually identical in all MVs: gather once then.
         if nmv > 1:
-            lo = i.maps_addr
-            hi = lo + maps_extent_conv(i)
-            m0 = mvs[0]
-            wlo, whi = lo // L, -(-hi // L)
-            same_maps = self._same(self.maps_tag[:, wlo:whi], mvs, lambda m: self.maps_w[m, wlo:whi])
+            wlo, whi = i.maps_addr // L, -(-(i.maps_addr + maps_extent_conv(i)) // L)
+            same_maps = self._same(self.maps_tag[sel, wlo:whi], lambda j: self.maps_w[mvs[j], wlo:whi])
         else:
             same_maps = True
         if same_maps:
             if nmv == 1:
-                B = W[0]
-            elif mvs[-1] - mvs[0] == nmv - 1:               # consecutive MVs: one view of the kernel words
-                B = self.kern_wm[i.kern_addr:i.kern_addr + K, mvs[0]:mvs[0] + nmv, :nvv].reshape(K, nmv * N)
+                B = weights(mvs[0])
+            elif isinstance(sel, slice):                    # consecutive MVs: one view of the kernel words
+                B = self.kern_wm[ka:ka + K, sel, :nvv].reshape(K, nmv * N)
             else:
-                B = np.concatenate(W, axis=1)
-        elif self._same(self.kern_tag[i.kern_addr:i.kern_addr + K].T, mvs, lambda m: W[mvs.index(m)]):
-            B = W[0]                                            # per-MV images, shared weights
+                B = np.concatenate([weights(m) for m in mvs], axis=1)
+        elif self._same(self.kern_tag[ka:ka + K, sel].T, lambda j: weights(mvs[j])):
+            B = weights(mvs[0])                             # per-MV images, shared weights
         else:
-            B = np.stack(W)
+            B = np.stack([weights(m) for m in mvs])
         bias = None
-        if i.init == Init.BIAS:
-            bias = [join_bias(self.kern[m, i.bias_addr, :nvv].astype(np.int64),
-                              self.kern[m, i.bias_addr + 1, :nvv].astype(np.int64)) for m in mvs]
+        if i.init == Init.BIAS:      # (nmv, 1, nvv, lanes): one bias per output channel, for every pixel
+            words = self.kern_wm[i.bias_addr:i.bias_addr + 2, _mv_index(mvs), :nvv].astype(np.int64)
+            bias = join_bias(words[0], words[1])[:, None]
         # Rows of output pixels are independent: large CONVs are split by output rows over threads.
         ny = min(self.threads, i.oh) if P * K * N * nmv >= _SPLIT_MACS else 1
         cuts = [i.oh * t // ny for t in range(ny + 1)]
@@ -282,9 +280,10 @@ class ClusterUnits:
         L, nmv, nvv, ow = self.lanes, len(mvs), i.nvv, i.ow
         K = i.kh * i.kw * i.cin
         p0, Pc = y0 * ow, (y1 - y0) * ow
+        # G: the products, (nmv, Pc, nvv, lanes) (a transposed view when the MVs shared the GEMM)
         if same_maps:
             A = self._window(mvs[0], i, y0, y1).reshape(Pc, K)    # a view when the rows are dense
-            G = self._matmul(A, B).reshape(Pc, nmv, nvv, L)
+            G = self._matmul(A, B).reshape(Pc, nmv, nvv, L).transpose(1, 0, 2, 3)
         else:
             A = np.empty((nmv, Pc, K), dtype=np.float64)
             for j, m in enumerate(mvs):
@@ -295,57 +294,76 @@ class ClusterUnits:
                 G = self._matmul(A, B).reshape(nmv, Pc, nvv, L)
         acc_bits = self.cfg.acc_bits
         a0, a1 = i.acc_addr + p0, i.acc_addr + p0 + Pc
+        sel = _mv_index(mvs)
+        first = bias if bias is not None else self.acc[sel, a0:a1, :nvv] if i.init == Init.ACC else None
         # The first term (bias or earlier sums) is added while converting to int64, in one pass:
         # exact in float64 while |products| + |first term| < 2**53.
         first_max = 1 << max(acc_bits, self.cfg.bias_bits) - 1
-        fused = G.dtype == np.float64 and K * (1 << 30) + first_max < 1 << 53
-        R = np.empty(G.shape, dtype=np.int64) if fused else G.astype(np.int64, copy=False)
-        part = (lambda x, j: x[:, j]) if same_maps else (lambda x, j: x[j])
-        accs = [part(R, j) for j in range(nmv)]
-        for j, m in enumerate(mvs):
-            first = bias[j] if bias is not None else self.acc[m, a0:a1, :nvv] if i.init == Init.ACC else None
-            if not fused:
-                if first is not None:
-                    accs[j] += first
-            elif first is None:
-                accs[j][...] = part(G, j)
-            else:
-                np.add(part(G, j), first, out=accs[j], casting="unsafe")
+        R = np.empty((nmv, Pc, nvv, L), dtype=np.int64)
+        if first is not None and G.dtype == np.float64 and K * (1 << 30) + first_max < 1 << 53:
+            np.add(G, first, out=R, casting="unsafe")
+        else:
+            R[...] = G
+            if first is not None:
+                R += first
         # A first term (zero or a 32-bit bias plus K products of 2**30 at most) cannot wrap on a
         # 48-bit accumulator; an accumulation onto earlier sums can.
         if i.init == Init.ACC or K * (1 << 30) + (1 << self.cfg.bias_bits - 1) >= 1 << (acc_bits - 1):
             _wrap_inplace(R, acc_bits)
-        for j, m in enumerate(mvs):
-            self.acc[m, a0:a1, :nvv] = accs[j]
+        self.acc[sel, a0:a1, :nvv] = R
         if not i.write:
             return 0
-        res = [_pitched(self.res[m], i.res_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) for m in mvs] \
-            if i.resid else None
-        dst = [_pitched(self.out[m], i.out_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) for m in mvs]
+        # one (nmv, Pc, nvv, lanes) view per buffer when the MVs are consecutive, else one per MV
+        if isinstance(sel, slice):
+            accs = [R]
+            dst = [_pitched_mvs(self.out, mvs[0], nmv, i.out_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv)]
+            res = [_pitched_mvs(self.res, mvs[0], nmv, i.res_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv)] \
+                if i.resid else None
+        else:
+            accs = list(R)
+            dst = [_pitched(self.out[m], i.out_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) for m in mvs]
+            res = [_pitched(self.res[m], i.res_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) for m in mvs] \
+                if i.resid else None
         return _output_stage(R, accs, i, res, acc_bits, dst)
 
-    def _pool_window(self, m: int, i: Instr) -> np.ndarray:
-        """Read-only (oh, ow, kh, kw, nb, lanes) view of the pooling windows of MV m."""
-        src = self.maps_w[m, i.maps_addr:]
-        ws, es = src.strides
-        row, pix = i.in_w * i.ppitch * ws, i.ppitch * ws
-        return as_strided(src, shape=(i.oh, i.ow, i.kh, i.kw, i.nb, self.lanes),
-                          strides=(i.sy * row, i.sx * pix, row, pix, ws, es), writeable=False)
+    def _pool_window(self, mvs: tuple[int, ...], i: Instr) -> np.ndarray:
+        """Read-only (nmv, oh, ow, kh, kw, nb, lanes) view of the pooling windows of the consecutive
+        MVs ``mvs``."""
+        L = self.lanes
+        row, pix = i.in_w * i.ppitch * L, i.ppitch * L
+        v = _view(self.maps, mvs[0] * self.maps.shape[1] + i.maps_addr * L,
+                  (len(mvs), i.oh, i.ow, i.kh, i.kw, i.nb, L),
+                  (self.maps.shape[1], i.sy * row, i.sx * pix, row, pix, L, 1))
+        v.flags.writeable = False
+        return v
+
+    def _pool(self, i: Instr, reduce) -> None:
+        """``out = reduce(windows)`` per MV, a group of consecutive MVs at a time; ``reduce`` maps
+        (nmv, oh, ow, kh, kw, nb, lanes) windows to int16 (nmv, oh, ow, nb, lanes)."""
+        P = i.oh * i.ow
+        for g in _consecutive_runs(mv_list(i.mv_mask)):
+            y = reduce(self._pool_window(g, i))
+            _pitched_mvs(self.out, g[0], len(g), i.out_addr, P, i.out_pitch, i.nb)[...] = \
+                y.reshape(len(g), P, i.nb, self.lanes)
 
     def maxpool(self, i: Instr) -> None:
-        P = i.oh * i.ow
-        for m in mv_list(i.mv_mask):
-            y = self._pool_window(m, i).max(axis=(2, 3)).astype(np.int16)
-            _pitched(self.out[m], i.out_addr, P, i.out_pitch, i.nb)[...] = y.reshape(P, i.nb, self.lanes)
+        def window_max(w: np.ndarray) -> np.ndarray:
+            # one running maximum per window tap: much faster than a reduction over two strided axes
+            y = w[:, :, :, 0, 0].copy()
+            for ky in range(i.kh):
+                for kx in range(i.kw):
+                    if ky or kx:
+                        np.maximum(y, w[:, :, :, ky, kx], out=y)
+            return y.astype(np.int16)
+        self._pool(i, window_max)
 
     def avgpool(self, i: Instr) -> None:
-        P = i.oh * i.ow
-        for m in mv_list(i.mv_mask):
+        def window_average(w: np.ndarray) -> np.ndarray:
             # float64 sums of at most 255*255 int16 values are exact
-            total = self._pool_window(m, i).sum(axis=(2, 3)).astype(np.int64)
-            y, sat = average(total, i.mul, i.shift)
+            y, sat = average(w.sum(axis=(3, 4)).astype(np.int64), i.mul, i.shift)
             self.saturations += sat
-            _pitched(self.out[m], i.out_addr, P, i.out_pitch, i.nb)[...] = y.reshape(P, i.nb, self.lanes)
+            return y
+        self._pool(i, window_average)
 
 
 #: CONVs of fewer MACs than this are not split over threads (the hand-off would cost more).
@@ -421,14 +439,46 @@ def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.
 def _strided_words(mem_words: np.ndarray, base: int, i: Instr, writeable: bool) -> np.ndarray:
     """(n2, n1, n0, lanes) view of the main-memory words of a strided LOAD or STORE (bounds are
     checked before the run starts)."""
-    src = mem_words[base:]
-    ws, es = src.strides
-    return as_strided(src, shape=(i.n2, i.n1, i.n0, src.shape[1]), strides=(i.s2 * ws, i.s1 * ws, ws, es),
-                      writeable=writeable)
+    L = mem_words.shape[1]
+    v = _view(mem_words, base * L, (i.n2, i.n1, i.n0, L), (i.s2 * L, i.s1 * L, L, 1))
+    v.flags.writeable = writeable
+    return v
 
 
 def _pitched(buf: np.ndarray, base: int, count: int, pitch: int, width: int) -> np.ndarray:
     """Writable (count, width, lanes) view of words ``base + p*pitch + v`` of a (words, lanes) buffer."""
-    dst = buf[base:]
-    ws, es = dst.strides
-    return as_strided(dst, shape=(count, width, dst.shape[1]), strides=(pitch * ws, ws, es))
+    L = buf.shape[1]
+    return _view(buf, base * L, (count, width, L), (pitch * L, L, 1))
+
+
+def _pitched_mvs(buf: np.ndarray, m0: int, nmv: int, base: int, count: int, pitch: int, width: int) -> np.ndarray:
+    """Writable (nmv, count, width, lanes) view of words ``base + p*pitch + v`` of MVs m0..m0+nmv-1
+    of a (mv, words, lanes) buffer."""
+    M, words, L = buf.shape
+    return _view(buf, (m0 * words + base) * L, (nmv, count, width, L), (words * L, pitch * L, L, 1))
+
+
+@lru_cache(maxsize=256)
+def _mv_index(mvs: tuple[int, ...]) -> slice | list[int]:
+    """Index of the MVs ``mvs`` along a buffer's MV axis: a slice (a view) when they are consecutive."""
+    return slice(mvs[0], mvs[-1] + 1) if mvs[-1] - mvs[0] == len(mvs) - 1 else list(mvs)
+
+
+@lru_cache(maxsize=256)
+def _consecutive_runs(mvs: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """``mvs`` cut into runs of consecutive MVs."""
+    runs: list[list[int]] = []
+    for m in mvs:
+        if runs and runs[-1][-1] == m - 1:
+            runs[-1].append(m)
+        else:
+            runs.append([m])
+    return tuple(tuple(r) for r in runs)
+
+
+def _view(buf: np.ndarray, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    """View of the C-contiguous array ``buf`` starting at its element ``offset``, with strides in
+    elements. Unlike ``as_strided`` (8x slower to build, and views are built per instruction) it
+    refuses a view that would reach beyond ``buf``."""
+    e = buf.itemsize
+    return np.ndarray(shape, buf.dtype, buf, offset * e, tuple(x * e for x in strides))

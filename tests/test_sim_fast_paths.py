@@ -97,3 +97,53 @@ def test_thread_count_from_the_environment(monkeypatch):
         run_prog({0: "SYNC\nEND"})
     monkeypatch.delenv("MDLA_SIM_THREADS")
     assert card.default_threads() == 1
+
+
+def test_gemm_engines_agree_bit_for_bit(monkeypatch):
+    """numpy's dgemm and onnxruntime's MatMul give the same exact sums, at the extremes of the int16
+    range, for 2-D products, stacks, shared right operands and strided (non-contiguous) views."""
+    from sim import gemm
+    rng = np.random.default_rng(7)
+    lo, hi = -(1 << 15), 1 << 15
+    cases = []
+    for m, k, n in [(448, 576, 64), (49, 4608, 256), (3, 5, 7), (1, 512, 256), (64, 1, 16)]:
+        A = rng.integers(lo, hi, (m, k)).astype(np.float64)
+        B = rng.integers(lo, hi, (k, n)).astype(np.float64)
+        A[0, :] = lo                                           # the largest products: 2**30 each
+        B[:, 0] = lo
+        cases.append((A, B))
+    stackA = rng.integers(lo, hi, (4, 112, 576)).astype(np.float64)
+    cases += [(stackA, rng.integers(lo, hi, (4, 576, 64)).astype(np.float64)),
+              (stackA, rng.integers(lo, hi, (576, 64)).astype(np.float64)),
+              (stackA[:, ::2, 1:], rng.integers(lo, hi, (575, 128)).astype(np.float64)[:, ::2])]
+    for A, B in cases:
+        exact = np.matmul(A.astype(np.int64), B.astype(np.int64))
+        for eng in ("numpy", "onnxruntime"):
+            monkeypatch.setenv("MDLA_SIM_GEMM", eng)
+            got = gemm.matmul(A, B)
+            assert got.dtype == np.float64 and np.array_equal(got.astype(np.int64), exact), (eng, A.shape, B.shape)
+
+
+def test_gemm_engine_choice(monkeypatch):
+    from sim import gemm
+    monkeypatch.delenv("MDLA_SIM_GEMM", raising=False)
+    assert gemm.engine() == "onnxruntime"                      # installed with the test dependencies
+    monkeypatch.setenv("MDLA_SIM_GEMM", "numpy")
+    assert gemm.engine() == "numpy"
+    monkeypatch.setenv("MDLA_SIM_GEMM", "mkl")
+    with pytest.raises(ValueError, match="MDLA_SIM_GEMM='mkl': choose one of auto, numpy, onnxruntime"):
+        gemm.engine()
+
+
+def test_gemm_engines_give_the_same_network_run(compiled, monkeypatch):
+    """A whole compiled network, run with each engine: the same memory bits and statistics."""
+    g, c = compiled[REFERENCE.name]
+    mem0, _ = c.seeded_image(5)
+    progs = c.program_addresses()
+    out = {}
+    for eng in ("numpy", "onnxruntime"):
+        monkeypatch.setenv("MDLA_SIM_GEMM", eng)
+        mem = mem0.copy()
+        out[eng] = (mem, run_card(REFERENCE, mem, progs))
+    assert np.array_equal(out["numpy"][0], out["onnxruntime"][0])
+    assert out["numpy"][1] == out["onnxruntime"][1]
