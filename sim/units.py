@@ -5,8 +5,8 @@ pixels, channels or lanes. The semantics are exactly the format docstrings of :m
 
 Storage layouts are internal to the model (the ISA only fixes addresses):
 
-* maps buffers: ``float64[mv, maps_words * lanes]`` (element addressed). Values are int16, kept as
-  float64 so a CONV gathers straight into the GEMM operand without a conversion pass.
+* maps buffers: ``int16[mv, maps_words * lanes]`` (element addressed); a CONV's gather converts
+  them to the float64 GEMM operand as it copies.
 * kernel buffers: ``float64[mv, kernel_words, vv, lanes]`` (``kern``), a view of storage ordered
   ``[kernel_words, mv, vv, lanes]`` (``kern_wm``), so the kernel words of all VV units of
   consecutive MVs form one ``(K, nmv * nvv * lanes)`` matrix without a copy.
@@ -121,7 +121,7 @@ class ClusterUnits:
         self.k_exact = 1 << (53 - 2 * (cfg.data_bits - 1))
         L, M, V = cfg.lanes, cfg.mv_per_cluster, cfg.vv_per_mv
         self.lanes = L
-        self.maps = np.zeros((M, cfg.maps_words * L), dtype=np.float64)
+        self.maps = np.zeros((M, cfg.maps_words * L), dtype=np.int16)
         self.maps_w = self.maps.reshape(M, cfg.maps_words, L)        # word view
         #: per MV and maps word, the sequence number of the LOAD that wrote it last (0: none): equal
         #: nonzero tags in two MVs mean equal contents, a cheap test for a CONV's maps being the same
@@ -168,7 +168,7 @@ class ClusterUnits:
                 self.kern_tag[a:a + n // nvv, m] = self._loads
 
     def _copy(self, dst: np.ndarray, src: np.ndarray) -> None:
-        """``dst[...] = src`` (int16 into float64), split along the first axis over the threads when large."""
+        """``dst[...] = src``, split along the first axis over the threads when large."""
         rows = dst.shape[0]
         parts = min(self.threads, rows) if dst.size >= _SPLIT_COPY else 1
         if parts == 1:
@@ -195,7 +195,7 @@ class ClusterUnits:
 
     # ---- compute -----------------------------------------------------------------------------
     def _window(self, m: int, i: Instr, y0: int, y1: int) -> np.ndarray:
-        """Read-only (rows, ow, kh, kw, cin) view of the maps of output rows y0..y1 of a CONV in MV m."""
+        """(rows, ow, kh, kw, cin) view of the maps of output rows y0..y1 of a CONV in MV m."""
         row, pix = i.in_w * i.cpitch, i.cpitch
         return _view(self.maps[m], i.maps_addr + y0 * i.sy * row, (y1 - y0, i.ow, i.kh, i.kw, i.cin),
                      (i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, 1))
@@ -282,7 +282,8 @@ class ClusterUnits:
         p0, Pc = y0 * ow, (y1 - y0) * ow
         # G: the products, (nmv, Pc, nvv, lanes) (a transposed view when the MVs shared the GEMM)
         if same_maps:
-            A = self._window(mvs[0], i, y0, y1).reshape(Pc, K)    # a view when the rows are dense
+            A = np.empty((Pc, K), dtype=np.float64)
+            self._im2col(mvs[0], i, A, y0, y1)
             G = self._matmul(A, B).reshape(Pc, nmv, nvv, L).transpose(1, 0, 2, 3)
         else:
             A = np.empty((nmv, Pc, K), dtype=np.float64)
@@ -354,13 +355,12 @@ class ClusterUnits:
                 for kx in range(i.kw):
                     if ky or kx:
                         np.maximum(y, w[:, :, :, ky, kx], out=y)
-            return y.astype(np.int16)
+            return y
         self._pool(i, window_max)
 
     def avgpool(self, i: Instr) -> None:
         def window_average(w: np.ndarray) -> np.ndarray:
-            # float64 sums of at most 255*255 int16 values are exact
-            y, sat = average(w.sum(axis=(3, 4)).astype(np.int64), i.mul, i.shift)
+            y, sat = average(w.sum(axis=(3, 4), dtype=np.int64), i.mul, i.shift)
             self.saturations += sat
             return y
         self._pool(i, window_average)
