@@ -6,7 +6,8 @@ thread; the functional model (``sim.card.run_card`` on the compiled memory image
 on) with as many threads as cores and with one thread (its default), on the first (cold) run,
 which decodes and validates the program and records its schedule, and on warm runs, which reuse
 both; the ratios functional model / onnxruntime at equal thread counts; the process CPU time of
-the one-thread runs; and the compile time of each network split by phase.
+the one-thread runs; and the compile time of each network split by phase. The header names the
+functional model's GEMM engine (sim/gemm.py) and numpy's BLAS kernels.
 
 Every time is the best of ``--repeat`` runs (the machine may be shared; the best run is the least
 disturbed one). Nothing here asserts a time: the tests check bits and cycles, this measures.
@@ -32,7 +33,16 @@ from arch.machine import get_config  # noqa: E402
 from compiler.driver import compile_graph  # noqa: E402
 from compiler.frontend import load_model  # noqa: E402
 from compiler.quantize import quantize  # noqa: E402
-from sim import card  # noqa: E402
+from sim import card, gemm  # noqa: E402
+
+
+def blas_kernels() -> str:
+    """numpy's BLAS library and the kernels it runs (OpenBLAS follows OPENBLAS_CORETYPE if set)."""
+    from threadpoolctl import threadpool_info
+    blas = next((d for d in threadpool_info() if d.get("user_api") == "blas"), {})
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return (f"{blas.get('internal_api', '?')} {blas.get('version', '?')}, {blas.get('architecture', '?')} kernels"
+            + (f" (OPENBLAS_CORETYPE={forced} in the environment)" if forced else ""))
 
 
 def best_of(n: int, fn) -> tuple[float, float]:
@@ -111,6 +121,7 @@ def main() -> None:
           f"numpy {np.__version__}, onnxruntime {ort.__version__}; best of {args.repeat} runs")
     print(f"# functional model: run_card, reference configuration, hazard checker on; 'n threads': "
           f"{cores} for the functional model, onnxruntime's own default (intra_op_num_threads=0)")
+    print(f"# functional model's GEMM engine: {gemm.engine()} (MDLA_SIM_GEMM); numpy's BLAS: {blas_kernels()}")
     rows = []
     for name in args.nets.split(","):
         model = zoo.build(name)
