@@ -141,25 +141,27 @@ class ClusterUnits:
     def load(self, i: Instr, mem_words: np.ndarray, base_word: int) -> None:
         """LOAD: ``mem_words`` is the memory image viewed as ``int16[words, lanes]``."""
         pat = _dma_pattern(i)
-        n, L = pat.words, self.lanes
-        # src: the transferred words, (n, 1, lanes) or, strided, (n2, n1, n0, 1, lanes), the 1 being
-        # the MV axis of the destination; a strided source is read in place, not gathered first
+        n, L, a = pat.words, self.lanes, i.buf_addr
+        # src: the transferred words as (n, 1, lanes) or, strided, (n2, n1, n0, 1, lanes), the 1
+        # being the MV axis of the destination; a strided source is read in place, not gathered
         if pat.contiguous:
-            src = mem_words[base_word:base_word + n, None]
+            shape, dense = (n,), (L,)
+            src = _view(mem_words, base_word * L, (n, 1, L), (L, 0, 1))
         else:
-            src = _strided_words(mem_words, base_word, i, False)[:, :, :, None]
-        shape = src.shape[:-2]
-        a = i.buf_addr
+            shape, dense = (i.n2, i.n1, i.n0), (i.n1 * i.n0 * L, i.n0 * L, L)
+            src = _view(mem_words, base_word * L, shape + (1, L), (i.s2 * L, i.s1 * L, L, 0, 1))
         mvs = mv_list(i.mv_mask)
         if i.buf == Buf.RES:
+            words = self.res.shape[1]
             for m in mvs:
-                np.reshape(self.res[m, a:a + n], shape + (L,), copy=False)[...] = src[..., 0, :]
+                _view(self.res, (m * words + a) * L, shape + (L,), dense + (1,))[...] = src[..., 0, :]
             return
         self._loads += 1
         for g in _consecutive_runs(mvs):             # a broadcast mask: all MVs in one assignment
             m = slice(g[0], g[-1] + 1)
             if i.buf == Buf.MAPS:
-                self._copy(np.reshape(self.maps_w[m, a:a + n].swapaxes(0, 1), shape + (len(g), L), copy=False), src)
+                words = self.maps_w.shape[1]
+                self._copy(_view(self.maps, (g[0] * words + a) * L, shape + (len(g), L), dense + (words * L, 1)), src)
                 self.maps_tag[m, a:a + n] = self._loads
             else:
                 nvv = i.nvv
@@ -189,7 +191,9 @@ class ClusterUnits:
         if pat.contiguous:
             mem_words[base_word:base_word + pat.words] = data
         elif pat.unique is None:
-            _strided_words(mem_words, base_word, i, True)[...] = data.reshape(i.n2, i.n1, i.n0, self.lanes)
+            L = self.lanes
+            _view(mem_words, base_word * L, (i.n2, i.n1, i.n0, L), (i.s2 * L, i.s1 * L, L, 1))[...] = \
+                data.reshape(i.n2, i.n1, i.n0, L)
         else:  # overlapping destinations: the last word written in transfer order wins
             mem_words[base_word + pat.unique] = data[pat.last]
 
@@ -296,17 +300,19 @@ class ClusterUnits:
         acc_bits = self.cfg.acc_bits
         a0, a1 = i.acc_addr + p0, i.acc_addr + p0 + Pc
         sel = _mv_index(mvs)
-        first = bias if bias is not None else self.acc[sel, a0:a1, :nvv] if i.init == Init.ACC else None
-        # The first term (bias or earlier sums) is added while converting to int64, in one pass:
-        # exact in float64 while |products| + |first term| < 2**53.
-        first_max = 1 << max(acc_bits, self.cfg.bias_bits) - 1
         R = np.empty((nmv, Pc, nvv, L), dtype=np.int64)
-        if first is not None and G.dtype == np.float64 and K * (1 << 30) + first_max < 1 << 53:
-            np.add(G, first, out=R, casting="unsafe")
+        # A bias is added to the float64 products in place (G is this call's own array), which is
+        # exact while |products| + |bias| < 2**53 and cheaper than a mixed-type add; earlier sums
+        # (INIT ACC) are added in int64.
+        if bias is not None and G.dtype == np.float64 and K * (1 << 30) + (1 << self.cfg.bias_bits - 1) < 1 << 53:
+            np.add(G, bias.astype(np.float64), out=G)
+            R[...] = G
         else:
             R[...] = G
-            if first is not None:
-                R += first
+            if bias is not None:
+                R += bias
+            elif i.init == Init.ACC:
+                R += self.acc[sel, a0:a1, :nvv]
         # A first term (zero or a 32-bit bias plus K products of 2**30 at most) cannot wrap on a
         # 48-bit accumulator; an accumulation onto earlier sums can.
         if i.init == Init.ACC or K * (1 << 30) + (1 << self.cfg.bias_bits - 1) >= 1 << (acc_bits - 1):
@@ -406,8 +412,9 @@ def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.
 
     Same arithmetic in fewer passes: the offset 2**15 that maps the int16 range onto 0..2**16-1 is
     added before the shift (adding a multiple of 2**shift commutes with the floor shift), so one
-    unsigned comparison counts the saturations, the clip is skipped when nothing saturates (ReLU is
-    then one maximum), and the offset is removed by flipping the top bit while casting to 16 bits."""
+    unsigned comparison finds the saturations, the clip is skipped when nothing saturates, the
+    offset is removed by flipping the top bit while casting to 16 bits, and ReLU is a maximum on
+    the 16-bit results."""
     s = i.shift
     # the offset could overflow int64, or another activation or a fused Mul: the plain definition
     if acc_bits > 62 or s > 46 or i.act not in (ACT_NONE, ACT_RELU) or (res is not None and i.resid == RES_MUL):
@@ -425,24 +432,16 @@ def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.
         _wrap_inplace(R, acc_bits)
     R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
     R >>= s
-    sat = int(np.count_nonzero(R.view(np.uint64) > 0xFFFF))
-    relu = i.act == ACT_RELU
+    # saturation is rare: one pass finds whether there is any, a second counts it only then
+    unsigned = R.view(np.uint64)
+    sat = int(np.count_nonzero(unsigned > 0xFFFF)) if unsigned.size and unsigned.max() > 0xFFFF else 0
     if sat:
-        np.clip(R, (1 << 15) if relu else 0, 0xFFFF, out=R)
-    elif relu:
-        np.maximum(R, 1 << 15, out=R)
+        np.clip(R, 0, 0xFFFF, out=R)
     for acc, d in zip(accs, dst):
         np.bitwise_xor(acc, 0x8000, out=d.view(np.uint16), casting="unsafe")
+        if i.act == ACT_RELU:                       # on the 16-bit results: a quarter of the bytes
+            np.maximum(d, 0, out=d)
     return sat
-
-
-def _strided_words(mem_words: np.ndarray, base: int, i: Instr, writeable: bool) -> np.ndarray:
-    """(n2, n1, n0, lanes) view of the main-memory words of a strided LOAD or STORE (bounds are
-    checked before the run starts)."""
-    L = mem_words.shape[1]
-    v = _view(mem_words, base * L, (i.n2, i.n1, i.n0, L), (i.s2 * L, i.s1 * L, L, 1))
-    v.flags.writeable = writeable
-    return v
 
 
 def _pitched(buf: np.ndarray, base: int, count: int, pitch: int, width: int) -> np.ndarray:
