@@ -154,7 +154,8 @@ are in `compiler/lowering.py`; the golden reference evaluates these layers from 
 any layer of the target networks reduces in one instruction (VGG-16's first fully connected layer
 reduces 25 088 terms; the compiler splits longer reductions and rejects nothing). Because the sum is
 exact, it does not depend on summation order, so the functional model can compute a whole
-instruction with one float64 matrix product (exact below 2^53) and equal the RTL's sequential sum.
+instruction with one float64 matrix product (exact below 2^53) and equal the RTL's sequential sum;
+which library computes that product (numpy's BLAS or onnxruntime, `sim/gemm.py`) cannot change a bit.
 
 **Bias: 32 bits in the accumulator's format,** stored as two 16-bit words in front of the weights
 in the kernel buffer, so loading a layer's kernel also loads its bias.
