@@ -28,7 +28,7 @@ ENGINES = ("auto", "numpy", "onnxruntime")
 _ORT_MIN_MACS = 1 << 16
 
 _lock = threading.Lock()
-_session = None          # the onnxruntime session, built on first use (per process)
+_sessions: dict = {}     # intra-op threads -> onnxruntime session, built on first use (per process)
 _have_ort: bool | None = None
 
 
@@ -51,10 +51,11 @@ def engine() -> str:
     return "onnxruntime" if _have_ort else "numpy"
 
 
-def _ort_session():
-    global _session
+def _ort_session(threads: int):
+    """The onnxruntime session computing with ``threads`` intra-op threads (built on first use)."""
     with _lock:
-        if _session is None:
+        sess = _sessions.get(threads)
+        if sess is None:
             import onnxruntime as ort
             from onnx import TensorProto, helper
             # inputs of any rank: 2-D products and stacks of them (numpy's matmul broadcasting)
@@ -66,16 +67,22 @@ def _ort_session():
             model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
             model.ir_version = min(model.ir_version, 8)        # any onnxruntime of the last years reads it
             so = ort.SessionOptions()
-            so.intra_op_num_threads = 1                        # the model splits large CONVs over threads itself
+            so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
+            # idle pool threads sleep instead of spinning: between GEMMs the model runs numpy code,
+            # and spinning threads would take the cores from it (and from other processes)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.log_severity_level = 3
-            _session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return _session
+            sess = _sessions[threads] = ort.InferenceSession(model.SerializeToString(), so,
+                                                             providers=["CPUExecutionProvider"])
+        return sess
 
 
-def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+def matmul(A: np.ndarray, B: np.ndarray, threads: int = 1) -> np.ndarray:
     """``A @ B`` for float64 operands holding integers whose products sum exactly in float64
-    (2-D, or stacks with numpy's broadcasting). Thread-safe."""
+    (2-D, or stacks with numpy's broadcasting), on up to ``threads`` threads with onnxruntime
+    (numpy's BLAS runs with whatever thread limit the caller set). Thread-safe."""
     if A.shape[-2] > 1 and A.shape[-2] * A.shape[-1] * B.shape[-1] >= _ORT_MIN_MACS and engine() == "onnxruntime":
-        return _ort_session().run(None, {"A": np.ascontiguousarray(A), "B": np.ascontiguousarray(B)})[0]
+        return _ort_session(max(int(threads), 1)).run(
+            None, {"A": np.ascontiguousarray(A), "B": np.ascontiguousarray(B)})[0]
     return A @ B

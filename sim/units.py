@@ -20,9 +20,11 @@ an integer below 2**53, whatever order the BLAS adds in. (A machine whose kernel
 reductions of 2**23 terms or more would break that bound; such reductions are split into chunks
 that are each exact and summed in int64.)
 
-Speed (measured by bench/bench_speed.py): the output pixels of a CONV are independent, so a large
-CONV is split by rows of output pixels over ``threads`` threads (each calls single-threaded BLAS on
-its rows and writes only its own accumulators and output words), and so are large LOADs. Whether
+Speed (measured by bench/bench_speed.py): a large CONV uses ``threads`` threads. With onnxruntime
+as the GEMM engine (:mod:`sim.gemm`) its GEMM runs on that many threads; with numpy's, the output
+pixels being independent, the CONV is split by rows of output pixels (each thread calls
+single-threaded BLAS on its rows and writes only its own accumulators and output words). Large
+LOADs are split over the threads too. Whether
 all MVs of a CONV see the same maps (gather once) or the same weights (one GEMM for all MVs) is
 decided from per-word load tags instead of comparing the data. None of this changes a result.
 """
@@ -209,15 +211,15 @@ class ClusterUnits:
         ``out`` (one strided copy)."""
         out.reshape(y1 - y0, i.ow, i.kh, i.kw, i.cin)[...] = self._window(m, i, y0, y1)
 
-    def _matmul(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    def _matmul(self, A: np.ndarray, B: np.ndarray, threads: int = 1) -> np.ndarray:
         """Exact product of integer-valued float64 matrices (or stacks of them): float64 (integer
         valued, below 2**53) when the reduction is short enough, else int64."""
         K = A.shape[-1]
         if K <= self.k_exact:
-            return gemm.matmul(A, B)
+            return gemm.matmul(A, B, threads)
         R = np.zeros(A.shape[:-1] + B.shape[-1:], dtype=np.int64)
         for k0 in range(0, K, self.k_exact):
-            R += gemm.matmul(A[..., k0:k0 + self.k_exact], B[..., k0:k0 + self.k_exact, :]).astype(np.int64)
+            R += gemm.matmul(A[..., k0:k0 + self.k_exact], B[..., k0:k0 + self.k_exact, :], threads).astype(np.int64)
         return R
 
     @staticmethod
@@ -266,10 +268,13 @@ class ClusterUnits:
         if i.init == Init.BIAS:      # (nmv, 1, nvv, lanes): one bias per output channel, for every pixel
             words = self.kern_wm[i.bias_addr:i.bias_addr + 2, _mv_index(mvs), :nvv].astype(np.int64)
             bias = join_bias(words[0], words[1])[:, None]
-        # Rows of output pixels are independent: large CONVs are split by output rows over threads.
-        ny = min(self.threads, i.oh) if P * K * N * nmv >= _SPLIT_MACS else 1
+        # Large CONVs use the threads: onnxruntime's GEMM on all of them, or (numpy's engine) one
+        # part each of the output rows, which are independent.
+        big = self.threads > 1 and P * K * N * nmv >= _SPLIT_MACS
+        gemm_threads = self.threads if big and gemm.engine() == "onnxruntime" else 1
+        ny = min(self.threads, i.oh) if big and gemm_threads == 1 else 1
         cuts = [i.oh * t // ny for t in range(ny + 1)]
-        jobs = [(i, mvs, same_maps, B, bias, cuts[t], cuts[t + 1]) for t in range(ny)]
+        jobs = [(i, mvs, same_maps, B, bias, cuts[t], cuts[t + 1], gemm_threads) for t in range(ny)]
         if ny == 1:
             self.saturations += self._conv_rows(*jobs[0])
         else:
@@ -278,7 +283,7 @@ class ClusterUnits:
             self.saturations += sat + sum(f.result() for f in pending)
 
     def _conv_rows(self, i: Instr, mvs: tuple[int, ...], same_maps: bool, B: np.ndarray, bias, y0: int,
-                   y1: int) -> int:
+                   y1: int, gemm_threads: int = 1) -> int:
         """Output rows y0..y1 of a CONV on the MVs ``mvs``: gather, GEMM, accumulate, output stage.
         Touches only its own accumulator entries and output words; returns the saturations."""
         L, nmv, nvv, ow = self.lanes, len(mvs), i.nvv, i.ow
@@ -288,15 +293,15 @@ class ClusterUnits:
         if same_maps:
             A = np.empty((Pc, K), dtype=np.float64)
             self._im2col(mvs[0], i, A, y0, y1)
-            G = self._matmul(A, B).reshape(Pc, nmv, nvv, L).transpose(1, 0, 2, 3)
+            G = self._matmul(A, B, gemm_threads).reshape(Pc, nmv, nvv, L).transpose(1, 0, 2, 3)
         else:
             A = np.empty((nmv, Pc, K), dtype=np.float64)
             for j, m in enumerate(mvs):
                 self._im2col(m, i, A[j], y0, y1)
             if B.ndim == 2:
-                G = self._matmul(A.reshape(nmv * Pc, K), B).reshape(nmv, Pc, nvv, L)
+                G = self._matmul(A.reshape(nmv * Pc, K), B, gemm_threads).reshape(nmv, Pc, nvv, L)
             else:
-                G = self._matmul(A, B).reshape(nmv, Pc, nvv, L)
+                G = self._matmul(A, B, gemm_threads).reshape(nmv, Pc, nvv, L)
         acc_bits = self.cfg.acc_bits
         a0, a1 = i.acc_addr + p0, i.acc_addr + p0 + Pc
         sel = _mv_index(mvs)

@@ -59,16 +59,18 @@ def test_threads_and_replay_change_no_bit_or_cycle(compiled, cfg, monkeypatch):
     card.clear_program_cache()
     plain = mem0.copy()
     ref = run_card(cfg, plain, progs, trace=True, threads=1)
-    monkeypatch.setattr(units, "_SPLIT_MACS", 0)              # split every CONV, down to single rows
-    monkeypatch.setattr(units, "_SPLIT_COPY", 0)              # and every LOAD
-    for threads in (2, 3, 7):
-        for cold in (True, False):                            # decoded and scheduled, then replayed
-            if cold:
-                card.clear_program_cache()
-            mem = mem0.copy()
-            st = run_card(cfg, mem, progs, trace=True, threads=threads)
-            assert np.array_equal(mem, plain), (threads, cold)
-            assert st == ref, (threads, cold)
+    monkeypatch.setattr(units, "_SPLIT_MACS", 0)              # every CONV on all threads: numpy's engine
+    monkeypatch.setattr(units, "_SPLIT_COPY", 0)              # splits it down to single rows; and every LOAD
+    for engine in ("numpy", "onnxruntime"):
+        monkeypatch.setenv("MDLA_SIM_GEMM", engine)
+        for threads in (2, 3, 7):
+            for cold in (True, False):                        # decoded and scheduled, then replayed
+                if cold:
+                    card.clear_program_cache()
+                mem = mem0.copy()
+                st = run_card(cfg, mem, progs, trace=True, threads=threads)
+                assert np.array_equal(mem, plain), (engine, threads, cold)
+                assert st == ref, (engine, threads, cold)
     for t, want in gold.items():
         np.testing.assert_array_equal(c.memmap.tensors[t].read(plain, c.memmap.tensor_addr(t), cfg.lanes), want)
 
@@ -100,8 +102,9 @@ def test_thread_count_from_the_environment(monkeypatch):
 
 
 def test_gemm_engines_agree_bit_for_bit(monkeypatch):
-    """numpy's dgemm and onnxruntime's MatMul give the same exact sums, at the extremes of the int16
-    range, for 2-D products, stacks, shared right operands and strided (non-contiguous) views."""
+    """numpy's dgemm and onnxruntime's MatMul (on one thread and on two) give the same exact sums, at
+    the extremes of the int16 range, for 2-D products, stacks, shared right operands and strided
+    (non-contiguous) views."""
     from sim import gemm
     rng = np.random.default_rng(7)
     lo, hi = -(1 << 15), 1 << 15
@@ -118,10 +121,10 @@ def test_gemm_engines_agree_bit_for_bit(monkeypatch):
               (stackA[:, ::2, 1:], rng.integers(lo, hi, (575, 128)).astype(np.float64)[:, ::2])]
     for A, B in cases:
         exact = np.matmul(A.astype(np.int64), B.astype(np.int64))
-        for eng in ("numpy", "onnxruntime"):
+        for eng, threads in (("numpy", 1), ("onnxruntime", 1), ("onnxruntime", 2)):
             monkeypatch.setenv("MDLA_SIM_GEMM", eng)
-            got = gemm.matmul(A, B)
-            assert got.dtype == np.float64 and np.array_equal(got.astype(np.int64), exact), (eng, A.shape, B.shape)
+            got = gemm.matmul(A, B, threads)
+            assert got.dtype == np.float64 and np.array_equal(got.astype(np.int64), exact), (eng, threads, A.shape)
 
 
 def test_gemm_engine_choice(monkeypatch):
