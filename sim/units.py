@@ -266,7 +266,7 @@ class ClusterUnits:
             B = np.stack([weights(m) for m in mvs])
         bias = None
         if i.init == Init.BIAS:      # (nmv, 1, nvv, lanes): one bias per output channel, for every pixel
-            words = self.kern_wm[i.bias_addr:i.bias_addr + 2, _mv_index(mvs), :nvv].astype(np.int64)
+            words = self.kern_wm[i.bias_addr:i.bias_addr + 2, sel, :nvv].astype(np.int64)
             bias = join_bias(words[0], words[1])[:, None]
         # Large CONVs use the threads: onnxruntime's GEMM on all of them, or (numpy's engine) one
         # part each of the output rows, which are independent.
