@@ -327,11 +327,28 @@ def test_unet(up, tmp_path):
     check_network(zoo.build("unet", input_shape=(1, 3, 32, 32), up=up), tmp_path)
 
 
+def test_linknet(tmp_path):
+    """LinkNet's links are Adds of a decoder's output (after ConvTranspose 3x3/2) and an encoder map."""
+    import zoo
+    m = zoo.build("linknet", input_shape=(1, 3, 64, 64), base=16)
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("ConvTranspose") == 5 and ops.count("Add") == 8 + 3     # 8 residual blocks, 3 links
+    check_network(m, tmp_path)
+
+
+def test_linknet_refuses_unusable_sizes():
+    import zoo
+    with pytest.raises(ValueError, match="base must be a positive multiple of 16"):
+        zoo.build("linknet", base=24)
+    with pytest.raises(ValueError, match=r"multiples of 32 \(five halvings\), got \(100, 100\)"):
+        zoo.build("linknet", input_shape=(1, 3, 100, 100))
+
+
 def test_mdla_zoo_writes_the_new_models(tmp_path):
     from click.testing import CliRunner
 
     from runtime.cli import main
-    for name in ("mobilenet_v2", "unet"):
+    for name in ("mobilenet_v2", "unet", "linknet"):
         result = CliRunner().invoke(main, ["zoo", name, "-o", str(tmp_path / f"{name}.onnx")])
         assert result.exit_code == 0, result.output
         onnx.checker.check_model(onnx.load(str(tmp_path / f"{name}.onnx")))

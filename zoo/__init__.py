@@ -13,6 +13,7 @@ import onnx
 
 from .classic import alexnet, vgg16
 from .inception import inception
+from .linknet import linknet
 from .mobilenet import mobilenet_v2
 from .resnet import resnet18, resnet34, resnet50
 from .small_cnn import small_cnn
@@ -20,7 +21,7 @@ from .squeezenet import squeezenet
 from .unet import unet
 
 __all__ = ["MODELS", "build", "save", "small_cnn", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16", "inception",
-           "squeezenet", "mobilenet_v2", "unet"]
+           "squeezenet", "mobilenet_v2", "unet", "linknet"]
 
 #: name -> builder(seed=0, **kw) -> ModelProto
 MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
@@ -34,6 +35,7 @@ MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
     "squeezenet": squeezenet,
     "mobilenet_v2": mobilenet_v2,
     "unet": unet,
+    "linknet": linknet,
 }
 
 
