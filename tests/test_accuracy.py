@@ -4,8 +4,8 @@ the default Q8.8 activations and with calibrated variable fixed point (``Compile
 Budget (issue 3, item 5): mean |error| / max |reference| <= 1 % and max <= 5 %, for both; and
 calibration must not lose accuracy against Q8.8. Every network has a reduced-size test; the
 default run keeps those that cost a few seconds (plain, residual, concatenation, fire modules,
-depthwise, transposed convolutions, links: small_cnn, resnet18, inception, squeezenet,
-mobilenet_v2, unet, linknet), the others (whose weights alone take 10-20 s to build, fold and
+depthwise, transposed convolutions, links, LeakyRelu: small_cnn, resnet18, inception, squeezenet,
+mobilenet_v2, unet, linknet, tiny_yolo_v2), the others (whose weights alone take 10-20 s to build, fold and
 quantise twice on a loaded 2-core machine) and the full sizes (the numbers of docs/accuracy.md,
 written by bench/accuracy.py) run with --runslow."""
 import numpy as np
@@ -20,9 +20,11 @@ BUDGET_MEAN, BUDGET_MAX = 1.0, 5.0
 
 #: reduced square input sizes (networks not listed run only at full size)
 REDUCED = {"small_cnn": 32, "resnet18": 32, "resnet34": 32, "resnet50": 32, "alexnet": 67, "vgg16": 32,
-           "inception": 32, "squeezenet": 40, "mobilenet_v2": 32, "unet": 32, "linknet": 64}
+           "inception": 32, "squeezenet": 40, "mobilenet_v2": 32, "unet": 32, "linknet": 64,
+           "tiny_yolo_v2": 64}
 #: the reduced-size tests of the default run
-DEFAULT_RUN = ("small_cnn", "resnet18", "inception", "squeezenet", "mobilenet_v2", "unet", "linknet")
+DEFAULT_RUN = ("small_cnn", "resnet18", "inception", "squeezenet", "mobilenet_v2", "unet", "linknet",
+               "tiny_yolo_v2")
 
 
 def check(name: str, size: int | None) -> None:

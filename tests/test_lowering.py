@@ -336,6 +336,18 @@ def test_linknet(tmp_path):
     check_network(m, tmp_path)
 
 
+def test_tiny_yolo_v2(tmp_path):
+    """A YOLO-style detector: LeakyRelu after every 3x3 conv, and a 2x2 max-pool of stride 1 padded
+    at the bottom and right only."""
+    import zoo
+    m = zoo.build("tiny_yolo_v2", input_shape=(1, 3, 64, 64))
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("LeakyRelu") == 8
+    assert [list(a.ints) for n in m.graph.node if n.op_type == "MaxPool" for a in n.attribute
+            if a.name == "pads"][-1] == [0, 0, 1, 1]
+    check_network(m, tmp_path)
+
+
 def test_linknet_refuses_unusable_sizes():
     import zoo
     with pytest.raises(ValueError, match="base must be a positive multiple of 16"):
@@ -348,7 +360,7 @@ def test_mdla_zoo_writes_the_new_models(tmp_path):
     from click.testing import CliRunner
 
     from runtime.cli import main
-    for name in ("mobilenet_v2", "unet", "linknet"):
+    for name in ("mobilenet_v2", "unet", "linknet", "tiny_yolo_v2"):
         result = CliRunner().invoke(main, ["zoo", name, "-o", str(tmp_path / f"{name}.onnx")])
         assert result.exit_code == 0, result.output
         onnx.checker.check_model(onnx.load(str(tmp_path / f"{name}.onnx")))

@@ -19,9 +19,10 @@ from .resnet import resnet18, resnet34, resnet50
 from .small_cnn import small_cnn
 from .squeezenet import squeezenet
 from .unet import unet
+from .yolo import tiny_yolo_v2
 
 __all__ = ["MODELS", "build", "save", "small_cnn", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16", "inception",
-           "squeezenet", "mobilenet_v2", "unet", "linknet"]
+           "squeezenet", "mobilenet_v2", "unet", "linknet", "tiny_yolo_v2"]
 
 #: name -> builder(seed=0, **kw) -> ModelProto
 MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
@@ -36,6 +37,7 @@ MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
     "mobilenet_v2": mobilenet_v2,
     "unet": unet,
     "linknet": linknet,
+    "tiny_yolo_v2": tiny_yolo_v2,
 }
 
 

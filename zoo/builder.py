@@ -131,17 +131,21 @@ class Builder:
         self.shapes[out] = (n, sum(self.shapes[x][1] for x in xs), h, w)
         return out
 
-    def maxpool(self, x: str, k: int, stride: int, pad: int = 0, ceil: bool = False) -> str:
+    def maxpool(self, x: str, k: int, stride: int, pad: int = 0, ceil: bool = False,
+                pads: tuple[int, int, int, int] | None = None) -> str:
+        """Max-pooling; ``pads`` (top, left, bottom, right) overrides the symmetric ``pad``."""
         n, c, h, w = self.shapes[x]
         name = self._name("maxpool")
         out = f"{name}_out"
         extra = {"ceil_mode": 1} if ceil else {}
+        top, left, bottom, right = pads if pads is not None else (pad,) * 4
         self.nodes.append(helper.make_node("MaxPool", [x], [out], name=name, kernel_shape=[k, k],
-                                           strides=[stride, stride], pads=[pad] * 4, **extra))
+                                           strides=[stride, stride], pads=[top, left, bottom, right], **extra))
         # ceil_mode: one more window where a partial one remains, as long as it starts inside the input
-        more = (lambda m: int(ceil and (m + 2 * pad - k) % stride != 0 and
-                              ((m + 2 * pad - k) // stride + 1) * stride < m + pad))
-        self.shapes[out] = (n, c, conv_out(h, k, stride, pad, pad) + more(h), conv_out(w, k, stride, pad, pad) + more(w))
+        more = (lambda m, p0, p1: int(ceil and (m + p0 + p1 - k) % stride != 0 and
+                                      ((m + p0 + p1 - k) // stride + 1) * stride < m + p0))
+        self.shapes[out] = (n, c, conv_out(h, k, stride, top, bottom) + more(h, top, bottom),
+                            conv_out(w, k, stride, left, right) + more(w, left, right))
         return out
 
     def global_avgpool(self, x: str) -> str:
