@@ -41,22 +41,39 @@ class LayerProfile:
 
 def profile(ie, images=None, seed: int = 0, threshold: float = 0.85) -> list[LayerProfile]:
     """Run ``images`` (random in [0, 1) if None) once with tracing and attribute the cycles to
-    layers; layers below ``threshold`` utilisation get a ``why``."""
+    layers; layers below ``threshold`` utilisation get a ``why``. A model with host stages
+    (``heterogeneous``) gets a row per host stage too, with no cycles (host time is not modelled);
+    each DLA stage's layers start where the previous DLA stage ended."""
     c = ie._need()
-    if hasattr(c, "stages"):
-        raise ValueError("the per-layer profile of a model with host stages (heterogeneous) is not supported yet; "
-                         "profile its DLA part as a model of its own")
-    cfg, p = c.cfg, c.parallel
+    staged = hasattr(c, "stages")
     if images is None:
-        shape = (p.batch,) + tuple(c.inputs[0].onnx_shape[1:])
+        shape = (c.parallel.batch,) + tuple(c.inputs[0].onnx_shape[1:])
         images = np.random.default_rng(seed).random(shape, dtype=np.float32)
     ie._trace = True
     try:
         ie._run_call(images, simulator="functional")
     finally:
         ie._trace = False
+    if not staged:
+        return _segment_rows(c, ie._last_stats, 0, threshold)
+    rows, offset = [], 0
+    for k, stage in enumerate(c.stages):
+        if k in ie._last_stage_stats:
+            seg_rows = _segment_rows(stage, ie._last_stage_stats[k], offset, threshold)
+            rows += seg_rows
+            offset = max((r.start + r.cycles for r in seg_rows), default=offset)
+        else:
+            names, ops = _host_nodes(stage.nodes)
+            rows.append(LayerProfile(names, "host", stage.position, offset, 0, 0, 0.0, 0, 0, 0, 0, "host",
+                                     f"runs on the host ({ops}); its time is not modelled"))
+    return rows
+
+
+def _segment_rows(c, stats, offset: int, threshold: float) -> list[LayerProfile]:
+    """The layer rows of one compiled DLA program from its traced run, starting at cycle ``offset``."""
+    cfg, p = c.cfg, c.parallel
     cluster = p.clusters[0]
-    timeline = ie._last_stats[0].clusters[cluster].timeline
+    timeline = stats[0].clusters[cluster].timeline
     prog = c.programs[cluster]
     sharing = len(p.clusters) if p.split else 1
     per_round = cfg.mv_per_cluster if p.mvbatch else 1
@@ -73,7 +90,7 @@ def profile(ie, images=None, seed: int = 0, threshold: float = 0.85) -> list[Lay
         macs = lc.macs * per_round
         util = macs / (cycles * cfg.macs_per_cluster * sharing)
         why = _why(cfg, ins, span, lc.macs, util, cycles, start, end, compute, port) if util < threshold else ""
-        rows.append(LayerProfile(lc.name, lc.kind, lc.mode, start, cycles, macs, util,
+        rows.append(LayerProfile(lc.name, lc.kind, lc.mode, offset + start, cycles, macs, util,
                                  words_in * cfg.beat_bytes, words_out * cfg.beat_bytes, compute, port,
                                  "memory" if port > compute else "compute", why))
     return rows
@@ -137,10 +154,15 @@ def layer_lines(compiled) -> list[str]:
     return lines
 
 
+def _host_nodes(nodes: list[str]) -> tuple[str, str]:
+    """The node names and the ops of a host stage's ``"node 'x' (Op)"`` list, comma-separated."""
+    return (",".join(n.split("'")[1] if "'" in n else n for n in nodes),
+            ",".join(n.rsplit("(", 1)[-1].rstrip(")") for n in nodes))
+
+
 def host_line(nodes: list[str], inputs: list[str], outputs: list[str], position: str) -> str:
     """A host stage in the layer list: ``type host name=... in=... out=...  # head: run on the host``."""
-    names = ",".join(n.split("'")[1] if "'" in n else n for n in nodes)
-    ops = ",".join(n.rsplit("(", 1)[-1].rstrip(")") for n in nodes)
+    names, ops = _host_nodes(nodes)
     return (f"type host name={names} ops={ops} in={','.join(inputs)} out={','.join(outputs)}  # {position}: run on "
             f"the host (onnx.reference), time not modelled")
 
@@ -165,7 +187,7 @@ def plot(rows: list[LayerProfile], path: str, title: str = "") -> None:
 
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(rows) + 3), 4.8))
-    colours = ["tab:blue" if r.bound == "compute" else "tab:orange" for r in rows]
+    colours = [{"compute": "tab:blue", "memory": "tab:orange"}.get(r.bound, "tab:gray") for r in rows]
     ax.bar(x, [r.cycles for r in rows], color=colours)
     ax.set_ylabel("modelled cycles")
     ax.set_xticks(x, [r.name for r in rows], rotation=90, fontsize=7)
@@ -174,8 +196,10 @@ def plot(rows: list[LayerProfile], path: str, title: str = "") -> None:
     ax2.set_ylabel("MAC utilisation (%)")
     ax2.set_ylim(0, 105)
     from matplotlib.patches import Patch
-    ax.legend(handles=[Patch(color="tab:blue", label="compute-bound"), Patch(color="tab:orange", label="memory-bound")],
-              loc="upper right", fontsize=8)
+    legend = [Patch(color="tab:blue", label="compute-bound"), Patch(color="tab:orange", label="memory-bound")]
+    if any(r.bound == "host" for r in rows):
+        legend.append(Patch(color="tab:gray", label="host stage (time not modelled)"))
+    ax.legend(handles=legend, loc="upper right", fontsize=8)
     ax.set_title(title or "per-layer profile")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -36,6 +36,37 @@ def test_profile_accounts_for_every_cycle_and_mac(r18, tmp_path):
     ie.Free()
 
 
+def test_profile_of_a_model_with_host_stages(tmp_path):
+    """heterogeneous: a row per host stage (no cycles) between the DLA stages' layers, which follow
+    one another in modelled time; the mdla command prints the same table."""
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+    from tests.test_heterogeneous import with_middle
+    path = tmp_path / "mid.onnx"
+    onnx.save(with_middle("lrn"), str(path))
+    ie = microndla.MDLA()
+    ie.SetFlag("heterogeneous", 1)
+    ie.Compile(str(path))
+    rows = profile(ie)
+    c = ie._compiled
+    assert [r.name for r in rows if r.kind != "host"] == [l.name for l in c.layers]
+    host = [r for r in rows if r.kind == "host"]
+    assert [(r.name, r.mode, r.cycles, r.macs, r.bound) for r in host] == [("lrn", "middle", 0, 0, "host")]
+    assert "runs on the host (LRN)" in host[0].why
+    k = rows.index(host[0])
+    before, after = rows[:k], rows[k + 1:]
+    assert before and after and host[0].start == max(r.start + r.cycles for r in before)
+    assert min(r.start for r in after) >= host[0].start       # the second DLA stage comes after the first
+    assert sum(r.macs for r in rows) == sum(l.macs for l in c.layers)
+    assert 0.98 * ie.GetInfo("hwcycles") <= sum(r.cycles for r in rows) <= ie.GetInfo("hwcycles")
+    plot(rows, str(tmp_path / "p.png"))
+    ie.Free()
+    result = CliRunner().invoke(main, ["profile", str(path), "-f", "heterogeneous=1"])
+    assert result.exit_code == 0, result.output
+    assert "lrn" in result.output and "host" in result.output
+
+
 def test_debug_letters(tmp_path, capsys, monkeypatch):
     path = tmp_path / "cnn.onnx"
     onnx.save(small_cnn(seed=0), str(path))
