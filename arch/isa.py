@@ -15,6 +15,7 @@ previous engine is positive and decrements it (likewise ``push_prev``/``pop_next
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from enum import IntEnum
 
 from . import numerics
@@ -88,6 +89,14 @@ class Format:
             pos += f.bits
         assert pos <= INSTR_BITS, (self.mnemonic, pos)
         return out
+
+    @cached_property
+    def decode_plan(self) -> tuple[tuple[tuple[str, int, int], ...], int]:
+        """((name, lsb, mask) of every field but the opcode, first reserved bit): what decode needs,
+        computed once per format."""
+        lay = self.layout()
+        fields = tuple((f.name, lsb, (1 << f.bits) - 1) for f, lsb in lay if f.name != "opcode")
+        return fields, lay[-1][1] + lay[-1][0].bits
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -254,6 +263,16 @@ class Instr:
         object.__setattr__(self, "f", vals)
         self.__dict__.update(vals)
 
+    @classmethod
+    def _decoded(cls, op: str, vals: dict[str, int]) -> "Instr":
+        """An instruction from :func:`decode`, whose ``vals`` hold exactly the format's fields and
+        the token flags: the checks of ``__init__`` cannot fail, so they are skipped."""
+        self = object.__new__(cls)
+        object.__setattr__(self, "op", op)
+        object.__setattr__(self, "f", vals)
+        self.__dict__.update(vals)
+        return self
+
     def __getattr__(self, name):
         try:
             return self.f[name]
@@ -307,15 +326,10 @@ def decode(data: bytes) -> Instr:
     fmt = BY_OPCODE.get(opcode)
     if fmt is None:
         raise ISAError(f"illegal opcode {opcode}")
-    vals = {}
-    end = 0
-    for fld, lsb in fmt.layout():
-        end = lsb + fld.bits
-        if fld.name != "opcode":
-            vals[fld.name] = (word >> lsb) & ((1 << fld.bits) - 1)
+    fields, end = fmt.decode_plan
     if word >> end:
         raise ISAError(f"{fmt.mnemonic}: reserved bits {end}..{INSTR_BITS - 1} are not zero")
-    return Instr(fmt.mnemonic, **vals)
+    return Instr._decoded(fmt.mnemonic, {name: (word >> lsb) & mask for name, lsb, mask in fields})
 
 
 def encode_program(instrs) -> bytes:
