@@ -6,8 +6,9 @@ thread; the functional model (``sim.card.run_card`` on the compiled memory image
 on) with as many threads as cores and with one thread (its default), on the first (cold) run,
 which decodes and validates the program and records its schedule, and on warm runs, which reuse
 both; the ratios functional model / onnxruntime at equal thread counts; the process CPU time of
-the one-thread runs; and the compile time of each network split by phase. The header names the
-functional model's GEMM engine (sim/gemm.py) and numpy's BLAS kernels.
+the one-thread runs; the one-thread warm time with numpy's BLAS as the GEMM engine instead of the
+default (sim/gemm.py); and the compile time of each network split by phase. The header names the
+functional model's GEMM engine and numpy's BLAS kernels.
 
 Every time is the best of ``--repeat`` runs (the machine may be shared; the best run is the least
 disturbed one). Nothing here asserts a time: the tests check bits and cycles, this measures.
@@ -17,6 +18,7 @@ disturbed one). Nothing here asserts a time: the tests check bits and cycles, th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -129,20 +131,37 @@ def main() -> None:
         ort_t = ort_times(model, args.repeat)
         sim_default = sim_times(compiled, args.repeat, cores)
         sim_one = sim_times(compiled, args.repeat, 1)
-        rows.append((name, ort_t, sim_default, sim_one))
+        with gemm_engine("numpy"):
+            numpy_one = sim_times(compiled, args.repeat, 1)
+        rows.append((name, ort_t, sim_default, sim_one, numpy_one))
         print(f"\n{name}: compile {sum(phases.values()):.2f} s ("
               + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
               + f"); {len(compiled.programs[0])} instructions, {sim_default[2]} modelled cycles")
     print("\nWall ms per image; ratio = functional model warm / onnxruntime at equal thread counts. "
           "CPU: process CPU time of the one-thread runs.\n")
     print("| network | ORT n threads | sim n threads, cold | warm | ratio | ORT 1 thread | sim 1 thread, cold "
-          "| warm | ratio | ORT 1 thread CPU | sim 1 thread CPU | CPU ratio |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, o, (c0, (w0, _), _), (c1, (w1, cpu1), _) in rows:
+          "| warm | ratio | ORT 1 thread CPU | sim 1 thread CPU | CPU ratio | sim 1 thread, numpy GEMM, warm |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, o, (c0, (w0, _), _), (c1, (w1, cpu1), _), (_, (wn, _), _) in rows:
         (ow0, _), (ow1, ocpu1) = o[0], o[1]
         print(f"| {name} | {ow0 * 1e3:.1f} | {c0 * 1e3:.0f} | {w0 * 1e3:.0f} | {w0 / ow0:.1f}x "
               f"| {ow1 * 1e3:.1f} | {c1 * 1e3:.0f} | {w1 * 1e3:.0f} | {w1 / ow1:.1f}x "
-              f"| {ocpu1 * 1e3:.1f} | {cpu1 * 1e3:.0f} | {cpu1 / ocpu1:.1f}x |")
+              f"| {ocpu1 * 1e3:.1f} | {cpu1 * 1e3:.0f} | {cpu1 / ocpu1:.1f}x | {wn * 1e3:.0f} |")
+
+
+@contextlib.contextmanager
+def gemm_engine(name: str):
+    """Run the functional model with GEMM engine ``name`` (sim/gemm.py) inside the block."""
+    old = os.environ.get("MDLA_SIM_GEMM")
+    os.environ["MDLA_SIM_GEMM"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MDLA_SIM_GEMM"]
+        else:
+            os.environ["MDLA_SIM_GEMM"] = old
+
 
 if __name__ == "__main__":
     main()
