@@ -15,8 +15,8 @@ previous engine is positive and decrements it (likewise ``push_prev``/``pop_next
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from enum import IntEnum
+from functools import cached_property
 
 from . import numerics
 from .machine import MachineConfig

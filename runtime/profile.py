@@ -59,9 +59,9 @@ def profile(ie, images=None, seed: int = 0, threshold: float = 0.85) -> list[Lay
     rows, offset = [], 0
     for k, stage in enumerate(c.stages):
         if k in ie._last_stage_stats:
-            seg_rows = _segment_rows(stage, ie._last_stage_stats[k], offset, threshold)
-            rows += seg_rows
-            offset = max((r.start + r.cycles for r in seg_rows), default=offset)
+            stats = ie._last_stage_stats[k]
+            rows += _segment_rows(stage, stats, offset, threshold)
+            offset += max(s.cycles for s in stats)          # the next stage starts after this one
         else:
             names, ops = _host_nodes(stage.nodes)
             rows.append(LayerProfile(names, "host", stage.position, offset, 0, 0, 0.0, 0, 0, 0, 0, "host",

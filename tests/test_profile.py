@@ -56,7 +56,7 @@ def test_profile_of_a_model_with_host_stages(tmp_path):
     assert "runs on the host (LRN)" in host[0].why
     k = rows.index(host[0])
     before, after = rows[:k], rows[k + 1:]
-    assert before and after and host[0].start == max(r.start + r.cycles for r in before)
+    assert before and after and host[0].start >= max(r.start + r.cycles for r in before)
     assert min(r.start for r in after) >= host[0].start       # the second DLA stage comes after the first
     assert sum(r.macs for r in rows) == sum(l.macs for l in c.layers)
     assert 0.98 * ie.GetInfo("hwcycles") <= sum(r.cycles for r in rows) <= ie.GetInfo("hwcycles")
