@@ -588,7 +588,7 @@ def _run_staged(obj: "MDLA", images, simulator: str | None = None) -> tuple[obje
     not modelled)."""
     c = obj._need()
     arrays, batch = obj._inputs(images, c)
-    totals = {"cycles": 0, "sat": 0, "stats": [], "by_stage": {}}
+    totals = {"cycles": 0, "sat": 0, "by_stage": {}}
 
     def dla(k, seg, env):
         seg_arrays = [np.concatenate([e[i.name] for e in env]).astype(np.float32, copy=False) for i in seg.inputs]
@@ -596,15 +596,14 @@ def _run_staged(obj: "MDLA", images, simulator: str | None = None) -> tuple[obje
         cycles, sat_dla = _cycles_and_saturations(stats, seg.parallel.clusters)
         totals["cycles"] += cycles
         totals["sat"] += sat[0] + sat_dla
-        totals["stats"] += stats
         totals["by_stage"][k] = stats
         for e, outs in zip(env, results[0]):
             for o, v in zip(seg.outputs, outs):
                 e[o.name] = v[None]
 
     outputs = obj._stages(c, arrays, batch, dla)
-    obj._last_stats = totals["stats"]
     obj._last_stage_stats = totals["by_stage"]       #: stage index -> that DLA stage's run statistics
+    obj._last_stats = [s for stats in obj._last_stage_stats.values() for s in stats]
     obj._hwcycles = totals["cycles"]
     obj._saturations = totals["sat"]
     _report(obj, batch)

@@ -41,7 +41,7 @@ from .hazards import MEMORY, Access, HazardChecker
 from .units import ClusterUnits, available_cores, conv_maps_words, dma_offsets, mv_list, pitched_words, pool_maps_words
 
 __all__ = ["SimError", "InstrTiming", "ClusterStats", "CardStats", "run_card", "default_threads", "TOKEN_QUEUES",
-           "clear_program_cache", "apply_effect", "memory_words", "EffectSink"]
+           "clear_program_cache", "apply_effect", "memory_words", "program_bytes", "EffectSink"]
 
 
 class SimError(RuntimeError):
@@ -298,13 +298,19 @@ def _find_end(memory: np.ndarray, addr: int) -> int | None:
     return None
 
 
-def _load_program(cfg: MachineConfig, memory: np.ndarray, addr: int, cluster: int) -> _Program:
+def program_bytes(cfg: MachineConfig, memory: np.ndarray, addr: int, cluster: int) -> tuple[bytes, tuple]:
+    """The program at byte ``addr`` up to and including its first END, and its cache key
+    (machine, length, hash of the bytes)."""
     end = _find_end(memory, addr)
     if end is None:
         raise SimError(f"cluster {cluster}: the program at byte {addr:#x} has no END instruction before "
                        f"the end of the {len(memory)}-byte memory image")
     raw = memory[addr:addr + (end + 1) * INSTR_BYTES].tobytes()
-    key = (cfg, len(raw), hashlib.blake2b(raw, digest_size=16).digest())
+    return raw, (cfg, len(raw), hashlib.blake2b(raw, digest_size=16).digest())
+
+
+def _load_program(cfg: MachineConfig, memory: np.ndarray, addr: int, cluster: int) -> _Program:
+    raw, key = program_bytes(cfg, memory, addr, cluster)
     with _cache_lock:
         prog = _program_cache.get(key)
         if prog is not None:
@@ -312,7 +318,7 @@ def _load_program(cfg: MachineConfig, memory: np.ndarray, addr: int, cluster: in
             return prog
     ops: list[_Op] = []
     counts = [0] * len(ENGINES)
-    for pc in range(end + 1):
+    for pc in range(len(raw) // INSTR_BYTES):
         word = raw[pc * INSTR_BYTES:(pc + 1) * INSTR_BYTES]
         try:
             instr = isa.decode(word)
@@ -509,8 +515,9 @@ def run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *
              check_hazards: bool = True, trace: bool = False, threads: int | None = None) -> CardStats:
     """Run the programs of some clusters of one card to completion (see :func:`_run_card`).
 
-    ``threads``: threads the arithmetic of a large CONV (by rows of output pixels) and the copy of
-    a large LOAD are split over; None: :func:`default_threads`. Results and cycles do not depend on it.
+    ``threads``: threads a large CONV (its GEMM on the engine's threads, see :mod:`sim.gemm`, or
+    with numpy's engine its rows of output pixels) and the copy of a large LOAD are split over;
+    None: :func:`default_threads`. Results and cycles do not depend on it.
 
     BLAS is held to one thread meanwhile: the model issues many medium-sized GEMMs, for which
     OpenBLAS's threads gain little on an idle machine and thrash when the other cores are busy

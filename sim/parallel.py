@@ -19,7 +19,6 @@ are free of it.
 """
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from typing import Protocol
 
@@ -29,8 +28,8 @@ from arch import isa
 from arch.isa import INSTR_BYTES, Instr
 from arch.machine import MachineConfig
 
-from .card import (_CACHE_SIZE, CardStats, SimError, _check_args, _find_end, _load_program, _Op, _run_card,
-                   _single_thread_blas, apply_effect, memory_words)
+from .card import (_CACHE_SIZE, CardStats, _check_args, _load_program, _Op, _run_card, _single_thread_blas,
+                   apply_effect, memory_words, program_bytes)
 from .units import ClusterUnits
 
 __all__ = ["Helper", "LocalHelper", "ClusterEffects", "run_card_parallel", "PHASE_OPS"]
@@ -73,11 +72,7 @@ _instr_cache: OrderedDict[tuple, _Instrs] = OrderedDict()
 
 
 def _instrs(cfg: MachineConfig, memory: np.ndarray, addr: int, cluster: int) -> _Instrs:
-    end = _find_end(memory, addr)
-    if end is None:
-        raise SimError(f"cluster {cluster}: the program at byte {addr:#x} has no END instruction")
-    raw = memory[addr:addr + (end + 1) * INSTR_BYTES].tobytes()
-    key = (cfg, len(raw), hashlib.blake2b(raw, digest_size=16).digest())
+    raw, key = program_bytes(cfg, memory, addr, cluster)
     prog = _instr_cache.pop(key, None) or _Instrs(raw)
     _instr_cache[key] = prog
     if len(_instr_cache) > _CACHE_SIZE:
