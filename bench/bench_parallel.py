@@ -91,14 +91,18 @@ def wall(size: int, repeat: int) -> None:
                 ie.SetFlag("workers", mode)
                 outs[mode] = ie.Run(x)                 # warm-up
             pids = [w.pid for c in ie._cards for w in c.workers]
+
+            def cpu_now() -> list[float]:
+                """CPU seconds of this process and of each worker."""
+                return [time.process_time()] + [_cpu_s(p) for p in pids]
             for _ in range(repeat):                    # alternating, so that both see the same load
                 for mode in ("serial", "processes"):
                     ie.SetFlag("workers", mode)
-                    c0 = [time.process_time()] + [_cpu_s(p) for p in pids]
+                    c0 = cpu_now()
                     t0 = time.perf_counter()
                     ie.Run(x)
                     times[mode].append(time.perf_counter() - t0)
-                    cpus[mode].append([b - a for a, b in zip(c0, [time.process_time()] + [_cpu_s(p) for p in pids])])
+                    cpus[mode].append([b - a for a, b in zip(c0, cpu_now())])
             best, cpu = {}, {}
             for mode in times:
                 k = int(np.argmin(times[mode]))

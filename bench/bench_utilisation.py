@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import microndla  # noqa: E402
 import zoo  # noqa: E402
+from arch.machine import REFERENCE  # noqa: E402
 from runtime.profile import profile  # noqa: E402
 from zoo.kernels import conv_model  # noqa: E402
 
@@ -68,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             cycles, macs, rows, wall = measure(name, tmp)
-            util = macs / (cycles * 256)
+            util = macs / (cycles * REFERENCE.macs_per_cluster)   # one cluster of the reference card
             target = MODELS[name][1]
             summary.append((name, cycles, macs, util, target, wall))
             shown = rows if args.layers else [r for r in rows if r.utilisation < THRESHOLD]

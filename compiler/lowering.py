@@ -129,7 +129,7 @@ def conv_pieces(L: Conv, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> lis
     return pieces
 
 
-def pool_counts(n: int, out: int, k: int, stride: int, pad_begin: int, lo: int, hi: int) -> np.ndarray:
+def pool_counts(out: int, k: int, stride: int, pad_begin: int, lo: int, hi: int) -> np.ndarray:
     """Pixels of each window inside [lo, hi) (input coordinates), for one dimension."""
     start = np.arange(out) * stride - pad_begin
     return np.minimum(start + k, hi) - np.maximum(start, lo)
@@ -137,8 +137,8 @@ def pool_counts(n: int, out: int, k: int, stride: int, pad_begin: int, lo: int, 
 
 def _axis_counts(L: AvgPool, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     cp = L.count_pads
-    cy = pool_counts(in_hw[0], out_hw[0], L.kernel[0], L.stride[0], L.pads[0], -cp[0], in_hw[0] + cp[2])
-    cx = pool_counts(in_hw[1], out_hw[1], L.kernel[1], L.stride[1], L.pads[1], -cp[1], in_hw[1] + cp[3])
+    cy = pool_counts(out_hw[0], L.kernel[0], L.stride[0], L.pads[0], -cp[0], in_hw[0] + cp[2])
+    cx = pool_counts(out_hw[1], L.kernel[1], L.stride[1], L.pads[1], -cp[1], in_hw[1] + cp[3])
     return cy, cx
 
 

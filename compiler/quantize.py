@@ -209,11 +209,12 @@ def _warn_saturation(graph: Graph, cfg: MachineConfig, ranges: dict[str, float])
     from .calibrate import HEADROOM
     limit = (1 << (cfg.data_bits - 1)) - 1
     producers = {l.output: l for l in graph.layers}
+    inputs = {i.tensor for i in graph.inputs}
     for name, t in graph.tensors.items():
         r = ranges[name]
         top = limit / 2.0 ** t.frac
         # the rounding test of frac_for_range, so that a tensor given its own format never warns
-        if round(r * HEADROOM * 2.0 ** t.frac) <= limit or name not in producers and name not in {i.tensor for i in graph.inputs}:
+        if round(r * HEADROOM * 2.0 ** t.frac) <= limit or name not in producers and name not in inputs:
             continue      # concatenations are reported through their inputs
         layer = producers.get(name)
         who = f"input {name!r}" if layer is None else (

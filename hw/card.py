@@ -21,6 +21,8 @@ ports are full 32-bit word addresses).
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
@@ -29,16 +31,9 @@ from amaranth.lib.wiring import In, Out
 from arch.isa import INSTR_BITS, INSTR_BYTES
 from arch.machine import MachineConfig
 
-from .cluster import CYCLE_BITS, STATS, Cluster
+from .cluster import CYCLE_BITS, Cluster
 
 __all__ = ["Card", "BarrierUnit"]
-
-
-class _Port:
-    """The signals of an external memory port, named like those of an Amaranth memory port."""
-
-    def __init__(self, **signals):
-        self.__dict__.update(signals)
 
 
 class BarrierUnit(wiring.Component):
@@ -82,8 +77,6 @@ class Card(wiring.Component):
     cfg : MachineConfig
     init : list[int]
         Initial main-memory words (little-endian, ``beat_bytes`` each); the memory has this depth.
-    depth : int, optional
-        Main-memory depth in words, when larger than ``init`` (the rest starts at zero).
     external : bool
         No memory inside: bring the memory ports out (``mem_*`` below); ``init`` must be empty.
 
@@ -109,12 +102,10 @@ class Card(wiring.Component):
         beat_bytes`` words from ``mem_fetch_addr[c]`` on (lowest address in the low bits), combinationally.
     """
 
-    def __init__(self, cfg: MachineConfig, init, depth: int | None = None, *, external: bool = False):
+    def __init__(self, cfg: MachineConfig, init, *, external: bool = False):
         self.cfg = cfg
         self.init = list(init)
-        self.depth = max(1, len(self.init)) if depth is None else int(depth)
-        if self.depth < max(1, len(self.init)):
-            raise ValueError(f"memory depth {self.depth} is smaller than the {len(self.init)}-word image")
+        self.depth = max(1, len(self.init))
         self.external = bool(external)
         if self.external and self.init:
             raise ValueError("a card with an external memory takes no initial image")
@@ -139,8 +130,9 @@ class Card(wiring.Component):
         cfg = self.cfg
         m = Module()
         if self.external:
-            rp = _Port(addr=self.mem_rd_addr, data=self.mem_rd_data)
-            wp = _Port(en=self.mem_wr_en, addr=self.mem_wr_addr, data=self.mem_wr_data)
+            # the external port's signals, named like those of an Amaranth memory port
+            rp = SimpleNamespace(addr=self.mem_rd_addr, data=self.mem_rd_data)
+            wp = SimpleNamespace(en=self.mem_wr_en, addr=self.mem_wr_addr, data=self.mem_wr_data)
         else:
             m.submodules.memory = mem = self.memory
             rp = mem.read_port()
