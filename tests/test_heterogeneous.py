@@ -17,6 +17,8 @@ from compiler.partition import HostStage, Staged
 from runtime.executors import get_executor
 from zoo import small_cnn
 
+from tests.test_host_fallback import with_tail as with_host_tail
+
 BUDGET_MEAN, BUDGET_MAX = 1.0, 5.0
 
 
@@ -61,11 +63,7 @@ def with_middle(kind: str, seed: int = 2) -> onnx.ModelProto:
 
 def with_tail(model: onnx.ModelProto) -> onnx.ModelProto:
     """A Softmax after the classifier (as exporters write it)."""
-    g = model.graph
-    for n in g.node:
-        n.output[:] = ["logits" if o == "output" else o for o in n.output]
-    g.node.append(helper.make_node("Softmax", ["logits"], ["output"], name="prob", axis=1))
-    return _check(model)
+    return with_host_tail(model, helper.make_node("Softmax", ["logits"], ["output"], name="prob", axis=1))
 
 
 def reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -3,7 +3,6 @@ onnxruntime in float32 with the SDK metric, budget mean <= 1 %, max <= 5 %."""
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from onnx import helper, numpy_helper
 
 import microndla

@@ -19,7 +19,7 @@ from compiler.frontend import load_model
 from compiler.ir import CompileError, Conv, MaxPool
 from compiler.quantize import SaturationWarning, quantize
 from sim.card import run_card
-from sim.golden import fixed_inputs, run_quantized
+from sim.golden import run_quantized
 from zoo import kernels
 
 

@@ -14,13 +14,13 @@ import pytest
 
 import microndla
 import sim.parallel as par
-from arch.asm import assemble
-from arch.isa import encode_program
 from arch.machine import SMALL
 from microndla import WorkerCrashed
 from runtime.workers import Worker, plan
 from sim import SimError, run_card
 from zoo import resnet18, small_cnn
+
+from tests.test_sim_hazards import CONV, STORE, image
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,9 +109,6 @@ def test_workers_flag_is_validated():
 # the phases of sim.parallel, with in-process helpers
 # ------------------------------------------------------------------------------------------------
 
-CONV = ("CONV mv_mask=1 nvv=1 in_w=4 cpitch=4 cin=4 kh=1 kw=1 sy=1 sx=1 dy=1 dx=1 oh=1 ow=4 out_pitch=1 "
-        "write=1")
-STORE = "STORE mv=0 dram_addr=0x8000 buf_addr=0 n0=4 n1=1 n2=1"
 LOAD = "LOAD buf=MAPS mv_mask=1 dram_addr=0x8010 buf_addr=0 n0=4 n1=1 n2=1"
 STORE1 = "STORE mv=0 dram_addr=0x9000 buf_addr=0 n0=4 n1=1 n2=1"
 #: cluster 1 reads what cluster 0 stored, ordered by timing alone (no barrier): one phase would be
@@ -126,13 +123,7 @@ ORDERED_BY_TIME = {0: f"LOAD buf=MAPS mv_mask=1 dram_addr=0x2000 n0=4 n1=1 n2=1 
 
 
 def _image(programs, seed=0):
-    rng = np.random.default_rng(seed)
-    mem = np.zeros(0x10000, dtype=np.uint8)
-    mem[0x2000:] = rng.integers(0, 256, size=0x10000 - 0x2000, dtype=np.uint8)
-    for c, p in programs.items():
-        code = encode_program(assemble(p))
-        mem[0x800 * c:0x800 * c + len(code)] = np.frombuffer(code, dtype=np.uint8)
-    return mem, {c: 0x800 * c for c in programs}
+    return image(programs, 0x10000, seed)
 
 
 @pytest.mark.parametrize("helpers,phase_ops", [(1, 10 ** 9), (2, 10 ** 9), (2, 1), (3, 2)])
