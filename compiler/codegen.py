@@ -236,7 +236,7 @@ class CodeGen:
                 if isinstance(layer, Conv) and (layer.up != (1, 1) or layer.edge):
                     slots, info = self._pieces_slots(layer, bases)
                 elif isinstance(layer, Conv):
-                    slots, info = self._conv_slots(layer, bases)
+                    slots, info, _ = self._conv_slots(layer, bases)
                 elif isinstance(layer, AvgPool) and layer.count_pads is not None:
                     slots, info = self._avg_pieces_slots(layer, bases)
                 elif isinstance(layer, (MaxPool, AvgPool)):
@@ -282,7 +282,7 @@ class CodeGen:
         """Slots of a Conv; ``piece`` = (out0, step, size): only that rectangle of the output, every
         step-th pixel from out0 (a phase of a transposed convolution). ``first``, ``kfirst``: slots
         and kernel loads of the layer before these (the maps and kernel buffer halves alternate over
-        the whole layer); the kernel loads made are left in ``self._kernel_loads``."""
+        the whole layer). Returns (slots, layer info, kernel loads made including ``kfirst``)."""
         cfg = self.cfg
         tin, tout = self.layouts[L.input], self.layouts[L.output]
         cout, cin, kh, kw = L.wq.shape
@@ -467,10 +467,9 @@ class CodeGen:
                                                                           X0 + ostep[1] * t.ox0, g[0]), 0,
                                                       t.oh, t.ow, g[1], tout, step=ostep, mv=m))
                     slots.append(s)
-        self._kernel_loads = kloads
         macs = OH * OW * cout * kh * kw * cin
         nchunks = max(len(cs) for _, cs in ginfo.values())
-        return slots, dict(name=L.name, kind=L.kind, mode=mode, chunks=nchunks, tile=(ohb, owb), macs=macs)
+        return slots, dict(name=L.name, kind=L.kind, mode=mode, chunks=nchunks, tile=(ohb, owb), macs=macs), kloads
 
     @staticmethod
     def _is_copy(P: Conv) -> bool:
@@ -491,8 +490,7 @@ class CodeGen:
                 copy = AvgPool(p.conv.name, p.conv.nodes, L.input, L.output, (1, 1), (1, 1), p.conv.pads)
                 s, info = self._pool_slots(copy, bases, (0, 0) + p.size, reciprocal(1), len(slots), (p.out0, p.step))
             else:
-                s, info = self._conv_slots(p.conv, bases, (p.out0, p.step, p.size), len(slots), kloads)
-                kloads = self._kernel_loads
+                s, info, kloads = self._conv_slots(p.conv, bases, (p.out0, p.step, p.size), len(slots), kloads)
             slots += s
             macs += info["macs"]
             chunks = max(chunks, info["chunks"])

@@ -507,9 +507,12 @@ class _FrontEnd:
         return f"node '{self._node_name(index, node)}' ({node.op_type})"
 
     def _layer_name(self, index: int, node: onnx.NodeProto) -> str:
-        name = self._node_name(index, node)
+        return self._unique_name(self._node_name(index, node), index)
+
+    def _unique_name(self, name: str, suffix: int) -> str:
+        """``name`` for a new layer, or ``name_suffix`` if a layer has it already."""
         if name in self.layer_names:
-            name = f"{name}_{index}"
+            name = f"{name}_{suffix}"
         self.layer_names.add(name)
         return name
 
@@ -807,10 +810,8 @@ class _FrontEnd:
         self._resize(index, node, where, attrs, np.asarray(scales, dtype=np.float64).reshape(-1), None, legacy=True)
 
     def _op_Resize(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
-        if self.opset < 11:
-            self._resize(index, node, where, attrs, np.asarray(self._const(where, node, 1, "scales"), np.float64).reshape(-1),
-                         None, legacy=True)
-            return
+        if self.opset < 11:     # Resize-10 is Upsample-9: scales as input 1
+            return self._op_Upsample(index, node, where, attrs)
         scales = self._const(where, node, 2, "scales", required=False)
         sizes = self._const(where, node, 3, "sizes", required=False)
         scales = None if scales is None or np.asarray(scales).size == 0 else np.asarray(scales, np.float64).reshape(-1)
@@ -1184,8 +1185,7 @@ class _FrontEnd:
                     if self.tensors[a].shape != self.tensors[op.output].shape:
                         a, b = b, a
                     c = self.tensors[a].shape[0]
-                    name = op.name if op.name not in self.layer_names else f"{op.name}_{len(self.layer_names)}"
-                    self.layer_names.add(name)
+                    name = self._unique_name(op.name, len(self.layer_names))
                     layer = channelwise_layer(name, [op.name], a, op.output, np.ones(c), np.zeros(c))
                     fuse_binary(layer, op.op, b)
                     layers.append(layer)
@@ -1248,8 +1248,7 @@ class _FrontEnd:
             scale = op.params[0]
         elif op.op == "AddConst":
             bias = op.params[0]
-        name = op.name if op.name not in self.layer_names else f"{op.name}_{len(self.layer_names)}"
-        self.layer_names.add(name)
+        name = self._unique_name(op.name, len(self.layer_names))
         layer = channelwise_layer(name, [op.name], op.input, op.output, scale, bias)
         if op.op not in ("BatchNormalization", "MulConst", "AddConst"):
             fuse_activation(layer, op.params)
