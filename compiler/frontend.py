@@ -323,6 +323,18 @@ def _reads(op) -> list[str]:
     return [op.input] + ([op.residual] if getattr(op, "residual", None) else [])
 
 
+def evaluate_node(node: onnx.NodeProto, feeds: dict[str, np.ndarray], proto: onnx.ModelProto, where: str) -> list:
+    """The outputs of one node whose inputs are the constants ``feeds``, by onnx.reference, with
+    the opsets of ``proto``; a failure is a CompileError naming ``where``."""
+    graph = helper.make_graph([node], "fold", [helper.make_value_info(n, onnx.TypeProto()) for n in dict.fromkeys(feeds)],
+                              [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])
+    model = helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    try:
+        return ReferenceEvaluator(model).run(None, feeds)
+    except Exception as e:  # noqa: BLE001 - any failure of the evaluator is the model's
+        raise CompileError(f"{where}: its inputs are constant but evaluating it failed: {e}") from None
+
+
 class _FrontEnd:
     def __init__(self, proto: onnx.ModelProto, source: str, inshapes: str | None, mem_bytes: int):
         self.proto = proto
@@ -613,14 +625,7 @@ class _FrontEnd:
                 raise CompileError(f"{self._where(index, node)}: its constant output {o!r} {list(self.inferred[o])} "
                                    f"would need {math.prod(self.inferred[o]) * _DLA_WEIGHT_BYTES} bytes as 16-bit "
                                    f"values, more than the {self.mem_bytes} bytes of card memory")
-        names = list(dict.fromkeys(feeds))
-        graph = helper.make_graph([node], "fold", [helper.make_value_info(n, onnx.TypeProto()) for n in names],
-                                  [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])
-        model = helper.make_model(graph, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
-        try:
-            results = ReferenceEvaluator(model).run(None, feeds)
-        except Exception as e:
-            raise CompileError(f"{self._where(index, node)}: its inputs are constant but evaluating it failed: {e}") from None
+        results = evaluate_node(node, feeds, self.proto, self._where(index, node))
         outs = [o for o in node.output if o]
         for name, value in zip(outs, results):
             self.consts[name] = np.asarray(value)

@@ -41,12 +41,11 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from arch.machine import MachineConfig
 
 from .driver import Compiled, IODesc, Parallel, compile_model
-from .frontend import SUPPORTED_OPS, _check_weight_bytes, _FrontEnd, _load, _load_external, _static
+from .frontend import SUPPORTED_OPS, _check_weight_bytes, _FrontEnd, _load, _load_external, _static, evaluate_node
 from .hostops import host_evaluator
 from .ir import CompileError
 from .memmap import align
@@ -261,18 +260,8 @@ class _Partitioner:
         """Read external weights, apply inshapes, infer shapes and types, evaluate the constant nodes."""
         _load_external(self.proto, self.source, self.base_dir)
         self.inputs = self.fe._inputs()          # applies inshapes, checks types and static shapes
-        g = self.proto.graph
-        # shape inference on the graph without its weights' values (their shapes suffice), which
-        # is much cheaper than serialising every weight
-        small = [t for t in g.initializer if int(np.prod(t.dims)) <= 64]
-        named = {vi.name for vi in g.input}
-        weights = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer
-                   if int(np.prod(t.dims)) > 64 and t.name not in named]
-        light = helper.make_model(helper.make_graph(list(g.node), g.name or "model", list(g.input) + weights,
-                                                    list(g.output), small),
-                                  opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
-        try:
-            inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False).graph
+        try:     # on the graph without its weights' values, as the front end does
+            inferred = onnx.shape_inference.infer_shapes(self.fe._shapes_only(), strict_mode=False).graph
         except Exception as e:  # noqa: BLE001
             raise CompileError(f"{self.source}: ONNX shape inference failed: {e}") from None
         for vi in list(inferred.value_info) + list(inferred.output) + list(inferred.input):
@@ -290,13 +279,7 @@ class _Partitioner:
                 feeds = {node.input[0]: np.broadcast_to(np.float32(0), self.shapes[node.input[0]])}
             else:
                 feeds = {i: self.value(i) for i in ins}
-            graph = helper.make_graph([node], "fold", [helper.make_value_info(n, onnx.TypeProto()) for n in feeds],
-                                      [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])
-            m = helper.make_model(graph, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
-            try:
-                values = ReferenceEvaluator(m).run(None, feeds)
-            except Exception as e:  # noqa: BLE001
-                raise CompileError(f"{_where(index, node)}: its inputs are constant but evaluating it failed: {e}") from None
+            values = evaluate_node(node, feeds, self.proto, _where(index, node))
             for o, v in zip([o for o in node.output if o], values):
                 self.values[o] = np.asarray(v)
 
