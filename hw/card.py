@@ -33,7 +33,14 @@ from arch.machine import MachineConfig
 
 from .cluster import CYCLE_BITS, Cluster
 
-__all__ = ["Card", "BarrierUnit"]
+__all__ = ["Card", "BarrierUnit", "clusters_needed"]
+
+
+def clusters_needed(programs) -> int:
+    """Clusters a card must have to run programs on the clusters in ``programs`` (cluster numbers or
+    a dict keyed by them): up to the highest one, so every cluster keeps its number, its port
+    priority and its bit in BARRIER masks."""
+    return max((int(c) for c in programs), default=0) + 1
 
 
 class BarrierUnit(wiring.Component):
@@ -79,12 +86,17 @@ class Card(wiring.Component):
         Initial main-memory words (little-endian, ``beat_bytes`` each); the memory has this depth.
     external : bool
         No memory inside: bring the memory ports out (``mem_*`` below); ``init`` must be empty.
+    clusters : int
+        Clusters built, ``1 .. clusters_per_card`` (default all): clusters ``0 .. clusters - 1`` of the
+        machine, for programs that use no higher cluster (a simulator evaluates idle clusters every
+        cycle; the ports below are then ``clusters`` wide). The runners build
+        :func:`clusters_needed` of them.
 
     Ports
     -----
-    enable : In(clusters_per_card)
+    enable : In(clusters)
         Bit ``c``: cluster ``c`` runs its program (held from cycle 0).
-    prog_addr : In(ArrayLayout(32, clusters_per_card))
+    prog_addr : In(ArrayLayout(32, clusters))
         Word address of each cluster's program (held).
     now : Out(CYCLE_BITS)
         The cycle number (0 in the first cycle).
@@ -97,19 +109,22 @@ class Card(wiring.Component):
         previous cycle, read before that cycle's write.
     mem_wr_en : Out(1), mem_wr_addr : Out(32), mem_wr_data : Out(8 * beat_bytes)
         (``external`` only) data write port.
-    mem_fetch_addr : Out(ArrayLayout(32, clusters_per_card)), mem_fetch_data : In(ArrayLayout(INSTR_BITS, ...))
+    mem_fetch_addr : Out(ArrayLayout(32, clusters)), mem_fetch_data : In(ArrayLayout(INSTR_BITS, ...))
         (``external`` only) instruction ports: ``mem_fetch_data[c]`` holds the ``INSTR_BYTES /
         beat_bytes`` words from ``mem_fetch_addr[c]`` on (lowest address in the low bits), combinationally.
     """
 
-    def __init__(self, cfg: MachineConfig, init, *, external: bool = False):
+    def __init__(self, cfg: MachineConfig, init, *, external: bool = False, clusters: int | None = None):
         self.cfg = cfg
+        self.n = cfg.clusters_per_card if clusters is None else int(clusters)
+        if not 1 <= self.n <= cfg.clusters_per_card:
+            raise ValueError(f"machine {cfg.name!r} has 1 .. {cfg.clusters_per_card} clusters, not {clusters!r}")
         self.init = list(init)
         self.depth = max(1, len(self.init))
         self.external = bool(external)
         if self.external and self.init:
             raise ValueError("a card with an external memory takes no initial image")
-        n, wbits = cfg.clusters_per_card, cfg.beat_bytes * 8
+        n, wbits = self.n, cfg.beat_bytes * 8
         members = {
             "enable": In(n),
             "prog_addr": In(data.ArrayLayout(32, n)),
@@ -140,9 +155,12 @@ class Card(wiring.Component):
         per_instr = INSTR_BYTES // cfg.beat_bytes
         m.d.sync += self.now.eq(self.now + 1)
 
-        m.submodules.barrier = bar = BarrierUnit(cfg.clusters_per_card)
+        m.submodules.barrier = bar = BarrierUnit(self.n)
         for c, cl in enumerate(self.clusters):
-            m.d.comb += [bar.wait[c].eq(cl.bar_wait), bar.mask[c].eq(cl.bar_mask), bar.count[c].eq(cl.bar_count),
+            # a mask names only built clusters (the runners refuse a BARRIER that waits for a cluster
+            # without a program), so its bits above the built ones are zero
+            m.d.comb += [bar.wait[c].eq(cl.bar_wait), bar.mask[c].eq(cl.bar_mask[:self.n]),
+                         bar.count[c].eq(cl.bar_count),
                          cl.bar_release.eq(bar.release[c])]
 
         port_free = Signal(CYCLE_BITS)

@@ -4,12 +4,14 @@ Used by :func:`hw.verilog_run.run_verilog` (the ``icarus`` and ``verilator`` exe
 card-level tests in ``tests/cocotb``. The job is a JSON file named by ``$MDLA_JOB``::
 
     {"enable": int, "prog_addr": int (packed word addresses), "max_cycles": int,
-     "clusters": [int, ...], "stats": [counter names], "result": "path of the result JSON"}
+     "clusters": [int, ...], "stats": [counter names], "result": "path of the result JSON",
+     "period_ps": clock period (the machine's clock: 4000 at 250 MHz, so waveforms show real time)}
 
 The memory image is loaded by the Verilog itself (``+MEMIN=`` plusarg, ``$readmemh``) and written
 back with ``$writememh`` (``+MEMOUT=``) when this test raises ``dump``. Nothing runs in Python per
 cycle: the test waits for ``done`` (or ``error``) with a timer of many cycles as a watchdog and
-reports the progress (cycles, cycles/s) every few seconds.
+reports the progress (``progress: <cycles> ...`` lines, read by :func:`hw.verilog_run.run_verilog`)
+every ``$MDLA_PROGRESS_SECONDS`` (default 0.5 s).
 """
 from __future__ import annotations
 
@@ -22,8 +24,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
 
-PERIOD_NS = 10
-PROGRESS_SECONDS = float(os.environ.get("MDLA_PROGRESS_SECONDS", 5.0))
+PROGRESS_SECONDS = float(os.environ.get("MDLA_PROGRESS_SECONDS", 0.5))
 
 
 def _int(handle) -> int:
@@ -36,7 +37,8 @@ async def run_job(dut, job: dict) -> dict:
     dut.dump.value = 0
     dut.enable.value = job["enable"]
     dut.prog_addr.value = job["prog_addr"]
-    Clock(dut.clk, PERIOD_NS, unit="ns").start()
+    period = int(job.get("period_ps", 4000))
+    Clock(dut.clk, period, unit="ps").start()
     await RisingEdge(dut.clk)
     await RisingEdge(dut.clk)
     await FallingEdge(dut.clk)
@@ -53,11 +55,12 @@ async def run_job(dut, job: dict) -> dict:
             break
         t_chunk = time.perf_counter()
         await First(RisingEdge(dut.done), RisingEdge(dut.error),
-                    Timer(PERIOD_NS * min(chunk, max_cycles - now + 1), unit="ns"))
+                    Timer(period * min(chunk, max_cycles - now + 1), unit="ps"))
         dt = time.perf_counter() - t_chunk
         cycles = _int(dut.now) - now
-        if cycles > 0 and dt > 0:          # aim at about one second per chunk
-            chunk = max(100, min(1_000_000, int(chunk * min(4.0, max(0.25, 1.0 / dt)))))
+        if cycles > 0 and dt > 0:          # aim at about a progress period per chunk
+            aim = max(PROGRESS_SECONDS, 0.1)
+            chunk = max(100, min(1_000_000, int(chunk * min(4.0, max(0.25, aim / dt)))))
         tnow = time.perf_counter()
         if tnow - last_report >= PROGRESS_SECONDS:
             done_cycles = _int(dut.now)

@@ -27,7 +27,11 @@ mapped to size classes by :func:`mem_words_for` (64 KiB times powers of 4), so a
 only for an image that outgrows every class built so far; loading and dumping cost time in
 proportion to the image, not to the class.
 
-Ports of ``mdla_card``: ``clk``, ``rst`` (synchronous, active high), ``enable`` (one bit per cluster,
+Clusters: the export holds clusters ``0 .. n - 1`` (``clusters=n``, default all of the machine's); the
+runners build the fewest that a run's programs need (:func:`hw.card.clusters_needed`), since a
+simulator evaluates idle clusters every cycle. Each cluster count is its own cached core and build.
+
+Ports of ``mdla_card`` (``n`` clusters): ``clk``, ``rst`` (synchronous, active high), ``enable`` (one bit per cluster,
 held), ``prog_addr`` (32-bit *word* address of each cluster's program, cluster 0 in the low bits),
 ``dump``, and the outputs ``now`` (cycle number), ``done``, ``error`` and
 ``stat_<cluster>_<counter>`` for every counter of :data:`hw.cluster.STATS`.
@@ -51,7 +55,7 @@ from .card import Card
 from .cluster import CYCLE_BITS, STATS
 
 __all__ = ["ExportCard", "TOP", "DEFAULT_MEM_BYTES", "export_verilog", "verilog_text", "mem_words_for",
-           "component_verilog", "core_text",
+           "component_verilog", "core_text", "compact_zero_initialisers",
            "write_memh", "read_memh", "cache_dir"]
 
 #: name of the exported top module
@@ -61,7 +65,7 @@ TOP = "mdla_card"
 DEFAULT_MEM_BYTES = 64 << 10
 
 _ROOT = Path(__file__).resolve().parent.parent
-_EXPORT_VERSION = "2"        # bump when the generation below changes
+_EXPORT_VERSION = "3"        # bump when the generation below changes
 
 
 def cache_dir() -> Path:
@@ -85,12 +89,13 @@ def mem_words_for(cfg: MachineConfig, nbytes: int = 0) -> int:
 
 class ExportCard(wiring.Component):
     """The core of the exported card: a :class:`hw.card.Card` with an external memory
-    (``external=True``: its ``mem_*`` ports) and its counters as ports."""
+    (``external=True``: its ``mem_*`` ports) and its counters as ports; ``clusters`` as for
+    :class:`hw.card.Card`."""
 
-    def __init__(self, cfg: MachineConfig):
+    def __init__(self, cfg: MachineConfig, clusters: int | None = None):
         self.cfg = cfg
-        n = cfg.clusters_per_card
-        self.card = Card(cfg, [], external=True)
+        self.card = Card(cfg, [], external=True, clusters=clusters)
+        n = self.card.n
         members = {"enable": In(n), "prog_addr": In(data.ArrayLayout(32, n)),
                    "now": Out(CYCLE_BITS), "done": Out(1), "error": Out(1)}
         members.update({name: member for name, member in self.card.signature.members.items()
@@ -126,14 +131,14 @@ def _source_key(cfg: MachineConfig, extra: str = "") -> str:
 
 
 #: files of hw/ that do not shape the exported design (the runners), so editing them keeps the cache
-_NOT_DESIGN = frozenset({"run.py", "verilog_run.py", "cocotb_card.py"})
+_NOT_DESIGN = frozenset({"run.py", "verilog_run.py", "cocotb_card.py", "verilator_main.py", "progress.py"})
 
 
-def _core(cfg: MachineConfig) -> str:
+def _core(cfg: MachineConfig, clusters: int) -> str:
     """Verilog of :class:`ExportCard` as the flat module ``<TOP>_core``."""
     from amaranth.back import rtlil
     from amaranth._toolchain.yosys import find_yosys
-    il = rtlil.convert(ExportCard(cfg), name=f"{TOP}_core", emit_src=False)
+    il = rtlil.convert(ExportCard(cfg, clusters), name=f"{TOP}_core", emit_src=False)
     # as amaranth.back.verilog, plus a flatten: one module for the whole core
     yosys = find_yosys(lambda ver: ver >= (0, 40))
     script = [f"read_rtlil <<rtlil\n{il}\nrtlil", "proc -nomux -norom", "flatten", "memory_collect",
@@ -144,12 +149,46 @@ def _core(cfg: MachineConfig) -> str:
     return yosys.run(["-q", "-"], "\n".join(script), ignore_warnings=True)
 
 
-def core_text(cfg: MachineConfig) -> str:
-    """The Verilog of the core (cached on disk; see :func:`cache_dir`); independent of the memory size."""
-    path = cache_dir() / "verilog" / f"{cfg.name}-core-{_source_key(cfg)}.v"
+_INIT_WORD = re.compile(r"^\s*(\\\S+|\w+) \[(\d+)\] = \d+'h(0+);$")
+
+
+def compact_zero_initialisers(text: str) -> str:
+    """Replace every ``initial`` block of Yosys' Verilog that sets each word of one memory to zero,
+    one line per word (65,560 lines per REFERENCE cluster), by a loop; other initialisers (the
+    activation ROM) are kept. Same contents, a much smaller run-once part for the simulators to
+    compile."""
+    lines = text.split("\n")
+    out, i, k = [], 0, 0
+    while i < len(lines):
+        if lines[i].strip() != "initial begin":
+            out.append(lines[i])
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and lines[j].strip() != "end":
+            j += 1
+        words = [_INIT_WORD.match(line) for line in lines[i + 1:j]]
+        names = {w.group(1) for w in words if w}
+        if words and all(words) and len(names) == 1 and \
+                [int(w.group(2)) for w in words] == list(range(len(words))):
+            name = names.pop()
+            out += [f"  initial begin : mdla_zero_{k}", "    integer i;",
+                    f"    for (i = 0; i < {len(words)}; i = i + 1)", f"      {name} [i] = 0;", "  end"]
+            k += 1
+        else:
+            out += lines[i:j + 1]
+        i = j + 1
+    return "\n".join(out)
+
+
+def core_text(cfg: MachineConfig, clusters: int | None = None) -> str:
+    """The Verilog of the core with ``clusters`` clusters (default all; cached on disk per
+    configuration and cluster count, see :func:`cache_dir`); independent of the memory size."""
+    n = _clusters(cfg, clusters)
+    path = cache_dir() / "verilog" / f"{cfg.name}-core{n}-{_source_key(cfg, str(n))}.v"
     if path.exists():
         return path.read_text()
-    text = _core(cfg)
+    text = compact_zero_initialisers(_core(cfg, n))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(text)
@@ -157,9 +196,17 @@ def core_text(cfg: MachineConfig) -> str:
     return text
 
 
-def _wrapper(cfg: MachineConfig, mem_words: int) -> str:
-    """The top module: the core, the main memory (``MEM_WORDS`` words) and its loader and dumper."""
-    n, width = cfg.clusters_per_card, cfg.beat_bytes * 8
+def _clusters(cfg: MachineConfig, clusters: int | None) -> int:
+    n = cfg.clusters_per_card if clusters is None else int(clusters)
+    if not 1 <= n <= cfg.clusters_per_card:
+        raise ValueError(f"machine {cfg.name!r} has 1 .. {cfg.clusters_per_card} clusters, not {clusters!r}")
+    return n
+
+
+def _wrapper(cfg: MachineConfig, mem_words: int, n: int) -> str:
+    """The top module: the core (``n`` clusters), the main memory (``MEM_WORDS`` words) and its
+    loader and dumper."""
+    width = cfg.beat_bytes * 8
     per_instr = INSTR_BYTES // cfg.beat_bytes
     ports = [("input", "clk", 1), ("input", "rst", 1), ("input", "enable", n), ("input", "prog_addr", 32 * n),
              ("input", "dump", 1), ("output", "now", CYCLE_BITS), ("output", "done", 1), ("output", "error", 1)]
@@ -223,27 +270,29 @@ def _wrapper(cfg: MachineConfig, mem_words: int) -> str:
     return "\n".join(out)
 
 
-def verilog_text(cfg: MachineConfig, mem_words: int | None = None) -> str:
+def verilog_text(cfg: MachineConfig, mem_words: int | None = None, clusters: int | None = None) -> str:
     """The Verilog of the card with a ``mem_words``-word main memory (the default of the ``MEM_WORDS``
-    parameter; default :func:`mem_words_for`): the cached core plus the top module."""
+    parameter; default :func:`mem_words_for`) and clusters ``0 .. clusters - 1`` (default all): the
+    cached core plus the top module."""
+    n = _clusters(cfg, clusters)
     mem_words = mem_words_for(cfg) if mem_words is None else int(mem_words)
     if mem_words < 2 or mem_words & (mem_words - 1):
         raise ValueError(f"mem_words must be a power of two >= 2, got {mem_words}")
     width = cfg.beat_bytes * 8
-    header = (f"// MDLA card for machine configuration {cfg.name!r}: {cfg.clusters_per_card} clusters x "
+    header = (f"// MDLA card for machine configuration {cfg.name!r}: {n} of its {cfg.clusters_per_card} clusters x "
               f"{cfg.mv_per_cluster} MV x {cfg.vv_per_mv} VV x {cfg.lanes} lanes, main memory MEM_WORDS x "
               f"{width}-bit words (default {mem_words}).\n"
               f"// Generated by hw/export.py from the Amaranth RTL in hw/; do not edit.\n")
-    return header + _wrapper(cfg, mem_words) + "\n" + core_text(cfg)
+    return header + _wrapper(cfg, mem_words, n) + "\n" + core_text(cfg, n)
 
 
 def export_verilog(cfg: MachineConfig, path: str | os.PathLike | None = None, *,
-                   mem_words: int | None = None) -> str:
+                   mem_words: int | None = None, clusters: int | None = None) -> str:
     """Write the Verilog of a card for ``cfg`` to ``path`` (if given) and return it.
 
     ``mem_words``: main-memory depth in ``beat_bytes`` words (a power of two; default
-    :func:`mem_words_for`)."""
-    text = verilog_text(cfg, mem_words)
+    :func:`mem_words_for`). ``clusters``: build clusters ``0 .. clusters - 1`` only (default all)."""
+    text = verilog_text(cfg, mem_words, clusters)
     if path is not None:
         Path(path).write_text(text)
     return text

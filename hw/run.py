@@ -16,15 +16,18 @@ from arch.isa import INSTR_BYTES, ISAError
 from arch.machine import MachineConfig
 from sim.card import CardStats, ClusterStats, SimError
 
-from .card import Card
+from .card import Card, clusters_needed
 
-__all__ = ["run_rtl", "LAST_RUN", "RTL_OPS"]
+__all__ = ["run_rtl", "LAST_RUN", "RTL_OPS", "clock_period"]
 
 #: instructions the RTL executes
 RTL_OPS = ("LOAD", "STORE", "CONV", "MAXPOOL", "AVGPOOL", "SYNC", "BARRIER", "END")
 
 #: wall time and cycles of the last run (for reports of simulated cycles per second)
 LAST_RUN: dict = {}
+
+#: cycles between two progress-bar updates of an Amaranth run
+_PROGRESS_CYCLES = 200
 
 
 def _decode(cfg: MachineConfig, memory: np.ndarray, addr: int, c: int) -> list[isa.Instr]:
@@ -98,11 +101,15 @@ def cycle_bound(cfg: MachineConfig, progs: dict[int, list]) -> int:
 
 
 def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *, vcd: str | None = None,
-            max_cycles: int | None = None) -> CardStats:
-    """Run the programs of some clusters of one card on the RTL; ``memory`` is updated in place.
+            max_cycles: int | None = None, progress: bool | None = None) -> CardStats:
+    """Run the programs of some clusters of one card on the RTL; ``memory`` is updated in place. The
+    card holds the clusters the programs use (:func:`hw.card.clusters_needed`).
 
-    ``vcd``: write a waveform of the whole run to this path. ``max_cycles``: give up (SimError) after
-    this many cycles; by default a bound no deadlock-free program can reach."""
+    ``vcd``: write a waveform of the whole run to this path (time in the machine's clock period,
+    4 ns at 250 MHz). ``max_cycles``: give up (SimError) after this many cycles; by default a bound
+    no deadlock-free program can reach. ``progress``: a progress bar against the functional model's
+    cycle count (:class:`hw.progress.CycleProgress`; None: for runs longer than a few seconds)."""
+    from .progress import CycleProgress, expected_cycles
     bb = cfg.beat_bytes
     progs = decode_programs(cfg, memory, programs)
     if not progs:
@@ -120,7 +127,7 @@ def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
     stored = np.unique(np.concatenate([_store_words(cfg, i) for p in progs.values() for i in p if i.op == "STORE"]
                                       or [np.zeros(0, dtype=np.int64)]))
 
-    card = Card(cfg, init)
+    card = Card(cfg, init, clusters=clusters_needed(progs))     # only the clusters the programs use
     result = {}
 
     async def bench(ctx):
@@ -134,15 +141,29 @@ def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
                                __import__("hw.cluster", fromlist=["STATS"]).STATS} for c in progs}
         result["words"] = [ctx.get(card.memory.data[int(a)]) for a in stored]
 
+    total = expected_cycles(cfg, memory, {c: programs[c] for c in progs}) if progress is not False else None
+    bar = CycleProgress(total, "amaranth", enabled=progress)
+
+    period = clock_period(cfg)
+
+    async def report(ctx):           # a background testbench: it does not keep the simulation going
+        while True:
+            await ctx.delay(_PROGRESS_CYCLES * period)
+            bar.update_to(ctx.get(card.now))
+
     sim = Simulator(card)
-    sim.add_clock(1e-6)
+    sim.add_clock(period)
     sim.add_testbench(bench)
+    if bar.bar.disable is False:
+        sim.add_testbench(report, background=True)
     t0 = time.perf_counter()
-    if vcd:
-        with sim.write_vcd(vcd):
+    with bar:
+        if vcd:
+            with sim.write_vcd(vcd):
+                sim.run()
+        else:
             sim.run()
-    else:
-        sim.run()
+        bar.update_to(result["now"])
     wall = time.perf_counter() - t0
     LAST_RUN.clear()
     LAST_RUN.update(cycles=result["now"], seconds=wall, cycles_per_second=result["now"] / max(wall, 1e-9))
@@ -161,6 +182,13 @@ def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
             memory[lo:lo + n] = row[:n]
     clusters = {c: cluster_stats(s, bb) for c, s in result["stats"].items()}
     return CardStats(cycles=max(cs.cycles for cs in clusters.values()), clusters=clusters)
+
+
+def clock_period(cfg: MachineConfig) -> float:
+    """The machine's clock period in seconds for ``Simulator.add_clock``, nudged so that Amaranth's
+    conversion to femtoseconds (it truncates) gives the exact period: 4 ns at 250 MHz, not 3.999999."""
+    fs = round(1e9 / cfg.clock_mhz)
+    return (fs + 0.25) * 1e-15
 
 
 def cluster_stats(s: dict, bb: int) -> ClusterStats:

@@ -35,12 +35,13 @@ from sim.card import CardStats, SimError
 
 from .export import TOP, cache_dir, mem_words_for, read_memh, verilog_text, write_memh
 
-__all__ = ["SIMULATORS", "build", "build_verilog", "run_verilog", "simulator_available", "LAST_RUN", "BuildInfo"]
+__all__ = ["SIMULATORS", "HARNESSES", "build", "build_verilog", "run_verilog", "default_harness", "simulator_available",
+           "LAST_RUN", "BuildInfo"]
 
 SIMULATORS = ("icarus", "verilator")
 
 #: wall time and cycles of the last run: cycles, seconds (simulation loop only), total_seconds,
-#: cycles_per_second, build_seconds, simulator
+#: cycles_per_second, build_seconds, build_cached, simulator, clusters (of the build)
 LAST_RUN: dict = {}
 
 BUILD_ARGS = {
@@ -159,29 +160,52 @@ def build_verilog(sim: str, text: str, top: str, tag: str, *, verbose: bool = Fa
         return BuildInfo(sim, bdir, vfile, 0, seconds, False)
 
 
-def build(sim: str, cfg: MachineConfig, mem_words: int | None = None, *, verbose: bool = False) -> BuildInfo:
-    """Export and compile the card for ``sim`` (once per design; later calls reuse the build)."""
+def build(sim: str, cfg: MachineConfig, mem_words: int | None = None, *, clusters: int | None = None,
+          verbose: bool = False) -> BuildInfo:
+    """Export and compile the card for ``sim`` (once per design; later calls reuse the build), with
+    clusters ``0 .. clusters - 1`` (default all of the machine's)."""
     why = simulator_available(sim)
     if why:
         raise SimError(why)
     mem_words = mem_words_for(cfg) if mem_words is None else int(mem_words)
-    info = build_verilog(sim, verilog_text(cfg, mem_words), TOP, f"{cfg.name}-{mem_words}", verbose=verbose)
+    n = cfg.clusters_per_card if clusters is None else int(clusters)
+    info = build_verilog(sim, verilog_text(cfg, mem_words, n), TOP, f"{cfg.name}-c{n}-{mem_words}", verbose=verbose)
     info.mem_words = mem_words
     return info
 
 
+#: harnesses of a Verilog run: cocotb (Icarus or Verilator; the hardware tests) or the free-running
+#: C++ main of :mod:`hw.verilator_main` (Verilator only; the default there: fastest for long runs)
+HARNESSES = ("cocotb", "main")
+
+
+def default_harness(sim: str) -> str:
+    """``main`` for Verilator (``$MDLA_VERILATOR_HARNESS`` overrides it), ``cocotb`` for Icarus."""
+    return os.environ.get("MDLA_VERILATOR_HARNESS", "main") if sim == "verilator" else "cocotb"
+
+
 def run_verilog(sim: str, cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
-                max_cycles: int | None = None, verbose: bool = False, keep: bool = False) -> CardStats:
+                max_cycles: int | None = None, verbose: bool = False, keep: bool = False,
+                harness: str | None = None, progress: bool | None = None, clusters: int | None = None) -> CardStats:
     """Run the programs of some clusters of one card on the exported Verilog in ``sim``
-    ('icarus' or 'verilator'); ``memory`` is updated in place.
+    ('icarus' or 'verilator'); ``memory`` is updated in place. The build holds the clusters the
+    programs use (:func:`hw.card.clusters_needed`), or ``clusters`` of them (at least those).
 
+    ``harness``: 'cocotb' or, for Verilator, 'main' (the C++ harness; default :func:`default_harness`).
     ``max_cycles``: give up (SimError) after this many cycles (default: a bound no deadlock-free
-    program reaches). ``verbose``: stream the simulator's output (with progress reports) instead of
-    writing it to a log file. ``keep``: keep the run directory (memory files, log)."""
-    from cocotb_tools.runner import get_runner
-
+    program reaches). ``progress``: a progress bar (:class:`hw.progress.CycleProgress`; None: for
+    runs longer than a few seconds) against the functional model's cycle count. ``verbose``: stream
+    the simulator's output instead of writing it to a log file. ``keep``: keep the run directory
+    (memory files, log)."""
+    from .card import clusters_needed
     from .cluster import STATS
+    from .progress import CycleProgress, expected_cycles
     from .run import cluster_stats, cycle_bound, decode_programs
+    harness = default_harness(sim) if harness is None else harness
+    if harness not in HARNESSES:
+        raise ValueError(f"unknown harness {harness!r}; known: {HARNESSES}")
+    if harness == "main" and sim != "verilator":
+        raise ValueError(f"the C++ harness is Verilator's; {sim} runs under cocotb")
     bb = cfg.beat_bytes
     progs = decode_programs(cfg, memory, programs)
     if not progs:
@@ -189,65 +213,44 @@ def run_verilog(sim: str, cfg: MachineConfig, memory: np.ndarray, programs: dict
     if max_cycles is None:
         max_cycles = cycle_bound(cfg, progs)
     t_start = time.perf_counter()
-    info = build(sim, cfg, mem_words_for(cfg, len(memory)), verbose=verbose)
+    nclusters = clusters_needed(progs)
+    if clusters is not None:
+        if not nclusters <= int(clusters) <= cfg.clusters_per_card:
+            raise ValueError(f"these programs need {nclusters} to {cfg.clusters_per_card} clusters, not {clusters!r}")
+        nclusters = int(clusters)
+    words = mem_words_for(cfg, len(memory))
+    if harness == "main":
+        from .verilator_main import build_main
+        info = build_main(cfg, words, nclusters, verbose=verbose)
+    else:
+        info = build(sim, cfg, words, clusters=nclusters, verbose=verbose)
+    total = expected_cycles(cfg, memory, {c: programs[c] for c in progs}) if progress is not False else None
     work = Path(tempfile.mkdtemp(prefix=f"mdla-{sim}-"))
     ok = False
     try:
         memin, memout, result = work / "mem_in.hex", work / "mem_out.hex", work / "result.json"
         write_memh(memin, memory, cfg, info.mem_words)
-        job = {"enable": sum(1 << c for c in progs),
-               "prog_addr": sum((int(programs[c]) // bb) << (32 * c) for c in progs),
-               "max_cycles": int(max_cycles), "clusters": sorted(progs), "stats": list(STATS),
-               "result": str(result)}
-        (work / "job.json").write_text(json.dumps(job))
-        runner = get_runner(sim)
+        plusargs = [f"+MEMIN={memin}", f"+MEMOUT={memout}", f"+MEMDUMP={-(-len(memory) // bb)}"]
         log = work / "sim.log"
-        failure = []
-
-        def simulate():
-            try:
-                runner.test(test_module="hw.cocotb_card", hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
-                            testcase="run_card", build_dir=info.build_dir, test_dir=work,
-                            results_xml=str(work / "results.xml"),
-                            plusargs=[f"+MEMIN={memin}", f"+MEMOUT={memout}",
-                                      f"+MEMDUMP={-(-len(memory) // bb)}"],
-                            extra_env={"MDLA_JOB": str(work / "job.json")}, timescale=("1ns", "1ps"),
-                            log_file=None if verbose else log)
-            except (Exception, SystemExit) as e:  # noqa: BLE001 - runner.test exits under pytest on failure
-                failure.append(e)
-
-        if verbose:
-            simulate()
-        else:
-            # the simulator's output goes to the log; its progress lines are echoed to stderr
-            th = threading.Thread(target=simulate, daemon=True)
-            th.start()
-            seen, last = 0, time.perf_counter()
-            while th.is_alive():
-                th.join(0.05)
-                if time.perf_counter() - last < 1.0 or not log.exists():
-                    continue
-                last = time.perf_counter()
-                with open(log, "rb") as f:
-                    f.seek(seen)
-                    chunk = f.read()
-                chunk = chunk[:chunk.rfind(b"\n") + 1]
-                seen += len(chunk)
-                for line in chunk.decode(errors="replace").splitlines():
-                    if "progress:" in line:
-                        print(f"[{sim}] {line[line.index('progress:'):]}", file=sys.stderr, flush=True)
-        if failure:
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise SimError(f"{sim} simulation failed ({failure[0]}); run directory {work}\n{tail}")
-        if not result.exists():
-            tail = log.read_text()[-3000:] if log.exists() else ""
-            raise SimError(f"{sim} simulation produced no result; run directory {work}\n{tail}")
-        res = json.loads(result.read_text())
+        with CycleProgress(total, f"{sim} ({harness})", enabled=progress) as bar:
+            if harness == "main":
+                from .verilator_main import run_main
+                job = {"enable": sum(1 << c for c in progs),
+                       "prog_addr": {c: int(programs[c]) // bb for c in progs},
+                       "max_cycles": int(max_cycles), "result": str(result)}
+                res = run_main(info, job, plusargs, log, bar.update_to)
+            else:
+                job = {"enable": sum(1 << c for c in progs),
+                       "prog_addr": sum((int(programs[c]) // bb) << (32 * c) for c in progs),
+                       "max_cycles": int(max_cycles), "clusters": sorted(progs), "stats": list(STATS),
+                       "result": str(result), "period_ps": round(1e6 / cfg.clock_mhz)}
+                res = _run_cocotb(sim, info, job, work, plusargs, log, verbose, bar.update_to)
+            bar.update_to(res["now"])
         wall = time.perf_counter() - t_start
         LAST_RUN.clear()
-        LAST_RUN.update(simulator=sim, cycles=res["now"], seconds=res["seconds"], total_seconds=wall,
-                        cycles_per_second=res["now"] / max(res["seconds"], 1e-9),
-                        build_seconds=info.seconds, build_cached=info.cached)
+        LAST_RUN.update(simulator=sim, harness=harness, cycles=res["now"], seconds=res["seconds"],
+                        total_seconds=wall, cycles_per_second=res["now"] / max(res["seconds"], 1e-9),
+                        build_seconds=info.seconds, build_cached=info.cached, clusters=nclusters)
         if res["error"]:
             raise SimError("an illegal instruction was fetched")
         if not res["done"]:
@@ -260,3 +263,51 @@ def run_verilog(sim: str, cfg: MachineConfig, memory: np.ndarray, programs: dict
     finally:
         if ok and not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_cocotb(sim: str, info: BuildInfo, job: dict, work: Path, plusargs: list[str], log: Path, verbose: bool,
+                on_progress) -> dict:
+    """One job under cocotb (:mod:`hw.cocotb_card`); its progress lines in the log go to
+    ``on_progress(cycle)``. Returns the result JSON's contents."""
+    from cocotb_tools.runner import get_runner
+    (work / "job.json").write_text(json.dumps(job))
+    runner = get_runner(sim)
+    failure = []
+    result = Path(job["result"])
+
+    def simulate():
+        try:
+            runner.test(test_module="hw.cocotb_card", hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
+                        testcase="run_card", build_dir=info.build_dir, test_dir=work,
+                        results_xml=str(work / "results.xml"), plusargs=plusargs,
+                        extra_env={"MDLA_JOB": str(work / "job.json")}, timescale=("1ns", "1ps"),
+                        log_file=None if verbose else log)
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - runner.test exits under pytest on failure
+            failure.append(e)
+
+    if verbose:
+        simulate()
+    else:
+        # the simulator's output goes to the log; its progress lines feed the bar
+        th = threading.Thread(target=simulate, daemon=True)
+        th.start()
+        seen = 0
+        while th.is_alive():
+            th.join(0.25)
+            if not log.exists():
+                continue
+            with open(log, "rb") as f:
+                f.seek(seen)
+                chunk = f.read()
+            chunk = chunk[:chunk.rfind(b"\n") + 1]
+            seen += len(chunk)
+            for line in chunk.decode(errors="replace").splitlines():
+                if "progress:" in line:
+                    on_progress(int(line[line.index("progress:"):].split()[1]))
+    if failure:
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        raise SimError(f"{sim} simulation failed ({failure[0]}); run directory {work}\n{tail}")
+    if not result.exists():
+        tail = log.read_text()[-3000:] if log.exists() else ""
+        raise SimError(f"{sim} simulation produced no result; run directory {work}\n{tail}")
+    return json.loads(result.read_text())

@@ -175,9 +175,11 @@ def hw():
 @click.option("--mem-kib", type=int, default=None,
               help="main memory in KiB, the default of the MEM_WORDS parameter (rounded up to a size class: "
                    "64 KiB times a power of 4; default 64 KiB)")
+@click.option("--clusters", type=click.IntRange(min=1), default=None,
+              help="build clusters 0 .. N-1 only (default: all of the configuration's)")
 @click.option("--sim", "sims", multiple=True, type=click.Choice(["icarus", "verilator"]),
               help="also compile it for this simulator into the build cache (repeatable)")
-def hw_build(config, output, mem_kib, sims):
+def hw_build(config, output, mem_kib, clusters, sims):
     """Write the Verilog of a card (module mdla_card, parameter MEM_WORDS; memory loaded with +MEMIN=<hex file>)."""
     from arch.machine import get_config
     from hw.export import export_verilog, mem_words_for
@@ -185,7 +187,7 @@ def hw_build(config, output, mem_kib, sims):
         cfg = get_config(config)
         words = mem_words_for(cfg, (mem_kib or 0) << 10)
         t0 = time.perf_counter()
-        text = export_verilog(cfg, output, mem_words=words)
+        text = export_verilog(cfg, output, mem_words=words, clusters=clusters)
     except Exception as e:  # noqa: BLE001
         _fail(e)
     click.echo(f"wrote {output}: card {cfg.name!r}, {len(text.splitlines())} lines, main memory {words} x "
@@ -193,7 +195,7 @@ def hw_build(config, output, mem_kib, sims):
     for sim in sims:
         from hw.verilog_run import build
         try:
-            info = build(sim, cfg, words)
+            info = build(sim, cfg, words, clusters=clusters)
         except Exception as e:  # noqa: BLE001
             _fail(e)
         how = "cached" if info.cached else f"built in {info.seconds:.1f} s"

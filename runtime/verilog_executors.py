@@ -27,10 +27,11 @@ class VerilogExecutor:
         self.verbose = verbose
         self.last_run: dict = {}
 
-    def build(self, cfg):
-        """Export and compile the card for ``cfg`` now (otherwise the first run does it)."""
+    def build(self, cfg, clusters: int | None = None):
+        """Export and compile the card for ``cfg`` now (otherwise the first run does it), with clusters
+        ``0 .. clusters - 1`` (default all; a run builds the clusters its programs use)."""
         from hw.verilog_run import build
-        return build(self.sim, cfg, verbose=self.verbose)
+        return build(self.sim, cfg, clusters=clusters, verbose=self.verbose)
 
     def run(self, cfg, memory, programs, *, check_hazards=True):
         from hw.verilog_run import LAST_RUN, run_verilog

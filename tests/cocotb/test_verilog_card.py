@@ -6,6 +6,8 @@ equal. One card build per simulator (SMALL), shared by the session (tests/cocotb
 cached on disk by the hash of its Verilog."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -27,11 +29,15 @@ def compiled_image(model, cfg, seed=0):
     return mem, c.program_addresses()
 
 
-def assert_same(sim, cfg, mem, programs, *, check_memory=True, check_hazards=True):
+def assert_same(sim, cfg, mem, programs, *, check_memory=True, check_hazards=True, harness="cocotb"):
+    """The functional model and the Verilog card agree. Under cocotb the run uses the session's
+    build of all the card's clusters (one build per simulator); the C++ harness builds the clusters
+    the programs use."""
     from hw.verilog_run import LAST_RUN, run_verilog
     m_model, m_rtl = mem.copy(), mem.copy()
     want = run_card(cfg, m_model, programs, check_hazards=check_hazards)
-    got = run_verilog(sim, cfg, m_rtl, programs)
+    got = run_verilog(sim, cfg, m_rtl, programs, harness=harness,
+                      clusters=cfg.clusters_per_card if harness == "cocotb" else None)
     print(f"{sim}: {LAST_RUN['cycles']} cycles in {LAST_RUN['seconds']:.2f} s = "
           f"{LAST_RUN['cycles_per_second']:.0f} cycles/s ({LAST_RUN['total_seconds']:.2f} s with start-up)")
     assert got.cycles == want.cycles
@@ -224,3 +230,53 @@ def test_compiled_kernel_slow_verilator(card_build, case):
     mem, programs = compiled_image(kernels.conv_model(cin, cout, h, w, k, s, p, dilation=d, relu=True,
                                                       seed=cin + cout), SMALL)
     assert_same("verilator", SMALL, mem, programs)
+
+
+@pytest.mark.parametrize("case", ["one_cluster", "two_clusters"])
+def test_verilator_main_harness(case):
+    """The free-running C++ harness (the verilator executor's default): bit- and cycle-exact, on a
+    build of the clusters the programs use (one for a one-cluster program, two for a BARRIER pair)."""
+    from arch.asm import assemble
+    from cocotb_util import require
+    from hw.verilog_run import LAST_RUN
+    require("verilator")
+    if case == "one_cluster":
+        from zoo.small_cnn import small_cnn
+        mem, programs = compiled_image(small_cnn(seed=0, input_shape=(1, 3, 8, 8)), SMALL)
+    else:
+        mem = np.zeros(0xA000, dtype=np.uint8)
+        mem[0x4000:0x8000] = np.random.default_rng(4).integers(0, 256, 0x4000, dtype=np.uint8)
+        programs = {}
+        for c, p in BARRIER_PROGS.items():
+            code = encode_program(assemble(p))
+            mem[0x1000 * c:0x1000 * c + len(code)] = np.frombuffer(code, dtype=np.uint8)
+            programs[c] = 0x1000 * c
+    assert_same("verilator", SMALL, mem, programs, harness="main")
+    assert LAST_RUN["harness"] == "main" and LAST_RUN["clusters"] == max(programs) + 1
+
+
+def test_export_holds_the_clusters_asked_for():
+    """clusters=n exports clusters 0 .. n-1 only (ports and counters), and refuses what the machine
+    does not have."""
+    from hw.export import verilog_text
+    one = verilog_text(SMALL, clusters=1)
+    assert "stat_0_cycles" in one and "stat_1_cycles" not in one
+    assert "input wire enable " in one and "input wire [31:0] prog_addr" in one
+    both = verilog_text(SMALL)
+    assert "stat_1_cycles" in both and "input wire [1:0] enable" in both
+    for bad in (0, SMALL.clusters_per_card + 1):
+        with pytest.raises(ValueError, match="clusters"):
+            verilog_text(SMALL, clusters=bad)
+
+
+def test_zero_initialisers_are_loops():
+    """Memories that start at zero are initialised by a loop, not one line per word; the activation
+    ROM keeps its contents."""
+    from hw.export import compact_zero_initialisers, core_text
+    text = core_text(SMALL, 1)
+    assert not re.search(r"\[\d+\] = \d+'h0+;", text)
+    assert "mdla_zero_" in text and "rom" in text
+    block = ("  initial begin\n    \\m [0] = 8'h00;\n    \\m [1] = 8'h00;\n  end\n"
+             "  initial begin\n    \\r [0] = 8'h00;\n    \\r [1] = 8'h07;\n  end")
+    out = compact_zero_initialisers(block)
+    assert "for (i = 0; i < 2; i = i + 1)" in out and "\\r [1] = 8'h07;" in out
