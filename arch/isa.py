@@ -374,6 +374,58 @@ def maps_extent_pool(i: Instr) -> int:
     return (last_row * i.in_w + last_col) * i.ppitch + i.nb
 
 
+#: The fields that address a machine's buffers or select its units, and the size each must reach on a
+#: configuration: (format, field, kind, what, size). kind 'address': the field holds 0 .. size - 1,
+#: so size <= 2**bits; 'count': 1 .. size, so size < 2**bits; 'index': 0 .. size - 1; 'mask': one bit
+#: per unit, so size <= bits. :func:`check_address_fields` checks every configuration against them.
+ADDRESS_FIELDS = (
+    ("LOAD", "buf_addr", "address", "maps_words", lambda c: c.maps_words),
+    ("LOAD", "buf_addr", "address", "kernel_words", lambda c: c.kernel_words),
+    ("LOAD", "buf_addr", "address", "res_words", lambda c: c.res_words),
+    ("LOAD", "mv_mask", "mask", "mv_per_cluster", lambda c: c.mv_per_cluster),
+    ("LOAD", "nvv", "count", "vv_per_mv", lambda c: c.vv_per_mv),
+    ("STORE", "buf_addr", "address", "out_words", lambda c: c.out_words),
+    ("STORE", "mv", "index", "mv_per_cluster", lambda c: c.mv_per_cluster),
+    ("CONV", "mv_mask", "mask", "mv_per_cluster", lambda c: c.mv_per_cluster),
+    ("CONV", "nvv", "count", "vv_per_mv", lambda c: c.vv_per_mv),
+    ("CONV", "maps_addr", "address", "maps_words * lanes (elements)", lambda c: c.maps_words * c.lanes),
+    ("CONV", "kern_addr", "address", "kernel_words", lambda c: c.kernel_words),
+    ("CONV", "bias_addr", "address", "kernel_words", lambda c: c.kernel_words),
+    ("CONV", "acc_addr", "address", "acc_entries", lambda c: c.acc_entries),
+    ("CONV", "out_addr", "address", "out_words", lambda c: c.out_words),
+    ("CONV", "res_addr", "address", "res_words", lambda c: c.res_words),
+    ("MAXPOOL", "mv_mask", "mask", "mv_per_cluster", lambda c: c.mv_per_cluster),
+    ("MAXPOOL", "maps_addr", "address", "maps_words", lambda c: c.maps_words),
+    ("MAXPOOL", "out_addr", "address", "out_words", lambda c: c.out_words),
+    ("AVGPOOL", "maps_addr", "address", "maps_words", lambda c: c.maps_words),
+    ("AVGPOOL", "out_addr", "address", "out_words", lambda c: c.out_words),
+    ("BARRIER", "mask", "mask", "clusters_per_card", lambda c: c.clusters_per_card),
+)
+
+
+def field_bits(fmt: str, name: str) -> int:
+    """Width of field ``name`` of format ``fmt`` (header fields included)."""
+    for f, _ in FORMATS[fmt].layout():
+        if f.name == name:
+            return f.bits
+    raise KeyError(f"{fmt} has no field {name!r}")
+
+
+def check_address_fields(cfg: MachineConfig) -> None:
+    """Raise ValueError if a buffer or a unit count of ``cfg`` is beyond what the ISA's fields can
+    address (:data:`ADDRESS_FIELDS`): such a machine could not be programmed. Called when a
+    :class:`~arch.machine.MachineConfig` is constructed."""
+    bad = []
+    for fmt, name, kind, what, size_of in ADDRESS_FIELDS:
+        bits, size = field_bits(fmt, name), size_of(cfg)
+        reach = {"address": 1 << bits, "index": 1 << bits, "count": (1 << bits) - 1, "mask": bits}[kind]
+        if size > reach:
+            bad.append(f"{what} = {size} exceeds the {reach} that {fmt}.{name} ({bits} bits) can "
+                       f"{'select' if kind == 'mask' else 'address'}")
+    if bad:
+        raise ValueError(f"machine config {cfg.name!r} does not fit the instruction set: " + "; ".join(bad))
+
+
 def validate(i: Instr, cfg: MachineConfig) -> None:
     """Raise ISAError naming the field if ``i`` cannot run on ``cfg``."""
     eng = i.engine
@@ -461,3 +513,11 @@ def validate(i: Instr, cfg: MachineConfig) -> None:
         need(end <= cfg.maps_words, f"reads maps words up to {end - 1}, beyond {cfg.maps_words}")
         end = i.out_addr + (i.oh * i.ow - 1) * i.out_pitch + i.nb
         need(end <= cfg.out_words, f"writes output words up to {end - 1}, beyond {cfg.out_words}")
+
+
+# configurations built while this module was loading (arch.machine's own, when arch.isa is imported
+# first) could not be checked then: they are checked here
+from . import machine as _machine  # noqa: E402
+
+for _cfg in getattr(_machine, "CONFIGS", {}).values():
+    check_address_fields(_cfg)

@@ -68,6 +68,11 @@ class MachineConfig:
             raise ValueError(f"machine config {self.name!r}: at most 8 MV units per cluster and 16 VV units per MV")
         if self.mem_latency < 1 or self.conv_pipeline < 1 or self.pool_pipeline < 1:
             raise ValueError(f"machine config {self.name!r}: latencies must be at least one cycle")
+        try:      # buffers and unit counts against the ISA's address fields
+            from .isa import check_address_fields
+        except ImportError:     # arch.isa is loading (it imports this module): it checks CONFIGS when done
+            return
+        check_address_fields(self)
 
     # --- derived quantities (never stored, so they cannot drift) ---------------------------
     @property

@@ -30,20 +30,45 @@ from .machine import MachineConfig
 ENGINE_PRIORITY = {"load": 0, "compute": 1, "store": 2, "control": 3}
 
 
+# The cost formulas below are written once and evaluated on two kinds of operands: an Instr's
+# integer fields here and in the functional model, and the RTL's instruction-word views (Amaranth
+# values), where the same arithmetic builds the duration the compute engine counts down (hw/cluster.py).
+
+def conv_cycles(f, cfg: MachineConfig):
+    """Cycles of a CONV whose fields are ``f`` (an Instr, or any object with its field attributes)."""
+    return cfg.conv_pipeline + f.oh * f.ow * conv_reduction(f)
+
+
+def pool_cycles(f, cfg: MachineConfig):
+    """Cycles of a MAXPOOL or AVGPOOL whose fields are ``f``."""
+    return cfg.pool_pipeline + f.oh * f.ow * f.nb * f.kh * f.kw
+
+
+#: cycles of a SYNC or a BARRIER (whose end is also bounded by the other clusters', rule 6)
+SYNC_CYCLES = 1
+
+#: compute instruction -> its cost formula
+COMPUTE_COST = {"CONV": conv_cycles, "MAXPOOL": pool_cycles, "AVGPOOL": pool_cycles,
+                "SYNC": lambda f, cfg: SYNC_CYCLES, "BARRIER": lambda f, cfg: SYNC_CYCLES}
+
+
 def compute_cycles(i: Instr, cfg: MachineConfig) -> int:
     """Cycles a compute-engine instruction occupies its engine (start to end)."""
-    if i.op == "CONV":
-        return cfg.conv_pipeline + i.oh * i.ow * conv_reduction(i)
-    if i.op in ("MAXPOOL", "AVGPOOL"):
-        return cfg.pool_pipeline + i.oh * i.ow * i.nb * i.kh * i.kw
-    if i.op in ("SYNC", "BARRIER"):
-        return 1      # a BARRIER's end is also bounded by the other clusters' (rule 6)
-    raise ValueError(f"{i.op} is not a compute instruction")
+    cost = COMPUTE_COST.get(i.op)
+    if cost is None:
+        raise ValueError(f"{i.op} is not a compute instruction")
+    return cost(i, cfg)
 
 
 def transfer_words(i: Instr) -> int:
     """Words (= memory-port cycles) a LOAD or STORE moves."""
     return dma_words(i)
+
+
+def macs_per_step(nvv, mv_count, cfg: MachineConfig):
+    """Useful MACs of one reduction step of a CONV with ``nvv`` VV units on ``mv_count`` MV units
+    (integers, or the RTL's values: its counter adds this every step)."""
+    return mv_count * nvv * cfg.lanes
 
 
 def macs(i: Instr, cfg: MachineConfig) -> tuple[int, int]:
@@ -53,7 +78,7 @@ def macs(i: Instr, cfg: MachineConfig) -> tuple[int, int]:
         return 0, 0
     nmv = bin(i.mv_mask).count("1")
     cyc = i.oh * i.ow * conv_reduction(i)
-    return cyc * i.nvv * cfg.lanes * nmv, cyc * cfg.macs_per_cluster
+    return cyc * macs_per_step(i.nvv, nmv, cfg), cyc * cfg.macs_per_cluster
 
 
 #: Cost formulas as text, for docs/isa.md (kept beside the code they describe).

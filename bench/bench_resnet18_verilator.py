@@ -3,14 +3,15 @@ Verilator, against the functional model.
 
 zoo.resnet18 (seeded weights and input) is compiled for one cluster of REFERENCE and run from the
 same memory image on the functional model (``sim.card.run_card``) and on the exported Verilog in
-Verilator (``hw.verilog_run.run_verilog``: memory loaded and dumped by the simulator with
-$readmemh/$writememh, no per-cycle Python). The Verilator run must end with the model's memory
-image, bit for bit over the whole image, its cycle count and every counter. Prints the build time
-(export plus C++ compile; 0 when cached), the simulation wall time, cycles/s and the ratio of
-Verilator's wall time to the functional model's. While it runs, Verilator's progress (cycles done,
-cycles/s) is printed every few seconds.
+Verilator (``hw.verilog_run.run_verilog``: a build of the one cluster the program uses, run by the
+free-running C++ harness of ``hw/verilator_main.py`` by default, memory loaded and dumped by the
+simulator with $readmemh/$writememh). The Verilator run must end with the model's memory image, bit
+for bit over the whole image, its cycle count and every counter. Prints the build time (export plus
+C++ compile; 0 when cached), the simulation wall time, cycles/s and the ratio of Verilator's wall
+time to the functional model's. While it runs, a progress bar shows the cycles done of the total the
+functional model predicts, cycles/s and the time left.
 
-    python bench/bench_resnet18_verilator.py [--max-cycles N] [--size 224]
+    python bench/bench_resnet18_verilator.py [--max-cycles N] [--size 224] [--harness main|cocotb]
 
 ``--max-cycles N`` stops the RTL after N cycles: the comparison is skipped and the wall time of the
 whole image is projected from the measured cycles/s (for a machine too slow to wait for the end).
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
     ap.add_argument("--max-cycles", type=int, default=None,
                     help="stop the RTL after this many cycles and project the whole image's time")
+    ap.add_argument("--harness", default="main", choices=["main", "cocotb"],
+                    help="the C++ harness (default) or cocotb")
     args = ap.parse_args(argv)
     cfg = REFERENCE
 
@@ -49,6 +52,8 @@ def main(argv=None) -> int:
     from compiler.frontend import load_model
     from compiler.quantize import quantize
     from hw.export import mem_words_for
+    from hw.card import clusters_needed
+    from hw.verilator_main import build_main
     from hw.verilog_run import LAST_RUN, build, run_verilog, simulator_available
     import zoo
 
@@ -71,16 +76,19 @@ def main(argv=None) -> int:
 
     words = mem_words_for(cfg, len(mem))
     t0 = time.perf_counter()
-    b = build("verilator", cfg, words)
+    n = clusters_needed(programs)
+    b = build_main(cfg, words, n) if args.harness == "main" else build("verilator", cfg, words, clusters=n)
     t_build = time.perf_counter() - t0
-    log(f"verilator build ({words:,} words = {words * cfg.beat_bytes >> 20} MiB memory): "
+    log(f"verilator build ({args.harness} harness, {n} cluster(s), {words:,} words = "
+        f"{words * cfg.beat_bytes >> 20} MiB memory): "
         f"{'cached' if b.cached else f'{t_build:.0f} s (export and C++ compile)'}; {b.build_dir}")
 
     got_mem = mem.copy()
     partial = args.max_cycles is not None and args.max_cycles < want.cycles
     t0 = time.perf_counter()
     try:
-        got = run_verilog("verilator", cfg, got_mem, programs, max_cycles=args.max_cycles)
+        got = run_verilog("verilator", cfg, got_mem, programs, max_cycles=args.max_cycles, harness=args.harness,
+                          progress=True)
     except SimError as e:
         if not partial or not LAST_RUN:
             raise
@@ -89,7 +97,8 @@ def main(argv=None) -> int:
     t_run = time.perf_counter() - t0
     cps = LAST_RUN["cycles_per_second"]
     print()
-    print(f"ResNet-18 {args.size}x{args.size}, {cfg.name}, one cluster: {want.cycles:,} cycles")
+    print(f"ResNet-18 {args.size}x{args.size}, {cfg.name}, {n} cluster(s), {args.harness} harness: "
+          f"{want.cycles:,} cycles")
     print("| | cycles | wall s | cycles/s | wall / functional model |")
     print("|---|---:|---:|---:|---:|")
     print(f"| functional model | {want.cycles:,} | {t_model:.2f} | {want.cycles / t_model:,.0f} | 1 |")

@@ -28,12 +28,13 @@ from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
+from arch import timing
 from arch.isa import INSTR_BITS, INSTR_BYTES, Buf
 from arch.machine import MachineConfig
 
 from .agu import LoopNest
 from .compute import TraceGenerator, drive_mv
-from .isa import HEADER_LAYOUT, LAYOUTS, OPCODES
+from .isa import ENGINE_OPS, HEADER_LAYOUT, LAYOUTS, OPCODES, RTL_OPS
 from .mv import MV_PIPELINE, MVUnit
 
 __all__ = ["Cluster", "STATS", "CYCLE_BITS"]
@@ -120,9 +121,9 @@ class Cluster(wiring.Component):
         hdr = data.View(HEADER_LAYOUT, self.fetch_data)
         op = hdr.opcode
         m.d.comb += self.fetch_addr.eq(self.prog_addr + pc * (INSTR_BYTES // cfg.beat_bytes))
-        target = {"load": op == OPCODES["LOAD"], "store": op == OPCODES["STORE"],
-                  "compute": (op == OPCODES["CONV"]) | (op == OPCODES["MAXPOOL"]) | (op == OPCODES["AVGPOOL"])
-                  | (op == OPCODES["SYNC"]) | (op == OPCODES["BARRIER"])}
+        # the queue of each instruction: its engine in the ISA (END, 'control', stops fetch below)
+        target = {e: Cat(*(op == OPCODES[mn] for mn in ENGINE_OPS[e] if mn in RTL_OPS)).any()
+                  for e in ("load", "compute", "store")}
         fetching = self.enable & ~ended & ~error
         for e, f in fifos.items():
             m.d.comb += [f.w_data.eq(self.fetch_data), f.w_en.eq(fetching & target[e])]
@@ -221,12 +222,12 @@ class Cluster(wiring.Component):
         # ---- compute engine ---------------------------------------------------------------------
         m.submodules.trace = tg = TraceGenerator(cfg)
         ch = fifos["compute"].r_data
-        conv, pool = data.View(LAYOUTS["CONV"], ch), data.View(LAYOUTS["MAXPOOL"], ch)
-        copc = conv.opcode
-        cdur = Mux(copc == OPCODES["CONV"],
-                   cfg.conv_pipeline + conv.oh * conv.ow * conv.kh * conv.kw * conv.cin,
-                   Mux((copc == OPCODES["MAXPOOL"]) | (copc == OPCODES["AVGPOOL"]),
-                       cfg.pool_pipeline + pool.oh * pool.ow * pool.nb * pool.kh * pool.kw, 1))
+        copc = data.View(HEADER_LAYOUT, ch).opcode
+        # the duration: arch.timing's cost formula of each compute instruction, on the head's fields
+        cdur = Const(timing.SYNC_CYCLES, CYCLE_BITS)
+        for mn in ENGINE_OPS["compute"]:
+            if mn in RTL_OPS and timing.COMPUTE_COST[mn] is not timing.COMPUTE_COST["SYNC"]:
+                cdur = Mux(copc == OPCODES[mn], timing.COMPUTE_COST[mn](data.View(LAYOUTS[mn], ch), cfg), cdur)
         # BARRIER: waits (bar_wait) from its start cycle until the barrier unit releases it
         bar_head = copc == OPCODES["BARRIER"]
         c_start, _, _, c_cur, c_waiting = engine("compute", cdur, hold=(bar_head, self.bar_release))
@@ -244,7 +245,7 @@ class Cluster(wiring.Component):
         conv_step = tg.issue & ~tg.pool
         nmv = sum(tg.mv_mask[i] for i in range(cfg.mv_per_cluster))
         m.d.sync += [
-            stat["macs"].eq(stat["macs"] + Mux(conv_step, nmv * tg.nvv * cfg.lanes, 0)),
+            stat["macs"].eq(stat["macs"] + Mux(conv_step, timing.macs_per_step(tg.nvv, nmv, cfg), 0)),
             stat["mac_slots"].eq(stat["mac_slots"] + Mux(conv_step, cfg.macs_per_cluster, 0)),
             stat["saturations"].eq(stat["saturations"] + sum(mv.sat_count for mv in mvs)),
         ]
@@ -255,7 +256,7 @@ class Cluster(wiring.Component):
         def dma(e: str, fmt: str):
             f = fifos[e]
             head = data.View(LAYOUTS[fmt], f.r_data)
-            words = head.n0 * head.n1 * head.n2
+            words = timing.transfer_words(head)
             req, req_words, grant = (getattr(self, f"{e}_{x}") for x in ("req", "words", "grant"))
             dur = grant - self.now + words + cfg.mem_latency
             start, act, busy, cur, _ = engine(e, dur)

@@ -14,12 +14,14 @@ from arch.isa import INSTR_BITS
 from arch.machine import MachineConfig
 
 from .agu import LoopNest
-from .isa import LAYOUTS, OPCODES
+from .isa import LAYOUTS, OPCODES, field_shape
 
 __all__ = ["TraceGenerator", "drive_mv"]
 
 _ADDR = 32
 _STREAMS = {"maps": _ADDR, "kern": _ADDR, "acc": _ADDR, "out": _ADDR, "res": _ADDR}
+#: CONV fields the generator holds for the MV units (their widths are the ISA's)
+_CONV_FIELDS = ("nvv", "init", "bias_addr", "write", "act", "act_a", "act_b", "resid", "rshift")
 
 
 class TraceGenerator(wiring.Component):
@@ -46,9 +48,11 @@ class TraceGenerator(wiring.Component):
             "start": In(1), "instr": In(INSTR_BITS),
             "issue": Out(1), "maddr": Out(_ADDR), "kaddr": Out(_ADDR), "acc_addr": Out(_ADDR),
             "out_addr": Out(_ADDR), "res_addr": Out(_ADDR), "first": Out(1), "last": Out(1),
-            "pool": Out(1), "avg": Out(1), "mv_mask": Out(8), "nvv": Out(5), "init": Out(2),
-            "bias_addr": Out(16), "write": Out(1), "shift": Out(6), "act": Out(4),
-            "act_a": Out(16), "act_b": Out(16), "resid": Out(2), "rshift": Out(6), "mul": Out(16),
+            "pool": Out(1), "avg": Out(1),
+            "mv_mask": Out(field_shape(("CONV", "mv_mask"), ("MAXPOOL", "mv_mask"))),
+            **{name: Out(field_shape(("CONV", name))) for name in _CONV_FIELDS},
+            "shift": Out(field_shape(("CONV", "shift"), ("AVGPOOL", "shift"))),
+            "mul": Out(field_shape(("AVGPOOL", "mul"))),
         })
 
     def elaborate(self, platform):

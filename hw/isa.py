@@ -10,9 +10,9 @@ from __future__ import annotations
 from amaranth.hdl import unsigned
 from amaranth.lib import data
 
-from arch.isa import FORMATS, HEADER, INSTR_BITS, Format
+from arch.isa import FORMATS, HEADER, INSTR_BITS, Format, field_bits
 
-__all__ = ["format_layout", "LAYOUTS", "HEADER_LAYOUT", "OPCODES", "ENGINE_OPS"]
+__all__ = ["format_layout", "LAYOUTS", "HEADER_LAYOUT", "OPCODES", "ENGINE_OPS", "RTL_OPS", "field_shape"]
 
 
 def format_layout(fmt: Format) -> data.FlexibleLayout:
@@ -37,3 +37,12 @@ ENGINE_OPS: dict[str, tuple[str, ...]] = {}
 for _m, _f in FORMATS.items():
     ENGINE_OPS.setdefault(_f.engine, ())
     ENGINE_OPS[_f.engine] += (_m,)
+
+#: instructions the RTL executes (the runners refuse the others before a run)
+RTL_OPS = ("LOAD", "STORE", "CONV", "MAXPOOL", "AVGPOOL", "SYNC", "BARRIER", "END")
+
+
+def field_shape(*fields: tuple[str, str]):
+    """The unsigned shape of an instruction field, ``(format, name)``; given several (a port that
+    carries either), wide enough for each."""
+    return unsigned(max(field_bits(fmt, name) for fmt, name in fields))

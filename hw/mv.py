@@ -21,6 +21,7 @@ from arch import numerics
 from arch.isa import Act, Resid
 from arch.machine import MachineConfig
 
+from .isa import field_shape
 from .vv import VVUnit, acc_layout, word_layout
 
 __all__ = ["MVUnit", "OutputStage", "AverageStage", "round_saturate", "shift_left_wrapping", "sum_bits", "lut_rom_init", "MV_PIPELINE"]
@@ -37,6 +38,11 @@ def lut_rom_init() -> list[int]:
         base, delta = numerics.lut_table(act)
         words += [int(b) | int(d) << 16 for b, d in zip(base, delta)]
     return words
+
+
+def _conv_ports(*names: str) -> dict:
+    """In ports carrying CONV fields, as wide as the fields (:mod:`arch.isa`)."""
+    return {name: In(field_shape(("CONV", name))) for name in names}
 
 
 #: ROM word: 16-bit base (up to 32768) and 12-bit delta (up to 2**12 - 1)
@@ -59,15 +65,14 @@ class OutputStage(wiring.Component):
     The activations are the cases of :meth:`activations` (code -> value of one lane); a new
     activation is one more entry there.
 
-    Ports: ``acc`` In(acc word), ``shift`` In(6), ``act`` In(4), ``act_a`` In(16), ``act_b`` In(16),
-    ``resid`` In(2), ``res`` In(word), ``rshift`` In(6), ``out`` Out(word), ``sat`` Out(lanes).
+    Ports: ``acc`` In(acc word), ``shift``, ``act``, ``act_a``, ``act_b``, ``resid``, ``rshift`` In (as wide as
+    the CONV fields, :mod:`arch.isa`), ``res`` In(word), ``out`` Out(word), ``sat`` Out(lanes).
     """
 
     def __init__(self, cfg: MachineConfig):
         self.cfg = cfg
-        super().__init__({"acc": In(acc_layout(cfg)), "shift": In(6), "act": In(4), "act_a": In(16),
-                          "act_b": In(16), "resid": In(2), "res": In(word_layout(cfg)), "rshift": In(6),
-                          "out": Out(word_layout(cfg)), "sat": Out(cfg.lanes)})
+        super().__init__({"acc": In(acc_layout(cfg)), **_conv_ports("shift", "act", "act_a", "act_b", "resid", "rshift"),
+                          "res": In(word_layout(cfg)), "out": Out(word_layout(cfg)), "sat": Out(cfg.lanes)})
 
     def activations(self, m: Module, y, lane: int, lut_port) -> dict:
         """The activation cases of one lane: {Act code or tuple of codes: value}, ``y`` the lane's
@@ -192,8 +197,9 @@ class AverageStage(wiring.Component):
 
     def __init__(self, cfg: MachineConfig):
         self.cfg = cfg
-        super().__init__({"sum": In(data.ArrayLayout(signed(sum_bits(cfg)), cfg.lanes)), "mul": In(16),
-                          "shift": In(6), "out": Out(word_layout(cfg)), "sat": Out(cfg.lanes)})
+        super().__init__({"sum": In(data.ArrayLayout(signed(sum_bits(cfg)), cfg.lanes)),
+                          "mul": In(field_shape(("AVGPOOL", "mul"))), "shift": In(field_shape(("AVGPOOL", "shift"))),
+                          "out": Out(word_layout(cfg)), "sat": Out(cfg.lanes)})
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -250,9 +256,10 @@ class MVUnit(wiring.Component):
             "kern_w_en": In(cfg.vv_per_mv), "kern_w_addr": In(kbits), "kern_w_data": In(word_layout(cfg)),
             "res_w_en": In(1), "res_w_addr": In(rbits), "res_w_data": In(word_layout(cfg)),
             "out_r_addr": In(cfg.addr_bits(cfg.out_words)), "out_r_data": Out(word_layout(cfg)),
-            "pool": In(1), "avg": In(1), "nvv": In(5), "init": In(2), "bias_addr": In(kbits), "write": In(1),
-            "shift": In(6), "act": In(4), "act_a": In(16), "act_b": In(16), "resid": In(2), "rshift": In(6),
-            "mul": In(16),
+            "pool": In(1), "avg": In(1), "bias_addr": In(kbits),
+            **_conv_ports("nvv", "init", "write", "act", "act_a", "act_b", "resid", "rshift"),
+            "shift": In(field_shape(("CONV", "shift"), ("AVGPOOL", "shift"))),
+            "mul": In(field_shape(("AVGPOOL", "mul"))),
             "issue": In(1), "maddr": In(cfg.addr_bits(cfg.maps_words * cfg.lanes)), "kaddr": In(kbits),
             "acc_addr": In(cfg.addr_bits(cfg.acc_entries)), "out_addr": In(cfg.addr_bits(cfg.out_words)),
             "res_addr": In(rbits),

@@ -17,11 +17,10 @@ from arch.machine import MachineConfig
 from sim.card import CardStats, ClusterStats, SimError
 
 from .card import Card, clusters_needed
+from .isa import RTL_OPS
 
 __all__ = ["run_rtl", "LAST_RUN", "RTL_OPS", "clock_period"]
 
-#: instructions the RTL executes
-RTL_OPS = ("LOAD", "STORE", "CONV", "MAXPOOL", "AVGPOOL", "SYNC", "BARRIER", "END")
 
 #: wall time and cycles of the last run (for reports of simulated cycles per second)
 LAST_RUN: dict = {}

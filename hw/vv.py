@@ -18,6 +18,8 @@ from amaranth.lib.wiring import In, Out
 from arch.isa import Init
 from arch.machine import MachineConfig
 
+from .isa import field_shape
+
 __all__ = ["VVUnit", "word_layout", "acc_layout"]
 
 
@@ -62,7 +64,7 @@ class VVUnit(wiring.Component):
         abits = cfg.addr_bits(cfg.acc_entries)
         super().__init__({
             "kw_en": In(1), "kw_addr": In(kbits), "kw_data": In(word_layout(cfg)),
-            "init": In(2), "bias_addr": In(kbits),
+            "init": In(field_shape(("CONV", "init"))), "bias_addr": In(kbits),
             "issue": In(1), "kaddr": In(kbits), "acc_addr": In(abits), "first": In(1), "last": In(1),
             "x": In(signed(cfg.data_bits)),
             "out_valid": Out(1), "out_acc": Out(acc_layout(cfg)),
@@ -79,11 +81,15 @@ class VVUnit(wiring.Component):
         bhi = kernel.read_port()
         awp = accmem.write_port()
         arp = accmem.read_port()
+        # the bias words and the accumulator entry matter only at a pixel's first step (and only for
+        # its init mode): reading them just then spares a simulator two words and an entry per cycle
+        pixel_start = self.issue & self.first
         m.d.comb += [
             kwp.en.eq(self.kw_en), kwp.addr.eq(self.kw_addr), kwp.data.eq(self.kw_data),
             krp.addr.eq(self.kaddr),
             blo.addr.eq(self.bias_addr), bhi.addr.eq(self.bias_addr + 1),
-            arp.addr.eq(self.acc_addr),
+            blo.en.eq(pixel_start & (self.init == Init.BIAS)), bhi.en.eq(pixel_start & (self.init == Init.BIAS)),
+            arp.addr.eq(self.acc_addr), arp.en.eq(pixel_start & (self.init == Init.ACC)),
         ]
         # stage I -> R
         v1, first1, last1 = Signal(), Signal(), Signal()
@@ -102,5 +108,7 @@ class VVUnit(wiring.Component):
             m.d.sync += acc.eq(total)
         m.d.comb += [awp.en.eq(v1 & last1), awp.addr.eq(acc_addr1), awp.data.eq(total)]
         # stage O
-        m.d.sync += [self.out_valid.eq(v1 & last1), self.out_acc.eq(total)]
+        m.d.sync += self.out_valid.eq(v1 & last1)
+        with m.If(v1 & last1):          # read only with out_valid
+            m.d.sync += self.out_acc.eq(total)
         return m
