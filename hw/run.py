@@ -12,9 +12,8 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from arch import isa, timing
-from arch.isa import INSTR_BYTES, ISAError
 from arch.machine import MachineConfig
-from sim.card import CardStats, ClusterStats, SimError
+from sim.card import CardStats, ClusterStats, SimError, check_run_args, load_program
 
 from .card import Card, clusters_needed
 from .isa import RTL_OPS
@@ -30,34 +29,17 @@ _PROGRESS_CYCLES = 200
 
 
 def _decode(cfg: MachineConfig, memory: np.ndarray, addr: int, c: int) -> list[isa.Instr]:
-    """The cluster's program up to its first END, decoded and validated (the RTL does not check)."""
-    if addr % cfg.beat_bytes:
-        raise SimError(f"cluster {c}: program address {addr:#x} is not {cfg.beat_bytes}-byte aligned")
-    out = []
-    pc = 0
-    while True:
-        a = addr + pc * INSTR_BYTES
-        if a + INSTR_BYTES > len(memory):
-            raise SimError(f"cluster {c}: the program at byte {addr:#x} has no END instruction before the end "
-                           f"of the {len(memory)}-byte memory image")
-        try:
-            i = isa.decode(memory[a:a + INSTR_BYTES].tobytes())
-            isa.validate(i, cfg)
-        except ISAError as e:
-            raise SimError(f"cluster {c}, pc {pc}: {e}") from None
-        if i.op not in RTL_OPS:
-            raise SimError(f"cluster {c}, pc {pc} ({i.op}): not implemented in the RTL (it runs {', '.join(RTL_OPS)})")
-        if i.op == "BARRIER" and not i.mask >> c & 1:
-            raise SimError(f"cluster {c}, pc {pc} (BARRIER): its mask {i.mask:#b} does not include cluster {c} itself")
-        if i.op in ("LOAD", "STORE"):
-            hi = i.dram_addr + ((i.n2 - 1) * i.s2 + (i.n1 - 1) * i.s1 + i.n0) * cfg.beat_bytes
-            if hi > len(memory) // cfg.beat_bytes * cfg.beat_bytes:
-                raise SimError(f"cluster {c}, pc {pc} ({i.op}): accesses main memory up to byte {hi - 1:#x}, "
-                               f"beyond the end of the {len(memory)}-byte memory image")
-        out.append(i)
-        if i.op == "END":
-            return out
-        pc += 1
+    """The cluster's program up to its first END, through the functional model's program loader
+    (:func:`sim.card.load_program`: decoded, validated, the same errors), refusing what the RTL does
+    not implement and accesses beyond the image (the RTL's memory would wrap instead)."""
+    prog = load_program(cfg, memory, addr, c)
+    for o in prog.ops:
+        if o.op not in RTL_OPS:
+            raise SimError(f"{o.who(c)}: not implemented in the RTL (it runs {', '.join(RTL_OPS)})")
+        if o.mem_hi > len(memory):
+            raise SimError(f"{o.who(c)}: accesses main memory bytes {o.mem_lo:#x}..{o.mem_hi - 1:#x}, "
+                           f"beyond the end of the {len(memory)}-byte memory image")
+    return [o.instr for o in prog.ops]
 
 
 def _store_words(cfg: MachineConfig, i: isa.Instr) -> np.ndarray:
@@ -69,15 +51,8 @@ def _store_words(cfg: MachineConfig, i: isa.Instr) -> np.ndarray:
 def decode_programs(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int]) -> dict[int, list]:
     """Check the arguments of an RTL run and decode each cluster's program (shared by the Amaranth
     and Verilog runners): cluster -> instructions, refusing what the RTL does not implement."""
-    if not isinstance(memory, np.ndarray) or memory.dtype != np.uint8 or memory.ndim != 1:
-        raise TypeError("memory must be a 1-D numpy uint8 array (the card's main-memory image)")
-    progs = {}
-    for c, a in programs.items():
-        if not 0 <= int(c) < cfg.clusters_per_card:
-            raise SimError(f"cluster {c!r} does not exist: machine {cfg.name!r} has clusters 0..{cfg.clusters_per_card - 1}")
-        if not 0 <= int(a) < len(memory):
-            raise SimError(f"cluster {c}: program address {a!r} is outside the {len(memory)}-byte memory image")
-        progs[int(c)] = _decode(cfg, memory, int(a), int(c))
+    check_run_args(cfg, memory, programs)
+    progs = {int(c): _decode(cfg, memory, int(a), int(c)) for c, a in programs.items()}
     for c, p in progs.items():       # the model's deadlock, found before simulating
         for pc, i in enumerate(p):
             missing = [j for j in range(cfg.clusters_per_card) if i.op == "BARRIER" and i.mask >> j & 1

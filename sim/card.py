@@ -511,6 +511,10 @@ def _check_args(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int]
             raise SimError(f"cluster {c}: program address {addr:#x} is not {cfg.beat_bytes}-byte aligned")
 
 
+#: the program loader and argument checks, shared with the RTL's runners (hw/run.py)
+load_program, check_run_args = _load_program, _check_args
+
+
 def run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
              check_hazards: bool = True, trace: bool = False, threads: int | None = None) -> CardStats:
     """Run the programs of some clusters of one card to completion (see :func:`_run_card`).

@@ -95,3 +95,36 @@ def test_configuration_beyond_the_address_fields_is_refused(change, message):
 def test_every_address_field_exists():
     for fmt, name, kind, _, _ in ADDRESS_FIELDS:
         assert field_bits(fmt, name) > 0 and kind in ("address", "count", "index", "mask")
+
+
+def _bad_images():
+    from arch.asm import assemble
+    from arch.isa import encode_program
+    out = {}
+    no_end = np.zeros(0x2000, dtype=np.uint8)
+    code = encode_program(assemble("SYNC"))
+    no_end[:len(code)] = np.frombuffer(code, dtype=np.uint8)
+    out["no_end"] = no_end
+    bad_mask = np.zeros(0x2000, dtype=np.uint8)
+    code = encode_program(assemble("BARRIER mask=0b10\nEND"))
+    bad_mask[:len(code)] = np.frombuffer(code, dtype=np.uint8)
+    out["barrier_without_itself"] = bad_mask
+    beyond = np.zeros(0x2000, dtype=np.uint8)
+    code = encode_program(assemble("LOAD buf=MAPS mv_mask=1 dram_addr=0x1ff0 n0=4 n1=1 n2=1\nEND"))
+    beyond[:len(code)] = np.frombuffer(code, dtype=np.uint8)
+    out["beyond_the_image"] = beyond
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(_bad_images()))
+def test_one_program_loader(name):
+    """The RTL runners load programs through the functional model's loader: the same refusal, word
+    for word, before anything runs."""
+    from hw.run import decode_programs
+    from sim.card import SimError, run_card
+    mem = _bad_images()[name]
+    with pytest.raises(SimError) as model:
+        run_card(SMALL, mem.copy(), {0: 0})
+    with pytest.raises(SimError) as rtl:
+        decode_programs(SMALL, mem.copy(), {0: 0})
+    assert str(rtl.value) == str(model.value)
