@@ -280,3 +280,58 @@ def test_zero_initialisers_are_loops():
              "  initial begin\n    \\r [0] = 8'h00;\n    \\r [1] = 8'h07;\n  end")
     out = compact_zero_initialisers(block)
     assert "for (i = 0; i < 2; i = i + 1)" in out and "\\r [1] = 8'h07;" in out
+
+
+# ------------------------------------------------------------------------------------------------
+# opt-in: many random programs on the Verilator C++ harness (RANDOM_VERILATOR=<count>)
+# ------------------------------------------------------------------------------------------------
+
+#: (queue_depth, mem_latency) of the builds the random programs run on: a drawn machine is mapped to
+#: the nearer of the two, so that a thousand programs need four builds (two per cluster count)
+_RANDOM_BUILDS = ((1, 1), (4, 8))
+
+
+def _random_verilator_examples() -> int:
+    import os
+    return int(os.environ.get("RANDOM_VERILATOR", "0") or 0)
+
+
+def _random_case(case):
+    import dataclasses
+    cfg, progs = case
+    q, lat = min(_RANDOM_BUILDS, key=lambda b: abs(b[0] - cfg.queue_depth) + abs(b[1] - cfg.mem_latency))
+    return dataclasses.replace(cfg, queue_depth=q, mem_latency=lat), progs
+
+
+if _random_verilator_examples():
+    from hypothesis import HealthCheck, assume, given, settings
+    from hypothesis import strategies as st
+
+    from tests.hw.test_differential import random_programs
+
+    @settings(max_examples=_random_verilator_examples(), deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(random_programs(), st.integers(0, 2**32 - 1))
+    def test_random_programs_verilator(case, seed):
+        """The random programs of tests/hw/test_differential.py (every instruction and buffer,
+        BARRIERs, one or two clusters) on the C++ harness: memory image, cycles and every counter
+        equal the functional model's. Opt-in: ``RANDOM_VERILATOR=1000 pytest tests/cocotb -k
+        random_programs_verilator``."""
+        from cocotb_util import require
+        from sim.card import SimError
+        from tests.hw.test_differential import DATA, MEM, OUT
+        require("verilator")
+        cfg, progs = _random_case(case)
+        rng = np.random.default_rng(seed)
+        mem = np.zeros(MEM, dtype=np.uint8)
+        mem[DATA:OUT] = rng.integers(0, 256, OUT - DATA, dtype=np.uint8)
+        addrs = {}
+        for c, p in progs.items():
+            code = encode_program(p)
+            mem[0x1000 * c:0x1000 * c + len(code)] = np.frombuffer(code, dtype=np.uint8)
+            addrs[c] = 0x1000 * c
+        try:
+            run_card(cfg, mem.copy(), addrs)
+        except SimError:          # a race the generator did not avoid: not a valid program
+            assume(False)
+        assert_same("verilator", cfg, mem, addrs, harness="main")
