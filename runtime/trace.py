@@ -165,7 +165,8 @@ def trace_events(segments: list, cfg: MachineConfig, max_slices: int = DEFAULT_M
     mhz = cfg.clock_mhz
     tracks: dict[tuple[int, int], _Track] = {}
     processes: dict[int, str] = {}
-    runs = []        # (segment, card, cluster, label, compiled, cluster stats)
+    runs = []        # (segment, card, cluster, label, compiled, cluster stats, linked)
+    staged = sum(isinstance(seg, Segment) for seg in segments) > 1
     for seg in segments:
         if isinstance(seg, HostStep):
             continue
@@ -178,8 +179,8 @@ def trace_events(segments: list, cfg: MachineConfig, max_slices: int = DEFAULT_M
                         continue
                     if cs.timeline is None:
                         raise ValueError("the run statistics carry no timeline: run with trace=True")
-                    runs.append((seg, f, cl, label if linked else "", c, cs))
-    n_slices = sum(2 * len(cs.timeline) for *_, cs in runs)
+                    runs.append((seg, f, cl, label if linked or staged else "", c, cs, linked))
+    n_slices = sum(2 * len(r[5].timeline) for r in runs)
     merge = n_slices > max_slices
     end_cycle = max([seg.offset + max((s.cycles for s in seg.cards), default=0) for seg in segments
                      if isinstance(seg, Segment)] + [0])
@@ -190,7 +191,7 @@ def trace_events(segments: list, cfg: MachineConfig, max_slices: int = DEFAULT_M
         return tracks[(pid, tid)]
 
     flows, port, lanes = [], {}, {}
-    for seg, f, cl, label, c, cs in runs:
+    for seg, f, cl, label, c, cs, linked in runs:
         pid = f + 1
         processes[pid] = f"card {f} ({cfg.name}, {len(seg.cards)} card{'s' if len(seg.cards) > 1 else ''}, {mhz:g} MHz)"
         prog = c.programs[cl]
@@ -198,7 +199,7 @@ def trace_events(segments: list, cfg: MachineConfig, max_slices: int = DEFAULT_M
         names = [c.layers[k].name if k is not None else "" for k in layer_of]
         compute_masks = {i.mv_mask for i in prog if i.op in ("CONV", "MAXPOOL", "AVGPOOL")}
         mv_tracks = len(compute_masks) > 1 or any(m != (1 << cfg.mv_per_cluster) - 1 for m in compute_masks)
-        suffix = f" ({label})" if label else ""
+        suffix = f" ({label})" if linked else ""
         base = cl * _TRACKS_PER_CLUSTER
         tr = {e: track(pid, base + k, f"cluster {cl} {e}{suffix}") for k, e in enumerate(TRACKS)}
         mvs = ({m: track(pid, base + len(TRACKS) + m, f"cluster {cl} MV{m}{suffix}")
@@ -292,7 +293,7 @@ def _flows(prog, timeline, tr, off: int, mhz: float) -> list[dict]:
     out = []
     for (a, b), sent in pushes.items():
         for k, (p, q) in enumerate(zip(sent, pops.get((a, b), []))):
-            fid = f"{tr[a].pid}.{tr[a].tid}.{a}>{b}.{k}"
+            fid = f"{tr[a].pid}.{tr[a].tid}.{off}.{a}>{b}.{k}"
             name = f"token {a}→{b}"
             out.append({"name": name, "cat": "token", "ph": "s", "id": fid, "ts": _us(off + p.start, mhz),
                         "pid": tr[a].pid, "tid": tr[a].tid})
