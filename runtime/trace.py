@@ -218,7 +218,7 @@ def trace_events(segments: list, cfg: MachineConfig, max_slices: int = DEFAULT_M
                     if t.engine == "compute" and mvs and i.op in ("CONV", "MAXPOOL", "AVGPOOL"):
                         for m in _mv_units(i.mv_mask):
                             mvs[m].add(_slice(_name(i, layer, cfg), "mv", off + t.start, off + t.end, mhz,
-                                                        {"pc": t.pc, "layer": layer or None}))
+                                                        {"pc": t.pc, "layer": layer or None, "cycles": t.end - t.start}))
             flows += _flows(prog, cs.timeline, tr, off, mhz)
         # counters
         pc_ = port.setdefault(pid, [])
@@ -276,6 +276,15 @@ def _slice(name: str, cat: str, start: int, end: int, mhz: float, args: dict) ->
             "args": args}
 
 
+def _inside(start: int, end: int, mhz: float) -> float:
+    """A timestamp strictly inside the slice [start, end) when the nanosecond grid allows (a flow
+    binds to the slice enclosing its timestamp; at the slice's first instant a viewer may not have
+    opened it yet): its middle, rounded to the nanosecond."""
+    lo, hi = _us(start, mhz), _us(end, mhz)
+    mid = round((lo + hi) * 500) / 1000
+    return mid if lo < mid < hi else lo
+
+
 def _flows(prog, timeline, tr, off: int, mhz: float) -> list[dict]:
     """Flow arrows from each token's push to its pop (the k-th pop of a queue takes the k-th push)."""
     pushes: dict[tuple[str, str], list] = {}
@@ -295,10 +304,10 @@ def _flows(prog, timeline, tr, off: int, mhz: float) -> list[dict]:
         for k, (p, q) in enumerate(zip(sent, pops.get((a, b), []))):
             fid = f"{tr[a].pid}.{tr[a].tid}.{off}.{a}>{b}.{k}"
             name = f"token {a}→{b}"
-            out.append({"name": name, "cat": "token", "ph": "s", "id": fid, "ts": _us(off + p.start, mhz),
+            out.append({"name": name, "cat": "token", "ph": "s", "id": fid, "ts": _inside(off + p.start, off + p.end, mhz),
                         "pid": tr[a].pid, "tid": tr[a].tid})
-            out.append({"name": name, "cat": "token", "ph": "f", "bp": "e", "id": fid, "ts": _us(off + q.start, mhz),
-                        "pid": tr[b].pid, "tid": tr[b].tid})
+            out.append({"name": name, "cat": "token", "ph": "f", "bp": "e", "id": fid,
+                        "ts": _inside(off + q.start, off + q.end, mhz), "pid": tr[b].pid, "tid": tr[b].tid})
     return out
 
 
