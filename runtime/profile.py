@@ -92,6 +92,7 @@ def _segment_rows(c, stats, offset: int, threshold: float) -> list[LayerProfile]
     prog = c.programs[cluster]
     sharing = len(p.clusters) if p.split else 1
     per_round = cfg.mv_per_cluster if p.mvbatch else 1
+    r = roof(cfg, p)
     rows = []
     for lc in c.layers:
         span = [t for t in timeline if lc.first_pc <= t.pc <= lc.last_pc]
@@ -107,7 +108,6 @@ def _segment_rows(c, stats, offset: int, threshold: float) -> list[LayerProfile]
         why = _why(cfg, ins, span, lc.macs, util, cycles, start, end, compute, port) if util < threshold else ""
         moved = (words_in + words_out) * cfg.beat_bytes
         intensity = 2 * macs / moved if moved else 0.0
-        r = roof(cfg, p)
         rows.append(LayerProfile(lc.name, lc.kind, lc.mode, offset + start, cycles, macs, util,
                                  words_in * cfg.beat_bytes, words_out * cfg.beat_bytes, compute, port,
                                  "memory" if port > compute else "compute", why, intensity,
@@ -120,11 +120,14 @@ def _segment_rows(c, stats, offset: int, threshold: float) -> list[LayerProfile]
 class Roof:
     """The limits a layer is plotted under: ``peak_gops`` of the MAC lanes of the clusters that
     share its work (2 operations per MAC and cycle) and ``bandwidth_gbs`` of the card's memory port
-    (one word per cycle; the clusters of a card share it)."""
+    (one word per cycle). When ``port_sharers`` clusters run their own images at once they share
+    that port: the figure also draws each one's fair share (not a bound: a cluster gets more while
+    the others compute)."""
     peak_gops: float
     bandwidth_gbs: float
     clock_mhz: float
     clusters: int
+    port_sharers: int = 1
 
     def attainable(self, ops_per_byte: float) -> float:
         return min(self.peak_gops, self.bandwidth_gbs * ops_per_byte)
@@ -138,8 +141,9 @@ class Roof:
 def roof(cfg, parallel) -> Roof:
     """The roofline of one cluster's program (all the program's clusters with clustersbatchmode)."""
     sharing = len(parallel.clusters) if parallel.split else 1
-    return Roof(2 * cfg.macs_per_cluster * sharing * cfg.clock_mhz * 1e-3, cfg.beat_bytes * cfg.clock_mhz * 1e-3,
-                cfg.clock_mhz, sharing)
+    sharers = 1 if parallel.split else len(parallel.clusters)
+    return Roof(2 * cfg.macs_per_cluster * sharing * cfg.clock_mhz * 1e-3,
+                cfg.beat_bytes * cfg.clock_mhz * 1e-3, cfg.clock_mhz, sharing, sharers)
 
 
 def worst(rows: list[LayerProfile], n: int = 5) -> list[LayerProfile]:
@@ -299,6 +303,10 @@ def _roofline_axes(ax, rows: list[LayerProfile], r: Roof) -> None:
     ax.plot(grid, np.minimum(r.peak_gops, r.bandwidth_gbs * grid), "k-", lw=1.5, zorder=1,
             label=f"roofline: peak {r.peak_gops:g} Gop/s ({r.clusters} cluster{'s' if r.clusters > 1 else ''}), "
                   f"port {r.bandwidth_gbs:g} GB/s, ridge {r.ridge:.1f} op/B")
+    if r.port_sharers > 1:
+        share = r.bandwidth_gbs / r.port_sharers
+        ax.plot(grid, np.minimum(r.peak_gops, share * grid), "k:", lw=1, zorder=1,
+                label=f"fair share of the port: {share:g} GB/s each for the {r.port_sharers} clusters running at once")
     colours = {"compute": "tab:blue", "memory": "tab:orange"}
     for bound in ("compute", "memory"):
         sel = [k for k, row in enumerate(pts) if row.bound == bound]

@@ -203,7 +203,7 @@ def trace_events(segments: list, cfg: MachineConfig, max_slices: int = DEFAULT_M
         base = cl * _TRACKS_PER_CLUSTER
         tr = {e: track(pid, base + k, f"cluster {cl} {e}{suffix}") for k, e in enumerate(TRACKS)}
         mvs = ({m: track(pid, base + len(TRACKS) + m, f"cluster {cl} MV{m}{suffix}")
-                for m in range(cfg.mv_per_cluster)} if mv_tracks else {})
+                for m in range(cfg.mv_per_cluster)} if mv_tracks and not merge else {})
         off = seg.offset
         if merge:
             _merged_slices(tr, mvs, prog, cs.timeline, layer_of, names, off, mhz, label)

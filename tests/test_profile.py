@@ -106,6 +106,11 @@ def test_roofline_points_are_the_table(r18, tmp_path):
     r = roof(c.cfg, c.parallel)
     assert r.peak_gops == 2 * c.cfg.macs_per_cluster * c.cfg.clock_mhz / 1000
     assert r.bandwidth_gbs == c.cfg.beat_bytes * c.cfg.clock_mhz / 1000
+    from compiler.driver import Parallel
+    four = roof(c.cfg, Parallel(clusters=(0, 1, 2, 3)))              # four images at once share the port
+    assert (four.peak_gops, four.bandwidth_gbs, four.port_sharers) == (r.peak_gops, r.bandwidth_gbs, 4)
+    split = roof(c.cfg, Parallel(clusters=(0, 1, 2, 3), split=True))  # four clusters on one image
+    assert (split.peak_gops, split.bandwidth_gbs) == (4 * r.peak_gops, r.bandwidth_gbs)
     for row in rows:
         moved = row.bytes_loaded + row.bytes_stored
         assert row.ops_per_byte == pytest.approx(2 * row.macs / moved)
