@@ -142,7 +142,7 @@ def roof(cfg, parallel) -> Roof:
     """The roofline of one cluster's program (all the program's clusters with clustersbatchmode)."""
     sharing = len(parallel.clusters) if parallel.split else 1
     sharers = 1 if parallel.split else len(parallel.clusters)
-    return Roof(2 * cfg.macs_per_cluster * sharing * cfg.clock_mhz * 1e-3,
+    return Roof(cfg.peak_gops_per_cluster * sharing,
                 cfg.beat_bytes * cfg.clock_mhz * 1e-3, cfg.clock_mhz, sharing, sharers)
 
 

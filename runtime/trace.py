@@ -14,8 +14,10 @@ What is in it (``docs/profiling.md`` walks through it):
 * flow arrows (``ph: s`` / ``f``) from the instruction that pushes each dependency token to the
   one that pops it (the k-th pop of a queue takes its k-th push, rule 2 of :mod:`arch.timing`);
 * counter tracks (``ph: C``): per card the memory port's bytes per cycle (loads and stores), per
-  cluster the MAC lanes in use (a CONV's lanes given work, ``nvv x lanes x MV units``, during
-  its ``oh*ow*kh*kw*cin`` MAC steps; 0 during its pipeline cycles);
+  cluster the MAC lanes in use: ``lanes``, those a CONV drives (``nvv x lanes x MV units``) during
+  its ``oh*ow*kh*kw*cin`` MAC steps, 0 during its pipeline cycles, and ``useful``, the share of
+  them doing the network's MACs (its layer's MACs over the MACs its CONVs drive on the card: a
+  depthwise layer's block-diagonal CONVs drive every lane of a VV unit for one channel's work);
 * a ``host`` process whose track marks each host stage of a heterogeneous model (and the host
   tail after the DLA) as an instant event where it runs: host time is not modelled;
 * timestamps in microseconds as the format wants, at nanosecond resolution: cycle x 1000 /
@@ -190,6 +192,20 @@ def trace_events(segments: list, cfg: MachineConfig, max_slices: int = DEFAULT_M
             tracks[(pid, tid)] = _Track(pid, tid, name)
         return tracks[(pid, tid)]
 
+    # The network's MACs per MAC a layer's CONVs drive, per run of the cards and model: below 1
+    # where lanes multiply zeros (a depthwise layer's block-diagonal weights, channels padded to
+    # a multiple of the lanes), so the 'useful' lanes show what the network gets of them.
+    driven: dict[tuple, int] = {}
+    network: dict[tuple, int] = {}
+    for seg, f, cl, label, c, cs, linked in runs:
+        for t in cs.timeline:
+            i = c.programs[cl][t.pc]
+            k = c.layer_at(cl, t.pc)
+            if i.op == "CONV" and k is not None:
+                key = (id(seg), f, id(c), k)
+                driven[key] = driven.get(key, 0) + i.oh * i.ow * conv_reduction(i) * i.nvv * cfg.lanes * len(_mv_units(i.mv_mask))
+                network[key] = c.layers[k].macs * c.parallel.images_per_card
+    useful = {key: min(1.0, network[key] / n) for key, n in driven.items()}
     flows, port, lanes = [], {}, {}
     for seg, f, cl, label, c, cs, linked in runs:
         pid = f + 1
@@ -232,7 +248,10 @@ def trace_events(segments: list, cfg: MachineConfig, max_slices: int = DEFAULT_M
             elif i.op == "CONV":
                 steps = i.oh * i.ow * conv_reduction(i)
                 used = i.nvv * cfg.lanes * len(_mv_units(i.mv_mask))
-                ln += [(off + t.start, {"lanes": used}), (off + t.start + steps, {"lanes": -used})]
+                k = c.layer_at(cl, t.pc)
+                gain = used * useful.get((id(seg), f, id(c), k), 1.0)
+                ln += [(off + t.start, {"lanes": used, "useful": gain}),
+                       (off + t.start + steps, {"lanes": -used, "useful": -gain})]
     counters = []
     for pid, changes in port.items():
         counters.append((pid, "memory port (bytes/cycle)", changes))

@@ -141,6 +141,7 @@ def test_trace_of_a_run_matches_the_program_and_the_counters(tmp_path):
     assert integral("memory port (bytes/cycle)", "load") == pytest.approx(cs.bytes_loaded)
     assert integral("memory port (bytes/cycle)", "store") == pytest.approx(cs.bytes_stored)
     assert integral("cluster 0 MAC lanes in use", "lanes") == pytest.approx(cs.macs)
+    assert integral("cluster 0 MAC lanes in use", "useful") == pytest.approx(sum(l.macs for l in ie._compiled.layers))
     # a token flow for every pop of the program
     pops = sum(i.f[k] for i in ie._compiled.programs[0] for k in ("pop_prev", "pop_next"))
     assert sum(e["ph"] == "f" for e in ev) == pops > 0
@@ -288,3 +289,72 @@ def test_rtl_trace_equals_the_functional_models(tmp_path):
             g, w = e["args"]["grant_cycle"], e["args"]["words"]
             moved = act["words_loaded" if e["cat"] == "load" else "words_stored"]
             assert moved[g:g + w].sum() == w and moved[g + w:e["args"]["end_cycle"]].sum() == 0
+
+
+@pytest.mark.parametrize("flags", [{}, {"nfpgas": 2, "nclusters": 2}, {"nclusters": 2, "clustersbatchmode": 1}])
+def test_useful_mac_lanes_of_a_depthwise_layer(tmp_path, flags):
+    """A depthwise CONV drives every lane of its VV units for one channel each (block-diagonal
+    weights): the counter's 'lanes' integrate to the MACs the hardware drives (the model's
+    counter), its 'useful' series to the network's MACs of every image of the call."""
+    path = tmp_path / "dw.json"
+    ie = _compile(tmp_path, kernels.grouped_conv_model(8, 8, 8, 6, 6, 3, seed=1), {"trace": str(path), **flags})
+    ie.Run(_image(ie))
+    doc = json.loads(path.read_text())
+    validate(doc)
+    mhz = ie._compiled.cfg.clock_mhz
+    def integral(pid, name, key):
+        pts = [(e["ts"], e["args"][key]) for e in doc["traceEvents"] if e["ph"] == "C" and e["name"] == name and e["pid"] == pid]
+        return sum(v * (t1 - t0) for (t0, v), (t1, _) in zip(pts, pts[1:])) * mhz
+    driven = useful = 0.0
+    for f, card in enumerate(ie._last_stats):
+        for cl, cs in card.clusters.items():
+            driven += integral(f + 1, f"cluster {cl} MAC lanes in use", "lanes")
+            useful += integral(f + 1, f"cluster {cl} MAC lanes in use", "useful")
+    assert driven == pytest.approx(sum(cs.macs for card in ie._last_stats for cs in card.clusters.values()))
+    network = sum(l.macs for l in ie._compiled.layers) * ie.GetInfo("batch")
+    assert useful == pytest.approx(network) and useful < driven / 4
+
+
+def test_worker_processes_write_the_same_trace(tmp_path):
+    model = kernels.conv_model(4, 8, 6, 6, 3, 1, 1, relu=True, seed=3)
+    docs = []
+    for mode in ("serial", "processes"):
+        path = tmp_path / f"{mode}.json"
+        ie = _compile(tmp_path, model, {"trace": str(path), "nfpgas": 2, "workers": mode})
+        ie.Run(_image(ie))
+        docs.append(json.loads(path.read_text()))
+        ie.Free()
+    assert docs[0] == docs[1]
+
+
+def test_host_tail_on_the_host_track(tmp_path):
+    from onnx import helper
+
+    from tests.test_host_fallback import with_tail
+    from zoo import small_cnn
+    model = with_tail(small_cnn(seed=0), helper.make_node("Softmax", ["logits"], ["output"], name="prob", axis=1))
+    path = tmp_path / "tail.json"
+    ie = _compile(tmp_path, model, {"trace": str(path)})
+    ie.Run(_image(ie))
+    doc = json.loads(path.read_text())
+    validate(doc)
+    host = [e for e in doc["traceEvents"] if e["ph"] == "i"]
+    assert [(e["args"]["position"], e["name"]) for e in host] == [("tail", "host tail: Softmax")]
+    assert host[0]["ts"] == pytest.approx(ie.GetInfo("hwcycles") / ie._compiled.cfg.clock_mhz)
+
+
+@pytest.mark.slow
+def test_rtl_trace_of_two_clusters_sharing_an_image(tmp_path):
+    """clustersbatchmode on the RTL: two clusters, the shared memory port, BARRIERs between the
+    layers; the same trace."""
+    from zoo.small_cnn import small_cnn
+    model = small_cnn(seed=0, input_shape=(1, 3, 8, 8))
+    ie = _compile(tmp_path, model, {"trace": str(tmp_path / "sw.json"), "nclusters": 2, "clustersbatchmode": 1})
+    x = _image(ie)
+    ie.Run(x)
+    ie.SetFlag({"simulator": "amaranth", "trace": str(tmp_path / "rtl.json")})
+    ie.Run(x)
+    sw, rtl = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("sw", "rtl"))
+    assert rtl == sw
+    assert {n for n in _threads(rtl).values()} >= {"cluster 0 compute", "cluster 1 compute"}
+    assert any(e["ph"] == "X" and e["name"].startswith("BARRIER") for e in rtl["traceEvents"])
