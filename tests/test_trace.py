@@ -4,15 +4,19 @@ counters integrate to the bytes and MACs of the run, and the RTL's trace equals 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter, defaultdict
 
 import numpy as np
 import onnx
 import pytest
+from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import strategies as st
 
 import microndla
 from arch.machine import SMALL
 from runtime import trace as tr
+from tests.hw.test_differential import DATA, MEM, OUT, random_programs
 from zoo import kernels
 
 # ------------------------------------------------------------------------------------------------
@@ -371,7 +375,7 @@ def test_rtl_timeline_on_the_timing_corner_cases(name):
     from arch.isa import encode_program
     from hw.run import run_rtl
     from sim.card import run_card
-    from tests.hw.test_differential import CORNERS, MEM
+    from tests.hw.test_differential import CORNERS
     depth, progs = CORNERS[name]
     cfg = dataclasses.replace(SMALL, queue_depth=depth)
     mem = np.zeros(MEM, dtype=np.uint8)
@@ -387,3 +391,31 @@ def test_rtl_timeline_on_the_timing_corner_cases(name):
     if name == "queue_full":     # fetch stalls: some instruction is dispatched later than one a cycle
         t = want.clusters[0].timeline
         assert any(b.dispatch > a.dispatch + 1 for a, b in zip(t, t[1:]))
+
+
+@settings(max_examples=int(os.environ.get("HW_EXAMPLES", 6)), deadline=None,
+          phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(random_programs(), st.integers(0, 2**32 - 1))
+def test_rtl_timeline_on_random_programs(case, seed):
+    """Random valid multi-cluster programs (the differential tests' generator): the RTL's timeline
+    is the model's, instruction for instruction."""
+    from arch.isa import encode_program
+    from hw.run import run_rtl
+    from sim.card import SimError, run_card
+    cfg, progs = case
+    rng = np.random.default_rng(seed)
+    mem = np.zeros(MEM, dtype=np.uint8)
+    mem[DATA:OUT] = rng.integers(0, 256, OUT - DATA, dtype=np.uint8)
+    addrs = {}
+    for c, p in progs.items():
+        code = encode_program(p)
+        mem[0x1000 * c:0x1000 * c + len(code)] = np.frombuffer(code, dtype=np.uint8)
+        addrs[c] = 0x1000 * c
+    try:
+        want = run_card(cfg, mem.copy(), addrs, trace=True)
+    except SimError:                 # a race the generator did not avoid: not a valid program
+        assume(False)
+    got = run_rtl(cfg, mem.copy(), addrs, trace=True)
+    for c, w in want.clusters.items():
+        assert got.clusters[c].timeline == w.timeline, c
