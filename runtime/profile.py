@@ -322,7 +322,9 @@ def _roofline_axes(ax, rows: list[LayerProfile], r: Roof) -> None:
     for k, row in enumerate(worst(rows), 1):       # a column of labels, each with a leader line to its point
         ax.annotate(f"{k}. {row.name}: {row.gops / row.roof_gops:.0%} of its roof", (row.ops_per_byte, row.gops),
                     textcoords="axes fraction", xytext=(0.6, 0.62 - 0.05 * k), fontsize=8, color="darkred",
-                    gid="worst", arrowprops={"arrowstyle": "-", "color": "darkred", "lw": 0.5, "alpha": 0.7})
+                    ha="left", va="center", gid="worst",
+                    arrowprops={"arrowstyle": "-", "color": "darkred", "lw": 0.5, "alpha": 0.7, "relpos": (0, 0.5),
+                                "shrinkA": 2})
     skipped = sum(1 for row in rows if not row.roof_gops)
     ax.set_xscale("log")
     ax.set_yscale("log")
