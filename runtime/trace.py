@@ -26,8 +26,9 @@ What is in it (``docs/profiling.md`` walks through it):
 The cards, clusters and DLA stages of a call and the models linked on other clusters of the same
 cards (which run at the same time) are all in one file, side by side. Beyond ``max_slices``
 instruction slices (the flag ``tracemax``) each engine's consecutive instructions of one layer are
-merged into one slice with the count and busy cycles as arguments, the counters are averaged over
-``max_slices // 4`` equal time bins and the flows are left out, so big networks stay usable.
+merged into one slice with the count and busy cycles as arguments, the counters with more changes
+than their share of ``max_slices // 4`` are averaged over that many equal time bins, and the flows
+are left out, so big networks stay usable.
 
 The timeline comes from the executor's per-instruction timing (:class:`sim.card.InstrTiming`):
 the functional model's schedule, or the RTL's signals with the ``amaranth`` simulator
@@ -192,20 +193,7 @@ def trace_events(segments: list, cfg: MachineConfig, max_slices: int = DEFAULT_M
             tracks[(pid, tid)] = _Track(pid, tid, name)
         return tracks[(pid, tid)]
 
-    # The network's MACs per MAC a layer's CONVs drive, per run of the cards and model: below 1
-    # where lanes multiply zeros (a depthwise layer's block-diagonal weights, channels padded to
-    # a multiple of the lanes), so the 'useful' lanes show what the network gets of them.
-    driven: dict[tuple, int] = {}
-    network: dict[tuple, int] = {}
-    for seg, f, cl, label, c, cs, linked in runs:
-        for t in cs.timeline:
-            i = c.programs[cl][t.pc]
-            k = c.layer_at(cl, t.pc)
-            if i.op == "CONV" and k is not None:
-                key = (id(seg), f, id(c), k)
-                driven[key] = driven.get(key, 0) + i.oh * i.ow * conv_reduction(i) * i.nvv * cfg.lanes * len(_mv_units(i.mv_mask))
-                network[key] = c.layers[k].macs * c.parallel.images_per_card
-    useful = {key: min(1.0, network[key] / n) for key, n in driven.items()}
+    useful = _useful_share(runs, cfg)
     flows, port, lanes = [], {}, {}
     for seg, f, cl, label, c, cs, linked in runs:
         pid = f + 1
@@ -227,14 +215,14 @@ def trace_events(segments: list, cfg: MachineConfig, max_slices: int = DEFAULT_M
             for t, layer in zip(cs.timeline, names):
                 i = prog[t.pc]
                 args = _args(i, t, layer, label, cfg)
-                tr["fetch"].add(_slice(_name(i, layer, cfg), "fetch", off + t.dispatch,
-                                                 off + t.dispatch + 1, mhz, {"pc": t.pc, "layer": layer or None}))
+                tr["fetch"].add(_slice(_name(i, layer, cfg), "fetch", off + t.dispatch, off + t.dispatch + 1, mhz,
+                                       {"pc": t.pc, "layer": layer or None}))
                 if t.engine in tr:
                     tr[t.engine].add(_slice(_name(i, layer, cfg), t.engine, off + t.start, off + t.end, mhz, args))
                     if t.engine == "compute" and mvs and i.op in ("CONV", "MAXPOOL", "AVGPOOL"):
                         for m in _mv_units(i.mv_mask):
                             mvs[m].add(_slice(_name(i, layer, cfg), "mv", off + t.start, off + t.end, mhz,
-                                                        {"pc": t.pc, "layer": layer or None, "cycles": t.end - t.start}))
+                                              {"pc": t.pc, "layer": layer or None, "cycles": t.end - t.start}))
             flows += _flows(prog, cs.timeline, tr, off, mhz)
         # counters
         pc_ = port.setdefault(pid, [])
@@ -264,10 +252,9 @@ def trace_events(segments: list, cfg: MachineConfig, max_slices: int = DEFAULT_M
         ht = track(HOST_PID, 0, "host stages")
         for h in host:
             ops = ",".join(n.rsplit("(", 1)[-1].rstrip(")") for n in h.nodes)
-            ht.add({"name": f"host {h.position}: {ops}", "cat": "host", "ph": "i", "s": "t",
-                              "ts": _us(h.offset, mhz),
-                              "args": {"nodes": h.nodes, "position": h.position, "at_cycle": h.offset,
-                                       "model": h.label or None, "note": "runs on the host; its time is not modelled"}})
+            ht.add({"name": f"host {h.position}: {ops}", "cat": "host", "ph": "i", "s": "t", "ts": _us(h.offset, mhz),
+                    "args": {"nodes": h.nodes, "position": h.position, "at_cycle": h.offset,
+                             "model": h.label or None, "note": "runs on the host; its time is not modelled"}})
 
     events = []
     for pid, name in sorted(processes.items()):
@@ -277,16 +264,34 @@ def trace_events(segments: list, cfg: MachineConfig, max_slices: int = DEFAULT_M
         events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": t.name}})
         events.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid, "args": {"sort_index": tid}})
     timed = [e for t in tracks.values() for e in t.events] + flows
+    bins = max(1, max_slices // (4 * max(1, len(counters))))     # the counters get a quarter of the budget
     for pid, name, changes in counters:
         steps = _steps(changes)
-        if merge:
-            steps = _binned(steps, end_cycle, max(1, max_slices // 4))
+        if merge and len(steps) > bins:
+            steps = _binned(steps, end_cycle, bins)
         timed += [{"name": name, "ph": "C", "ts": _us(cy, mhz), "pid": pid, "tid": 0, "args": vals} for cy, vals in steps]
     timed.sort(key=lambda e: e["ts"])          # stable: per track, file order is time order
     return {"traceEvents": events + timed, "displayTimeUnit": "ns",
             "otherData": {"producer": "open-mdla runtime.trace", "machine": cfg.name, "clock_mhz": mhz,
                           "cycles": end_cycle, "ns_per_cycle": 1000.0 / mhz, "merged_per_layer": merge,
                           "instruction_slices": n_slices, "max_slices": max_slices}}
+
+
+def _useful_share(runs: list, cfg: MachineConfig) -> dict[tuple, float]:
+    """Per (run of the cards, card, model, layer): the network's MACs over the MACs the layer's
+    CONVs drive on that card; below 1 where lanes multiply zeros (a depthwise layer's
+    block-diagonal weights, channels padded to a multiple of the lanes)."""
+    driven: dict[tuple, int] = {}
+    network: dict[tuple, int] = {}
+    for seg, f, cl, _, c, cs, _ in runs:
+        for t in cs.timeline:
+            i = c.programs[cl][t.pc]
+            k = c.layer_at(cl, t.pc)
+            if i.op == "CONV" and k is not None:
+                key = (id(seg), f, id(c), k)
+                driven[key] = driven.get(key, 0) + i.oh * i.ow * conv_reduction(i) * i.nvv * cfg.lanes * len(_mv_units(i.mv_mask))
+                network[key] = c.layers[k].macs * c.parallel.images_per_card
+    return {key: min(1.0, network[key] / n) for key, n in driven.items()}
 
 
 def _slice(name: str, cat: str, start: int, end: int, mhz: float, args: dict) -> dict:
@@ -355,8 +360,7 @@ def _merged_slices(tr, mvs, prog, timeline, layer_of, names, off: int, mhz: floa
                     "occupancy": round(x["busy"] / max(1, x["end"] - x["start"]), 4)}
             if label:
                 args["model"] = label
-            tr[e].add(_slice(f"{x['name'] or '(no layer)'} ×{x['n']}", e, off + x["start"], off + x["end"],
-                                       mhz, args))
+            tr[e].add(_slice(f"{x['name'] or '(no layer)'} ×{x['n']}", e, off + x["start"], off + x["end"], mhz, args))
 
 
 def write(path: str, segments: list, cfg: MachineConfig, max_slices: int = DEFAULT_MAX_SLICES) -> dict:
