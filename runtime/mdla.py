@@ -34,11 +34,11 @@ from compiler.partition import HostStage, Staged, compile_partitioned
 from compiler.memmap import align
 
 from . import workers
-from .trace import after_run as write_traces
 from .cards import POOL, CardsUnavailable
 from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
 from .streaming import Stream, StreamDeadlock
+from .trace import after_run as write_traces
 from .workers import WorkerCrashed
 
 VERSION = "0.1.0"
