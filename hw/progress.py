@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from arch.machine import MachineConfig
 
-__all__ = ["expected_cycles", "CycleProgress", "PROGRESS_DELAY"]
+__all__ = ["expected_cycles", "expected_total", "CycleProgress", "PROGRESS_DELAY"]
 
 #: seconds before the bar appears (``$MDLA_PROGRESS_DELAY``); shorter runs show none
 PROGRESS_DELAY = float(os.environ.get("MDLA_PROGRESS_DELAY", 2.0))
@@ -43,6 +43,16 @@ def expected_cycles(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, 
     (timing rules only; ``memory`` is not modified)."""
     from sim.card import _run_card
     return _run_card(cfg, memory, programs, check_hazards=False, sink=_NoEffects(programs)).cycles
+
+
+def expected_total(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int]) -> int | None:
+    """:func:`expected_cycles`, or None (a bar without a total) when the functional model refuses the
+    programs (a deadlock, say): the RTL run then goes ahead and reports what the RTL does."""
+    from sim.card import SimError
+    try:
+        return expected_cycles(cfg, memory, programs)
+    except SimError:
+        return None
 
 
 class CycleProgress:

@@ -87,7 +87,7 @@ def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
     ``trace``: each cluster's statistics carry the per-instruction timeline, read cycle by cycle from
     the RTL's own signals (:class:`_Probe`), and ``LAST_RUN['activity']`` the MACs and memory words
     of each cycle."""
-    from .progress import CycleProgress, expected_cycles
+    from .progress import CycleProgress, expected_total
     bb = cfg.beat_bytes
     progs = decode_programs(cfg, memory, programs)
     if not progs:
@@ -128,7 +128,7 @@ def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
                                __import__("hw.cluster", fromlist=["STATS"]).STATS} for c in progs}
         result["words"] = [ctx.get(card.memory.data[int(a)]) for a in stored]
 
-    total = expected_cycles(cfg, memory, {c: programs[c] for c in progs}) if progress is not False else None
+    total = expected_total(cfg, memory, {c: programs[c] for c in progs}) if progress is not False else None
     bar = CycleProgress(total, "amaranth", enabled=progress)
 
     period = clock_period(cfg)

@@ -199,7 +199,7 @@ def run_verilog(sim: str, cfg: MachineConfig, memory: np.ndarray, programs: dict
     (memory files, log)."""
     from .card import clusters_needed
     from .cluster import STATS
-    from .progress import CycleProgress, expected_cycles
+    from .progress import CycleProgress, expected_total
     from .run import cluster_stats, cycle_bound, decode_programs
     harness = default_harness(sim) if harness is None else harness
     if harness not in HARNESSES:
@@ -224,7 +224,7 @@ def run_verilog(sim: str, cfg: MachineConfig, memory: np.ndarray, programs: dict
         info = build_main(cfg, words, nclusters, verbose=verbose)
     else:
         info = build(sim, cfg, words, clusters=nclusters, verbose=verbose)
-    total = expected_cycles(cfg, memory, {c: programs[c] for c in progs}) if progress is not False else None
+    total = expected_total(cfg, memory, {c: programs[c] for c in progs}) if progress is not False else None
     work = Path(tempfile.mkdtemp(prefix=f"mdla-{sim}-"))
     ok = False
     try:

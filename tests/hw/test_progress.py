@@ -63,3 +63,17 @@ def test_vcd_has_the_real_clock_period(tmp_path):
     assert "$timescale 1 fs $end" in text
     stamps = [int(t) for t in re.findall(r"^#(\d+)$", text, re.M)[:6]]
     assert stamps == [0, 2_000_000, 4_000_000, 6_000_000, 8_000_000, 10_000_000]
+
+
+def test_no_total_when_the_model_refuses():
+    """A program the functional model reports as a deadlock gets a bar without a total; the RTL run
+    itself decides (here its watchdog reports the deadlock)."""
+    from hw.progress import expected_total
+    from sim.card import SimError
+    import pytest
+    mem = np.zeros(0x2000, dtype=np.uint8)
+    code = encode_program(assemble(f"{CONV1} pop_prev=1\nEND"))     # pops a token nobody pushes
+    mem[:len(code)] = np.frombuffer(code, dtype=np.uint8)
+    assert expected_total(SMALL, mem, {0: 0}) is None
+    with pytest.raises(SimError, match="deadlock"):
+        run_rtl(SMALL, mem, {0: 0}, max_cycles=200)
