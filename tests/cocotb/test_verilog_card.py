@@ -269,6 +269,20 @@ def test_export_holds_the_clusters_asked_for():
             verilog_text(SMALL, clusters=bad)
 
 
+def test_export_cli_clusters(tmp_path):
+    """mdla hw build --clusters 1 writes the one-cluster card."""
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+    out = tmp_path / "one.v"
+    r = CliRunner().invoke(main, ["hw", "build", "--config", "small", "--clusters", "1", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert "stat_0_cycles" in text and "stat_1_cycles" not in text
+    r = CliRunner().invoke(main, ["hw", "build", "--config", "small", "--clusters", "3", "-o", str(out)])
+    assert r.exit_code != 0 and "clusters" in r.output
+
+
 def test_zero_initialisers_are_loops():
     """Memories that start at zero are initialised by a loop, not one line per word; the activation
     ROM keeps its contents."""
