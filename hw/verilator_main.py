@@ -197,7 +197,8 @@ def run_main(build: MainBuild, job: dict, plusargs: list[str], log: Path, on_pro
     args += [f"+PROG_ADDR_{c}={a}" for c, a in job["prog_addr"].items()]
     tail: list[str] = []
     with open(log, "w") as logf:
-        proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.PIPE, text=True, bufsize=1)
+        proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.PIPE, text=True, bufsize=1,
+                                cwd=Path(job["result"]).parent)         # the run directory
         for line in proc.stderr:
             if line.startswith("progress "):
                 if on_progress is not None:
