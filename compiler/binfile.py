@@ -37,7 +37,7 @@ from arch.isa import ISAError, decode_program
 from arch.machine import MachineConfig
 
 from .codegen import LayerCode
-from .driver import Compiled, IODesc, Parallel
+from .compiled import Compiled, IODesc, Parallel
 from .ir import AvgPool, Concat, Conv, Graph, GraphInput, GraphOutput, HostTail, MaxPool, TensorInfo
 from .memmap import MemoryMap
 from .partition import HostStage, Staged

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .driver import image_batch
+from .compiled import image_batch
 from .ir import CompileError, Graph
 
 __all__ = ["calibrate", "calibration_feeds", "HEADROOM"]

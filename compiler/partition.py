@@ -12,7 +12,7 @@ How the model is split:
 
 1. Constants are evaluated once (as the front end does): initializers, nodes whose inputs are all
    constants, ``Shape``/``Size`` of a statically shaped tensor.
-2. Every other node is labelled DLA or host. DLA: an op of :data:`compiler.frontend.SUPPORTED_OPS`
+2. Every other node is labelled DLA or host. DLA: an op of :data:`compiler.ops.SUPPORTED_OPS`
    where the front end could place it; a per-channel op (BatchNormalization, an activation, Add or
    Mul by a constant) unless its input comes from the host (it is fused into the layer producing
    it, or becomes a channel-wise layer); an Add, Mul or Sum of two tensors only when one of its
@@ -44,24 +44,27 @@ from onnx import helper, numpy_helper
 
 from arch.machine import MachineConfig
 
-from .driver import Compiled, IODesc, Parallel, compile_model
-from .frontend import SUPPORTED_OPS, _check_weight_bytes, _FrontEnd, _load, _load_external, _static, evaluate_node
+from .compiled import Compiled, IODesc, Parallel
+from .driver import compile_model
+from .frontend import _FrontEnd
+from .frontend_load import _check_weight_bytes, _load, _load_external, _static, evaluate_node
 from .hostops import host_evaluator
 from .ir import CompileError
 from .memmap import align
+from .ops import SUPPORTED_OPS, ops_in
 
 __all__ = ["HostStage", "Staged", "compile_partitioned", "partition"]
 
+# The categories of the operator table (compiler/ops.py):
 #: ops that make a DLA layer (the others fuse into one, make a channel-wise layer, or are views)
-LAYER_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-                       "Gemm", "MatMul", "Resize", "Upsample"})
+LAYER_OPS = ops_in("layer")
 #: per-channel ops: fused into the layer producing their input, else a channel-wise layer of their
 #: own; on the DLA when their input comes from the DLA or is a model input
-UNARY_OPS = frozenset({"BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh"})
+UNARY_OPS = ops_in("unary")
 #: ops fused into the layer producing their input: on the DLA only if that layer is
-FUSED_OPS = UNARY_OPS | {"Add", "Sum", "Mul"}
+FUSED_OPS = ops_in("unary", "binary")
 #: views and concatenation: no code of their own
-VIEW_OPS = frozenset({"Identity", "Dropout", "Flatten", "Reshape", "Concat"})
+VIEW_OPS = ops_in("view")
 
 HOST, DLA = "host", "dla"
 

@@ -30,17 +30,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-#: The operators of the SDK's list (issue #3) whose node cases we run.
-OPS = ("Add", "Sum", "AveragePool", "BatchNormalization", "Concat", "Conv", "ConvTranspose",
-       "GlobalAveragePool", "GlobalMaxPool", "LeakyRelu", "Clip", "Gemm", "MatMul", "MaxPool", "Mul",
-       "Relu", "Sigmoid", "Tanh", "Upsample", "Resize", "Flatten", "Reshape", "Dropout", "Identity")
+from compiler.ops import conformance_ops, param_inputs
 
-#: Inputs (by position) each operator treats as parameters: these become initializers.
-PARAM_INPUTS = {
-    "Conv": slice(1, None), "ConvTranspose": slice(1, None), "BatchNormalization": slice(1, None),
-    "Gemm": slice(1, None), "MatMul": slice(1, None), "Clip": slice(1, None), "Resize": slice(1, None),
-    "Upsample": slice(1, None), "Reshape": slice(1, None), "Dropout": slice(1, None),
-}
+#: The operators whose node cases we run, and the inputs (by position) each treats as parameters
+#: (these become initializers): both from the operator table, compiler/ops.py.
+OPS = conformance_ops()
+PARAM_INPUTS = param_inputs()
 
 #: The SDK's accuracy budget for the DLA path (percent of max |reference|).
 BUDGET_MEAN, BUDGET_MAX = 1.0, 5.0

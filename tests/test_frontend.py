@@ -488,3 +488,14 @@ def test_mul_of_shapes_that_do_not_broadcast_per_channel_is_refused():
                                            r"\(1, 3, 1, 1\); only tensors of the same shape, a feature map and "
                                            r"a per-channel"):
         load_model(model)
+
+
+def test_operator_table_is_the_front_ends_and_the_partitioners():
+    """One table of operators (compiler/ops.py): every entry has its handler, every handler an entry,
+    and the partitioner's categories come from it."""
+    from compiler import ops, partition
+    from compiler.frontend import _FrontEnd
+    handlers = {n[len("_op_"):] for n in dir(_FrontEnd) if n.startswith("_op_")}
+    assert handlers == set(ops.SUPPORTED_OPS)
+    assert partition.LAYER_OPS | partition.FUSED_OPS | partition.VIEW_OPS == set(ops.SUPPORTED_OPS)
+    assert all(op.category in ops.CATEGORIES for op in ops.OPS.values())

@@ -1,0 +1,94 @@
+"""The operator table: every ONNX operator the DLA runs, defined once.
+
+Adding an operator is one entry here and its handler ``_op_<Name>`` in
+:mod:`compiler.frontend_ops`; the rest derives from the table:
+
+* the front end dispatches a node to ``Op.handler`` (:meth:`compiler.frontend._FrontEnd._node`) and
+  names :data:`SUPPORTED_OPS` in its refusals;
+* the host/DLA partitioner (:mod:`compiler.partition`) places a node by ``Op.category``;
+* the ONNX conformance run (``tests/onnx_backend.py``) takes the node cases of every operator with
+  ``conformance`` set, turning the inputs from ``Op.params`` on into initializers;
+* ``docs/conformance.md`` lists the table (``scripts/onnx_backend_report.py``).
+
+Categories (what the partitioner needs to know):
+
+* ``layer``: becomes a DLA layer of its own (convolution, pooling, fully connected, resize);
+* ``unary``: a per-channel function of one tensor, fused into the output stage of the layer
+  producing its input, else a channel-wise layer (a depthwise 1x1 convolution) of its own;
+* ``binary``: an element-wise Add/Mul of two tensors (or of a tensor and a per-channel
+  constant), fused into the layer producing one operand;
+* ``view``: no code: a reshape or alias of its input, or a concatenation whose inputs are
+  written in place by their producers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Op", "OPS", "SUPPORTED_OPS", "CATEGORIES", "ops_in", "conformance_ops", "param_inputs"]
+
+CATEGORIES = ("layer", "unary", "binary", "view")
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str                    #: ONNX op type (default domain)
+    category: str                #: one of CATEGORIES
+    doc: str                     #: what the DLA makes of it (docs/conformance.md)
+    params: int | None = None    #: inputs from this position on are parameters (weights, scales, shapes)
+    conformance: bool = True     #: its onnx.backend.test node cases are part of the conformance run
+
+    @property
+    def handler(self) -> str:
+        """The front end's method translating this op (compiler/frontend_ops.py)."""
+        return "_op_" + self.name
+
+
+_TABLE = (
+    Op("Conv", "layer", "convolution, grouped and depthwise included", params=1),
+    Op("ConvTranspose", "layer", "transposed convolution, lowered by phases", params=1),
+    Op("BatchNormalization", "unary", "folded into the producing layer's weights and bias", params=1),
+    Op("Relu", "unary", "output-stage activation"),
+    Op("LeakyRelu", "unary", "output-stage activation (0 <= alpha <= 1)"),
+    Op("Clip", "unary", "output-stage activation (constant bounds)", params=1),
+    Op("Sigmoid", "unary", "output-stage activation (table)"),
+    Op("Tanh", "unary", "output-stage activation (table)"),
+    Op("Add", "binary", "residual Add fused into a layer, or a per-channel constant folded into a bias"),
+    Op("Sum", "binary", "Sum of one or two tensors, as Add"),
+    Op("Mul", "binary", "product fused into a layer (also a per-channel gate), or a constant folded into weights"),
+    Op("Concat", "view", "channel concatenation, written in place by the producers"),
+    Op("MaxPool", "layer", "max pooling"),
+    Op("AveragePool", "layer", "average pooling"),
+    Op("GlobalAveragePool", "layer", "average pooling over the whole map"),
+    Op("GlobalMaxPool", "layer", "max pooling over the whole map"),
+    Op("Gemm", "layer", "fully connected layer (a convolution covering the whole map)", params=1),
+    Op("MatMul", "layer", "fully connected layer by a constant matrix", params=1),
+    Op("Resize", "layer", "integer upsampling, nearest or linear, as a fixed depthwise transposed convolution",
+       params=1),
+    Op("Upsample", "layer", "as Resize", params=1),
+    Op("Flatten", "view", "a view of the feature map"),
+    Op("Reshape", "view", "a view of the feature map", params=1),
+    Op("Identity", "view", "an alias"),
+    Op("Dropout", "view", "an alias (inference)", params=1),
+)
+
+#: op type -> its entry
+OPS: dict[str, Op] = {op.name: op for op in _TABLE}
+assert all(op.category in CATEGORIES for op in _TABLE)
+
+#: ONNX ops the DLA runs (besides any node whose inputs are all constants, which is folded)
+SUPPORTED_OPS: tuple[str, ...] = tuple(OPS)
+
+
+def ops_in(*categories: str) -> frozenset[str]:
+    """The op types of these categories."""
+    return frozenset(op.name for op in _TABLE if op.category in categories)
+
+
+def conformance_ops() -> tuple[str, ...]:
+    """The ops whose ONNX node conformance cases are run."""
+    return tuple(op.name for op in _TABLE if op.conformance)
+
+
+def param_inputs() -> dict[str, slice]:
+    """Op type -> the slice of its inputs that are parameters (initializers in the conformance run)."""
+    return {op.name: slice(op.params, None) for op in _TABLE if op.params is not None}
