@@ -268,26 +268,49 @@ def _calibrated_fracs(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]
     return {t: frac[find(t)] for t in graph.tensors}, gated
 
 
+def _bounded(layer) -> bool:
+    """Whether a layer's output format holds every value it can produce by construction (a Sigmoid,
+    a Tanh, a Clip with both bounds, not followed by a fused Mul): its range needs no check."""
+    return (isinstance(layer, Conv) and not (layer.residual and layer.res_op == "mul")
+            and (layer.act in ("sigmoid", "tanh") or (layer.act == "clip" and None not in layer.clip)))
+
+
 def _warn_saturation(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]) -> None:
-    """A SaturationWarning per tensor whose calibrated range (with headroom) exceeds its format."""
+    """A SaturationWarning per tensor, and per fused intermediate (the value before a Conv's
+    activation, a fused Mul's first factor), whose calibrated range (with headroom) exceeds its
+    format. Bounded activations' outputs are not checked: they cannot exceed their format."""
+    from sim.golden import GATED, PRE
+
     from .calibrate import HEADROOM
     limit = (1 << (cfg.data_bits - 1)) - 1
     producers = {l.output: l for l in graph.layers}
     inputs = {i.tensor for i in graph.inputs}
+    checks = []       # (range, frac, who, what)
     for name, t in graph.tensors.items():
-        r = ranges[name]
-        top = limit / 2.0 ** t.frac
-        # the rounding test of frac_for_range, so that a tensor given its own format never warns
-        if round(r * HEADROOM * 2.0 ** t.frac) <= limit or name not in producers and name not in inputs:
+        if name not in producers and name not in inputs or _bounded(producers.get(name)):
             continue      # concatenations are reported through their inputs
         layer = producers.get(name)
         who = f"input {name!r}" if layer is None else (
             _what(layer) if isinstance(layer, Conv) else f"layer '{layer.name}' ({type(layer).__name__})")
-        over = round(r * 2.0 ** t.frac) > limit
+        checks.append((ranges[name], t.frac, who, f"(output tensor {name!r})"))
+    for layer in graph.layers:
+        if not isinstance(layer, Conv) or layer.shift is None:
+            continue
+        target = graph.tensors[layer.input].frac + layer.w_frac - layer.shift     # the shift's format
+        if ranges.get(layer.output + PRE) is not None:
+            checks.append((ranges[layer.output + PRE], target, _what(layer), "(the value before its activation)"))
+        if ranges.get(layer.output + GATED) is not None and layer.act not in ("sigmoid", "tanh", "clip"):
+            checks.append((ranges[layer.output + GATED], target, _what(layer), "(its value before the fused Mul)"))
+    for r, frac, who, what in checks:
+        # the rounding test of frac_for_range, so that a tensor given its own format never warns
+        if round(r * HEADROOM * 2.0 ** frac) <= limit:
+            continue
+        top = limit / 2.0 ** frac
+        over = round(r * 2.0 ** frac) > limit
         how = "saturates" if over else "is likely to saturate"
         warnings.warn(f"{who} {how}: its calibrated range max|x| = {r:.4g} "
                       f"{'exceeds' if over else 'is within a factor ' + format(HEADROOM, 'g') + ' of'} the "
-                      f"largest value {top:.4g} of its format Q{cfg.data_bits - t.frac}.{t.frac} (output tensor {name!r})",
+                      f"largest value {top:.4g} of its format Q{cfg.data_bits - frac}.{frac} {what}",
                       SaturationWarning, stacklevel=3)
 
 
