@@ -23,7 +23,7 @@ from arch.machine import MachineConfig
 
 from .vv import VVUnit, acc_layout, word_layout
 
-__all__ = ["MVUnit", "OutputStage", "AverageStage", "round_saturate", "sum_bits", "lut_rom_init", "MV_PIPELINE"]
+__all__ = ["MVUnit", "OutputStage", "AverageStage", "round_saturate", "shift_left_wrapping", "sum_bits", "lut_rom_init", "MV_PIPELINE"]
 
 #: Cycles from a trace's start to the first cycle its last result is visible, minus the steps.
 MV_PIPELINE = 3
@@ -53,6 +53,12 @@ class OutputStage(wiring.Component):
     ``out = sat16(round_shift(a * res, rshift))``. ``sat`` has bit ``l`` set when lane ``l`` was
     clipped by either saturation.
 
+    No per-lane signal is wider than the accumulator plus two bits (:func:`round_saturate`,
+    :func:`shift_left_wrapping`): a simulator then evaluates it in native 64-bit words.
+
+    The activations are the cases of :meth:`activations` (code -> value of one lane); a new
+    activation is one more entry there.
+
     Ports: ``acc`` In(acc word), ``shift`` In(6), ``act`` In(4), ``act_a`` In(16), ``act_b`` In(16),
     ``resid`` In(2), ``res`` In(word), ``rshift`` In(6), ``out`` Out(word), ``sat`` Out(lanes).
     """
@@ -63,56 +69,62 @@ class OutputStage(wiring.Component):
                           "act_b": In(16), "resid": In(2), "res": In(word_layout(cfg)), "rshift": In(6),
                           "out": Out(word_layout(cfg)), "sat": Out(cfg.lanes)})
 
+    def activations(self, m: Module, y, lane: int, lut_port) -> dict:
+        """The activation cases of one lane: {Act code or tuple of codes: value}, ``y`` the lane's
+        saturated int16; codes not listed pass ``y`` through (NONE)."""
+        D = self.cfg.data_bits
+        seg, nseg = numerics.LUT_SEG_BITS, numerics.LUT_SEGMENTS
+        # LEAKY: the negative side times act_a (unsigned), rounded right by act_b
+        lprod = Signal(signed(D + 17), name=f"lprod{lane}")
+        m.d.comb += lprod.eq(y * self.act_a)
+        leaky, _, _ = round_saturate(m, lprod, self.act_b[:6], D, f"l{lane}")
+        # CLIP: the fields as int16 bounds
+        lo, hi = self.act_a.as_signed(), self.act_b.as_signed()
+        # SIGMOID/TANH: |y| in Q4.11 -> segment i and offset r; base + (delta * r) >> seg
+        mag = Signal(D + 1, name=f"mag{lane}")
+        m.d.comb += mag.eq(Mux(y < 0, -y, y))
+        mc = Signal(D + 1, name=f"mc{lane}")
+        m.d.comb += mc.eq(Mux(mag > (nseg << seg), nseg << seg, mag))
+        idx = Signal(range(nseg), name=f"idx{lane}")
+        m.d.comb += idx.eq(Mux(mc[seg:] >= nseg, nseg - 1, mc[seg:]))
+        off = Signal(seg + 1, name=f"off{lane}")
+        m.d.comb += off.eq(mc - (idx << seg))
+        m.d.comb += lut_port.addr.eq(Cat(idx, self.act == Act.TANH))
+        base, delta = lut_port.data[:_LUT_BASE_BITS], lut_port.data[_LUT_BASE_BITS:]
+        ypos = Signal(D + 1, name=f"ypos{lane}")
+        m.d.comb += ypos.eq(base + ((delta * off + (1 << (seg - 1))) >> seg))
+        curve = Signal(signed(D + 2), name=f"curve{lane}")
+        m.d.comb += curve.eq(Mux(y < 0, Mux(self.act == Act.TANH, -ypos, (1 << numerics.LUT_OUT_FRAC) - ypos),
+                                 ypos))
+        return {
+            Act.RELU: Mux(y < 0, 0, y),
+            Act.LEAKY: Mux(y < 0, leaky, y),
+            Act.CLIP: Mux(y < lo, lo, Mux(y > hi, hi, y)),
+            (Act.SIGMOID, Act.TANH): Mux(curve > numerics.DATA_MAX, numerics.DATA_MAX, curve),
+        }
+
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
         A, D = cfg.acc_bits, cfg.data_bits
-        seg, nseg = numerics.LUT_SEG_BITS, numerics.LUT_SEGMENTS
-        m.submodules.rom = rom = Memory(shape=_LUT_BASE_BITS + _LUT_DELTA_BITS, depth=2 * nseg, init=lut_rom_init())
+        m.submodules.rom = rom = Memory(shape=_LUT_BASE_BITS + _LUT_DELTA_BITS, depth=2 * numerics.LUT_SEGMENTS,
+                                        init=lut_rom_init())
         sat = []
         for l in range(cfg.lanes):
-            # the residual shifted into the accumulator's format; only its low acc_bits bits matter
-            # since the sum wraps at acc_bits
-            rsh = Signal(A, name=f"rsh{l}")
-            m.d.comb += rsh.eq(Mux(self.resid == Resid.ADD, self.res[l].as_signed() << self.rshift, 0))
+            # the residual shifted into the accumulator's format, wrapped at acc_bits like the sum
+            rsh = Signal(signed(A), name=f"rsh{l}")
+            m.d.comb += rsh.eq(Mux(self.resid == Resid.ADD,
+                                   shift_left_wrapping(m, self.res[l].as_signed(), self.rshift, A, f"{l}"), 0))
             total = Signal(signed(A), name=f"total{l}")
-            m.d.comb += total.eq(self.acc[l] + rsh.as_signed())                    # wraps at acc_bits
+            m.d.comb += total.eq(self.acc[l] + rsh)                                 # wraps at acc_bits
             yv, over, under = round_saturate(m, total, self.shift, D, f"{l}")
             y = Signal(signed(D), name=f"y{l}")
             m.d.comb += y.eq(yv)
-            # LEAKY: the negative side times act_a (unsigned), rounded right by act_b
-            lprod = Signal(signed(D + 17), name=f"lprod{l}")
-            m.d.comb += lprod.eq(y * self.act_a)
-            leaky, _, _ = round_saturate(m, lprod, self.act_b[:6], D, f"l{l}")
-            # CLIP: the fields as int16 bounds
-            lo, hi = self.act_a.as_signed(), self.act_b.as_signed()
-            # SIGMOID/TANH: |y| in Q4.11 -> segment i and offset r; base + (delta * r) >> seg
-            mag = Signal(D + 1, name=f"mag{l}")
-            m.d.comb += mag.eq(Mux(y < 0, -y, y))
-            mc = Signal(D + 1, name=f"mc{l}")
-            m.d.comb += mc.eq(Mux(mag > (nseg << seg), nseg << seg, mag))
-            idx = Signal(range(nseg), name=f"idx{l}")
-            m.d.comb += idx.eq(Mux(mc[seg:] >= nseg, nseg - 1, mc[seg:]))
-            off = Signal(seg + 1, name=f"off{l}")
-            m.d.comb += off.eq(mc - (idx << seg))
-            rp = rom.read_port(domain="comb")
-            m.d.comb += rp.addr.eq(Cat(idx, self.act == Act.TANH))
-            base, delta = rp.data[:_LUT_BASE_BITS], rp.data[_LUT_BASE_BITS:]
-            ypos = Signal(D + 1, name=f"ypos{l}")
-            m.d.comb += ypos.eq(base + ((delta * off + (1 << (seg - 1))) >> seg))
-            curve = Signal(signed(D + 2), name=f"curve{l}")
-            m.d.comb += curve.eq(Mux(y < 0, Mux(self.act == Act.TANH, -ypos, (1 << numerics.LUT_OUT_FRAC) - ypos),
-                                     ypos))
             a = Signal(signed(D), name=f"a{l}")
             with m.Switch(self.act):
-                with m.Case(Act.RELU):
-                    m.d.comb += a.eq(Mux(y < 0, 0, y))
-                with m.Case(Act.LEAKY):
-                    m.d.comb += a.eq(Mux(y < 0, leaky, y))
-                with m.Case(Act.CLIP):
-                    m.d.comb += a.eq(Mux(y < lo, lo, Mux(y > hi, hi, y)))
-                with m.Case(Act.SIGMOID, Act.TANH):
-                    m.d.comb += a.eq(Mux(curve > numerics.DATA_MAX, numerics.DATA_MAX, curve))
+                for codes, value in self.activations(m, y, l, rom.read_port(domain="comb")).items():
+                    with m.Case(*(codes if isinstance(codes, tuple) else (codes,))):
+                        m.d.comb += a.eq(value)
                 with m.Default():
                     m.d.comb += a.eq(y)
             # MUL: the activated value times the residual, rounded right by rshift
@@ -126,16 +138,39 @@ class OutputStage(wiring.Component):
         return m
 
 
+def shift_left_wrapping(m: Module, x, shift, bits: int, suffix: str = ""):
+    """``(x << shift)`` wrapped to ``bits`` signed (:func:`arch.numerics.wrap`) for a signed ``x`` of
+    at most ``bits`` bits and an unsigned ``shift``: a barrel shifter whose every stage keeps only the
+    low ``bits`` bits (the bits shifted out can never come back), so nothing is wider than ``bits``."""
+    v = Signal(signed(bits), name=f"bsh{suffix}_0")
+    m.d.comb += v.eq(x)
+    for k in range(len(shift)):
+        step = 1 << k
+        nxt = Signal(signed(bits), name=f"bsh{suffix}_{k + 1}")
+        shifted = Cat(Const(0, step), v[:bits - step]) if step < bits else Const(0, bits)
+        m.d.comb += nxt.eq(Mux(shift[k], shifted, v))
+        v = nxt
+    return v
+
+
 def round_saturate(m: Module, x, shift, bits: int, suffix: str = ""):
     """``sat(round_shift(x, shift))`` (:func:`arch.numerics.round_shift`, round-half-up, then saturation
-    to ``bits`` signed) for a signed ``x`` of at most 64 bits and a 6-bit ``shift``; returns
-    (value, over, under)."""
+    to ``bits`` signed) for a signed ``x`` of ``W`` bits and an unsigned ``shift`` (any value); returns
+    (value, over, under).
+
+    Round-half-up without the wide ``x + 2**(shift-1)``: ``floor((x + 2**(s-1)) / 2**s)`` equals
+    ``(floor(2x / 2**s) + 1) >> 1`` for every ``s >= 0`` (for ``s = 0`` both are ``x``), and
+    ``floor(2x / 2**s) + 1`` fits ``W + 1`` bits signed, so no intermediate is wider than ``W + 2``."""
+    W = len(x)
     hi, lo = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
-    half = Signal(64, name=f"half{suffix}")
-    m.d.comb += half.eq((Const(1, 64) << shift) >> 1)                  # 2**(shift-1), 0 for shift 0
-    wide = Signal(signed(66), name=f"wide{suffix}")
-    r = Signal(signed(66), name=f"round{suffix}")
-    m.d.comb += [wide.eq(x + half), r.eq(wide >> shift)]
+    twice = Signal(signed(W + 1), name=f"twice{suffix}")
+    m.d.comb += twice.eq(x.as_signed() << 1)
+    halves = Signal(signed(W + 1), name=f"halves{suffix}")                 # floor(2x / 2**shift)
+    m.d.comb += halves.eq(twice >> shift)
+    up = Signal(signed(W + 1), name=f"up{suffix}")                         # cannot overflow: halves <= 2**W - 2
+    m.d.comb += up.eq(halves + 1)
+    r = Signal(signed(W), name=f"round{suffix}")
+    m.d.comb += r.eq(up[1:])
     over, under = r > hi, r < lo
     return Mux(over, hi, Mux(under, lo, r)), over, under
 

