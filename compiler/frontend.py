@@ -55,7 +55,8 @@ from .frontend_load import (_DLA_WEIGHT_BYTES, Shapes, _check_weight_bytes, _loa
                             _static, evaluate_node, parse_inshapes)
 from .frontend_ops import ACTIVATIONS, Translate
 from .ir import CompileError, Concat, Conv, Graph, GraphOutput, HostTail, MaxPool, TensorInfo
-from .ops import OPS, SUPPORTED_OPS
+from .frontend_canon import canonicalise
+from .ops import SUPPORTED_OPS, spec
 
 __all__ = ["load_model", "parse_inshapes", "channelwise_layer", "SUPPORTED_OPS", "evaluate_node",
            "fusion_blocker", "fuse_activation", "fuse_binary", "ACTIVATIONS"]
@@ -112,6 +113,7 @@ class _FrontEnd(Shapes, Translate, Fusion):
         for init in g.sparse_initializer:
             raise CompileError(f"{self.source}: sparse initializer {init.values.name!r} is not supported")
         inputs = self._inputs()
+        self.notes.extend(canonicalise(self.proto, self.consts, self.mem_bytes))
         self._infer_shapes()
         self.used = {i for n in g.node for i in n.input if i} | {o.name for o in g.output}
         for index, node in self._topological():
@@ -157,7 +159,7 @@ class _FrontEnd(Shapes, Translate, Fusion):
             return True
         if all(i in self.consts for i in ins) or (node.op_type in ("Shape", "Size") and node.input[0] in self.shapes):
             return False
-        return node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS
+        return spec(node) is None
 
     def _host_tail(self) -> HostTail | None:
         """The host nodes as a model of their own, or a CompileError if the DLA would have to run
@@ -166,7 +168,7 @@ class _FrontEnd(Shapes, Translate, Fusion):
             return None
         first = self._where(*self.host_nodes[0])
         for index, node in self.host_nodes:
-            if node.op_type in SUPPORTED_OPS and not all(i in self.consts for i in node.input if i):
+            if spec(node) is not None and not all(i in self.consts for i in node.input if i):
                 if node.op_type in ("Identity", "Dropout", "Flatten", "Reshape"):
                     continue
                 raise CompileError(
@@ -218,9 +220,10 @@ class _FrontEnd(Shapes, Translate, Fusion):
 
     def _node(self, index: int, node: onnx.NodeProto) -> None:
         where = self._where(index, node)
-        if node.domain not in ("", "ai.onnx"):
+        op = spec(node)
+        if node.domain not in ("", "ai.onnx") and op is None:
             raise CompileError(f"node '{self._node_name(index, node)}' ({node.domain}.{node.op_type}) is not supported "
-                               f"on the DLA; supported: {', '.join(SUPPORTED_OPS)}")
+                               f"on the DLA; supported: {', '.join(SUPPORTED_OPS)}", node=self._node_name(index, node))
         ins = [i for i in node.input if i]
         if all(i in self.consts for i in ins):
             self._fold(index, node, {i: self.consts[i] for i in ins})
@@ -230,16 +233,19 @@ class _FrontEnd(Shapes, Translate, Fusion):
             dummy = np.broadcast_to(np.float32(0), shape)      # only its shape matters
             self._fold(index, node, {node.input[0]: dummy}, note="of a static shape")
             return
-        spec = OPS.get(node.op_type)
-        handler = getattr(self, spec.handler) if spec else None
-        if handler is None:
+        if op is None:
             raise CompileError(f"{where} is not supported on the DLA; supported: {', '.join(SUPPORTED_OPS)} "
-                               f"(and nodes whose inputs are all constants, which are folded)")
-        for out in node.output[1:]:
-            if out and out in self.used:
-                raise CompileError(f"{where}: its output {out!r} is used, but only the first output of "
-                                   f"{node.op_type} is supported")
-        handler(index, node, where, {a.name: helper.get_attribute_value(a) for a in node.attribute})
+                               f"(and nodes whose inputs are all constants, which are folded)",
+                               node=self._node_name(index, node))
+        try:
+            for out in node.output[1:]:
+                if out and out in self.used:
+                    raise CompileError(f"{where}: its output {out!r} is used, but only the first output of "
+                                       f"{node.op_type} is supported")
+            getattr(self, op.handler)(index, node, where, {a.name: helper.get_attribute_value(a) for a in node.attribute})
+        except CompileError as e:     # the partitioner moves the node named here to the host
+            e.node = e.node or self._node_name(index, node)
+            raise
 
     def _fold(self, index: int, node: onnx.NodeProto, feeds: dict[str, np.ndarray], note: str = "") -> None:
         for o in node.output:     # bounded memory: never materialise a constant larger than the card memory

@@ -11,13 +11,15 @@ from fractions import Fraction
 import numpy as np
 import onnx
 
+from .frontend_canon import act_available
 from .frontend_fusion import _Fusable
 from .ir import AvgPool, CompileError, Concat, Conv, MaxPool
 
 __all__ = ["ACTIVATIONS", "Translate"]
 
 #: ONNX activation op -> the IR's activation name (arch.numerics.ACT_NAMES)
-ACTIVATIONS = {"Relu": "relu", "LeakyRelu": "leaky", "Clip": "clip", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+ACTIVATIONS = {"Relu": "relu", "LeakyRelu": "leaky", "Clip": "clip", "Sigmoid": "sigmoid", "Tanh": "tanh",
+               "HardSwish": "hardswish", "Silu": "silu"}
 
 #: float32's largest value: ONNX Clip's default bounds (opset < 11) mean "unbounded"
 _FLT_MAX = 3.4028234663852886e38
@@ -484,6 +486,19 @@ class Translate:
         self._activation(index, node, where)
 
     def _op_Tanh(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        self._activation(index, node, where)
+
+    def _op_HardSwish(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        self._machine_activation(index, node, where)
+
+    def _op_Silu(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        self._machine_activation(index, node, where)
+
+    def _machine_activation(self, index: int, node: onnx.NodeProto, where: str) -> None:
+        """An activation only some machines' output stage has (canonicalisation makes these nodes
+        only where it has)."""
+        if not act_available(ACTIVATIONS[node.op_type]):
+            raise CompileError(f"{where}: the machine's output stage has no {ACTIVATIONS[node.op_type]} activation")
         self._activation(index, node, where)
 
     def _op_LeakyRelu(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:

@@ -19,14 +19,22 @@ Categories (what the partitioner needs to know):
   constant), fused into the layer producing one operand;
 * ``view``: no code: a reshape or alias of its input, or a concatenation whose inputs are
   written in place by their producers.
+
+An op marked ``canonical`` has no handler: canonicalisation (:mod:`compiler.frontend_canon`)
+rewrites it into ops that have one where it can (Div by a constant into Mul, ...); what is left of
+it runs on the host. Ops of the domain :data:`MDLA_DOMAIN` are the compiler's own (activations
+the ONNX standard has no operator for), made by canonicalisation only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Op", "OPS", "SUPPORTED_OPS", "CATEGORIES", "ops_in", "conformance_ops", "param_inputs"]
+__all__ = ["Op", "OPS", "SUPPORTED_OPS", "CATEGORIES", "MDLA_DOMAIN", "spec", "ops_in", "conformance_ops",
+           "param_inputs"]
 
 CATEGORIES = ("layer", "unary", "binary", "view")
+#: the domain of the compiler's own operators
+MDLA_DOMAIN = "com.microndla"
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,8 @@ class Op:
     doc: str                     #: what the DLA makes of it (docs/conformance.md)
     params: int | None = None    #: inputs from this position on are parameters (weights, scales, shapes)
     conformance: bool = True     #: its onnx.backend.test node cases are part of the conformance run
+    canonical: bool = False      #: rewritten by canonicalisation, no handler of its own
+    domain: str = ""             #: "" (ONNX) or MDLA_DOMAIN
 
     @property
     def handler(self) -> str:
@@ -69,19 +79,42 @@ _TABLE = (
     Op("Reshape", "view", "a view of the feature map", params=1),
     Op("Identity", "view", "an alias"),
     Op("Dropout", "view", "an alias (inference)", params=1),
+    Op("HardSwish", "unary", "output-stage activation hardswish where the machine has it (else as x * HardSigmoid)"),
+    Op("Silu", "unary", "output-stage activation silu: x * Sigmoid(x), fused by canonicalisation",
+       domain=MDLA_DOMAIN, conformance=False),
+    Op("HardSigmoid", "unary", "Mul and Add by constants (folded into the producing layer) and Clip(0, 1)",
+       canonical=True),
+    Op("Div", "binary", "Div by a constant: Mul by its reciprocal", params=1, canonical=True),
+    Op("Sub", "binary", "Sub of a constant: Add of its negation; of a tensor: Add of its product by -1",
+       params=1, canonical=True),
+    Op("Neg", "unary", "Mul by -1", canonical=True),
+    Op("Split", "view", "along the channels of a feature map: 1x1 selections folded into consumer Convs",
+       params=1, canonical=True, conformance=False),
+    Op("Slice", "view", "of a channel range: as Split", params=1, canonical=True, conformance=False),
+    Op("Cast", "view", "between float types: removed", canonical=True, conformance=False),
 )
 
 #: op type -> its entry
 OPS: dict[str, Op] = {op.name: op for op in _TABLE}
 assert all(op.category in CATEGORIES for op in _TABLE)
 
-#: ONNX ops the DLA runs (besides any node whose inputs are all constants, which is folded)
-SUPPORTED_OPS: tuple[str, ...] = tuple(OPS)
+#: ONNX ops the front end translates (besides any node whose inputs are all constants, which is
+#: folded, and the canonical ops, which are rewritten into these)
+SUPPORTED_OPS: tuple[str, ...] = tuple(op.name for op in _TABLE if not op.canonical and not op.domain)
+
+
+def spec(node) -> Op | None:
+    """The table's entry translating this node (None: the DLA does not run it)."""
+    op = OPS.get(node.op_type)
+    if op is None or op.canonical:
+        return None
+    domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    return op if domain == op.domain else None
 
 
 def ops_in(*categories: str) -> frozenset[str]:
     """The op types of these categories."""
-    return frozenset(op.name for op in _TABLE if op.category in categories)
+    return frozenset(op.name for op in _TABLE if op.category in categories and not op.canonical)
 
 
 def conformance_ops() -> tuple[str, ...]:

@@ -35,6 +35,7 @@ not modelled.
 from __future__ import annotations
 
 import heapq
+import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -51,9 +52,10 @@ from .frontend_load import _check_weight_bytes, _load, _load_external, _static, 
 from .hostops import host_evaluator
 from .ir import CompileError
 from .memmap import align
-from .ops import SUPPORTED_OPS, ops_in
+from .frontend_canon import canonicalise
+from .ops import SUPPORTED_OPS, ops_in, spec
 
-__all__ = ["HostStage", "Staged", "compile_partitioned", "partition"]
+__all__ = ["HostStage", "Staged", "HostOnlyWarning", "compile_partitioned", "partition"]
 
 # The categories of the operator table (compiler/ops.py):
 #: ops that make a DLA layer (the others fuse into one, make a channel-wise layer, or are views)
@@ -100,6 +102,9 @@ class Staged:
     outputs: list[IODesc]        #: the model's outputs, in the model's order
     notes: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    config: MachineConfig | None = None   #: the configuration compiled for (a model with no DLA stage has it too)
+    par: Parallel | None = None           #: the batching compiled for
+    base: int = 0                         #: where its memory starts (a model with no DLA stage occupies none)
 
     graph = None                 #: no single graph: Run_th runs the stages
     host = None                  #: host stages are stages here, not a tail of a Compiled
@@ -110,14 +115,16 @@ class Staged:
 
     @property
     def cfg(self) -> MachineConfig:
-        return self.segments[0].cfg
+        return self.segments[0].cfg if self.segments else self.config
 
     @property
     def parallel(self) -> Parallel:
-        return self.segments[0].parallel
+        return self.segments[0].parallel if self.segments else self.par
 
     @property
     def memmap(self) -> Span:
+        if not self.segments:
+            return Span(self.base, self.base)
         return Span(self.segments[0].memmap.base, self.segments[-1].memmap.end)
 
     @property
@@ -154,7 +161,7 @@ def _dla_can(node: onnx.NodeProto, consts) -> bool:
     """Whether the DLA runs this kind of node at all, as far as its op type, constant operands and
     axis tell (the front end checks the rest and names what it refuses)."""
     op = node.op_type
-    if node.domain not in ("", "ai.onnx") or op not in SUPPORTED_OPS:
+    if spec(node) is None:
         return False
     ins = [i for i in node.input if i]
     if op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):   # weights come from the model
@@ -241,9 +248,13 @@ class _Partitioner:
     def __init__(self, model, inshapes: str | None, mem_bytes: int):
         self.proto, self.source, self.base_dir = _load(model)
         _check_weight_bytes(self.proto, self.source, mem_bytes)   # before any weight is read
+        _load_external(self.proto, self.source, self.base_dir)
         self.fe = _FrontEnd(self.proto, self.source, inshapes, mem_bytes)
+        self.fe.consts = {t.name: numpy_helper.to_array(t) for t in self.proto.graph.initializer}
+        self.inputs = self.fe._inputs()          # applies inshapes, checks types and static shapes
+        # the same static graph as the front end's: shapes to a fixpoint, exporters' idioms rewritten
+        self.notes = canonicalise(self.proto, self.fe.consts, mem_bytes)
         self.inits = {t.name: t for t in self.proto.graph.initializer}
-        self.fe.consts = dict.fromkeys(self.inits)          # the ordering needs only the names
         self.order = self.fe._topological()
         self.consts = set(self.inits)
         self.const_nodes, self.nodes = [], []
@@ -260,9 +271,8 @@ class _Partitioner:
         self.types: dict[str, onnx.ValueInfoProto] = {}
 
     def prepare(self) -> None:
-        """Read external weights, apply inshapes, infer shapes and types, evaluate the constant nodes."""
-        _load_external(self.proto, self.source, self.base_dir)
-        self.inputs = self.fe._inputs()          # applies inshapes, checks types and static shapes
+        """Infer shapes and types, evaluate the constant nodes canonicalisation left (a Shape of a
+        tensor whose shape only the front end's inference knows)."""
         try:     # on the graph without its weights' values, as the front end does
             inferred = onnx.shape_inference.infer_shapes(self.fe._shapes_only(), strict_mode=False).graph
         except Exception as e:  # noqa: BLE001
@@ -288,11 +298,11 @@ class _Partitioner:
 
     def value(self, name: str) -> np.ndarray:
         if name not in self.values:
-            self.values[name] = numpy_helper.to_array(self.inits[name])
+            self.values[name] = self.fe.consts[name] if name in self.fe.consts else numpy_helper.to_array(self.inits[name])
         return self.values[name]
 
-    def parts(self, nodes, heterogeneous: bool) -> list[_Part]:
-        forced: set[int] = set()
+    def parts(self, nodes, heterogeneous: bool, forced: set[int] = frozenset()) -> list[_Part]:
+        forced = set(forced)
         while True:
             labels = _label(nodes, self.consts, forced)
             parts = _schedule(nodes, self.consts, labels)
@@ -373,20 +383,27 @@ class _Partitioner:
         return helper.make_model(g, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
 
 
-def partition(model, inshapes: str | None = None, heterogeneous: bool = False, mem_bytes: int | None = None):
+def partition(model, inshapes: str | None = None, heterogeneous: bool = False, mem_bytes: int | None = None,
+              forced: set[int] = frozenset(), p: "_Partitioner | None" = None):
     """Split a model into alternating host and DLA parts: (the prepared partitioner, the parts), or
-    None when the model has neither a host head nor a host middle (it compiles as one DLA program,
-    with its host tail if any). Raises CompileError for a host operator between DLA layers without
-    ``heterogeneous``."""
+    (the partitioner, None) when the model has neither a host head nor a host middle (it compiles
+    as one DLA program, with its host tail if any). ``forced``: indices of nodes that run on the
+    host whatever their op. Raises CompileError for a host operator between DLA layers without
+    ``heterogeneous``, and for a model without DLA layers without it."""
     from arch.machine import REFERENCE
-    p = _Partitioner(model, inshapes, REFERENCE.mem_bytes if mem_bytes is None else int(mem_bytes))
+    if p is None:
+        p = _Partitioner(model, inshapes, REFERENCE.mem_bytes if mem_bytes is None else int(mem_bytes))
     nodes = p.nodes
-    parts = p.parts(nodes, heterogeneous)
+    parts = p.parts(nodes, heterogeneous, forced)
     if not any(q.kind == DLA for q in parts):
-        raise CompileError("the model has no layer that runs on the DLA"
-                           + (f" (host operators: {', '.join(_where(*x) for x in nodes[:5])})" if nodes else ""))
+        if not heterogeneous or not nodes:
+            raise CompileError("the model has no layer that runs on the DLA"
+                               + (f" (host operators: {', '.join(_where(*x) for x in nodes[:5])}); with "
+                                  f"SetFlag('heterogeneous', 1) it runs on the host" if nodes else ""))
+        p.prepare()
+        return p, parts
     if parts[0].kind == DLA and (len(parts) == 1 or (len(parts) == 2 and _frontend_tail(parts[1]))):
-        return None
+        return p, None
     p.prepare()
     return p, parts
 
@@ -396,7 +413,7 @@ def _frontend_tail(tail: _Part) -> bool:
     ops it does not know and for everything reading what they produce."""
     made = set()
     for _, node in tail.nodes:
-        if node.domain in ("", "ai.onnx") and node.op_type in SUPPORTED_OPS and not any(i in made for i in node.input):
+        if spec(node) is not None and not any(i in made for i in node.input):
             return False
         made.update(o for o in node.output if o)
     return True
@@ -406,17 +423,55 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
                         parallel: Parallel = Parallel(), heterogeneous: bool = False, samples=None) -> Compiled | Staged:
     """ONNX model -> a :class:`Compiled` (no host stage before or between DLA layers) or a :class:`Staged`.
 
+    With ``heterogeneous``, a node the front end refuses in a DLA stage (an attribute, rank or
+    shape the DLA does not take) moves to the host and the model is partitioned again, until every
+    DLA stage compiles; a model left without DLA layers runs on the host alone, with a
+    :class:`HostOnlyWarning`. Without it, the refusal names the node, its op, the reason and the flag.
+
     ``samples`` (calibration images for the model's inputs) give every DLA stage calibration samples
     of its own inputs: the stages run in float, in order, on each sample."""
-    split = partition(model, inshapes, heterogeneous, cfg.mem_bytes)
-    if split is None:
-        return compile_model(model, cfg, inshapes=inshapes, base=base, parallel=parallel, samples=samples)
-    p, parts = split
+    p = _Partitioner(model, inshapes, cfg.mem_bytes)
+    index_of = {node.name: index for index, node in p.nodes}
+    forced: set[int] = set()
+    moved: list[str] = []
+    while True:
+        try:
+            p, parts = partition(model, inshapes, heterogeneous, cfg.mem_bytes, forced, p)
+            if parts is None:
+                compiled = compile_model(p.proto, cfg, base=base, parallel=parallel, samples=samples)
+            else:
+                compiled = _compile_stages(p, parts, cfg, base, parallel, samples)
+        except CompileError as e:
+            k = index_of.get(e.node)
+            if k is None or k in forced:
+                raise
+            if not heterogeneous:
+                raise CompileError(f"{e}; with SetFlag('heterogeneous', 1) this node runs on the host",
+                                   node=e.node) from None
+            forced.add(k)
+            moved.append(f"{_where(k, dict(p.nodes)[k])} runs on the host: {e}")
+            continue
+        if moved:
+            (compiled.notes if isinstance(compiled, Staged) else compiled.graph.notes).extend(moved)
+        if isinstance(compiled, Staged) and not compiled.segments:
+            warnings.warn(HostOnlyWarning(
+                f"{compiled.meta['model']}: no layer of the model runs on the DLA; the whole model runs on the "
+                f"host (onnx.reference), with no modelled DLA time"
+                + (f" ({'; '.join(moved[:3])})" if moved else "")), stacklevel=2)
+        return compiled
+
+
+class HostOnlyWarning(UserWarning):
+    """A heterogeneous model none of whose layers runs on the DLA: it runs on the host alone."""
+
+
+def _compile_stages(p: "_Partitioner", parts: list[_Part], cfg: MachineConfig, base: int, parallel: Parallel,
+                    samples) -> Staged:
     for i in p.inputs:
         if i.onnx_shape[0] != 1:
             raise CompileError(f"input {i.name!r} has batch dimension {i.onnx_shape[0]} (shape {i.onnx_shape}); compile "
                                f"the model for batch 1: the runtime batches images over cards and clusters")
-    dla = [k for k, q in enumerate(parts) if q.kind == DLA]
+    dla = [k for k, q in enumerate(parts) if q.kind == DLA] or [len(parts)]
     stages, notes = [], []
     # host stages first: an operator the host cannot evaluate is the error to report, before any
     # shape the DLA stages would need
@@ -427,7 +482,7 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
         subs[k] = (part, ins, outs, p.sub_model(part, ins, outs, f"{p.proto.graph.name or 'model'}_stage{k}"))
         if part.kind == HOST:
             _check_host(subs[k][3], part)
-    envs = _sample_envs(p, subs, samples) if samples is not None else None
+    envs = _sample_envs(p, subs, samples) if samples is not None and len(dla) and dla[0] < len(parts) else None
     for k, (part, ins, outs, sub) in enumerate(subs):
         if part.kind == DLA:
             try:
@@ -435,7 +490,7 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
                 c = compile_model(sub, cfg, base=base, parallel=parallel, samples=stage_samples)
             except CompileError as e:
                 raise CompileError(f"{e} (in DLA stage {k} of the host/DLA partition: "
-                                   f"{', '.join(_where(*x) for x in part.nodes[:3])}, ...)") from None
+                                   f"{', '.join(_where(*x) for x in part.nodes[:3])}, ...)", node=e.node) from None
             base = align(c.memmap.end)          # the next DLA stage goes after this one in card memory
             stages.append(c)
             notes.append(f"stage {k}: DLA, layers {', '.join(l.name for l in c.layers)}")
@@ -452,8 +507,8 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
         if o.name not in p.shapes:
             raise CompileError(f"the shape of graph output {o.name!r} cannot be inferred")
         outputs.append(IODesc(o.name, "", p.shapes[o.name]))
-    return Staged(stages=stages, inputs=inputs, outputs=outputs, notes=notes,
-                  meta={"model": p.proto.graph.name or "model"})
+    return Staged(stages=stages, inputs=inputs, outputs=outputs, notes=p.notes + notes,
+                  meta={"model": p.proto.graph.name or "model"}, config=cfg, par=parallel, base=base)
 
 
 def _sample_envs(p: "_Partitioner", subs, samples) -> list[list[dict[str, np.ndarray]]]:
