@@ -155,46 +155,63 @@ class _Net:
         return m
 
 
-def _balanced(m: onnx.ModelProto, shape, seed: int, passes: int = 16) -> dict[str, np.ndarray]:
+def _balanced(m: onnx.ModelProto, shape, seed: int, passes: int = 6) -> dict[str, np.ndarray]:
     """Rescale each Conv/Gemm (its weight and bias, or the BatchNormalization after it) so that its
-    output has unit standard deviation on random images, as training leaves a network (LSUV-style,
-    all layers at once, a few passes): random He weights alone let the signal fade through
-    HardSwish, gates and projections until the output no longer depends on the input. Returns the
-    rescaled parameters by initializer name."""
+    output has unit standard deviation on a random image, as training leaves a network (LSUV-style):
+    random He weights alone let the signal fade or grow through HardSwish, gates and projections
+    until the output no longer depends on the input. All layers move at once, each by its own
+    correction divided by that of the layer feeding it (which scales it already), a few passes.
+    Returns the rescaled parameters by initializer name."""
     import onnxruntime as ort
     inits = {t.name: t for t in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
     consumers = {}
     for n in m.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    layers = []          # (tensor whose std is measured, initializer names to scale)
+    layers = []          # (measured tensor, initializer names to scale, data input)
     for n in m.graph.node:
         if n.op_type not in ("Conv", "Gemm") or n.input[1] not in inits or n.name.startswith("dfl"):
             continue
         after = consumers.get(n.output[0], [])
         if len(after) == 1 and after[0].op_type == "BatchNormalization":
-            layers.append((after[0].output[0], list(after[0].input[1:3])))
+            layers.append((after[0].output[0], list(after[0].input[1:3]), n.input[0]))
         else:
-            layers.append((n.output[0], [i for i in n.input[1:3] if i]))
+            layers.append((n.output[0], [i for i in n.input[1:3] if i], n.input[0]))
     if not layers:
         return {}
+    measured = {t: k for k, (t, _, _) in enumerate(layers)}
+
+    def upstream(t: str) -> int | None:
+        """The nearest balanced layer on the path of the first data input back from ``t``."""
+        while t in producer:
+            if t in measured:
+                return measured[t]
+            n = producer[t]
+            ins = [i for i in n.input if i and i not in inits and i in producer or i == "input"]
+            if not ins:
+                return None
+            t = ins[0]
+        return None
+    ups = [upstream(x) for _, _, x in layers]
     probe = onnx.ModelProto()
     probe.CopyFrom(m)
-    probe.graph.output.extend([onnx.ValueInfoProto(name=t) for t, _ in layers])
-    x = np.random.default_rng(seed).random(tuple(1 if isinstance(d, str) or d == 0 else d for d in shape),
-                                           dtype=np.float32)
+    probe.graph.output.extend([onnx.ValueInfoProto(name=t) for t, _, _ in layers])
+    x = np.random.default_rng(seed).random(tuple(shape), dtype=np.float32)
     if m.graph.node[0].op_type == "Sub":        # raw pixels
         x *= 255.0
+    params = {t.name: t for t in probe.graph.initializer}
     for _ in range(passes):
         outs = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-            [t for t, _ in layers], {"input": x})
-        for (_, names), y in zip(layers, outs):
-            f = float(np.clip(1.0 / max(float(np.std(y)), 1e-6), 0.4, 2.5))     # damped: all layers move at once
+            [t for t, _, _ in layers], {"input": x})
+        f = [1.0 / max(float(np.std(y)), 1e-6) for y in outs]
+        for k, (_, names, _) in enumerate(layers):
+            g = f[k] / (f[ups[k]] if ups[k] is not None else 1.0)
             for name in names:
-                t = [t for t in probe.graph.initializer if t.name == name][0]
-                t.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(t) * f).astype(np.float32), name))
-    wanted = {name for _, names in layers for name in names}
-    return {t.name: numpy_helper.to_array(t) for t in probe.graph.initializer if t.name in wanted}
+                t = params[name]
+                t.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(t) * g).astype(np.float32), name))
+    wanted = {name for _, names, _ in layers for name in names}
+    return {name: numpy_helper.to_array(params[name]) for name in wanted}
 
 
 def _trained(build, seed: int, input_shape, proxy_hw: tuple[int, int], **kw) -> onnx.ModelProto:
@@ -257,12 +274,14 @@ def _normalised_input(b: _Net) -> str:
 
 def mobilenet_v3(seed: int = 0, input_shape=(1, 3, 224, 224), **kw) -> onnx.ModelProto:
     """MobileNetV3: ``size`` 'small' or 'large', ``width``, ``classes``, ``exporter`` 'torch' or
-    'paddle', ``pixels`` (raw 0..255 inputs normalised in the graph)."""
+    'paddle', ``pixels`` (raw 0..255 inputs normalised in the graph), ``dynamic_batch`` (the batch
+    dimension a ``dim_param``; ``input_shape[0]`` > 1 exports a fixed batch)."""
     return _trained(_mobilenet_v3, seed, input_shape, (96, 96), **kw)
 
 
 def _mobilenet_v3(seed: int, input_shape=(1, 3, 224, 224), classes: int = 1000, size: str = "small",
-                  width: float = 1.0, exporter: str = "torch", pixels: bool = False) -> onnx.ModelProto:
+                  width: float = 1.0, exporter: str = "torch", pixels: bool = False,
+                  dynamic_batch: bool = False) -> onnx.ModelProto:
     b = _Net(f"mobilenet_v3_{size}", input_shape, seed, exporter, 17 if exporter == "torch" else 11)
     x = _normalised_input(b) if pixels else "input"
     x, _ = _v3_features(b, x, _V3_SMALL if size == "small" else _V3_LARGE, width)
@@ -276,7 +295,7 @@ def _mobilenet_v3(seed: int, input_shape=(1, 3, 224, 224), classes: int = 1000, 
     x = b.act(x, "hardswish")
     x = b.node("Gemm", [x, b.weight("classifier.3.weight", he(b.rng, (classes, hidden), hidden, 1.0)),
                         b.weight("classifier.3.bias", b.rng.normal(0, 0.05, classes))], (n, classes), transB=1)
-    return b.finish([x])
+    return b.finish([x], batch_param=dynamic_batch)
 
 
 def text_direction(seed: int = 0, input_shape=(1, 3, 48, 192)) -> onnx.ModelProto:
