@@ -183,9 +183,6 @@ class Shapes:
             tt = vi.type.tensor_type
             if not vi.type.HasField("tensor_type"):
                 raise CompileError(f"input {vi.name!r} is not a tensor; the DLA takes float tensors")
-            if tt.elem_type not in _FLOAT_TYPES:
-                raise CompileError(f"input {vi.name!r} has element type "
-                                   f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; the DLA takes float tensors")
             shape = _static(tt.shape) if tt.HasField("shape") else None
             if shape is None or not shape:
                 given = _dims_text(tt.shape) if tt.HasField("shape") else "unknown"
@@ -194,7 +191,10 @@ class Shapes:
             # A bad batch or rank is reported by the first node that reads the input (which may have a
             # more specific complaint, e.g. that a weight must be an initializer), or at the end.
             chw = (0, 0, 0)
-            if len(shape) not in (2, 3, 4):
+            if tt.elem_type not in _FLOAT_TYPES:      # the host may still run what reads it
+                self.bad_inputs[vi.name] = (f"input {vi.name!r} has element type "
+                                            f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; the DLA takes float tensors")
+            elif len(shape) not in (2, 3, 4):
                 self.bad_inputs[vi.name] = (f"input {vi.name!r} has shape {shape}; the DLA takes NCHW images "
                                             f"(rank 4), NCL sequences (rank 3, as (N, C, L, 1) images) or "
                                             f"(1, N) vectors (rank 2)")
