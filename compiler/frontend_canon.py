@@ -22,7 +22,9 @@ front end and the host/DLA partitioner both run it, so both see the same static 
    factor is bounded by 1 (the gated product never exceeds ``|x|``, where ``x * Clip(x + 3, 0, 6)``
    would be 6 times larger before its Div and saturate). ``x * Sigmoid(x)`` (SiLU, Swish) becomes the
    activation ``silu`` where the machine has it, else stays a product of two DLA layers.
-5. **Channel ranges and permutations**: ``Split`` and ``Slice`` along the channels of a 4-D
+5. **Reductions**: ``ReduceMean``/``ReduceMax`` over H and W keeping the dimensions is
+   ``GlobalAveragePool``/``GlobalMaxPool``.
+6. **Channel ranges and permutations**: ``Split`` and ``Slice`` along the channels of a 4-D
    tensor, and a channel shuffle (``Reshape -> Transpose -> Reshape`` that permutes channels only,
    or any such view chain), become 1x1 selection convolutions (weights 0/1), which are folded into
    a consumer Conv (``groups=1``) by composing the weights (``W' = W @ S``, exact) and otherwise run
@@ -267,6 +269,32 @@ class _Graph:
             self.insert_before(node, new)
             self.remove(node)
             self.notes.append(f"rewrote {_where(node)} as {' -> '.join(n.op_type for n in new)}")
+            changed = True
+        return changed
+
+    def reductions(self) -> bool:
+        """ReduceMean/ReduceMax over H and W with keepdims of a 4-D tensor (torch's x.mean((2, 3),
+        keepdim=True)) is GlobalAveragePool/GlobalMaxPool."""
+        changed = False
+        for node in list(self.g.node):
+            if node.domain not in ("", "ai.onnx") or node.op_type not in ("ReduceMean", "ReduceMax"):
+                continue
+            x = node.input[0]
+            shape = self.shapes.get(x)
+            if shape is None or len(shape) != 4 or x in self.consts:
+                continue
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            axes = attrs.get("axes")
+            if len(node.input) > 1 and node.input[1]:
+                if node.input[1] not in self.consts:
+                    continue
+                axes = [int(a) for a in self.consts[node.input[1]].reshape(-1)]
+            if axes is None or sorted(a % 4 for a in axes) != [2, 3] or not attrs.get("keepdims", 1):
+                continue
+            op = "GlobalAveragePool" if node.op_type == "ReduceMean" else "GlobalMaxPool"
+            self.insert_before(node, [helper.make_node(op, [x], [node.output[0]], name=node.name)])
+            self.remove(node)
+            self.notes.append(f"rewrote {_where(node)} over H and W as {op}")
             changed = True
         return changed
 
@@ -634,7 +662,7 @@ def canonicalise(proto: onnx.ModelProto, consts: dict[str, np.ndarray], mem_byte
         changed = g.fold()
         if changed:
             g.infer()
-        for step in (g.noops, g.arithmetic, g.gates, g.products, g.view_chains, g.channel_ranges, g.merge_selectors):
+        for step in (g.noops, g.arithmetic, g.reductions, g.gates, g.products, g.view_chains, g.channel_ranges, g.merge_selectors):
             changed |= step()
         if not changed:
             break

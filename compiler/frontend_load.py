@@ -176,14 +176,13 @@ class Shapes:
             for vi in g.output:
                 if vi.type.tensor_type.HasField("shape"):
                     vi.type.tensor_type.ClearField("shape")
+        else:
+            self._dynamic_batch(real)
         result = []
         for vi in real:
             tt = vi.type.tensor_type
             if not vi.type.HasField("tensor_type"):
                 raise CompileError(f"input {vi.name!r} is not a tensor; the DLA takes float tensors")
-            if tt.elem_type not in _FLOAT_TYPES:
-                raise CompileError(f"input {vi.name!r} has element type "
-                                   f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; the DLA takes float tensors")
             shape = _static(tt.shape) if tt.HasField("shape") else None
             if shape is None or not shape:
                 given = _dims_text(tt.shape) if tt.HasField("shape") else "unknown"
@@ -192,7 +191,10 @@ class Shapes:
             # A bad batch or rank is reported by the first node that reads the input (which may have a
             # more specific complaint, e.g. that a weight must be an initializer), or at the end.
             chw = (0, 0, 0)
-            if len(shape) not in (2, 3, 4):
+            if tt.elem_type not in _FLOAT_TYPES:      # the host may still run what reads it
+                self.bad_inputs[vi.name] = (f"input {vi.name!r} has element type "
+                                            f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; the DLA takes float tensors")
+            elif len(shape) not in (2, 3, 4):
                 self.bad_inputs[vi.name] = (f"input {vi.name!r} has shape {shape}; the DLA takes NCHW images "
                                             f"(rank 4), NCL sequences (rank 3, as (N, C, L, 1) images) or "
                                             f"(1, N) vectors (rank 2)")
@@ -207,6 +209,29 @@ class Shapes:
             self.shapes[vi.name] = shape
             result.append(GraphInput(vi.name, vi.name, shape))
         return result
+
+    def _dynamic_batch(self, real) -> None:
+        """A dynamic batch dimension (the only dynamic one) takes the batch the IR is compiled for,
+        1: the runtime runs as many images per call as its batching flags say."""
+        batched = False
+        for vi in real:
+            tt = vi.type.tensor_type
+            if not vi.type.HasField("tensor_type") or not tt.HasField("shape") or len(tt.shape.dim) < 2:
+                continue
+            first, rest = tt.shape.dim[0], tt.shape.dim[1:]
+            if (not first.HasField("dim_value") or first.dim_value <= 0) and \
+                    all(d.HasField("dim_value") and d.dim_value > 0 for d in rest):
+                name = first.dim_param or "?"
+                first.Clear()
+                first.dim_value = 1
+                batched = True
+                self.notes.append(f"input {vi.name!r}: its dynamic batch dimension {name!r} is compiled as 1 "
+                                  f"(images per call come from the batching flags)")
+        if batched:       # output shapes recorded for the dynamic batch would contradict the static one
+            for vi in self.proto.graph.output:
+                tt = vi.type.tensor_type
+                if tt.HasField("shape") and tt.shape.dim and not tt.shape.dim[0].HasField("dim_value"):
+                    tt.ClearField("shape")
 
     def _infer_shapes(self) -> None:
         del self.proto.graph.value_info[:]          # recomputed below, possibly for new input shapes

@@ -105,6 +105,10 @@ class Staged:
     config: MachineConfig | None = None   #: the configuration compiled for (a model with no DLA stage has it too)
     par: Parallel | None = None           #: the batching compiled for
     base: int = 0                         #: where its memory starts (a model with no DLA stage occupies none)
+    #: no DLA stage: one host stage runs the model as given on each call's arrays, whole (its own
+    #: batch, shapes and element types), instead of image by image
+    whole: bool = False
+    dtypes: dict = field(default_factory=dict)   #: whole: input name -> numpy dtype
 
     graph = None                 #: no single graph: Run_th runs the stages
     host = None                  #: host stages are stages here, not a tail of a Compiled
@@ -138,6 +142,39 @@ class Staged:
     @property
     def layers(self):
         return [lc for s in self.segments for lc in s.layers]
+
+    def whole_inputs(self, images) -> list[np.ndarray]:
+        """A whole-model host run's inputs, checked against the model's own shapes (a batch-1 model
+        takes one image without its batch dimension too) and converted to its element types."""
+        arrays = list(images) if isinstance(images, (list, tuple)) else [images]
+        if len(arrays) != len(self.inputs):
+            raise ValueError(f"the network has {len(self.inputs)} input(s) "
+                             f"({', '.join(i.name for i in self.inputs)}), got {len(arrays)} array(s)")
+        out = []
+        for a, i in zip(arrays, self.inputs):
+            if a is None:
+                raise ValueError(f"input {i.name!r} is None")
+            a = np.asarray(a)
+            shape = tuple(i.onnx_shape)
+            if a.shape != shape and shape[:1] == (1,) and a.shape == shape[1:]:
+                a = a[None]
+            if a.shape != shape:
+                raise ValueError(f"input {i.name!r} must have shape {shape}, got {a.shape}")
+            if a.dtype.kind not in "fiub":
+                raise TypeError(f"input {i.name!r} must be a numeric array, got dtype {a.dtype}")
+            out.append(a.astype(self.dtypes.get(i.name, np.float32), copy=False))
+        return out
+
+    def run_whole(self, images):
+        """Run the whole model on the host: one array for a single-output model, else a list."""
+        if self._evaluator is None:
+            self._evaluator = host_evaluator(self.stages[0].model)
+        arrays = self.whole_inputs(images)
+        values = self._evaluator.run(None, {i.name: a for i, a in zip(self.inputs, arrays)})
+        values = [np.asarray(v) for v in values]
+        return values[0] if len(values) == 1 else values
+
+    _evaluator = None
 
     def memory_image(self) -> np.ndarray:
         """Every DLA stage's memory image in its place, from address 0 to the end of the last."""
@@ -178,9 +215,10 @@ def _computes(node: onnx.NodeProto) -> bool:
     return node.op_type in LAYER_OPS or node.op_type in FUSED_OPS
 
 
-def _label(order, consts, forced: set[int]) -> dict[int, str]:
-    """DLA or host for every non-constant node (see the module docstring, step 2)."""
-    made_by: dict[str, str] = {}                 # tensor -> label of its producer
+def _label(order, consts, forced: set[int], host_inputs=()) -> dict[int, str]:
+    """DLA or host for every non-constant node (see the module docstring, step 2); the graph inputs
+    ``host_inputs`` (of a type, rank or batch the DLA does not take) count as made on the host."""
+    made_by: dict[str, str] = dict.fromkeys(host_inputs, HOST)   # tensor -> label of its producer
     labels = {}
     for index, node in order:
         ins = [i for i in node.input if i and i not in consts]
@@ -252,6 +290,8 @@ class _Partitioner:
         self.fe = _FrontEnd(self.proto, self.source, inshapes, mem_bytes)
         self.fe.consts = {t.name: numpy_helper.to_array(t) for t in self.proto.graph.initializer}
         self.inputs = self.fe._inputs()          # applies inshapes, checks types and static shapes
+        self.given = onnx.ModelProto()           # the model as given: what runs if the host runs it all
+        self.given.CopyFrom(self.proto)
         # the same static graph as the front end's: shapes to a fixpoint, exporters' idioms rewritten
         self.notes = canonicalise(self.proto, self.fe.consts, mem_bytes)
         self.inits = {t.name: t for t in self.proto.graph.initializer}
@@ -304,7 +344,7 @@ class _Partitioner:
     def parts(self, nodes, heterogeneous: bool, forced: set[int] = frozenset()) -> list[_Part]:
         forced = set(forced)
         while True:
-            labels = _label(nodes, self.consts, forced)
+            labels = _label(nodes, self.consts, forced, self.fe.bad_inputs)
             parts = _schedule(nodes, self.consts, labels)
             idle = [p for p in parts if p.kind == DLA and not any(_computes(n) for _, n in p.nodes)]
             if not idle:
@@ -396,16 +436,33 @@ def partition(model, inshapes: str | None = None, heterogeneous: bool = False, m
     nodes = p.nodes
     parts = p.parts(nodes, heterogeneous, forced)
     if not any(q.kind == DLA for q in parts):
-        if not heterogeneous or not nodes:
-            raise CompileError("the model has no layer that runs on the DLA"
-                               + (f" (host operators: {', '.join(_where(*x) for x in nodes[:5])}); with "
-                                  f"SetFlag('heterogeneous', 1) it runs on the host" if nodes else ""))
+        if not nodes:
+            raise CompileError("the model has no layer that runs on the DLA")
+        if not heterogeneous:
+            index, node = nodes[0]
+            raise CompileError(f"the model has no layer that runs on the DLA: {_where(index, node)}: "
+                               f"{_why_host(p, index, node, forced)}; with SetFlag('heterogeneous', 1) the host runs it",
+                               node=node.name)
         p.prepare()
         return p, parts
     if parts[0].kind == DLA and (len(parts) == 1 or (len(parts) == 2 and _frontend_tail(parts[1]))):
         return p, None
     p.prepare()
     return p, parts
+
+
+def _why_host(p: "_Partitioner", index: int, node: onnx.NodeProto, forced) -> str:
+    """Why the partitioner put this node on the host."""
+    bad = next((p.fe.bad_inputs[i] for i in node.input if i in p.fe.bad_inputs), None)
+    if bad:
+        return bad
+    if spec(node) is None:
+        return f"the DLA does not run {node.op_type if node.domain in ('', 'ai.onnx') else node.domain + '.' + node.op_type}"
+    if index in forced:
+        return "the front end refused it"
+    if node.op_type in VIEW_OPS:
+        return "it only reshapes, aliases or concatenates its inputs, which is no computation for the DLA"
+    return "it reads only tensors made on the host"
 
 
 def _frontend_tail(tail: _Part) -> bool:
@@ -437,7 +494,9 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
     while True:
         try:
             p, parts = partition(model, inshapes, heterogeneous, cfg.mem_bytes, forced, p)
-            if parts is None:
+            if parts is not None and not any(q.kind == DLA for q in parts):
+                compiled = _whole_on_host(p, cfg, parallel, base)
+            elif parts is None:
                 compiled = compile_model(p.proto, cfg, base=base, parallel=parallel, samples=samples)
             else:
                 compiled = _compile_stages(p, parts, cfg, base, parallel, samples)
@@ -453,7 +512,7 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
             continue
         if moved:
             (compiled.notes if isinstance(compiled, Staged) else compiled.graph.notes).extend(moved)
-        if isinstance(compiled, Staged) and not compiled.segments:
+        if isinstance(compiled, Staged) and compiled.whole:
             warnings.warn(HostOnlyWarning(
                 f"{compiled.meta['model']}: no layer of the model runs on the DLA; the whole model runs on the "
                 f"host (onnx.reference), with no modelled DLA time"
@@ -463,6 +522,27 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
 
 class HostOnlyWarning(UserWarning):
     """A heterogeneous model none of whose layers runs on the DLA: it runs on the host alone."""
+
+
+def _whole_on_host(p: "_Partitioner", cfg: MachineConfig, parallel: Parallel, base: int) -> Staged:
+    """A model none of whose nodes the DLA runs, as one host stage: the model as given, run whole
+    on each call's arrays (its own batch, shapes and element types)."""
+    model = p.given
+    try:
+        host_evaluator(model)
+    except Exception as e:  # noqa: BLE001 - any reason the host cannot evaluate the model
+        _check_host(model, _Part(HOST, p.nodes))
+        raise CompileError(f"the host cannot evaluate the model: {e}") from None
+    inputs = [IODesc(i.name, i.name, tuple(i.onnx_shape)) for i in p.inputs]
+    outputs = [IODesc(o.name, "", p.shapes.get(o.name, ())) for o in model.graph.output]
+    nodes = [_where(*x) for x in p.nodes]
+    dtypes = {vi.name: onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+              for vi in model.graph.input if vi.name in {i.name for i in p.inputs}}
+    stage = HostStage(model.SerializeToString(), [i.name for i in inputs], [o.name for o in outputs], nodes, "whole")
+    return Staged(stages=[stage], inputs=inputs, outputs=outputs, notes=p.notes + [f"the host runs the whole model: "
+                                                                                   f"{', '.join(nodes)}"],
+                  meta={"model": p.proto.graph.name or "model"}, config=cfg, par=parallel, base=base, whole=True,
+                  dtypes=dtypes)
 
 
 def _compile_stages(p: "_Partitioner", parts: list[_Part], cfg: MachineConfig, base: int, parallel: Parallel,

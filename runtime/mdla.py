@@ -293,6 +293,8 @@ class MDLA:
         """Run_th of a model with host stages: the DLA stages' graphs in float32, the host stages as in Run."""
         from sim.golden import output_array, run_float
         c = self._need()
+        if c.whole:
+            return c.run_whole(images)
         if any(s.graph is None for s in c.segments):
             raise MDLAError("this .bin has no graph section; Run_th needs one")
         arrays, batch = self._inputs(images, c, any_batch=True)
@@ -386,6 +388,8 @@ class MDLA:
 
     def _inputs(self, images, c: Compiled, any_batch: bool = False) -> tuple[list[np.ndarray], int]:
         """Validated inputs as float32 arrays of shape (N, *per-image shape), and N."""
+        if getattr(c, "whole", False):          # a model the host runs whole: its own shapes and types
+            return c.whole_inputs(images), 1
         arrays = list(images) if isinstance(images, (list, tuple)) else [images]
         if len(arrays) != len(c.inputs):
             raise ValueError(f"the network has {len(c.inputs)} input(s) "
@@ -597,6 +601,9 @@ def _run_staged(obj: "MDLA", images, simulator: str | None = None) -> tuple[obje
     cards over all the call's images. Modelled cycles: the sum of the DLA stages' (host time is
     not modelled)."""
     c = obj._need()
+    if c.whole:                                 # no DLA stage: the host runs the model as given
+        obj._last_stage_stats, obj._last_stats, obj._hwcycles, obj._saturations = {}, [], 0, 0
+        return c.run_whole(images), 0
     arrays, batch = obj._inputs(images, c)
     totals = {"cycles": 0, "sat": 0, "by_stage": {}, "in": 0, "segments": []}
 

@@ -250,8 +250,13 @@ def conv_model_with_input(shape):
 
 
 def test_dynamic_input_needs_inshapes():
-    model = conv_model_with_input(("N", 3, 8, 8))
-    with pytest.raises(CompileError, match=r"input 'img' has a dynamic or unknown shape \(N, 3, 8, 8\); pass inshapes"):
+    """A dynamic batch alone is compiled as 1 (the runtime's flags give the images per call); any
+    other dynamic dimension needs inshapes."""
+    graph = load_model(conv_model_with_input(("N", 3, 8, 8)))
+    assert graph.tensors["img"].shape == (3, 8, 8) and graph.inputs[0].onnx_shape == (1, 3, 8, 8)
+    assert any("dynamic batch dimension 'N' is compiled as 1" in n for n in graph.notes)
+    model = conv_model_with_input(("N", 3, "H", 8))
+    with pytest.raises(CompileError, match=r"input 'img' has a dynamic or unknown shape \(N, 3, H, 8\); pass inshapes"):
         load_model(model)
     graph = load_model(model, inshapes="1x3x8x8")
     assert graph.tensors["img"].shape == (3, 8, 8)
