@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .frontend_load import _DLA_WEIGHT_BYTES, _SHAPE_CONSTANT_LIMIT, evaluate_node
+from .frontend_load import _DLA_WEIGHT_BYTES, _SHAPE_CONSTANT_LIMIT, evaluate_node, shape_nodes
 from .ir import CompileError
 from .ops import MDLA_DOMAIN
 
@@ -149,7 +149,7 @@ class _Graph:
         src = self.proto
         light = onnx.ModelProto(ir_version=src.ir_version, opset_import=src.opset_import, functions=src.functions)
         g = light.graph
-        g.node.extend(self.g.node)
+        g.node.extend(shape_nodes(self.g.node))
         g.input.extend(self.g.input)
         g.output.extend(self.g.output)
         declared = {i.name for i in self.g.input}

@@ -150,6 +150,17 @@ def evaluate_node(node: onnx.NodeProto, feeds: dict[str, np.ndarray], proto: onn
 
 
 
+def shape_nodes(nodes) -> list[onnx.NodeProto]:
+    """``nodes`` for ONNX shape inference, which does not know the compiler's own element-wise ops
+    (domain com.microndla): those become a Sigmoid, of the same shape and type."""
+    out = []
+    for n in nodes:
+        if n.domain == "com.microndla":
+            n = helper.make_node("Sigmoid", [n.input[0]], [n.output[0]], name=n.name)
+        out.append(n)
+    return out
+
+
 class Shapes:
     """The front end's inputs, shapes and node order (a mixin of :class:`compiler.frontend._FrontEnd`)."""
 
@@ -255,7 +266,7 @@ class Shapes:
                                 functions=src.functions)
         g, sg = light.graph, src.graph
         g.name = sg.name
-        g.node.extend(sg.node)
+        g.node.extend(shape_nodes(sg.node))
         g.input.extend(sg.input)
         g.output.extend(sg.output)
         declared = {i.name for i in sg.input}

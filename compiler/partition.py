@@ -144,13 +144,14 @@ class Staged:
         return [lc for s in self.segments for lc in s.layers]
 
     def whole_inputs(self, images) -> list[np.ndarray]:
-        """A whole-model host run's inputs, checked against the model's own shapes (a batch-1 model
-        takes one image without its batch dimension too) and converted to its element types."""
+        """A whole-model host run's inputs, checked against the model's own shapes (a model of batch
+        1 also takes N images, or one image without its batch dimension) and converted to its
+        element types."""
         arrays = list(images) if isinstance(images, (list, tuple)) else [images]
         if len(arrays) != len(self.inputs):
             raise ValueError(f"the network has {len(self.inputs)} input(s) "
                              f"({', '.join(i.name for i in self.inputs)}), got {len(arrays)} array(s)")
-        out = []
+        out, batch = [], None
         for a, i in zip(arrays, self.inputs):
             if a is None:
                 raise ValueError(f"input {i.name!r} is None")
@@ -158,20 +159,29 @@ class Staged:
             shape = tuple(i.onnx_shape)
             if a.shape != shape and shape[:1] == (1,) and a.shape == shape[1:]:
                 a = a[None]
-            if a.shape != shape:
-                raise ValueError(f"input {i.name!r} must have shape {shape}, got {a.shape}")
+            if a.shape != shape and not (shape[:1] == (1,) and a.ndim == len(shape) and a.shape[1:] == shape[1:]):
+                raise ValueError(f"input {i.name!r} must have shape {shape}"
+                                 + (f" or (N, {', '.join(map(str, shape[1:]))})" if shape[:1] == (1,) else "")
+                                 + f", got {a.shape}")
+            if batch is not None and a.shape[0] != batch:
+                raise ValueError(f"inputs have different batch sizes ({batch} and {a.shape[0]})")
+            batch = a.shape[0]
             if a.dtype.kind not in "fiub":
                 raise TypeError(f"input {i.name!r} must be a numeric array, got dtype {a.dtype}")
             out.append(a.astype(self.dtypes.get(i.name, np.float32), copy=False))
         return out
 
     def run_whole(self, images):
-        """Run the whole model on the host: one array for a single-output model, else a list."""
+        """Run the whole model on the host (image by image when the model has batch 1 and the call
+        several): one array for a single-output model, else a list."""
         if self._evaluator is None:
             self._evaluator = host_evaluator(self.stages[0].model)
         arrays = self.whole_inputs(images)
-        values = self._evaluator.run(None, {i.name: a for i, a in zip(self.inputs, arrays)})
-        values = [np.asarray(v) for v in values]
+        per_image = all(tuple(i.onnx_shape)[:1] == (1,) for i in self.inputs) and arrays and arrays[0].shape[0] != 1
+        calls = [[a[n:n + 1] for a in arrays] for n in range(arrays[0].shape[0])] if per_image else [arrays]
+        results = [[np.asarray(v) for v in self._evaluator.run(None, {i.name: a for i, a in zip(self.inputs, call)})]
+                   for call in calls]
+        values = [np.concatenate(vs) for vs in zip(*results)] if per_image else results[0]
         return values[0] if len(values) == 1 else values
 
     _evaluator = None

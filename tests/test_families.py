@@ -47,11 +47,7 @@ FAMILIES = {
     "yolo_v8": (families.yolo, dict(input_shape=(1, 3, 128, 128)), True, 1.0),
     "yolox": (families.yolo, dict(input_shape=(1, 3, 128, 128), head="yolox"), True, 1.0),
 }
-PENDING = {
-    "dbnet": "Concat of 24-channel pieces (not multiples of the 16-channel word) needs a copy (issue 11 item 4)",
-    "yolo_v8": "the partitioner's DLA stage keeps the head's Reshape to (N, C, -1), whose shape it does not infer",
-    "yolox": "the partitioner's DLA stage keeps the head's Reshape to (N, C, -1), whose shape it does not infer",
-}
+PENDING: dict[str, str] = {}
 
 
 def _model(name: str) -> onnx.ModelProto:
@@ -167,7 +163,6 @@ def test_fixed_batch_runs_its_images_per_run(tmp_path):
     assert np.shape(y) == ref.shape and mean <= BUDGET_MEAN and mx <= BUDGET_MAX
 
 
-@_pending("a dynamic batch needs inshapes at Compile (issue 11 item 2)")
 def test_dynamic_batch_takes_the_sdk_batch(tmp_path):
     path = str(tmp_path / "dyn.onnx")
     onnx.save(families.mobilenet_v3(input_shape=(1, 3, 64, 64), dynamic_batch=True), path)
