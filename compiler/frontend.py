@@ -128,6 +128,7 @@ class _FrontEnd(Shapes, Translate, Fusion):
         outputs = self._outputs(host)
         self._prune(outputs)
         layers = self._fuse()
+        self._copy_inputs_to_outputs(inputs, outputs, layers)
         return Graph(name=g.name or Path(self.source).stem or "model", tensors=self.tensors,
                      layers=layers, inputs=inputs, outputs=outputs, opset=self.opset, notes=self.notes,
                      concats=self.concats, host=host, output_order=[o.name for o in g.output])
@@ -314,6 +315,24 @@ class _FrontEnd(Shapes, Translate, Fusion):
         self.tensors[name] = TensorInfo(name, tuple(int(d) for d in chw))
         self._set_shape(name, onnx_shape, where)
 
+
+    def _copy_inputs_to_outputs(self, inputs, outputs, layers) -> None:
+        """A graph output that is a view of a graph input (a Reshape, Flatten, Identity of it) is an
+        identity channel-wise copy on the DLA: the output has storage of its own."""
+        given = {gi.tensor for gi in inputs}
+        copies: dict[str, str] = {}
+        for o in outputs:
+            if o.tensor not in given:
+                continue
+            if o.tensor not in copies:
+                c = self.tensors[o.tensor].shape[0]
+                name = self._unique_name(f"{o.tensor}__copy", len(self.layer_names))
+                self.tensors[name] = TensorInfo(name, self.tensors[o.tensor].shape)
+                layers.append(channelwise_layer(name, [name], o.tensor, name, np.ones(c), np.zeros(c)))
+                copies[o.tensor] = name
+                self.notes.append(f"graph output {o.name!r} is a view of the graph input {o.tensor!r}: the DLA "
+                                  f"copies it (channel-wise layer '{name}')")
+            o.tensor = copies[o.tensor]
 
     # ---- outputs --------------------------------------------------------------------------------
     def _outputs(self, host: HostTail | None) -> list[GraphOutput]:

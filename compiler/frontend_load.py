@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from .ir import CompileError, GraphInput, TensorInfo
@@ -189,6 +189,7 @@ class Shapes:
                     vi.type.tensor_type.ClearField("shape")
         else:
             self._dynamic_batch(real)
+            self._fixed_batch(real)
         result = []
         for vi in real:
             tt = vi.type.tensor_type
@@ -211,7 +212,9 @@ class Shapes:
                                             f"(1, N) vectors (rank 2)")
             elif shape[0] != 1:
                 self.bad_inputs[vi.name] = (
-                    f"input {vi.name!r} has batch dimension {shape[0]} (shape {shape}); compile the model for batch 1 "
+                    f"input {vi.name!r} has batch dimension {shape[0]} (shape {shape})"
+                    + (f" and {self.batch_mixer}, which a program run image by image cannot" if self.batch_mixer else "")
+                    + f"; compile the model for batch 1 "
                     f"(e.g. inshapes='{'x'.join(map(str, (1,) + shape[1:]))}'): the runtime batches images over "
                     f"cards and clusters")
             else:
@@ -230,7 +233,7 @@ class Shapes:
             if not vi.type.HasField("tensor_type") or not tt.HasField("shape") or len(tt.shape.dim) < 2:
                 continue
             first, rest = tt.shape.dim[0], tt.shape.dim[1:]
-            if (not first.HasField("dim_value") or first.dim_value <= 0) and \
+            if not first.HasField("dim_value") and \
                     all(d.HasField("dim_value") and d.dim_value > 0 for d in rest):
                 name = first.dim_param or "?"
                 first.Clear()
@@ -243,6 +246,90 @@ class Shapes:
                 tt = vi.type.tensor_type
                 if tt.HasField("shape") and tt.shape.dim and not tt.shape.dim[0].HasField("dim_value"):
                     tt.ClearField("shape")
+
+    #: ops whose ``axis`` 0 would combine the images of a batch
+    _AXIS_OPS = ("Softmax", "LogSoftmax", "Hardmax", "Concat", "Split", "Gather", "CumSum", "ArgMax", "ArgMin",
+                 "Flatten", "LpNormalization", "TopK")
+
+    #: element-wise ops that broadcast their operands
+    _BROADCAST_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less",
+                      "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "PRelu", "Mod", "BitShift")
+
+    def _fixed_batch(self, real) -> None:
+        """A model exported for a fixed batch B > 1 (every input's first dimension B) whose nodes all
+        keep the images apart is compiled per image: inputs of batch 1, constant Reshape/Expand
+        shapes and Resize sizes that carry the batch rewritten to 1, and ``model_batch`` = B (the
+        runtime then takes B images per call). A model that combines its images (a reshape across
+        the batch, an axis-0 Softmax, ...) is left as it is: its inputs are reported as of batch B."""
+        shapes = []
+        for vi in real:
+            tt = vi.type.tensor_type
+            s_ = _static(tt.shape) if vi.type.HasField("tensor_type") and tt.HasField("shape") else None
+            shapes.append(s_)
+        if not shapes or any(s_ is None or len(s_) < 2 for s_ in shapes) or len({s_[0] for s_ in shapes}) != 1:
+            return
+        batch = shapes[0][0]
+        if batch <= 1:
+            return
+        try:
+            g = onnx.shape_inference.infer_shapes(self._shapes_only(), strict_mode=False, data_prop=True).graph
+        except Exception:  # noqa: BLE001 - the front end reports an inconsistent model itself
+            return
+        known = {vi.name: _static(vi.type.tensor_type.shape) for vi in list(g.value_info) + list(g.output) + list(g.input)
+                 if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+        consts = set(self.consts)
+        for n in self.proto.graph.node:
+            ins = [i for i in n.input if i]
+            if all(i in consts for i in ins):
+                consts.update(o for o in n.output if o)
+                continue
+            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            mixes = (n.op_type in self._AXIS_OPS and attrs.get("axis", 1 if n.op_type == "Flatten" else None) == 0) or \
+                    (n.op_type == "Transpose" and attrs.get("perm", [0])[0] != 0) or \
+                    (n.op_type.startswith("Reduce") and 0 in attrs.get("axes", [0]))
+            for pos, i in enumerate(n.input):     # a constant with a batch axis of its own: one per image
+                if i in self.consts and n.op_type in self._BROADCAST_OPS + ("MatMul", "Gemm") and \
+                        not (n.op_type == "Gemm" and pos < 2) and not (n.op_type == "MatMul" and self.consts[i].ndim < 3):
+                    c = np.asarray(self.consts[i])
+                    out = known.get(n.output[0])
+                    if out is not None and c.ndim == len(out) and c.shape[0] == batch:
+                        mixes = True
+            for o in n.output:
+                s_ = known.get(o)
+                if o and (s_ is None or not s_ or s_[0] != batch or mixes):
+                    # combines (or may combine) images: not per image
+                    self.batch_mixer = f"node '{n.name or n.op_type}' ({n.op_type}) combines the images of the batch"
+                    return
+        values = dict(self.consts)
+        for n in self.proto.graph.node:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        rewrites = 0
+        for n in self.proto.graph.node:
+            pos = {"Reshape": 1, "Expand": 1, "Resize": 3}.get(n.op_type)
+            if pos is None or len(n.input) <= pos or not n.input[pos] or n.input[pos] not in values:
+                continue
+            v = np.asarray(values[n.input[pos]]).copy()
+            if v.ndim != 1 or not v.size or v[0] != batch:
+                continue
+            v[0] = 1
+            name = f"{n.input[pos]}__per_image"
+            if name not in self.consts:
+                self.consts[name] = v
+                self.proto.graph.initializer.append(numpy_helper.from_array(v, name))
+            n.input[pos] = name
+            rewrites += 1
+        for vi in real:
+            vi.type.tensor_type.shape.dim[0].dim_value = 1
+        for vi in self.proto.graph.output:
+            if vi.type.tensor_type.HasField("shape"):
+                vi.type.tensor_type.ClearField("shape")
+        self.model_batch = batch
+        self.notes.append(f"the model's fixed batch {batch} is compiled per image (batch 1, {rewrites} constant "
+                          f"shape(s) rewritten); a call takes {batch} images")
+
+    model_batch = 1
+    batch_mixer = ""        #: why a model of fixed batch > 1 is not compiled per image
 
     def _infer_shapes(self) -> None:
         del self.proto.graph.value_info[:]          # recomputed below, possibly for new input shapes

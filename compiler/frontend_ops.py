@@ -385,8 +385,16 @@ class Translate:
 
     def _op_Concat(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
         names = [i for i in node.input if i]
-        parts = [self._feature_map(where, n) for n in names]
         axis = attrs.get("axis", 1)
+        if all(n not in self.consts and len(self.shapes.get(n, ())) == 2 for n in names) and axis in (1, -1):
+            vectors = [self._vector(where, n) for n in names]     # (1, K) vectors: along their channels
+            k = sum(v for _, v in vectors)
+            out = node.output[0]
+            self._new_tensor(out, (k, 1, 1), (1, k), where)
+            self.ops.append(Concat(name=self._layer_name(index, node), nodes=[self._node_name(index, node)],
+                                   inputs=[t for t, _ in vectors], output=out))
+            return
+        parts = [self._feature_map(where, n) for n in names]
         if axis not in (1, -3):
             raise CompileError(f"{where}: only concatenation along the channel axis (axis=1) is supported, got axis={axis}")
         hw = {chw[1:] for _, chw in parts}

@@ -34,6 +34,7 @@ not modelled.
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import warnings
 from dataclasses import dataclass, field
@@ -163,9 +164,10 @@ class Staged:
                 raise ValueError(f"input {i.name!r} must have shape {shape}"
                                  + (f" or (N, {', '.join(map(str, shape[1:]))})" if shape[:1] == (1,) else "")
                                  + f", got {a.shape}")
-            if batch is not None and a.shape[0] != batch:
-                raise ValueError(f"inputs have different batch sizes ({batch} and {a.shape[0]})")
-            batch = a.shape[0]
+            if a.shape != shape:        # N images of a batch-1 model: the same N for every input
+                if batch is not None and a.shape[0] != batch:
+                    raise ValueError(f"inputs have different batch sizes ({batch} and {a.shape[0]})")
+                batch = a.shape[0]
             if a.dtype.kind not in "fiub":
                 raise TypeError(f"input {i.name!r} must be a numeric array, got dtype {a.dtype}")
             out.append(a.astype(self.dtypes.get(i.name, np.float32), copy=False))
@@ -177,7 +179,7 @@ class Staged:
         if self._evaluator is None:
             self._evaluator = host_evaluator(self.stages[0].model)
         arrays = self.whole_inputs(images)
-        per_image = all(tuple(i.onnx_shape)[:1] == (1,) for i in self.inputs) and arrays and arrays[0].shape[0] != 1
+        per_image = any(a.shape != tuple(i.onnx_shape) for a, i in zip(arrays, self.inputs))
         calls = [[a[n:n + 1] for a in arrays] for n in range(arrays[0].shape[0])] if per_image else [arrays]
         results = [[np.asarray(v) for v in self._evaluator.run(None, {i.name: a for i, a in zip(self.inputs, call)})]
                    for call in calls]
@@ -215,7 +217,7 @@ def _dla_can(node: onnx.NodeProto, consts) -> bool:
         return len(ins) > 1 and ins[1] in consts
     if op == "Concat":                                     # along channels only
         axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
-        return axis in (1, -3)
+        return axis in (1, -3, -1)      # -1: of (1, K) vectors (the front end checks the rank)
     return True
 
 
@@ -356,7 +358,8 @@ class _Partitioner:
         while True:
             labels = _label(nodes, self.consts, forced, self.fe.bad_inputs)
             parts = _schedule(nodes, self.consts, labels)
-            idle = [p for p in parts if p.kind == DLA and not any(_computes(n) for _, n in p.nodes)]
+            idle = [p for p in parts if p.kind == DLA and not any(_computes(n) for _, n in p.nodes)
+                    and not self._copies(p)]
             if not idle:
                 break
             forced |= {i for p in idle for i, _ in p.nodes}
@@ -366,6 +369,13 @@ class _Partitioner:
                 if p.kind == HOST:
                     self._refuse_middle(p, parts[parts.index(p) + 1:])
         return parts
+
+    def _copies(self, part: _Part) -> bool:
+        """Whether a part of views only turns model inputs into model outputs (the DLA copies them)."""
+        made = {o for _, n in part.nodes for o in n.output if o}
+        given = {vi.name for vi in self.proto.graph.input} - set(self.fe.bad_inputs)
+        reads = {i for _, n in part.nodes for i in n.input if i and i not in self.consts and i not in made}
+        return bool(reads) and reads <= given and any(o.name in made for o in self.proto.graph.output)
 
     def _refuse_middle(self, part: _Part, later: list[_Part]) -> None:
         """The CompileError for host operators between DLA layers without the flag: names the first
@@ -498,9 +508,11 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
     ``samples`` (calibration images for the model's inputs) give every DLA stage calibration samples
     of its own inputs: the stages run in float, in order, on each sample."""
     p = _Partitioner(model, inshapes, cfg.mem_bytes)
+    if p.fe.model_batch > 1 and parallel.batch == 1:      # a model exported for B images takes B per call
+        parallel = dataclasses.replace(parallel, imgs_per_cluster=p.fe.model_batch)
     index_of = {node.name: index for index, node in p.nodes}
-    forced: set[int] = set()
-    moved: list[str] = []
+    forced: set[int] = set(index_of.values()) if heterogeneous and _not_per_image(p) else set()
+    moved: list[str] = [f"the host runs the whole model: {p.fe.batch_mixer}"] if forced and p.fe.batch_mixer else []
     while True:
         try:
             p, parts = partition(model, inshapes, heterogeneous, cfg.mem_bytes, forced, p)
@@ -515,6 +527,8 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
             if k is None or k in forced:
                 raise
             if not heterogeneous:
+                if "SetFlag('heterogeneous'" in str(e):
+                    raise
                 raise CompileError(f"{e}; with SetFlag('heterogeneous', 1) this node runs on the host",
                                    node=e.node) from None
             forced.add(k)
@@ -532,6 +546,12 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
 
 class HostOnlyWarning(UserWarning):
     """A heterogeneous model none of whose layers runs on the DLA: it runs on the host alone."""
+
+
+def _not_per_image(p: "_Partitioner") -> bool:
+    """Whether an input has a batch (or a rank) that no per-image program takes: a model that
+    combines the images of its fixed batch, or whose tensors have no batch axis."""
+    return any(len(i.onnx_shape) < 2 or i.onnx_shape[0] != 1 for i in p.inputs)
 
 
 def _whole_on_host(p: "_Partitioner", cfg: MachineConfig, parallel: Parallel, base: int) -> Staged:

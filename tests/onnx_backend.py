@@ -3,7 +3,8 @@
 Each case is a one-node model with reference inputs and outputs. We turn the inputs the operator
 treats as parameters (Conv's weights, BatchNormalization's statistics, Resize's scales, ...) into
 initializers, since the DLA's weights are compiled in, and keep the rest as runtime inputs. A case
-with batch N > 1 is compiled for one image and run with ``imgs_per_cluster = N``.
+with batch N > 1 is compiled as exported: per image, N images a call, when its nodes keep the images
+apart (the compiler checks), else it is refused (and runs whole on the host with ``heterogeneous``).
 
 Every case ends in one of four outcomes:
 
@@ -141,17 +142,11 @@ def _attempt(case, model, feeds, expected, calibrate: bool, heterogeneous: bool 
     from runtime.mdla import MDLAError
 
     op = _op(case)
-    # a host run takes the model whole, at its exported shapes: no per-image batching
-    batch = feeds[0].shape[0] if feeds and feeds[0].ndim >= 2 and not heterogeneous else 1
     ie = microndla.MDLA()
     try:
-        if batch > 1:
-            ie.SetFlag("imgs_per_cluster", str(batch))
         if heterogeneous:
             ie.SetFlag("heterogeneous", 1)
-        inshapes = None
-        if batch > 1:
-            inshapes = ";".join("x".join(map(str, (1,) + f.shape[1:])) for f in feeds)
+        inshapes = None       # the model as exported: a batch of N is compiled per image, N images a call
         samples = None
         if calibrate:
             samples = [feeds[0]] if len(feeds) == 1 else [[f] for f in feeds]

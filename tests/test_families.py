@@ -151,7 +151,6 @@ def _save(tmp_path, name: str) -> str:
     return path
 
 
-@_pending("a fixed batch > 1 is refused at Compile (issue 11 item 2)")
 def test_fixed_batch_runs_its_images_per_run(tmp_path):
     path = str(tmp_path / "b2.onnx")
     onnx.save(families.mobilenet_v3(input_shape=(2, 3, 64, 64)), path)

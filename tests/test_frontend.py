@@ -274,8 +274,17 @@ def test_inshapes_overrides_static_shape():
 
 
 def test_batch_other_than_one_rejected():
-    with pytest.raises(CompileError, match=r"input 'img' has batch dimension 4.*1x3x8x8"):
-        load_model(conv_model_with_input((4, 3, 8, 8)))
+    """A model exported for a fixed batch whose nodes keep the images apart compiles per image (the
+    runtime takes its batch per call); inshapes of another batch, or a model that combines its
+    images, are refused naming the input (and the node)."""
+    graph = load_model(conv_model_with_input((4, 3, 8, 8)))
+    assert graph.inputs[0].onnx_shape == (1, 3, 8, 8) and any("fixed batch 4" in n for n in graph.notes)
+    mixed = conv_model_with_input((4, 3, 8, 8))
+    mixed.graph.node.append(helper.make_node("Softmax", ["y"], ["p"], name="over_batch", axis=0))
+    mixed.graph.output[0].name = "p"
+    with pytest.raises(CompileError, match=r"input 'img' has batch dimension 4.*node 'over_batch' \(Softmax\) "
+                                           r"combines the images.*1x3x8x8"):
+        load_model(mixed)
     with pytest.raises(CompileError, match=r"input 'img' has batch dimension 2"):
         load_model(conv_model_with_input(("N", 3, 8, 8)), inshapes="2x3x8x8")
 

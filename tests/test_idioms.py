@@ -300,6 +300,42 @@ def test_dynamic_batch_compiles_without_inshapes():
     run(m, n=3, batch=3)
 
 
+def test_fixed_batch_runs_its_images_per_run():
+    """A model exported with batch 3 (its flatten a constant Reshape to (3, -1), as torch writes it
+    with constant folding) runs 3 images per Run with default flags."""
+    n = Net(seed=16, batch=3)
+    n.node("GlobalAveragePool", ["x"], "gap")
+    n.node("Reshape", ["gap", n.const("to2d", np.array([3, -1], np.int64))], "flat")
+    n.node("Gemm", ["flat", n.const("fc_w", n.rng.standard_normal((5, C)).astype(np.float32)),
+                    n.const("fc_b", np.zeros(5, np.float32))], "output", transB=1)
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [3, 5])
+    m = helper.make_model(helper.make_graph(n.nodes, "b3", [n.input], [out], n.inits),
+                          opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    x = np.random.default_rng(1).standard_normal((3, 3, H, W)).astype(np.float32)
+    ie = microndla.MDLA()
+    ie.Compile(m)
+    assert ie._compiled.parallel.batch == 3
+    y = ie.Run(x)
+    ie.Free()
+    mean, mx = sdk_error_metric(y, reference(m, x))
+    assert y.shape == (3, 5) and mean <= BUDGET_MEAN and mx <= BUDGET_MAX
+
+
+def test_fixed_batch_that_combines_its_images_runs_whole_on_the_host():
+    n = Net(seed=17, batch=2)
+    n.node("Softmax", ["x"], "p", axis=0)                   # across the batch
+    m = n.model("p", batch=2)
+    with pytest.raises(CompileError, match=r"node 'p' \(Softmax\).*SetFlag\('heterogeneous', 1\)"):
+        microndla.MDLA().Compile(m)
+    ie = microndla.MDLA()
+    ie.SetFlag("heterogeneous", 1)
+    with pytest.warns(HostOnlyWarning):
+        ie.Compile(m)
+    x = np.random.default_rng(2).standard_normal((2, 3, H, W)).astype(np.float32)
+    np.testing.assert_allclose(ie.Run(x), reference(m, x), rtol=1e-4, atol=1e-5)
+    ie.Free()
+
+
 def test_all_host_model_runs_on_the_host_with_a_warning():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])
