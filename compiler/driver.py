@@ -13,7 +13,8 @@ from .codegen import CodeGen, WeightStore
 from .compiled import Compiled, IODesc, Parallel, image_batch
 from .frontend import load_model
 from .ir import CompileError, Graph
-from .memmap import MemoryMap, align, legalise_concats, plan_tensors
+from .legalise import legalise
+from .memmap import MemoryMap, align, plan_tensors
 from .quantize import quantize
 
 __all__ = ["compile_graph", "compile_model", "Compiled", "IODesc", "Parallel", "image_batch"]
@@ -78,7 +79,7 @@ def compile_model(model, cfg: MachineConfig, inshapes: str | None = None, base: 
     ``samples`` (calibration images, see :func:`compiler.calibrate.calibration_feeds`) per-tensor
     formats chosen from a float run on them (variable fixed point)."""
     graph = load_model(model, inshapes=inshapes, mem_bytes=cfg.mem_bytes)
-    legalise_concats(graph, cfg)
+    legalise(graph, cfg)
     quantize(graph, cfg, ranges=calibrate(graph, samples) if samples is not None else None)
     compiled = compile_graph(graph, cfg, base=base, parallel=parallel)
     compiled.meta["varfp"] = samples is not None

@@ -21,7 +21,7 @@ import numpy as np
 from arch.machine import MachineConfig
 from arch.numerics import DATA_MIN
 
-from .ir import CompileError, Conv, Graph, MaxPool, TensorInfo
+from .ir import CompileError, Conv, Graph, MaxPool
 from .lowering import conv_input_halo
 
 ALIGN = 4096
@@ -163,87 +163,6 @@ class MemoryMap:
                 view = view.reshape(t.rows, t.row_pixels, t.pitch_words * cfg.lanes)
                 view[...] = t.fill
                 view[t.halo[0]:t.halo[0] + t.height, t.halo[1]:t.halo[1] + t.width, :] = 0
-
-
-def legalise_concats(graph: Graph, cfg: MachineConfig) -> None:
-    """Make every Concat of ``graph`` (float, before quantisation) one the copy-free layout takes,
-    with layers where it cannot (the hardware imposes none of these limits, the layout does):
-
-    * an input that starts at a channel which is not a multiple of a word (4 + 1 + 1 channels,
-      24-channel pieces): the whole concatenation becomes a chain of 1x1 convolutions with 0/1
-      weights, each placing its piece at its channel offset and adding the previous ones (a fused
-      residual): exact, since a 0/1 weight times a value and a sum of disjoint pieces round nothing;
-    * a graph input, or a tensor another Concat already takes: an identity channel-wise copy of it.
-    """
-    from .frontend_fusion import channelwise_layer
-    inputs = {gi.tensor for gi in graph.inputs}
-    taken: set[str] = set()
-    for cat in list(graph.concats):
-        offsets, off = [], 0
-        for t in cat.inputs:
-            offsets.append(off)
-            off += graph.tensors[t].shape[0]
-        if any(o % cfg.lanes for o in offsets):
-            _embed(graph, cat, offsets, off)
-            graph.notes.append(f"Concat '{cat.name}': pieces at channels {offsets} are not all word-aligned; it runs "
-                               f"as {len(cat.inputs)} 1x1 placement convolutions (0/1 weights, exact)")
-            continue
-        for k, t in enumerate(cat.inputs):
-            if t in inputs or t in taken:
-                c = graph.tensors[t].shape[0]
-                copy = _fresh(graph, f"{t}__copy")
-                layer = channelwise_layer(copy, [cat.name], t, copy, np.ones(c), np.zeros(c))
-                graph.tensors[copy] = TensorInfo(copy, graph.tensors[t].shape)
-                graph.layers.insert(_after_producers(graph, [t]), layer)
-                cat.inputs[k] = copy
-                graph.notes.append(f"Concat '{cat.name}': {t!r} is {'a graph input' if t in inputs else 'in another Concat'}"
-                                   f"; a channel-wise copy layer '{copy}' writes it into the concatenation")
-                t = copy
-            taken.add(t)
-
-
-def _fresh(graph: Graph, base: str) -> str:
-    name, k = base, 0
-    names = set(graph.tensors) | {l.name for l in graph.layers}
-    while name in names:
-        k += 1
-        name = f"{base}{k}"
-    return name
-
-
-def _after_producers(graph: Graph, tensors: list[str]) -> int:
-    """The layer index after every layer producing ``tensors`` (through concatenations)."""
-    cats = {c.output: c for c in graph.concats}
-    where = {l.output: k for k, l in enumerate(graph.layers)}
-    todo, last = list(tensors), -1
-    while todo:
-        t = todo.pop()
-        if t in where:
-            last = max(last, where[t])
-        elif t in cats:
-            todo.extend(cats[t].inputs)
-    return last + 1
-
-
-def _embed(graph: Graph, cat, offsets: list[int], total: int) -> None:
-    """Replace ``cat`` by its chain of placement convolutions."""
-    from .ir import Conv
-    h, w = graph.tensors[cat.output].shape[1:]
-    at = _after_producers(graph, list(cat.inputs))
-    prev = None
-    for k, (t, off) in enumerate(zip(cat.inputs, offsets)):
-        c = graph.tensors[t].shape[0]
-        weight = np.zeros((total, c, 1, 1), np.float32)
-        weight[off + np.arange(c), np.arange(c), 0, 0] = 1
-        last = k == len(cat.inputs) - 1
-        out = cat.output if last else _fresh(graph, f"{cat.output}__part{k}")
-        if not last:
-            graph.tensors[out] = TensorInfo(out, (total, h, w))
-        layer = Conv(name=_fresh(graph, f"{cat.name}_place{k}"), nodes=[cat.name], input=t, output=out, weight=weight,
-                     bias=np.zeros(total, np.float32), residual=prev, kind="concat")
-        graph.layers.insert(at + k, layer)
-        prev = out
-    graph.concats.remove(cat)
 
 
 def _views(graph: Graph, cfg: MachineConfig) -> dict[str, tuple[str, int]]:

@@ -450,3 +450,26 @@ def test_concat_of_the_graph_input_and_of_a_tensor_in_two_concats():
     c, _ = run(n.model("both", cin=32))
     copies = [l for l in layers(c) if l.kind == "channelwise" and l.name.endswith("__copy")]
     assert {l.input for l in copies} == {"input", "x", "y"}
+
+
+@pytest.mark.parametrize("pool", ["GlobalAveragePool", "GlobalMaxPool"])
+def test_global_pooling_over_a_map_larger_than_the_buffer(pool):
+    """A squeeze-excitation's pooling over a 96x96 map (9216 pixels, more than half the maps buffer):
+    pooled by tiles, then globally (partial reductions)."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 96, 96])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 1, 1])
+    rng = np.random.default_rng(18)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32) / 5, "w"),
+             numpy_helper.from_array(np.array([1.5, -0.7, 0.4, -2.0], np.float32), "b")]   # means well above Q8.8's step
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node(pool, ["c"], ["output"], name="gp")]
+    m = helper.make_model(helper.make_graph(nodes, "gp", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)],
+                          ir_version=9)
+    a = rng.standard_normal((1, 3, 96, 96)).astype(np.float32)
+    ie = microndla.MDLA()
+    ie.Compile(m)
+    pools = [l for l in ie._compiled.graph.layers if l.__class__.__name__ in ("AvgPool", "MaxPool")]
+    assert len(pools) >= 2 and all(p.kernel[0] * p.kernel[1] <= 2048 for p in pools)
+    mean, mx = sdk_error_metric(ie.Run(a), reference(m, a))
+    ie.Free()
+    assert mean <= BUDGET_MEAN and mx <= BUDGET_MAX, (mean, mx)
