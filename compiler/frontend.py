@@ -302,12 +302,13 @@ class _FrontEnd(Shapes, Translate, Fusion):
         return t, chw
 
     def _vector(self, where: str, name: str) -> tuple[str, int]:
-        """A non-constant (1, K) input (a flattened feature map): (IR tensor, K)."""
+        """A non-constant (1, K) input (a flattened feature map), also with more leading unit
+        dimensions, (1, 1, K) say: (IR tensor, K)."""
         t, shape = self._operand(where, name)
-        if len(shape) != 2 or shape[0] != 1:
+        if len(shape) < 2 or any(d != 1 for d in shape[:-1]) or math.prod(self.tensors[t].shape) != shape[-1]:
             raise CompileError(f"{where}: input {name!r} has shape {shape}; a fully connected layer takes a (1, K) "
                                f"input (flatten the feature map first)")
-        return t, shape[1]
+        return t, shape[-1]
 
     def _new_tensor(self, name: str, chw: tuple[int, int, int], onnx_shape: tuple[int, ...], where: str) -> None:
         if any(d <= 0 for d in chw):

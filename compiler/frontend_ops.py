@@ -422,7 +422,8 @@ class Translate:
         c, h, w = self.tensors[x].shape
         m = weight.shape[0]
         out = node.output[0]
-        self._new_tensor(out, (m, 1, 1), (1, m), where)
+        lead = self.shapes[node.input[0]][:-1]          # (1,) or more leading unit dimensions
+        self._new_tensor(out, (m, 1, 1), tuple(lead) + (m,), where)
         self.ops.append(Conv(name=self._layer_name(index, node), nodes=[self._node_name(index, node)], input=x,
                              output=out, weight=np.ascontiguousarray(weight.reshape(m, c, h, w), dtype=np.float32),
                              bias=np.asarray(bias, dtype=np.float32).reshape(m), kind="fc"))

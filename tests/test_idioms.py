@@ -473,3 +473,25 @@ def test_global_pooling_over_a_map_larger_than_the_buffer(pool):
     mean, mx = sdk_error_metric(ie.Run(a), reference(m, a))
     ie.Free()
     assert mean <= BUDGET_MEAN and mx <= BUDGET_MAX, (mean, mx)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 24), (1, 1, 1, 24)])
+def test_matmul_with_leading_unit_dimensions(shape):
+    """A transformer-style classifier head: MatMul of a (1, 1, K) token by a constant (K, M)."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, list(shape[:-1]) + [6])
+    rng = np.random.default_rng(19)
+    inits = [numpy_helper.from_array(rng.standard_normal((24, 6)).astype(np.float32) / 5, "w"),
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["input", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["output"])]
+    m = helper.make_model(helper.make_graph(nodes, "mm", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)],
+                          ir_version=9)
+    a = rng.standard_normal(shape).astype(np.float32)
+    ie = microndla.MDLA()
+    ie.Compile(m)
+    assert not isinstance(ie._compiled, Staged) and len(ie._compiled.graph.layers) == 1
+    out = ie.Run(a)
+    ie.Free()
+    assert out.shape == shape[:-1] + (6,)
+    mean, mx = sdk_error_metric(out, reference(m, a))
+    assert mean <= BUDGET_MEAN and mx <= BUDGET_MAX, (mean, mx)
