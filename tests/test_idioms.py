@@ -495,3 +495,21 @@ def test_matmul_with_leading_unit_dimensions(shape):
     assert out.shape == shape[:-1] + (6,)
     mean, mx = sdk_error_metric(out, reference(m, a))
     assert mean <= BUDGET_MEAN and mx <= BUDGET_MAX, (mean, mx)
+
+
+def test_all_host_model_travels_in_a_bin(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.INT32, [2, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.INT32, [2, 5])
+    m = helper.make_model(helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "neg", [x], [y]),
+                          opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    ie = microndla.MDLA()
+    ie.SetFlag("heterogeneous", 1)
+    path = str(tmp_path / "neg.bin")
+    with pytest.warns(HostOnlyWarning):
+        ie.Compile(m, outfile=path)
+    ie2 = microndla.MDLA()
+    ie2.Init(path)
+    a = np.arange(10, dtype=np.int32).reshape(2, 5)
+    out = ie2.Run(a)
+    assert out.dtype == np.int32 and np.array_equal(out, -a)
+    ie2.Free()
