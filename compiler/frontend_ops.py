@@ -221,7 +221,62 @@ class Translate:
             raise CompileError(f"{where}: exactly one of scales and sizes must be given")
         self._resize(index, node, where, attrs, scales, sizes, legacy=False)
 
+    #: a Resize the convolutional form cannot take runs as a matrix of at most this many weights
+    MATRIX_RESIZE_WEIGHTS = 1 << 18
+
     def _resize(self, index: int, node: onnx.NodeProto, where: str, attrs: dict, scales, sizes, legacy: bool) -> None:
+        try:
+            self._resize_conv(index, node, where, attrs, scales, sizes, legacy)
+        except CompileError as e:
+            if not self._resize_matrix(index, node, where):
+                raise e from None
+
+    def _resize_matrix(self, index: int, node: onnx.NodeProto, where: str) -> bool:
+        """Any Resize of a small map (downsampling, non-integer factors, cubic, align_corners, crop
+        and resize) as what it is, a fixed linear map per channel plus a constant: a grouped
+        convolution whose kernels cover the whole input map, one output channel per output pixel
+        (weights from evaluating the node on the unit images). Its output is a graph output or
+        feeds the host: its layout is (C * OH * OW, 1, 1). False if it does not apply."""
+        x, shape = self._operand(where, node.input[0])
+        if len(shape) != 4 or shape[0] != 1 or self.tensors[x].shape != tuple(shape[1:]):
+            return False
+        c, h, w = shape[1:]
+        if h * w > 4096:
+            return False
+        from .frontend_load import evaluate_node
+        feeds = {i: self.consts[i] for i in node.input[1:] if i and i in self.consts}
+        if any(i and i not in self.consts for i in node.input[1:]):
+            return False
+        basis = np.eye(h * w, dtype=np.float32).reshape(h * w, 1, h, w)
+        try:
+            ones = evaluate_node(node, {node.input[0]: basis[:1], **feeds}, self.proto, where)[0]
+        except CompileError:
+            return False
+        if ones.shape[:2] != (1, 1) or ones.ndim != 4:
+            return False          # resizes the batch or channel axis
+        oh, ow = ones.shape[2:]
+        if c * oh * ow * h * w > self.MATRIX_RESIZE_WEIGHTS or min(oh, ow) < 1:
+            return False
+        many = dict(feeds)
+        if len(node.input) > 3 and node.input[3] in many and np.asarray(many[node.input[3]]).size == 4:
+            sizes = np.asarray(many[node.input[3]]).copy()     # sizes fix the batch: the basis's
+            sizes[0] = h * w
+            many[node.input[3]] = sizes
+        out_basis = evaluate_node(node, {node.input[0]: basis, **many}, self.proto, where)[0]
+        offset = evaluate_node(node, {node.input[0]: np.zeros((1, 1, h, w), np.float32), **feeds}, self.proto,
+                               where)[0].reshape(oh * ow).astype(np.float64)
+        m = out_basis.reshape(h * w, oh * ow).astype(np.float64).T - offset[:, None]     # (OH*OW, H*W)
+        weight = np.broadcast_to(m.reshape(1, oh * ow, 1, h, w), (c, oh * ow, 1, h, w)).reshape(c * oh * ow, 1, h, w)
+        out = node.output[0]
+        self._new_tensor(out, (c * oh * ow, 1, 1), (1, c, oh, ow), where)
+        self.ops.append(Conv(name=self._layer_name(index, node), nodes=[self._node_name(index, node)], input=x,
+                             output=out, weight=np.ascontiguousarray(weight, dtype=np.float32),
+                             bias=np.tile(offset, c).astype(np.float32), kind="resize", groups=c))
+        self.notes.append(f"{where} runs as a fixed linear map of its {h}x{w} map (a grouped convolution over the "
+                          f"whole map, {oh * ow} outputs per channel)")
+        return True
+
+    def _resize_conv(self, index: int, node: onnx.NodeProto, where: str, attrs: dict, scales, sizes, legacy: bool) -> None:
         """Resize/Upsample by integer factors as a depthwise transposed convolution with fixed weights
         (``_interp_kernel``); borders replicate (``Conv.edge``), which is what clamping coordinates does."""
         x, (c, h, w) = self._feature_map(where, node.input[0])

@@ -72,8 +72,9 @@ _TABLE = (
     Op("GlobalMaxPool", "layer", "max pooling over the whole map"),
     Op("Gemm", "layer", "fully connected layer (a convolution covering the whole map)", params=1),
     Op("MatMul", "layer", "fully connected layer by a constant matrix", params=1),
-    Op("Resize", "layer", "integer upsampling, nearest or linear, as a fixed depthwise transposed convolution",
-       params=1),
+    Op("Resize", "layer", "integer upsampling, nearest or linear, as a fixed depthwise transposed convolution; any "
+       "other resize of a map of up to 4096 pixels (downsampling, cubic, align_corners, crop) as a fixed linear "
+       "map whose output is a model output or feeds the host", params=1),
     Op("Upsample", "layer", "as Resize", params=1),
     Op("Flatten", "view", "a view of the feature map"),
     Op("Reshape", "view", "a view of the feature map", params=1),

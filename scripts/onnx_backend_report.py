@@ -42,8 +42,10 @@ def main(argv=None) -> int:
         f"onnx {__import__('onnx').__version__}, {datetime.date.today().isoformat()}, {n} cases of the operators below:",
         "",
         f"* **through `Run`: {run} of {n} ({100 * run / n:.1f} %)** (target 90 %);",
-        f"* **on the DLA itself: {total['pass']} of {n} ({100 * total['pass'] / n:.1f} %)** (target 60 %: not met; the",
-        "  cases that are not are listed below with the reason the DLA refuses them);",
+        f"* **on the DLA itself: {total['pass']} of {n} ({100 * total['pass'] / n:.1f} %)** (target 60 %"
+        + (": met);" if total["pass"] >= 0.6 * n else ": not met; the cases that are not are listed below with "
+           "the reason the DLA refuses them: integer tensors, tensors without a batch axis (rank 1), models that "
+           "combine the images of their batch, 3-D pooling);"),
         f"* on the host (with `heterogeneous`): {total['host']}; refused even then: {total['refused']}; failed: {total['fail']}.",
         "",
         "Each case's parameter inputs (weights, statistics, scales, shapes) become initializers; a batch",

@@ -513,3 +513,24 @@ def test_all_host_model_travels_in_a_bin(tmp_path):
     out = ie2.Run(a)
     assert out.dtype == np.int32 and np.array_equal(out, -a)
     ie2.Free()
+
+
+@pytest.mark.parametrize("mode,scales", [("linear", [1, 1, 0.5, 0.5]), ("cubic", [1, 1, 1.5, 1.5]),
+                                         ("nearest", [1, 1, 0.75, 0.6])])
+def test_resize_the_convolutions_cannot_take_runs_as_a_linear_map(mode, scales):
+    """A downsampling, cubic or non-integer Resize at the end of a model: a fixed linear map on the DLA."""
+    n = Net(seed=20)
+    x = n.conv("x", "y", C, 4)
+    n.node("Resize", [x, "", n.const("sc", np.array(scales, np.float32))], "output", mode=mode)
+    oh, ow = int(np.floor(H * scales[2])), int(np.floor(W * scales[3]))
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, oh, ow])
+    m = helper.make_model(helper.make_graph(n.nodes, "rs", [n.input], [out], n.inits),
+                          opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    a = np.random.default_rng(3).standard_normal((1, 3, H, W)).astype(np.float32)
+    ie = microndla.MDLA()
+    ie.Compile(m)
+    assert not isinstance(ie._compiled, Staged) and ie._compiled.graph.layers[-1].kind == "resize"
+    y = ie.Run(a)
+    ie.Free()
+    mean, mx = sdk_error_metric(y, reference(m, a))
+    assert y.shape == (1, 4, oh, ow) and mean <= BUDGET_MEAN and mx <= BUDGET_MAX, (mean, mx)
