@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
 from arch import isa, timing
 from arch.isa import INSTR_BYTES, ISAError
 from arch.machine import MachineConfig
-from sim.card import CardStats, ClusterStats, SimError
+from sim.card import CardStats, ClusterStats, InstrTiming, SimError
 
 from .card import Card
 
@@ -98,11 +99,13 @@ def cycle_bound(cfg: MachineConfig, progs: dict[int, list]) -> int:
 
 
 def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *, vcd: str | None = None,
-            max_cycles: int | None = None) -> CardStats:
+            max_cycles: int | None = None, trace: bool = False) -> CardStats:
     """Run the programs of some clusters of one card on the RTL; ``memory`` is updated in place.
 
     ``vcd``: write a waveform of the whole run to this path. ``max_cycles``: give up (SimError) after
-    this many cycles; by default a bound no deadlock-free program can reach."""
+    this many cycles; by default a bound no deadlock-free program can reach. ``trace``: each
+    cluster's statistics carry the per-instruction timeline, read cycle by cycle from the RTL's own
+    signals (:class:`_Probe`), and ``LAST_RUN['activity']`` the MACs and memory words of each cycle."""
     bb = cfg.beat_bytes
     progs = decode_programs(cfg, memory, programs)
     if not progs:
@@ -121,12 +124,21 @@ def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
                                       or [np.zeros(0, dtype=np.int64)]))
 
     card = Card(cfg, init)
+    design = Fragment.get(card, None)     # elaborated here so that a probe can find the engines' signals
+    probe = _Probe(design, card, progs) if trace else None
     result = {}
 
     async def bench(ctx):
         ctx.set(card.enable, sum(1 << c for c in progs))
         ctx.set(card.prog_addr.as_value(), sum((programs[c] // bb) << (32 * c) for c in progs))
-        await ctx.tick().until(card.done | card.error | (card.now >= max_cycles))
+        if probe is None:
+            await ctx.tick().until(card.done | card.error | (card.now >= max_cycles))
+        else:
+            while True:               # every cycle, the last one (done) included
+                probe.sample(ctx)
+                if ctx.get(card.done) or ctx.get(card.error) or ctx.get(card.now) >= max_cycles:
+                    break
+                await ctx.tick()
         result["now"] = ctx.get(card.now)
         result["done"] = ctx.get(card.done)
         result["error"] = ctx.get(card.error)
@@ -134,7 +146,7 @@ def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
                                __import__("hw.cluster", fromlist=["STATS"]).STATS} for c in progs}
         result["words"] = [ctx.get(card.memory.data[int(a)]) for a in stored]
 
-    sim = Simulator(card)
+    sim = Simulator(design)
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     t0 = time.perf_counter()
@@ -160,6 +172,10 @@ def run_rtl(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
             n = min(bb, len(memory) - lo)
             memory[lo:lo + n] = row[:n]
     clusters = {c: cluster_stats(s, bb) for c, s in result["stats"].items()}
+    if probe is not None:
+        for c, cs in clusters.items():
+            cs.timeline = probe.timeline(c)
+        LAST_RUN["activity"] = {c: probe.activity(c) for c in progs}
     return CardStats(cycles=max(cs.cycles for cs in clusters.values()), clusters=clusters)
 
 
@@ -172,3 +188,79 @@ def cluster_stats(s: dict, bb: int) -> ClusterStats:
         port_wait={e: s[f"port_wait_{e}"] for e in ("load", "store")},
         bytes_loaded=s["words_loaded"] * bb, bytes_stored=s["words_stored"] * bb,
         macs=s["macs"], mac_slots=s["mac_slots"], saturations=s["saturations"])
+
+
+class _Probe:
+    """Reads, each cycle, the signals of the RTL that show what every engine of a cluster does, and
+    turns them into the functional model's per-instruction timeline (:class:`sim.card.InstrTiming`).
+
+    Only signals the design already has are observed: each engine queue's read strobe ``r_en`` (the
+    engine starts the instruction at its head), the performance counters (``busy_<engine>`` grows
+    in every busy cycle, ``instructions`` in every dispatch cycle, ``macs`` and ``words_*`` with
+    each MAC step and each word through the memory port) and the memory-port grant returned with a
+    LOAD's or STORE's request. An instruction ends at the first cycle after its start in which its
+    engine is idle or starts the next instruction."""
+
+    ENGINES = ("load", "compute", "store")
+    COUNTERS = ("instructions", "busy_load", "busy_compute", "busy_store", "macs", "words_loaded", "words_stored")
+
+    def __init__(self, design: Fragment, card, progs: dict[int, list]):
+        self.progs = progs
+        self.signals = [card.now]
+        self.columns: dict[tuple[int, str], int] = {}
+        for c in progs:
+            cl = card.clusters[c]
+            frag = next(f for f, _, _ in design.subfragments if cl in getattr(f, "origins", ()))
+            queues = {name: f for f, name, _ in frag.subfragments}
+            named = {f"start_{e}": next(o for o in queues[f"{e}_queue"].origins if hasattr(o, "r_en")).r_en
+                     for e in self.ENGINES}
+            named.update({k: getattr(cl, f"stat_{k}") for k in self.COUNTERS})
+            named.update(load_grant=cl.load_grant, store_grant=cl.store_grant)
+            for k, sig in named.items():
+                self.columns[(c, k)] = len(self.signals)
+                self.signals.append(sig)
+        self.rows: list[list[int]] = []
+
+    def sample(self, ctx) -> None:
+        self.rows.append([ctx.get(s) for s in self.signals])
+
+    def _column(self, c: int, name: str) -> np.ndarray:
+        return np.array([r[self.columns[(c, name)]] for r in self.rows], dtype=np.int64)
+
+    def _per_cycle(self, c: int, counter: str) -> np.ndarray:
+        """The counter's increment in each cycle (a counter is a register: it shows cycle t's
+        increment in cycle t + 1; the last cycle sampled is the card's first done cycle)."""
+        return np.diff(self._column(c, counter), append=self._column(c, counter)[-1:])
+
+    def activity(self, c: int) -> dict[str, np.ndarray]:
+        """Per cycle from 0: MACs issued and words moved through the memory port by cluster ``c``."""
+        return {k: self._per_cycle(c, k) for k in ("macs", "words_loaded", "words_stored")}
+
+    def timeline(self, c: int) -> list[InstrTiming]:
+        now = np.array([r[0] for r in self.rows], dtype=np.int64)
+        assert np.array_equal(now, np.arange(len(now))), "the probe samples every cycle from cycle 0"
+        prog = self.progs[c]
+        dispatch = np.flatnonzero(self._per_cycle(c, "instructions"))
+        out: list[InstrTiming] = []
+        starts: dict[str, list[int]] = {}
+        ends: dict[str, list[int]] = {}
+        for e in self.ENGINES:
+            start = self._column(c, f"start_{e}").astype(bool)
+            active = self._per_cycle(c, f"busy_{e}").astype(bool)
+            s = np.flatnonzero(start)
+            stop = np.flatnonzero(start | ~active)     # the engine is idle or starts again
+            starts[e] = s.tolist()
+            ends[e] = stop[np.searchsorted(stop, s, side="right")].tolist() if len(s) else []
+        grants = {e: self._column(c, f"{e}_grant") for e in ("load", "store")}
+        seen = dict.fromkeys(self.ENGINES, 0)
+        for pc, i in enumerate(prog):
+            d = int(dispatch[pc])
+            if i.engine not in seen:                      # END: no engine, done one cycle after dispatch
+                out.append(InstrTiming(pc, i.op, i.engine, d, d + 1, d + 1, None))
+                continue
+            k = seen[i.engine]
+            seen[i.engine] += 1
+            s = starts[i.engine][k]
+            g = int(grants[i.engine][s]) if i.engine in grants else None
+            out.append(InstrTiming(pc, i.op, i.engine, d, s, ends[i.engine][k], g))
+        return out

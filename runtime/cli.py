@@ -4,6 +4,7 @@
     mdla zoo small_cnn -o cnn.onnx    # write a model built locally with seeded weights
     mdla compile cnn.onnx -o cnn.bin  # compile to a .bin
     mdla run cnn.bin                  # run on random input, report cycles and accuracy
+    mdla profile cnn.onnx -o p.png --trace t.json   # per-layer table, roofline, timeline
     mdla disasm cnn.bin               # print the program as text assembly
     mdla hw build --config small -o dla.v   # write the card's Verilog
 """
@@ -70,12 +71,16 @@ def compile(model, output, config, inshapes, heterogeneous, samples_npy):
 @click.option("--input", "input_npy", type=click.Path(exists=True, dir_okay=False), help="input .npy (default random)")
 @click.option("--seed", default=0, show_default=True, help="seed of the random input")
 @click.option("--heterogeneous", is_flag=True, help="ONNX model: run unsupported operators between DLA layers on the host")
-def run(model, config, input_npy, seed, heterogeneous):
+@click.option("--trace", "trace_json", type=click.Path(dir_okay=False), default=None,
+              help="write the run's timeline to this JSON file (Perfetto, chrome://tracing; docs/profiling.md)")
+def run(model, config, input_npy, seed, heterogeneous, trace_json):
     """Run an ONNX MODEL or a compiled .bin on the functional model and report."""
     from runtime.mdla import MDLA
     from runtime.saturation import SaturationWarning
     ie = MDLA()
     try:
+        if trace_json:
+            ie.SetFlag("trace", trace_json)
         if model.endswith(".bin"):
             ie.Init(model)
         else:
@@ -102,20 +107,28 @@ def run(model, config, input_npy, seed, heterogeneous):
     for name, a, b in zip(ie.GetInfo("outnames").split(";"), ys, ts):
         mean, mx = sdk_error_metric(a, b)
         click.echo(f"output {name} {a.shape}: error vs float32 host run: mean {mean:.3f} %, max {mx:.3f} %")
+    if trace_json:
+        click.echo(f"wrote the timeline to {trace_json} (open it in https://ui.perfetto.dev or chrome://tracing)")
 
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--config", default="reference", show_default=True, help="hardware configuration for an ONNX model")
 @click.option("-f", "--flag", "flags", multiple=True, metavar="NAME=VALUE", help="SetFlag before compiling (repeatable)")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="write the plot to this PNG")
-def profile(model, config, flags, output):
-    """Per-layer profile of MODEL (ONNX or .bin): cycles, MACs, utilisation, bytes moved, what bounds each layer."""
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="write the plot to this PNG: cycles and utilisation per layer, and the roofline")
+@click.option("--trace", "trace_json", type=click.Path(dir_okay=False), default=None,
+              help="also write the profiled run's timeline to this JSON file (Perfetto, chrome://tracing)")
+def profile(model, config, flags, output, trace_json):
+    """Per-layer profile of MODEL (ONNX or .bin): cycles, MACs, utilisation, bytes moved, what bounds each
+    layer, where it sits under the roofline."""
     from runtime.mdla import MDLA
-    from runtime.profile import format_table, plot
+    from runtime.profile import format_table, plot, roof
     from runtime.profile import profile as run_profile
     ie = MDLA()
     try:
+        if trace_json:
+            ie.SetFlag("trace", trace_json)
         for f in flags:
             if "=" not in f:
                 raise ValueError(f"--flag expects NAME=VALUE, got {f!r}")
@@ -132,8 +145,11 @@ def profile(model, config, flags, output):
     click.echo(format_table(rows))
     click.echo(f"{ie.GetInfo('hwcycles')} cycles = {ie.GetInfo('hwtime'):.3f} ms modelled for the whole call")
     if output:
-        plot(rows, output, title=f"{Path(model).name} on {ie._compiled.cfg.name}")
+        c = ie._compiled
+        plot(rows, output, title=f"{Path(model).name} on {c.cfg.name}", roofline=roof(c.cfg, c.parallel))
         click.echo(f"wrote {output}")
+    if trace_json:
+        click.echo(f"wrote the timeline to {trace_json} (open it in https://ui.perfetto.dev or chrome://tracing)")
 
 
 @main.command()

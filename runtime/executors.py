@@ -38,15 +38,17 @@ class AmaranthExecutor:
 
     ``vcd``: path of a waveform file to write for each run (None: no waveform). ``check_hazards``
     is accepted for interface compatibility; the RTL simply does what the program says (run the
-    functional model to have a program's races checked)."""
+    functional model to have a program's races checked). ``trace``: the statistics carry the
+    per-instruction timeline read from the RTL's signals."""
     name = "amaranth"
 
-    def __init__(self, vcd: str | None = None):
+    def __init__(self, vcd: str | None = None, trace: bool = False):
         self.vcd = vcd
+        self.trace = trace
 
     def run(self, cfg, memory, programs, *, check_hazards=True):
         from hw.run import run_rtl
-        return run_rtl(cfg, memory, programs, vcd=self.vcd)
+        return run_rtl(cfg, memory, programs, vcd=self.vcd, trace=self.trace)
 
 
 EXECUTORS: dict[str, type] = {"functional": FunctionalExecutor, "amaranth": AmaranthExecutor}

@@ -67,6 +67,13 @@ def _workers(v: str) -> str:
     return v
 
 
+def _trace_path(v: str) -> str:
+    import os
+    if v and (os.path.isdir(v) or not os.path.isdir(os.path.dirname(os.path.abspath(v)))):
+        raise ValueError(f"expects a file path in an existing directory ('' for no trace), got {v!r}")
+    return v
+
+
 @dataclass(frozen=True)
 class FlagSpec:
     parse: Callable[[str], object]
@@ -95,6 +102,11 @@ FLAGS: dict[str, FlagSpec] = {
                         "in worker processes, one per core) or 'auto' (processes when the machine has more than "
                         "one core and a call has at least 100 M MACs per card, else serial); results are "
                         "identical in every mode"),
+    "trace": FlagSpec(_trace_path, "",
+                      "write a timeline of each run to this JSON file (trace event format: Perfetto, chrome://tracing; "
+                      "functional and amaranth simulators; '' for none): see docs/profiling.md"),
+    "tracemax": FlagSpec(_int_range(1), 200_000,
+                         "instruction slices beyond which the trace merges each layer's instructions per engine"),
     "maxfpga": FlagSpec(_int_range(1, 64), REFERENCE.max_cards, "simulated cards in the system (shared by all MDLA objects)"),
 }
 ALIASES = {"nobatch": "clustersbatchmode"}

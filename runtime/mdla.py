@@ -38,6 +38,7 @@ from .cards import POOL, CardsUnavailable
 from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
 from .streaming import Stream, StreamDeadlock
+from .trace import after_run as write_traces
 from .workers import WorkerCrashed
 
 VERSION = "0.1.0"
@@ -510,7 +511,10 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
     card, per job the outputs per image, per job the input values saturated)."""
     cards = first._cards
     executor = get_executor(simulator or first._flags["simulator"])
-    if getattr(first, "_trace", False) and hasattr(executor, "trace"):
+    if getattr(first, "_trace", False) or any(o._flags["trace"] for o in _objects_on(cards) + [first]):
+        if not hasattr(executor, "trace"):
+            raise MDLAError(f"flag 'trace': the {executor.name} simulator records no timeline; use the "
+                            f"functional or amaranth simulator")
         executor.trace = True
     if first._flags["vcd"] and hasattr(executor, "vcd"):
         executor.vcd = first._flags["vcd"]
@@ -624,6 +628,7 @@ def _run_staged(obj: "MDLA", images, simulator: str | None = None) -> tuple[obje
     outputs = obj._stages(c, arrays, batch, dla)
     obj._last_stage_stats = totals["by_stage"]       #: stage index -> that DLA stage's run statistics
     obj._last_stats = [s for stats in obj._last_stage_stats.values() for s in stats]
+    write_traces([obj])
     obj._hwcycles = totals["cycles"]
     obj._saturations = totals["sat"]
     _report(obj, batch, input_sat=totals["in"], segments=totals["segments"])
@@ -655,6 +660,7 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
         _report(obj, batch, [(s.clusters[cl], cl) for s in all_stats for cl in c.parallel.clusters if cl in s.clusters],
                 sat_in[j])
         outcomes.append((obj._pack(obj._finish(per_output)), cycles))
+    write_traces([obj for obj, *_ in prepared], all_stats)
     return outcomes
 
 

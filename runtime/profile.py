@@ -9,6 +9,13 @@ Each layer's instructions are known from the code generator, so a layer's time i
 instruction's start to its last one's end in the first cluster's program. ``bound`` compares the
 cycles the compute engine was busy with the cycles the card's memory port carried the layer's
 transfers; ``why`` explains a utilisation below a threshold (85 % unless told).
+
+The roofline (:func:`plot` with a :class:`Roof`, :func:`roof`): each layer's operations (2 per MAC)
+per byte it moves through the memory port against the operations per second it achieves, under
+the peak compute of the clusters working on it and the port's bandwidth (one word per cycle);
+``ops_per_byte``, ``gops`` and ``roof_gops`` of each row are the plotted numbers, and the worst
+layers (:func:`worst`: most cycles lost against the roofline) are labelled on the figure and named
+under the table.
 """
 from __future__ import annotations
 
@@ -34,6 +41,14 @@ class LayerProfile:
     port_busy: int            #: cycles the memory port carried this layer's transfers
     bound: str                #: 'compute' or 'memory'
     why: str                  #: reasons for a low utilisation ('' at or above the threshold)
+    ops_per_byte: float = 0.0  #: operations (2 per MAC) per byte loaded or stored
+    gops: float = 0.0          #: achieved G-op/s: operations / (cycles at the clock)
+    roof_gops: float = 0.0     #: the roofline at ops_per_byte: min(peak compute, bandwidth x ops_per_byte)
+
+    @property
+    def lost_cycles(self) -> float:
+        """Cycles beyond what the layer would take on its roofline (0 for a layer without MACs)."""
+        return self.cycles * (1 - self.gops / self.roof_gops) if self.roof_gops else 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +92,7 @@ def _segment_rows(c, stats, offset: int, threshold: float) -> list[LayerProfile]
     prog = c.programs[cluster]
     sharing = len(p.clusters) if p.split else 1
     per_round = cfg.mv_per_cluster if p.mvbatch else 1
+    r = roof(cfg, p)
     rows = []
     for lc in c.layers:
         span = [t for t in timeline if lc.first_pc <= t.pc <= lc.last_pc]
@@ -90,10 +106,51 @@ def _segment_rows(c, stats, offset: int, threshold: float) -> list[LayerProfile]
         macs = lc.macs * per_round
         util = macs / (cycles * cfg.macs_per_cluster * sharing)
         why = _why(cfg, ins, span, lc.macs, util, cycles, start, end, compute, port) if util < threshold else ""
+        moved = (words_in + words_out) * cfg.beat_bytes
+        intensity = 2 * macs / moved if moved else 0.0
         rows.append(LayerProfile(lc.name, lc.kind, lc.mode, offset + start, cycles, macs, util,
                                  words_in * cfg.beat_bytes, words_out * cfg.beat_bytes, compute, port,
-                                 "memory" if port > compute else "compute", why))
+                                 "memory" if port > compute else "compute", why, intensity,
+                                 2 * macs * cfg.clock_mhz * 1e-3 / cycles,
+                                 r.attainable(intensity) if macs else 0.0))
     return rows
+
+
+@dataclass(frozen=True)
+class Roof:
+    """The limits a layer is plotted under: ``peak_gops`` of the MAC lanes of the clusters that
+    share its work (2 operations per MAC and cycle) and ``bandwidth_gbs`` of the card's memory port
+    (one word per cycle). When ``port_sharers`` clusters run their own images at once they share
+    that port: the figure also draws each one's fair share (not a bound: a cluster gets more while
+    the others compute)."""
+    peak_gops: float
+    bandwidth_gbs: float
+    clock_mhz: float
+    clusters: int
+    port_sharers: int = 1
+
+    def attainable(self, ops_per_byte: float) -> float:
+        return min(self.peak_gops, self.bandwidth_gbs * ops_per_byte)
+
+    @property
+    def ridge(self) -> float:
+        """Operations per byte where the bandwidth line meets the peak."""
+        return self.peak_gops / self.bandwidth_gbs
+
+
+def roof(cfg, parallel) -> Roof:
+    """The roofline of one cluster's program (all the program's clusters with clustersbatchmode)."""
+    sharing = len(parallel.clusters) if parallel.split else 1
+    sharers = 1 if parallel.split else len(parallel.clusters)
+    return Roof(cfg.peak_gops_per_cluster * sharing,
+                cfg.beat_bytes * cfg.clock_mhz * 1e-3, cfg.clock_mhz, sharing, sharers)
+
+
+def worst(rows: list[LayerProfile], n: int = 5) -> list[LayerProfile]:
+    """The ``n`` layers farthest below the roofline (lowest achieved / attainable), worst first;
+    equal fractions: the one losing more cycles first."""
+    lossy = [r for r in rows if r.lost_cycles > 0]
+    return sorted(lossy, key=lambda r: (round(r.gops / r.roof_gops, 6), -r.lost_cycles))[:n]
 
 
 def _why(cfg, ins, span, macs, util, cycles, start, end, compute, port) -> str:
@@ -168,25 +225,53 @@ def host_line(nodes: list[str], inputs: list[str], outputs: list[str], position:
 
 
 def format_table(rows: list[LayerProfile]) -> str:
+    """The per-layer table; its op/B, Gop/s and roof columns are the roofline's points."""
     lines = [f"{'layer':<18}{'kind':<9}{'mode':<9}{'cycles':>10}{'MACs':>12}{'util':>7}{'KiB in':>9}"
-             f"{'KiB out':>9}  {'bound':<8}why"]
+             f"{'KiB out':>9}{'op/B':>9}{'Gop/s':>9}{'roof':>6}  {'bound':<8}why"]
     for r in rows:
+        roofline = f"{r.ops_per_byte:>9.2f}{r.gops:>9.2f}{r.gops / r.roof_gops:>6.0%}" if r.roof_gops else f"{'':>24}"
         lines.append(f"{r.name[:17]:<18}{r.kind:<9}{r.mode:<9}{r.cycles:>10}{r.macs:>12}{r.utilisation:>7.0%}"
-                     f"{r.bytes_loaded / 1024:>9.0f}{r.bytes_stored / 1024:>9.0f}  {r.bound:<8}{r.why}")
+                     f"{r.bytes_loaded / 1024:>9.0f}{r.bytes_stored / 1024:>9.0f}{roofline}  {r.bound:<8}{r.why}")
     total = sum(r.cycles for r in rows)
     macs = sum(r.macs for r in rows)
     lines.append(f"{'total':<36}{total:>10}{macs:>12}")
+    bad = worst(rows)
+    if bad:
+        lines.append("farthest below the roofline: " +
+                     ", ".join(f"{r.name} ({r.gops / r.roof_gops:.0%} of its roof, {r.lost_cycles:.0f} cycles lost)"
+                               for r in bad))
+    heavy = sorted((r for r in rows if r.lost_cycles > 0), key=lambda r: -r.lost_cycles)[:3]
+    if heavy:
+        lines.append("most cycles lost against the roofline: " +
+                     ", ".join(f"{r.name} ({r.lost_cycles:.0f})" for r in heavy))
+    idle = [r for r in rows if r.kind in ("maxpool", "avgpool") and r.cycles]
+    if idle:
+        lines.append(f"layers without MACs (not on the roofline): {sum(r.cycles for r in idle)} cycles, "
+                     f"{sum(r.cycles for r in idle) / max(total, 1):.1%} of the run")
     return "\n".join(lines)
 
 
-def plot(rows: list[LayerProfile], path: str, title: str = "") -> None:
-    """A PNG: cycles per layer (bars, coloured by what bounds them) and MAC utilisation (dots)."""
+def plot(rows: list[LayerProfile], path: str, title: str = "", roofline: Roof | None = None) -> None:
+    """A PNG: cycles per layer (bars, coloured by what bounds them) and MAC utilisation (dots);
+    with ``roofline``, the roofline of the layers below it (:func:`figure`)."""
+    import matplotlib.pyplot as plt
+    fig = figure(rows, title, roofline)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure(rows: list[LayerProfile], title: str = "", roofline: Roof | None = None):
+    """The matplotlib figure of :func:`plot` (its roofline axes hold the points of the table)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(rows) + 3), 4.8))
+    width = max(8, 0.35 * len(rows) + 3)
+    if roofline is None:
+        fig, ax = plt.subplots(figsize=(width, 4.8))
+    else:
+        fig, (ax, rax) = plt.subplots(2, 1, figsize=(max(width, 11), 12.5), gridspec_kw={"height_ratios": [1, 1.45]})
     colours = [{"compute": "tab:blue", "memory": "tab:orange"}.get(r.bound, "tab:gray") for r in rows]
     ax.bar(x, [r.cycles for r in rows], color=colours)
     ax.set_ylabel("modelled cycles")
@@ -201,6 +286,61 @@ def plot(rows: list[LayerProfile], path: str, title: str = "") -> None:
         legend.append(Patch(color="tab:gray", label="host stage (time not modelled)"))
     ax.legend(handles=legend, loc="upper right", fontsize=8)
     ax.set_title(title or "per-layer profile")
+    if roofline is not None:
+        _roofline_axes(rax, rows, roofline)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def _roofline_axes(ax, rows: list[LayerProfile], r: Roof) -> None:
+    """Each layer with MACs at (ops_per_byte, gops) under the peak and the bandwidth line; the
+    worst layers named; the whole run as a star; totals and a legend."""
+    pts = [row for row in rows if row.roof_gops]
+    xs = np.array([row.ops_per_byte for row in pts])
+    ys = np.array([row.gops for row in pts])
+    lo, hi = (min(xs.min(), r.ridge) / 3, max(xs.max(), r.ridge) * 3) if len(pts) else (0.1, 1000)
+    grid = np.geomspace(lo, hi, 200)
+    ax.plot(grid, np.minimum(r.peak_gops, r.bandwidth_gbs * grid), "k-", lw=1.5, zorder=1,
+            label=f"roofline: peak {r.peak_gops:g} Gop/s ({r.clusters} cluster{'s' if r.clusters > 1 else ''}), "
+                  f"port {r.bandwidth_gbs:g} GB/s, ridge {r.ridge:.1f} op/B")
+    if r.port_sharers > 1:
+        share = r.bandwidth_gbs / r.port_sharers
+        ax.plot(grid, np.minimum(r.peak_gops, share * grid), "k:", lw=1, zorder=1,
+                label=f"fair share of the port: {share:g} GB/s each for the {r.port_sharers} clusters running at once")
+    colours = {"compute": "tab:blue", "memory": "tab:orange"}
+    for bound in ("compute", "memory"):
+        sel = [k for k, row in enumerate(pts) if row.bound == bound]
+        if sel:
+            ax.scatter(xs[sel], ys[sel], s=28, color=colours[bound], zorder=3, label=f"{bound}-bound layer",
+                       gid=f"layers-{bound}")
+    ops = sum(2 * row.macs for row in rows)
+    moved = sum(row.bytes_loaded + row.bytes_stored for row in rows)
+    cycles = sum(row.cycles for row in rows)
+    if ops and moved and cycles:
+        total_x, total_y = ops / moved, ops * r.clock_mhz * 1e-3 / cycles
+        ax.scatter([total_x], [total_y], marker="*", s=220, color="tab:red", zorder=4, label="whole run", gid="total")
+    for k, row in enumerate(worst(rows), 1):       # a column of labels, each with a leader line to its point
+        ax.annotate(f"{k}. {row.name}: {row.gops / row.roof_gops:.0%} of its roof", (row.ops_per_byte, row.gops),
+                    textcoords="axes fraction", xytext=(0.6, 0.62 - 0.05 * k), fontsize=8, color="darkred",
+                    ha="left", va="center", gid="worst",
+                    arrowprops={"arrowstyle": "-", "color": "darkred", "lw": 0.5, "alpha": 0.7, "relpos": (0, 0.5),
+                                "shrinkA": 2})
+    skipped = sum(1 for row in rows if not row.roof_gops)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("operations per byte moved through the memory port (2 op per MAC)")
+    ax.set_ylabel("achieved G-op/s (modelled)")
+    ax.set_xlim(lo, hi)
+    if len(pts):
+        ax.set_ylim(min(ys.min(), r.bandwidth_gbs * lo) / 2, r.peak_gops * 2)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(loc="lower right", fontsize=8)
+    text = (f"total: {ops / 1e9:.3f} G-op, {moved / 2**20:.1f} MiB moved, {cycles} cycles = "
+            f"{cycles / r.clock_mhz / 1e3:.3f} ms at {r.clock_mhz:g} MHz\n"
+            f"{ops * r.clock_mhz * 1e-3 / max(cycles, 1):.2f} G-op/s achieved = "
+            f"{ops * r.clock_mhz * 1e-3 / max(cycles, 1) / r.peak_gops:.0%} of peak"
+            + (f"\n{skipped} layer(s) without MACs (pooling, host) not plotted" if skipped else "")
+            + "\nlabelled: the layers farthest below the roofline (achieved / attainable)")
+    ax.text(0.01, 0.98, text, transform=ax.transAxes, va="top", fontsize=8,
+            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})
+    ax.set_title("roofline: each layer's operational intensity and achieved rate")
