@@ -446,7 +446,7 @@ class _Graph:
                                                 name=base + "_scale"))
                     how += f" * {scale:.6g}"
                 if all(n.op_type in ("Mul", "Add", "Clip") for n in chain) and len(chain) == 3 and tail is None \
-                        and abs(scale - 1) < 1e-6 and not is_hswish:
+                        and abs(scale - 1) < 1e-6 and not (is_hswish and act_available("hardswish")):
                     continue            # already the canonical gate
                 self.insert_before(node, new)
                 for n in [node] + chain + ([tail] if tail is not None else []):

@@ -240,6 +240,8 @@ class Translate:
         x, shape = self._operand(where, node.input[0])
         if len(shape) != 4 or shape[0] != 1 or self.tensors[x].shape != tuple(shape[1:]):
             return False
+        if any(node.output[0] in n.input for n in self.proto.graph.node):
+            return False          # a layer reads it: it needs the (C, OH, OW) layout
         c, h, w = shape[1:]
         if h * w > 4096:
             return False
