@@ -153,8 +153,13 @@ class Translate:
                                f"input channels of {node.input[0]!r}")
         if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != (kh, kw):
             raise CompileError(f"{where}: kernel_shape {list(attrs['kernel_shape'])} disagrees with the weight shape {w.shape}")
-        if tuple(attrs.get("dilations", (1, 1))) != (1, 1):
-            raise CompileError(f"{where}: dilations {list(attrs['dilations'])} are not supported; only dilations 1")
+        dil = tuple(int(v) for v in attrs.get("dilations", (1, 1)))
+        if len(dil) != 2 or min(dil) < 1:
+            raise CompileError(f"{where}: dilations {list(dil)} must be two positive integers")
+        if dil != (1, 1):       # a dilated kernel is the kernel with zeros between its taps: exact
+            wide = np.zeros((cin, cout_g, (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1), dtype=w.dtype)
+            wide[:, :, ::dil[0], ::dil[1]] = w
+            w, kh, kw = wide, wide.shape[2], wide.shape[3]
         strides = tuple(int(v) for v in attrs.get("strides", (1, 1)))
         opad = tuple(int(v) for v in attrs.get("output_padding", (0, 0)))
         if len(strides) != 2 or min(strides) < 1:

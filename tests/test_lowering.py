@@ -231,7 +231,7 @@ ROI, SC = init("roi", np.zeros(0)), init("sc", np.array([1, 1, 2, 2]))
 
 
 @pytest.mark.parametrize("op, ins, inits, attrs, match", [
-    ("ConvTranspose", ["w"], [W], dict(dilations=[2, 2]), r"dilations \[2, 2\]"),
+    ("ConvTranspose", ["w"], [W], dict(dilations=[0, 2]), r"dilations \[0, 2\] must be two positive"),
     ("ConvTranspose", ["w"], [W], dict(strides=[2, 2], output_padding=[2, 2]), r"output_padding \[2, 2\]"),
     ("ConvTranspose", ["w"], [W], dict(group=3), r"group=3"),
     ("Resize", ["roi", "sc"], [ROI, SC], dict(mode="cubic"), r"mode 'cubic'"),
