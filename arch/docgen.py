@@ -12,7 +12,8 @@ from pathlib import Path
 from . import asm, isa, numerics, timing
 from .isa import ENUMS, FORMATS, HEADER, INSTR_BITS, INSTR_BYTES
 from .machine import CONFIGS, REFERENCE
-from .numerics import ACT_SIGMOID, ACT_TANH, LUT_SEG_BITS, LUT_SEGMENTS, lut_max_error
+from .numerics import (ACT_HARDSWISH, ACT_SIGMOID, ACT_SILU, ACT_TANH, LUT_SEG_BITS, LUT_SEGMENTS, act_max_error,
+                       lut_max_error)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -175,7 +176,13 @@ the input in Q4.11 and the output in Q0.15, evaluated as `base[i] + (delta[i] * 
 lane, and an error below 2^-11 against the float function for every input (sigmoid
 {lut_max_error(ACT_SIGMOID):.2e}, tanh {lut_max_error(ACT_TANH):.2e}). The table is generated in
 `arch/numerics.py` and baked into the RTL's ROM, so model and RTL cannot disagree. The requantising
-shift brings the accumulator to Q4.11, so no extra scaling step is needed. The residual operand has
+shift brings the accumulator to Q4.11, so no extra scaling step is needed; act_a rounds the table's
+Q0.15 result right, so a sigmoid that shares a Concat's format (a detector's box, objectness and
+class channels) writes that format itself. HARDSWISH (`x * clip(x + 3, 0, 6) / 6`: an add, a clamp
+and one multiplication by the 16-bit reciprocal of 6, within one LSB; at Q8.8 the largest error is
+{act_max_error(ACT_HARDSWISH, 8):.2e}) and SILU (`x * sigmoid(x)`, the gate from the same sigmoid
+table, exactly 0 or 1 beyond |x| = 8; at Q8.8 {act_max_error(ACT_SILU, 8):.2e}) keep their input's
+format, named by act_a: MobileNetV3's and YOLO's activations cost no extra layer. The residual operand has
 a mode: ADD (as before, into the accumulator before rounding and the activation) or MUL, which
 multiplies the *activated* 16-bit value by the residual and rounds once more by `rshift`
 (`sat16(round_shift(act(y) * r, rshift))`); activating first is what a gate needs (a sigmoid's output

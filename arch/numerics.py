@@ -19,6 +19,21 @@ mirrored bit for bit by the RTL's output stage):
   Q0.15 (:data:`LUT_OUT_FRAC`), from a piecewise-linear table (:func:`lut_table`) over |x| < 8 with
   128 segments, using the functions' symmetry for x < 0. Its error against the float function is
   below 2**-11 for every input (see :func:`lut_max_error`); the RTL bakes the same table into a ROM.
+  ``a`` (0..15) is a rounding right shift of the table's result, so the output is in Q(15-a)
+  (a coarser format when the output shares one with other tensors, e.g. in a Concat).
+* HARDSWISH ``x * clip(x + 3, 0, 6) / 6`` and SILU ``x * sigmoid(x)`` keep the format: ``x`` and the
+  result both have ``a`` (0..15) fractional bits. HARDSWISH is exact up to the final rounding:
+  ``t = clip(x + 3 * 2**a, 0, 6 * 2**a)``, ``round_shift(x * t * HSWISH_MUL, a + HSWISH_SHIFT)`` with
+  ``HSWISH_MUL / 2**HSWISH_SHIFT`` the 16-bit reciprocal of 6 (error below one LSB of the format).
+  SILU brings ``x`` to Q4.11 (shifting by ``11 - a``, unsaturated), takes the gate from the
+  SIGMOID table (without its 32767 cap; exactly 1 or 0 for |x| >= 8) and gives
+  ``round_shift(x * gate, 15)``; its error is below ``8 * 2**-11 + 8 * exp(-8)`` plus half an
+  LSB of the format (:func:`act_max_error` measures both over every input).
+* Saturation counts only where it changes the result: a value clipped to the 16-bit range before an
+  activation that maps the clipped and the exact value alike (below the range for RELU, a CLIP with a
+  lower bound, HARDSWISH in a format reaching -3, SILU reaching -8; either side for SIGMOID and TANH,
+  whose table is flat beyond |x| = 8; above the range for a CLIP with an upper bound) is not counted
+  (:func:`saturation_counts`), so bounded activations never report false saturations.
 * A fused residual (mode ADD) is added to the accumulator, shifted left into its format, before
   rounding and the activation. Mode MUL multiplies the activated 16-bit value by the residual and
   requantises the exact product once more: ``sat16(round_shift(act(...) * r, rshift))`` (a fused
@@ -40,7 +55,9 @@ ACT_LEAKY = 2
 ACT_CLIP = 3
 ACT_SIGMOID = 4
 ACT_TANH = 5
-ACT_NAMES = ("none", "relu", "leaky", "clip", "sigmoid", "tanh")   #: index = code; the IR's names
+ACT_HARDSWISH = 6
+ACT_SILU = 7
+ACT_NAMES = ("none", "relu", "leaky", "clip", "sigmoid", "tanh", "hardswish", "silu")   #: index = code; the IR's names
 
 RES_NONE = 0    #: no residual
 RES_ADD = 1     #: add the residual (shifted left by rshift) to the accumulator before requantising
@@ -51,6 +68,10 @@ LUT_OUT_FRAC = 15      #: and produce Q0.15 (saturated at 32767)
 LUT_SEG_BITS = 7       #: input LSBs per segment: 2**7 / 2**11 = 1/16
 LUT_SEGMENTS = 128     #: segments cover |x| < 128/16 = 8; beyond, the value at 8
 LEAKY_MAX_SHIFT = 31   #: largest LEAKY right shift (act_b)
+ACT_MAX_FRAC = 15      #: largest act_a of SIGMOID/TANH (output shift), HARDSWISH and SILU (format)
+HSWISH_SHIFT = 18      #: HARDSWISH divides by 6 as * HSWISH_MUL >> HSWISH_SHIFT
+HSWISH_MUL = 43691     #: round(2**18 / 6), the 16-bit reciprocal of 6 (arch.numerics.reciprocal(6))
+SILU_GATE_ONE = 1 << LUT_OUT_FRAC   #: SILU's gate for x >= 8 (exactly 1.0 in Q0.15, 17 bits unsigned)
 
 
 def saturate(x: np.ndarray, bits: int = DATA_BITS) -> tuple[np.ndarray, int]:
@@ -124,6 +145,11 @@ def lut_table(act: int) -> tuple[np.ndarray, np.ndarray]:
 
 def lut_eval(x: np.ndarray, act: int) -> np.ndarray:
     """SIGMOID/TANH of int16 values in Q4.11 -> int64 in Q0.15 (the hardware's table evaluation)."""
+    return np.minimum(_lut_curve(x, act), DATA_MAX)                    # 1.0 is not representable in Q0.15
+
+
+def _lut_curve(x: np.ndarray, act: int) -> np.ndarray:
+    """The table's value before the 32767 cap (sigmoid reaches 32768 - base[0] + ... for x < 0)."""
     base, delta = lut_table(act)
     x = np.asarray(x, dtype=np.int64)
     a = np.minimum(np.abs(x), LUT_SEGMENTS << LUT_SEG_BITS)          # beyond the table: its last value
@@ -135,7 +161,57 @@ def lut_eval(x: np.ndarray, act: int) -> np.ndarray:
         y = np.where(neg, (1 << LUT_OUT_FRAC) - y, y)                  # sigmoid(-x) = 1 - sigmoid(x)
     else:
         y = np.where(neg, -y, y)                                       # tanh(-x) = -tanh(x)
-    return np.minimum(y, DATA_MAX)                                     # 1.0 is not representable in Q0.15
+    return y
+
+
+def silu_gate(x: np.ndarray, frac: int) -> np.ndarray:
+    """SILU's gate sigmoid(x) in Q0.15 (0 .. 32768) of int values ``x`` with ``frac`` fractional bits:
+    x in Q4.11 (exact left shift, or round_shift right for frac > 11), the SIGMOID table without
+    its cap, and exactly 1 or 0 where |x| >= 8."""
+    x = np.asarray(x, dtype=np.int64)
+    x11 = x << np.int64(LUT_IN_FRAC - frac) if frac <= LUT_IN_FRAC else round_shift(x, frac - LUT_IN_FRAC)
+    edge = LUT_SEGMENTS << LUT_SEG_BITS
+    inside = np.clip(x11, -edge + 1, edge - 1)
+    return np.where(x11 >= edge, SILU_GATE_ONE, np.where(x11 <= -edge, 0, _lut_curve(inside, ACT_SIGMOID)))
+
+
+def hardswish_fixed(x: np.ndarray, frac: int) -> np.ndarray:
+    """HARDSWISH of int values with ``frac`` fractional bits, in the same format."""
+    x = np.asarray(x, dtype=np.int64)
+    t = np.clip(x + np.int64(3 << frac), 0, np.int64(6 << frac))
+    return round_shift(x * t * np.int64(HSWISH_MUL), frac + HSWISH_SHIFT)
+
+
+def saturation_counts(act: int, a: int = 0, b: int = 0) -> tuple[bool, bool]:
+    """(below, above): whether a value clipped below / above the 16-bit range before activation
+    ``act`` (fields ``a``, ``b``) changes the activated result, i.e. counts as a saturation."""
+    if act in (ACT_SIGMOID, ACT_TANH):
+        return False, False      # the table is flat beyond |x| = 8 (Q4.11 holds 16)
+    if act == ACT_RELU:
+        return False, True
+    if act == ACT_CLIP:
+        return s16(a) == DATA_MIN, s16(b) == DATA_MAX   # a bound inside the range absorbs the clip
+    if act == ACT_HARDSWISH:
+        return (3 << a) > -DATA_MIN, True                # 0 below -3: absorbed when the format reaches -3
+    if act == ACT_SILU:
+        return (8 << a) > -DATA_MIN, True                # gate 0 below -8: absorbed when the format reaches -8
+    return True, True
+
+
+def act_max_error(act: int, frac: int) -> float:
+    """Largest |fixed - float| (in units of 1.0) of SIGMOID/TANH (``frac``: the output format),
+    HARDSWISH or SILU (``frac``: their format) over every int16 input."""
+    x = np.arange(DATA_MIN, DATA_MAX + 1, dtype=np.int64)
+    if act in (ACT_SIGMOID, ACT_TANH):
+        xf, out_frac = np.ldexp(x.astype(np.float64), -LUT_IN_FRAC), frac
+        a = LUT_OUT_FRAC - frac
+    else:
+        xf, out_frac, a = np.ldexp(x.astype(np.float64), -frac), frac, frac
+    exact = {ACT_SIGMOID: lambda v: 1.0 / (1.0 + np.exp(-v)), ACT_TANH: np.tanh,
+             ACT_HARDSWISH: lambda v: v * np.clip(v + 3.0, 0.0, 6.0) / 6.0,
+             ACT_SILU: lambda v: v * 0.5 * (1.0 + np.tanh(0.5 * v))}[act](xf)
+    got = np.ldexp(activate(x, act, a).astype(np.float64), -out_frac)
+    return float(np.max(np.abs(got - exact)))
 
 
 def lut_max_error(act: int) -> float:
@@ -155,6 +231,21 @@ def leaky_fields(alpha: float) -> tuple[int, int]:
     while shift < LEAKY_MAX_SHIFT and round(alpha * 2.0 ** (shift + 1)) < (1 << 16):
         shift += 1
     return int(round(alpha * 2.0 ** shift)), shift
+
+
+def act_fields(act: int, frac: int) -> tuple[int, int]:
+    """(act_a, act_b) of SIGMOID/TANH with output format ``frac`` (a = 15 - frac), or of HARDSWISH
+    and SILU in format ``frac`` (a = frac)."""
+    if act in (ACT_SIGMOID, ACT_TANH):
+        a = LUT_OUT_FRAC - frac
+    elif act in (ACT_HARDSWISH, ACT_SILU):
+        a = frac
+    else:
+        raise ValueError(f"activation code {act} has no format field")
+    if not 0 <= a <= ACT_MAX_FRAC:
+        raise ValueError(f"{ACT_NAMES[act].upper()} cannot produce the format with {frac} fractional bits "
+                         f"(its field must be in 0..{ACT_MAX_FRAC})")
+    return a, 0
 
 
 def clip_fields(lo: int, hi: int) -> tuple[int, int]:
@@ -179,7 +270,11 @@ def activate(x: np.ndarray, act: int, a: int = 0, b: int = 0) -> np.ndarray:
     if act == ACT_CLIP:
         return np.clip(x, s16(a), s16(b))
     if act in (ACT_SIGMOID, ACT_TANH):
-        return lut_eval(x, act)
+        return round_shift(lut_eval(x, act), a)
+    if act == ACT_HARDSWISH:
+        return hardswish_fixed(x, a)
+    if act == ACT_SILU:
+        return round_shift(x * silu_gate(x, a), LUT_OUT_FRAC)
     raise ValueError(f"unknown activation code {act}")
 
 
@@ -194,7 +289,10 @@ def requantize(acc: np.ndarray, shift: int, act: int = ACT_NONE, residual: np.nd
     if residual is not None and mode == RES_ADD:
         acc = wrap(acc + (np.asarray(residual, dtype=np.int64) << np.int64(rshift)), acc_bits)
     r = round_shift(acc, shift)
-    clipped = (r < DATA_MIN) | (r > DATA_MAX)
+    below, above = saturation_counts(act, act_a, act_b)
+    clipped = (r < DATA_MIN) if below else np.zeros(r.shape, dtype=bool)
+    if above:
+        clipped |= r > DATA_MAX
     y = activate(np.clip(r, DATA_MIN, DATA_MAX), act, act_a, act_b)
     if residual is not None and mode == RES_MUL:
         p = round_shift(y * np.asarray(residual, dtype=np.int64), rshift)

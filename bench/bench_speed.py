@@ -1,6 +1,8 @@
 """Wall-clock speed of the functional model and of the compiler, side by side with onnxruntime.
 
-For each network (224x224, one image, built by the model builder with seeded weights) it prints:
+For each network (at its builder's input size: 224x224 for the classic ones, the real sizes of issue
+11's families; one image, seeded weights; a network the compiler refuses is listed with the reason)
+it prints:
 onnxruntime float32 with its default intra-op thread count (the machine's cores) and with one
 thread; the functional model (``sim.card.run_card`` on the compiled memory image, hazard checker
 on) with as many threads as cores and with one thread (its default), on the first (cold) run,
@@ -34,8 +36,13 @@ import zoo  # noqa: E402
 from arch.machine import get_config  # noqa: E402
 from compiler.driver import compile_graph  # noqa: E402
 from compiler.frontend import load_model  # noqa: E402
+from compiler.ir import CompileError  # noqa: E402
 from compiler.quantize import quantize  # noqa: E402
 from sim import card, gemm  # noqa: E402
+
+
+#: issue 11's families (zoo/families.py) at their builders' real input sizes
+FAMILIES = ("mobilenet_v3_small", "mobilenet_v3_small_paddle", "text_direction", "dbnet", "yolo_v8")
 
 
 def blas_kernels() -> str:
@@ -59,9 +66,13 @@ def best_of(n: int, fn) -> tuple[float, float]:
     return min(wall), min(cpu)
 
 
+def input_shape(model) -> tuple[int, ...]:
+    return tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+
+
 def ort_times(model, repeat: int) -> dict[int, tuple[float, float]]:
     """onnxruntime CPU float32 time per image: {intra-op threads (0 = its default): (wall, CPU) seconds}."""
-    x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    x = np.random.default_rng(0).random(input_shape(model), dtype=np.float32)
     out = {}
     for threads in (0, 1):
         so = ort.SessionOptions()
@@ -114,7 +125,8 @@ def sim_times(compiled, repeat: int, threads: int | None) -> tuple[float, tuple[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=5, help="runs per measurement; the best is reported")
-    ap.add_argument("--nets", default="resnet18,resnet50,vgg16")
+    ap.add_argument("--nets", default="resnet18,resnet50,vgg16," + ",".join(FAMILIES),
+                    help="zoo networks, each at its builder's default (real) input size")
     args = ap.parse_args()
     cfg = get_config("reference")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -124,17 +136,22 @@ def main() -> None:
     print(f"# functional model: run_card, reference configuration, hazard checker on; 'n threads': "
           f"{cores} for the functional model, onnxruntime's own default (intra_op_num_threads=0)")
     print(f"# functional model's GEMM engine: {gemm.engine()} (MDLA_SIM_GEMM); numpy's BLAS: {blas_kernels()}")
-    rows = []
+    rows, refused = [], []
     for name in args.nets.split(","):
         model = zoo.build(name)
-        compiled, phases = compile_phases(model, cfg)
+        try:
+            compiled, phases = compile_phases(model, cfg)
+        except CompileError as e:
+            refused.append((name, input_shape(model), str(e)))
+            print(f"\n{name} ({'x'.join(map(str, input_shape(model)[1:]))}): not compiled: {e}")
+            continue
         ort_t = ort_times(model, args.repeat)
         sim_default = sim_times(compiled, args.repeat, cores)
         sim_one = sim_times(compiled, args.repeat, 1)
         with gemm_engine("numpy"):
             numpy_one = sim_times(compiled, args.repeat, 1)
         rows.append((name, ort_t, sim_default, sim_one, numpy_one))
-        print(f"\n{name}: compile {sum(phases.values()):.2f} s ("
+        print(f"\n{name} ({'x'.join(map(str, input_shape(model)[1:]))}): compile {sum(phases.values()):.2f} s ("
               + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
               + f"); {len(compiled.programs[0])} instructions, {sim_default[2]} modelled cycles")
     print("\nWall ms per image; ratio = functional model warm / onnxruntime at equal thread counts. "
@@ -147,6 +164,8 @@ def main() -> None:
         print(f"| {name} | {ow0 * 1e3:.1f} | {c0 * 1e3:.0f} | {w0 * 1e3:.0f} | {w0 / ow0:.1f}x "
               f"| {ow1 * 1e3:.1f} | {c1 * 1e3:.0f} | {w1 * 1e3:.0f} | {w1 / ow1:.1f}x "
               f"| {ocpu1 * 1e3:.1f} | {cpu1 * 1e3:.0f} | {cpu1 / ocpu1:.1f}x | {wn * 1e3:.0f} |")
+    for name, shape, why in refused:
+        print(f"| {name} ({'x'.join(map(str, shape[1:]))}) | not compiled: {why} |")
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from arch.isa import ISAError, decode_program
 from arch.machine import MachineConfig
 
 from .codegen import LayerCode
-from .driver import Compiled, IODesc, Parallel
+from .compiled import Compiled, IODesc, Parallel
 from .ir import AvgPool, Concat, Conv, Graph, GraphInput, GraphOutput, HostTail, MaxPool, TensorInfo
 from .memmap import MemoryMap
 from .partition import HostStage, Staged
@@ -133,6 +133,9 @@ def _staged_bytes(c: Staged) -> bytes:
     table = {"stages": [s.to_dict() if isinstance(s, HostStage) else {"kind": "dla"} for s in c.stages],
              "inputs": [i.to_dict() for i in c.inputs], "outputs": [o.to_dict() for o in c.outputs],
              "notes": c.notes, "meta": c.meta}
+    if c.whole:     # no DLA stage: the configuration, batching and input types are the Staged's own
+        table["whole"] = {"config": json.loads(c.cfg.to_json()), "parallel": c.parallel.to_dict(), "base": c.base,
+                          "dtypes": {k: np.dtype(v).str for k, v in c.dtypes.items()}}
     sections = [("staged", json.dumps(table).encode())]
     sections += [(f"stage.{k}", s.model if isinstance(s, HostStage) else to_bytes(s)) for k, s in enumerate(c.stages)]
     return _pack(sections)
@@ -149,9 +152,13 @@ def _staged_from(sec: dict[str, bytes], source: str) -> Staged:
             else:
                 stages.append(HostStage(model=data, inputs=d["inputs"], outputs=d["outputs"], nodes=d["nodes"],
                                         position=d["position"]))
+        whole = table.get("whole")
+        extra = {} if whole is None else dict(
+            whole=True, config=MachineConfig.from_dict(whole["config"]), par=Parallel.from_dict(whole["parallel"]),
+            base=int(whole["base"]), dtypes={k: np.dtype(v) for k, v in whole["dtypes"].items()})
         return Staged(stages=stages, inputs=[IODesc.from_dict(d) for d in table["inputs"]],
                       outputs=[IODesc.from_dict(d) for d in table["outputs"]], notes=table.get("notes", []),
-                      meta=table.get("meta", {}))
+                      meta=table.get("meta", {}), **extra)
     except (ValueError, KeyError, TypeError) as e:
         raise BinFormatError(f"{source}: malformed staged sections: {e!r}") from None
 

@@ -5,6 +5,11 @@ onnxruntime computes) runs on every calibration sample and records, per activati
 largest magnitude seen. :func:`compiler.quantize.quantize` then gives each tensor the finest Q
 format that holds that range with :data:`HEADROOM` to spare.
 
+Fused intermediates are measured as well (the value a Conv's requantising shift produces before
+its activation, and the first factor of a fused Mul such as a squeeze-excitation gate's input),
+because each has a format of its own: a gated value in the format of the gated product, which the
+gate makes smaller, saturates.
+
 Why the maximum and not a percentile: with 16-bit data, one bit of resolution costs a rounding
 error of about 2**-16 of the range, while clipping an outlier costs its whole excess; clipping
 pays for itself in 8-bit formats, not here. The headroom (one bit) is for inputs somewhat larger
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .driver import image_batch
+from .compiled import image_batch
 from .ir import CompileError, Graph
 
 __all__ = ["calibrate", "calibration_feeds", "HEADROOM"]
@@ -65,11 +70,15 @@ def calibration_feeds(graph: Graph, samples) -> list[dict[str, np.ndarray]]:
 
 
 def calibrate(graph: Graph, samples) -> dict[str, float]:
-    """Largest |value| of every IR tensor over the calibration samples (float graph)."""
+    """Largest |value| of every IR tensor over the calibration samples (float graph), and of every
+    fused intermediate whose format is chosen too (keys ``output + sim.golden.PRE`` / ``GATED``:
+    the value before a Conv's activation, and a fused Mul's first factor)."""
     from sim.golden import run_float   # the float reference lives with the golden model
     ranges: dict[str, float] = {}
     for feed in calibration_feeds(graph, samples):
-        for name, t in run_float(graph, feed).items():
+        probes: dict[str, np.ndarray] = {}
+        tensors = run_float(graph, feed, probes)
+        for name, t in list(tensors.items()) + list(probes.items()):
             m = float(np.max(np.abs(t))) if t.size else 0.0
             ranges[name] = max(ranges.get(name, 0.0), m)
     return ranges

@@ -5,6 +5,7 @@ ONNX specification (and with onnxruntime).
   instead of the channel, so with batch 1 every channel gets channel 0's window. Replaced by the
   specification's formula: ``y = x / (bias + alpha / size * sum_{window} x^2) ** beta`` over
   channels ``c - floor((size - 1) / 2) .. c + ceil((size - 1) / 2)``.
+* ``com.microndla.Silu``: the compiler's own op (x * Sigmoid(x), made by canonicalisation).
 """
 from __future__ import annotations
 
@@ -36,8 +37,17 @@ class LRN(OpRun):
         return ((x / (bias + alpha / size * square_sum) ** beta).astype(x.dtype),)
 
 
+class Silu(OpRun):
+    """The compiler's own ``com.microndla.Silu`` (canonicalisation's x * Sigmoid(x)), for when a
+    stage with it runs on the host."""
+    op_domain = "com.microndla"
+
+    def _run(self, x):
+        return ((x / (1 + np.exp(-x.astype(np.float64)))).astype(x.dtype),)
+
+
 def host_evaluator(model: onnx.ModelProto | bytes) -> ReferenceEvaluator:
     """An evaluator of ``model`` (a proto or its serialised bytes) for the host stages."""
     if isinstance(model, bytes):
         model = onnx.load_from_string(model)
-    return ReferenceEvaluator(model, new_ops=[LRN])
+    return ReferenceEvaluator(model, new_ops=[LRN, Silu])

@@ -13,7 +13,12 @@ import numpy as np
 
 
 class CompileError(ValueError):
-    """A model the compiler cannot compile; the message names the node and op where there is one."""
+    """A model the compiler cannot compile; the message names the node and op where there is one,
+    and ``node`` is that node's name (what the host/DLA partitioner moves to the host)."""
+
+    def __init__(self, message: str, node: str | None = None):
+        super().__init__(message)
+        self.node = node
 
 
 @dataclass

@@ -23,9 +23,11 @@ __all__ = ["lift_1d"]
 
 #: ops whose meaning a trailing axis of 1 does not change (with the attribute rewrites below)
 SAFE_OPS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "BatchNormalization", "Add", "Mul", "Sum",
+                      "Sub", "Div", "Neg", "HardSigmoid", "HardSwish",
                       "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
                       "Concat", "Identity", "Dropout"})
 _SPATIAL = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
+_ELEMENTWISE = ("Add", "Mul", "Sum", "Sub", "Div")
 
 
 def _rank(vi: onnx.ValueInfoProto) -> int | None:
@@ -58,7 +60,7 @@ def lift_1d(proto: onnx.ModelProto) -> bool:
             if w is None or len(w.dims) != 3:
                 return False
             reshape_dims[w.name] = list(w.dims) + [1]
-        elif n.op_type in ("Add", "Mul", "Sum"):
+        elif n.op_type in _ELEMENTWISE:
             for i in ins:
                 t = inits.get(i)
                 if t is None:
@@ -72,7 +74,7 @@ def lift_1d(proto: onnx.ModelProto) -> bool:
             if axis not in (1, -2):
                 return False
     for name in reshape_dims:
-        if any(c.op_type not in ("Conv", "ConvTranspose", "Add", "Mul", "Sum") for c in consumers.get(name, [])):
+        if any(c.op_type not in ("Conv", "ConvTranspose") + _ELEMENTWISE for c in consumers.get(name, [])):
             return False
     # rewrite
     for name, dims in reshape_dims.items():

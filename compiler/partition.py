@@ -12,7 +12,7 @@ How the model is split:
 
 1. Constants are evaluated once (as the front end does): initializers, nodes whose inputs are all
    constants, ``Shape``/``Size`` of a statically shaped tensor.
-2. Every other node is labelled DLA or host. DLA: an op of :data:`compiler.frontend.SUPPORTED_OPS`
+2. Every other node is labelled DLA or host. DLA: an op of :data:`compiler.ops.SUPPORTED_OPS`
    where the front end could place it; a per-channel op (BatchNormalization, an activation, Add or
    Mul by a constant) unless its input comes from the host (it is fused into the layer producing
    it, or becomes a channel-wise layer); an Add, Mul or Sum of two tensors only when one of its
@@ -34,7 +34,9 @@ not modelled.
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -44,24 +46,28 @@ from onnx import helper, numpy_helper
 
 from arch.machine import MachineConfig
 
-from .driver import Compiled, IODesc, Parallel, compile_model
-from .frontend import SUPPORTED_OPS, _check_weight_bytes, _FrontEnd, _load, _load_external, _static, evaluate_node
+from .compiled import Compiled, IODesc, Parallel
+from .driver import compile_model
+from .frontend import _FrontEnd
+from .frontend_load import _check_weight_bytes, _load, _load_external, _static, evaluate_node
 from .hostops import host_evaluator
 from .ir import CompileError
 from .memmap import align
+from .frontend_canon import canonicalise
+from .ops import SUPPORTED_OPS, ops_in, spec
 
-__all__ = ["HostStage", "Staged", "compile_partitioned", "partition"]
+__all__ = ["HostStage", "Staged", "HostOnlyWarning", "compile_partitioned", "partition"]
 
+# The categories of the operator table (compiler/ops.py):
 #: ops that make a DLA layer (the others fuse into one, make a channel-wise layer, or are views)
-LAYER_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-                       "Gemm", "MatMul", "Resize", "Upsample"})
+LAYER_OPS = ops_in("layer")
 #: per-channel ops: fused into the layer producing their input, else a channel-wise layer of their
 #: own; on the DLA when their input comes from the DLA or is a model input
-UNARY_OPS = frozenset({"BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh"})
+UNARY_OPS = ops_in("unary")
 #: ops fused into the layer producing their input: on the DLA only if that layer is
-FUSED_OPS = UNARY_OPS | {"Add", "Sum", "Mul"}
+FUSED_OPS = ops_in("unary", "binary")
 #: views and concatenation: no code of their own
-VIEW_OPS = frozenset({"Identity", "Dropout", "Flatten", "Reshape", "Concat"})
+VIEW_OPS = ops_in("view")
 
 HOST, DLA = "host", "dla"
 
@@ -97,6 +103,13 @@ class Staged:
     outputs: list[IODesc]        #: the model's outputs, in the model's order
     notes: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    config: MachineConfig | None = None   #: the configuration compiled for (a model with no DLA stage has it too)
+    par: Parallel | None = None           #: the batching compiled for
+    base: int = 0                         #: where its memory starts (a model with no DLA stage occupies none)
+    #: no DLA stage: one host stage runs the model as given on each call's arrays, whole (its own
+    #: batch, shapes and element types), instead of image by image
+    whole: bool = False
+    dtypes: dict = field(default_factory=dict)   #: whole: input name -> numpy dtype
 
     graph = None                 #: no single graph: Run_th runs the stages
     host = None                  #: host stages are stages here, not a tail of a Compiled
@@ -107,14 +120,16 @@ class Staged:
 
     @property
     def cfg(self) -> MachineConfig:
-        return self.segments[0].cfg
+        return self.segments[0].cfg if self.segments else self.config
 
     @property
     def parallel(self) -> Parallel:
-        return self.segments[0].parallel
+        return self.segments[0].parallel if self.segments else self.par
 
     @property
     def memmap(self) -> Span:
+        if not self.segments:
+            return Span(self.base, self.base)
         return Span(self.segments[0].memmap.base, self.segments[-1].memmap.end)
 
     @property
@@ -128,6 +143,50 @@ class Staged:
     @property
     def layers(self):
         return [lc for s in self.segments for lc in s.layers]
+
+    def whole_inputs(self, images) -> list[np.ndarray]:
+        """A whole-model host run's inputs, checked against the model's own shapes (a model of batch
+        1 also takes N images, or one image without its batch dimension) and converted to its
+        element types."""
+        arrays = list(images) if isinstance(images, (list, tuple)) else [images]
+        if len(arrays) != len(self.inputs):
+            raise ValueError(f"the network has {len(self.inputs)} input(s) "
+                             f"({', '.join(i.name for i in self.inputs)}), got {len(arrays)} array(s)")
+        out, batch = [], None
+        for a, i in zip(arrays, self.inputs):
+            if a is None:
+                raise ValueError(f"input {i.name!r} is None")
+            a = np.asarray(a)
+            shape = tuple(i.onnx_shape)
+            if a.shape != shape and shape[:1] == (1,) and a.shape == shape[1:]:
+                a = a[None]
+            if a.shape != shape and not (shape[:1] == (1,) and a.ndim == len(shape) and a.shape[1:] == shape[1:]):
+                raise ValueError(f"input {i.name!r} must have shape {shape}"
+                                 + (f" or (N, {', '.join(map(str, shape[1:]))})" if shape[:1] == (1,) else "")
+                                 + f", got {a.shape}")
+            if a.shape != shape:        # N images of a batch-1 model: the same N for every input
+                if batch is not None and a.shape[0] != batch:
+                    raise ValueError(f"inputs have different batch sizes ({batch} and {a.shape[0]})")
+                batch = a.shape[0]
+            if a.dtype.kind not in "fiub":
+                raise TypeError(f"input {i.name!r} must be a numeric array, got dtype {a.dtype}")
+            out.append(a.astype(self.dtypes.get(i.name, np.float32), copy=False))
+        return out
+
+    def run_whole(self, images):
+        """Run the whole model on the host (image by image when the model has batch 1 and the call
+        several): one array for a single-output model, else a list."""
+        if self._evaluator is None:
+            self._evaluator = host_evaluator(self.stages[0].model)
+        arrays = self.whole_inputs(images)
+        per_image = any(a.shape != tuple(i.onnx_shape) for a, i in zip(arrays, self.inputs))
+        calls = [[a[n:n + 1] for a in arrays] for n in range(arrays[0].shape[0])] if per_image else [arrays]
+        results = [[np.asarray(v) for v in self._evaluator.run(None, {i.name: a for i, a in zip(self.inputs, call)})]
+                   for call in calls]
+        values = [np.concatenate(vs) for vs in zip(*results)] if per_image else results[0]
+        return values[0] if len(values) == 1 else values
+
+    _evaluator = None
 
     def memory_image(self) -> np.ndarray:
         """Every DLA stage's memory image in its place, from address 0 to the end of the last."""
@@ -151,14 +210,14 @@ def _dla_can(node: onnx.NodeProto, consts) -> bool:
     """Whether the DLA runs this kind of node at all, as far as its op type, constant operands and
     axis tell (the front end checks the rest and names what it refuses)."""
     op = node.op_type
-    if node.domain not in ("", "ai.onnx") or op not in SUPPORTED_OPS:
+    if spec(node) is None:
         return False
     ins = [i for i in node.input if i]
     if op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):   # weights come from the model
         return len(ins) > 1 and ins[1] in consts
     if op == "Concat":                                     # along channels only
         axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
-        return axis in (1, -3)
+        return axis in (1, -3, -1)      # -1: of (1, K) vectors (the front end checks the rank)
     return True
 
 
@@ -168,9 +227,10 @@ def _computes(node: onnx.NodeProto) -> bool:
     return node.op_type in LAYER_OPS or node.op_type in FUSED_OPS
 
 
-def _label(order, consts, forced: set[int]) -> dict[int, str]:
-    """DLA or host for every non-constant node (see the module docstring, step 2)."""
-    made_by: dict[str, str] = {}                 # tensor -> label of its producer
+def _label(order, consts, forced: set[int], host_inputs=()) -> dict[int, str]:
+    """DLA or host for every non-constant node (see the module docstring, step 2); the graph inputs
+    ``host_inputs`` (of a type, rank or batch the DLA does not take) count as made on the host."""
+    made_by: dict[str, str] = dict.fromkeys(host_inputs, HOST)   # tensor -> label of its producer
     labels = {}
     for index, node in order:
         ins = [i for i in node.input if i and i not in consts]
@@ -238,9 +298,15 @@ class _Partitioner:
     def __init__(self, model, inshapes: str | None, mem_bytes: int):
         self.proto, self.source, self.base_dir = _load(model)
         _check_weight_bytes(self.proto, self.source, mem_bytes)   # before any weight is read
+        _load_external(self.proto, self.source, self.base_dir)
         self.fe = _FrontEnd(self.proto, self.source, inshapes, mem_bytes)
+        self.fe.consts = {t.name: numpy_helper.to_array(t) for t in self.proto.graph.initializer}
+        self.inputs = self.fe._inputs()          # applies inshapes, checks types and static shapes
+        self.given = onnx.ModelProto()           # the model as given: what runs if the host runs it all
+        self.given.CopyFrom(self.proto)
+        # the same static graph as the front end's: shapes to a fixpoint, exporters' idioms rewritten
+        self.notes = canonicalise(self.proto, self.fe.consts, mem_bytes)
         self.inits = {t.name: t for t in self.proto.graph.initializer}
-        self.fe.consts = dict.fromkeys(self.inits)          # the ordering needs only the names
         self.order = self.fe._topological()
         self.consts = set(self.inits)
         self.const_nodes, self.nodes = [], []
@@ -257,9 +323,8 @@ class _Partitioner:
         self.types: dict[str, onnx.ValueInfoProto] = {}
 
     def prepare(self) -> None:
-        """Read external weights, apply inshapes, infer shapes and types, evaluate the constant nodes."""
-        _load_external(self.proto, self.source, self.base_dir)
-        self.inputs = self.fe._inputs()          # applies inshapes, checks types and static shapes
+        """Infer shapes and types, evaluate the constant nodes canonicalisation left (a Shape of a
+        tensor whose shape only the front end's inference knows)."""
         try:     # on the graph without its weights' values, as the front end does
             inferred = onnx.shape_inference.infer_shapes(self.fe._shapes_only(), strict_mode=False).graph
         except Exception as e:  # noqa: BLE001
@@ -285,15 +350,16 @@ class _Partitioner:
 
     def value(self, name: str) -> np.ndarray:
         if name not in self.values:
-            self.values[name] = numpy_helper.to_array(self.inits[name])
+            self.values[name] = self.fe.consts[name] if name in self.fe.consts else numpy_helper.to_array(self.inits[name])
         return self.values[name]
 
-    def parts(self, nodes, heterogeneous: bool) -> list[_Part]:
-        forced: set[int] = set()
+    def parts(self, nodes, heterogeneous: bool, forced: set[int] = frozenset()) -> list[_Part]:
+        forced = set(forced)
         while True:
-            labels = _label(nodes, self.consts, forced)
+            labels = _label(nodes, self.consts, forced, self.fe.bad_inputs)
             parts = _schedule(nodes, self.consts, labels)
-            idle = [p for p in parts if p.kind == DLA and not any(_computes(n) for _, n in p.nodes)]
+            idle = [p for p in parts if p.kind == DLA and not any(_computes(n) for _, n in p.nodes)
+                    and not self._copies(p)]
             if not idle:
                 break
             forced |= {i for p in idle for i, _ in p.nodes}
@@ -303,6 +369,13 @@ class _Partitioner:
                 if p.kind == HOST:
                     self._refuse_middle(p, parts[parts.index(p) + 1:])
         return parts
+
+    def _copies(self, part: _Part) -> bool:
+        """Whether a part of views only turns model inputs into model outputs (the DLA copies them)."""
+        made = {o for _, n in part.nodes for o in n.output if o}
+        given = {vi.name for vi in self.proto.graph.input} - set(self.fe.bad_inputs)
+        reads = {i for _, n in part.nodes for i in n.input if i and i not in self.consts and i not in made}
+        return bool(reads) and reads <= given and any(o.name in made for o in self.proto.graph.output)
 
     def _refuse_middle(self, part: _Part, later: list[_Part]) -> None:
         """The CompileError for host operators between DLA layers without the flag: names the first
@@ -370,22 +443,46 @@ class _Partitioner:
         return helper.make_model(g, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
 
 
-def partition(model, inshapes: str | None = None, heterogeneous: bool = False, mem_bytes: int | None = None):
+def partition(model, inshapes: str | None = None, heterogeneous: bool = False, mem_bytes: int | None = None,
+              forced: set[int] = frozenset(), p: "_Partitioner | None" = None):
     """Split a model into alternating host and DLA parts: (the prepared partitioner, the parts), or
-    None when the model has neither a host head nor a host middle (it compiles as one DLA program,
-    with its host tail if any). Raises CompileError for a host operator between DLA layers without
-    ``heterogeneous``."""
+    (the partitioner, None) when the model has neither a host head nor a host middle (it compiles
+    as one DLA program, with its host tail if any). ``forced``: indices of nodes that run on the
+    host whatever their op. Raises CompileError for a host operator between DLA layers without
+    ``heterogeneous``, and for a model without DLA layers without it."""
     from arch.machine import REFERENCE
-    p = _Partitioner(model, inshapes, REFERENCE.mem_bytes if mem_bytes is None else int(mem_bytes))
+    if p is None:
+        p = _Partitioner(model, inshapes, REFERENCE.mem_bytes if mem_bytes is None else int(mem_bytes))
     nodes = p.nodes
-    parts = p.parts(nodes, heterogeneous)
+    parts = p.parts(nodes, heterogeneous, forced)
     if not any(q.kind == DLA for q in parts):
-        raise CompileError("the model has no layer that runs on the DLA"
-                           + (f" (host operators: {', '.join(_where(*x) for x in nodes[:5])})" if nodes else ""))
+        if not nodes:
+            raise CompileError("the model has no layer that runs on the DLA")
+        if not heterogeneous:
+            index, node = nodes[0]
+            raise CompileError(f"the model has no layer that runs on the DLA: {_where(index, node)}: "
+                               f"{_why_host(p, index, node, forced)}; with SetFlag('heterogeneous', 1) the host runs it",
+                               node=node.name)
+        p.prepare()
+        return p, parts
     if parts[0].kind == DLA and (len(parts) == 1 or (len(parts) == 2 and _frontend_tail(parts[1]))):
-        return None
+        return p, None
     p.prepare()
     return p, parts
+
+
+def _why_host(p: "_Partitioner", index: int, node: onnx.NodeProto, forced) -> str:
+    """Why the partitioner put this node on the host."""
+    bad = next((p.fe.bad_inputs[i] for i in node.input if i in p.fe.bad_inputs), None)
+    if bad:
+        return bad
+    if spec(node) is None:
+        return f"the DLA does not run {node.op_type if node.domain in ('', 'ai.onnx') else node.domain + '.' + node.op_type}"
+    if index in forced:
+        return "the front end refused it"
+    if node.op_type in VIEW_OPS:
+        return "it only reshapes, aliases or concatenates its inputs, which is no computation for the DLA"
+    return "it reads only tensors made on the host"
 
 
 def _frontend_tail(tail: _Part) -> bool:
@@ -393,7 +490,7 @@ def _frontend_tail(tail: _Part) -> bool:
     ops it does not know and for everything reading what they produce."""
     made = set()
     for _, node in tail.nodes:
-        if node.domain in ("", "ai.onnx") and node.op_type in SUPPORTED_OPS and not any(i in made for i in node.input):
+        if spec(node) is not None and not any(i in made for i in node.input):
             return False
         made.update(o for o in node.output if o)
     return True
@@ -403,17 +500,88 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
                         parallel: Parallel = Parallel(), heterogeneous: bool = False, samples=None) -> Compiled | Staged:
     """ONNX model -> a :class:`Compiled` (no host stage before or between DLA layers) or a :class:`Staged`.
 
+    With ``heterogeneous``, a node the front end refuses in a DLA stage (an attribute, rank or
+    shape the DLA does not take) moves to the host and the model is partitioned again, until every
+    DLA stage compiles; a model left without DLA layers runs on the host alone, with a
+    :class:`HostOnlyWarning`. Without it, the refusal names the node, its op, the reason and the flag.
+
     ``samples`` (calibration images for the model's inputs) give every DLA stage calibration samples
     of its own inputs: the stages run in float, in order, on each sample."""
-    split = partition(model, inshapes, heterogeneous, cfg.mem_bytes)
-    if split is None:
-        return compile_model(model, cfg, inshapes=inshapes, base=base, parallel=parallel, samples=samples)
-    p, parts = split
+    p = _Partitioner(model, inshapes, cfg.mem_bytes)
+    if p.fe.model_batch > 1 and parallel.batch == 1:      # a model exported for B images takes B per call
+        parallel = dataclasses.replace(parallel, imgs_per_cluster=p.fe.model_batch)
+    index_of = {node.name: index for index, node in p.nodes}
+    forced: set[int] = set(index_of.values()) if heterogeneous and _not_per_image(p) else set()
+    moved: list[str] = [f"the host runs the whole model: {p.fe.batch_mixer}"] if forced and p.fe.batch_mixer else []
+    while True:
+        try:
+            p, parts = partition(model, inshapes, heterogeneous, cfg.mem_bytes, forced, p)
+            if parts is not None and not any(q.kind == DLA for q in parts):
+                compiled = _whole_on_host(p, cfg, parallel, base)
+            elif parts is None:
+                compiled = compile_model(p.proto, cfg, base=base, parallel=parallel, samples=samples)
+            else:
+                compiled = _compile_stages(p, parts, cfg, base, parallel, samples)
+        except CompileError as e:
+            k = index_of.get(e.node)
+            if k is None or k in forced:
+                raise
+            if not heterogeneous:
+                if "SetFlag('heterogeneous'" in str(e):
+                    raise
+                raise CompileError(f"{e}; with SetFlag('heterogeneous', 1) this node runs on the host",
+                                   node=e.node) from None
+            forced.add(k)
+            moved.append(f"{_where(k, dict(p.nodes)[k])} runs on the host: {e}")
+            continue
+        if moved:
+            (compiled.notes if isinstance(compiled, Staged) else compiled.graph.notes).extend(moved)
+        if isinstance(compiled, Staged) and compiled.whole:
+            warnings.warn(HostOnlyWarning(
+                f"{compiled.meta['model']}: no layer of the model runs on the DLA; the whole model runs on the "
+                f"host (onnx.reference), with no modelled DLA time"
+                + (f" ({'; '.join(moved[:3])})" if moved else "")), stacklevel=2)
+        return compiled
+
+
+class HostOnlyWarning(UserWarning):
+    """A heterogeneous model none of whose layers runs on the DLA: it runs on the host alone."""
+
+
+def _not_per_image(p: "_Partitioner") -> bool:
+    """Whether an input has a batch (or a rank) that no per-image program takes: a model that
+    combines the images of its fixed batch, or whose tensors have no batch axis."""
+    return any(len(i.onnx_shape) < 2 or i.onnx_shape[0] != 1 for i in p.inputs)
+
+
+def _whole_on_host(p: "_Partitioner", cfg: MachineConfig, parallel: Parallel, base: int) -> Staged:
+    """A model none of whose nodes the DLA runs, as one host stage: the model as given, run whole
+    on each call's arrays (its own batch, shapes and element types)."""
+    model = p.given
+    try:
+        host_evaluator(model)
+    except Exception as e:  # noqa: BLE001 - any reason the host cannot evaluate the model
+        _check_host(model, _Part(HOST, p.nodes))
+        raise CompileError(f"the host cannot evaluate the model: {e}") from None
+    inputs = [IODesc(i.name, i.name, tuple(i.onnx_shape)) for i in p.inputs]
+    outputs = [IODesc(o.name, "", p.shapes.get(o.name, ())) for o in model.graph.output]
+    nodes = [_where(*x) for x in p.nodes]
+    dtypes = {vi.name: onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+              for vi in model.graph.input if vi.name in {i.name for i in p.inputs}}
+    stage = HostStage(model.SerializeToString(), [i.name for i in inputs], [o.name for o in outputs], nodes, "whole")
+    return Staged(stages=[stage], inputs=inputs, outputs=outputs, notes=p.notes + [f"the host runs the whole model: "
+                                                                                   f"{', '.join(nodes)}"],
+                  meta={"model": p.proto.graph.name or "model"}, config=cfg, par=parallel, base=base, whole=True,
+                  dtypes=dtypes)
+
+
+def _compile_stages(p: "_Partitioner", parts: list[_Part], cfg: MachineConfig, base: int, parallel: Parallel,
+                    samples) -> Staged:
     for i in p.inputs:
         if i.onnx_shape[0] != 1:
             raise CompileError(f"input {i.name!r} has batch dimension {i.onnx_shape[0]} (shape {i.onnx_shape}); compile "
                                f"the model for batch 1: the runtime batches images over cards and clusters")
-    dla = [k for k, q in enumerate(parts) if q.kind == DLA]
+    dla = [k for k, q in enumerate(parts) if q.kind == DLA] or [len(parts)]
     stages, notes = [], []
     # host stages first: an operator the host cannot evaluate is the error to report, before any
     # shape the DLA stages would need
@@ -424,7 +592,7 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
         subs[k] = (part, ins, outs, p.sub_model(part, ins, outs, f"{p.proto.graph.name or 'model'}_stage{k}"))
         if part.kind == HOST:
             _check_host(subs[k][3], part)
-    envs = _sample_envs(p, subs, samples) if samples is not None else None
+    envs = _sample_envs(p, subs, samples) if samples is not None and len(dla) and dla[0] < len(parts) else None
     for k, (part, ins, outs, sub) in enumerate(subs):
         if part.kind == DLA:
             try:
@@ -432,7 +600,7 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
                 c = compile_model(sub, cfg, base=base, parallel=parallel, samples=stage_samples)
             except CompileError as e:
                 raise CompileError(f"{e} (in DLA stage {k} of the host/DLA partition: "
-                                   f"{', '.join(_where(*x) for x in part.nodes[:3])}, ...)") from None
+                                   f"{', '.join(_where(*x) for x in part.nodes[:3])}, ...)", node=e.node) from None
             base = align(c.memmap.end)          # the next DLA stage goes after this one in card memory
             stages.append(c)
             notes.append(f"stage {k}: DLA, layers {', '.join(l.name for l in c.layers)}")
@@ -449,8 +617,8 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
         if o.name not in p.shapes:
             raise CompileError(f"the shape of graph output {o.name!r} cannot be inferred")
         outputs.append(IODesc(o.name, "", p.shapes[o.name]))
-    return Staged(stages=stages, inputs=inputs, outputs=outputs, notes=notes,
-                  meta={"model": p.proto.graph.name or "model"})
+    return Staged(stages=stages, inputs=inputs, outputs=outputs, notes=p.notes + notes,
+                  meta={"model": p.proto.graph.name or "model"}, config=cfg, par=parallel, base=base)
 
 
 def _sample_envs(p: "_Partitioner", subs, samples) -> list[list[dict[str, np.ndarray]]]:

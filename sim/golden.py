@@ -168,6 +168,10 @@ def _float_act(y: np.ndarray, layer: Conv) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-y))
     if layer.act == "tanh":
         return np.tanh(y)
+    if layer.act == "hardswish":
+        return y * np.clip(y + np.float32(3.0), 0.0, 6.0) / np.float32(6.0)
+    if layer.act == "silu":
+        return y / (np.float32(1.0) + np.exp(-y))
     return y
 
 
@@ -218,9 +222,19 @@ def run_quantized(graph: Graph, inputs: dict[str, np.ndarray]) -> tuple[dict[str
     return tensors, saturations
 
 
-def run_float(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+#: run_float's probes: the value a Conv's requantising shift produces (before the activation), where
+#: its range matters (the positive side only before ReLU, HardSwish and SiLU, which absorb negative
+#: saturation), keyed ``output + PRE``; and a fused Mul's first factor, keyed ``output + GATED``
+PRE, GATED = "@pre", "@gated"
+_PRE_SIGNED, _PRE_POSITIVE = ("none", "leaky"), ("relu", "hardswish", "silu")
+
+
+def run_float(graph: Graph, inputs: dict[str, np.ndarray], probes: dict[str, np.ndarray] | None = None
+              ) -> dict[str, np.ndarray]:
     """Evaluate the graph in float32 with its float weights (the SDK's ``Run_th``) on float
-    (C, H, W) inputs; returns every tensor as float32 (C, H, W)."""
+    (C, H, W) inputs; returns every tensor as float32 (C, H, W). With ``probes`` (a dict), also
+    stores each Conv's fused intermediates there (:data:`PRE`, :data:`GATED`), whose formats
+    calibration chooses too."""
     tensors = {name: np.asarray(x, dtype=np.float32) for name, x in _check_inputs(graph, inputs).items()}
     for layer in graph.layers:
         _concats(graph, tensors)
@@ -238,8 +252,12 @@ def run_float(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
         res = _residual(tensors, layer, oh, ow)
         if res is not None and layer.res_op == "add":
             y = y + res
+        if probes is not None and layer.act in _PRE_SIGNED + _PRE_POSITIVE:
+            probes[layer.output + PRE] = y if layer.act in _PRE_SIGNED else np.maximum(y, 0.0)
         y = _float_act(y, layer)
         if res is not None and layer.res_op == "mul":
+            if probes is not None:
+                probes[layer.output + GATED] = y
             y = y * res
         tensors[layer.output] = y.reshape(cout, oh, ow).astype(np.float32, copy=False)
     _concats(graph, tensors)

@@ -439,8 +439,10 @@ def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.
     R >>= s
     # saturation is rare: one pass finds whether there is any, a second counts it only then
     unsigned = R.view(np.uint64)
-    sat = int(np.count_nonzero(unsigned > 0xFFFF)) if unsigned.size and unsigned.max() > 0xFFFF else 0
-    if sat:
+    sat = 0
+    if unsigned.size and unsigned.max() > 0xFFFF:
+        # below the range ReLU gives 0 either way: not a saturation (arch.numerics.saturation_counts)
+        sat = int(np.count_nonzero(R > 0xFFFF if i.act == ACT_RELU else unsigned > 0xFFFF))
         np.clip(R, 0, 0xFFFF, out=R)
     for acc, d in zip(accs, dst):
         np.bitwise_xor(acc, 0x8000, out=d.view(np.uint16), casting="unsafe")

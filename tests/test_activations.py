@@ -78,15 +78,30 @@ def test_clip_fields_reject_bad_bounds():
 
 
 def _naive(acc, shift, act, a, b, r, rshift, mode):
-    """Scalar Python-int model of the output stage, written from the ISA text."""
+    """Scalar Python-int model of the output stage, written from the ISA text: (y, saturated)."""
     def rsh(v, s):
         return v if s == 0 else (v + (1 << (s - 1))) >> s
 
     def sat(v):
         return max(-32768, min(32767, v))
+
+    def table(v):      # the SIGMOID table at |v| (Q4.11) without the 32767 cap
+        base, delta = nx.lut_table(nx.ACT_SIGMOID)
+        m = min(abs(v), 16383)
+        i, off = m >> 7, m & 127
+        return int(base[i]) + ((int(delta[i]) * off + 64) >> 7)
     if mode == nx.RES_ADD:
         acc += r << rshift
-    y = sat(rsh(acc, shift))
+    exact = rsh(acc, shift)
+    y = sat(exact)
+    # a clip that the activation absorbs is no saturation
+    saturated = exact != y and not (
+        act in (nx.ACT_SIGMOID, nx.ACT_TANH)
+        or (exact < y and act == nx.ACT_RELU)
+        or (act == nx.ACT_CLIP and exact < y and nx.s16(a) > -32768)
+        or (act == nx.ACT_CLIP and exact > y and nx.s16(b) < 32767)
+        or (exact < y and act == nx.ACT_HARDSWISH and 3 * 2 ** a <= 32768)
+        or (exact < y and act == nx.ACT_SILU and 8 * 2 ** a <= 32768))
     if act == nx.ACT_RELU:
         y = max(y, 0)
     elif act == nx.ACT_LEAKY and y < 0:
@@ -94,10 +109,18 @@ def _naive(acc, shift, act, a, b, r, rshift, mode):
     elif act == nx.ACT_CLIP:
         y = min(max(y, nx.s16(a)), nx.s16(b))
     elif act in (nx.ACT_SIGMOID, nx.ACT_TANH):
-        y = int(nx.lut_eval(np.array([y]), act)[0])
+        y = rsh(int(nx.lut_eval(np.array([y]), act)[0]), a)
+    elif act == nx.ACT_HARDSWISH:       # x * clip(x + 3, 0, 6) / 6, in the format with a fractional bits
+        y = rsh(y * min(max(y + 3 * 2 ** a, 0), 6 * 2 ** a) * 43691, a + 18)
+    elif act == nx.ACT_SILU:
+        x11 = y * 2 ** (11 - a) if a <= 11 else rsh(y, a - 11)
+        gate = (32768 if x11 > 0 else 0) if abs(x11) >= 16384 else (table(x11) if x11 >= 0 else 32768 - table(x11))
+        y = rsh(y * gate, 15)
     if mode == nx.RES_MUL:
-        y = sat(rsh(y * r, rshift))
-    return y
+        p = rsh(y * r, rshift)
+        saturated |= p != sat(p)
+        y = sat(p)
+    return y, saturated
 
 
 @pytest.mark.parametrize("mode", [nx.RES_NONE, nx.RES_ADD, nx.RES_MUL])
@@ -106,13 +129,43 @@ def test_requantize_matches_naive_formula(act, mode):
     rng = np.random.default_rng(act * 3 + mode)
     acc = rng.integers(-2 ** 30, 2 ** 30, 400)
     r = rng.integers(-32768, 32768, 400)
-    a, b = {nx.ACT_LEAKY: nx.leaky_fields(0.1), nx.ACT_CLIP: nx.clip_fields(-3000, 9000)}.get(act, (0, 0))
+    a, b = {nx.ACT_LEAKY: nx.leaky_fields(0.1), nx.ACT_CLIP: nx.clip_fields(-3000, 9000),
+            nx.ACT_SIGMOID: (3, 0), nx.ACT_TANH: (0, 0), nx.ACT_HARDSWISH: (9, 0), nx.ACT_SILU: (13, 0)}.get(act, (0, 0))
     shift, rshift = 14, 15 if mode == nx.RES_MUL else 3
     y, sat = nx.requantize(acc, shift, act, None if mode == nx.RES_NONE else r, rshift, act_a=a, act_b=b,
                            mode=mode)
     want = [_naive(int(v), shift, act, a, b, int(w) if mode else 0, rshift, mode) for v, w in zip(acc, r)]
-    assert y.dtype == np.int16 and y.tolist() == want
-    assert sat > 0    # the ranges drawn overflow 16 bits often
+    assert y.dtype == np.int16 and y.tolist() == [w[0] for w in want]
+    assert sat == sum(w[1] for w in want)
+    if act in (nx.ACT_NONE, nx.ACT_LEAKY, nx.ACT_HARDSWISH, nx.ACT_SILU):
+        assert sat > 0    # the ranges drawn overflow 16 bits often
+
+
+@pytest.mark.parametrize("frac", [0, 4, 8, 11, 12, 13, 15])
+def test_hardswish_and_silu_error_bounds(frac):
+    """HARDSWISH: within one LSB of its format; SILU: within the table's error times |x| < 8, the
+    gate's step at |x| = 8 (8 * exp(-8)) and half an LSB, for every int16 input."""
+    assert nx.act_max_error(nx.ACT_HARDSWISH, frac) < 2.0 ** -frac
+    assert nx.act_max_error(nx.ACT_SILU, frac) <= 8 * nx.lut_max_error(nx.ACT_SIGMOID) + 8 * np.exp(-8) + 2.0 ** -(frac + 1)
+    x = np.arange(nx.DATA_MIN, nx.DATA_MAX + 1)
+    for act in (nx.ACT_HARDSWISH, nx.ACT_SILU):
+        y = nx.activate(x, act, frac)
+        assert y.min() >= nx.DATA_MIN and y.max() <= nx.DATA_MAX
+        assert np.all(np.diff(y[x >= 0]) >= 0), "monotone on the positive side"
+    assert nx.activate(np.array([0]), nx.ACT_SILU, frac)[0] == 0 == nx.activate(np.array([0]), nx.ACT_HARDSWISH, frac)[0]
+
+
+def test_lut_output_shift_and_act_fields():
+    x = np.arange(-20000, 20000, 37)
+    for act in (nx.ACT_SIGMOID, nx.ACT_TANH):
+        full = nx.lut_eval(x, act)
+        assert np.array_equal(nx.activate(x, act, 7), (full + 64) >> 7)
+        assert nx.act_fields(act, 8) == (7, 0) and nx.act_fields(act, 15) == (0, 0)
+    assert nx.act_fields(nx.ACT_SILU, 9) == (9, 0)
+    with pytest.raises(ValueError, match="SIGMOID cannot produce"):
+        nx.act_fields(nx.ACT_SIGMOID, 16)
+    with pytest.raises(ValueError, match="HARDSWISH cannot produce"):
+        nx.act_fields(nx.ACT_HARDSWISH, -1)
 
 
 def test_enums_are_the_numerics_codes():
@@ -138,7 +191,9 @@ def test_conv_fields_roundtrip():
     (dict(act=Act.CLIP, act_a=5, act_b=4), "CLIP lower bound 5 exceeds the upper bound 4"),
     (dict(act=Act.CLIP, act_a=0, act_b=0xFFFF), "CLIP lower bound 0 exceeds the upper bound -1"),
     (dict(act=Act.LEAKY, act_a=100, act_b=40), "LEAKY shift act_b 40 exceeds 31"),
-    (dict(act=Act.SIGMOID, act_a=1), "act_a and act_b must be 0 for act SIGMOID"),
+    (dict(act=Act.SIGMOID, act_a=16), "act SIGMOID takes act_a in 0..15 and act_b 0"),
+    (dict(act=Act.SILU, act_b=1), "act SILU takes act_a in 0..15 and act_b 0"),
+    (dict(act=Act.RELU, act_a=1), "act_a and act_b must be 0 for act RELU"),
     (dict(act=9), "act 9 is not one of"),
     (dict(resid=3), "resid 3 is not NONE, ADD or MUL"),
 ])
@@ -329,3 +384,70 @@ def test_bin_file_keeps_activations_and_mul(tmp_path):
     ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(loaded.Run_th(x), ref, rtol=1e-4, atol=1e-5)
     assert nx.sdk_error_metric(y, ref)[0] <= BUDGET_MEAN
+
+
+# ------------------------------------------------------------------------------------------------
+# HARDSWISH, SILU (the front end's canonicalisation names them; here set on the IR directly) and
+# a sigmoid writing a Concat group's format
+# ------------------------------------------------------------------------------------------------
+
+def _retargeted(act: str):
+    """A Conv(3x3) layer whose activation is ``act`` (set on the IR), quantised for REFERENCE."""
+    g = load_model(kernels.activation_model("relu", seed=3))
+    (conv,) = g.layers
+    conv.act = act
+    return g
+
+
+@pytest.mark.parametrize("cfg", [REFERENCE, SMALL], ids=lambda c: c.name)
+@pytest.mark.parametrize("act", ["hardswish", "silu"])
+def test_hardswish_and_silu_compile_bit_exact(cfg, act):
+    from sim.golden import run_float
+    from tests.test_compiled_kernels import compile_graph, run_card
+    g = quantize(_retargeted(act), cfg)
+    (conv,) = g.layers
+    assert conv.act_a == g.tensors[conv.output].frac == g.tensors[conv.input].frac
+    c = compile_graph(g, cfg)
+    assert any(i.op == "CONV" and i.act == Act[act.upper()] and i.act_a == conv.act_a
+               for p in c.programs.values() for i in p)
+    mem, feeds = c.seeded_image(4)
+    run_card(cfg, mem, c.program_addresses())
+    gold, _ = run_quantized(g, feeds)
+    dla = {t: c.memmap.tensors[t].read(mem, c.memmap.tensor_addr(t), cfg.lanes) for t in g.tensors}
+    assert_bit_exact(dla, gold)
+    f = g.tensors[conv.output].frac
+    ref = run_float(g, {k: v / 2.0 ** g.tensors[k].frac for k, v in feeds.items()})[conv.output]
+    mean, mx = nx.sdk_error_metric(gold[conv.output] / 2.0 ** f, ref)
+    assert mean <= BUDGET_MEAN and mx <= BUDGET_MAX
+
+
+def _head_model(seed: int = 0) -> onnx.ModelProto:
+    """A YOLOX-style head: Concat(box Conv, Sigmoid(objectness Conv), Sigmoid(class Conv))."""
+    rng = np.random.default_rng(seed)
+    inits = [init(f"w{k}", rng.normal(0, 0.3, (n, 8, 1, 1))) for k, n in (("box", 16), ("obj", 16), ("cls", 32))]
+    nodes = [helper.make_node("Conv", ["input", "wbox"], ["box"], name="box"),
+             helper.make_node("Conv", ["input", "wobj"], ["obj_logit"], name="obj"),
+             helper.make_node("Conv", ["input", "wcls"], ["cls_logit"], name="cls"),
+             helper.make_node("Sigmoid", ["obj_logit"], ["obj_p"], name="obj_sigmoid"),
+             helper.make_node("Sigmoid", ["cls_logit"], ["cls_p"], name="cls_sigmoid"),
+             helper.make_node("Concat", ["box", "obj_p", "cls_p"], ["output"], name="head", axis=1)]
+    return model("head", nodes, [tensor("input", (1, 8, 6, 6))], [tensor("output", (1, 64, 6, 6))], inits)
+
+
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_sigmoid_writes_the_concat_groups_format(calibrate, tmp_path):
+    m = _head_model()
+    path = str(tmp_path / "head.onnx")
+    onnx.save(m, path)
+    x = (np.random.default_rng(1).standard_normal((1, 8, 6, 6)) * 4).astype(np.float32)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    ie = microndla.MDLA()
+    ie.Compile(path, samples=[x] if calibrate else None)
+    y = ie.Run(x)
+    mean, mx = nx.sdk_error_metric(y, ref)
+    assert mean <= BUDGET_MEAN and mx <= BUDGET_MAX
+    g = ie._compiled.graph
+    fracs = {g.tensors[t].frac for t in ("box", "obj_p", "cls_p", "output")}
+    assert len(fracs) == 1
+    sig = [l for l in g.layers if l.act == "sigmoid"]
+    assert len(sig) == 2 and all(l.act_a == nx.LUT_OUT_FRAC - fracs.copy().pop() for l in sig)

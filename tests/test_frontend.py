@@ -250,8 +250,13 @@ def conv_model_with_input(shape):
 
 
 def test_dynamic_input_needs_inshapes():
-    model = conv_model_with_input(("N", 3, 8, 8))
-    with pytest.raises(CompileError, match=r"input 'img' has a dynamic or unknown shape \(N, 3, 8, 8\); pass inshapes"):
+    """A dynamic batch alone is compiled as 1 (the runtime's flags give the images per call); any
+    other dynamic dimension needs inshapes."""
+    graph = load_model(conv_model_with_input(("N", 3, 8, 8)))
+    assert graph.tensors["img"].shape == (3, 8, 8) and graph.inputs[0].onnx_shape == (1, 3, 8, 8)
+    assert any("dynamic batch dimension 'N' is compiled as 1" in n for n in graph.notes)
+    model = conv_model_with_input(("N", 3, "H", 8))
+    with pytest.raises(CompileError, match=r"input 'img' has a dynamic or unknown shape \(N, 3, H, 8\); pass inshapes"):
         load_model(model)
     graph = load_model(model, inshapes="1x3x8x8")
     assert graph.tensors["img"].shape == (3, 8, 8)
@@ -269,8 +274,17 @@ def test_inshapes_overrides_static_shape():
 
 
 def test_batch_other_than_one_rejected():
-    with pytest.raises(CompileError, match=r"input 'img' has batch dimension 4.*1x3x8x8"):
-        load_model(conv_model_with_input((4, 3, 8, 8)))
+    """A model exported for a fixed batch whose nodes keep the images apart compiles per image (the
+    runtime takes its batch per call); inshapes of another batch, or a model that combines its
+    images, are refused naming the input (and the node)."""
+    graph = load_model(conv_model_with_input((4, 3, 8, 8)))
+    assert graph.inputs[0].onnx_shape == (1, 3, 8, 8) and any("fixed batch 4" in n for n in graph.notes)
+    mixed = conv_model_with_input((4, 3, 8, 8))
+    mixed.graph.node.append(helper.make_node("Softmax", ["y"], ["p"], name="over_batch", axis=0))
+    mixed.graph.output[0].name = "p"
+    with pytest.raises(CompileError, match=r"input 'img' has batch dimension 4.*node 'over_batch' \(Softmax\) "
+                                           r"combines the images.*1x3x8x8"):
+        load_model(mixed)
     with pytest.raises(CompileError, match=r"input 'img' has batch dimension 2"):
         load_model(conv_model_with_input(("N", 3, 8, 8)), inshapes="2x3x8x8")
 
@@ -488,3 +502,15 @@ def test_mul_of_shapes_that_do_not_broadcast_per_channel_is_refused():
                                            r"\(1, 3, 1, 1\); only tensors of the same shape, a feature map and "
                                            r"a per-channel"):
         load_model(model)
+
+
+def test_operator_table_is_the_front_ends_and_the_partitioners():
+    """One table of operators (compiler/ops.py): every entry has its handler, every handler an entry,
+    and the partitioner's categories come from it."""
+    from compiler import ops, partition
+    from compiler.frontend import _FrontEnd
+    handlers = {n[len("_op_"):] for n in dir(_FrontEnd) if n.startswith("_op_")}
+    translated = {op.name for op in ops.OPS.values() if not op.canonical}
+    assert handlers == translated and set(ops.SUPPORTED_OPS) <= translated
+    assert partition.LAYER_OPS | partition.FUSED_OPS | partition.VIEW_OPS == translated
+    assert all(op.category in ops.CATEGORIES for op in ops.OPS.values())

@@ -1,143 +1,150 @@
-"""ONNX's own conformance cases (the onnx.backend.test node cases of the DLA's operators) through
-the SDK's compile-and-run path: see tests/onnx_backend.py for the adapter and the outcomes.
+"""ONNX's own conformance cases (the onnx.backend.test node cases of the DLA's operators, the
+operator table's ``conformance`` entries) through the SDK's compile-and-run path: see
+tests/onnx_backend.py for the adapter and the outcomes.
 
-Every case passes -- Run_th (float32) within the case's own rtol/atol and Run (the DLA program on
-the functional model) within the SDK budget, mean <= 1 %, max <= 5 % of max |reference| -- or is
-listed below with its reason, and then Compile (or Run) must refuse it with a clear error whose
-message matches the reason. A listed case that starts passing fails too, so the list (and
-docs/conformance.md, written by scripts/onnx_backend_report.py) stays true."""
+Every case passes on the DLA -- Run_th (float32) within the case's own rtol/atol and Run (the DLA
+program on the functional model) within the SDK budget, mean <= 1 %, max <= 5 % of max
+|reference| -- or is listed below with its reason: under ``HOST`` when Compile with default flags
+refuses it with a message matching the reason and, with ``heterogeneous`` set, Run executes it on
+the host within the case's tolerance; under ``REFUSED`` when Compile refuses it even then. A
+listed case that starts passing fails too, so the lists (and docs/conformance.md, written by
+scripts/onnx_backend_report.py) stay true."""
 import re
 
 import pytest
 
 from tests import onnx_backend as ob
 
-#: reason -> (what the refusal's message must match, why the DLA does not run these cases)
+#: reason -> (what the DLA's refusal must match, why the DLA does not run these cases)
 REASONS = {
-    "rank": (r"the DLA takes NCHW images \(rank 4\)|only 2-D transposed|"
-             r"a fully connected layer takes a \(1, K\) input",
-             "tensors of rank 1 or 5 (3-D data, unbatched vectors), or of rank 3 where an operator's meaning depends "
-             "on the rank: the DLA takes NCHW images, NCL sequences as (N, C, L, 1) images (compiler/lift1d.py) and "
-             "(1, N) vectors"),
-    "dtype": (r"has element type U?INT\d+; the DLA takes float tensors",
-              "integer tensors: the runtime converts float inputs to the DLA's fixed point"),
-    "nothing": (r"the model has no layer that runs on the DLA",
+    "rank": (r"the DLA takes NCHW images \(rank 4\)|only 2-D transposed|a fully connected layer takes a \(1, K\) input|"
+             r"expects a 4-D",
+             "tensors of rank 1 or 5 (3-D data, unbatched vectors), batched matrix products, or broadcasts along "
+             "an axis that is not the channels': the DLA takes NCHW images, NCL sequences as (N, C, L, 1) images "
+             "(compiler/lift1d.py) and (1, N) vectors"),
+    "dtype": (r"has element type (U?INT\d+|UNDEFINED); the DLA takes float tensors|is not a tensor; the DLA takes float",
+              "integer tensors (the runtime converts float inputs to the DLA's fixed point), sequences and optionals"),
+    "nothing": (r"it only reshapes, aliases or concatenates its inputs",
                 "nothing to compute: only a view or copy of the inputs (Reshape, Flatten, Identity, Dropout, "
-                "Concat), which is no DLA program"),
-    "resize_factor": (r"only integer upsampling factors",
+                "Concat, also across the batch), which is no DLA program"),
+    "resize_factor": (r"only integer upsampling",
                       "Resize by non-integer factors or downsampling: only integer upsampling maps onto convolutions"),
-    "resize_mode": (r"mode '\w+' is not supported; only nearest and linear|coordinate_transformation_mode '\w+' is not supported",
+    "resize_mode": (r"mode '\w+' is not supported; only nearest and linear|coordinate_transformation_mode '\w+' is not "
+                    r"supported",
                     "cubic interpolation, align_corners, tf_crop_and_resize: weights that vary across the map are "
                     "no convolution"),
-    "indices": (r"only the first output of MaxPool", "MaxPool's Indices output"),
-    "dilation": (r"dilations \[\d+, \d+\] are not supported; only dilations 1",
-                 "dilated pooling and dilated ConvTranspose"),
+    "indices": (r"only the first output of (MaxPool|Dropout)", "MaxPool's Indices output, Dropout's mask output"),
+    "reshape": (r"cannot reshape", "a reshape to a zero-sized dimension (allowzero)"),
+    "dilation": (r"dilations \[\d+, \d+\] are not supported", "dilated pooling"),
     "gemm": (r"transA=1 is not supported|bias C has shape",
              "Gemm with a transposed input or a per-row bias: the DLA's fully connected layer is x (1, K) times "
              "constant weights plus a per-output bias"),
-    "sum3": (r"Sum of 3 inputs", "Sum of three tensors (one residual per layer)"),
+    "per_element": (r"only a scalar or one value per channel",
+                    "Div or Sub by a constant of the tensor's full shape: the DLA's constants are per channel"),
+    "batch": (r"has batch dimension \d+",
+              "a model that combines the images of its batch (a reshape, concatenation, product or broadcast across "
+              "the batch axis): a DLA program runs image by image; the host runs such a model whole"),
+    "zero_size": (r"dynamic or unknown shape", "a zero-sized input (no image to run)"),
     "output_shape": (r"output_shape \[[\d, ]+\] is larger", "ConvTranspose output_shape that needs negative pads"),
-    "clip_bounds": (r"min \d+ is greater than max \d+", "Clip with min > max is refused as a model error"),
 }
 
-#: reason -> the cases refused for it
-REFUSED = {
+#: reason -> the cases the DLA does not run and the host does (with heterogeneous)
+HOST = {
+    "batch": [
+        "test_add_bcast", "test_concat_2d_axis_0", "test_concat_2d_axis_negative_2", "test_concat_3d_axis_0",
+        "test_concat_3d_axis_negative_3", "test_div", "test_flatten_axis0", "test_flatten_axis2",
+        "test_flatten_axis3", "test_flatten_negative_axis1", "test_flatten_negative_axis2",
+        "test_flatten_negative_axis4", "test_gemm_default_matrix_bias", "test_matmul_3d", "test_mul_bcast",
+        "test_reshape_negative_extended_dims", "test_reshape_one_dim", "test_reshape_reordered_all_dims", "test_sub",
+    ],
+    "dtype": [
+        "test_add_int16", "test_add_int8", "test_add_uint16", "test_add_uint32", "test_add_uint64", "test_add_uint8",
+        "test_clip_default_int8_inbounds", "test_clip_default_int8_max", "test_clip_default_int8_min",
+        "test_div_int16", "test_div_int32_trunc", "test_div_int8", "test_div_uint16", "test_div_uint32",
+        "test_div_uint64", "test_div_uint8", "test_maxpool_2d_uint8", "test_mul_int16", "test_mul_int8",
+        "test_mul_uint16", "test_mul_uint32", "test_mul_uint64", "test_mul_uint8", "test_sub_int16", "test_sub_int8",
+        "test_sub_uint16", "test_sub_uint32", "test_sub_uint64", "test_sub_uint8",
+    ],
+    "dilation": [
+        "test_averagepool_2d_dilations", "test_maxpool_2d_dilations",
+    ],
     "rank": [
-        "test_add_bcast", "test_averagepool_3d_default",
+        "test_averagepool_3d_default",
         "test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_False",
         "test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_True",
         "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_False",
         "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_True",
-        "test_averagepool_3d_dilations_small", "test_clip_default_inbounds",
-        "test_clip_example", "test_clip_inbounds", "test_clip_outbounds",
-        "test_clip_splitbounds", "test_convtranspose_3d",
-        "test_leakyrelu_example", "test_matmul_1d_1d", "test_matmul_1d_3d",
-        "test_matmul_3d", "test_matmul_4d", "test_matmul_4d_1d", "test_matmul_bcast",
-        "test_maxpool_3d_default", "test_maxpool_3d_dilations", "test_maxpool_3d_dilations_use_ref_impl",
-        "test_maxpool_3d_dilations_use_ref_impl_large", "test_mul_bcast", "test_mul_example",
-        "test_sigmoid_example", "test_sum_one_input", "test_sum_two_inputs",
-        "test_tanh_example",
-    ],
-    "dtype": [
-        "test_add_int16", "test_add_int8", "test_add_uint16", "test_add_uint32", "test_add_uint64",
-        "test_add_uint8", "test_clip_default_int8_inbounds", "test_clip_default_int8_max",
-        "test_clip_default_int8_min", "test_maxpool_2d_uint8", "test_mul_int16", "test_mul_int8",
-        "test_mul_uint16", "test_mul_uint32", "test_mul_uint64", "test_mul_uint8",
+        "test_averagepool_3d_dilations_small", "test_clip_default_inbounds", "test_clip_example",
+        "test_clip_inbounds", "test_clip_min_greater_than_max", "test_clip_outbounds", "test_clip_splitbounds",
+        "test_concat_1d_axis_0", "test_concat_1d_axis_negative_1", "test_concat_3d_axis_negative_1",
+        "test_convtranspose_3d", "test_div_example", "test_dropout_default_old", "test_hardsigmoid_example",
+        "test_leakyrelu_example", "test_matmul_1d_1d", "test_matmul_1d_3d", "test_matmul_4d", "test_matmul_4d_1d",
+        "test_matmul_bcast", "test_maxpool_3d_default", "test_maxpool_3d_dilations",
+        "test_maxpool_3d_dilations_use_ref_impl", "test_maxpool_3d_dilations_use_ref_impl_large", "test_mul_example",
+        "test_neg_example", "test_sigmoid_example", "test_sub_example", "test_sum_example", "test_sum_one_input",
+        "test_sum_two_inputs", "test_tanh_example",
     ],
     "nothing": [
-        "test_concat_1d_axis_0", "test_concat_1d_axis_negative_1", "test_concat_2d_axis_0",
-        "test_concat_2d_axis_1", "test_concat_2d_axis_negative_1", "test_concat_2d_axis_negative_2",
-        "test_concat_3d_axis_0", "test_concat_3d_axis_1", "test_concat_3d_axis_2",
-        "test_concat_3d_axis_negative_1", "test_concat_3d_axis_negative_2", "test_concat_3d_axis_negative_3",
-        "test_dropout_default", "test_dropout_default_mask", "test_dropout_default_mask_ratio",
-        "test_dropout_default_old", "test_dropout_default_ratio", "test_dropout_random_old", "test_flatten_axis0",
-        "test_flatten_axis1", "test_flatten_axis2", "test_flatten_axis3", "test_flatten_default_axis",
-        "test_flatten_negative_axis1", "test_flatten_negative_axis2", "test_flatten_negative_axis3",
-        "test_flatten_negative_axis4", "test_identity", "test_identity_opt", "test_identity_sequence",
-        "test_reshape_allowzero_reordered", "test_reshape_extended_dims", "test_reshape_negative_dim",
-        "test_reshape_negative_extended_dims", "test_reshape_one_dim", "test_reshape_reduced_dims",
-        "test_reshape_reordered_all_dims", "test_reshape_reordered_last_dims",
-        "test_reshape_zero_and_negative_dim", "test_reshape_zero_dim",
-    ],
-    "resize_factor": [
-        "test_resize_downsample_scales_cubic", "test_resize_downsample_scales_cubic_A_n0p5_exclude_outside",
-        "test_resize_downsample_scales_cubic_align_corners", "test_resize_downsample_scales_cubic_antialias",
-        "test_resize_downsample_scales_linear", "test_resize_downsample_scales_linear_align_corners",
-        "test_resize_downsample_scales_linear_antialias",
-        "test_resize_downsample_scales_linear_half_pixel_symmetric", "test_resize_downsample_scales_nearest",
-        "test_resize_downsample_sizes_cubic", "test_resize_downsample_sizes_cubic_antialias",
-        "test_resize_downsample_sizes_linear_antialias", "test_resize_downsample_sizes_linear_pytorch_half_pixel",
-        "test_resize_downsample_sizes_nearest", "test_resize_downsample_sizes_nearest_not_larger",
-        "test_resize_downsample_sizes_nearest_not_smaller", "test_resize_tf_crop_and_resize",
-        "test_resize_tf_crop_and_resize_axes_2_3", "test_resize_tf_crop_and_resize_axes_3_2",
-        "test_resize_tf_crop_and_resize_extrapolation_value",
-        "test_resize_upsample_scales_linear_half_pixel_symmetric", "test_resize_upsample_sizes_cubic",
-        "test_resize_upsample_sizes_nearest", "test_resize_upsample_sizes_nearest_axes_2_3",
-        "test_resize_upsample_sizes_nearest_axes_3_2", "test_resize_upsample_sizes_nearest_not_larger",
-        "test_resize_upsample_sizes_nearest_not_smaller",
-    ],
-    "resize_mode": [
-        "test_resize_upsample_scales_cubic", "test_resize_upsample_scales_cubic_A_n0p5_exclude_outside",
-        "test_resize_upsample_scales_cubic_align_corners", "test_resize_upsample_scales_cubic_asymmetric",
-        "test_resize_upsample_scales_linear_align_corners",
-        "test_resize_upsample_sizes_nearest_floor_align_corners",
-    ],
-    "indices": [
-        "test_maxpool_with_argmax_2d_precomputed_pads", "test_maxpool_with_argmax_2d_precomputed_strides",
-    ],
-    "dilation": [
-        "test_averagepool_2d_dilations", "test_convtranspose_dilations", "test_maxpool_2d_dilations",
-    ],
-    "gemm": [
-        "test_gemm_all_attributes", "test_gemm_default_matrix_bias", "test_gemm_transposeA",
-    ],
-    "sum3": [
-        "test_sum_example",
+        "test_concat_3d_axis_2",
     ],
     "output_shape": [
         "test_convtranspose_output_shape",
     ],
-    "clip_bounds": [
-        "test_clip_min_greater_than_max",
+    "per_element": [
+        "test_div_bcast", "test_sub_bcast",
+    ],
+    "indices": [
+        "test_dropout_default_mask", "test_dropout_default_mask_ratio",
+        "test_maxpool_with_argmax_2d_precomputed_pads", "test_maxpool_with_argmax_2d_precomputed_strides",
+    ],
+    "gemm": [
+        "test_gemm_all_attributes", "test_gemm_transposeA",
     ],
 }
 
-_REASON_OF = {name: reason for reason, names in REFUSED.items() for name in names}
+#: reason -> the cases refused even with heterogeneous (the runtime's inputs are tensors of numbers)
+REFUSED = {
+    "dtype": [
+        "test_identity_opt", "test_identity_sequence",
+    ],
+    "zero_size": [
+        "test_reshape_allowzero_reordered",
+    ],
+}
+
+_LISTED = {name: (status, reason) for status, table in (("host", HOST), ("refused", REFUSED))
+           for reason, names in table.items() for name in names}
 CASES = ob.cases()
 
 
 def test_every_listed_case_exists():
     names = {c.name for c in CASES}
-    assert not set(_REASON_OF) - names, sorted(set(_REASON_OF) - names)
+    assert not set(_LISTED) - names, sorted(set(_LISTED) - names)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_case(case):
     outcome = ob.run_case(case)
-    reason = _REASON_OF.get(case.name)
-    if reason is None:
+    listed = _LISTED.get(case.name)
+    if listed is None:
         assert outcome.status == "pass", f"{outcome.status}: {outcome.detail}"
         return
-    assert outcome.status == "refused", (f"listed as refused ({REASONS[reason][1]}) but {outcome.status}: "
-                                         f"{outcome.detail}; update REFUSED and docs/conformance.md")
-    assert re.search(REASONS[reason][0], outcome.detail), f"refused for another reason: {outcome.detail}"
+    status, reason = listed
+    assert outcome.status == status, (f"listed as {status} ({REASONS[reason][1]}) but {outcome.status}: "
+                                      f"{outcome.detail}; update the lists and docs/conformance.md")
+    assert re.search(REASONS[reason][0], outcome.detail), f"not on the DLA for another reason: {outcome.detail}"
+
+
+def test_figures():
+    """Through Run: at least 90 % of the cases (issue 11's target). On the DLA itself: the figure
+    reached, 54 % (issue 11 asks for 60 %: the cases not on the DLA are listed above with their
+    reasons, and docs/conformance.md says which would need what)."""
+    total = len(CASES)
+    host = sum(len(v) for v in HOST.values())
+    refused = sum(len(v) for v in REFUSED.values())
+    assert (total - refused) / total >= 0.90
+    assert (total - refused - host) / total >= DLA_FLOOR
+
+
+#: the share of the cases the DLA runs today (the floor a change must not go below)
+DLA_FLOOR = 0.54

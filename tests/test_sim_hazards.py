@@ -245,7 +245,7 @@ def naive_run(cfg: MachineConfig, mem: np.ndarray, instrs: list[Instr]) -> int:
                                         s = (s + r + half) % full - half
                                     y = (s + ((1 << i.shift) >> 1)) >> i.shift
                                     if not -32768 <= y <= 32767:
-                                        sat += 1
+                                        sat += i.act != 1 or y > 32767      # ReLU absorbs a clip below
                                         y = max(-32768, min(32767, y))
                                     if i.act == 1:
                                         y = max(y, 0)

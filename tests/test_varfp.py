@@ -259,3 +259,108 @@ def test_cli_compile_with_samples(tmp_path):
     ie = microndla.MDLA()
     ie.Init(str(out))
     assert ie._compiled.meta["varfp"] and len({t.frac for t in ie._compiled.graph.tensors.values()}) > 1
+
+
+# ------------------------------------------------------------------------------------------------
+# numerics that never fail silently: run-time SaturationWarnings, fused intermediates, bounded
+# activations, raw 0..255 inputs
+# ------------------------------------------------------------------------------------------------
+
+def _sdk_errors(ie, path, xs):
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return np.max([sdk_error_metric(ie.Run(x), sess.run(None, {"input": x})[0]) for x in xs], axis=0)
+
+
+def _small_gate_model(path) -> str:
+    """mul_model('gate') whose gate is about sigmoid(-4) = 0.018: the gated product is ~55x smaller
+    than the feature map it gates, so its format is ~6 bits finer than the map needs."""
+    m = kernels.mul_model("gate", seed=1)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    (sig,) = [n for n in m.graph.node if n.op_type == "Sigmoid"]
+    bias = producer[sig.input[0]].input[2]
+    for t in m.graph.initializer:
+        if t.name == bias:
+            t.CopyFrom(onnx.numpy_helper.from_array(np.full(onnx.numpy_helper.to_array(t).shape, -4.0, np.float32), bias))
+    onnx.save(m, path)
+    return path
+
+
+def test_calibration_gives_a_gated_value_its_own_format(tmp_path, recwarn):
+    """The value before a fused gate gets the format of its own calibrated range, not the gated
+    product's (where it saturated): calibration is never worse than Q8.8 on its own images."""
+    path = _small_gate_model(str(tmp_path / "gate.onnx"))
+    xs = [x * 3 for x in images((1, 20, 6, 6), 3, seed=4)]
+    q88, cal = microndla.MDLA(), microndla.MDLA()
+    q88.Compile(path)
+    cal.Compile(path, samples=xs)
+    e88, ecal = _sdk_errors(q88, path, xs), _sdk_errors(cal, path, xs)
+    assert ecal[0] <= e88[0] and ecal[1] <= e88[1] and ecal[1] <= 5.0
+    assert cal.GetInfo("saturations") == 0
+    g = cal._compiled.graph
+    (gated,) = [l for l in g.layers if isinstance(l, Conv) and l.res_op == "mul"]
+    target = g.tensors[gated.input].frac + gated.w_frac - gated.shift
+    assert target < g.tensors[gated.output].frac        # the map's format is coarser than the product's
+    assert not [w for w in recwarn if issubclass(w.category, SaturationWarning)]
+
+
+def test_run_warns_once_per_layer_naming_count_and_remedy(tmp_path):
+    path = str(tmp_path / "relu.onnx")
+    onnx.save(kernels.activation_model("leaky", seed=1), path)
+    ie = microndla.MDLA()
+    ie.Compile(path)
+    x = np.random.default_rng(0).standard_normal((1, 6, 7, 7)).astype(np.float32) * 60
+    for _ in range(2):       # every Run that saturates warns again
+        with pytest.warns(SaturationWarning) as caught:
+            ie.Run(x)
+        msgs = [str(w.message) for w in caught if issubclass(w.category, SaturationWarning)]
+        (layer,) = [m for m in msgs if m.startswith("layer 'conv'")]
+        n = ie.GetInfo("layer_saturations")["conv"]
+        assert f"saturated {n} values of the 980 it wrote" in layer and "samples=" in layer and n > 0
+        assert ie.GetInfo("saturations") == sum(ie.GetInfo("layer_saturations").values())
+    ie.Run(x / 1000)
+    assert ie.GetInfo("saturations") == 0 and ie.GetInfo("layer_saturations") == {}
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh", "relu6", "relu", "clip_attr"])
+def test_no_false_warning_for_bounded_activations(kind, tmp_path, recwarn):
+    """Values beyond the format that the activation maps to its bound anyway are no saturation."""
+    path = str(tmp_path / f"{kind}.onnx")
+    onnx.save(kernels.activation_model(kind, seed=1), path)
+    x = np.random.default_rng(0).standard_normal((1, 6, 7, 7)).astype(np.float32) * 20
+    if kind == "relu":
+        x = -np.abs(x) * 0.3      # large negative pre-activations only: ReLU gives 0 either way
+    for samples in (None, [x]):
+        ie = microndla.MDLA()
+        ie.Compile(path, samples=samples)
+        ie.Run(x)
+        assert ie.GetInfo("saturations") == 0, ie.GetInfo("layer_saturations")
+    assert not [w for w in recwarn if issubclass(w.category, SaturationWarning)]
+
+
+def test_raw_pixel_inputs_get_a_format_that_holds_them(tmp_path):
+    path = str(tmp_path / "pixels.onnx")
+    onnx.save(kernels.activation_model("relu", cin=3, seed=2), path)
+    rng = np.random.default_rng(3)
+    xs = [rng.integers(0, 256, (1, 3, 7, 7)).astype(np.float32) for _ in range(3)]
+    xs[0][0, 0] = 255.0
+    q88 = microndla.MDLA()
+    q88.Compile(path)
+    with pytest.warns(SaturationWarning, match="the inputs: .* saturated converting them to fixed point"):
+        q88.Run(xs[0])
+    cal = microndla.MDLA()
+    cal.Compile(path, samples=xs)
+    assert 255 * 2 ** cal._compiled.graph.tensors[cal._compiled.graph.inputs[0].tensor].frac <= 32767
+    e = _sdk_errors(cal, path, xs)
+    assert cal.GetInfo("saturations") == 0 and e[0] <= 1.0 and e[1] <= 5.0
+
+
+def test_cli_run_prints_the_saturation_warning(tmp_path):
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+    path, inp = tmp_path / "m.onnx", tmp_path / "x.npy"
+    onnx.save(kernels.activation_model("leaky", seed=1), str(path))
+    np.save(inp, np.random.default_rng(0).standard_normal((1, 6, 7, 7)).astype(np.float32) * 60)
+    r = CliRunner().invoke(main, ["run", str(path), "--input", str(inp)])
+    assert r.exit_code == 0, r.output
+    assert "warning: layer 'conv' (conv) saturated" in r.output and "samples=" in r.output

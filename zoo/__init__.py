@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 
+from . import families
 from .classic import alexnet, vgg16
 from .inception import inception
 from .linknet import linknet
@@ -22,7 +23,7 @@ from .unet import unet
 from .yolo import tiny_yolo_v2
 
 __all__ = ["MODELS", "build", "save", "small_cnn", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16", "inception",
-           "squeezenet", "mobilenet_v2", "unet", "linknet", "tiny_yolo_v2"]
+           "squeezenet", "mobilenet_v2", "unet", "linknet", "tiny_yolo_v2", "families"]
 
 #: name -> builder(seed=0, **kw) -> ModelProto
 MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
@@ -38,6 +39,15 @@ MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
     "unet": unet,
     "linknet": linknet,
     "tiny_yolo_v2": tiny_yolo_v2,
+    # issue 11's families, written with the exporters' idioms (zoo/families.py)
+    "mobilenet_v3_small": families.mobilenet_v3,
+    "mobilenet_v3_small_paddle": lambda seed=0, **kw: families.mobilenet_v3(seed, exporter="paddle", **kw),
+    "mobilenet_v3_large_paddle": lambda seed=0, **kw: families.mobilenet_v3(seed, exporter="paddle", size="large",
+                                                                            width=0.5, **kw),
+    "text_direction": families.text_direction,
+    "dbnet": families.dbnet,
+    "yolo_v8": families.yolo,
+    "yolox": lambda seed=0, **kw: families.yolo(seed, head="yolox", **kw),
 }
 
 

@@ -349,3 +349,23 @@ if _random_verilator_examples():
         except SimError:          # a race the generator did not avoid: not a valid program
             assume(False)
         assert_same("verilator", cfg, mem, addrs, harness="main")
+
+
+@pytest.mark.parametrize("sim", SIMS)
+def test_compiled_hardswish_silu_sigmoid_shift(card_build, sim):
+    """The output-stage functions HARDSWISH, SILU (set on the IR, as the front end's canonicalisation
+    names them) and a SIGMOID rounded into a coarser format, on the Verilog card."""
+    from compiler.driver import compile_graph
+    from compiler.frontend import load_model
+    from compiler.quantize import quantize
+    from zoo import kernels
+    card_build(sim)
+    for act in ("hardswish", "silu", "sigmoid"):
+        g = load_model(kernels.activation_model("relu", cin=3, cout=5, h=4, w=4, seed=2))
+        g.layers[0].act = act
+        q = quantize(g, SMALL, act_frac=10)
+        if act == "sigmoid":      # as in a Concat group of Q5.10 tensors
+            q.layers[0].act_a = 5
+        c = compile_graph(q, SMALL)
+        mem, _ = c.seeded_image(1)
+        assert_same(sim, SMALL, mem, c.program_addresses())

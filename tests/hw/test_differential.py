@@ -87,6 +87,20 @@ def test_compiled_kernel(name):
     assert_same(SMALL, mem, programs)
 
 
+@pytest.mark.parametrize("act", ["hardswish", "silu"])
+def test_compiled_hardswish_silu(act):
+    """The output-stage functions the front end's canonicalisation produces (set on the IR here)."""
+    from compiler.driver import compile_graph
+    from compiler.frontend import load_model
+    from compiler.quantize import quantize
+    from zoo import kernels
+    g = load_model(kernels.activation_model("relu", cin=3, cout=5, h=4, w=4, seed=2))
+    g.layers[0].act = act
+    c = compile_graph(quantize(g, SMALL, act_frac=10), SMALL)
+    mem, _ = c.seeded_image(1)
+    assert_same(SMALL, mem, c.program_addresses())
+
+
 SLOW_KERNELS = [(16, 32, 10, 10, 3, 2, 1, 1), (20, 24, 9, 11, 3, 1, 0, 1), (64, 40, 6, 6, 3, 1, 1, 1),
                 (4, 70, 17, 17, 3, 1, 1, 1)]
 
@@ -251,6 +265,8 @@ def random_programs(draw):
                 elif i.act == Act.CLIP:
                     lo, hi = sorted(draw(st.integers(-32768, 32767)) for _ in range(2))
                     i = i.replace(act_a=lo & 0xFFFF, act_b=hi & 0xFFFF)
+                elif i.act in (Act.SIGMOID, Act.TANH, Act.HARDSWISH, Act.SILU):
+                    i = i.replace(act_a=draw(st.integers(0, 15)))
                 if draw(st.booleans()):
                     i = i.replace(resid=draw(st.sampled_from([Resid.ADD, Resid.MUL])), res_addr=draw(st.integers(0, 8)),
                                   rshift=draw(st.integers(0, 40)))

@@ -210,16 +210,16 @@ def test_output_stage_residual_vectors():
 
 def test_output_stage_activation_vectors():
     """OutputStage alone against arch.numerics.requantize for every activation (random LEAKY and
-    CLIP parameters, the SIGMOID/TANH ROM over its segment boundaries and tails) and every residual
-    mode, MUL included."""
+    CLIP parameters, the SIGMOID/TANH ROM over its segment boundaries and tails, every format of
+    HARDSWISH and SILU and output shift of SIGMOID/TANH) and every residual mode, MUL included."""
     cfg = CFG
     L, A = cfg.lanes, cfg.acc_bits
     rng = np.random.default_rng(4)
     edges = np.array([0, 1, -1, 127, 128, -128, 16383, 16384, 16385, -16384, 32767, -32768, 4095, -4096])
     cases = []
-    for k in range(240):
-        act = k % 6
-        mode = (k // 6) % 3
+    for k in range(320):
+        act = k % 8
+        mode = (k // 8) % 3
         shift = int(rng.integers(0, 20))
         if k % 5 == 0:   # table edges and saturation, exactly
             y = rng.choice(edges, size=L)
@@ -234,6 +234,8 @@ def test_output_stage_activation_vectors():
         elif act == numerics.ACT_CLIP:
             lo, hi = sorted(int(v) for v in rng.integers(-32768, 32768, size=2))
             a, b = numerics.clip_fields(lo, hi)
+        elif act in (numerics.ACT_SIGMOID, numerics.ACT_TANH, numerics.ACT_HARDSWISH, numerics.ACT_SILU):
+            a = int(rng.integers(0, numerics.ACT_MAX_FRAC + 1))     # output shift / the format
         cases.append((acc, res, shift, rshift, act, mode, a, b))
     dut = OutputStage(cfg)
 
