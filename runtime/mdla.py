@@ -37,7 +37,7 @@ from . import saturation, workers
 from .cards import POOL, CardsUnavailable
 from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
-from .streaming import Stream, StreamDeadlock
+from .streaming import Stream, StreamClosed, StreamDeadlock
 from .trace import after_run as write_traces
 from .workers import WorkerCrashed
 
@@ -329,10 +329,12 @@ class MDLA:
         both input buffers are busy and 'blockingmode' is 0."""
         c = self._need()
         if images is not None:
+            # The SDK copied the inputs into its buffer here: the caller may refill its array at once.
+            images = _copy_inputs(images)
             self._inputs(images, c)          # bad input is reported here, not at GetResult
         try:
             return self._stream.put(images, userobj, bool(self._flags["blockingmode"]))
-        except StreamDeadlock as e:
+        except (StreamDeadlock, StreamClosed) as e:
             raise MDLAError(str(e)) from None
 
     def GetResult(self):
@@ -340,7 +342,7 @@ class MDLA:
         end-of-stream marker); None when nothing is ready and 'blockingmode' is 0."""
         try:
             r = self._stream.get(bool(self._flags["blockingmode"]))
-        except StreamDeadlock as e:
+        except (StreamDeadlock, StreamClosed) as e:
             raise MDLAError(str(e)) from None
         if r is not None and r[0] is not None:
             self._hwcycles = self._stream.last_cycles
@@ -497,6 +499,14 @@ class MDLA:
         print(f"Batch {batch}, cards {p.nfpgas}, clusters {len(p.clusters)} ({cfg.name}); bytes moved {moved}; "
               f"ops {2 * macs}; modelled {cfg.cycles_to_ms(cycles):.4f} ms ({cycles} cycles at {cfg.clock_mhz:g} MHz); "
               f"ideal at peak {cfg.cycles_to_ms(ideal):.4f} ms; efficiency {ideal / max(cycles, 1):.3f}")
+
+
+def _copy_inputs(images):
+    """The call's inputs as arrays of their own (one, or a list for several inputs), so that the
+    caller's buffers are free to reuse as soon as PutInput returns."""
+    if isinstance(images, (list, tuple)):
+        return [None if a is None else np.array(a, copy=True) for a in images]
+    return np.array(images, copy=True)
 
 
 def _image(c: Compiled, arrays, k: int, n: int) -> np.ndarray:
