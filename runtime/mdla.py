@@ -39,7 +39,7 @@ from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
 from .streaming import Stream, StreamClosed, StreamDeadlock
 from .trace import after_run as write_traces
-from .workers import WorkerCrashed
+from .workers import WorkerCrashed, WorkerTimeout
 
 VERSION = "0.1.0"
 
@@ -554,7 +554,8 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
                         sat[j] += over
                         lay.write(card.memory, mm.tensor_addr(i.tensor, p.slot(n)[2]), cfg.lanes, q)
             stats = card.run(cfg, programs, executor, where, check_hazards=check, trace=trace,
-                             helpers=workers.cluster_helpers(len(programs)))
+                             helpers=workers.cluster_helpers(len(programs)),
+                             timeout=workers.reply_timeout(macs // nfpgas))
             for j, (c, arrays, batch) in enumerate(jobs):
                 mm, p = c.memmap, c.parallel
                 for n in range(batch):
@@ -685,4 +686,4 @@ def _objects_on(cards) -> list[MDLA]:
     return objs
 
 
-__all__ = ["MDLA", "MDLAError", "CompileError", "WorkerCrashed", "VERSION"]
+__all__ = ["MDLA", "MDLAError", "CompileError", "WorkerCrashed", "WorkerTimeout", "VERSION"]
