@@ -104,8 +104,14 @@ class _Session:
         else:
             _loopback_only(ray)
             # address='local': a new instance, never a cluster `ray start` left running on this host
-            ray.init(address="local", num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1",
-                     include_dashboard=bool(dashboard), dashboard_host="127.0.0.1", **quiet)
+            try:
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1",
+                         include_dashboard=bool(dashboard), dashboard_host="127.0.0.1", **quiet)
+            except Exception as e:  # noqa: BLE001 - e.g. the dashboard without ray[default]'s packages
+                if ray.is_initialized():
+                    ray.shutdown()
+                hint = " (the dashboard needs pip install 'ray[default]==2.60.0')" if dashboard else ""
+                raise RayUnavailable(f"workers='ray': cannot start a local Ray instance{hint}: {e}") from e
             self.local = True
         self.ours = True
         self.address = ray.get_runtime_context().gcs_address
