@@ -288,6 +288,11 @@ class Instr:
     def __setattr__(self, name, value):
         raise AttributeError("Instr is immutable; use .replace()")
 
+    def __reduce__(self):
+        # pickle (worker processes, Ray tasks) rebuilds it from its fields: the default protocol
+        # would call __getattr__ on an instance without ``f`` and recurse
+        return (Instr._decoded, (self.op, dict(self.f)))
+
     def replace(self, **fields) -> "Instr":
         d = dict(self.f)
         d.update(fields)

@@ -33,7 +33,7 @@ from compiler.ir import CompileError
 from compiler.partition import HostStage, Staged, compile_partitioned
 from compiler.memmap import align
 
-from . import saturation, workers
+from . import ray_cards, saturation, workers
 from .cards import POOL, CardsUnavailable
 from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
@@ -92,13 +92,15 @@ class MDLA:
             return
         self._flags.set(name, value)
         if name == "maxfpga":
+            ray_cards.check_maxfpga(self._flags)
             POOL.resize(self._flags["maxfpga"])
 
     def GetInfo(self, name: str):
         """A typed value: 'version', 'build', 'hwtime' (ms, last run), 'hwcycles', 'freq' (MHz),
         'maxcluster', 'maxfpga', 'inshapes', 'outshapes', 'innames', 'outnames', 'addroff',
         'saturations' (values clipped in the last run), 'layer_saturations' (those per layer),
-        'batch', or the current value of any flag."""
+        'batch', 'engine' (what runs the cards: serial, processes, ray and where), 'cards' (per card
+        of this object: its engine, Ray node and pid or worker pids), or the current value of any flag."""
         cfg = self._config()
         info = {
             "version": lambda: VERSION,
@@ -116,6 +118,8 @@ class MDLA:
             "innames": lambda: ";".join(i.name for i in self._need().inputs),
             "outnames": lambda: ";".join(o.name for o in self._need().final_outputs),
             "addroff": lambda: int(self._need().memmap.end),
+            "engine": lambda: ray_cards.engine_info(self),
+            "cards": lambda: ray_cards.cards_info(self),
         }
         if name in info:
             return info[name]()
@@ -167,7 +171,11 @@ class MDLA:
         self._load(compiled, MDLA)
 
     def Free(self):
-        """Release the loaded program and the cards it occupied."""
+        """Release the loaded program and the cards it occupied (and its Ray cards, if any)."""
+        self._free_model()
+        ray_cards.release(self._owner)
+
+    def _free_model(self):
         self._stream.close()
         POOL.release(self._owner)
         self._compiled = None
@@ -216,7 +224,7 @@ class MDLA:
                                 f"linked models use either disjoint clusters (set firstcluster) or the same ones")
 
     def _load(self, compiled: Compiled, link: "MDLA | None" = None) -> None:
-        self.Free()
+        self._free_model()
         self._stream = self._new_stream()
         if link is not None:
             if not isinstance(link, MDLA) or link._compiled is None:
@@ -536,6 +544,8 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
     where = workers.plan(first._flags["workers"], isinstance(executor, FunctionalExecutor), nfpgas,
                          len(programs), macs // nfpgas)
     trace = bool(getattr(executor, "trace", False))
+    if first._flags["workers"] == "ray":
+        return _merge_cards(ray_cards.run_cards(first, jobs, executor, programs, check), jobs)
 
     def run_card(f: int):
         card = cards[f]
@@ -580,6 +590,12 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
             per_card = list(pool.map(run_card, range(nfpgas)))
     else:
         per_card = [run_card(f) for f in range(nfpgas)]
+    return _merge_cards(per_card, jobs)
+
+
+def _merge_cards(per_card, jobs):
+    """(run statistics per card, per job the outputs per image, per job the input values saturated)
+    from each card's (statistics, {(job, image): outputs}, saturations per job)."""
     all_stats = [s for s, _, _ in per_card]
     merged = {key: value for _, outs, _ in per_card for key, value in outs.items()}
     results = [[merged[(j, n)] for n in range(batch)] for j, (_, _, batch) in enumerate(jobs)]

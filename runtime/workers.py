@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 #: 'workers' flag values (see runtime/flags.py)
-MODES = ("auto", "serial", "processes")
+MODES = ("auto", "serial", "processes", "ray")
 
 #: In 'auto' mode, calls with fewer multiply-accumulates per card than this run in the calling
 #: process: a worker round trip and the start of a worker (about 0.1 s) would cost more than the
