@@ -54,6 +54,7 @@ from .hostops import host_evaluator
 from .ir import CompileError
 from .memmap import align
 from .frontend_canon import canonicalise
+from .frontend_seq import sequence_io
 from .ops import SUPPORTED_OPS, ops_in, spec
 
 __all__ = ["HostStage", "Staged", "HostOnlyWarning", "compile_partitioned", "partition"]
@@ -506,7 +507,13 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
     :class:`HostOnlyWarning`. Without it, the refusal names the node, its op, the reason and the flag.
 
     ``samples`` (calibration images for the model's inputs) give every DLA stage calibration samples
-    of its own inputs: the stages run in float, in order, on each sample."""
+    of its own inputs: the stages run in float, in order, on each sample.
+
+    A model with sequence-first recurrent layers gets a leading unit (batch) axis on its inputs
+    and outputs first (:func:`compiler.frontend_seq.sequence_io`)."""
+    seq = sequence_io(_load(model)[0], inshapes)
+    if seq is not None:
+        model = seq
     p = _Partitioner(model, inshapes, cfg.mem_bytes)
     if p.fe.model_batch > 1 and parallel.batch == 1:      # a model exported for B images takes B per call
         parallel = dataclasses.replace(parallel, imgs_per_cluster=p.fe.model_batch)
