@@ -466,7 +466,8 @@ def partition(model, inshapes: str | None = None, heterogeneous: bool = False, m
                                node=node.name)
         p.prepare()
         return p, parts
-    if parts[0].kind == DLA and (len(parts) == 1 or (len(parts) == 2 and _frontend_tail(parts[1]))):
+    if parts[0].kind == DLA and (len(parts) == 1 or (len(parts) == 2 and _frontend_tail(
+            parts[1], {i.name for i in p.proto.graph.input}))):
         return p, None
     p.prepare()
     return p, parts
@@ -486,12 +487,14 @@ def _why_host(p: "_Partitioner", index: int, node: onnx.NodeProto, forced) -> st
     return "it reads only tensors made on the host"
 
 
-def _frontend_tail(tail: _Part) -> bool:
+def _frontend_tail(tail: _Part, graph_inputs: set[str]) -> bool:
     """Whether the front end puts these nodes in its host tail of one DLA program, as it does for
-    ops it does not know and for everything reading what they produce."""
+    ops it does not know and for everything reading what they produce (and none of them reads a
+    model input: a recurrence's initial state, which the front end's tail cannot take)."""
     made = set()
     for _, node in tail.nodes:
-        if spec(node) is not None and not any(i in made for i in node.input):
+        if (spec(node) is not None and not any(i in made for i in node.input)) or any(
+                i in graph_inputs for i in node.input):
             return False
         made.update(o for o in node.output if o)
     return True
