@@ -248,3 +248,24 @@ def test_recogniser_within_budget(name):
     ie, ys = _run(model, {"input": x})
     _within_budget(ys, [ref], name)
     assert_bit_exact_with_golden(ie)
+
+
+def test_profile_reports_the_dla_and_host_shares(tmp_path):
+    """mdla profile of the CRNN: host rows carry the modelled host time (arch/host.py), the table
+    the DLA and host shares of the call; the split recurrence's host LSTM is charged its recurrent
+    products only (the DLA computed the input part)."""
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+    from runtime.host_cost import stage_cost
+    path = tmp_path / "crnn.onnx"
+    onnx.save(sequence.crnn(), str(path))
+    result = CliRunner().invoke(main, ["profile", str(path), "-f", "heterogeneous=1"])
+    assert result.exit_code == 0, result.output
+    assert "modelled time of the call: DLA" in result.output and "host" in result.output
+    ie, _ = _run(sequence.crnn(), {"input": np.zeros((1, 1, 32, 64), np.float32)})
+    lstm = next(s for s in ie._compiled.stages if isinstance(s, HostStage) and any("(LSTM)" in n for n in s.nodes))
+    flops, moved, nbytes, seconds = stage_cost(lstm.model)
+    T, D, H = 16, 2, 48
+    recurrent = T * D * (2 * 4 * H * H + 12 * H)
+    assert recurrent <= flops <= recurrent * 1.1 and seconds > 0
