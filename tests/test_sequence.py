@@ -269,3 +269,22 @@ def test_profile_reports_the_dla_and_host_shares(tmp_path):
     T, D, H = 16, 2, 48
     recurrent = T * D * (2 * 4 * H * H + 12 * H)
     assert recurrent <= flops <= recurrent * 1.1 and seconds > 0
+
+
+def test_lstm_step_on_the_dla_is_latency_bound():
+    """docs/architecture.md's case against the recurrence on the DLA: one LSTM step as DLA layers
+    runs within the budget but takes over 20 times the cycles its MACs need (every layer waits for
+    the previous one on a single pixel), while the input part of all 32 step-directions of the
+    CRNN's LSTM costs less than one such step per direction-step."""
+    from arch.machine import REFERENCE
+    I, H = 64, 48
+    model = sequence.lstm_step(I, H)
+    feeds = _feeds(model)
+    ie, ys = _run(model, feeds, heterogeneous=False)
+    _within_budget(ys, _ort(model, feeds), "lstm_step")
+    step = ie.GetInfo("hwcycles")
+    assert step > 20 * 4 * H * (I + H) / REFERENCE.macs_per_cluster
+    assert_bit_exact_with_golden(ie)
+    gates = sequence.rnn_layer("LSTM", seq=16, inputs=I, hidden=H, direction="bidirectional")
+    ie, _ = _run(gates, _feeds(gates))
+    assert ie.GetInfo("hwcycles") < step * 2

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ._util import IR_VERSION, OPSET, init, tensor
 
-__all__ = ["rnn_layer", "lstm_stack", "crnn", "attention_recogniser"]
+__all__ = ["rnn_layer", "lstm_stack", "lstm_step", "crnn", "attention_recogniser"]
 
 _GATES = {"LSTM": 4, "GRU": 3}
 
@@ -191,3 +191,22 @@ def attention_recogniser(seed: int = 0, height: int = 32, width: int = 64, dim: 
     net.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
     return _model("attention_recogniser", net.nodes, [tensor("input", (1, 1, height, width))],
                   [tensor("logits", (1, T, classes))], net.inits)
+
+
+def lstm_step(inputs: int = 64, hidden: int = 48, seed: int = 0) -> onnx.ModelProto:
+    """One LSTM step written as DLA layers (the alternative to running the recurrence on the
+    host, docs/architecture.md): the gates as 1x1 convolutions of [x_t, h_{t-1}] (1, I + H, 1, 1)
+    with Sigmoid/Tanh in their output stage, the cell update as fused products and sums.
+    Inputs x (1, I, 1, 1), h, c (1, H, 1, 1); outputs h', c'."""
+    rng = np.random.default_rng(seed)
+    inits, mk = [], helper.make_node
+    nodes = [mk("Concat", ["x", "h"], ["xh"], axis=1)]
+    for gate, act in (("i", "Sigmoid"), ("f", "Sigmoid"), ("o", "Sigmoid"), ("g", "Tanh")):
+        inits.append(init(f"w_{gate}", rng.normal(0, 1 / np.sqrt(inputs + hidden), (hidden, inputs + hidden, 1, 1))))
+        inits.append(init(f"b_{gate}", rng.normal(0, 0.05, hidden)))
+        nodes += [mk("Conv", ["xh", f"w_{gate}", f"b_{gate}"], [gate + "_pre"]), mk(act, [gate + "_pre"], [gate])]
+    nodes += [mk("Mul", ["f", "c"], ["fc"]), mk("Mul", ["i", "g"], ["ig"]), mk("Add", ["fc", "ig"], ["c_next"]),
+              mk("Tanh", ["c_next"], ["tanh_c"]), mk("Mul", ["o", "tanh_c"], ["h_next"])]
+    ins = [tensor("x", (1, inputs, 1, 1)), tensor("h", (1, hidden, 1, 1)), tensor("c", (1, hidden, 1, 1))]
+    return _model("lstm_step", nodes, ins, [tensor("h_next", (1, hidden, 1, 1)), tensor("c_next", (1, hidden, 1, 1))],
+                  inits)
