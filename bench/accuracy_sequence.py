@@ -1,6 +1,8 @@
 """Accuracy of the sequence models (zoo/sequence.py) on the DLA against onnxruntime in float32,
 SDK metric, Q8.8 and calibrated, with the shares of the modelled time on the DLA and on the host
-(arch/host.py); writes (replaces) the section "Issue 12's sequence models" of docs/accuracy.md:
+(arch/host.py); and of quantised models (built offline with onnxruntime.quantization) against
+onnxruntime running the quantised model and the float one. Writes (replaces) the sections
+"Issue 12's sequence models" and "Issue 12's quantised models" of docs/accuracy.md:
 
     python bench/accuracy_sequence.py [-o docs/accuracy.md]
 
@@ -113,11 +115,72 @@ def write_section(path: Path, text: str, marker: str = MARKER) -> None:
     path.write_text(new)
 
 
+QMARKER = "## Issue 12's quantised models"
+
+
+def quant_rows() -> list[dict]:
+    import tempfile
+
+    import onnx
+
+    from tests.test_quant_import import CASES, _feeds, _quantise, _token_mlp
+    from zoo import small_cnn
+    builders = {"small_cnn": small_cnn, "token_mlp": _token_mlp,
+                "lstm": lambda: sequence.rnn_layer("LSTM", direction="bidirectional", states=True)}
+    rows = []
+    for name, how, ops in CASES:
+        with tempfile.TemporaryDirectory() as d:
+            model = builders[name]()
+            fpath, qpath = _quantise(Path(d), model, how)
+            qops = sorted({n.op_type for n in onnx.load(qpath).graph.node} & (ops | {"QuantizeLinear", "DequantizeLinear"}))
+            errs = {"ours_q": [], "ours_f": [], "q_f": []}
+            sess_q, sess_f = (ort.InferenceSession(p, providers=["CPUExecutionProvider"]) for p in (qpath, fpath))
+            ie = microndla.MDLA()
+            ie.SetFlag("heterogeneous", 1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ie.Compile(qpath)
+            for seed in (7, 8):
+                feeds = _feeds(model, seed)
+                ys = ie.Run([feeds[i.name] for i in model.graph.input])
+                ys = ys if isinstance(ys, list) else [ys]
+                for y, rq, rf in zip(ys, sess_q.run(None, feeds), sess_f.run(None, feeds)):
+                    errs["ours_q"].append(sdk_error_metric(np.asarray(y).reshape(rq.shape), rq))
+                    errs["ours_f"].append(sdk_error_metric(np.asarray(y).reshape(rf.shape), rf))
+                    errs["q_f"].append(sdk_error_metric(rq, rf))
+        row = {"name": f"{name} ({how}: {', '.join(qops)})", "cycles": ie.GetInfo("hwcycles")}
+        for k, v in errs.items():
+            row[k] = (float(np.mean([e[0] for e in v])), float(np.max([e[1] for e in v])))
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def quant_markdown(rows: list[dict]) -> str:
+    out = [QMARKER, "",
+           "Written by `python bench/accuracy_sequence.py` (it replaces this section only). Float models "
+           "quantised offline by onnxruntime.quantization (static QDQ and QOperator with 4 calibration "
+           "images, dynamic with int8 weights), imported by `compiler/quant_import.py` (weights dequantised, "
+           "then requantised to the DLA's 16-bit formats; the 8-bit activation rounding dropped) and run on "
+           "the DLA in Q8.8. SDK metric over 2 seeded uniform [0, 1) inputs: the DLA against onnxruntime "
+           "running the quantised model, the DLA against the float model, and the quantised model itself "
+           "against the float model.", "",
+           "| model (quantisation: its operators) | DLA vs quantised mean % | max % | DLA vs float mean % | max % | "
+           "quantised vs float mean % | max % | hwcycles |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        a, b, c = r["ours_q"], r["ours_f"], r["q_f"]
+        out.append(f"| {r['name']} | {a[0]:.3f} | {a[1]:.3f} | {b[0]:.3f} | {b[1]:.3f} | {c[0]:.3f} | {c[1]:.3f} | "
+                   f"{r['cycles']} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--output", default=str(ROOT / "docs" / "accuracy.md"))
     args = ap.parse_args()
     write_section(Path(args.output), markdown([row(n, b) for n, b in MODELS]))
+    write_section(Path(args.output), quant_markdown(quant_rows()), QMARKER)
     print(f"wrote {args.output}")
 
 

@@ -288,3 +288,22 @@ def test_lstm_step_on_the_dla_is_latency_bound():
     gates = sequence.rnn_layer("LSTM", seq=16, inputs=I, hidden=H, direction="bidirectional")
     ie, _ = _run(gates, _feeds(gates))
     assert ie.GetInfo("hwcycles") < step * 2
+
+
+def test_several_sequences_per_call():
+    """imgs_per_cluster 2: two sequences per call, each input stacked on a leading axis of its
+    per-call shape (x (T, 1, I) -> (2, T, 1, I); h0 (1, 1, H) -> (2, 1, H)), each result equal to
+    its own run within the budget."""
+    model = sequence.lstm_stack(seq=6)
+    calls = [_feeds(model, seed=s) for s in (1, 2)]
+    names = [i.name for i in model.graph.input]
+    arrays = [np.stack([c[n] for c in calls]) if calls[0][n].shape[0] != 1 else np.concatenate([c[n] for c in calls])
+              for n in names]
+    ie = microndla.MDLA()
+    ie.SetFlag("heterogeneous", 1)
+    ie.SetFlag("imgs_per_cluster", 2)
+    ie.Compile(model)
+    ys = ie.Run(arrays)
+    assert ys[0].shape == (2, 6, 1, 32) and ys[1].shape == (2, 1, 32)
+    for k, feeds in enumerate(calls):
+        _within_budget([y[k] for y in ys], _ort(model, feeds), f"sequence {k}")
