@@ -226,6 +226,32 @@ so neither the DMA nor the compute units handle borders. See `compiler/memmap.py
 **Checking the schedule.** The functional model applies each instruction's effect at its start
 cycle and checks that no two instructions with overlapping time intervals touch overlapping
 addresses where one writes (a data race), so a missing token is an error, not a wrong answer.
+
+**Products over tokens: 1x1 convolutions over the token positions.** A (1, T, K) x (K, N) product
+by constant weights (a transformer's projections, a per-step classifier) is the same matrix at
+each of T positions: a 1x1 convolution of a (K, T, 1) map, whose lanes take the output channels as
+any convolution's do. The DLA has no transpose, so the token layout (T, K) and the channel form
+(K, T) are exchanged on the host, only where a token tensor meets a host operator; consecutive
+products and their per-token bias, activations and residual sums stay in channel form on the DLA
+(`compiler/frontend_seq.py`). Products of two activations (attention's Q K^T and P V), Softmax and
+LayerNorm have no constant operand or are reductions along the tokens: they run on the host.
+
+**Recurrent layers: the input part on the DLA, the recurrence on the host.** An LSTM/GRU step is
+`x_t W^T + h_(t-1) R^T` and then element-wise gates. The input part of all T steps and all directions
+does not depend on the recurrence: it is one product over the T tokens (above), so a 1x1
+convolution with D x 4H (GRU: 3H) output channels. The recurrence can run on the DLA too (the ISA
+has all it needs: `zoo.sequence.lstm_step` compiles one LSTM step to 8 layers: the gate
+convolutions of `[x_t, h_(t-1)]` with Sigmoid/Tanh in their output stage, the cell update as fused
+products and sums), but every step waits for the previous one, so each of its layers pays its
+whole load-compute-store latency on a single pixel: one step of I = 64, H = 48 takes 3961 cycles
+for 21,504 MACs, which the MAC lanes would do in 84. The CRNN's bidirectional LSTM (16 steps, two
+directions) would take 32 x 3961 = 126,752 cycles (507 us) that way, against 3543 cycles for its
+input part on the DLA plus about 61 us of host arithmetic for the recurrence (608k operations at the
+host model's rate, `arch/host.py`). So the recurrence (`H R^T`, the nonlinearities, the cell
+update) runs on the host as an LSTM/GRU of the precomputed gates, with `heterogeneous`; the gate
+nonlinearities cannot use the output stage's tables there, because they apply after the
+recurrent product is added. A lane-parallel element-wise unit and on-chip state between steps
+would be what moves the recurrence onto the DLA.
 """
 
 

@@ -171,7 +171,9 @@ def main() -> None:
         path = Path(args.output)
         old = path.read_text() if path.exists() else ""
         head = old.split(marker)[0].rstrip("\n") + "\n\n" if old else ""
-        path.write_text(head + families_markdown(family_rows(args.samples, args.images)))
+        later = "## Issue 12's"          # bench/accuracy_sequence.py's section, kept
+        tail = "\n" + later + old.split(later, 1)[1] if later in old else ""
+        path.write_text(head + families_markdown(family_rows(args.samples, args.images)) + tail)
         print(f"wrote {args.output}")
         return
     kept = ""

@@ -24,7 +24,12 @@ front end and the host/DLA partitioner both run it, so both see the same static 
    activation ``silu`` where the machine has it, else stays a product of two DLA layers.
 5. **Reductions**: ``ReduceMean``/``ReduceMax`` over H and W keeping the dimensions is
    ``GlobalAveragePool``/``GlobalMaxPool``.
-6. **Channel ranges and permutations**: ``Split`` and ``Slice`` along the channels of a 4-D
+6. **Quantised models** (:mod:`compiler.quant_import`): QDQ pairs, QLinear* and integer
+   products, DynamicQuantizeLSTM become float operators with dequantised weights.
+   **Sequences** (:mod:`compiler.frontend_seq`): products over tokens become 1x1 convolutions over
+   the token positions; LSTM/GRU are split into the input part of their gates (a product over the
+   steps) and the recurrence (the host).
+7. **Channel ranges and permutations**: ``Split`` and ``Slice`` along the channels of a 4-D
    tensor, and a channel shuffle (``Reshape -> Transpose -> Reshape`` that permutes channels only,
    or any such view chain), become 1x1 selection convolutions (weights 0/1), which are folded into
    a consumer Conv (``groups=1``) by composing the weights (``W' = W @ S``, exact) and otherwise run
@@ -43,6 +48,8 @@ from onnx import helper, numpy_helper
 from .frontend_load import _DLA_WEIGHT_BYTES, _SHAPE_CONSTANT_LIMIT, evaluate_node, shape_nodes
 from .ir import CompileError
 from .ops import MDLA_DOMAIN
+from .frontend_seq import SEQUENCE_STEPS
+from .quant_import import PRE_FOLD_STEPS, QUANT_STEPS
 
 __all__ = ["canonicalise", "act_available"]
 
@@ -659,11 +666,14 @@ def canonicalise(proto: onnx.ModelProto, consts: dict[str, np.ndarray], mem_byte
     g.selectors = set()
     for _ in range(_MAX_ROUNDS):
         g.infer()
-        changed = g.fold()
+        changed = any([step(g) for step in PRE_FOLD_STEPS])
+        changed |= g.fold()
         if changed:
             g.infer()
         for step in (g.noops, g.arithmetic, g.reductions, g.gates, g.products, g.view_chains, g.channel_ranges, g.merge_selectors):
             changed |= step()
+        for seq_step in QUANT_STEPS + SEQUENCE_STEPS:
+            changed |= seq_step(g)
         if not changed:
             break
     _drop_unused_initializers(proto, consts)

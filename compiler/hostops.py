@@ -6,6 +6,8 @@ ONNX specification (and with onnxruntime).
   specification's formula: ``y = x / (bias + alpha / size * sum_{window} x^2) ** beta`` over
   channels ``c - floor((size - 1) / 2) .. c + ceil((size - 1) / 2)``.
 * ``com.microndla.Silu``: the compiler's own op (x * Sigmoid(x), made by canonicalisation).
+* ``LSTM``, ``GRU``: the reference ignores ``sequence_lens``, ``clip``, ``input_forget`` and the
+  ``activations`` attribute; replaced by :mod:`compiler.host_rnn`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import numpy as np
 import onnx
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
+
+from .host_rnn import GRU, LSTM
 
 __all__ = ["host_evaluator"]
 
@@ -50,4 +54,4 @@ def host_evaluator(model: onnx.ModelProto | bytes) -> ReferenceEvaluator:
     """An evaluator of ``model`` (a proto or its serialised bytes) for the host stages."""
     if isinstance(model, bytes):
         model = onnx.load_from_string(model)
-    return ReferenceEvaluator(model, new_ops=[LRN, Silu])
+    return ReferenceEvaluator(model, new_ops=[LRN, Silu, LSTM, GRU])

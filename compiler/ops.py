@@ -45,7 +45,7 @@ class Op:
     params: int | None = None    #: inputs from this position on are parameters (weights, scales, shapes)
     conformance: bool = True     #: its onnx.backend.test node cases are part of the conformance run
     canonical: bool = False      #: rewritten by canonicalisation, no handler of its own
-    domain: str = ""             #: "" (ONNX) or MDLA_DOMAIN
+    domain: str = ""             #: "" (ONNX), MDLA_DOMAIN or (canonical ops) com.microsoft
 
     @property
     def handler(self) -> str:
@@ -93,6 +93,27 @@ _TABLE = (
        params=1, canonical=True, conformance=False),
     Op("Slice", "view", "of a channel range: as Split", params=1, canonical=True, conformance=False),
     Op("Cast", "view", "between float types: removed", canonical=True, conformance=False),
+    # sequences (compiler/frontend_seq.py): the DLA part is a product over the steps, the rest runs on the host
+    Op("LSTM", "layer", "input part of the gates for all steps as a 1x1 convolution over the steps; the recurrence "
+       "on the host", params=1, canonical=True, conformance=False),
+    Op("GRU", "layer", "as LSTM", params=1, canonical=True, conformance=False),
+    # quantised models (compiler/quant_import.py): dequantised, then requantised to the DLA's 16-bit formats
+    Op("QuantizeLinear", "view", "of an activation, with the DequantizeLinear after it: removed (a Clip for an "
+       "unsigned range)", params=1, canonical=True, conformance=False),
+    Op("DequantizeLinear", "view", "of constants: folded into float weights", params=1, canonical=True,
+       conformance=False),
+    Op("QLinearConv", "layer", "Conv with dequantised weights and bias", params=1, canonical=True, conformance=False),
+    Op("QLinearMatMul", "layer", "MatMul with dequantised weights", params=1, canonical=True, conformance=False),
+    Op("ConvInteger", "layer", "after DynamicQuantizeLinear: Conv of the float input by dequantised weights",
+       params=1, canonical=True, conformance=False),
+    Op("MatMulInteger", "layer", "after DynamicQuantizeLinear: MatMul of the float input by dequantised weights",
+       params=1, canonical=True, conformance=False),
+    Op("DynamicQuantizeLinear", "view", "before ConvInteger/MatMulInteger: removed with them", canonical=True,
+       conformance=False),
+    Op("QGemm", "layer", "Gemm with dequantised weights and bias", params=1, canonical=True, conformance=False,
+       domain="com.microsoft"),
+    Op("DynamicQuantizeLSTM", "layer", "LSTM with dequantised weights", params=1, canonical=True,
+       conformance=False, domain="com.microsoft"),
 )
 
 #: op type -> its entry

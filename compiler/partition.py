@@ -54,6 +54,7 @@ from .hostops import host_evaluator
 from .ir import CompileError
 from .memmap import align
 from .frontend_canon import canonicalise
+from .frontend_seq import sequence_io
 from .ops import SUPPORTED_OPS, ops_in, spec
 
 __all__ = ["HostStage", "Staged", "HostOnlyWarning", "compile_partitioned", "partition"]
@@ -465,7 +466,8 @@ def partition(model, inshapes: str | None = None, heterogeneous: bool = False, m
                                node=node.name)
         p.prepare()
         return p, parts
-    if parts[0].kind == DLA and (len(parts) == 1 or (len(parts) == 2 and _frontend_tail(parts[1]))):
+    if parts[0].kind == DLA and (len(parts) == 1 or (len(parts) == 2 and _frontend_tail(
+            parts[1], {i.name for i in p.proto.graph.input}))):
         return p, None
     p.prepare()
     return p, parts
@@ -485,12 +487,14 @@ def _why_host(p: "_Partitioner", index: int, node: onnx.NodeProto, forced) -> st
     return "it reads only tensors made on the host"
 
 
-def _frontend_tail(tail: _Part) -> bool:
+def _frontend_tail(tail: _Part, graph_inputs: set[str]) -> bool:
     """Whether the front end puts these nodes in its host tail of one DLA program, as it does for
-    ops it does not know and for everything reading what they produce."""
+    ops it does not know and for everything reading what they produce (and none of them reads a
+    model input: a recurrence's initial state, which the front end's tail cannot take)."""
     made = set()
     for _, node in tail.nodes:
-        if spec(node) is not None and not any(i in made for i in node.input):
+        if (spec(node) is not None and not any(i in made for i in node.input)) or any(
+                i in graph_inputs for i in node.input):
             return False
         made.update(o for o in node.output if o)
     return True
@@ -506,7 +510,13 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
     :class:`HostOnlyWarning`. Without it, the refusal names the node, its op, the reason and the flag.
 
     ``samples`` (calibration images for the model's inputs) give every DLA stage calibration samples
-    of its own inputs: the stages run in float, in order, on each sample."""
+    of its own inputs: the stages run in float, in order, on each sample.
+
+    A model with sequence-first recurrent layers gets a leading unit (batch) axis on its inputs
+    and outputs first (:func:`compiler.frontend_seq.sequence_io`)."""
+    seq = sequence_io(_load(model)[0], inshapes)
+    if seq is not None:
+        model = seq
     p = _Partitioner(model, inshapes, cfg.mem_bytes)
     if p.fe.model_batch > 1 and parallel.batch == 1:      # a model exported for B images takes B per call
         parallel = dataclasses.replace(parallel, imgs_per_cluster=p.fe.model_batch)

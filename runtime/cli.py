@@ -143,7 +143,7 @@ def profile(model, config, flags, output, trace_json):
         rows = run_profile(ie)
     except Exception as e:  # noqa: BLE001
         _fail(e)
-    click.echo(format_table(rows))
+    click.echo(format_table(rows, ie._compiled.cfg.clock_mhz, ie.GetInfo('hwcycles')))
     click.echo(f"{ie.GetInfo('hwcycles')} cycles = {ie.GetInfo('hwtime'):.3f} ms modelled for the whole call")
     if output:
         c = ie._compiled

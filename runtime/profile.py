@@ -44,6 +44,7 @@ class LayerProfile:
     ops_per_byte: float = 0.0  #: operations (2 per MAC) per byte loaded or stored
     gops: float = 0.0          #: achieved G-op/s: operations / (cycles at the clock)
     roof_gops: float = 0.0     #: the roofline at ops_per_byte: min(peak compute, bandwidth x ops_per_byte)
+    host_us: float = 0.0       #: a host stage's modelled time (arch/host.py), microseconds; DLA rows 0
 
     @property
     def lost_cycles(self) -> float:
@@ -78,9 +79,13 @@ def profile(ie, images=None, seed: int = 0, threshold: float = 0.85) -> list[Lay
             rows += _segment_rows(stage, stats, offset, threshold)
             offset += max(s.cycles for s in stats)          # the next stage starts after this one
         else:
+            from .host_cost import stage_cost
             names, ops = _host_nodes(stage.nodes)
+            flops, moved, nbytes, seconds = stage_cost(stage.model)
             rows.append(LayerProfile(names, "host", stage.position, offset, 0, 0, 0.0, 0, 0, 0, 0, "host",
-                                     f"runs on the host ({ops}); its time is not modelled"))
+                                     f"runs on the host ({ops}); not simulated: modelled {seconds * 1e6:.1f} us "
+                                     f"({flops:.0f} flop, {moved} tensors, {nbytes} B to or from the card; arch/host.py)",
+                                     host_us=seconds * 1e6))
     return rows
 
 
@@ -224,8 +229,10 @@ def host_line(nodes: list[str], inputs: list[str], outputs: list[str], position:
             f"the host (onnx.reference), time not modelled")
 
 
-def format_table(rows: list[LayerProfile]) -> str:
-    """The per-layer table; its op/B, Gop/s and roof columns are the roofline's points."""
+def format_table(rows: list[LayerProfile], clock_mhz: float | None = None, dla_cycles: int | None = None) -> str:
+    """The per-layer table; its op/B, Gop/s and roof columns are the roofline's points. With host
+    stages, the share of the call's modelled time on the DLA (``dla_cycles``, default the rows'
+    sum, at ``clock_mhz``, default the reference clock) and on the host (arch/host.py)."""
     lines = [f"{'layer':<18}{'kind':<9}{'mode':<9}{'cycles':>10}{'MACs':>12}{'util':>7}{'KiB in':>9}"
              f"{'KiB out':>9}{'op/B':>9}{'Gop/s':>9}{'roof':>6}  {'bound':<8}why"]
     for r in rows:
@@ -235,6 +242,13 @@ def format_table(rows: list[LayerProfile]) -> str:
     total = sum(r.cycles for r in rows)
     macs = sum(r.macs for r in rows)
     lines.append(f"{'total':<36}{total:>10}{macs:>12}")
+    host_us = sum(r.host_us for r in rows)
+    if host_us:
+        from arch.machine import REFERENCE
+        dla_us = (total if dla_cycles is None else dla_cycles) / (clock_mhz or REFERENCE.clock_mhz)
+        share = dla_us / (dla_us + host_us)
+        lines.append(f"modelled time of the call: DLA {dla_us:.1f} us ({share:.0%}), host {host_us:.1f} us "
+                     f"({1 - share:.0%}; host stages and transfers, arch/host.py)")
     bad = worst(rows)
     if bad:
         lines.append("farthest below the roofline: " +

@@ -17,13 +17,14 @@ from .inception import inception
 from .linknet import linknet
 from .mobilenet import mobilenet_v2
 from .resnet import resnet18, resnet34, resnet50
+from . import sequence
 from .small_cnn import small_cnn
 from .squeezenet import squeezenet
 from .unet import unet
 from .yolo import tiny_yolo_v2
 
-__all__ = ["MODELS", "build", "save", "small_cnn", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16", "inception",
-           "squeezenet", "mobilenet_v2", "unet", "linknet", "tiny_yolo_v2", "families"]
+__all__ = ["MODELS", "SEQUENCE_MODELS", "build", "save", "small_cnn", "resnet18", "resnet34", "resnet50", "alexnet", "vgg16", "inception",
+           "squeezenet", "mobilenet_v2", "unet", "linknet", "tiny_yolo_v2", "families", "sequence"]
 
 #: name -> builder(seed=0, **kw) -> ModelProto
 MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
@@ -50,13 +51,22 @@ MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
     "yolox": lambda seed=0, **kw: families.yolo(seed, head="yolox", **kw),
 }
 
+#: sequence models (zoo/sequence.py): their recurrences and attention products run on the host
+#: between DLA layers, so they compile with SetFlag('heterogeneous', 1); kept out of MODELS, whose
+#: networks the CNN accuracy runs take one image input each
+SEQUENCE_MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
+    "lstm_stack": sequence.lstm_stack,
+    "crnn": sequence.crnn,
+    "attention_recogniser": sequence.attention_recogniser,
+}
+
 
 def build(name: str, seed: int = 0, **kw) -> onnx.ModelProto:
     """Build the zoo model ``name`` with seeded weights."""
     try:
-        builder = MODELS[name]
+        builder = MODELS[name] if name in MODELS else SEQUENCE_MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown zoo model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+        raise ValueError(f"unknown zoo model {name!r}; known: {', '.join(sorted(MODELS) + sorted(SEQUENCE_MODELS))}") from None
     return builder(seed=seed, **kw)
 
 

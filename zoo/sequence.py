@@ -1,0 +1,212 @@
+"""Sequence models: recurrent layers, the SDK's stacked-LSTM test pattern, and two text
+recognisers (a CRNN and a small attention recogniser), written with ``onnx.helper`` the way
+torch.onnx exports them, with seeded weights.
+
+* :func:`rnn_layer`: one ONNX LSTM or GRU node (forward, reverse, bidirectional; initial states
+  as graph inputs; sequence lengths; layout 0 or 1).
+* :func:`lstm_stack`: the SDK's own LSTM test: two stacked ``torch.nn.LSTM`` layers with explicit
+  initial states, inputs ``x, h0, c0, h1, c1``, outputs ``y, h, c, h2, c2`` (``LSTM -> Squeeze ->
+  LSTM -> Squeeze``, as torch exports ``nn.LSTM``).
+* :func:`crnn`: CNN -> the (1, C, 1, W) feature map as a sequence of W steps -> bidirectional LSTM
+  -> per-step classifier -> per-step log-probabilities (the input of CTC decoding), (T, 1, classes).
+* :func:`attention_recogniser`: CNN -> W tokens of C features (+ a learned position embedding) ->
+  two pre-norm attention blocks (LayerNorm as torch exports it before opset 17, single-head
+  attention, feed-forward) -> per-token logits (1, T, classes).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ._util import IR_VERSION, OPSET, init, tensor
+
+__all__ = ["rnn_layer", "lstm_stack", "lstm_step", "crnn", "attention_recogniser"]
+
+_GATES = {"LSTM": 4, "GRU": 3}
+
+
+def _model(name, nodes, inputs, outputs, inits, opset=OPSET):
+    m = helper.make_model(helper.make_graph(nodes, name, inputs, outputs, initializer=inits),
+                          opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION,
+                          producer_name="open-mdla zoo")
+    onnx.checker.check_model(m)
+    return m
+
+
+def _rnn_weights(rng, op: str, prefix: str, D: int, I: int, H: int) -> tuple[list, list[str]]:
+    """W, R, B of an RNN layer as torch initialises them (uniform +-1/sqrt(H))."""
+    G, k = _GATES[op], 1.0 / np.sqrt(H)
+    names = [f"{prefix}.W", f"{prefix}.R", f"{prefix}.B"]
+    arrays = [rng.uniform(-k, k, (D, G * H, I)), rng.uniform(-k, k, (D, G * H, H)), rng.uniform(-k, k, (D, 2 * G * H))]
+    return [init(n, a) for n, a in zip(names, arrays)], names
+
+
+def rnn_layer(op: str = "LSTM", seq: int = 8, inputs: int = 12, hidden: int = 16, direction: str = "forward",
+              states: bool = False, seq_len: int | None = None, layout: int = 0, linear_before_reset: int = 0,
+              seed: int = 0) -> onnx.ModelProto:
+    """One LSTM/GRU node, batch 1: X (T, 1, I) (layout 1: (1, T, I)), outputs Y, Y_h (, Y_c)."""
+    rng = np.random.default_rng(seed)
+    D = 2 if direction == "bidirectional" else 1
+    inits, names = _rnn_weights(rng, op, op.lower(), D, inputs, hidden)
+    xs = [seq, 1, inputs] if layout == 0 else [1, seq, inputs]
+    ss = [D, 1, hidden] if layout == 0 else [1, D, hidden]
+    graph_in = [tensor("x", xs)]
+    node_in = ["x"] + names + ["", ""]
+    if seq_len is not None:
+        inits.append(numpy_helper.from_array(np.array([seq_len], np.int32), "sequence_lens"))
+        node_in[4] = "sequence_lens"
+    if states:
+        graph_in.append(tensor("h0", ss))
+        node_in[5] = "h0"
+        if op == "LSTM":
+            graph_in.append(tensor("c0", ss))
+            node_in.append("c0")
+    while not node_in[-1]:
+        node_in.pop()
+    outs = ["y", "y_h"] + (["y_c"] if op == "LSTM" else [])
+    attrs = {"hidden_size": hidden, "direction": direction}
+    if layout:
+        attrs["layout"] = layout
+    if op == "GRU":
+        attrs["linear_before_reset"] = linear_before_reset
+    ys = [seq, D, 1, hidden] if layout == 0 else [1, seq, D, hidden]
+    graph_out = [tensor("y", ys)] + [tensor(o, ss) for o in outs[1:]]
+    return _model(f"{op.lower()}_{direction}", [helper.make_node(op, node_in, outs, name=op.lower(), **attrs)],
+                  graph_in, graph_out, inits, opset=14 if layout else OPSET)
+
+
+def lstm_stack(seq: int = 6, inputs: int = 16, hidden: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """The SDK's LSTM test: two stacked nn.LSTM with explicit initial states, as torch exports them."""
+    rng = np.random.default_rng(seed)
+    i1, n1 = _rnn_weights(rng, "LSTM", "lstm1", 1, inputs, hidden)
+    i2, n2 = _rnn_weights(rng, "LSTM", "lstm2", 1, hidden, hidden)
+    axes = numpy_helper.from_array(np.array([1], np.int64), "squeeze_axes")
+    nodes = [helper.make_node("LSTM", ["x", *n1, "", "h0", "c0"], ["y1_4d", "h", "c"], name="lstm1", hidden_size=hidden),
+             helper.make_node("Squeeze", ["y1_4d", "squeeze_axes"], ["y1"], name="squeeze1"),
+             helper.make_node("LSTM", ["y1", *n2, "", "h1", "c1"], ["y2_4d", "h2", "c2"], name="lstm2",
+                              hidden_size=hidden),
+             helper.make_node("Squeeze", ["y2_4d", "squeeze_axes"], ["y"], name="squeeze2")]
+    state = [1, 1, hidden]
+    ins = [tensor("x", [seq, 1, inputs])] + [tensor(n, state) for n in ("h0", "c0", "h1", "c1")]
+    outs = [tensor("y", [seq, 1, hidden])] + [tensor(n, state) for n in ("h", "c", "h2", "c2")]
+    return _model("lstm_stack", nodes, ins, outs, i1 + i2 + [axes])
+
+
+class _Net:
+    """A tiny builder for the recognisers' CNNs and token layers."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits = [], []
+        self.k = 0
+
+    def name(self, base: str) -> str:
+        self.k += 1
+        return f"{base}{self.k}"
+
+    def const(self, base: str, value) -> str:
+        n = self.name(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(value), n))
+        return n
+
+    def node(self, op: str, ins: list[str], **attrs) -> str:
+        out = self.name(op.lower())
+        self.nodes.append(helper.make_node(op, ins, [out], name=out, **attrs))
+        return out
+
+    def conv_relu(self, x: str, cin: int, cout: int) -> str:
+        w = self.const("conv_w", (self.rng.normal(0, np.sqrt(2 / (9 * cin)), (cout, cin, 3, 3))).astype(np.float32))
+        b = self.const("conv_b", self.rng.normal(0, 0.05, cout).astype(np.float32))
+        return self.node("Relu", [self.node("Conv", [x, w, b], kernel_shape=[3, 3], pads=[1, 1, 1, 1])])
+
+    def pool(self, x: str, kh: int, kw: int) -> str:
+        return self.node("MaxPool", [x], kernel_shape=[kh, kw], strides=[kh, kw])
+
+    def linear(self, x: str, k: int, n: int, gain: float = 1.0) -> str:
+        w = self.const("fc_w", self.rng.normal(0, np.sqrt(gain / k), (k, n)).astype(np.float32))
+        b = self.const("fc_b", self.rng.normal(0, 0.05, n).astype(np.float32))
+        return self.node("Add", [self.node("MatMul", [x, w]), b])
+
+    def cnn(self, x: str, channels: tuple[int, ...], pools) -> str:
+        cin = 1
+        for cout, (kh, kw) in zip(channels, pools):
+            x = self.pool(self.conv_relu(x, cin, cout), kh, kw)
+            cin = cout
+        return x
+
+    def layer_norm(self, x: str, d: int) -> str:
+        """LayerNorm over the last axis as torch exports it before opset 17."""
+        mean = self.node("ReduceMean", [x], axes=[-1])
+        centred = self.node("Sub", [x, mean])
+        var = self.node("ReduceMean", [self.node("Pow", [centred, self.const("two", np.float32(2))])], axes=[-1])
+        std = self.node("Sqrt", [self.node("Add", [var, self.const("eps", np.float32(1e-5))])])
+        normed = self.node("Div", [centred, std])
+        gamma = self.const("ln_g", self.rng.uniform(0.8, 1.2, d).astype(np.float32))
+        beta = self.const("ln_b", self.rng.normal(0, 0.05, d).astype(np.float32))
+        return self.node("Add", [self.node("Mul", [normed, gamma]), beta])
+
+
+def crnn(seed: int = 0, height: int = 32, width: int = 64, classes: int = 37, hidden: int = 48) -> onnx.ModelProto:
+    """CRNN: CNN (1 -> 16 -> 32 -> 64 channels, the height pooled to 1) -> sequence of width/4
+    steps -> bidirectional LSTM -> per-step classifier -> LogSoftmax, output (T, 1, classes)."""
+    net = _Net(seed)
+    fmap = net.cnn("input", (16, 32, 64), [(2, 2), (2, 2), (height // 4, 1)])
+    T, C = width // 4, 64
+    squeezed = net.node("Squeeze", [fmap, net.const("axes", np.array([2], np.int64))])     # (1, C, T)
+    seq = net.node("Transpose", [squeezed], perm=[2, 0, 1])                                # (T, 1, C)
+    inits, names = _rnn_weights(net.rng, "LSTM", "rnn", 2, C, hidden)
+    net.inits += inits
+    y = net.name("lstm_y")
+    net.nodes.append(helper.make_node("LSTM", [seq, *names], [y], name="bilstm", hidden_size=hidden,
+                                      direction="bidirectional"))                         # (T, 2, 1, H)
+    steps = net.node("Reshape", [net.node("Transpose", [y], perm=[0, 2, 1, 3]),
+                                 net.const("shape", np.array([T, 1, 2 * hidden], np.int64))])   # (T, 1, 2H)
+    logits = net.linear(steps, 2 * hidden, classes)
+    net.nodes.append(helper.make_node("LogSoftmax", [logits], ["log_probs"], name="ctc_log_probs", axis=2))
+    return _model("crnn", net.nodes, [tensor("input", (1, 1, height, width))],
+                  [tensor("log_probs", (T, 1, classes))], net.inits)
+
+
+def attention_recogniser(seed: int = 0, height: int = 32, width: int = 64, dim: int = 64, classes: int = 37,
+                         blocks: int = 2) -> onnx.ModelProto:
+    """CNN -> width/4 tokens of ``dim`` features (+ position embedding) -> ``blocks`` pre-norm
+    attention blocks (single head) -> per-token logits (1, T, classes)."""
+    net = _Net(seed)
+    fmap = net.cnn("input", (16, 32, dim), [(2, 2), (2, 2), (height // 4, 1)])
+    T = width // 4
+    tokens = net.node("Transpose", [net.node("Squeeze", [fmap, net.const("axes", np.array([2], np.int64))])],
+                      perm=[0, 2, 1])                                                      # (1, T, D)
+    x = net.node("Add", [tokens, net.const("pos", net.rng.normal(0, 0.1, (1, T, dim)).astype(np.float32))])
+    for _ in range(blocks):
+        h = net.layer_norm(x, dim)
+        q, k, v = (net.linear(h, dim, dim) for _ in range(3))
+        scores = net.node("Mul", [net.node("MatMul", [q, net.node("Transpose", [k], perm=[0, 2, 1])]),
+                                  net.const("scale", np.float32(1 / np.sqrt(dim)))])
+        attended = net.node("MatMul", [net.node("Softmax", [scores], axis=-1), v])
+        x = net.node("Add", [x, net.linear(attended, dim, dim)])
+        h = net.layer_norm(x, dim)
+        x = net.node("Add", [x, net.linear(net.node("Relu", [net.linear(h, dim, 2 * dim, gain=2.0)]), 2 * dim, dim)])
+    logits = net.linear(x, dim, classes)
+    net.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
+    return _model("attention_recogniser", net.nodes, [tensor("input", (1, 1, height, width))],
+                  [tensor("logits", (1, T, classes))], net.inits)
+
+
+def lstm_step(inputs: int = 64, hidden: int = 48, seed: int = 0) -> onnx.ModelProto:
+    """One LSTM step written as DLA layers (the alternative to running the recurrence on the
+    host, docs/architecture.md): the gates as 1x1 convolutions of [x_t, h_{t-1}] (1, I + H, 1, 1)
+    with Sigmoid/Tanh in their output stage, the cell update as fused products and sums.
+    Inputs x (1, I, 1, 1), h, c (1, H, 1, 1); outputs h', c'."""
+    rng = np.random.default_rng(seed)
+    inits, mk = [], helper.make_node
+    nodes = [mk("Concat", ["x", "h"], ["xh"], axis=1)]
+    for gate, act in (("i", "Sigmoid"), ("f", "Sigmoid"), ("o", "Sigmoid"), ("g", "Tanh")):
+        inits.append(init(f"w_{gate}", rng.normal(0, 1 / np.sqrt(inputs + hidden), (hidden, inputs + hidden, 1, 1))))
+        inits.append(init(f"b_{gate}", rng.normal(0, 0.05, hidden)))
+        nodes += [mk("Conv", ["xh", f"w_{gate}", f"b_{gate}"], [gate + "_pre"]), mk(act, [gate + "_pre"], [gate])]
+    nodes += [mk("Mul", ["f", "c"], ["fc"]), mk("Mul", ["i", "g"], ["ig"]), mk("Add", ["fc", "ig"], ["c_next"]),
+              mk("Tanh", ["c_next"], ["tanh_c"]), mk("Mul", ["o", "tanh_c"], ["h_next"])]
+    ins = [tensor("x", (1, inputs, 1, 1)), tensor("h", (1, hidden, 1, 1)), tensor("c", (1, hidden, 1, 1))]
+    return _model("lstm_step", nodes, ins, [tensor("h_next", (1, hidden, 1, 1)), tensor("c_next", (1, hidden, 1, 1))],
+                  inits)
