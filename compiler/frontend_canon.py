@@ -238,13 +238,19 @@ class _Graph:
         changed = False
         for node in list(self.g.node):
             op = node.op_type
-            if node.domain not in ("", "ai.onnx") or op not in ("Div", "Sub", "Neg"):
+            if node.domain not in ("", "ai.onnx") or op not in ("Div", "Sub", "Neg", "Sum"):
                 continue
             ins = list(node.input)
-            if not all(self.is_float(i) for i in ins):
+            if not all(self.is_float(i) for i in ins) or (op == "Sum" and len(ins) <= 2):
                 continue
             out, base = node.output[0], node.name or op
-            if op == "Neg":
+            if op == "Sum":      # a Sum of k > 2 tensors: k - 1 Adds, left to right as onnx sums them
+                acc, new = ins[0], []
+                for k, term in enumerate(ins[1:], start=1):
+                    partial = out if k == len(ins) - 1 else self.fresh(f"{base}_{k}")
+                    new.append(helper.make_node("Add", [acc, term], [partial], name=base if partial == out else partial))
+                    acc = partial
+            elif op == "Neg":
                 new = [helper.make_node("Mul", [ins[0], self.const(np.float32(-1), base)], [out], name=base)]
             elif ins[1] in self.consts and ins[0] not in self.consts:
                 c = self.consts[ins[1]].astype(np.float64)
