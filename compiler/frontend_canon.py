@@ -21,7 +21,9 @@ front end and the host/DLA partitioner both run it, so both see the same static 
    machine has it (:data:`arch.numerics.ACT_NAMES`), else ``x * Clip(x / 6 + 1/2, 0, 1)``, whose
    factor is bounded by 1 (the gated product never exceeds ``|x|``, where ``x * Clip(x + 3, 0, 6)``
    would be 6 times larger before its Div and saturate). ``x * Sigmoid(x)`` (SiLU, Swish) becomes the
-   activation ``silu`` where the machine has it, else stays a product of two DLA layers.
+   activation ``silu`` where the machine has it, else stays a product of two DLA layers;
+   ``x * Tanh(Softplus(x))`` (Mish as exported before opset 18) becomes the activation ``mish`` (an
+   ONNX ``Mish`` node) where the machine has it, else stays (Softplus runs on the host).
 5. **Reductions**: ``ReduceMean``/``ReduceMax`` over H and W keeping the dimensions is
    ``GlobalAveragePool``/``GlobalMaxPool``.
 6. **Channel ranges and permutations**: ``Split`` and ``Slice`` along the channels of a 4-D
@@ -399,8 +401,20 @@ class _Graph:
             bounds.append(v)
         return tuple(bounds)
 
+    def _mish_gate(self, q: str, x: str, producers, consumers) -> list[onnx.NodeProto] | None:
+        """The nodes Tanh(Softplus(x)) making ``q`` (each read once, no graph output), or None."""
+        t = producers.get(q)
+        if t is None or t.op_type != "Tanh" or t.domain not in ("", "ai.onnx"):
+            return None
+        s = producers.get(t.input[0])
+        if s is None or s.op_type != "Softplus" or s.domain not in ("", "ai.onnx") or s.input[0] != x:
+            return None
+        if any(len(consumers.get(v, [])) != 1 or v in self.outputs for v in (q, t.input[0])):
+            return None
+        return [t, s]
+
     def products(self) -> bool:
-        """x * gate(x): HardSwish in its exporters' forms, and SiLU."""
+        """x * gate(x): HardSwish in its exporters' forms, SiLU and Mish."""
         changed = False
         for node in list(self.g.node):
             if node.domain not in ("", "ai.onnx") or node.op_type != "Mul" or len(node.input) != 2:
@@ -418,6 +432,15 @@ class _Graph:
                     self.remove(qn)
                     self._use_domain()
                     self.notes.append(f"fused {_where(qn)} and {_where(node)} into the activation silu")
+                    changed = True
+                    break
+                gate = self._mish_gate(q, x, producers, consumers)
+                if gate is not None and act_available("mish"):
+                    self.insert_before(node, [helper.make_node("Mish", [x], [node.output[0]], name=node.name or "mish")])
+                    for n in [node] + gate:
+                        self.remove(n)
+                    self.notes.append(f"fused {', '.join(_where(n) for n in gate[::-1])} and {_where(node)} into the "
+                                      f"activation mish")
                     changed = True
                     break
                 found = self._affine_clip(q, x, producers, consumers)

@@ -151,10 +151,11 @@ def evaluate_node(node: onnx.NodeProto, feeds: dict[str, np.ndarray], proto: onn
 
 def shape_nodes(nodes) -> list[onnx.NodeProto]:
     """``nodes`` for ONNX shape inference, which does not know the compiler's own element-wise ops
-    (domain com.microndla): those become a Sigmoid, of the same shape and type."""
+    (domain com.microndla), nor Mish before opset 18 (canonicalisation makes it from x *
+    Tanh(Softplus(x))): those become a Sigmoid, of the same shape and type."""
     out = []
     for n in nodes:
-        if n.domain == "com.microndla":
+        if n.domain == "com.microndla" or (n.op_type == "Mish" and n.domain in ("", "ai.onnx")):
             n = helper.make_node("Sigmoid", [n.input[0]], [n.output[0]], name=n.name)
         out.append(n)
     return out

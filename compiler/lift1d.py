@@ -31,12 +31,12 @@ __all__ = ["lift_1d", "lift_vectors", "unlift_vectors", "is_unbatched", "UNBATCH
 
 #: ops whose meaning a trailing axis of 1 does not change (with the attribute rewrites below)
 SAFE_OPS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "BatchNormalization", "Add", "Mul", "Sum",
-                      "Sub", "Div", "Neg", "HardSigmoid", "HardSwish",
+                      "Sub", "Div", "Neg", "HardSigmoid", "HardSwish", "Mish",
                       "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
                       "Concat", "Identity", "Dropout"})
 #: element-wise ops (the value at a position depends only on the operands' values there)
 VECTOR_OPS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Add", "Mul", "Sum", "Sub", "Div", "Neg",
-                        "HardSigmoid", "HardSwish", "Identity", "Dropout"})
+                        "HardSigmoid", "HardSwish", "Mish", "Identity", "Dropout"})
 #: the element types the runtime converts to the DLA's fixed point
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 #: metadata key marking a model lifted by :func:`lift_vectors`

@@ -86,6 +86,8 @@ _TABLE = (
     Op("HardSwish", "unary", "output-stage activation hardswish where the machine has it (else as x * HardSigmoid)"),
     Op("Silu", "unary", "output-stage activation silu: x * Sigmoid(x), fused by canonicalisation",
        domain=MDLA_DOMAIN, conformance=False),
+    Op("Mish", "unary", "output-stage activation mish where the machine has it (a table gate): the ONNX op, "
+       "and x * Tanh(Softplus(x)) fused by canonicalisation"),
     Op("HardSigmoid", "unary", "Mul and Add by constants (folded into the producing layer) and Clip(0, 1)",
        canonical=True),
     Op("Div", "binary", "Div by a constant: Mul by its reciprocal", params=1, canonical=True),
