@@ -438,9 +438,10 @@ class MDLA:
                 host[o.name].append(np.asarray(v, dtype=np.float32).reshape(o.onnx_shape[1:]))
         return [dla[n] if n in dla else host[n] for n in (c.output_order or names)]
 
-    @staticmethod
-    def _pack(results):
+    def _pack(self, results):
         out = [np.stack(r).astype(np.float32) for r in results]
+        if self._compiled is not None and self._compiled.meta.get("unbatched") and all(len(r) == 1 for r in results):
+            out = [o[0] for o in out]      # a model on unbatched vectors: one call, no batch axis (lift1d)
         return out[0] if len(out) == 1 else out
 
     def _print_layers(self, c) -> None:
