@@ -326,7 +326,13 @@ def _graph_checked(sec: dict[str, bytes], source: str) -> Graph:
 def _check_onnx(model: bytes, section: str, source: str) -> None:
     import onnx
     try:
-        onnx.checker.check_model(onnx.load_model_from_string(model))
+        m = onnx.load_model_from_string(model)
+        # host stages may declare a tensor of unknown rank (no shape), which onnxruntime and
+        # onnx.reference accept but the checker refuses: check a copy with an empty shape there
+        for vi in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info):
+            if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+                vi.type.tensor_type.shape.SetInParent()
+        onnx.checker.check_model(m)
     except Exception as e:  # noqa: BLE001 - protobuf and checker errors have no common base
         raise BinFormatError(f"{source}: section {section!r} is not a valid ONNX model: {type(e).__name__}: {e}") from None
 
