@@ -189,10 +189,10 @@ def test_rtl_regression_as_ray_tasks_replays_by_seed(cluster, monkeypatch):
     no build; Verilator tasks reuse each node's cached build): the same results as here, seed for
     seed, on both nodes; a mismatch names its seed and the command that replays it."""
     from runtime import rtl_regress
-    here = rtl_regress.regress_random(4, 7, "amaranth", progress=False)
-    there = rtl_regress.regress_random(4, 7, "amaranth", ray=True, per_task=1, progress=False)
+    here = rtl_regress.regress_random(2, 7, "amaranth", progress=False)
+    there = rtl_regress.regress_random(2, 7, "amaranth", ray=True, per_task=1, progress=False)
     assert [(r.seed, r.status, r.cycles) for r in here.results] == [(r.seed, r.status, r.cycles) for r in there.results]
-    assert there.count("pass") + there.count("racy") == 4 and there.ok
+    assert there.count("pass") + there.count("racy") == 2 and there.ok
     # a seed is one program: the same memory image and addresses every time
     a, b = rtl_regress.random_case(11, "amaranth"), rtl_regress.random_case(11, "amaranth")
     assert a[0] == b[0] and np.array_equal(a[1], b[1]) and a[2] == b[2]
