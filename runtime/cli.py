@@ -228,6 +228,8 @@ def hw_build(config, output, mem_kib, clusters, sims):
 
 from .infer import infer_command  # noqa: E402 - `mdla infer` lives with the data-set runner
 main.add_command(infer_command)
+from .rtl_regress import regress_command  # noqa: E402 - `mdla regress`: RTL regressions, here or on Ray
+main.add_command(regress_command)
 
 
 if __name__ == "__main__":

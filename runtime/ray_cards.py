@@ -82,6 +82,7 @@ class _Session:
         self.ours = False          #: ray.init was called here (else the user's connection)
         self.local = False         #: the instance was started here, on the loopback address
         self.address = ""
+        self.undo_loopback = None
 
     def acquire(self, address: str, dashboard: bool) -> None:
         ray = import_ray()
@@ -102,7 +103,7 @@ class _Session:
                 raise RayUnavailable(f"workers='ray': cannot connect to the Ray cluster at {address!r}: {e}") from e
             self.local = False
         else:
-            _loopback_only(ray)
+            self.undo_loopback = _loopback_only(ray)
             # address='local': a new instance, never a cluster `ray start` left running on this host
             try:
                 ray.init(address="local", num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1",
@@ -110,6 +111,8 @@ class _Session:
             except Exception as e:  # noqa: BLE001 - e.g. the dashboard without ray[default]'s packages
                 if ray.is_initialized():
                     ray.shutdown()
+                self.undo_loopback()
+                self.undo_loopback = None
                 hint = " (the dashboard needs pip install 'ray[default]==2.60.0')" if dashboard else ""
                 raise RayUnavailable(f"workers='ray': cannot start a local Ray instance{hint}: {e}") from e
             self.local = True
@@ -122,17 +125,31 @@ class _Session:
             self.users = max(0, self.users - 1)
             if self.users == 0 and self.ours and ray.is_initialized():
                 ray.shutdown()
+            if self.users == 0 and self.undo_loopback is not None:
+                self.undo_loopback()
+                self.undo_loopback = None
             if self.users == 0:
                 self.ours = self.local = False
                 self.address = ""
 
 
-def _loopback_only(ray) -> None:
+def _loopback_only(ray):
     """Make the local instance about to start bind the loopback address only (see _LOOPBACK_SWITCH):
-    the environment for Ray's processes, the already imported constant for this one."""
-    os.environ[_LOOPBACK_SWITCH] = "0"
+    the environment for Ray's processes, the already imported constant for this one. Returns what
+    undoes it (after the instance is shut down: a later connection to a real cluster must
+    advertise this host's address again)."""
     from ray._private import ray_constants
+    before_env, before_const = os.environ.get(_LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_LOOPBACK_SWITCH] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+    def undo():
+        if before_env is None:
+            os.environ.pop(_LOOPBACK_SWITCH, None)
+        else:
+            os.environ[_LOOPBACK_SWITCH] = before_env
+        ray_constants.ENABLE_RAY_CLUSTER = before_const
+    return undo
 
 
 SESSION = _Session()

@@ -116,16 +116,16 @@ def test_cli_progress_score_and_output(r18, images, one_by_one, tmp_path):
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from runtime.ray_cards import _loopback_only
     started = not ray.is_initialized()
     if started:
-        _loopback_only(ray)
+        undo = _loopback_only(ray)
         ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
                  log_to_driver=False)
     yield ray
     if started:
         ray.shutdown()
+        undo()
 
 
 def test_on_ray_same_bits(local_ray, r18, images, one_by_one):

@@ -147,24 +147,6 @@ def test_flags_refused_clearly():
     ie.SetFlag("maxfpga", 4)
 
 
-def test_lost_node_is_a_clear_error(cluster, r18):
-    """Last in the module: it removes a node."""
-    c, workers = cluster
-    ie = microndla.MDLA()
-    ie.SetFlag({"nfpgas": 2, "workers": "ray"})
-    ie.Compile(r18)
-    x = _inputs(2)
-    ie.Run(x)
-    node_of = {n.node_id: n for n in workers}
-    lost = node_of[ie.GetInfo("cards")[1]["node_id"]]
-    c.remove_node(lost, allow_graceful=False)
-    t0 = time.monotonic()
-    with pytest.raises(ray_cards.NodeLost, match=r"card \d+: its Ray node .* left the cluster during the run"):
-        ie.Run(x)
-    assert time.monotonic() - t0 < 60
-    ie.Free()
-
-
 def test_local_instance_listens_on_loopback_only(tmp_path):
     """A local Ray started by the runtime (no address) binds 127.0.0.1 only and is shut down with the
     object. In a subprocess: this module's cluster is the connection here."""
@@ -188,7 +170,7 @@ def test_local_instance_listens_on_loopback_only(tmp_path):
         "    grew = bool(more); mine |= more\n"
         "print('PIDS', ','.join(map(str, sorted(mine))))\n"
         "ie.Free()\n"
-        "print('AFTER', ray.is_initialized())\n")
+        "print('AFTER', ray.is_initialized(), os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     out = subprocess.run([os.sys.executable, str(script)], capture_output=True, text=True, env=env,
                          timeout=240, cwd=os.path.dirname(os.path.dirname(__file__))).stdout
@@ -199,4 +181,39 @@ def test_local_instance_listens_on_loopback_only(tmp_path):
     for line in listening:
         local = line.split()[3]
         assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")), line
-    assert "AFTER False" in out
+    assert "AFTER False None" in out                     # shut down, Ray's node address switch undone
+
+
+def test_rtl_regression_as_ray_tasks_replays_by_seed(cluster, monkeypatch):
+    """The random-program differential run fanned out over the cluster (Amaranth's simulator here:
+    no build; Verilator tasks reuse each node's cached build): the same results as here, seed for
+    seed, on both nodes; a mismatch names its seed and the command that replays it."""
+    from runtime import rtl_regress
+    here = rtl_regress.regress_random(2, 7, "amaranth", progress=False)
+    there = rtl_regress.regress_random(2, 7, "amaranth", ray=True, per_task=1, progress=False)
+    assert [(r.seed, r.status, r.cycles) for r in here.results] == [(r.seed, r.status, r.cycles) for r in there.results]
+    assert there.count("pass") + there.count("racy") == 2 and there.ok
+    # a seed is one program: the same memory image and addresses every time
+    a, b = rtl_regress.random_case(11, "amaranth"), rtl_regress.random_case(11, "amaranth")
+    assert a[0] == b[0] and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    assert not np.array_equal(a[1], rtl_regress.random_case(12, "amaranth")[1])
+    bad = rtl_regress.Report("verilator", [rtl_regress.CaseResult(42, "fail", "cluster 0 cycles: verilator 10 model 11")])
+    assert "seed 42: FAIL" in bad.summary() and "mdla regress random --seed 42 --count 1 --simulator verilator" in bad.summary()
+
+
+def test_lost_node_is_a_clear_error(cluster, r18):
+    """Last in the module: it removes a node."""
+    c, workers = cluster
+    ie = microndla.MDLA()
+    ie.SetFlag({"nfpgas": 2, "workers": "ray"})
+    ie.Compile(r18)
+    x = _inputs(2)
+    ie.Run(x)
+    node_of = {n.node_id: n for n in workers}
+    lost = node_of[ie.GetInfo("cards")[1]["node_id"]]
+    c.remove_node(lost, allow_graceful=False)
+    t0 = time.monotonic()
+    with pytest.raises(ray_cards.NodeLost, match=r"card \d+: its Ray node .* left the cluster during the run"):
+        ie.Run(x)
+    assert time.monotonic() - t0 < 60
+    ie.Free()
