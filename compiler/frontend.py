@@ -56,6 +56,7 @@ from .frontend_load import (_DLA_WEIGHT_BYTES, Shapes, _check_weight_bytes, _loa
 from .frontend_ops import ACTIVATIONS, Translate
 from .ir import CompileError, Concat, Conv, Graph, GraphOutput, HostTail, MaxPool, TensorInfo
 from .frontend_canon import canonicalise
+from .quant_import import read_hints
 from .ops import SUPPORTED_OPS, spec
 
 __all__ = ["load_model", "parse_inshapes", "channelwise_layer", "SUPPORTED_OPS", "evaluate_node",
@@ -131,7 +132,8 @@ class _FrontEnd(Shapes, Translate, Fusion):
         self._copy_inputs_to_outputs(inputs, outputs, layers)
         return Graph(name=g.name or Path(self.source).stem or "model", tensors=self.tensors,
                      layers=layers, inputs=inputs, outputs=outputs, opset=self.opset, notes=self.notes,
-                     concats=self.concats, host=host, output_order=[o.name for o in g.output])
+                     concats=self.concats, host=host, output_order=[o.name for o in g.output],
+                     range_hints=read_hints(self.proto))
 
 
     # ---- per node ------------------------------------------------------------------------------
