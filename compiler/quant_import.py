@@ -5,8 +5,10 @@ The DLA computes in 16-bit fixed point with 48-bit accumulators, finer than any 
 8-bit model is taken for what it approximates: its weights are dequantised (exact: ``(q - zero
 point) x scale`` of 8-bit integers is a float the DLA's weight format then rounds to 16 bits), and
 its activation quantisation (the 8-bit rounding onnxruntime would apply between layers) is
-dropped; the activations' scales are kept as hints of their ranges (``Graph.notes``; a range
-Q8.8 cannot hold is named with the advice to calibrate). What is rewritten:
+dropped; the activations' scales are kept as hints of their ranges (noted, and left in the model
+metadata for ``Graph.range_hints``): when they cover every activation tensor and ``Compile`` has
+no samples, the formats are chosen from them as from calibrated ranges (:func:`hinted_ranges`),
+else the activations are Q8.8. What is rewritten:
 
 * **QDQ** (``QuantizeLinear -> DequantizeLinear`` on an activation): the pair is the identity
   (``DequantizeLinear`` of constant weights and biases is folded into float constants by the
