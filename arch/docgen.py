@@ -12,8 +12,8 @@ from pathlib import Path
 from . import asm, isa, numerics, timing
 from .isa import ENUMS, FORMATS, HEADER, INSTR_BITS, INSTR_BYTES
 from .machine import CONFIGS, REFERENCE
-from .numerics import (ACT_HARDSWISH, ACT_SIGMOID, ACT_SILU, ACT_TANH, LUT_SEG_BITS, LUT_SEGMENTS, act_max_error,
-                       lut_max_error)
+from .numerics import (ACT_HARDSWISH, ACT_MISH, ACT_SIGMOID, ACT_SILU, ACT_TANH, LUT_SEG_BITS, LUT_SEGMENTS,
+                       MISH_SEGMENTS, act_max_error, lut_max_error, mish_gate_max_error)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -182,7 +182,12 @@ class channels) writes that format itself. HARDSWISH (`x * clip(x + 3, 0, 6) / 6
 and one multiplication by the 16-bit reciprocal of 6, within one LSB; at Q8.8 the largest error is
 {act_max_error(ACT_HARDSWISH, 8):.2e}) and SILU (`x * sigmoid(x)`, the gate from the same sigmoid
 table, exactly 0 or 1 beyond |x| = 8; at Q8.8 {act_max_error(ACT_SILU, 8):.2e}) keep their input's
-format, named by act_a: MobileNetV3's and YOLO's activations cost no extra layer. The residual operand has
+format, named by act_a: MobileNetV3's and YOLO's activations cost no extra layer. MISH
+(`x * tanh(softplus(x))`, YOLOv4's and some detectors') is SILU with another gate: tanh(softplus(x))
+is neither odd nor complementary, so its table has {MISH_SEGMENTS} segments over -8 <= x < 8 (gate
+error {mish_gate_max_error():.2e}), in the same ROM after the sigmoid and tanh tables, exactly 0 or 1
+beyond; the result's error is below 8 times the gate's plus 8 * g(-8) = 2.7e-3 and half an LSB (at
+Q8.8 {act_max_error(ACT_MISH, 8):.2e}). The residual operand has
 a mode: ADD (as before, into the accumulator before rounding and the activation) or MUL, which
 multiplies the *activated* 16-bit value by the residual and rounds once more by `rshift`
 (`sat16(round_shift(act(y) * r, rshift))`); activating first is what a gate needs (a sigmoid's output

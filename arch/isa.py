@@ -50,6 +50,7 @@ class Act(IntEnum):
     TANH = numerics.ACT_TANH         #: Q4.11 in, Q0.15 out (rounded right by act_a), piecewise-linear table
     HARDSWISH = numerics.ACT_HARDSWISH   #: x * clip(x + 3, 0, 6) / 6 in the format with act_a fractional bits
     SILU = numerics.ACT_SILU         #: x * sigmoid(x) (the SIGMOID table) in the format with act_a fractional bits
+    MISH = numerics.ACT_MISH         #: x * tanh(softplus(x)) (its own gate table) in the format with act_a fractional bits
 
 
 class Resid(IntEnum):
@@ -169,9 +170,10 @@ _fmt("CONV", 3, "compute", (
     Field("init", 2, "accumulator start: ZERO, BIAS or ACC"),
     Field("write", 1, "1: requantise, activate and write the outputs; 0: keep the sums in the accumulators"),
     Field("shift", 6, "requantisation right shift"),
-    Field("act", 4, "activation: NONE, RELU, LEAKY, CLIP, SIGMOID, TANH, HARDSWISH or SILU"),
+    Field("act", 4, "activation: NONE, RELU, LEAKY, CLIP, SIGMOID, TANH, HARDSWISH, SILU or MISH"),
     Field("act_a", 16, "LEAKY: negative-side multiplier (unsigned); CLIP: lower bound (int16); SIGMOID, TANH: "
-                       "right shift of the table's Q0.15 result; HARDSWISH, SILU: fractional bits of x; else 0"),
+                       "right shift of the table's Q0.15 result; HARDSWISH, SILU, MISH: fractional bits of x; "
+                       "else 0"),
     Field("act_b", 16, "LEAKY: right shift after the multiplication; CLIP: upper bound (int16); else 0"),
     Field("resid", 2, "residual mode: NONE, ADD (a fused Add) or MUL (a fused Mul)"),
     Field("res_addr", 14, "residual-buffer word of output pixel 0"),
@@ -195,8 +197,9 @@ all nvv x lanes MACs. With write = 1 the output stage then writes y to output-bu
 act (with its parameters act_a, act_b) is defined in `arch/numerics.py`: RELU max(x, 0); LEAKY x, or
 for x < 0 sat16(round_shift(x * act_a, act_b)); CLIP min(max(x, lo), hi) with lo, hi = act_a, act_b as
 int16; SIGMOID and TANH read x in Q4.11 and give Q0.15 from a 128-segment piecewise-linear table,
-rounded right by act_a; HARDSWISH x * clip(x + 3, 0, 6) / 6 and SILU x * sigmoid(x) (the same table)
-with x and the result in the format with act_a fractional bits. A value clipped by the first sat16
+rounded right by act_a; HARDSWISH x * clip(x + 3, 0, 6) / 6, SILU x * sigmoid(x) (the same table) and
+MISH x * tanh(softplus(x)) (a 256-segment gate table over -8 <= x < 8) with x and the result in the
+format with act_a fractional bits. A value clipped by the first sat16
 counts as a saturation only where the activation does not absorb it (`numerics.saturation_counts`).
 A per-channel operand (a (C,1,1) gate) is broadcast over the pixels by loading it into the residual
 buffer with a zero DMA stride.""")
@@ -287,6 +290,11 @@ class Instr:
 
     def __setattr__(self, name, value):
         raise AttributeError("Instr is immutable; use .replace()")
+
+    def __reduce__(self):
+        # pickle (worker processes, Ray tasks) rebuilds it from its fields: the default protocol
+        # would call __getattr__ on an instance without ``f`` and recurse
+        return (Instr._decoded, (self.op, dict(self.f)))
 
     def replace(self, **fields) -> "Instr":
         d = dict(self.f)
@@ -484,7 +492,7 @@ def validate(i: Instr, cfg: MachineConfig) -> None:
         elif i.act == Act.CLIP:
             need(numerics.s16(i.act_a) <= numerics.s16(i.act_b),
                  f"CLIP lower bound {numerics.s16(i.act_a)} exceeds the upper bound {numerics.s16(i.act_b)}")
-        elif i.act in (Act.SIGMOID, Act.TANH, Act.HARDSWISH, Act.SILU):
+        elif i.act in (Act.SIGMOID, Act.TANH, Act.HARDSWISH, Act.SILU, Act.MISH):
             need(i.act_a <= numerics.ACT_MAX_FRAC and i.act_b == 0,
                  f"act {Act(i.act).name} takes act_a in 0..{numerics.ACT_MAX_FRAC} and act_b 0, "
                  f"got {i.act_a} and {i.act_b}")

@@ -29,9 +29,14 @@ mirrored bit for bit by the RTL's output stage):
   SIGMOID table (without its 32767 cap; exactly 1 or 0 for |x| >= 8) and gives
   ``round_shift(x * gate, 15)``; its error is below ``8 * 2**-11 + 8 * exp(-8)`` plus half an
   LSB of the format (:func:`act_max_error` measures both over every input).
+* MISH ``x * tanh(softplus(x))`` is SILU with another gate: ``g(x) = tanh(ln(1 + e^x))`` from its own
+  piecewise-linear table (:func:`mish_table`: :data:`MISH_SEGMENTS` segments of 1/16 over
+  -8 <= x < 8, g being neither odd nor mirror-symmetric), exactly 1 for x >= 8 and 0 for x <= -8
+  (where |x * g(x)| < 8 * 3.4e-4); ``round_shift(x * gate, 15)``. Its error is below
+  ``8 * (table error) + 8 * g(-8)`` plus half an LSB of the format (:func:`act_max_error`).
 * Saturation counts only where it changes the result: a value clipped to the 16-bit range before an
   activation that maps the clipped and the exact value alike (below the range for RELU, a CLIP with a
-  lower bound, HARDSWISH in a format reaching -3, SILU reaching -8; either side for SIGMOID and TANH,
+  lower bound, HARDSWISH in a format reaching -3, SILU and MISH reaching -8; either side for SIGMOID and TANH,
   whose table is flat beyond |x| = 8; above the range for a CLIP with an upper bound) is not counted
   (:func:`saturation_counts`), so bounded activations never report false saturations.
 * A fused residual (mode ADD) is added to the accumulator, shifted left into its format, before
@@ -57,7 +62,11 @@ ACT_SIGMOID = 4
 ACT_TANH = 5
 ACT_HARDSWISH = 6
 ACT_SILU = 7
-ACT_NAMES = ("none", "relu", "leaky", "clip", "sigmoid", "tanh", "hardswish", "silu")   #: index = code; the IR's names
+ACT_MISH = 8
+#: index = code; the IR's names
+ACT_NAMES = ("none", "relu", "leaky", "clip", "sigmoid", "tanh", "hardswish", "silu", "mish")
+#: the activations whose act_a is a format (x and the result share it); SIGMOID/TANH: an output shift
+GATED_ACTS = (ACT_SILU, ACT_MISH)
 
 RES_NONE = 0    #: no residual
 RES_ADD = 1     #: add the residual (shifted left by rshift) to the accumulator before requantising
@@ -71,7 +80,8 @@ LEAKY_MAX_SHIFT = 31   #: largest LEAKY right shift (act_b)
 ACT_MAX_FRAC = 15      #: largest act_a of SIGMOID/TANH (output shift), HARDSWISH and SILU (format)
 HSWISH_SHIFT = 18      #: HARDSWISH divides by 6 as * HSWISH_MUL >> HSWISH_SHIFT
 HSWISH_MUL = 43691     #: round(2**18 / 6), the 16-bit reciprocal of 6 (arch.numerics.reciprocal(6))
-SILU_GATE_ONE = 1 << LUT_OUT_FRAC   #: SILU's gate for x >= 8 (exactly 1.0 in Q0.15, 17 bits unsigned)
+SILU_GATE_ONE = 1 << LUT_OUT_FRAC   #: SILU's (and MISH's) gate for x >= 8 (exactly 1.0 in Q0.15, 17 bits unsigned)
+MISH_SEGMENTS = 2 * LUT_SEGMENTS    #: MISH's gate table: segments of 2**LUT_SEG_BITS Q4.11 LSBs over -8 <= x < 8
 
 
 def saturate(x: np.ndarray, bits: int = DATA_BITS) -> tuple[np.ndarray, int]:
@@ -164,6 +174,46 @@ def _lut_curve(x: np.ndarray, act: int) -> np.ndarray:
     return y
 
 
+def _mish_gate_exact(x):
+    """tanh(softplus(x)), softplus computed without overflow."""
+    return np.tanh(np.logaddexp(0.0, x))
+
+
+_MISH_CACHE: list = []
+
+
+def mish_table() -> tuple[np.ndarray, np.ndarray]:
+    """(base, delta) of MISH's gate table, each :data:`MISH_SEGMENTS` int64 entries: segment i covers
+    x in [-8 + i/16, -8 + (i+1)/16) (Q4.11: x + 2**14 in [i, i+1) * 2**LUT_SEG_BITS) and runs linearly
+    from base[i] to base[i] + delta[i] (Q0.15), base[i] being g at the segment's start, rounded.
+    Generated here and nowhere else (the RTL's ROM holds it after the SIGMOID/TANH tables)."""
+    if not _MISH_CACHE:
+        xs = -8.0 + np.arange(MISH_SEGMENTS + 1) * (2.0 ** (LUT_SEG_BITS - LUT_IN_FRAC))
+        pts = np.rint(_mish_gate_exact(xs) * 2.0 ** LUT_OUT_FRAC).astype(np.int64)
+        _MISH_CACHE.append((pts[:-1].copy(), np.diff(pts)))
+    return _MISH_CACHE[0]
+
+
+def _to_q4_11(x: np.ndarray, frac: int) -> np.ndarray:
+    """Int values with ``frac`` fractional bits in Q4.11, unsaturated: an exact left shift, or a
+    rounding right shift for frac > 11."""
+    return x << np.int64(LUT_IN_FRAC - frac) if frac <= LUT_IN_FRAC else round_shift(x, frac - LUT_IN_FRAC)
+
+
+def mish_gate(x: np.ndarray, frac: int) -> np.ndarray:
+    """MISH's gate tanh(softplus(x)) in Q0.15 (0 .. 32768) of int values ``x`` with ``frac``
+    fractional bits: x in Q4.11 as for SILU, :func:`mish_table` inside |x| < 8, exactly 1 for x >= 8
+    and 0 for x <= -8."""
+    x11 = _to_q4_11(np.asarray(x, dtype=np.int64), frac)
+    edge = LUT_SEGMENTS << LUT_SEG_BITS
+    base, delta = mish_table()
+    u = np.clip(x11, -edge + 1, edge - 1) + edge                      # 1 .. 2 * edge - 1
+    i = u >> LUT_SEG_BITS
+    r = u - (i << LUT_SEG_BITS)
+    y = base[i] + ((delta[i] * r + (1 << (LUT_SEG_BITS - 1))) >> LUT_SEG_BITS)
+    return np.where(x11 >= edge, SILU_GATE_ONE, np.where(x11 <= -edge, 0, y))
+
+
 def silu_gate(x: np.ndarray, frac: int) -> np.ndarray:
     """SILU's gate sigmoid(x) in Q0.15 (0 .. 32768) of int values ``x`` with ``frac`` fractional bits:
     x in Q4.11 (exact left shift, or round_shift right for frac > 11), the SIGMOID table without
@@ -193,14 +243,14 @@ def saturation_counts(act: int, a: int = 0, b: int = 0) -> tuple[bool, bool]:
         return s16(a) == DATA_MIN, s16(b) == DATA_MAX   # a bound inside the range absorbs the clip
     if act == ACT_HARDSWISH:
         return (3 << a) > -DATA_MIN, True                # 0 below -3: absorbed when the format reaches -3
-    if act == ACT_SILU:
+    if act in GATED_ACTS:
         return (8 << a) > -DATA_MIN, True                # gate 0 below -8: absorbed when the format reaches -8
     return True, True
 
 
 def act_max_error(act: int, frac: int) -> float:
     """Largest |fixed - float| (in units of 1.0) of SIGMOID/TANH (``frac``: the output format),
-    HARDSWISH or SILU (``frac``: their format) over every int16 input."""
+    HARDSWISH, SILU or MISH (``frac``: their format) over every int16 input."""
     x = np.arange(DATA_MIN, DATA_MAX + 1, dtype=np.int64)
     if act in (ACT_SIGMOID, ACT_TANH):
         xf, out_frac = np.ldexp(x.astype(np.float64), -LUT_IN_FRAC), frac
@@ -209,9 +259,17 @@ def act_max_error(act: int, frac: int) -> float:
         xf, out_frac, a = np.ldexp(x.astype(np.float64), -frac), frac, frac
     exact = {ACT_SIGMOID: lambda v: 1.0 / (1.0 + np.exp(-v)), ACT_TANH: np.tanh,
              ACT_HARDSWISH: lambda v: v * np.clip(v + 3.0, 0.0, 6.0) / 6.0,
-             ACT_SILU: lambda v: v * 0.5 * (1.0 + np.tanh(0.5 * v))}[act](xf)
+             ACT_SILU: lambda v: v * 0.5 * (1.0 + np.tanh(0.5 * v)),
+             ACT_MISH: lambda v: v * _mish_gate_exact(v)}[act](xf)
     got = np.ldexp(activate(x, act, a).astype(np.float64), -out_frac)
     return float(np.max(np.abs(got - exact)))
+
+
+def mish_gate_max_error() -> float:
+    """Largest |gate - tanh(softplus(x))| of :func:`mish_gate` over every Q4.11 input with |x| < 8."""
+    x = np.arange(-(LUT_SEGMENTS << LUT_SEG_BITS) + 1, LUT_SEGMENTS << LUT_SEG_BITS, dtype=np.int64)
+    exact = _mish_gate_exact(np.ldexp(x.astype(np.float64), -LUT_IN_FRAC))
+    return float(np.max(np.abs(np.ldexp(mish_gate(x, LUT_IN_FRAC).astype(np.float64), -LUT_OUT_FRAC) - exact)))
 
 
 def lut_max_error(act: int) -> float:
@@ -234,11 +292,11 @@ def leaky_fields(alpha: float) -> tuple[int, int]:
 
 
 def act_fields(act: int, frac: int) -> tuple[int, int]:
-    """(act_a, act_b) of SIGMOID/TANH with output format ``frac`` (a = 15 - frac), or of HARDSWISH
-    and SILU in format ``frac`` (a = frac)."""
+    """(act_a, act_b) of SIGMOID/TANH with output format ``frac`` (a = 15 - frac), or of HARDSWISH,
+    SILU and MISH in format ``frac`` (a = frac)."""
     if act in (ACT_SIGMOID, ACT_TANH):
         a = LUT_OUT_FRAC - frac
-    elif act in (ACT_HARDSWISH, ACT_SILU):
+    elif act == ACT_HARDSWISH or act in GATED_ACTS:
         a = frac
     else:
         raise ValueError(f"activation code {act} has no format field")
@@ -275,6 +333,8 @@ def activate(x: np.ndarray, act: int, a: int = 0, b: int = 0) -> np.ndarray:
         return hardswish_fixed(x, a)
     if act == ACT_SILU:
         return round_shift(x * silu_gate(x, a), LUT_OUT_FRAC)
+    if act == ACT_MISH:
+        return round_shift(x * mish_gate(x, a), LUT_OUT_FRAC)
     raise ValueError(f"unknown activation code {act}")
 
 

@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zoo  # noqa: E402
 from arch.machine import get_config  # noqa: E402
 from compiler.driver import compile_graph  # noqa: E402
+from compiler.legalise import legalise  # noqa: E402
+from compiler.partition import Staged, compile_partitioned  # noqa: E402
 from compiler.frontend import load_model  # noqa: E402
 from compiler.ir import CompileError  # noqa: E402
 from compiler.quantize import quantize  # noqa: E402
@@ -85,10 +87,19 @@ def ort_times(model, repeat: int) -> dict[int, tuple[float, float]]:
 
 
 def compile_phases(model, cfg) -> tuple[object, dict[str, float]]:
-    """Compile ONNX -> program and memory image, timing each phase."""
+    """Compile ONNX -> program and memory image as ``Compile`` does with default flags, timing each
+    phase; a model whose tail (or a node between layers) the DLA does not run is compiled as
+    ``Compile`` does with ``heterogeneous`` set (host stages and DLA stages), timed as a whole."""
     t = {}
     t0 = time.perf_counter()
-    graph = load_model(model)
+    try:
+        graph = load_model(model)
+        legalise(graph, cfg)
+    except CompileError:
+        t0 = time.perf_counter()
+        staged = compile_partitioned(model, cfg, heterogeneous=True)
+        t["heterogeneous"] = time.perf_counter() - t0
+        return staged, t
     t["front end"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     quantize(graph, cfg)
@@ -102,24 +113,31 @@ def compile_phases(model, cfg) -> tuple[object, dict[str, float]]:
     return compiled, t
 
 
+def dla_stages(compiled) -> list:
+    """The DLA programs of a compilation: itself, or a staged model's DLA stages (its host stages,
+    run by onnx.reference, are not the functional model and are not timed)."""
+    return compiled.segments if isinstance(compiled, Staged) else [compiled]
+
+
 def sim_times(compiled, repeat: int, threads: int | None) -> tuple[float, tuple[float, float], int]:
-    """Cold wall seconds and best warm (wall, CPU) seconds of run_card on the compiled image, and
-    the modelled cycles."""
-    cfg = compiled.cfg
-    mem, _ = compiled.seeded_image(0)
-    progs = compiled.program_addresses()
+    """Cold wall seconds and best warm (wall, CPU) seconds of run_card on the compiled image (each
+    DLA stage in turn), and the modelled cycles."""
+    stages = [(s.cfg, s.seeded_image(0)[0], s.program_addresses()) for s in dla_stages(compiled)]
+
+    def run_all(images) -> int:
+        return sum(card.run_card(cfg, m, progs, threads=threads).cycles for (cfg, _, progs), m in zip(stages, images))
     card.clear_program_cache()
-    m = mem.copy()
+    images = [mem.copy() for _, mem, _ in stages]
     t0 = time.perf_counter()
-    stats = card.run_card(cfg, m, progs, threads=threads)
+    cycles = run_all(images)
     cold = time.perf_counter() - t0
     wall, cpu = [], []
     for _ in range(repeat):
-        m = mem.copy()                                   # a fresh image, not timed
-        w, c = best_of(1, lambda: card.run_card(cfg, m, progs, threads=threads))
+        images = [mem.copy() for _, mem, _ in stages]    # fresh images, not timed
+        w, c = best_of(1, lambda: run_all(images))
         wall.append(w)
         cpu.append(c)
-    return cold, (min(wall), min(cpu)), stats.cycles
+    return cold, (min(wall), min(cpu)), cycles
 
 
 def main() -> None:
@@ -153,7 +171,9 @@ def main() -> None:
         rows.append((name, ort_t, sim_default, sim_one, numpy_one))
         print(f"\n{name} ({'x'.join(map(str, input_shape(model)[1:]))}): compile {sum(phases.values()):.2f} s ("
               + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
-              + f"); {len(compiled.programs[0])} instructions, {sim_default[2]} modelled cycles")
+              + f"); {sum(len(s.programs[0]) for s in dla_stages(compiled))} instructions, {sim_default[2]} "
+              f"modelled cycles" + (f", {len(compiled.stages) - len(compiled.segments)} host stage(s) not timed "
+                                    f"(onnxruntime's time is the whole model's)" if isinstance(compiled, Staged) else ""))
     print("\nWall ms per image; ratio = functional model warm / onnxruntime at equal thread counts. "
           "CPU: process CPU time of the one-thread runs.\n")
     print("| network | ORT n threads | sim n threads, cold | warm | ratio | ORT 1 thread | sim 1 thread, cold "

@@ -36,6 +36,7 @@ import numpy as np
 from arch.isa import ISAError, decode_program
 from arch.machine import MachineConfig
 
+from . import bincheck
 from .codegen import LayerCode
 from .compiled import Compiled, IODesc, Parallel
 from .ir import AvgPool, Concat, Conv, Graph, GraphInput, GraphOutput, HostTail, MaxPool, TensorInfo
@@ -150,6 +151,7 @@ def _staged_from(sec: dict[str, bytes], source: str) -> Staged:
             if d["kind"] == "dla":
                 stages.append(from_bytes(data, f"{source} (DLA stage {k})"))
             else:
+                _check_onnx(data, f"stage.{k}", source)
                 stages.append(HostStage(model=data, inputs=d["inputs"], outputs=d["outputs"], nodes=d["nodes"],
                                         position=d["position"]))
         whole = table.get("whole")
@@ -159,7 +161,9 @@ def _staged_from(sec: dict[str, bytes], source: str) -> Staged:
         return Staged(stages=stages, inputs=[IODesc.from_dict(d) for d in table["inputs"]],
                       outputs=[IODesc.from_dict(d) for d in table["outputs"]], notes=table.get("notes", []),
                       meta=table.get("meta", {}), **extra)
-    except (ValueError, KeyError, TypeError) as e:
+    except BinFormatError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
         raise BinFormatError(f"{source}: malformed staged sections: {e!r}") from None
 
 
@@ -190,7 +194,28 @@ def to_bytes(c: Compiled | Staged) -> bytes:
 
 
 def write(c: Compiled | Staged, path: str | Path) -> None:
-    Path(path).write_bytes(to_bytes(c))
+    """Write atomically: into a temporary file beside ``path``, then renamed over it, so that a failed
+    write leaves any previous file intact."""
+    import os
+    import tempfile
+    p = Path(path)
+    data = to_bytes(c)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)          # as a plain open() would create it (mkstemp makes it 0600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def from_bytes(data: bytes, source: str = "<bytes>") -> Compiled | Staged:
@@ -206,12 +231,7 @@ def from_bytes(data: bytes, source: str = "<bytes>") -> Compiled | Staged:
         raise BinFormatError(f"{source}: truncated section table")
     if hashlib.sha256(data[_HEADER.size:]).digest() != digest:
         raise BinFormatError(f"{source}: corrupt: checksum mismatch (the file was modified or truncated)")
-    sec = {}
-    for k in range(n):
-        name, off, length = _ENTRY.unpack_from(data, _HEADER.size + k * _ENTRY.size)
-        if off + length > len(data):
-            raise BinFormatError(f"{source}: truncated section {name!r}")
-        sec[name.rstrip(b"\0").decode("ascii")] = data[off:off + length]
+    sec = _sections(data, n, source)
     if "staged" in sec:
         return _staged_from(sec, source)
     missing = [s for s in ("config", "memmap", "io", "weights") if s not in sec]
@@ -220,32 +240,95 @@ def from_bytes(data: bytes, source: str = "<bytes>") -> Compiled | Staged:
     if missing:
         raise BinFormatError(f"{source}: missing section(s) {missing}")
     try:
-        cfg = MachineConfig.from_dict(json.loads(sec["config"]))
-        mm = MemoryMap.from_dict(json.loads(sec["memmap"]))
-        iod = json.loads(sec["io"])
+        cfg = MachineConfig.from_dict(_json(sec, "config", source))
+        bincheck.check_config(cfg)
+        mm = MemoryMap.from_dict(_json(sec, "memmap", source))
+        bincheck.check_memmap(mm, cfg, len(sec["weights"]),
+                              {int(k.split(".", 1)[1]): len(v) for k, v in sec.items() if k.startswith("code.")})
+        iod = _json(sec, "io", source)
         programs = {int(k.split(".", 1)[1]): decode_program(v) for k, v in sec.items() if k.startswith("code.")}
-        layers = [LayerCode(**d) for d in json.loads(sec.get("layers", b"[]"))]
+        layers = [LayerCode(**d) for d in _json(sec, "layers", source, b"[]")]
         for l in layers:
             l.tile = tuple(l.tile)
-        graph = _graph_from_sections(sec["graph.json"], sec["graph.npz"]) if "graph.json" in sec else None
-        meta = json.loads(sec.get("meta", b"{}"))
-        parallel = Parallel.from_dict(json.loads(sec["parallel"])) if "parallel" in sec else Parallel()
-        order = json.loads(sec["outputs"]) if "outputs" in sec else []
-        spans = {int(p): [tuple(s) for s in v] for p, v in json.loads(sec.get("spans", b"{}")).items()}
+        graph = _graph_checked(sec, source) if "graph.json" in sec or "graph.npz" in sec else None
+        meta = _json(sec, "meta", source, b"{}")
+        parallel = Parallel.from_dict(_json(sec, "parallel", source)) if "parallel" in sec else Parallel()
+        order = _json(sec, "outputs", source) if "outputs" in sec else []
+        spans = {int(p): [tuple(s) for s in v] for p, v in _json(sec, "spans", source, b"{}").items()}
         host = None
         if "host.onnx" in sec:
-            hj = json.loads(sec["host.json"])
+            _check_onnx(sec["host.onnx"], "host.onnx", source)
+            hj = _json(sec, "host.json", source)
             host = HostTail(model=sec["host.onnx"], inputs=hj["inputs"], nodes=hj["nodes"],
                             outputs=[GraphOutput(o["name"], o["tensor"], tuple(o["onnx_shape"])) for o in hj["outputs"]])
         if graph is not None:
             graph.host, graph.output_order = host, order
-    except (ValueError, KeyError, TypeError, ISAError) as e:
-        raise BinFormatError(f"{source}: malformed section contents: {e}") from None
-    return Compiled(cfg=cfg, memmap=mm, programs=programs, weights=sec["weights"],
-                    inputs=[IODesc.from_dict(d) for d in iod["inputs"]],
-                    outputs=[IODesc.from_dict(d) for d in iod["outputs"]],
-                    layers=layers, graph=graph, meta=meta, parallel=parallel, host=host, output_order=order,
-                    spans=spans)
+            bincheck.check_graph(graph, Compiled(cfg=cfg, memmap=mm, programs={}, weights=b"", inputs=[], outputs=[],
+                                                 layers=[]))
+        c = Compiled(cfg=cfg, memmap=mm, programs=programs, weights=sec["weights"],
+                     inputs=[IODesc.from_dict(d) for d in iod["inputs"]],
+                     outputs=[IODesc.from_dict(d) for d in iod["outputs"]],
+                     layers=layers, graph=graph, meta=meta, parallel=parallel, host=host, output_order=order,
+                     spans=spans)
+        bincheck.check_program(c)
+    except BinFormatError:
+        raise
+    except bincheck.BinCheckError as e:
+        raise BinFormatError(f"{source}: {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, ISAError) as e:
+        raise BinFormatError(f"{source}: malformed section contents: {type(e).__name__}: {e}") from None
+    return c
+
+
+def _json(sec: dict[str, bytes], name: str, source: str, default: bytes | None = None):
+    """Section ``name`` parsed as JSON (``default`` when the file has none)."""
+    raw = sec.get(name, default)
+    if raw is None:
+        raise BinFormatError(f"{source}: missing section {name!r}")
+    try:
+        return json.loads(raw)
+    except ValueError as e:           # JSONDecodeError, UnicodeDecodeError
+        raise BinFormatError(f"{source}: section {name!r} is not valid JSON: {e}") from None
+
+
+def _sections(data: bytes, n: int, source: str) -> dict[str, bytes]:
+    """The section table: printable unique names, each section inside the file after the table."""
+    sec = {}
+    body = _HEADER.size + _ENTRY.size * n
+    for k in range(n):
+        raw, off, length = _ENTRY.unpack_from(data, _HEADER.size + k * _ENTRY.size)
+        name = raw.rstrip(b"\0")
+        if not name or not all(0x21 <= b < 0x7f for b in name):
+            raise BinFormatError(f"{source}: section {k} has a bad name {raw!r} (expected printable ASCII)")
+        name = name.decode("ascii")
+        if name in sec:
+            raise BinFormatError(f"{source}: section {name!r} appears twice")
+        if off < body or off + length > len(data):
+            raise BinFormatError(f"{source}: section {name!r} ({length} bytes at offset {off}) lies outside the "
+                                 f"data of a {len(data)}-byte file")
+        sec[name] = data[off:off + length]
+    return sec
+
+
+def _graph_checked(sec: dict[str, bytes], source: str) -> Graph:
+    """The embedded quantised graph; any damage to it is a BinFormatError naming the section."""
+    if "graph.npz" not in sec or "graph.json" not in sec:
+        raise BinFormatError(f"{source}: the embedded graph needs both sections 'graph.json' and 'graph.npz'")
+    try:
+        return _graph_from_sections(sec["graph.json"], sec["graph.npz"])
+    except BinFormatError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy's .npy header parser raises SyntaxError, TokenError, ...
+        raise BinFormatError(f"{source}: section 'graph.json'/'graph.npz' (the embedded graph) is malformed: "
+                             f"{type(e).__name__}: {e}") from None
+
+
+def _check_onnx(model: bytes, section: str, source: str) -> None:
+    import onnx
+    try:
+        onnx.checker.check_model(onnx.load_model_from_string(model))
+    except Exception as e:  # noqa: BLE001 - protobuf and checker errors have no common base
+        raise BinFormatError(f"{source}: section {section!r} is not a valid ONNX model: {type(e).__name__}: {e}") from None
 
 
 def read(path: str | Path) -> Compiled | Staged:

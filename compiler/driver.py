@@ -70,7 +70,7 @@ def compile_graph(graph: Graph, cfg: MachineConfig, base: int = 0, parallel: Par
     inputs = [IODesc(i.name, i.tensor, tuple(i.onnx_shape)) for i in graph.inputs]
     outputs = [IODesc(o.name, o.tensor, tuple(o.onnx_shape)) for o in graph.outputs]
     return Compiled(cfg=cfg, memmap=mm, programs=programs, weights=weights, inputs=inputs,
-                    outputs=outputs, layers=layers, graph=graph, meta={"model": graph.name}, parallel=p,
+                    outputs=outputs, layers=layers, graph=graph, meta={"model": graph.name, "unbatched": graph.unbatched}, parallel=p,
                     host=graph.host, output_order=list(graph.output_order), spans=spans)
 
 

@@ -57,6 +57,7 @@ from .frontend_ops import ACTIVATIONS, Translate
 from .ir import CompileError, Concat, Conv, Graph, GraphOutput, HostTail, MaxPool, TensorInfo
 from .frontend_canon import canonicalise
 from .quant_import import read_hints
+from .lift1d import is_unbatched
 from .ops import SUPPORTED_OPS, spec
 
 __all__ = ["load_model", "parse_inshapes", "channelwise_layer", "SUPPORTED_OPS", "evaluate_node",
@@ -133,6 +134,7 @@ class _FrontEnd(Shapes, Translate, Fusion):
         return Graph(name=g.name or Path(self.source).stem or "model", tensors=self.tensors,
                      layers=layers, inputs=inputs, outputs=outputs, opset=self.opset, notes=self.notes,
                      concats=self.concats, host=host, output_order=[o.name for o in g.output],
+                     unbatched=is_unbatched(self.proto),
                      range_hints=read_hints(self.proto))
 
 

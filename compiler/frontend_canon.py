@@ -21,7 +21,9 @@ front end and the host/DLA partitioner both run it, so both see the same static 
    machine has it (:data:`arch.numerics.ACT_NAMES`), else ``x * Clip(x / 6 + 1/2, 0, 1)``, whose
    factor is bounded by 1 (the gated product never exceeds ``|x|``, where ``x * Clip(x + 3, 0, 6)``
    would be 6 times larger before its Div and saturate). ``x * Sigmoid(x)`` (SiLU, Swish) becomes the
-   activation ``silu`` where the machine has it, else stays a product of two DLA layers.
+   activation ``silu`` where the machine has it, else stays a product of two DLA layers;
+   ``x * Tanh(Softplus(x))`` (Mish as exported before opset 18) becomes the activation ``mish`` (an
+   ONNX ``Mish`` node) where the machine has it, else stays (Softplus runs on the host).
 5. **Reductions**: ``ReduceMean``/``ReduceMax`` over H and W keeping the dimensions is
    ``GlobalAveragePool``/``GlobalMaxPool``.
 6. **Quantised models** (:mod:`compiler.quant_import`): QDQ pairs, QLinear* and integer
@@ -245,13 +247,19 @@ class _Graph:
         changed = False
         for node in list(self.g.node):
             op = node.op_type
-            if node.domain not in ("", "ai.onnx") or op not in ("Div", "Sub", "Neg"):
+            if node.domain not in ("", "ai.onnx") or op not in ("Div", "Sub", "Neg", "Sum"):
                 continue
             ins = list(node.input)
-            if not all(self.is_float(i) for i in ins):
+            if not all(self.is_float(i) for i in ins) or (op == "Sum" and len(ins) <= 2):
                 continue
             out, base = node.output[0], node.name or op
-            if op == "Neg":
+            if op == "Sum":      # a Sum of k > 2 tensors: k - 1 Adds, left to right as onnx sums them
+                acc, new = ins[0], []
+                for k, term in enumerate(ins[1:], start=1):
+                    partial = out if k == len(ins) - 1 else self.fresh(f"{base}_{k}")
+                    new.append(helper.make_node("Add", [acc, term], [partial], name=base if partial == out else partial))
+                    acc = partial
+            elif op == "Neg":
                 new = [helper.make_node("Mul", [ins[0], self.const(np.float32(-1), base)], [out], name=base)]
             elif ins[1] in self.consts and ins[0] not in self.consts:
                 c = self.consts[ins[1]].astype(np.float64)
@@ -400,8 +408,20 @@ class _Graph:
             bounds.append(v)
         return tuple(bounds)
 
+    def _mish_gate(self, q: str, x: str, producers, consumers) -> list[onnx.NodeProto] | None:
+        """The nodes Tanh(Softplus(x)) making ``q`` (each read once, no graph output), or None."""
+        t = producers.get(q)
+        if t is None or t.op_type != "Tanh" or t.domain not in ("", "ai.onnx"):
+            return None
+        s = producers.get(t.input[0])
+        if s is None or s.op_type != "Softplus" or s.domain not in ("", "ai.onnx") or s.input[0] != x:
+            return None
+        if any(len(consumers.get(v, [])) != 1 or v in self.outputs for v in (q, t.input[0])):
+            return None
+        return [t, s]
+
     def products(self) -> bool:
-        """x * gate(x): HardSwish in its exporters' forms, and SiLU."""
+        """x * gate(x): HardSwish in its exporters' forms, SiLU and Mish."""
         changed = False
         for node in list(self.g.node):
             if node.domain not in ("", "ai.onnx") or node.op_type != "Mul" or len(node.input) != 2:
@@ -419,6 +439,15 @@ class _Graph:
                     self.remove(qn)
                     self._use_domain()
                     self.notes.append(f"fused {_where(qn)} and {_where(node)} into the activation silu")
+                    changed = True
+                    break
+                gate = self._mish_gate(q, x, producers, consumers)
+                if gate is not None and act_available("mish"):
+                    self.insert_before(node, [helper.make_node("Mish", [x], [node.output[0]], name=node.name or "mish")])
+                    for n in [node] + gate:
+                        self.remove(n)
+                    self.notes.append(f"fused {', '.join(_where(n) for n in gate[::-1])} and {_where(node)} into the "
+                                      f"activation mish")
                     changed = True
                     break
                 found = self._affine_clip(q, x, producers, consumers)

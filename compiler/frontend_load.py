@@ -17,15 +17,14 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from .ir import CompileError, GraphInput, TensorInfo
-from .lift1d import lift_1d
+from .lift1d import FLOAT_TYPES, lift_1d, lift_vectors
 
 __all__ = ["parse_inshapes", "evaluate_node", "Shapes"]
 
 #: initializers of at most this many elements keep their values for ONNX shape inference
 _SHAPE_CONSTANT_LIMIT = 64
 
-_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                onnx.TensorProto.BFLOAT16)
+_FLOAT_TYPES = FLOAT_TYPES
 _DIM_RE = re.compile(r"^\d+$")
 
 
@@ -60,7 +59,7 @@ def _load(model) -> tuple[onnx.ModelProto, str, str | None]:
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
-        lift_1d(proto)
+        lift_1d(proto) or lift_vectors(proto)
         return proto, proto.graph.name or "<model>", None
     if not isinstance(model, (str, Path)):
         raise TypeError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
@@ -79,7 +78,7 @@ def _load(model) -> tuple[onnx.ModelProto, str, str | None]:
         raise CompileError(f"{path} is not an ONNX model: {e}") from None
     if not proto.HasField("graph") or not proto.graph.output:
         raise CompileError(f"{path} is not an ONNX model: it holds no graph with outputs")
-    lift_1d(proto)
+    lift_1d(proto) or lift_vectors(proto)
     return proto, str(path), str(path.parent)
 
 
@@ -152,10 +151,11 @@ def evaluate_node(node: onnx.NodeProto, feeds: dict[str, np.ndarray], proto: onn
 
 def shape_nodes(nodes) -> list[onnx.NodeProto]:
     """``nodes`` for ONNX shape inference, which does not know the compiler's own element-wise ops
-    (domain com.microndla): those become a Sigmoid, of the same shape and type."""
+    (domain com.microndla), nor Mish before opset 18 (canonicalisation makes it from x *
+    Tanh(Softplus(x))): those become a Sigmoid, of the same shape and type."""
     out = []
     for n in nodes:
-        if n.domain == "com.microndla":
+        if n.domain == "com.microndla" or (n.op_type == "Mish" and n.domain in ("", "ai.onnx")):
             n = helper.make_node("Sigmoid", [n.input[0]], [n.output[0]], name=n.name)
         out.append(n)
     return out

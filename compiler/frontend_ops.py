@@ -19,7 +19,7 @@ __all__ = ["ACTIVATIONS", "Translate"]
 
 #: ONNX activation op -> the IR's activation name (arch.numerics.ACT_NAMES)
 ACTIVATIONS = {"Relu": "relu", "LeakyRelu": "leaky", "Clip": "clip", "Sigmoid": "sigmoid", "Tanh": "tanh",
-               "HardSwish": "hardswish", "Silu": "silu"}
+               "HardSwish": "hardswish", "Silu": "silu", "Mish": "mish"}
 
 #: float32's largest value: ONNX Clip's default bounds (opset < 11) mean "unbounded"
 _FLT_MAX = 3.4028234663852886e38
@@ -563,6 +563,9 @@ class Translate:
         self._machine_activation(index, node, where)
 
     def _op_Silu(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
+        self._machine_activation(index, node, where)
+
+    def _op_Mish(self, index: int, node: onnx.NodeProto, where: str, attrs: dict) -> None:
         self._machine_activation(index, node, where)
 
     def _machine_activation(self, index: int, node: onnx.NodeProto, where: str) -> None:

@@ -8,6 +8,8 @@ ONNX specification (and with onnxruntime).
 * ``com.microndla.Silu``: the compiler's own op (x * Sigmoid(x), made by canonicalisation).
 * ``LSTM``, ``GRU``: the reference ignores ``sequence_lens``, ``clip``, ``input_forget`` and the
   ``activations`` attribute; replaced by :mod:`compiler.host_rnn`.
+* ``Mish``: at any opset (canonicalisation makes it from x * Tanh(Softplus(x)) in models older
+  than opset 18, where onnx.reference has none).
 """
 from __future__ import annotations
 
@@ -50,8 +52,16 @@ class Silu(OpRun):
         return ((x / (1 + np.exp(-x.astype(np.float64)))).astype(x.dtype),)
 
 
+class Mish(OpRun):
+    """x * tanh(softplus(x)), as ONNX's Mish (opset 18), at any opset."""
+    op_domain = ""
+
+    def _run(self, x):
+        return ((x * np.tanh(np.logaddexp(0.0, x.astype(np.float64)))).astype(x.dtype),)
+
+
 def host_evaluator(model: onnx.ModelProto | bytes) -> ReferenceEvaluator:
     """An evaluator of ``model`` (a proto or its serialised bytes) for the host stages."""
     if isinstance(model, bytes):
         model = onnx.load_from_string(model)
-    return ReferenceEvaluator(model, new_ops=[LRN, Silu, LSTM, GRU])
+    return ReferenceEvaluator(model, new_ops=[LRN, Silu, Mish, LSTM, GRU])

@@ -12,6 +12,14 @@ Only models made entirely of operators whose meaning does not depend on the rank
 (see :data:`SAFE_OPS`; an op with an axis counted from the end, such as Softmax, would change
 meaning); anything else is left as it is, and the front end refuses its rank-3 tensors as before.
 Weights are reshaped through their ``dims`` only, so no weight data is read.
+
+:func:`lift_vectors` does the same for models on unbatched vectors: a model of element-wise
+operators (:data:`VECTOR_OPS`) whose inputs and outputs are rank-1 tensors (L,) runs as one image
+of a (1, L) vector, the DLA's rank-2 form ((1, L) is L channels of 1x1), whose per-element
+constants (L,) are per-channel constants. Only the declared shapes of the graph inputs and outputs
+change ((L,) -> (1, L)); element-wise broadcasting gives every node the same values with a leading
+axis of 1. The model is marked (:data:`UNBATCHED_KEY` in its metadata) so that ``Run`` takes and
+returns the vectors without a batch axis, as the model declares them.
 """
 from __future__ import annotations
 
@@ -19,13 +27,20 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["lift_1d"]
+__all__ = ["lift_1d", "lift_vectors", "unlift_vectors", "is_unbatched", "UNBATCHED_KEY", "FLOAT_TYPES"]
 
 #: ops whose meaning a trailing axis of 1 does not change (with the attribute rewrites below)
 SAFE_OPS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "BatchNormalization", "Add", "Mul", "Sum",
-                      "Sub", "Div", "Neg", "HardSigmoid", "HardSwish",
+                      "Sub", "Div", "Neg", "HardSigmoid", "HardSwish", "Mish",
                       "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
                       "Concat", "Identity", "Dropout"})
+#: element-wise ops (the value at a position depends only on the operands' values there)
+VECTOR_OPS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Add", "Mul", "Sum", "Sub", "Div", "Neg",
+                        "HardSigmoid", "HardSwish", "Mish", "Identity", "Dropout"})
+#: the element types the runtime converts to the DLA's fixed point
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+#: metadata key marking a model lifted by :func:`lift_vectors`
+UNBATCHED_KEY = "com.microndla.unbatched"
 _SPATIAL = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
 _ELEMENTWISE = ("Add", "Mul", "Sum", "Sub", "Div")
 
@@ -120,3 +135,57 @@ def _lift_attributes(n: onnx.NodeProto) -> None:
             b, e = a.ints
             del a.ints[:]
             a.ints.extend([b, 0, e, 0])
+
+
+def lift_vectors(proto: onnx.ModelProto) -> bool:
+    """Rewrite ``proto`` in place as described in the module docstring (rank-1 inputs and outputs
+    declared (1, L)); False (and ``proto`` untouched) unless every real input and every output is a
+    float rank-1 tensor of known length, every node an element-wise op of :data:`VECTOR_OPS` (Dropout
+    without its mask output) and every constant operand of rank <= 1."""
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    inputs = [vi for vi in g.input if vi.name not in inits]
+    ends = inputs + list(g.output)
+    if not inputs or any(_rank(vi) != 1 or vi.type.tensor_type.elem_type not in FLOAT_TYPES for vi in ends):
+        return False
+    if any(not vi.type.tensor_type.shape.dim[0].HasField("dim_value") or vi.type.tensor_type.shape.dim[0].dim_value < 1
+           for vi in ends):
+        return False
+    for n in g.node:
+        if n.domain not in ("", "ai.onnx") or n.op_type not in VECTOR_OPS:
+            return False
+        if n.op_type == "Dropout" and len([o for o in n.output if o]) > 1:
+            return False
+        if any(len(inits[i].dims) > 1 for i in n.input if i in inits):
+            return False
+    for vi in ends:
+        dims = vi.type.tensor_type.shape.dim
+        length = dims[0].dim_value
+        del dims[:]
+        dims.add().dim_value = 1
+        dims.add().dim_value = length
+    del g.value_info[:]
+    proto.metadata_props.add(key=UNBATCHED_KEY, value="1")
+    return True
+
+
+def is_unbatched(proto: onnx.ModelProto) -> bool:
+    """Whether :func:`lift_vectors` rewrote ``proto``."""
+    return any(p.key == UNBATCHED_KEY and p.value == "1" for p in proto.metadata_props)
+
+
+def unlift_vectors(proto: onnx.ModelProto) -> None:
+    """Undo :func:`lift_vectors` on ``proto`` (the model as given, for the host to run whole)."""
+    if not is_unbatched(proto):
+        return
+    g = proto.graph
+    inits = {t.name for t in g.initializer}
+    for vi in [vi for vi in g.input if vi.name not in inits] + list(g.output):
+        dims = vi.type.tensor_type.shape.dim
+        length = dims[1].dim_value
+        del dims[:]
+        dims.add().dim_value = length
+    del g.value_info[:]
+    keep = [p for p in proto.metadata_props if p.key != UNBATCHED_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Op", "OPS", "SUPPORTED_OPS", "CATEGORIES", "MDLA_DOMAIN", "spec", "ops_in", "conformance_ops",
-           "param_inputs"]
+           "conformance_case_prefixes", "param_inputs"]
 
 CATEGORIES = ("layer", "unary", "binary", "view")
 #: the domain of the compiler's own operators
@@ -46,6 +46,8 @@ class Op:
     conformance: bool = True     #: its onnx.backend.test node cases are part of the conformance run
     canonical: bool = False      #: rewritten by canonicalisation, no handler of its own
     domain: str = ""             #: "" (ONNX), MDLA_DOMAIN or (canonical ops) com.microsoft
+    #: further name prefixes of its onnx.backend.test node cases (besides ``test_<name lowercased>``)
+    case_prefixes: tuple[str, ...] = ()
 
     @property
     def handler(self) -> str:
@@ -54,16 +56,17 @@ class Op:
 
 
 _TABLE = (
-    Op("Conv", "layer", "convolution, grouped and depthwise included", params=1),
+    Op("Conv", "layer", "convolution, grouped and depthwise included", params=1, case_prefixes=("basic_conv",)),
     Op("ConvTranspose", "layer", "transposed convolution, lowered by phases", params=1),
-    Op("BatchNormalization", "unary", "folded into the producing layer's weights and bias", params=1),
+    Op("BatchNormalization", "unary", "folded into the producing layer's weights and bias", params=1,
+       case_prefixes=("batchnorm",)),
     Op("Relu", "unary", "output-stage activation"),
     Op("LeakyRelu", "unary", "output-stage activation (0 <= alpha <= 1)"),
     Op("Clip", "unary", "output-stage activation (constant bounds)", params=1),
     Op("Sigmoid", "unary", "output-stage activation (table)"),
     Op("Tanh", "unary", "output-stage activation (table)"),
     Op("Add", "binary", "residual Add fused into a layer, or a per-channel constant folded into a bias"),
-    Op("Sum", "binary", "Sum of one or two tensors, as Add"),
+    Op("Sum", "binary", "Sum of tensors, as Adds"),
     Op("Mul", "binary", "product fused into a layer (also a per-channel gate), or a constant folded into weights"),
     Op("Concat", "view", "channel concatenation, written in place by the producers"),
     Op("MaxPool", "layer", "max pooling"),
@@ -83,6 +86,8 @@ _TABLE = (
     Op("HardSwish", "unary", "output-stage activation hardswish where the machine has it (else as x * HardSigmoid)"),
     Op("Silu", "unary", "output-stage activation silu: x * Sigmoid(x), fused by canonicalisation",
        domain=MDLA_DOMAIN, conformance=False),
+    Op("Mish", "unary", "output-stage activation mish where the machine has it (a table gate): the ONNX op, "
+       "and x * Tanh(Softplus(x)) fused by canonicalisation"),
     Op("HardSigmoid", "unary", "Mul and Add by constants (folded into the producing layer) and Clip(0, 1)",
        canonical=True),
     Op("Div", "binary", "Div by a constant: Mul by its reciprocal", params=1, canonical=True),
@@ -142,6 +147,11 @@ def ops_in(*categories: str) -> frozenset[str]:
 def conformance_ops() -> tuple[str, ...]:
     """The ops whose ONNX node conformance cases are run."""
     return tuple(op.name for op in _TABLE if op.conformance)
+
+
+def conformance_case_prefixes() -> dict[str, tuple[str, ...]]:
+    """Op type -> the name prefixes of its node cases (``test_<prefix>``, then ``_`` or the end)."""
+    return {op.name: (op.name.lower(),) + op.case_prefixes for op in _TABLE if op.conformance}
 
 
 def param_inputs() -> dict[str, slice]:

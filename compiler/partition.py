@@ -53,6 +53,7 @@ from .frontend_load import _check_weight_bytes, _load, _load_external, _static, 
 from .hostops import host_evaluator
 from .ir import CompileError
 from .memmap import align
+from .lift1d import is_unbatched, unlift_vectors
 from .frontend_canon import canonicalise
 from .frontend_seq import sequence_io
 from .ops import SUPPORTED_OPS, ops_in, spec
@@ -305,6 +306,7 @@ class _Partitioner:
         self.inputs = self.fe._inputs()          # applies inshapes, checks types and static shapes
         self.given = onnx.ModelProto()           # the model as given: what runs if the host runs it all
         self.given.CopyFrom(self.proto)
+        unlift_vectors(self.given)
         # the same static graph as the front end's: shapes to a fixpoint, exporters' idioms rewritten
         self.notes = canonicalise(self.proto, self.fe.consts, mem_bytes)
         self.inits = {t.name: t for t in self.proto.graph.initializer}
@@ -544,6 +546,8 @@ def compile_partitioned(model, cfg: MachineConfig, inshapes: str | None = None, 
             forced.add(k)
             moved.append(f"{_where(k, dict(p.nodes)[k])} runs on the host: {e}")
             continue
+        if isinstance(compiled, Staged) and not compiled.whole and is_unbatched(p.proto):
+            compiled.meta["unbatched"] = True        # Run returns the vectors as the model declares them
         if moved:
             (compiled.notes if isinstance(compiled, Staged) else compiled.graph.notes).extend(moved)
         if isinstance(compiled, Staged) and compiled.whole:
@@ -573,7 +577,8 @@ def _whole_on_host(p: "_Partitioner", cfg: MachineConfig, parallel: Parallel, ba
     except Exception as e:  # noqa: BLE001 - any reason the host cannot evaluate the model
         _check_host(model, _Part(HOST, p.nodes))
         raise CompileError(f"the host cannot evaluate the model: {e}") from None
-    inputs = [IODesc(i.name, i.name, tuple(i.onnx_shape)) for i in p.inputs]
+    unbatched = is_unbatched(p.proto)          # the given model's vectors have no batch axis
+    inputs = [IODesc(i.name, i.name, tuple(i.onnx_shape)[1:] if unbatched else tuple(i.onnx_shape)) for i in p.inputs]
     outputs = [IODesc(o.name, "", p.shapes.get(o.name, ())) for o in model.graph.output]
     nodes = [_where(*x) for x in p.nodes]
     dtypes = {vi.name: onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)

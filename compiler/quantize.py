@@ -319,7 +319,7 @@ def act_format(layer: Conv, act_frac: int) -> tuple[int, int]:
     for an output tensor whose format would otherwise have ``act_frac`` fractional bits."""
     if layer.act in ("sigmoid", "tanh"):
         return LUT_IN_FRAC, LUT_OUT_FRAC
-    if layer.act in ("hardswish", "silu"):     # x and the result share the format (0..ACT_MAX_FRAC)
+    if layer.act in ("hardswish", "silu", "mish"):     # x and the result share the format (0..ACT_MAX_FRAC)
         f = min(max(act_frac, 0), ACT_MAX_FRAC)
         return f, f
     if layer.act == "clip":
@@ -338,7 +338,7 @@ def _act_fields(layer: Conv, f: int) -> tuple[int, int]:
         lo, hi = ((DATA_MIN if v is None else int(np.clip(np.rint(v * 2.0 ** f), DATA_MIN, DATA_MAX)))
                   for v in layer.clip)
         return clip_fields(lo, hi if layer.clip[1] is not None else DATA_MAX)
-    if layer.act in ("sigmoid", "tanh", "hardswish", "silu"):
+    if layer.act in ("sigmoid", "tanh", "hardswish", "silu", "mish"):
         return act_fields(ACT_NAMES.index(layer.act), f)
     return 0, 0
 

@@ -31,11 +31,12 @@ MV_PIPELINE = 3
 
 
 def lut_rom_init() -> list[int]:
-    """The SIGMOID/TANH ROM, from :func:`arch.numerics.lut_table`: entry ``t * LUT_SEGMENTS + i``
-    (t = 0 sigmoid, 1 tanh) holds ``base[i] | delta[i] << 16``."""
+    """The activation ROM, from :func:`arch.numerics.lut_table` and :func:`arch.numerics.mish_table`:
+    entry ``t * LUT_SEGMENTS + i`` (t = 0 sigmoid, 1 tanh) holds ``base[i] | delta[i] << 16``, then
+    from ``2 * LUT_SEGMENTS`` on MISH's gate table (``MISH_SEGMENTS`` entries) the same way."""
     words = []
-    for act in (numerics.ACT_SIGMOID, numerics.ACT_TANH):
-        base, delta = numerics.lut_table(act)
+    for base, delta in (numerics.lut_table(numerics.ACT_SIGMOID), numerics.lut_table(numerics.ACT_TANH),
+                        numerics.mish_table()):
         words += [int(b) | int(d) << 16 for b, d in zip(base, delta)]
     return words
 
@@ -55,8 +56,9 @@ class OutputStage(wiring.Component):
     ``y = sat16(round_shift(wrap(acc + (res << rshift)), shift))`` (the residual term only when
     ``resid`` is ADD; the sum wraps at ``acc_bits``), then ``a = act(y)`` with the parameters
     ``act_a``/``act_b`` (:func:`arch.numerics.activate`: RELU, LEAKY, CLIP, SIGMOID/TANH from a
-    ROM holding :func:`arch.numerics.lut_table` rounded right by act_a, HARDSWISH, and SILU with its
-    gate from the same ROM), then ``out = a``, or with ``resid`` MUL
+    ROM holding :func:`arch.numerics.lut_table` rounded right by act_a, HARDSWISH, SILU with its
+    gate from the same ROM, and MISH with its gate from :func:`arch.numerics.mish_table`, in the
+    same ROM after those), then ``out = a``, or with ``resid`` MUL
     ``out = sat16(round_shift(a * res, rshift))``. ``sat`` has bit ``l`` set when lane ``l`` was
     clipped by either saturation (the first only where the activation does not absorb the clip,
     :meth:`counted`).
@@ -82,8 +84,9 @@ class OutputStage(wiring.Component):
         D = self.cfg.data_bits
         seg, nseg = numerics.LUT_SEG_BITS, numerics.LUT_SEGMENTS
         edge = nseg << seg                      # |x| = 8 in Q4.11: the table's end
-        f = self.act_a[:4]                      # HARDSWISH/SILU: the format; SIGMOID/TANH: output shift
+        f = self.act_a[:4]                      # HARDSWISH/SILU/MISH: the format; SIGMOID/TANH: output shift
         is_silu = self.act == Act.SILU
+        is_mish = self.act == Act.MISH
         # SILU: y in Q4.11 (exact left shift by 11 - f, or rounded right for f > 11), clamped to the table
         up = Signal(signed(D + numerics.LUT_IN_FRAC), name=f"x11u{lane}")
         m.d.comb += up.eq(y << (numerics.LUT_IN_FRAC - f)[:4])
@@ -107,10 +110,17 @@ class OutputStage(wiring.Component):
         m.d.comb += idx.eq(Mux(mc[seg:] >= nseg, nseg - 1, mc[seg:]))
         off = Signal(seg + 1, name=f"off{lane}")
         m.d.comb += off.eq(mc - (idx << seg))
-        m.d.comb += lut_port.addr.eq(Cat(idx, self.act == Act.TANH))
+        # MISH: x11 + 8 (inside the table, 1 .. 2 * edge - 1) -> segment and offset of its own table
+        mu = Signal(D + 1, name=f"mu{lane}")
+        m.d.comb += mu.eq(Mux(x11 >= edge, 2 * edge - 1, Mux(x11 <= -edge, 1, x11 + edge)))
+        midx = Signal(range(numerics.MISH_SEGMENTS), name=f"midx{lane}")
+        m.d.comb += midx.eq(mu[seg:])
+        moff = Signal(seg + 1, name=f"moff{lane}")
+        m.d.comb += moff.eq(mu[:seg])
+        m.d.comb += lut_port.addr.eq(Mux(is_mish, 2 * nseg + midx, Cat(idx, self.act == Act.TANH)))
         base, delta = lut_port.data[:_LUT_BASE_BITS], lut_port.data[_LUT_BASE_BITS:]
         ypos = Signal(D + 1, name=f"ypos{lane}")
-        m.d.comb += ypos.eq(base + ((delta * off + (1 << (seg - 1))) >> seg))
+        m.d.comb += ypos.eq(base + ((delta * Mux(is_mish, moff, off) + (1 << (seg - 1))) >> seg))
         curve = Signal(signed(D + 2), name=f"curve{lane}")
         m.d.comb += curve.eq(Mux(src < 0, Mux(self.act == Act.TANH, -ypos, (1 << numerics.LUT_OUT_FRAC) - ypos),
                                  ypos))
@@ -124,6 +134,12 @@ class OutputStage(wiring.Component):
         sprod = Signal(signed(2 * D + 2), name=f"sprod{lane}")
         m.d.comb += sprod.eq(y * gate)
         silu, _, _ = round_saturate(m, sprod, numerics.LUT_OUT_FRAC, D, f"s{lane}")
+        # MISH: y * its gate from the table, exactly 1 or 0 beyond |x| = 8, rounded right by 15
+        mgate = Signal(numerics.LUT_OUT_FRAC + 2, name=f"mgate{lane}")
+        m.d.comb += mgate.eq(Mux(x11 >= edge, numerics.SILU_GATE_ONE, Mux(x11 <= -edge, 0, ypos)))
+        mishp = Signal(signed(2 * D + 2), name=f"mishp{lane}")
+        m.d.comb += mishp.eq(y * mgate)
+        mish, _, _ = round_saturate(m, mishp, numerics.LUT_OUT_FRAC, D, f"mi{lane}")
         # HARDSWISH: y * clip(y + 3, 0, 6) * (1/6 as HSWISH_MUL >> HSWISH_SHIFT), rounded once
         three, six = Signal(D + 2, name=f"three{lane}"), Signal(D + 3, name=f"six{lane}")
         m.d.comb += [three.eq(Const(3, 2) << f), six.eq(Const(6, 3) << f)]
@@ -141,6 +157,7 @@ class OutputStage(wiring.Component):
             (Act.SIGMOID, Act.TANH): lut_out,
             Act.HARDSWISH: hswish,
             Act.SILU: silu,
+            Act.MISH: mish,
         }
 
     def counted(self, m: Module):
@@ -157,7 +174,7 @@ class OutputStage(wiring.Component):
                 m.d.comb += [below.eq(self.act_a == 0x8000), above.eq(self.act_b == 0x7FFF)]
             with m.Case(Act.HARDSWISH):     # 3 << f > 32768: the format does not reach -3
                 m.d.comb += [below.eq(f >= 14), above.eq(1)]
-            with m.Case(Act.SILU):          # 8 << f > 32768: the format does not reach -8
+            with m.Case(Act.SILU, Act.MISH):    # 8 << f > 32768: the format does not reach -8
                 m.d.comb += [below.eq(f >= 13), above.eq(1)]
             with m.Default():
                 m.d.comb += [below.eq(1), above.eq(1)]
@@ -167,7 +184,7 @@ class OutputStage(wiring.Component):
         cfg = self.cfg
         m = Module()
         A, D = cfg.acc_bits, cfg.data_bits
-        m.submodules.rom = rom = Memory(shape=_LUT_BASE_BITS + _LUT_DELTA_BITS, depth=2 * numerics.LUT_SEGMENTS,
+        m.submodules.rom = rom = Memory(shape=_LUT_BASE_BITS + _LUT_DELTA_BITS, depth=2 * numerics.LUT_SEGMENTS + numerics.MISH_SEGMENTS,
                                         init=lut_rom_init())
         sat = []
         below, above = self.counted(m)

@@ -7,6 +7,7 @@
     mdla profile cnn.onnx -o p.png --trace t.json   # per-layer table, roofline, timeline
     mdla disasm cnn.bin               # print the program as text assembly
     mdla hw build --config small -o dla.v   # write the card's Verilog
+    mdla infer r18.onnx --input imgs.npy --output out.npy --reference [--ray [ADDRESS]]   # a data set
 """
 from __future__ import annotations
 
@@ -223,6 +224,10 @@ def hw_build(config, output, mem_kib, clusters, sims):
             _fail(e)
         how = "cached" if info.cached else f"built in {info.seconds:.1f} s"
         click.echo(f"{sim}: {info.build_dir} ({how})")
+
+
+from .infer import infer_command  # noqa: E402 - `mdla infer` lives with the data-set runner
+main.add_command(infer_command)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,10 @@ def _workers(v: str) -> str:
     from .workers import MODES
     if v not in MODES:
         raise ValueError(f"expects one of {', '.join(MODES)}, got {v!r}")
+    if v == "ray":
+        from .ray_cards import ray_installed
+        if not ray_installed():
+            raise ValueError("'ray' needs Ray installed: pip install 'open-mdla[ray]' (ray==2.60.0)")
     return v
 
 
@@ -100,14 +104,18 @@ FLAGS: dict[str, FlagSpec] = {
                         "where the functional model runs: 'serial' (in this process, cards one after another), "
                         "'processes' (each card in a worker process of its own; the clusters of a single card "
                         "in worker processes, one per core) or 'auto' (processes when the machine has more than "
-                        "one core and a call has at least 100 M MACs per card, else serial); results are "
-                        "identical in every mode"),
+                        "one core and a call has at least 100 M MACs per card, else serial) or 'ray' (each card a Ray "
+                        "actor holding its memory, on the cluster of 'ray_address' or RAY_ADDRESS, else on a local "
+                        "Ray instance on the loopback address; docs/parallel.md); results are identical in every mode"),
+    "ray_address": FlagSpec(str, "", "workers='ray': the Ray cluster to use ('' : RAY_ADDRESS, else a local instance started "
+                                     "with the object and shut down with it)"),
+    "ray_dashboard": FlagSpec(_bool, 0, "workers='ray': 1 starts the local instance's dashboard (on 127.0.0.1)"),
     "trace": FlagSpec(_trace_path, "",
                       "write a timeline of each run to this JSON file (trace event format: Perfetto, chrome://tracing; "
                       "functional and amaranth simulators; '' for none): see docs/profiling.md"),
     "tracemax": FlagSpec(_int_range(1), 200_000,
                          "instruction slices beyond which the trace merges each layer's instructions per engine"),
-    "maxfpga": FlagSpec(_int_range(1, 64), REFERENCE.max_cards, "simulated cards in the system (shared by all MDLA objects)"),
+    "maxfpga": FlagSpec(_int_range(1, 4096), REFERENCE.max_cards, "simulated cards in the system (shared by all MDLA objects; above 64 only with workers='ray')"),
 }
 ALIASES = {"nobatch": "clustersbatchmode"}
 

@@ -33,13 +33,13 @@ from compiler.ir import CompileError
 from compiler.partition import HostStage, Staged, compile_partitioned
 from compiler.memmap import align
 
-from . import saturation, workers
+from . import ray_cards, saturation, workers
 from .cards import POOL, CardsUnavailable
 from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
-from .streaming import Stream, StreamDeadlock
+from .streaming import Stream, StreamClosed, StreamDeadlock
 from .trace import after_run as write_traces
-from .workers import WorkerCrashed
+from .workers import WorkerCrashed, WorkerTimeout
 
 VERSION = "0.1.0"
 
@@ -92,13 +92,15 @@ class MDLA:
             return
         self._flags.set(name, value)
         if name == "maxfpga":
+            ray_cards.check_maxfpga(self._flags)
             POOL.resize(self._flags["maxfpga"])
 
     def GetInfo(self, name: str):
         """A typed value: 'version', 'build', 'hwtime' (ms, last run), 'hwcycles', 'freq' (MHz),
         'maxcluster', 'maxfpga', 'inshapes', 'outshapes', 'innames', 'outnames', 'addroff',
         'saturations' (values clipped in the last run), 'layer_saturations' (those per layer),
-        'batch', or the current value of any flag."""
+        'batch', 'engine' (what runs the cards: serial, processes, ray and where), 'cards' (per card
+        of this object: its engine, Ray node and pid or worker pids), or the current value of any flag."""
         cfg = self._config()
         info = {
             "version": lambda: VERSION,
@@ -116,6 +118,8 @@ class MDLA:
             "innames": lambda: ";".join(i.name for i in self._need().inputs),
             "outnames": lambda: ";".join(o.name for o in self._need().final_outputs),
             "addroff": lambda: int(self._need().memmap.end),
+            "engine": lambda: ray_cards.engine_info(self),
+            "cards": lambda: ray_cards.cards_info(self),
         }
         if name in info:
             return info[name]()
@@ -167,7 +171,11 @@ class MDLA:
         self._load(compiled, MDLA)
 
     def Free(self):
-        """Release the loaded program and the cards it occupied."""
+        """Release the loaded program and the cards it occupied (and its Ray cards, if any)."""
+        self._free_model()
+        ray_cards.release(self._owner)
+
+    def _free_model(self):
         self._stream.close()
         POOL.release(self._owner)
         self._compiled = None
@@ -216,7 +224,7 @@ class MDLA:
                                 f"linked models use either disjoint clusters (set firstcluster) or the same ones")
 
     def _load(self, compiled: Compiled, link: "MDLA | None" = None) -> None:
-        self.Free()
+        self._free_model()
         self._stream = self._new_stream()
         if link is not None:
             if not isinstance(link, MDLA) or link._compiled is None:
@@ -329,10 +337,12 @@ class MDLA:
         both input buffers are busy and 'blockingmode' is 0."""
         c = self._need()
         if images is not None:
+            # The SDK copied the inputs into its buffer here: the caller may refill its array at once.
+            images = _copy_inputs(images)
             self._inputs(images, c)          # bad input is reported here, not at GetResult
         try:
             return self._stream.put(images, userobj, bool(self._flags["blockingmode"]))
-        except StreamDeadlock as e:
+        except (StreamDeadlock, StreamClosed) as e:
             raise MDLAError(str(e)) from None
 
     def GetResult(self):
@@ -340,7 +350,7 @@ class MDLA:
         end-of-stream marker); None when nothing is ready and 'blockingmode' is 0."""
         try:
             r = self._stream.get(bool(self._flags["blockingmode"]))
-        except StreamDeadlock as e:
+        except (StreamDeadlock, StreamClosed) as e:
             raise MDLAError(str(e)) from None
         if r is not None and r[0] is not None:
             self._hwcycles = self._stream.last_cycles
@@ -428,9 +438,10 @@ class MDLA:
                 host[o.name].append(np.asarray(v, dtype=np.float32).reshape(o.onnx_shape[1:]))
         return [dla[n] if n in dla else host[n] for n in (c.output_order or names)]
 
-    @staticmethod
-    def _pack(results):
+    def _pack(self, results):
         out = [np.stack(r).astype(np.float32) for r in results]
+        if self._compiled is not None and self._compiled.meta.get("unbatched") and all(len(r) == 1 for r in results):
+            out = [o[0] for o in out]      # a model on unbatched vectors: one call, no batch axis (lift1d)
         return out[0] if len(out) == 1 else out
 
     def _print_layers(self, c) -> None:
@@ -499,6 +510,14 @@ class MDLA:
               f"ideal at peak {cfg.cycles_to_ms(ideal):.4f} ms; efficiency {ideal / max(cycles, 1):.3f}")
 
 
+def _copy_inputs(images):
+    """The call's inputs as arrays of their own (one, or a list for several inputs), so that the
+    caller's buffers are free to reuse as soon as PutInput returns."""
+    if isinstance(images, (list, tuple)):
+        return [None if a is None else np.array(a, copy=True) for a in images]
+    return np.array(images, copy=True)
+
+
 def _image(c: Compiled, arrays, k: int, n: int) -> np.ndarray:
     """Image n of input k of ``c`` as the (C, H, W) tensor its first layer reads."""
     lay = c.memmap.tensors[c.inputs[k].tensor]
@@ -526,6 +545,8 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
     where = workers.plan(first._flags["workers"], isinstance(executor, FunctionalExecutor), nfpgas,
                          len(programs), macs // nfpgas)
     trace = bool(getattr(executor, "trace", False))
+    if first._flags["workers"] == "ray":
+        return _merge_cards(ray_cards.run_cards(first, jobs, executor, programs, check), jobs)
 
     def run_card(f: int):
         card = cards[f]
@@ -544,7 +565,8 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
                         sat[j] += over
                         lay.write(card.memory, mm.tensor_addr(i.tensor, p.slot(n)[2]), cfg.lanes, q)
             stats = card.run(cfg, programs, executor, where, check_hazards=check, trace=trace,
-                             helpers=workers.cluster_helpers(len(programs)))
+                             helpers=workers.cluster_helpers(len(programs)),
+                             timeout=workers.reply_timeout(macs // nfpgas))
             for j, (c, arrays, batch) in enumerate(jobs):
                 mm, p = c.memmap, c.parallel
                 for n in range(batch):
@@ -569,6 +591,12 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
             per_card = list(pool.map(run_card, range(nfpgas)))
     else:
         per_card = [run_card(f) for f in range(nfpgas)]
+    return _merge_cards(per_card, jobs)
+
+
+def _merge_cards(per_card, jobs):
+    """(run statistics per card, per job the outputs per image, per job the input values saturated)
+    from each card's (statistics, {(job, image): outputs}, saturations per job)."""
     all_stats = [s for s, _, _ in per_card]
     merged = {key: value for _, outs, _ in per_card for key, value in outs.items()}
     results = [[merged[(j, n)] for n in range(batch)] for j, (_, _, batch) in enumerate(jobs)]
@@ -675,4 +703,4 @@ def _objects_on(cards) -> list[MDLA]:
     return objs
 
 
-__all__ = ["MDLA", "MDLAError", "CompileError", "WorkerCrashed", "VERSION"]
+__all__ = ["MDLA", "MDLAError", "CompileError", "WorkerCrashed", "WorkerTimeout", "VERSION"]

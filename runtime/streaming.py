@@ -9,11 +9,20 @@ stream's ``execute`` callback, which may run queued calls of other objects with 
 on disjoint clusters of one card run together, sharing its memory port). The modelled time then
 depends only on the order of the calls, never on thread timing.
 
+The inputs are the caller's to reuse as soon as ``put`` returns: the runtime hands the stream its
+own copy (``MDLA.PutInput``), as the SDK copied them into its input buffer.
+
 Where the real SDK would block forever, this raises ``StreamDeadlock`` instead: a ``put`` with both
 buffers taken when no other live thread is consuming results, or a ``get`` with nothing queued
 when no other live thread is producing inputs. A thread counts as a consumer (producer) once it
-has called ``get`` (``put``); a short grace period lets a thread that was just started make its
-first call.
+has called ``get`` (``put``); while such a counterpart lives, the call waits for as long as it
+takes. A thread that has not yet called the stream may still become one: while any other thread
+of the process lives the call waits for it, up to ``STALL_S`` seconds (far longer than any run of
+the functional model), and then raises ``StreamDeadlock`` naming that timeout. Only a call that
+no other thread could ever unblock raises at once.
+
+``close`` (``MDLA.Free``) waits for a call that is running, then fails every waiting ``get`` and
+``put`` with ``StreamClosed``.
 """
 from __future__ import annotations
 
@@ -24,11 +33,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 BUFFERS = 2
-GRACE_S = 2.0
+#: How long a blocked call waits for a thread that has not called the stream yet (seconds).
+STALL_S = 300.0
 
 
 class StreamDeadlock(RuntimeError):
     """The call would wait forever (the real SDK would hang here)."""
+
+
+class StreamClosed(RuntimeError):
+    """The stream was closed (``Free``) while the call waited."""
 
 
 @dataclass
@@ -51,6 +65,8 @@ class Stream:
     _getters: dict = field(default_factory=dict)     #: thread ident -> Thread, threads that called get
     _putters: dict = field(default_factory=dict)
     last_cycles: int = 0
+    closed: bool = False
+    stall_s: float = STALL_S
 
     def _other_alive(self, threads: dict) -> bool:
         me = threading.get_ident()
@@ -60,18 +76,28 @@ class Stream:
         me = threading.current_thread()
         return any(t is not me and t.is_alive() and not t.name.startswith("mdla-") for t in threading.enumerate())
 
-    def _wait(self, blocked: Callable[[], bool], counterpart: dict, what: str) -> None:
+    def _closed_error(self, what: str) -> StreamClosed:
+        return StreamClosed(f"{what}: {self.name} was freed (Free()) while this call waited")
+
+    def _wait(self, blocked: Callable[[], bool], counterpart: dict, what: str, call: str) -> None:
         """Wait while ``blocked()``; raise StreamDeadlock when waiting could never end."""
         start = time.monotonic()
         while blocked():
-            if not self._other_alive(counterpart) and not (
-                    self._others_exist() and time.monotonic() - start < GRACE_S):
-                raise StreamDeadlock(what)
+            if self.closed:
+                raise self._closed_error(call)
+            if not self._other_alive(counterpart):
+                if not self._others_exist():
+                    raise StreamDeadlock(what)
+                if time.monotonic() - start > self.stall_s:
+                    raise StreamDeadlock(f"{what} (other threads are alive, but none called it in "
+                                         f"{self.stall_s:g} s)")
             self._cv.wait(timeout=0.05)
 
     def put(self, images, userobj, blocking: bool) -> bool:
         me = threading.current_thread()
         with self._cv:
+            if self.closed:
+                raise self._closed_error("PutInput")
             self._putters[me.ident] = me
             if len(self._pending) >= BUFFERS:
                 if not blocking:
@@ -79,7 +105,7 @@ class Stream:
                 self._wait(lambda: len(self._pending) >= BUFFERS, self._getters,
                            f"PutInput: both input buffers of {self.name} hold inputs whose results nobody fetches "
                            f"(no other thread is calling GetResult); the SDK would deadlock here. Call GetResult "
-                           f"first, or fetch results in another thread")
+                           f"first, or fetch results in another thread", "PutInput")
             self._pending.append(Entry(userobj, images, done=images is None))
             self._cv.notify_all()
         return True
@@ -87,7 +113,7 @@ class Stream:
     def claim_head(self) -> Entry | None:
         """The oldest entry if it has neither run nor started (marking it started), else None."""
         with self._cv:
-            if self._pending and not self._pending[0].done and not self._pending[0].running:
+            if not self.closed and self._pending and not self._pending[0].done and not self._pending[0].running:
                 self._pending[0].running = True
                 return self._pending[0]
         return None
@@ -102,13 +128,15 @@ class Stream:
     def get(self, blocking: bool):
         me = threading.current_thread()
         with self._cv:
+            if self.closed:
+                raise self._closed_error("GetResult")
             self._getters[me.ident] = me
             if not self._pending:
                 if not blocking:
                     return None
                 self._wait(lambda: not self._pending, self._putters,
                            f"GetResult: nothing was put into {self.name} and no other thread is calling "
-                           f"PutInput; the SDK would deadlock here")
+                           f"PutInput; the SDK would deadlock here", "GetResult")
         entry = self.claim_head()
         if entry is not None:
             try:
@@ -117,9 +145,14 @@ class Stream:
                 if not entry.done:
                     self.complete(entry, None, 0, e)
         with self._cv:
+            if self.closed or not self._pending:
+                raise self._closed_error("GetResult")
             head = self._pending[0]
-            self._cv.wait_for(lambda: head.done)
-            self._pending.popleft()
+            self._cv.wait_for(lambda: head.done or self.closed)
+            if not head.done:
+                raise self._closed_error("GetResult")
+            if self._pending and self._pending[0] is head:     # (close() may have emptied the queue)
+                self._pending.popleft()
             self._cv.notify_all()
         if head.error is not None:
             raise head.error
@@ -132,7 +165,10 @@ class Stream:
             return len(self._pending)
 
     def close(self) -> None:
-        """Forget queued calls (the object is being freed)."""
+        """Wait for a call that is running, then forget the queued ones: every call waiting on the
+        stream raises StreamClosed (the object is being freed)."""
         with self._cv:
+            self._cv.wait_for(lambda: not any(e.running and not e.done for e in self._pending))
+            self.closed = True
             self._pending.clear()
             self._cv.notify_all()

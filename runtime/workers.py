@@ -17,7 +17,9 @@ Requests (tuples, answered in order, one reply each):
 * ``("exit", code)``: exit at once without replying (tests of the crash path); ``("stop",)``.
 
 A worker that dies raises :class:`WorkerCrashed` in the parent (never a hang: its socket closes)
-and is started afresh at the next request. Workers stop when their card is released (``Free()``)
+and is started afresh at the next request. One that lives but does not answer (stopped with
+SIGSTOP, hung) raises :class:`WorkerTimeout` once the reply is later than ``reply_timeout`` of the
+request's modelled work allows; it is killed and started afresh at the next request. Workers stop when their card is released (``Free()``)
 and at interpreter exit; one whose parent dies sees the socket close and exits.
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 #: 'workers' flag values (see runtime/flags.py)
-MODES = ("auto", "serial", "processes")
+MODES = ("auto", "serial", "processes", "ray")
 
 #: In 'auto' mode, calls with fewer multiply-accumulates per card than this run in the calling
 #: process: a worker round trip and the start of a worker (about 0.1 s) would cost more than the
@@ -47,6 +49,32 @@ AUTO_MIN_MACS = 100_000_000
 
 class WorkerCrashed(RuntimeError):
     """A worker process died (killed, out of memory, a crash of the interpreter)."""
+
+
+class WorkerTimeout(WorkerCrashed):
+    """A worker process did not answer in time (stopped, hung); it was killed."""
+
+
+#: The reply timeout of a request: this many seconds, plus the request's multiply-accumulates at
+#: the slowest rate the functional model is expected to reach (a loaded core with the hazard check
+#: on: about 1/50 of its usual 5-10 G MAC/s), so that no run that is merely slow is cut short.
+MIN_REPLY_S = 60.0
+SLOWEST_MACS_PER_S = 100e6
+
+
+def reply_timeout(macs: int) -> float:
+    """Seconds to wait for the reply to a request that runs ``macs`` multiply-accumulates."""
+    return MIN_REPLY_S + macs / SLOWEST_MACS_PER_S
+
+
+def _process_state(pid: int | None) -> str:
+    """'stopped' if the process is stopped (SIGSTOP, a debugger), else '' (Linux /proc; '' elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+    return "stopped" if state in ("T", "t") else ""
 
 
 def plan(mode: str, functional: bool, nfpgas: int, nclusters: int, macs_per_card: int) -> str:
@@ -146,15 +174,40 @@ class Worker:
                 raise self._crashed(f"before it could take a request ({request[0]!r})") from None
             self.pending += 1
 
-    def wait(self):
-        """Every outstanding reply; returns the last, raises the first error among them."""
+    def _timed_out(self, timeout: float) -> WorkerTimeout:
+        pid, state = self.pid, _process_state(self.pid)
+        self.stop(kill=True)
+        how = "is stopped (SIGSTOP?) and " if state == "stopped" else ""
+        return WorkerTimeout(f"the worker process of {self.label} (pid {pid}) {how}did not answer within "
+                             f"{timeout:.0f} s (the reply timeout of this run's modelled work); it was killed "
+                             f"and is started afresh at the next run")
+
+    def _receive(self, deadline: float | None):
+        """One reply, waiting at most until ``deadline`` (time.monotonic; None: for ever)."""
+        import time
+        while deadline is not None and not self.conn.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                return None
+        return self.conn.recv()
+
+    def wait(self, timeout: float | None = None):
+        """Every outstanding reply; returns the last, raises the first error among them. With
+        ``timeout`` (seconds for all of them), a worker that has not answered by then is killed
+        and WorkerTimeout raised."""
+        import time
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self.lock:
             last, error = None, None
             while self.pending:
                 try:
-                    status, value = self.conn.recv()
+                    reply = self._receive(deadline)
+                    if reply is None:
+                        raise self._timed_out(timeout)
+                    status, value = reply
                 except (EOFError, OSError):
                     raise self._crashed("while running a request") from None
+                except WorkerTimeout:
+                    raise
                 except BaseException:        # interrupted: the replies are out of step now
                     self.stop(kill=True)
                     raise
@@ -166,10 +219,10 @@ class Worker:
                 raise error
             return last
 
-    def call(self, request: tuple):
+    def call(self, request: tuple, timeout: float | None = None):
         with self.lock:
             self.submit(request)
-            return self.wait()
+            return self.wait(timeout)
 
     def stop(self, kill: bool = False) -> None:
         """End the worker process and reap it (idempotent)."""
@@ -193,8 +246,8 @@ class ClusterHelper:
     """A worker as a ``sim.parallel.Helper`` for the clusters of one card (its memory in shared
     memory ``shm`` of ``size`` bytes)."""
 
-    def __init__(self, worker: Worker, shm: str, size: int):
-        self.worker, self.shm, self.size = worker, shm, size
+    def __init__(self, worker: Worker, shm: str, size: int, timeout: float | None = None):
+        self.worker, self.shm, self.size, self.timeout = worker, shm, size, timeout
 
     def begin(self, cfg, programs):
         self.worker.submit(("begin", self.shm, self.size, cfg, programs))
@@ -203,12 +256,12 @@ class ClusterHelper:
         self.worker.submit(("apply", ops))
 
     def wait(self):
-        self.worker.wait()
+        self.worker.wait(self.timeout)
 
     def end(self):
         if self.worker.proc is None:      # it died (already reported): nothing to end
             return {}
-        return self.worker.call(("end",))
+        return self.worker.call(("end",), self.timeout)
 
 
 @atexit.register

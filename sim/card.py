@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from arch import isa, timing
 from arch.isa import ENGINE_NEXT, ENGINE_PREV, ENGINES, INSTR_BYTES, Buf, Instr, ISAError
@@ -555,6 +555,16 @@ def default_threads() -> int:
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_limiter = None
+_blas_controller = None     #: the process's thread pools, found once (a search costs ~0.3 ms, per run it showed)
+
+
+def _blas_pools() -> ThreadpoolController:
+    """threadpoolctl's controller of the BLAS libraries loaded in the process (numpy's, loaded
+    with numpy, before any run); the search of the loaded libraries is done once."""
+    global _blas_controller
+    if _blas_controller is None:
+        _blas_controller = ThreadpoolController()
+    return _blas_controller
 
 
 @contextmanager
@@ -565,7 +575,7 @@ def _single_thread_blas():
     global _blas_users, _blas_limiter
     with _blas_lock:
         if _blas_users == 0:
-            _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+            _blas_limiter = _blas_pools().limit(limits=1, user_api="blas")
         _blas_users += 1
         alone = _blas_users == 1
     try:

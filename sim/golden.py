@@ -172,6 +172,8 @@ def _float_act(y: np.ndarray, layer: Conv) -> np.ndarray:
         return y * np.clip(y + np.float32(3.0), 0.0, 6.0) / np.float32(6.0)
     if layer.act == "silu":
         return y / (np.float32(1.0) + np.exp(-y))
+    if layer.act == "mish":
+        return (y * np.tanh(np.logaddexp(np.float32(0.0), y))).astype(np.float32)
     return y
 
 
@@ -226,7 +228,7 @@ def run_quantized(graph: Graph, inputs: dict[str, np.ndarray]) -> tuple[dict[str
 #: its range matters (the positive side only before ReLU, HardSwish and SiLU, which absorb negative
 #: saturation), keyed ``output + PRE``; and a fused Mul's first factor, keyed ``output + GATED``
 PRE, GATED = "@pre", "@gated"
-_PRE_SIGNED, _PRE_POSITIVE = ("none", "leaky"), ("relu", "hardswish", "silu")
+_PRE_SIGNED, _PRE_POSITIVE = ("none", "leaky"), ("relu", "hardswish", "silu", "mish")
 
 
 def run_float(graph: Graph, inputs: dict[str, np.ndarray], probes: dict[str, np.ndarray] | None = None

@@ -39,7 +39,8 @@ import numpy as np
 
 from arch.isa import Buf, Init, Instr, maps_extent_conv
 from arch.machine import MachineConfig
-from arch.numerics import ACT_NONE, ACT_RELU, RES_ADD, RES_MUL, average, join_bias, requantize
+from arch.numerics import (ACT_NONE, ACT_RELU, DATA_MAX, DATA_MIN, RES_ADD, RES_MUL, activate, average, join_bias,
+                           requantize, round_shift, saturation_counts, wrap)
 
 from . import gemm
 
@@ -421,8 +422,10 @@ def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.
     offset is removed by flipping the top bit while casting to 16 bits, and ReLU is a maximum on
     the 16-bit results."""
     s = i.shift
-    # the offset could overflow int64, or another activation or a fused Mul: the plain definition
-    if acc_bits > 62 or s > 46 or i.act not in (ACT_NONE, ACT_RELU) or (res is not None and i.resid == RES_MUL):
+    if acc_bits <= 62 and (i.act not in (ACT_NONE, ACT_RELU) or (res is not None and i.resid == RES_MUL)):
+        return _tabled_output_stage(accs, i, res, acc_bits, dst)
+    # the offset could overflow int64: the plain definition
+    if acc_bits > 62 or s > 46:
         sat = 0
         for j, acc in enumerate(accs):
             y, n = requantize(acc, s, i.act, residual=None if res is None else res[j], rshift=i.rshift,
@@ -448,6 +451,50 @@ def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.
         np.bitwise_xor(acc, 0x8000, out=d.view(np.uint16), casting="unsafe")
         if i.act == ACT_RELU:                       # on the 16-bit results: a quarter of the bytes
             np.maximum(d, 0, out=d)
+    return sat
+
+
+@lru_cache(maxsize=64)
+def _activation_table(act: int, a: int, b: int) -> np.ndarray:
+    """``arch.numerics.activate`` of every int16 input (index ``x + 32768``) with fields ``a``, ``b``,
+    as int16: one lookup per value instead of the definition's passes (the tables of SIGMOID/TANH,
+    SILU and MISH take several each)."""
+    x = np.arange(DATA_MIN, DATA_MAX + 1, dtype=np.int64)
+    y = activate(x, act, a, b)
+    assert y.min() >= DATA_MIN and y.max() <= DATA_MAX
+    table = y.astype(np.int16)
+    table.flags.writeable = False
+    return table
+
+
+def _tabled_output_stage(accs: list[np.ndarray], i: Instr, res: list[np.ndarray] | None, acc_bits: int,
+                         dst: list[np.ndarray]) -> int:
+    """:func:`_output_stage` for an activation other than NONE/RELU or a fused Mul: the steps of
+    ``arch.numerics.requantize`` with the activation looked up in :func:`_activation_table`."""
+    table = _activation_table(i.act, i.act_a, i.act_b)
+    below, above = saturation_counts(i.act, i.act_a, i.act_b)
+    mul = res is not None and i.resid == RES_MUL
+    sat = 0
+    for j, acc in enumerate(accs):
+        if res is not None and not mul:
+            acc = wrap(acc + (res[j].astype(np.int64) << np.int64(i.rshift)), acc_bits)
+        r = round_shift(acc, i.shift)
+        clipped = (r < DATA_MIN) if below else None
+        if above:
+            clipped = (r > DATA_MAX) if clipped is None else clipped | (r > DATA_MAX)
+        np.clip(r, DATA_MIN, DATA_MAX, out=r)
+        r += -DATA_MIN
+        y = table.take(r)
+        if mul:
+            p = round_shift(y.astype(np.int64) * res[j], i.rshift)
+            out = (p < DATA_MIN) | (p > DATA_MAX)
+            clipped = out if clipped is None else clipped | out
+            np.clip(p, DATA_MIN, DATA_MAX, out=p)
+            dst[j][...] = p
+        else:
+            dst[j][...] = y
+        if clipped is not None:
+            sat += int(np.count_nonzero(clipped))
     return sat
 
 

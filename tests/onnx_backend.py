@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compiler.ops import conformance_ops, param_inputs
+from compiler.ops import conformance_case_prefixes, conformance_ops, param_inputs
 
 #: The operators whose node cases we run, and the inputs (by position) each treats as parameters
 #: (these become initializers): both from the operator table, compiler/ops.py.
@@ -43,7 +43,7 @@ PARAM_INPUTS = param_inputs()
 #: The SDK's accuracy budget for the DLA path (percent of max |reference|).
 BUDGET_MEAN, BUDGET_MAX = 1.0, 5.0
 
-_CASE_RE = re.compile(r"^test_(" + "|".join(o.lower() for o in OPS) + r")(_|$)")
+_CASE_RE = re.compile(r"^test_(" + "|".join(p for ps in conformance_case_prefixes().values() for p in ps) + r")(_|$)")
 
 
 @dataclass

@@ -101,7 +101,7 @@ def _naive(acc, shift, act, a, b, r, rshift, mode):
         or (act == nx.ACT_CLIP and exact < y and nx.s16(a) > -32768)
         or (act == nx.ACT_CLIP and exact > y and nx.s16(b) < 32767)
         or (exact < y and act == nx.ACT_HARDSWISH and 3 * 2 ** a <= 32768)
-        or (exact < y and act == nx.ACT_SILU and 8 * 2 ** a <= 32768))
+        or (exact < y and act in (nx.ACT_SILU, nx.ACT_MISH) and 8 * 2 ** a <= 32768))
     if act == nx.ACT_RELU:
         y = max(y, 0)
     elif act == nx.ACT_LEAKY and y < 0:
@@ -115,6 +115,15 @@ def _naive(acc, shift, act, a, b, r, rshift, mode):
     elif act == nx.ACT_SILU:
         x11 = y * 2 ** (11 - a) if a <= 11 else rsh(y, a - 11)
         gate = (32768 if x11 > 0 else 0) if abs(x11) >= 16384 else (table(x11) if x11 >= 0 else 32768 - table(x11))
+        y = rsh(y * gate, 15)
+    elif act == nx.ACT_MISH:            # the gate tanh(softplus(x)) from its table over -8 <= x < 8
+        mbase, mdelta = nx.mish_table()
+        x11 = y * 2 ** (11 - a) if a <= 11 else rsh(y, a - 11)
+        if abs(x11) >= 16384:
+            gate = 32768 if x11 > 0 else 0
+        else:
+            u = x11 + 16384
+            gate = int(mbase[u >> 7]) + ((int(mdelta[u >> 7]) * (u & 127) + 64) >> 7)
         y = rsh(y * gate, 15)
     if mode == nx.RES_MUL:
         p = rsh(y * r, rshift)
@@ -130,14 +139,15 @@ def test_requantize_matches_naive_formula(act, mode):
     acc = rng.integers(-2 ** 30, 2 ** 30, 400)
     r = rng.integers(-32768, 32768, 400)
     a, b = {nx.ACT_LEAKY: nx.leaky_fields(0.1), nx.ACT_CLIP: nx.clip_fields(-3000, 9000),
-            nx.ACT_SIGMOID: (3, 0), nx.ACT_TANH: (0, 0), nx.ACT_HARDSWISH: (9, 0), nx.ACT_SILU: (13, 0)}.get(act, (0, 0))
+            nx.ACT_SIGMOID: (3, 0), nx.ACT_TANH: (0, 0), nx.ACT_HARDSWISH: (9, 0), nx.ACT_SILU: (13, 0),
+            nx.ACT_MISH: (12, 0)}.get(act, (0, 0))
     shift, rshift = 14, 15 if mode == nx.RES_MUL else 3
     y, sat = nx.requantize(acc, shift, act, None if mode == nx.RES_NONE else r, rshift, act_a=a, act_b=b,
                            mode=mode)
     want = [_naive(int(v), shift, act, a, b, int(w) if mode else 0, rshift, mode) for v, w in zip(acc, r)]
     assert y.dtype == np.int16 and y.tolist() == [w[0] for w in want]
     assert sat == sum(w[1] for w in want)
-    if act in (nx.ACT_NONE, nx.ACT_LEAKY, nx.ACT_HARDSWISH, nx.ACT_SILU):
+    if act in (nx.ACT_NONE, nx.ACT_LEAKY, nx.ACT_HARDSWISH, nx.ACT_SILU, nx.ACT_MISH):
         assert sat > 0    # the ranges drawn overflow 16 bits often
 
 
@@ -153,6 +163,23 @@ def test_hardswish_and_silu_error_bounds(frac):
         assert y.min() >= nx.DATA_MIN and y.max() <= nx.DATA_MAX
         assert np.all(np.diff(y[x >= 0]) >= 0), "monotone on the positive side"
     assert nx.activate(np.array([0]), nx.ACT_SILU, frac)[0] == 0 == nx.activate(np.array([0]), nx.ACT_HARDSWISH, frac)[0]
+
+
+@pytest.mark.parametrize("frac", [0, 4, 8, 11, 12, 13, 15])
+def test_mish_error_bound(frac):
+    """MISH: within 8 times its gate table's error (below 2**-13), the gate's step at x = -8
+    (8 * tanh(softplus(-8)), 2.7e-3) and half an LSB, for every int16 input; monotone from its
+    minimum (near x = -1.19) on, and 0 at 0."""
+    gate_err = nx.mish_gate_max_error()
+    assert gate_err < 2.0 ** -13
+    bound = 8 * gate_err + 8 * np.tanh(np.logaddexp(0, -8.0)) + 2.0 ** -(frac + 1)
+    assert nx.act_max_error(nx.ACT_MISH, frac) <= bound
+    x = np.arange(nx.DATA_MIN, nx.DATA_MAX + 1)
+    y = nx.activate(x, nx.ACT_MISH, frac)
+    assert y.min() >= nx.DATA_MIN and y.max() <= nx.DATA_MAX
+    assert np.all(np.diff(y[x >= 0]) >= 0) and nx.activate(np.array([0]), nx.ACT_MISH, frac)[0] == 0
+    base, delta = nx.mish_table()
+    assert base.max() < 1 << 16 and 0 <= delta.min() and delta.max() < 1 << 12      # the RTL ROM word's fields
 
 
 def test_lut_output_shift_and_act_fields():
@@ -400,7 +427,7 @@ def _retargeted(act: str):
 
 
 @pytest.mark.parametrize("cfg", [REFERENCE, SMALL], ids=lambda c: c.name)
-@pytest.mark.parametrize("act", ["hardswish", "silu"])
+@pytest.mark.parametrize("act", ["hardswish", "silu", "mish"])
 def test_hardswish_and_silu_compile_bit_exact(cfg, act):
     from sim.golden import run_float
     from tests.test_compiled_kernels import compile_graph, run_card

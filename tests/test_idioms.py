@@ -194,11 +194,27 @@ def test_clip_with_constant_node_bounds():
     assert acts(c)[0] == "clip" and layers(c)[0].clip == (-1.0, 2.0)
 
 
-def test_mish_like_product_runs_with_the_softplus_on_the_host():
+def test_mish_product():
+    """x * Tanh(Softplus(x)), as torch exports Mish before opset 18: the output-stage activation
+    mish of the producing Conv (no host stage)."""
     n = Net(seed=5)
     n.node("Softplus", ["x"], "sp")
     n.node("Tanh", ["sp"], "t")
     m = n.model(n.node("Mul", ["x", "t"], "mish"))
+    c, _ = run(m)
+    assert acts(c)[0] == "mish" and len(layers(c)) == 2
+
+
+def test_mish_op_opset18():
+    n = Net(seed=5, opset=18)
+    c, _ = run(n.model(n.node("Mish", ["x"], "mish")))
+    assert acts(c)[0] == "mish" and len(layers(c)) == 2
+
+
+def test_softplus_alone_runs_on_the_host():
+    n = Net(seed=5)
+    n.node("Softplus", ["x"], "sp")
+    m = n.model(n.node("Mul", ["x", "sp"], "xsp"))
     c, _ = run(m, flags={"heterogeneous": 1})
     assert isinstance(c, Staged) and any(isinstance(s, HostStage) for s in c.stages)
 

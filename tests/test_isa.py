@@ -90,3 +90,14 @@ def test_validate_against_config():
 
 def test_docs_are_generated_from_the_definition():
     assert docgen.main(["--check"]) == 0, "docs/ drifted from arch/: run python -m arch.docgen"
+
+
+def test_instr_pickles():
+    """Programs travel to worker processes and Ray tasks: an Instr survives pickle unchanged."""
+    import pickle
+
+    from arch.isa import FORMATS, Instr
+    for op in FORMATS:
+        i = Instr(op)
+        j = pickle.loads(pickle.dumps(i))
+        assert j == i and j.f == i.f and j.__dict__ == i.__dict__

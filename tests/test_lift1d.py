@@ -73,3 +73,54 @@ def test_the_user_model_is_not_modified_and_rank_dependent_ops_are_not_lifted():
         [numpy_helper.from_array(np.ones(8, dtype=np.float32), "l")]),
         opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     assert not lift_1d(bcast)         # a constant broadcast along L has no (L, 1) equivalent here
+
+
+def _vector_net(length=24):
+    """An element-wise model on unbatched (L,) vectors: a per-element scale and offset (constants of
+    shape (L,)), Sigmoid, a product with a second input, a Sum of three, Clip."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.uniform(0.5, 2.0, length).astype(np.float32), "s"),
+             numpy_helper.from_array(rng.standard_normal(length).astype(np.float32), "o")]
+    nodes = [helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("Add", ["xs", "o"], ["xo"]),
+             helper.make_node("Sigmoid", ["xo"], ["g"]), helper.make_node("Mul", ["g", "u"], ["gu"]),
+             helper.make_node("Sum", ["gu", "x", "u"], ["t"]),
+             helper.make_node("Clip", ["t", "lo", "hi"], ["y"])]
+    inits += [numpy_helper.from_array(np.float32(-3), "lo"), numpy_helper.from_array(np.float32(3), "hi")]
+    g = helper.make_graph(nodes, "vec", [_t("x", (length,)), _t("u", (length,))], [_t("y", (length,))], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_an_elementwise_model_on_unbatched_vectors_runs_on_the_dla(tmp_path):
+    from compiler.partition import Staged
+    m = _vector_net()
+    rng = np.random.default_rng(4)
+    x, u = (rng.standard_normal(24).astype(np.float32) for _ in range(2))
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x, "u": u})[0]
+    ie = microndla.MDLA()
+    ie.Compile(m, outfile=str(tmp_path / "vec.bin"))
+    ie.Init(str(tmp_path / "vec.bin"))           # the .bin keeps that the vectors have no batch axis
+    assert not isinstance(ie._compiled, Staged) and ie._compiled.layers   # DLA layers, no host stage
+    y = ie.Run([x, u])
+    assert y.shape == ref.shape == (24,)
+    mean, mx = sdk_error_metric(y, ref)
+    assert mean <= 1.0 and mx <= 5.0, (mean, mx)
+    np.testing.assert_allclose(ie.Run_th([x, u]), ref, rtol=1e-4, atol=1e-4)
+    ie.Free()
+
+
+def test_vectors_outside_elementwise_models_are_not_lifted():
+    from compiler.lift1d import lift_vectors
+    cat = helper.make_model(helper.make_graph(
+        [helper.make_node("Concat", ["x", "x"], ["y"], axis=0)], "c", [_t("x", (4,))], [_t("y", (8,))]),
+        opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    assert not lift_vectors(cat)
+    wide = helper.make_model(helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])], "w", [_t("x", (4,))], [_t("y", (2, 4))],
+        [numpy_helper.from_array(np.ones((2, 4), dtype=np.float32), "c")]),
+        opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    assert not lift_vectors(wide)     # a rank-2 constant makes a rank-2 result: not a vector model
+    ints = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "i", [helper.make_tensor_value_info("x", onnx.TensorProto.INT8, [4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.INT8, [4])]),
+        opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    assert not lift_vectors(ints)

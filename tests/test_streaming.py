@@ -99,3 +99,131 @@ def test_threaded_stream_of_hundreds_keeps_order_and_objects(ie):
     assert not t.is_alive()
     assert [o for o, _ in received] == list(range(n))
     assert all(np.array_equal(y, expected[o % 16]) for o, y in received)
+
+
+def test_put_input_copies_the_buffer_a_producer_refills(ie):
+    """The SDK's threaded batch demo refills one buffer after each PutInput: each result must be
+    that of the image in the buffer at the time of the call."""
+    rng = np.random.default_rng(11)
+    xs = rng.random((6, 1, 3, 8, 8), dtype=np.float32)
+    expected = [ie.Run(x) for x in xs]
+    buf = np.empty((1, 3, 8, 8), np.float32)
+    received = []
+
+    def consumer():
+        while True:
+            y, obj = ie.GetResult()
+            if obj is None:
+                return
+            received.append((obj, y))
+
+    t = threading.Thread(target=consumer)
+    t.start()
+    for i, x in enumerate(xs):
+        buf[...] = x                   # the same buffer every time
+        assert ie.PutInput(buf, i)
+    buf[...] = 0
+    ie.PutInput(None, None)
+    t.join(timeout=60)
+    assert [o for o, _ in received] == list(range(len(xs)))
+    assert all(np.array_equal(y, expected[o]) for o, y in received)
+
+
+def test_put_input_copies_single_threaded(ie):
+    x = np.random.default_rng(12).random((1, 3, 8, 8), dtype=np.float32)
+    want = ie.Run(x)
+    ie.PutInput(x, 0)
+    x[...] = 0
+    y, _ = ie.GetResult()
+    assert np.array_equal(y, want)
+
+
+def test_a_producer_slower_than_a_few_seconds_is_no_deadlock(ie):
+    """A consumer that waits for a producer which starts late (it prepares its data first) waits,
+    instead of the false 'the SDK would deadlock' error."""
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    got, errors = [], []
+
+    def producer():
+        import time
+        time.sleep(2.5)
+        ie.PutInput(x, "late")
+
+    def consumer():
+        try:
+            got.append(ie.GetResult()[1])
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    c = threading.Thread(target=consumer)
+    p = threading.Thread(target=producer)
+    c.start()
+    p.start()
+    p.join(30)
+    c.join(30)
+    assert errors == [] and got == ["late"]
+
+
+def test_a_stall_beyond_the_documented_timeout_is_reported(ie):
+    ie._stream.stall_s = 0.3
+    stop = threading.Event()
+    idle = threading.Thread(target=stop.wait)          # alive, but never calls the stream
+    idle.start()
+    try:
+        with pytest.raises(microndla.MDLAError, match="none called it in 0.3 s"):
+            ie.GetResult()
+    finally:
+        stop.set()
+        idle.join()
+
+
+def test_free_while_another_thread_waits_in_get_result(ie):
+    errors = []
+    started = threading.Event()
+
+    def consumer():
+        started.set()
+        try:
+            ie.GetResult()
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=consumer)
+    t.start()
+    started.wait()
+    import time
+    time.sleep(0.2)                  # the consumer is waiting for a PutInput
+    ie.Free()
+    t.join(10)
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], microndla.MDLAError), errors
+    assert "freed" in str(errors[0])
+
+
+def test_free_while_a_result_is_being_computed(model):
+    """Free waits for the run in progress: its GetResult still returns that result."""
+    ie = microndla.MDLA()
+    ie.Compile(model)
+    x = np.random.default_rng(3).random((1, 3, 8, 8), dtype=np.float32)
+    want = ie.Run(x)
+    results, errors = [], []
+
+    def consumer():
+        try:
+            results.append(ie.GetResult())
+        except microndla.MDLAError as e:
+            errors.append(e)
+
+    ie.PutInput(x, "a")
+    t = threading.Thread(target=consumer)
+    t.start()
+    ie.Free()
+    t.join(30)
+    # either the run had started (its result comes back) or Free came first (a clear error)
+    assert len(results) + len(errors) == 1
+    if results:
+        assert np.array_equal(results[0][0], want) and results[0][1] == "a"
+    else:
+        assert "freed" in str(errors[0])
+    with pytest.raises(microndla.MDLAError, match="no model loaded"):
+        ie.PutInput(x, "b")

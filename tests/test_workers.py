@@ -310,3 +310,35 @@ def test_auto_keeps_tiny_calls_in_this_process(tmp_path):
     ie.Run(np.zeros((4, 3, 32, 32), np.float32))
     assert ie.GetInfo("workers") == "auto" and not any(c.workers or c.shm for c in ie._cards)
     ie.Free()
+
+
+@pytest.mark.parametrize("flags", [{"nfpgas": 2}, {"nclusters": 2}])
+def test_stopped_worker_is_a_timeout_not_a_hang(r18, flags, monkeypatch):
+    """A worker that lives but does not answer (SIGSTOP) is killed once the reply timeout of the
+    run's modelled work has passed; the error names it; the next run starts a fresh one."""
+    from runtime import workers
+    ie = microndla.MDLA()
+    ie.SetFlag({**flags, "workers": "processes"})
+    ie.Compile(r18)
+    x = np.random.default_rng(2).random((2, 3, 32, 32), dtype=np.float32)
+    y = ie.Run(x)
+    monkeypatch.setattr(workers, "MIN_REPLY_S", 1.5)
+    monkeypatch.setattr(workers, "SLOWEST_MACS_PER_S", 1e15)
+    victim = ie._cards[-1].workers[-1].pid
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        with pytest.raises(microndla.WorkerTimeout, match=rf"\(pid {victim}\) is stopped .*did not answer within 2 s"):
+            ie.Run(x)
+        assert not _alive(victim)
+    finally:
+        if _alive(victim):
+            os.kill(victim, signal.SIGKILL)
+    monkeypatch.undo()
+    assert np.array_equal(ie.Run(x), y)
+    ie.Free()
+
+
+def test_reply_timeout_grows_with_the_work():
+    from runtime.workers import MIN_REPLY_S, reply_timeout
+    assert reply_timeout(0) == MIN_REPLY_S
+    assert reply_timeout(10 ** 12) > reply_timeout(10 ** 9) > MIN_REPLY_S

@@ -353,14 +353,14 @@ if _random_verilator_examples():
 
 @pytest.mark.parametrize("sim", SIMS)
 def test_compiled_hardswish_silu_sigmoid_shift(card_build, sim):
-    """The output-stage functions HARDSWISH, SILU (set on the IR, as the front end's canonicalisation
-    names them) and a SIGMOID rounded into a coarser format, on the Verilog card."""
+    """The output-stage functions HARDSWISH, SILU, MISH (set on the IR, as the front end's
+    canonicalisation names them) and a SIGMOID rounded into a coarser format, on the Verilog card."""
     from compiler.driver import compile_graph
     from compiler.frontend import load_model
     from compiler.quantize import quantize
     from zoo import kernels
     card_build(sim)
-    for act in ("hardswish", "silu", "sigmoid"):
+    for act in ("hardswish", "silu", "mish", "sigmoid"):
         g = load_model(kernels.activation_model("relu", cin=3, cout=5, h=4, w=4, seed=2))
         g.layers[0].act = act
         q = quantize(g, SMALL, act_frac=10)

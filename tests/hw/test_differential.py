@@ -87,7 +87,7 @@ def test_compiled_kernel(name):
     assert_same(SMALL, mem, programs)
 
 
-@pytest.mark.parametrize("act", ["hardswish", "silu"])
+@pytest.mark.parametrize("act", ["hardswish", "silu", "mish"])
 def test_compiled_hardswish_silu(act):
     """The output-stage functions the front end's canonicalisation produces (set on the IR here)."""
     from compiler.driver import compile_graph
@@ -265,7 +265,7 @@ def random_programs(draw):
                 elif i.act == Act.CLIP:
                     lo, hi = sorted(draw(st.integers(-32768, 32767)) for _ in range(2))
                     i = i.replace(act_a=lo & 0xFFFF, act_b=hi & 0xFFFF)
-                elif i.act in (Act.SIGMOID, Act.TANH, Act.HARDSWISH, Act.SILU):
+                elif i.act in (Act.SIGMOID, Act.TANH, Act.HARDSWISH, Act.SILU, Act.MISH):
                     i = i.replace(act_a=draw(st.integers(0, 15)))
                 if draw(st.booleans()):
                     i = i.replace(resid=draw(st.sampled_from([Resid.ADD, Resid.MUL])), res_addr=draw(st.integers(0, 8)),

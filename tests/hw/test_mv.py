@@ -211,15 +211,17 @@ def test_output_stage_residual_vectors():
 def test_output_stage_activation_vectors():
     """OutputStage alone against arch.numerics.requantize for every activation (random LEAKY and
     CLIP parameters, the SIGMOID/TANH ROM over its segment boundaries and tails, every format of
-    HARDSWISH and SILU and output shift of SIGMOID/TANH) and every residual mode, MUL included."""
+    HARDSWISH, SILU and MISH and output shift of SIGMOID/TANH) and every residual mode, MUL included."""
     cfg = CFG
     L, A = cfg.lanes, cfg.acc_bits
     rng = np.random.default_rng(4)
-    edges = np.array([0, 1, -1, 127, 128, -128, 16383, 16384, 16385, -16384, 32767, -32768, 4095, -4096])
+    edges = np.array([0, 1, -1, 127, 128, -128, -127, -129, 16383, 16384, 16385, -16383, -16384, -16385, 32767, -32768,
+                      4095, -4096])
     cases = []
-    for k in range(320):
-        act = k % 8
-        mode = (k // 8) % 3
+    nact = len(numerics.ACT_NAMES)
+    for k in range(40 * nact):
+        act = k % nact
+        mode = (k // nact) % 3
         shift = int(rng.integers(0, 20))
         if k % 5 == 0:   # table edges and saturation, exactly
             y = rng.choice(edges, size=L)
@@ -234,7 +236,8 @@ def test_output_stage_activation_vectors():
         elif act == numerics.ACT_CLIP:
             lo, hi = sorted(int(v) for v in rng.integers(-32768, 32768, size=2))
             a, b = numerics.clip_fields(lo, hi)
-        elif act in (numerics.ACT_SIGMOID, numerics.ACT_TANH, numerics.ACT_HARDSWISH, numerics.ACT_SILU):
+        elif act in (numerics.ACT_SIGMOID, numerics.ACT_TANH, numerics.ACT_HARDSWISH, numerics.ACT_SILU,
+                     numerics.ACT_MISH):
             a = int(rng.integers(0, numerics.ACT_MAX_FRAC + 1))     # output shift / the format
         cases.append((acc, res, shift, rshift, act, mode, a, b))
     dut = OutputStage(cfg)
@@ -260,6 +263,35 @@ def test_output_stage_activation_vectors():
 # ------------------------------------------------------------------------------------------------
 # average pooling
 # ------------------------------------------------------------------------------------------------
+
+def test_output_stage_mish_table_sweep():
+    """MISH in the RTL against arch.numerics over every segment of its gate table (both ends and the
+    middle of each, and the steps at x = -8 and 8) in Q4.11, and over random inputs in the other
+    formats (x brought to Q4.11 by a left or a rounding right shift)."""
+    cfg = CFG
+    L, A = cfg.lanes, cfg.acc_bits
+    seg, edge = numerics.LUT_SEG_BITS, numerics.LUT_SEGMENTS << numerics.LUT_SEG_BITS
+    xs = [(k << seg) - edge + d for k in range(numerics.MISH_SEGMENTS) for d in (0, 1, 64, (1 << seg) - 1)]
+    xs += [-edge - 1, -edge, edge - 1, edge, edge + 1, -32768, 32767]
+    xs += [0] * (-len(xs) % L)
+    rng = np.random.default_rng(9)
+    cases = [(np.array(xs[j:j + L], dtype=np.int64), numerics.LUT_IN_FRAC) for j in range(0, len(xs), L)]
+    cases += [(rng.integers(-32768, 32768, size=L, dtype=np.int64), int(f)) for f in range(numerics.ACT_MAX_FRAC + 1)
+              for _ in range(2)]
+    dut = OutputStage(cfg)
+
+    def setter(ctx, c):
+        y, f = c
+        ctx.set(dut.acc.as_value(), pack(y, A))
+        for port, v in ((dut.shift, 0), (dut.rshift, 0), (dut.act, numerics.ACT_MISH), (dut.resid, 0),
+                        (dut.act_a, f), (dut.act_b, 0)):
+            ctx.set(port, v)
+
+    got = _comb_vectors(dut, cases, setter, lambda ctx: unpack(ctx.get(dut.out.as_value()), 16, L))
+    for (y, f), out in zip(cases, got):
+        want, _ = numerics.requantize(y, 0, numerics.ACT_MISH, act_a=f, acc_bits=A)
+        np.testing.assert_array_equal(out, want, err_msg=str((y, f)))
+
 
 def test_average_stage_vectors():
     """AverageStage alone against arch.numerics.average on random window sums (up to 255 x 255

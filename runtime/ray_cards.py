@@ -1,0 +1,460 @@
+"""Simulated cards as Ray actors: ``SetFlag('workers', 'ray')``.
+
+Each card of a ``Run`` is one Ray actor (:class:`CardActor`) that holds the card's memory image:
+the loaded programs and weights arrive once through Ray's object store when the models resident on
+the card change, and afterwards a call ships only that card's input images (one object per card)
+and gets back its statistics and output tensors. The driver decides what goes where (the input
+and output addresses, layouts and fixed-point formats of each image, :func:`card_plan`); the actor
+converts, writes, runs the executor, reads and converts back, so the work done is exactly the
+serial path's and the results are identical bit for bit.
+
+Where Ray runs: the 'ray_address' flag, else the ``RAY_ADDRESS`` environment variable, else a
+local Ray instance started for the object on the loopback address only (its dashboard off unless
+the 'ray_dashboard' flag asks for it) and shut down with the object (``Free()`` or its
+collection). If the process is already connected to Ray (``ray.init`` by the user), that
+connection is used and left alone.
+
+Faults: a card actor that dies while its node lives is started afresh, loaded, and its images run
+again, with a :class:`CardRestarted` warning; a card whose node has left the cluster ends the call
+with :class:`NodeLost`; Ctrl-C during a call kills the call's actors (they are started afresh at
+the next call) and re-raises. See docs/parallel.md.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+#: More cards than this in the simulated system (flag 'maxfpga') only with workers='ray'.
+LOCAL_MAX_CARDS = 64
+
+#: Seconds to wait for a card actor to be placed on a node before the call fails (never a hang
+#: on a cluster without room).
+PLACEMENT_TIMEOUT_S = 120.0
+
+#: Ray's switch that makes ``get_node_ip_address`` the loopback address: with it, every Ray
+#: component of a local instance (GCS, raylet, object manager, workers' gRPC servers, the
+#: runtime-env agent) binds 127.0.0.1 instead of the host's address or all interfaces (measured
+#: with ``ss -ltnp`` on Ray 2.60; docs/parallel.md).
+_LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+class RayUnavailable(RuntimeError):
+    """workers='ray' was asked for but Ray cannot be used here."""
+
+
+class NodeLost(RuntimeError):
+    """A Ray node holding a card left the cluster during a call."""
+
+
+class CardRestarted(RuntimeWarning):
+    """A card actor died and was started afresh; its images were run again."""
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable("workers='ray' needs Ray: pip install 'open-mdla[ray]' (ray==2.60.0)") from None
+    return ray
+
+
+def ray_installed() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("ray") is not None
+
+
+# ------------------------------------------------------------------------------------------------
+# The Ray connection of the process
+# ------------------------------------------------------------------------------------------------
+
+class _Session:
+    """The process's connection to Ray, shared by the objects using it; the last to release it
+    shuts down what this module started (a local instance, or the connection to a cluster)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.users = 0
+        self.ours = False          #: ray.init was called here (else the user's connection)
+        self.local = False         #: the instance was started here, on the loopback address
+        self.address = ""
+
+    def acquire(self, address: str, dashboard: bool) -> None:
+        ray = import_ray()
+        with self.lock:
+            if self.users == 0 and not ray.is_initialized():
+                self._connect(ray, address, dashboard)
+            elif self.users == 0:
+                self.ours, self.local = False, False
+                self.address = ray.get_runtime_context().gcs_address
+            self.users += 1
+
+    def _connect(self, ray, address: str, dashboard: bool) -> None:
+        quiet = dict(log_to_driver=False, configure_logging=True, logging_level="warning")
+        if address:
+            try:
+                ray.init(address=address, **quiet)
+            except Exception as e:  # noqa: BLE001 - any failure to reach the cluster is the user's to see
+                raise RayUnavailable(f"workers='ray': cannot connect to the Ray cluster at {address!r}: {e}") from e
+            self.local = False
+        else:
+            _loopback_only(ray)
+            # address='local': a new instance, never a cluster `ray start` left running on this host
+            try:
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1",
+                         include_dashboard=bool(dashboard), dashboard_host="127.0.0.1", **quiet)
+            except Exception as e:  # noqa: BLE001 - e.g. the dashboard without ray[default]'s packages
+                if ray.is_initialized():
+                    ray.shutdown()
+                hint = " (the dashboard needs pip install 'ray[default]==2.60.0')" if dashboard else ""
+                raise RayUnavailable(f"workers='ray': cannot start a local Ray instance{hint}: {e}") from e
+            self.local = True
+        self.ours = True
+        self.address = ray.get_runtime_context().gcs_address
+
+    def release(self) -> None:
+        ray = import_ray()
+        with self.lock:
+            self.users = max(0, self.users - 1)
+            if self.users == 0 and self.ours and ray.is_initialized():
+                ray.shutdown()
+            if self.users == 0:
+                self.ours = self.local = False
+                self.address = ""
+
+
+def _loopback_only(ray) -> None:
+    """Make the local instance about to start bind the loopback address only (see _LOOPBACK_SWITCH):
+    the environment for Ray's processes, the already imported constant for this one."""
+    os.environ[_LOOPBACK_SWITCH] = "0"
+    from ray._private import ray_constants
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+SESSION = _Session()
+
+
+def resolve_address(flag_value: str) -> str:
+    """The cluster to use: the flag, else RAY_ADDRESS, else '' (a local instance)."""
+    return flag_value or os.environ.get("RAY_ADDRESS", "")
+
+
+# ------------------------------------------------------------------------------------------------
+# What a card does in one call
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageIO:
+    """One image of one job on one card: where its inputs go and where its outputs are read."""
+    job: int
+    image: int
+    inputs: tuple        #: per model input: (TensorLayout, address, frac)
+    outputs: tuple       #: per DLA output: (TensorLayout, address, frac, shape)
+
+
+def card_plan(jobs, card: int) -> list[ImageIO]:
+    """The images of ``jobs`` (compiled, arrays, batch) that run on card ``card``, in order."""
+    plan = []
+    for j, (c, _arrays, batch) in enumerate(jobs):
+        mm, p = c.memmap, c.parallel
+        for n in range(batch):
+            f, _cluster, slot = p.slot(n)
+            if f != card:
+                continue
+            ins = tuple((mm.tensors[i.tensor], mm.tensor_addr(i.tensor, slot), mm.tensors[i.tensor].frac)
+                        for i in c.inputs)
+            outs = tuple((mm.tensors[o.tensor], mm.tensor_addr(o.tensor, slot), mm.tensors[o.tensor].frac,
+                          tuple(o.onnx_shape[1:])) for o in c.outputs)
+            plan.append(ImageIO(j, n, ins, outs))
+    return plan
+
+
+def card_images(jobs, plan: list[ImageIO]) -> list[list[np.ndarray]]:
+    """The float inputs of ``plan``'s images, each as the (C, H, W) tensor its layout holds."""
+    return [[np.ascontiguousarray(jobs[io.job][1][k][io.image]).reshape(lay.channels, lay.height, lay.width)
+             for k, (lay, _a, _f) in enumerate(io.inputs)] for io in plan]
+
+
+def run_plan(executor, cfg, memory: np.ndarray, programs, check_hazards: bool, plan: list[ImageIO],
+             images: list[list[np.ndarray]], njobs: int):
+    """Write ``images`` into ``memory`` (fixed point), run the executor, read the outputs back:
+    (statistics, {(job, image): [outputs]}, input values saturated per job)."""
+    from arch.numerics import fixed_to_float, float_to_fixed
+    sat = [0] * njobs
+    for io, ims in zip(plan, images):
+        for (lay, addr, frac), x in zip(io.inputs, ims):
+            q, over = float_to_fixed(x, frac)
+            sat[io.job] += over
+            lay.write(memory, addr, cfg.lanes, q)
+    stats = executor.run(cfg, memory, programs, check_hazards=check_hazards)
+    outs = {(io.job, io.image): [fixed_to_float(lay.read(memory, addr, cfg.lanes), frac).reshape(shape)
+                                 for lay, addr, frac, shape in io.outputs] for io in plan}
+    return stats, outs, sat
+
+
+class CardActor:
+    """One simulated card on a Ray node: its memory image and the runs on it."""
+
+    def __init__(self, index: int):
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=1, user_api="blas")      # the cards are the parallelism
+        self.index = index
+        self.memory = np.zeros(0, dtype=np.uint8)
+        self.key = None
+
+    def where(self) -> dict:
+        import ray
+        ctx = ray.get_runtime_context()
+        return {"node_id": ctx.get_node_id(), "node": ray.util.get_node_ip_address(), "pid": os.getpid()}
+
+    def load(self, key, image: np.ndarray) -> None:
+        self.memory = np.array(image, dtype=np.uint8)      # a writable copy of the object store's
+        self.key = key
+
+    def snapshot(self) -> np.ndarray:
+        """The card memory (tests compare it with the serial run's)."""
+        return self.memory
+
+    def run(self, key, executor, cfg, programs, check_hazards, plan, images, njobs):
+        if key != self.key:
+            raise RuntimeError(f"card {self.index}: the memory image loaded here is not the one this call "
+                               f"was planned for (a runtime bug)")
+        return run_plan(executor, cfg, self.memory, programs, check_hazards, plan, images, njobs)
+
+
+# ------------------------------------------------------------------------------------------------
+# The cards of one MDLA object
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Placed:
+    handle: object
+    where: dict
+    key: object = None
+
+
+class RayCards:
+    """The card actors of one MDLA object and its share of the Ray connection."""
+
+    def __init__(self, address: str, dashboard: bool):
+        self.ray = import_ray()
+        SESSION.acquire(address, dashboard)
+        self.closed = False
+        self.actors: dict[int, _Placed] = {}
+        self.restarts = 0
+        self._remote = self.ray.remote(max_restarts=0, max_task_retries=0)(CardActor)
+
+    # ----------------------------------------------------------------- actors
+    def _cpus_per_card(self, ncards: int) -> float:
+        """One CPU per card while the cluster has them, else an equal share: never unschedulable."""
+        total = float(self.ray.cluster_resources().get("CPU", 1.0))
+        return min(1.0, max(0.01, round(total / max(ncards, 1) - 0.005, 2)))
+
+    def _prepare(self, cards, ncards: int, key, image_refs: dict) -> None:
+        """Every card of ``cards`` with a live actor holding the image of ``key``: the missing
+        actors started together (each placement bounded in time), the stale ones loaded together."""
+        ray = self.ray
+        new = {c.index: self._remote.options(num_cpus=self._cpus_per_card(ncards),
+                                             scheduling_strategy="SPREAD").remote(c.index)
+               for c in cards if c.index not in self.actors}
+        if new:
+            try:
+                places = ray.get([h.where.remote() for h in new.values()], timeout=PLACEMENT_TIMEOUT_S)
+            except ray.exceptions.GetTimeoutError:
+                for h in new.values():
+                    ray.kill(h)
+                raise RayUnavailable(f"cards {sorted(new)}: no Ray node took their actors within "
+                                     f"{PLACEMENT_TIMEOUT_S:g} s (cluster resources: {ray.cluster_resources()})") from None
+            for (index, handle), where in zip(new.items(), places):
+                self.actors[index] = _Placed(handle, where)
+        stale = [c for c in cards if self.actors[c.index].key != key]
+        ray.get([self.actors[c.index].handle.load.remote(key, image_refs[c.index]) for c in stale])
+        for c in stale:
+            self.actors[c.index].key = key
+
+    def _kill(self, index: int) -> None:
+        placed = self.actors.pop(index, None)
+        if placed is not None:
+            try:
+                self.ray.kill(placed.handle)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+    def _node_alive(self, node_id: str) -> bool:
+        for n in self.ray.nodes():
+            if n.get("NodeID") == node_id:
+                return bool(n.get("Alive"))
+        return False
+
+    # ----------------------------------------------------------------- one call
+    def run(self, cards, jobs, executor, cfg, programs, check_hazards: bool, residents):
+        """Run every card of ``cards`` on its actor; per card (statistics, outputs, saturations)."""
+        if self.closed:
+            raise RayUnavailable("the Ray cards of this object were shut down (Free())")
+        ray = self.ray
+        key = tuple((id(c), c.memmap.base, c.memmap.end) for c in residents)
+        stale = [c for c in cards if self.actors.get(c.index) is None or self.actors[c.index].key != key]
+        image_refs = _put_images(ray, stale)
+        plans = {c.index: card_plan(jobs, f) for f, c in enumerate(cards)}
+        inputs = {c.index: ray.put(card_images(jobs, plans[c.index])) for c in cards}
+        njobs = len(jobs)
+
+        def submit(card):
+            return self.actors[card.index].handle.run.remote(key, executor, cfg, programs, check_hazards,
+                                                             plans[card.index], inputs[card.index], njobs)
+
+        results: dict[int, tuple] = {}
+        try:
+            self._prepare(cards, len(cards), key, image_refs)
+            pending = {submit(c): c for c in cards}
+            retried: set[int] = set()
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                card = pending.pop(ready[0])
+                try:
+                    results[card.index] = ray.get(ready[0])
+                except ray.exceptions.RayTaskError as e:       # the executor raised: the caller's error
+                    raise _cause(e) from None
+                except ray.exceptions.RayActorError as e:
+                    placed = self.actors.get(card.index)
+                    node = placed.where if placed is not None else {}
+                    self.actors.pop(card.index, None)
+                    if not self._node_alive(node.get("node_id", "")):
+                        raise NodeLost(f"card {card.index}: its Ray node {node.get('node', '?')} (id "
+                                       f"{node.get('node_id', '?')[:12]}) left the cluster during the run; "
+                                       f"nothing was returned for its {len(plans[card.index])} image(s)") from None
+                    if card.index in retried:
+                        raise RayUnavailable(f"card {card.index}: its Ray actor died twice in one call: {e}") from None
+                    retried.add(card.index)
+                    self.restarts += 1
+                    warnings.warn(CardRestarted(
+                        f"card {card.index}: its Ray actor (pid {node.get('pid', '?')} on {node.get('node', '?')}) "
+                        f"died; started afresh, its {len(plans[card.index])} image(s) run again"), stacklevel=4)
+                    image_refs.update(_put_images(ray, [card]))
+                    self._prepare([card], len(cards), key, image_refs)
+                    pending[submit(card)] = card
+        except BaseException:
+            # Ctrl-C, a lost node, an executor error: stop the remote work of this call at once
+            # (an actor is started afresh, and loaded, at the next call)
+            for c in cards:
+                if c.index not in results:
+                    self._kill(c.index)
+            raise
+        return [results[c.index] for c in cards]
+
+    def describe(self, cards) -> list[dict]:
+        out = []
+        for c in cards:
+            placed = self.actors.get(c.index)
+            out.append({"card": c.index, "engine": "ray",
+                        **({"node": placed.where["node"], "node_id": placed.where["node_id"],
+                            "pid": placed.where["pid"]} if placed else {"node": None, "node_id": None, "pid": None})})
+        return out
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.ray.is_initialized():
+            for index in list(self.actors):
+                self._kill(index)
+        self.actors.clear()
+        SESSION.release()
+
+
+def _put_images(ray, cards) -> dict:
+    """One object per distinct memory image among ``cards`` (the cards of one load hold the same
+    image: it crosses to the object store once)."""
+    refs, seen = {}, []
+    for c in cards:
+        for other, ref in seen:
+            if len(other.memory) == len(c.memory) and np.array_equal(other.memory, c.memory):
+                refs[c.index] = ref
+                break
+        else:
+            ref = ray.put(c.memory)
+            seen.append((c, ref))
+            refs[c.index] = ref
+    return refs
+
+
+def _cause(e) -> BaseException:
+    """The exception the executor raised inside the actor (a SimError stays a SimError)."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, BaseException) else RuntimeError(str(e))
+
+
+# ------------------------------------------------------------------------------------------------
+# Hooks for runtime.mdla
+# ------------------------------------------------------------------------------------------------
+
+_ENGINES: dict[object, RayCards] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def engine_for(obj) -> RayCards:
+    """The Ray cards of MDLA object ``obj`` (started at its first call in 'ray' mode)."""
+    owner = obj._owner
+    with _ENGINES_LOCK:
+        eng = _ENGINES.get(owner)
+        if eng is None or eng.closed:
+            eng = RayCards(resolve_address(obj._flags["ray_address"]), bool(obj._flags["ray_dashboard"]))
+            _ENGINES[owner] = eng
+            weakref.finalize(obj, release, owner)
+        return eng
+
+
+def release(owner) -> None:
+    """Shut down the Ray cards of an object (Free(), its collection); the local Ray instance goes
+    with the last object using it."""
+    with _ENGINES_LOCK:
+        eng = _ENGINES.pop(owner, None)
+    if eng is not None:
+        eng.close()
+
+
+def run_cards(obj, jobs, executor, programs, check_hazards):
+    """``runtime.mdla._run_cards`` on Ray: per card (statistics, outputs, input saturations)."""
+    from .mdla import _objects_on
+    cards = obj._cards
+    residents = [o._compiled for o in _objects_on(cards)]
+    cfg = jobs[0][0].cfg
+    return engine_for(obj).run(cards[:jobs[0][0].parallel.nfpgas], jobs, executor, cfg, programs,
+                               check_hazards, residents)
+
+
+def engine_info(obj) -> str:
+    """GetInfo('engine'): what runs the cards of ``obj``."""
+    mode = obj._flags["workers"]
+    if mode != "ray":
+        return mode
+    eng = _ENGINES.get(obj._owner)
+    if eng is None or eng.closed:
+        where = resolve_address(obj._flags["ray_address"]) or "a local instance on 127.0.0.1"
+        return f"ray (not started yet: {where})"
+    ray = eng.ray
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    kind = "local instance on 127.0.0.1" if SESSION.local else "cluster"
+    return f"ray {ray.__version__} ({kind} at {SESSION.address}, {nodes} node(s), {len(eng.actors)} card actor(s))"
+
+
+def cards_info(obj) -> list[dict]:
+    """GetInfo('cards'): per card of ``obj``, where it runs."""
+    eng = _ENGINES.get(obj._owner)
+    if obj._flags["workers"] == "ray" and eng is not None and not eng.closed:
+        return eng.describe(obj._cards)
+    out = []
+    for c in obj._cards:
+        pids = [w.pid for w in c.workers if w.pid is not None]
+        out.append({"card": c.index, "engine": "processes" if pids else "here", "pids": pids})
+    return out
+
+
+def check_maxfpga(flags) -> None:
+    if flags["maxfpga"] > LOCAL_MAX_CARDS and flags["workers"] != "ray":
+        raise ValueError(f"flag 'maxfpga': more than {LOCAL_MAX_CARDS} simulated cards need workers='ray' "
+                         f"(set it first), got {flags['maxfpga']}")

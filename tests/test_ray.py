@@ -1,0 +1,202 @@
+"""Cards as Ray actors (workers='ray') on a two-node Ray cluster made here: bit for bit the serial
+results, the cards spread over the nodes, a killed card actor restarted with a warning, Ctrl-C
+stopping the remote work, a lost node a clear error (not a hang). One cluster for the module (its
+start costs seconds), small CPU counts for a 2-core CI machine. Skipped without Ray."""
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")     # the cluster on loopback (runtime.ray_cards)
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+import microndla  # noqa: E402
+from runtime import ray_cards  # noqa: E402
+from runtime.executors import EXECUTORS, FunctionalExecutor  # noqa: E402
+from zoo import resnet18  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::runtime.saturation.SaturationWarning")
+
+# fast failure detection, so that the lost-node test ends in seconds
+FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 300,
+               "health_check_failure_threshold": 3, "health_check_timeout_ms": 300}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head without CPUs (no card lands there, so any card's node can be removed) and two
+    one-CPU worker nodes."""
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": FAST_HEALTH,
+                                                      "include_dashboard": False})
+    workers = [c.add_node(num_cpus=1) for _ in range(2)]
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False)
+    yield c, workers
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def r18(tmp_path_factory):
+    p = tmp_path_factory.mktemp("ray") / "r18.onnx"
+    onnx.save(resnet18(seed=5, input_shape=(1, 3, 32, 32), classes=10), str(p))
+    return str(p)
+
+
+def _inputs(n):
+    return np.random.default_rng(0).random((n, 3, 32, 32), dtype=np.float32) * 120 - 60
+
+
+def _snapshot(ie, x):
+    y = ie.Run(x)
+    return dict(y=y, cycles=ie.GetInfo("hwcycles"), sat=ie.GetInfo("saturations"), stats=ie._last_stats)
+
+
+def _actor_memory(ie):
+    eng = ray_cards._ENGINES[ie._owner]
+    return ray.get([eng.actors[c.index].handle.snapshot.remote() for c in ie._cards])
+
+
+def test_ray_cards_equal_serial_and_spread(cluster, r18):
+    ie = microndla.MDLA()
+    ie.SetFlag({"nfpgas": 2, "nclusters": 2, "workers": "serial"})
+    ie.Compile(r18)
+    x = _inputs(ie.GetInfo("batch"))
+    serial = [_snapshot(ie, x), _snapshot(ie, x[::-1] / 2)]
+    serial_memory = [c.memory.copy() for c in ie._cards]
+    ie.SetFlag("workers", "ray")
+    assert ie.GetInfo("engine").startswith("ray (not started yet")
+    on_ray = [_snapshot(ie, x), _snapshot(ie, x[::-1] / 2)]    # twice: the actors keep the program
+    for a, b in zip(serial, on_ray):
+        assert np.array_equal(a["y"], b["y"])
+        assert a["cycles"] == b["cycles"] and a["sat"] == b["sat"] > 0
+        assert a["stats"] == b["stats"]
+    assert all(np.array_equal(m, n) for m, n in zip(serial_memory, _actor_memory(ie)))   # every memory bit
+    engine = ie.GetInfo("engine")
+    assert engine.startswith(f"ray {ray.__version__} (cluster at") and "2 card actor(s)" in engine
+    cards = ie.GetInfo("cards")
+    assert [c["card"] for c in cards] == [c.index for c in ie._cards]
+    assert len({c["node_id"] for c in cards}) == 2        # one card on each worker node
+    pids = [c["pid"] for c in cards]
+    ie.Free()
+    assert not ray_cards._ENGINES.get(ie._owner)
+    time.sleep(0.5)
+    assert not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split(") ")[1][0] != "Z"
+                   for p in pids)                         # Free() ended the card actors
+    assert ray.is_initialized()                           # ... and left the user's connection alone
+
+
+def test_killed_card_actor_restarts_and_reruns(cluster, r18):
+    ie = microndla.MDLA()
+    ie.SetFlag({"nfpgas": 2, "workers": "serial"})
+    ie.Compile(r18)
+    x = _inputs(2)
+    expected = ie.Run(x)
+    ie.SetFlag("workers", "ray")
+    ie.Run(x)
+    victim = ie.GetInfo("cards")[1]
+    os.kill(victim["pid"], signal.SIGKILL)
+    with pytest.warns(ray_cards.CardRestarted, match=r"card \d+: its Ray actor .* died; started afresh, its 1 image"):
+        y = ie.Run(x)
+    assert np.array_equal(y, expected)
+    assert ie.GetInfo("cards")[1]["pid"] != victim["pid"]
+    ie.Free()
+
+
+def test_ctrl_c_stops_the_remote_work(cluster, r18, monkeypatch):
+    class Sleepy(FunctionalExecutor):      # defined here: Ray ships the class itself to the actors
+        name = "sleepy"
+
+        def run(self, cfg, memory, programs, *, check_hazards=True):
+            time.sleep(60)
+
+    monkeypatch.setitem(EXECUTORS, "sleepy", Sleepy)
+    ie = microndla.MDLA()
+    ie.SetFlag({"nfpgas": 2, "workers": "ray", "simulator": "sleepy"})
+    ie.Compile(r18)
+    x = _inputs(2)
+    threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        ie.Run(x)
+    assert time.monotonic() - t0 < 30
+    assert not ray_cards._ENGINES[ie._owner].actors       # the call's actors were killed
+    ie.SetFlag("simulator", "functional")
+    ie.SetFlag("workers", "serial")
+    expected = ie.Run(x)
+    ie.SetFlag("workers", "ray")
+    assert np.array_equal(ie.Run(x), expected)            # fresh actors at the next call
+    ie.Free()
+
+
+def test_flags_refused_clearly():
+    ie = microndla.MDLA()
+    with pytest.raises(ValueError, match="more than 64 simulated cards need workers='ray'"):
+        ie.SetFlag("maxfpga", 100)
+    ie.SetFlag("workers", "ray")
+    ie.SetFlag("maxfpga", 100)                            # far beyond this host's cores
+    assert ie.GetInfo("maxfpga") == 100
+    ie.SetFlag("maxfpga", 4)
+
+
+def test_lost_node_is_a_clear_error(cluster, r18):
+    """Last in the module: it removes a node."""
+    c, workers = cluster
+    ie = microndla.MDLA()
+    ie.SetFlag({"nfpgas": 2, "workers": "ray"})
+    ie.Compile(r18)
+    x = _inputs(2)
+    ie.Run(x)
+    node_of = {n.node_id: n for n in workers}
+    lost = node_of[ie.GetInfo("cards")[1]["node_id"]]
+    c.remove_node(lost, allow_graceful=False)
+    t0 = time.monotonic()
+    with pytest.raises(ray_cards.NodeLost, match=r"card \d+: its Ray node .* left the cluster during the run"):
+        ie.Run(x)
+    assert time.monotonic() - t0 < 60
+    ie.Free()
+
+
+def test_local_instance_listens_on_loopback_only(tmp_path):
+    """A local Ray started by the runtime (no address) binds 127.0.0.1 only and is shut down with the
+    object. In a subprocess: this module's cluster is the connection here."""
+    script = tmp_path / "local.py"
+    script.write_text(
+        "import subprocess, numpy as np, onnx, microndla, ray\n"
+        "from zoo import small_cnn\n"
+        f"onnx.save(small_cnn(seed=1), {str(tmp_path / 'm.onnx')!r})\n"
+        "ie = microndla.MDLA()\n"
+        "ie.SetFlag({'workers': 'ray', 'ray_address': ''})\n"
+        f"ie.Compile({str(tmp_path / 'm.onnx')!r})\n"
+        "ie.Run(np.zeros(tuple(int(d) for d in ie.GetInfo('inshapes').split('x')), np.float32))\n"
+        "print('ENGINE', ie.GetInfo('engine'))\n"
+        "print(subprocess.run(['ss', '-ltnpH'], capture_output=True, text=True).stdout)\n"
+        "import os\n"
+        "parent = {int(d): int(open(f'/proc/{d}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+        "          for d in os.listdir('/proc') if d.isdigit() and os.path.exists(f'/proc/{d}/stat')}\n"
+        "mine, grew = {os.getpid()}, True\n"
+        "while grew:\n"
+        "    more = {p for p, pp in parent.items() if pp in mine} - mine\n"
+        "    grew = bool(more); mine |= more\n"
+        "print('PIDS', ','.join(map(str, sorted(mine))))\n"
+        "ie.Free()\n"
+        "print('AFTER', ray.is_initialized())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    out = subprocess.run([os.sys.executable, str(script)], capture_output=True, text=True, env=env,
+                         timeout=240, cwd=os.path.dirname(os.path.dirname(__file__))).stdout
+    assert "ENGINE ray" in out and "local instance on 127.0.0.1" in out, out
+    pids = next(line for line in out.splitlines() if line.startswith("PIDS ")).split()[1].split(",")
+    listening = [line for line in out.splitlines() if any(f"pid={p}," in line for p in pids)]
+    assert len(listening) >= 3, out                      # GCS, raylet, the driver, the card actor...
+    for line in listening:
+        local = line.split()[3]
+        assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")), line
+    assert "AFTER False" in out
