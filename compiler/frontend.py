@@ -56,6 +56,7 @@ from .frontend_load import (_DLA_WEIGHT_BYTES, Shapes, _check_weight_bytes, _loa
 from .frontend_ops import ACTIVATIONS, Translate
 from .ir import CompileError, Concat, Conv, Graph, GraphOutput, HostTail, MaxPool, TensorInfo
 from .frontend_canon import canonicalise
+from .quant_import import read_hints
 from .lift1d import is_unbatched
 from .ops import SUPPORTED_OPS, spec
 
@@ -133,7 +134,8 @@ class _FrontEnd(Shapes, Translate, Fusion):
         return Graph(name=g.name or Path(self.source).stem or "model", tensors=self.tensors,
                      layers=layers, inputs=inputs, outputs=outputs, opset=self.opset, notes=self.notes,
                      concats=self.concats, host=host, output_order=[o.name for o in g.output],
-                     unbatched=is_unbatched(self.proto))
+                     unbatched=is_unbatched(self.proto),
+                     range_hints=read_hints(self.proto))
 
 
     # ---- per node ------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from .frontend_load import _DLA_WEIGHT_BYTES, _SHAPE_CONSTANT_LIMIT, evaluate_no
 from .ir import CompileError
 from .ops import MDLA_DOMAIN
 from .frontend_seq import SEQUENCE_STEPS
-from .quant_import import PRE_FOLD_STEPS, QUANT_STEPS
+from .quant_import import PRE_FOLD_STEPS, QUANT_STEPS, save_hints
 
 __all__ = ["canonicalise", "act_available"]
 
@@ -693,6 +693,7 @@ def canonicalise(proto: onnx.ModelProto, consts: dict[str, np.ndarray], mem_byte
             node.name = f"{node.op_type}_{index}"
     g = _Graph(proto, consts, mem_bytes, notes)
     g.selectors = set()
+    g.activation_hints = {}
     for _ in range(_MAX_ROUNDS):
         g.infer()
         changed = any([step(g) for step in PRE_FOLD_STEPS])
@@ -705,6 +706,7 @@ def canonicalise(proto: onnx.ModelProto, consts: dict[str, np.ndarray], mem_byte
             changed |= seq_step(g)
         if not changed:
             break
+    save_hints(g)
     _drop_unused_initializers(proto, consts)
     return notes
 

@@ -164,6 +164,7 @@ class Graph:
     concats: list[Concat] = field(default_factory=list)
     host: HostTail | None = None         #: operators run on the host after the DLA
     output_order: list[str] = field(default_factory=list)   #: the model's output names, in order
+    range_hints: dict[str, float] = field(default_factory=dict)   #: a quantised model's activation ranges
     #: the model's tensors are unbatched vectors (L,) compiled as one (1, L) image (compiler/lift1d.py)
     unbatched: bool = False
 

@@ -5,8 +5,10 @@ The DLA computes in 16-bit fixed point with 48-bit accumulators, finer than any 
 8-bit model is taken for what it approximates: its weights are dequantised (exact: ``(q - zero
 point) x scale`` of 8-bit integers is a float the DLA's weight format then rounds to 16 bits), and
 its activation quantisation (the 8-bit rounding onnxruntime would apply between layers) is
-dropped; the activations' scales are kept as hints of their ranges (``Graph.notes``; a range
-Q8.8 cannot hold is named with the advice to calibrate). What is rewritten:
+dropped; the activations' scales are kept as hints of their ranges (noted, and left in the model
+metadata for ``Graph.range_hints``): when they cover every activation tensor and ``Compile`` has
+no samples, the formats are chosen from them as from calibrated ranges (:func:`hinted_ranges`),
+else the activations are Q8.8. What is rewritten:
 
 * **QDQ** (``QuantizeLinear -> DequantizeLinear`` on an activation): the pair is the identity
   (``DequantizeLinear`` of constant weights and biases is folded into float constants by the
@@ -25,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-__all__ = ["QUANT_STEPS", "PRE_FOLD_STEPS", "constant_dequantise", "qdq_pairs", "qoperators", "dynamic_products", "dynamic_lstm", "activation_hints"]
+__all__ = ["QUANT_STEPS", "PRE_FOLD_STEPS", "constant_dequantise", "save_hints", "read_hints", "hinted_ranges", "qdq_pairs", "qoperators", "dynamic_products", "dynamic_lstm", "activation_hints"]
 
 _MS = "com.microsoft"
 
@@ -95,6 +97,8 @@ def qdq_pairs(g) -> bool:
         if not same:
             continue
         lo_hi = _hint(g, q)
+        if lo_hi is not None:
+            g.activation_hints[node.output[0]] = max(abs(lo_hi[0]), abs(lo_hi[1]))
         if lo_hi is not None and lo_hi[0] >= 0 and not _bounded(g, q.input[0], *lo_hi, producers):
             # an unsigned range starting at 0 clamps the negatives: the ReLU (or ReLU6) the
             # quantiser fused into it (onnxruntime.quantization drops such Relu nodes)
@@ -159,16 +163,46 @@ def _hint(g, qnode) -> tuple[float, float] | None:
     z = np.asarray(0 if zero is None else zero, np.float64)
     s = np.asarray(scale, np.float64)
     lo, hi = float(np.min((info.min - z) * s)), float(np.max((info.max - z) * s))
-    hints = getattr(g, "activation_hints", None)
-    if hints is None:
-        hints = g.activation_hints = {}
+    hints = g.activation_hints
     hints[qnode.input[0]] = max(abs(lo), abs(hi))
     g.notes.append(f"activation range hint of {qnode.input[0]!r} from {_where(qnode)}: [{lo:.4g}, {hi:.4g}]")
     return lo, hi
 
 
+#: the model metadata key under which canonicalisation leaves the hints for the front end
+HINTS_KEY = "com.microndla.activation_ranges"
+
+
 def activation_hints(g) -> dict[str, float]:
     return dict(getattr(g, "activation_hints", {}) or {})
+
+
+def save_hints(g) -> None:
+    """Leave the activation range hints (tensor -> max |value|) in the model's metadata, where the
+    front end reads them into ``Graph.range_hints``."""
+    import json
+    hints = activation_hints(g)
+    if not hints:
+        return
+    for prop in list(g.proto.metadata_props):
+        if prop.key == HINTS_KEY:
+            g.proto.metadata_props.remove(prop)
+    g.proto.metadata_props.add(key=HINTS_KEY, value=json.dumps(hints))
+
+
+def read_hints(proto) -> dict[str, float]:
+    import json
+    return next((json.loads(p.value) for p in proto.metadata_props if p.key == HINTS_KEY), {})
+
+
+def hinted_ranges(graph) -> dict[str, float] | None:
+    """Calibration ranges from a quantised model's activation scales: every activation tensor of
+    the graph with a hint (then the formats are chosen from them as from calibrated ranges), else
+    None (Q8.8)."""
+    hints = getattr(graph, "range_hints", None) or {}
+    if not hints or not all(t in hints for t in graph.tensors):
+        return None
+    return {t: float(hints[t]) for t in graph.tensors}
 
 
 def qoperators(g) -> bool:

@@ -107,3 +107,21 @@ def test_qdq_pair_of_an_unsigned_range_keeps_the_fused_relu(tmp_path):
     graph = load_model(qpath)
     assert any("activation range hint" in n for n in graph.notes)
     assert any(layer.act == "clip" or layer.act == "relu" for layer in graph.layers if hasattr(layer, "act"))
+
+
+def test_qdq_activation_scales_choose_the_formats(tmp_path):
+    """Without samples, a QDQ model whose activation scales cover every activation tensor gets its
+    formats from them (finer than Q8.8 for its small ranges), as calibration would choose them."""
+    _, qpath = _quantise(tmp_path, small_cnn(), "qdq")
+    ie = microndla.MDLA()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ie.Compile(qpath)
+    graph = ie._compiled.graph
+    assert any("calibration hints" in n for n in graph.notes)
+    assert graph.range_hints and all(t in graph.range_hints for t in graph.tensors)
+    assert max(t.frac for t in graph.tensors.values()) > 8
+    feeds = _feeds(small_cnn())
+    ref = ort.InferenceSession(qpath, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    mean, mx = sdk_error_metric(ie.Run(feeds["input"]), ref)
+    assert mean <= BUDGET_MEAN and mx <= BUDGET_MAX
