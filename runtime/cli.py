@@ -23,7 +23,16 @@ def _fail(e: Exception):
     raise click.ClickException(f"{type(e).__name__}: {e}")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("open-mdla")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "-V", "--version", prog_name="mdla")
 def main():
     """Open Micron DLA: compile ONNX models and run them on the simulated DLA."""
 
@@ -195,7 +204,7 @@ def hw():
 @hw.command("build")
 @click.option("--config", default="small", show_default=True, help="hardware configuration (name or JSON file)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Verilog file to write")
-@click.option("--mem-kib", type=int, default=None,
+@click.option("--mem-kib", type=click.IntRange(min=1), default=None,
               help="main memory in KiB, the default of the MEM_WORDS parameter (rounded up to a size class: "
                    "64 KiB times a power of 4; default 64 KiB)")
 @click.option("--clusters", type=click.IntRange(min=1), default=None,

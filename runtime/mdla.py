@@ -167,6 +167,32 @@ class MDLA:
                             f"but the bitfile flag selects {flag_cfg.name!r}")
         self._load(compiled, MDLA)
 
+    # ------------------------------------------------------------------ the 2020 API, over today's calls
+    def Quantize(self, image, modelpath, outfile, images, numcard=1, numclus=1):
+        """2020 API: a calibrated compile to ``outfile`` (Compile(modelpath, samples=images, outfile=...)).
+        ``image`` (the old size string) is ignored only in that the shapes come from the model."""
+        if not images:
+            raise MDLAError("No images: Quantize needs calibration images")
+        self.SetFlag({"nfpgas": numcard, "nclusters": numclus})
+        return self.Compile(modelpath, samples=list(images), outfile=outfile)
+
+    def GO(self, image, modelpath, bitfile, images, result=None, numcard=1, numclus=1):
+        """2020 API: compile, load and run in one call; fills ``result`` (a float32 array) when given,
+        and returns the outputs."""
+        self.SetFlag({"nfpgas": numcard, "nclusters": numclus})
+        if bitfile:
+            self.SetFlag("bitfile", bitfile)
+        self.Compile(modelpath)
+        y = self.Run(images)
+        if result is not None:
+            first = y[0] if isinstance(y, list) else y
+            if result.dtype != np.float32:
+                raise MDLAError("Output must be float32")
+            if result.size != first.size:
+                raise MDLAError(f"result has {result.size} elements; the output has {first.size}")
+            result.reshape(-1)[:] = first.reshape(-1)
+        return y
+
     def Free(self):
         """Release the loaded program and the cards it occupied."""
         self._stream.close()

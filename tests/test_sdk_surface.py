@@ -149,3 +149,39 @@ def test_every_info_name_answers_or_says_why(model, x):
     text = out.getvalue()
     assert "bitfile = 'small'" in text and "hwdebug" in text and "card 0 cluster 0: cycles=" in text
     assert ie.GetInfo("hwversion").startswith("small-") and ie.GetInfo("busy_comp") == 0
+
+
+def test_docs_sdk_md_is_generated_from_the_tables():
+    from runtime import sdkdoc
+    assert sdkdoc.PATH.read_text() == sdkdoc.render(), "run python -m runtime.sdkdoc"
+
+
+def test_every_method_the_docs_call_available_exists():
+    from runtime import sdkdoc
+    ie = microndla.MDLA()
+    for m, status in sdkdoc.METHODS.items():
+        assert hasattr(ie, m) == status.startswith("yes"), m
+
+
+def test_quantize_and_go(model, x, tmp_path):
+    ref = _small(model)
+    ie = microndla.MDLA()
+    ie.SetFlag("bitfile", "small")
+    with pytest.raises(microndla.MDLAError, match="No images"):
+        ie.Quantize("", model, str(tmp_path / "q.bin"), [])
+    ie.Quantize("", model, str(tmp_path / "q.bin"), [x])
+    assert (tmp_path / "q.bin").exists()
+    go = microndla.MDLA()
+    result = np.zeros(10, np.float32)
+    y = go.GO("", model, "small", x, result)
+    assert np.array_equal(y, ref.Run(x)) and np.array_equal(result, y.reshape(-1))
+
+
+def test_cli_version_and_refused_memory_size():
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and "mdla, version" in r.output
+    r = CliRunner().invoke(main, ["hw", "build", "--mem-kib", "-5", "-o", "x.v"])
+    assert r.exit_code == 2 and "-5 is not in the range" in r.output
