@@ -185,3 +185,18 @@ def test_cli_version_and_refused_memory_size():
     assert r.exit_code == 0 and "mdla, version" in r.output
     r = CliRunner().invoke(main, ["hw", "build", "--mem-kib", "-5", "-o", "x.v"])
     assert r.exit_code == 2 and "-5 is not in the range" in r.output
+
+
+def test_cli_run_with_simulator_flags_and_a_checked_config(model, tmp_path):
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+    b = str(tmp_path / "m.bin")
+    r = CliRunner().invoke(main, ["compile", model, "-o", b, "--config", "small"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["run", b, "--simulator", "functional", "--flag", "comparesw=1"])
+    assert r.exit_code == 0 and "cycles" in r.output, r.output
+    r = CliRunner().invoke(main, ["run", b, "--config", "reference"])
+    assert r.exit_code == 1 and "compiled for hardware configuration 'small'" in r.output
+    r = CliRunner().invoke(main, ["run", b, "--flag", "int8mode=1"])
+    assert r.exit_code == 1 and "16-bit" in r.output and "Traceback" not in r.output
