@@ -24,7 +24,16 @@ def _fail(e: Exception):
     raise click.ClickException(f"{type(e).__name__}: {e}")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("open-mdla")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "-V", "--version", prog_name="mdla")
 def main():
     """Open Micron DLA: compile ONNX models and run them on the simulated DLA."""
 
@@ -68,24 +77,34 @@ def compile(model, output, config, inshapes, heterogeneous, samples_npy):
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.option("--config", default="reference", show_default=True, help="hardware configuration for an ONNX model")
+@click.option("--config", default=None, help="hardware configuration (default reference; for a .bin, checked against it)")
+@click.option("--simulator", default=None, help="executor of the run: functional, amaranth, icarus or verilator")
+@click.option("-f", "--flag", "flags", multiple=True, metavar="NAME=VALUE", help="SetFlag before loading (repeatable)")
 @click.option("--input", "input_npy", type=click.Path(exists=True, dir_okay=False), help="input .npy (default random)")
 @click.option("--seed", default=0, show_default=True, help="seed of the random input")
 @click.option("--heterogeneous", is_flag=True, help="ONNX model: run unsupported operators between DLA layers on the host")
 @click.option("--trace", "trace_json", type=click.Path(dir_okay=False), default=None,
               help="write the run's timeline to this JSON file (Perfetto, chrome://tracing; docs/profiling.md)")
-def run(model, config, input_npy, seed, heterogeneous, trace_json):
-    """Run an ONNX MODEL or a compiled .bin on the functional model and report."""
+def run(model, config, simulator, flags, input_npy, seed, heterogeneous, trace_json):
+    """Run an ONNX MODEL or a compiled .bin on the simulated DLA and report."""
     from runtime.mdla import MDLA
     from runtime.saturation import SaturationWarning
     ie = MDLA()
     try:
         if trace_json:
             ie.SetFlag("trace", trace_json)
+        if simulator:
+            ie.SetFlag("simulator", simulator)
+        for f in flags:
+            if "=" not in f:
+                raise ValueError(f"--flag expects NAME=VALUE, got {f!r}")
+            k, v = f.split("=", 1)
+            ie.SetFlag(k, v)
+        if config:
+            ie.SetFlag("bitfile", config)        # for a .bin, Init checks it against the file's
         if model.endswith(".bin"):
             ie.Init(model)
         else:
-            ie.SetFlag("bitfile", config)
             ie.SetFlag("heterogeneous", int(heterogeneous))
             ie.Compile(model)
         shape = tuple(int(s) for s in ie.GetInfo("inshapes").split(";")[0].split("x"))
@@ -196,7 +215,7 @@ def hw():
 @hw.command("build")
 @click.option("--config", default="small", show_default=True, help="hardware configuration (name or JSON file)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Verilog file to write")
-@click.option("--mem-kib", type=int, default=None,
+@click.option("--mem-kib", type=click.IntRange(min=1), default=None,
               help="main memory in KiB, the default of the MEM_WORDS parameter (rounded up to a size class: "
                    "64 KiB times a power of 4; default 64 KiB)")
 @click.option("--clusters", type=click.IntRange(min=1), default=None,

@@ -11,14 +11,29 @@ from typing import Callable
 
 from arch.machine import REFERENCE, get_config
 
+#: Debug letters (SetFlag('debug', letters)): letter -> what it prints here. Every SDK letter is
+#: listed; each one prints what this machine has of it (docs/sdk.md is generated from this table).
 DEBUG_LETTERS = {
     "b": "per-run profile (cycles, time, bytes moved, efficiency)",
     "w": "warnings, including fixed-point saturation counts per layer after each run",
+    "c": "memory allocation: the memory map's regions and every tensor's address, at load",
+    "C": "workload distribution across cards and clusters: images, instructions and MACs of each program, at load",
     "n": "list of layers",
+    "s": "partitioning strategy: each layer's tiling mode, tile and chunks (and the host/DLA stages), at load",
+    "S": "simulator instruction information: instructions and busy cycles per engine of each cluster, after each run",
+    "p": "list of operations: the ONNX nodes each layer runs, at load",
+    "d": "accelerator debug counters of each cluster (cycles, token and memory-port waits, bytes), after each run",
+    "a": "memory access pattern: every LOAD and STORE's main-memory address and length, at load",
+    "r": "with comparesw: the output values that differ from the software model, after each run",
+    "R": "with comparesw: every output value next to the software model's, after each run",
     "i": "dump the instructions to instr<card>_<cluster>_<program>.txt",
+    "I": "intermediate code: the quantised layers with their shapes and fixed-point fields, at load",
+    "t": "dynamic instruction trace: every executed instruction with its start and end cycle, after each run",
+    "T": "verbose trace: as t, with every field of each instruction",
+    "o": "host float run (Run_th) debug: each layer's output range",
     "Q": "the fixed-point formats chosen per layer (variable fixed point)",
+    "J": "partition information written to partition.json, at load",
 }
-
 
 def _int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
     def parse(v: str) -> int:
@@ -40,7 +55,15 @@ def _bool(v: str) -> int:
     raise ValueError(f"expects 0 or 1, got {v!r}")
 
 
+#: SDK debug letters this build does not print yet (refused, never accepted and ignored)
+DEBUG_NOT_YET = set("cCsSpdarRItToJ")
+
+
 def _debug(v: str) -> str:
+    later = sorted(set(v) & DEBUG_NOT_YET)
+    if later:
+        raise ValueError(f"debug letter(s) {later} ({'; '.join(DEBUG_LETTERS[c] for c in later)}) are not "
+                         f"implemented in this build yet; implemented: {''.join(sorted(set(DEBUG_LETTERS) - DEBUG_NOT_YET))}")
     bad = sorted(set(v) - set(DEBUG_LETTERS))
     if bad:
         raise ValueError(f"unknown debug letter(s) {bad}; known: " +
@@ -78,27 +101,83 @@ def _trace_path(v: str) -> str:
     return v
 
 
+def _choice(*values: str) -> Callable[[str], str]:
+    def parse(v: str) -> str:
+        if v not in values:
+            raise ValueError(f"expects one of {', '.join(values)}, got {v!r}")
+        return v
+    return parse
+
+
+def _fpgaid(v: str) -> str:
+    if v in ("-1", "sim"):
+        return v
+    raise ValueError(f"{v!r} names an FPGA; this build has none: the card is simulated (-1 or 'sim')")
+
+
+def _runsw(v: str) -> int:
+    x = _int_range(0, 2)(v)
+    if x == 2:
+        raise ValueError("2 (a float run collecting quantisation statistics) cannot take effect here: "
+                         "calibration is Compile(model, samples=[...])")
+    return x
+
+
+def _refused(parse: Callable[[str], object], default, why: str) -> Callable[[str], object]:
+    """A flag of the SDK that this machine has no such thing for: its default value (what is in
+    effect here) is accepted, any other is refused with ``why``."""
+    def check(v: str):
+        x = parse(v)
+        if x != default:
+            raise ValueError(f"{x!r} cannot take effect here: {why}")
+        return x
+    return check
+
+
+def _dumpdir(v: str) -> str:
+    import os
+    if v and not os.path.isdir(v):
+        raise ValueError(f"expects an existing directory ('' for none), got {v!r}")
+    return v
+
+
 @dataclass(frozen=True)
 class FlagSpec:
     parse: Callable[[str], object]
     default: object
     doc: str
+    #: 'compile': read by Compile/Init (refused after them with another value: Free() and compile
+    #: again); 'run': read by each Run; 'system': the simulated system (all objects)
+    when: str = "run"
+    #: '' when the flag does here what it did on the SDK; else why only its default is accepted
+    refused: str = ""
 
+
+def _no(parse, default, doc: str, why: str, when: str = "compile") -> FlagSpec:
+    return FlagSpec(_refused(parse, default, why), default, doc, when, why)
+
+
+_SOFTWARE_ALGO = ("this compiler chooses each layer's tiling itself (debug letter 's' shows it); the SDK's "
+                  "alternative convolution algorithms of the FPGA code generator do not exist here")
+_NO_FPGA = "the simulated DLA runs in this process: there is no FPGA to load, poll or wait for"
 
 FLAGS: dict[str, FlagSpec] = {
     "simulator": FlagSpec(_simulator, "functional",
                           "executor of Run(): functional (the vectorised model), amaranth (the RTL, cycle by cycle), icarus or verilator (the RTL exported to Verilog)"),
-    "vcd": FlagSpec(str, "", "RTL executors: write the waveform of each run to this VCD file ('' for none)"),
-    "bitfile": FlagSpec(_bitfile, "reference", "hardware configuration: 'reference', 'small' or a JSON file"),
+    "vcd": FlagSpec(str, "", "amaranth simulator: write the waveform of each run to this VCD file ('' for none; refused at Run with another simulator)"),
+    "bitfile": FlagSpec(_bitfile, "reference", "hardware configuration: 'reference', 'small' or a JSON file; after Init, the configuration of the loaded .bin", "compile"),
+    "fpgaid": FlagSpec(_fpgaid, "-1", "which FPGA to use: -1 (the first) or 'sim' select the simulated card; "
+                       "510, 511, 852 are refused (no FPGA here)", "compile"),
     "debug": FlagSpec(_debug, "", "debug letters: " + ", ".join(f"{k}={d}" for k, d in DEBUG_LETTERS.items())),
-    "nfpgas": FlagSpec(_int_range(1), 1, "cards to use"),
-    "nclusters": FlagSpec(_int_range(1), 1, "clusters to use"),
-    "firstcluster": FlagSpec(_int_range(0), 0, "first cluster of this object"),
-    "imgs_per_cluster": FlagSpec(_int_range(1), 1, "images each cluster processes per call"),
-    "clustersbatchmode": FlagSpec(_bool, 0, "1: the clusters split one image"),
-    "mvbatch": FlagSpec(_bool, 0, "1: each MV unit takes its own image"),
+    "options": FlagSpec(str, "", "option letters, each equivalent to a named flag (see OPTION_LETTERS); parsed by FlagSet.set"),
+    "nfpgas": FlagSpec(_int_range(1), 1, "cards to use", "compile"),
+    "nclusters": FlagSpec(_int_range(1), 1, "clusters to use", "compile"),
+    "firstcluster": FlagSpec(_int_range(0), 0, "first cluster of this object", "compile"),
+    "imgs_per_cluster": FlagSpec(_int_range(1), 1, "images each cluster processes per call", "compile"),
+    "clustersbatchmode": FlagSpec(_bool, 0, "1: the clusters split one image", "compile"),
+    "mvbatch": FlagSpec(_bool, 0, "1: each MV unit takes its own image", "compile"),
     "blockingmode": FlagSpec(_bool, 1, "1: PutInput/GetResult wait; 0: they return at once"),
-    "heterogeneous": FlagSpec(_bool, 0, "1: operators the DLA does not run may also run on the host between DLA layers (before the first and after the last they always do)"),
+    "heterogeneous": FlagSpec(_bool, 0, "1: operators the DLA does not run may also run on the host between DLA layers (before the first and after the last they always do)", "compile"),
     "hazardcheck": FlagSpec(_bool, 1, "functional model: check that the program is free of data races"),
     "workers": FlagSpec(_workers, "auto",
                         "where the functional model runs: 'serial' (in this process, cards one after another), "
@@ -115,34 +194,137 @@ FLAGS: dict[str, FlagSpec] = {
                       "functional and amaranth simulators; '' for none): see docs/profiling.md"),
     "tracemax": FlagSpec(_int_range(1), 200_000,
                          "instruction slices beyond which the trace merges each layer's instructions per engine"),
-    "maxfpga": FlagSpec(_int_range(1, 4096), REFERENCE.max_cards, "simulated cards in the system (shared by all MDLA objects; above 64 only with workers='ray')"),
+    "maxfpga": FlagSpec(_int_range(1, 4096), REFERENCE.max_cards, "simulated cards in the system (shared by all MDLA objects; above 64 only with workers='ray')", "system"),
+    # --- numerics
+    "varfp": FlagSpec(_bool, 0, "1: variable fixed point (each activation tensor its own Q format): Compile then "
+                                "needs calibration images (samples=); Compile with samples sets it", "compile"),
+    "has_varfp": _no(_bool, 1, "the hardware has variable fixed point", "the simulated DLA always has it: the "
+                     "requantising shift is a field of every CONV instruction, so there is no fixed-Q8.8 bitfile to target"),
+    "int8mode": _no(_int_range(0, 4), 0, "8-bit data path modes", "the simulated DLA's data path is 16-bit "
+                    "(arch.machine data_bits); it has no 8-bit mode"),
+    # --- what runs
+    "comparesw": FlagSpec(_bool, 0, "1: each Run also runs the bit-exact software model (Run_sw) and reports the "
+                                    "largest difference (debug r/R: the values)"),
+    "runsw": FlagSpec(_runsw, 0,
+                      "1: Run runs the software model (Run_sw) instead of the selected simulator; 2 (float run "
+                      "collecting quantisation statistics) is refused: calibration is Compile(samples=...) here"),
+    "breaklayer": FlagSpec(_int_range(0, 2), 0, "1: Run returns the output of every layer (a list, layer order), "
+                                                "read from the card memory after the run; 2: Run prints the "
+                                                "modelled cycles of every layer"),
+    "nlayers": FlagSpec(_int_range(-1), -1, "compile only the first N nodes of the ONNX graph (-1: all)", "compile"),
+    "lremove": FlagSpec(_int_range(0), 0, "drop the first N nodes of the ONNX graph (their outputs become inputs)", "compile"),
+    "dumpdir": FlagSpec(_dumpdir, "", "write every write to card memory (the program image at load, the inputs of "
+                                      "each run) as a file into this directory ('' for none)"),
+    "seed": FlagSpec(_int_range(0), 0, "seed of the random inputs the runtime makes up (mdla run, mdla profile)"),
+    "rand": _no(_bool, 1, "random data in built-in tests", "this build has no built-in tests with fixed data; "
+                "random inputs are seeded with 'seed'", "run"),
+    "no_rearrange": FlagSpec(_int_range(0, 2), 0, "outputs: 0 float in the ONNX shape; 1 float in the DLA's layout "
+                                                  "(H, W, channels padded to words); 2 raw int16 in the ONNX shape"),
+    "no_inarrange": FlagSpec(_choice("0", "2"), "0", "inputs: 0 float32; 2 raw int16 already in the input's fixed-point "
+                                                     "format (GetInfo('infracs'))"),
+    # --- SDK flags of the FPGA code generator and driver that have no counterpart here
+    "bufsmode": _no(_int_range(0, 2), 0, "program per buffer / parametric offset / patching",
+                    "each image slot has its own memory here and one program per cluster serves all slots"),
+    "progload": _no(_bool, 0, "progressive loading of maps", _SOFTWARE_ALGO),
+    "convalgo": _no(_int_range(0, 3), 0, "convolution algorithm", _SOFTWARE_ALGO),
+    "force_algo": _no(_bool, 0, "force the kernel-stationary mode", _SOFTWARE_ALGO),
+    "compile_profile": _no(_bool, 0, "compile, run and keep the best option", _SOFTWARE_ALGO),
+    "depthconvalgo": _no(_int_range(0, 3), 0, "depthwise convolution algorithm", _SOFTWARE_ALGO),
+    "gen_loops": _no(_bool, 0, "hardware loops", "the ISA has no loop instruction (docs/isa.md)"),
+    "multicu_vpadding": _no(_bool, 0, "vertical padding across compute units",
+                            "padding costs nothing here: tensors carry halos (compiler/memmap.py)"),
+    "optimize_computes": _no(_bool, 1, "double buffering, removing double loads",
+                             "the code generator always double-buffers; there is no unoptimised mode"),
+    "prune": _no(_bool, 0, "prune all-zero output planes", "the compiler keeps every output channel"),
+    "hwlinear": _no(_bool, 1, "run Linear layers on the DLA", "Gemm/MatMul always run on the DLA (as convolutions)"),
+    "sandbox": _no(_bool, 0, "read code from instr files instead of generating it",
+                   "use ReadCode/HwRun to run hand-written assembly"),
+    "initmeasure": _no(_bool, 0, "time the initial load", _NO_FPGA, "run"),
+    "hwwait": _no(_bool, 0, "wait 1 s instead of polling", _NO_FPGA, "run"),
+    "temporary_save": _no(_bool, 0, "cache test data on disk", "this build has no built-in tests; use dumpdir", "run"),
+    "max_instruction_size": _no(_int_range(0), 0, "instruction memory bound",
+                                "programs live in the card memory after the weights, without a separate bound"),
+    "addroff": _no(_int_range(0), 0, "starting address in card memory",
+                   "a model is placed after another with Compile(..., MDLA=other); GetInfo('addroff') reports the end"),
+    "ignore_transpose": _no(_bool, 1, "drop leading/trailing Transposes (2020)",
+                            "inputs and outputs are plane-major (NCHW) as the ONNX model says"),
 }
-ALIASES = {"nobatch": "clustersbatchmode"}
+ALIASES = {"nobatch": "clustersbatchmode", "remove": "lremove", "addr_off": "addroff", "max_instr": "max_instruction_size"}
 
-#: Flags whose non-default values this build cannot honour yet, with what is missing.
-NOT_YET: dict[str, str] = {}
+#: Option letters (SetFlag('options', letters)): letter -> (flag, value), as the SDK's docs/Codes.md.
+OPTION_LETTERS: dict[str, tuple[str, object]] = {
+    "v": ("has_varfp", 1), "V": ("varfp", 1), "M": ("multicu_vpadding", 1), "C": ("clustersbatchmode", 1),
+    "B": ("sandbox", 1), "k": ("convalgo", 1), "r": ("convalgo", 2), "K": ("convalgo", 3), "f": ("force_algo", 1),
+    "d": ("rand", 0), "P": ("progload", 1), "w": ("hwwait", 1), "s": ("comparesw", 1), "S": ("runsw", 1),
+    "Q": ("runsw", 2), "i": ("initmeasure", 1), "L": ("breaklayer", 2), "z": ("breaklayer", 1),
+    "t": ("temporary_save", 1), "m": ("mvbatch", 1), "a": ("compile_profile", 1), "x": ("prune", 1),
+    "n": ("optimize_computes", 0), "l": ("gen_loops", 1), "H": ("hwlinear", 1),
+}
+#: 2020 letters whose flags the SDK itself dropped
+OLD_OPTION_LETTERS = {"p": "pipeline execution across clusters", "T": "two_programs", "o": "parametric_offset"}
+
+#: SDK flags that could have their meaning here but are not implemented in this build yet: only
+#: their default is accepted (refused at SetFlag, never stored and ignored).
+NOT_YET: dict[str, str] = {
+    "breaklayer": "per-layer outputs and per-layer run printing",
+    "nlayers": "compiling a prefix of the graph",
+    "lremove": "compiling a suffix of the graph",
+    "dumpdir": "dumping the writes to card memory",
+    "no_rearrange": "raw output layouts",
+    "no_inarrange": "raw int16 inputs",
+}
+for _k, _what in NOT_YET.items():
+    _s = FLAGS[_k]
+    FLAGS[_k] = FlagSpec(_refused(_s.parse, _s.default, f"{_what} is not implemented in this build yet"),
+                         _s.default, _s.doc, _s.when, f"not implemented in this build yet ({_what})")
 
 
 class FlagSet:
-    """The current flag values of one MDLA object."""
+    """The current flag values of one MDLA object; ``explicit``: the names the user has set."""
 
     def __init__(self):
         self.values = {k: s.default for k, s in FLAGS.items()}
+        self.explicit: set[str] = set()
 
     def set(self, name: str, value) -> None:
         if not isinstance(name, str):
             raise TypeError(f"flag name must be a string, got {type(name).__name__}")
         if name == "reset":
             self.values = {k: s.default for k, s in FLAGS.items()}
+            self.explicit = set()
             return
         key = ALIASES.get(name, name)
         spec = FLAGS.get(key)
         if spec is None:
             raise ValueError(f"unknown flag {name!r}; known flags: {sorted(list(FLAGS) + list(ALIASES) + ['reset'])}")
+        if key == "options":
+            self._options(str(value))
         try:
             self.values[key] = spec.parse(str(value))
         except ValueError as e:
             raise ValueError(f"flag {name!r}: {e}") from None
+        self.explicit.add(key)
+
+    def _options(self, letters: str) -> None:
+        """Each option letter sets its flag (all or none: a refused letter changes nothing)."""
+        staged = FlagSet()
+        staged.values = dict(self.values)
+        for ch in letters:
+            if ch in OLD_OPTION_LETTERS:
+                raise ValueError(f"flag 'options': letter {ch!r} ({OLD_OPTION_LETTERS[ch]}) was dropped by the SDK in 2021 "
+                                 f"and has no counterpart here")
+            if ch not in OPTION_LETTERS:
+                raise ValueError(f"flag 'options': unknown letter {ch!r}; known: " +
+                                 ", ".join(f"{k}={f}:{v}" for k, (f, v) in OPTION_LETTERS.items()))
+            flag, v = OPTION_LETTERS[ch]
+            try:
+                staged.set(flag, v)
+            except ValueError as e:
+                raise ValueError(f"flag 'options': letter {ch!r} sets {e}") from None
+        for k, v in staged.values.items():
+            if v != self.values[k]:
+                self.values[k] = v
+                self.explicit.add(k)
 
     def __getitem__(self, name: str):
         return self.values[ALIASES.get(name, name)]
@@ -151,5 +333,5 @@ class FlagSet:
         return ALIASES.get(name, name) in self.values
 
     def unsupported(self) -> list[str]:
-        """Flags set to values this build cannot run, as 'name=value (what is missing)'."""
+        """Flags set to values this build cannot run, as 'name=value (what is missing)' (none: SetFlag refuses them)."""
         return [f"{k}={self.values[k]} ({what})" for k, what in NOT_YET.items() if self.values[k] != FLAGS[k].default]

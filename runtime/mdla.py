@@ -37,6 +37,8 @@ from . import ray_cards, saturation, workers
 from .cards import POOL, CardsUnavailable
 from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
+from .info import NoSuchInfo, get_info
+from .run_flags import check_settable_after_load
 from .streaming import Stream, StreamClosed, StreamDeadlock
 from .trace import after_run as write_traces
 from .workers import WorkerCrashed, WorkerTimeout
@@ -68,6 +70,7 @@ class MDLA:
         self._hwcycles = 0
         self._saturations = 0
         self._layer_saturations: dict[str, int] = {}     #: last Run's saturations per layer (runtime.saturation)
+        self._compare: float | None = None                #: comparesw: the last run's largest difference
         self._stream = self._new_stream()
         self._finalizer = weakref.finalize(self, POOL.release, self._owner)
 
@@ -90,42 +93,30 @@ class MDLA:
             for k, v in name.items():
                 self.SetFlag(k, v)
             return
+        if self._compiled is not None and name != "reset":
+            check_settable_after_load(self, name, value)
         self._flags.set(name, value)
         if name == "maxfpga":
             ray_cards.check_maxfpga(self._flags)
             POOL.resize(self._flags["maxfpga"])
 
     def GetInfo(self, name: str):
-        """A typed value: 'version', 'build', 'hwtime' (ms, last run), 'hwcycles', 'freq' (MHz),
-        'maxcluster', 'maxfpga', 'inshapes', 'outshapes', 'innames', 'outnames', 'addroff',
-        'saturations' (values clipped in the last run), 'layer_saturations' (those per layer),
-        'batch', 'engine' (what runs the cards: serial, processes, ray and where), 'cards' (per card
-        of this object: its engine, Ray node and pid or worker pids), or the current value of any flag."""
-        cfg = self._config()
-        info = {
-            "version": lambda: VERSION,
-            "build": lambda: f"open-mdla {VERSION}",
-            "hwcycles": lambda: int(self._hwcycles),
-            "hwtime": lambda: float(cfg.cycles_to_ms(self._hwcycles)),
-            "freq": lambda: int(cfg.clock_mhz),
-            "maxcluster": lambda: int(cfg.clusters_per_card),
-            "maxfpga": lambda: int(POOL.size),
-            "saturations": lambda: int(self._saturations),
-            "layer_saturations": lambda: dict(self._layer_saturations),
-            "batch": lambda: int(self._need().parallel.batch),
-            "inshapes": lambda: ";".join("x".join(map(str, i.onnx_shape)) for i in self._need().inputs),
-            "outshapes": lambda: ";".join("x".join(map(str, o.onnx_shape)) for o in self._need().final_outputs),
-            "innames": lambda: ";".join(i.name for i in self._need().inputs),
-            "outnames": lambda: ";".join(o.name for o in self._need().final_outputs),
-            "addroff": lambda: int(self._need().memmap.end),
-            "engine": lambda: ray_cards.engine_info(self),
-            "cards": lambda: ray_cards.cards_info(self),
-        }
-        if name in info:
-            return info[name]()
-        if isinstance(name, str) and name in self._flags:
-            return self._flags[name]
-        raise ValueError(f"unknown info name {name!r}; known: {sorted(info)} and the flag names")
+        """A typed value: the names of ``runtime.info.INFO`` ('version', 'hwtime', 'hwcycles',
+        'inshapes', 'print_flags', 'help', ...) or the value in effect of any flag."""
+        try:
+            return get_info(self, name)
+        except NoSuchInfo as e:
+            raise MDLAError(f"GetInfo({name!r}): {e}") from None
+
+    def _bitfile_in_effect(self) -> str:
+        """The 'bitfile' of the loaded program: the flag's value when it names that configuration,
+        else the configuration's own name (e.g. after Init of a .bin built for another one)."""
+        cfg, flag = self._compiled.cfg, self._flags["bitfile"]
+        try:
+            same = get_config(flag) == cfg
+        except (ValueError, OSError):
+            same = False
+        return flag if same else cfg.name
 
     # ------------------------------------------------------------------ compile and load
     def Compile(self, modelpath, inshapes=None, samples=None, MDLA=None, outfile=None, simplify=False):
@@ -144,6 +135,11 @@ class MDLA:
         if isinstance(modelpath, (list, tuple)):
             raise MDLAError("compiling a list of models into one program is not supported by this build yet")
         self._check_flags()
+        if self._flags["varfp"] and samples is None:
+            raise MDLAError("varfp=1 (variable fixed point) needs calibration images: Compile(model, samples=[...])")
+        if simplify:
+            from .model_prep import simplify_model
+            modelpath = simplify_model(modelpath)
         cfg = self._config()
         parallel = self._parallel(cfg)
         base = 0
@@ -151,6 +147,8 @@ class MDLA:
             base = self._link_base(MDLA, parallel)
         compiled = compile_partitioned(modelpath, cfg, inshapes=inshapes, base=base, parallel=parallel,
                                        heterogeneous=bool(self._flags["heterogeneous"]), samples=samples)
+        compiled.meta["flags"] = {"heterogeneous": self._flags["heterogeneous"], "fpgaid": self._flags["fpgaid"],
+                                  "varfp": int(samples is not None)}
         if "n" in self._flags["debug"]:
             self._print_layers(compiled)
         if "Q" in self._flags["debug"]:
@@ -165,10 +163,36 @@ class MDLA:
         """Load a compiled .bin (written by Compile(..., outfile=...)), optionally linked to another object."""
         compiled = binfile.read(infile)
         flag_cfg = self._config()
-        if compiled.cfg != flag_cfg and self._flags["bitfile"] != "reference":
+        if compiled.cfg != flag_cfg and "bitfile" in self._flags.explicit:
             raise MDLAError(f"{infile} was compiled for hardware configuration {compiled.cfg.name!r}, "
                             f"but the bitfile flag selects {flag_cfg.name!r}")
         self._load(compiled, MDLA)
+
+    # ------------------------------------------------------------------ the 2020 API, over today's calls
+    def Quantize(self, image, modelpath, outfile, images, numcard=1, numclus=1):
+        """2020 API: a calibrated compile to ``outfile`` (Compile(modelpath, samples=images, outfile=...)).
+        ``image`` (the old size string) is ignored only in that the shapes come from the model."""
+        if not images:
+            raise MDLAError("No images: Quantize needs calibration images")
+        self.SetFlag({"nfpgas": numcard, "nclusters": numclus})
+        return self.Compile(modelpath, samples=list(images), outfile=outfile)
+
+    def GO(self, image, modelpath, bitfile, images, result=None, numcard=1, numclus=1):
+        """2020 API: compile, load and run in one call; fills ``result`` (a float32 array) when given,
+        and returns the outputs."""
+        self.SetFlag({"nfpgas": numcard, "nclusters": numclus})
+        if bitfile:
+            self.SetFlag("bitfile", bitfile)
+        self.Compile(modelpath)
+        y = self.Run(images)
+        if result is not None:
+            first = y[0] if isinstance(y, list) else y
+            if result.dtype != np.float32:
+                raise MDLAError("Output must be float32")
+            if result.size != first.size:
+                raise MDLAError(f"result has {result.size} elements; the output has {first.size}")
+            result.reshape(-1)[:] = first.reshape(-1)
+        return y
 
     def Free(self):
         """Release the loaded program and the cards it occupied (and its Ray cards, if any)."""
@@ -273,8 +297,24 @@ class MDLA:
     def Run(self, images):
         """Run on the DLA (the executor chosen with the 'simulator' flag). Returns one float32 array
         for a single-output network, else a list, each with a leading batch dimension."""
+        if self._flags["runsw"]:
+            return self.Run_sw(images)
         results, cycles = self._run_call(images)
+        if self._flags["comparesw"]:
+            self._compare_with_software(images, results)
         return results
+
+    def _compare_with_software(self, images, results) -> None:
+        """comparesw=1: the same call on the bit-exact software model; the largest difference is
+        printed and kept (GetInfo('comparesw_error')). The last run's statistics stay the DLA's."""
+        kept = (self._hwcycles, self._saturations, self._last_stats, dict(self._layer_saturations))
+        sw = self.Run_sw(images)
+        self._hwcycles, self._saturations, self._last_stats, self._layer_saturations = kept
+        a = results if isinstance(results, list) else [results]
+        b = sw if isinstance(sw, list) else [sw]
+        self._compare = max(float(np.max(np.abs(x - y))) if x.size else 0.0 for x, y in zip(a, b))
+        print(f"comparesw: largest |DLA - software model| = {self._compare:g}"
+              + (" (identical)" if self._compare == 0 else ""), file=sys.stderr)
 
     def Run_sw(self, images):
         """Run on the bit-exact functional model, whatever the 'simulator' flag says."""
@@ -535,7 +575,10 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
             raise MDLAError(f"flag 'trace': the {executor.name} simulator records no timeline; use the "
                             f"functional or amaranth simulator")
         executor.trace = True
-    if first._flags["vcd"] and hasattr(executor, "vcd"):
+    if first._flags["vcd"]:
+        if not hasattr(executor, "vcd"):
+            raise MDLAError(f"flag 'vcd': the {executor.name} simulator writes no waveform; "
+                            f"SetFlag('simulator', 'amaranth') to record one, or SetFlag('vcd', '')")
         executor.vcd = first._flags["vcd"]
     check = bool(first._flags["hazardcheck"])
     cfg = jobs[0][0].cfg

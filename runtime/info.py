@@ -1,0 +1,184 @@
+"""GetInfo: every name the SDK's GetInfo answers, in one table (docs/sdk.md is generated from it).
+
+``GetInfo(name)`` returns a typed value (str, int, float, bool, dict or None as the SDK's ctypes
+wrapper did). A flag name returns the value *in effect*: for the flags a loaded program was
+compiled with (the configuration, the batching, ``heterogeneous``, ``varfp``, ...), the loaded
+program's, never a value set later that it ignores (``runtime.mdla`` refuses those). Names the
+simulated DLA has no such thing for raise ``MDLAError`` saying why.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+from .flags import ALIASES, DEBUG_LETTERS, FLAGS, OPTION_LETTERS
+
+
+class NoSuchInfo(LookupError):
+    """An SDK info name this machine has nothing for (the message says why)."""
+
+
+@dataclass(frozen=True)
+class InfoSpec:
+    get: Callable        #: (MDLA object) -> value
+    doc: str
+    refused: str = ""    #: why this machine has no such value ('' when it has)
+
+
+def hw_version(cfg) -> str:
+    """An identifier of the hardware configuration (the 'bitfile'): its name and a digest of every parameter."""
+    return f"{cfg.name}-{hashlib.sha256(cfg.to_json().encode()).hexdigest()[:12]}"
+
+
+def effective_flags(obj) -> dict[str, object]:
+    """The compile-time flags as the loaded program has them ({} when nothing is loaded)."""
+    c = obj._compiled
+    if c is None:
+        return {}
+    p = c.parallel
+    recorded = dict(c.meta.get("flags", {}))
+    eff = {"bitfile": obj._bitfile_in_effect(), "nfpgas": p.nfpgas, "nclusters": len(p.clusters),
+           "firstcluster": min(p.clusters), "imgs_per_cluster": p.imgs_per_cluster,
+           "clustersbatchmode": int(p.split), "mvbatch": int(p.mvbatch),
+           "varfp": int(bool(c.meta.get("varfp"))) if "varfp" in c.meta else recorded.get("varfp", 0)}
+    for k in ("heterogeneous", "nlayers", "lremove", "fpgaid"):
+        if k in recorded:
+            eff[k] = recorded[k]
+    return eff
+
+
+def _refuse(why: str) -> Callable:
+    def get(obj):
+        raise NoSuchInfo(why)
+    return get
+
+
+def flags_text(obj) -> str:
+    """Every flag and its value in effect, one a line (GetInfo('print_flags'))."""
+    eff = effective_flags(obj)
+    lines = []
+    for k, spec in FLAGS.items():
+        v = eff.get(k, obj._flags[k])
+        note = f"   (only {spec.default!r} here: {spec.refused})" if spec.refused else ""
+        lines.append(f"{k} = {v!r}{note}")
+    return "\n".join(lines)
+
+
+def help_text() -> str:
+    """The flags, option letters, debug letters and info names with what each does here (GetInfo('help'))."""
+    out = ["Flags (SetFlag(name, value)):"]
+    for k, spec in FLAGS.items():
+        out.append(f"  {k} (default {spec.default!r}): {spec.doc}" + (f" [only the default here: {spec.refused}]"
+                                                                       if spec.refused else ""))
+    out.append("  aliases: " + ", ".join(f"{a} = {b}" for a, b in ALIASES.items()))
+    out.append("Option letters (SetFlag('options', letters)):")
+    out += [f"  {ch}: {f}={v}" for ch, (f, v) in OPTION_LETTERS.items()]
+    out.append("Debug letters (SetFlag('debug', letters)):")
+    out += [f"  {ch}: {d}" for ch, d in DEBUG_LETTERS.items()]
+    out.append("GetInfo names (and any flag name):")
+    out += [f"  {k}: {s.doc}" + (f" [refused: {s.refused}]" if s.refused else "") for k, s in INFO.items()]
+    return "\n".join(out)
+
+
+def _print(text_of: Callable) -> Callable:
+    def get(obj):
+        print(text_of(obj))
+        return None
+    return get
+
+
+def _shape(io) -> str:
+    return "x".join(map(str, io.onnx_shape))
+
+
+def _outshape(obj):
+    """The 2020 API's 'outshape': width, height, planes, batch of the first output."""
+    o = obj._need().final_outputs[0]
+    s = list(o.onnx_shape) + [1] * (4 - len(o.onnx_shape))
+    return (s[3], s[2], s[1], obj._need().parallel.batch) if len(o.onnx_shape) <= 4 else tuple(o.onnx_shape)
+
+
+def _hwdebug(obj):
+    """Print and return the debug counters of every cluster of the last run."""
+    counters = {}
+    for card, stats in enumerate(obj._last_stats):
+        for cl, cs in sorted(stats.clusters.items()):
+            counters[f"card {card} cluster {cl}"] = {
+                "cycles": cs.cycles, "instructions": cs.instructions, "busy": dict(cs.busy),
+                "token_wait": dict(cs.token_wait), "port_wait": dict(cs.port_wait),
+                "bytes_loaded": cs.bytes_loaded, "bytes_stored": cs.bytes_stored, "saturations": cs.saturations}
+    for key, d in counters.items():
+        print(f"{key}: " + ", ".join(f"{k}={v}" for k, v in d.items()))
+    return counters
+
+
+_NO_SENSOR = "the simulated card has no sensors (temperature, power): nothing is measured, only modelled"
+
+
+def _version(obj):
+    from .mdla import VERSION
+    return VERSION
+
+
+INFO: dict[str, InfoSpec] = {
+    "version": InfoSpec(_version, "version of this runtime"),
+    "build": InfoSpec(lambda o: f"open-mdla {_version(o)}", "build string of this runtime"),
+    "hwversion": InfoSpec(lambda o: hw_version(o._config()),
+                          "the hardware configuration in effect: its name and a digest of its parameters"),
+    "hwbuild": InfoSpec(lambda o: f"open-mdla RTL (hw/, Amaranth) of configuration {o._config().name!r}, "
+                                  f"{o._config().clusters_per_card} cluster(s) per card",
+                        "what the hardware is built from"),
+    "hwdebug": InfoSpec(_hwdebug, "prints (and returns) every cluster's debug counters of the last run: cycles, "
+                                  "instructions, busy, token and port waits, bytes moved, saturations"),
+    "hwtime": InfoSpec(lambda o: float(o._config().cycles_to_ms(o._hwcycles)), "modelled time of the last run (ms)"),
+    "hwcycles": InfoSpec(lambda o: int(o._hwcycles), "modelled cycles of the last run"),
+    "freq": InfoSpec(lambda o: int(o._config().clock_mhz), "clock (MHz)"),
+    "maxcluster": InfoSpec(lambda o: int(o._config().clusters_per_card), "clusters per card"),
+    "maxfpga": InfoSpec(lambda o: int(_pool().size), "simulated cards in the system"),
+    "temperature": InfoSpec(_refuse(_NO_SENSOR), "card temperature (°C)", _NO_SENSOR),
+    "busy_comp": InfoSpec(lambda o: int(o._stream.outstanding), "calls queued or running (PutInput not yet fetched)"),
+    "inshapes": InfoSpec(lambda o: ";".join(_shape(i) for i in o._need().inputs), "input shapes, ';' between inputs"),
+    "outshapes": InfoSpec(lambda o: ";".join(_shape(i) for i in o._need().final_outputs), "output shapes"),
+    "innames": InfoSpec(lambda o: ";".join(i.name for i in o._need().inputs), "input names"),
+    "outnames": InfoSpec(lambda o: ";".join(i.name for i in o._need().final_outputs), "output names"),
+    "addroff": InfoSpec(lambda o: int(o._need().memmap.end), "end of the loaded program's memory map (bytes)"),
+    "batch": InfoSpec(lambda o: int(o._need().parallel.batch), "images per Run/PutInput call"),
+    "numbatch": InfoSpec(lambda o: int(o._need().parallel.batch), "2018-2020 name of 'batch'"),
+    "numcluster": InfoSpec(lambda o: int(len(o._need().parallel.clusters)), "2018-2020: clusters in use"),
+    "numfpga": InfoSpec(lambda o: int(o._need().parallel.nfpgas), "2018-2020: cards in use"),
+    "outshape": InfoSpec(_outshape, "2020: (width, height, planes, batch) of the first output"),
+    "saturations": InfoSpec(lambda o: int(o._saturations), "values clipped to the 16-bit range in the last run"),
+    "layer_saturations": InfoSpec(lambda o: dict(o._layer_saturations), "the same per layer"),
+    "engine": InfoSpec(lambda o: _ray_cards().engine_info(o),
+                       "what runs the cards: serial, processes, or ray and where"),
+    "cards": InfoSpec(lambda o: _ray_cards().cards_info(o),
+                      "per card of this object: its engine, Ray node and pid, or worker pids"),
+    "comparesw_error": InfoSpec(lambda o: o._compare,
+                                "after a Run with comparesw=1: the largest |Run - Run_sw| of its outputs (None before)"),
+    "print_flags": InfoSpec(_print(flags_text), "prints every flag with its value in effect"),
+    "help": InfoSpec(_print(lambda o: help_text()), "prints the flags, letters and info names with what they do"),
+}
+
+
+def _ray_cards():
+    from . import ray_cards
+    return ray_cards
+
+
+def _pool():
+    from .cards import POOL
+    return POOL
+
+
+def get_info(obj, name):
+    if not isinstance(name, str):
+        raise TypeError(f"info name must be a string, got {type(name).__name__}")
+    spec = INFO.get(name)
+    if spec is not None:
+        return spec.get(obj)
+    key = ALIASES.get(name, name)
+    if key in FLAGS:
+        eff = effective_flags(obj)
+        return eff.get(key, obj._flags[key])
+    raise ValueError(f"unknown info name {name!r}; known: {sorted(INFO)} and the flag names")

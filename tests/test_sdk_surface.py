@@ -1,0 +1,202 @@
+"""The SDK surface: option letters, refused flags (with the reason), compile-time flags refused
+after load, GetInfo names reporting what is in effect, simplify, comparesw/runsw, vcd refused
+with the functional model, GetInfo('bitfile') after Init of a .bin."""
+import contextlib
+import io
+
+import numpy as np
+import onnx
+import pytest
+
+import microndla
+from runtime.flags import FLAGS, OPTION_LETTERS
+from runtime.info import INFO
+from zoo import small_cnn
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    p = tmp_path_factory.mktemp("sdk") / "m.onnx"
+    onnx.save(small_cnn(seed=3), str(p))
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+
+
+def _small(model, **flags):
+    ie = microndla.MDLA()
+    ie.SetFlag({"bitfile": "small", **flags})
+    ie.Compile(model)
+    return ie
+
+
+def test_options_letters_set_their_flags():
+    ie = microndla.MDLA()
+    ie.SetFlag("options", "Cs")
+    assert ie.GetInfo("clustersbatchmode") == 1 and ie.GetInfo("comparesw") == 1 and ie.GetInfo("options") == "Cs"
+    ie.SetFlag("options", "m")
+    assert ie.GetInfo("mvbatch") == 1
+
+
+@pytest.mark.parametrize("letters,match", [("k", "convalgo.*tiling"), ("p", "dropped by the SDK"), ("#", "unknown letter")])
+def test_refused_option_letters_name_why(letters, match):
+    ie = microndla.MDLA()
+    with pytest.raises(ValueError, match=match):
+        ie.SetFlag("options", letters)
+    assert ie.GetInfo("convalgo") == 0
+
+
+def test_every_option_letter_is_accepted_or_refused_with_a_reason():
+    for ch in OPTION_LETTERS:
+        ie = microndla.MDLA()
+        try:
+            ie.SetFlag("options", ch)
+        except ValueError as e:
+            assert "cannot take effect here" in str(e), (ch, e)
+
+
+@pytest.mark.parametrize("name,value,match", [("int8mode", 1, "16-bit"), ("fpgaid", 510, "simulated"),
+                                              ("has_varfp", 0, "always has"), ("runsw", 2, "samples"),
+                                              ("gen_loops", 1, "no loop"), ("debug", "t", "not implemented")])
+def test_refused_flags_say_why(name, value, match):
+    with pytest.raises(ValueError, match=match):
+        microndla.MDLA().SetFlag(name, value)
+
+
+def test_every_flag_default_is_accepted():
+    ie = microndla.MDLA()
+    for k, spec in FLAGS.items():
+        if k != "maxfpga":
+            ie.SetFlag(k, spec.default)
+        if k not in INFO:                          # (addroff is also an info name)
+            assert ie.GetInfo(k) == spec.default
+
+
+def test_compile_time_flags_after_compile_are_refused_and_getinfo_reports_what_is_in_effect(model):
+    ie = _small(model)
+    with pytest.raises(microndla.MDLAError, match="compiled with nfpgas=1"):
+        ie.SetFlag("nfpgas", 2)
+    with pytest.raises(microndla.MDLAError, match="bitfile='small'"):
+        ie.SetFlag("bitfile", "reference")
+    ie.SetFlag("nfpgas", 1)                       # the value in effect: accepted
+    assert ie.GetInfo("nfpgas") == 1 and ie.GetInfo("bitfile") == "small"
+    ie.Free()
+    ie.SetFlag("nfpgas", 2)                       # nothing loaded: for the next Compile
+    assert ie.GetInfo("nfpgas") == 2
+
+
+def test_bitfile_after_init_of_a_bin(model, tmp_path):
+    b = str(tmp_path / "m.bin")
+    ie = microndla.MDLA()
+    ie.SetFlag("bitfile", "small")
+    ie.Compile(model, outfile=b)
+    loaded = microndla.MDLA()
+    loaded.Init(b)
+    assert loaded.GetInfo("bitfile") == "small"
+    explicit = microndla.MDLA()
+    explicit.SetFlag("bitfile", "reference")
+    with pytest.raises(microndla.MDLAError, match="compiled for hardware configuration 'small'"):
+        explicit.Init(b)
+
+
+def test_vcd_with_the_functional_simulator_is_refused(model, x, tmp_path):
+    ie = _small(model)
+    ie.SetFlag("vcd", str(tmp_path / "w.vcd"))
+    with pytest.raises(microndla.MDLAError, match="writes no waveform"):
+        ie.Run(x)
+
+
+def test_simplify_runs_onnxsim_and_gives_the_same_program_results(model, x):
+    plain = _small(model)
+    ie = microndla.MDLA()
+    ie.SetFlag("bitfile", "small")
+    ie.Compile(model, simplify=True)
+    assert np.array_equal(ie.Run(x), plain.Run(x))
+
+
+def test_comparesw_and_runsw(model, x, capsys):
+    ie = _small(model, comparesw=1)
+    y = ie.Run(x)
+    assert ie.GetInfo("comparesw_error") == 0.0
+    assert "comparesw" in capsys.readouterr().err
+    sw = _small(model, runsw=1)
+    assert np.array_equal(sw.Run(x), y)
+
+
+def test_varfp_needs_samples(model, x):
+    ie = microndla.MDLA()
+    ie.SetFlag({"bitfile": "small", "options": "V"})
+    with pytest.raises(microndla.MDLAError, match="samples"):
+        ie.Compile(model)
+    ie.Compile(model, samples=[x])
+    assert ie.GetInfo("varfp") == 1
+
+
+def test_every_info_name_answers_or_says_why(model, x):
+    ie = _small(model)
+    ie.Run(x)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        for name, spec in INFO.items():
+            if spec.refused:
+                with pytest.raises(microndla.MDLAError, match="simulated"):
+                    ie.GetInfo(name)
+            else:
+                ie.GetInfo(name)
+    text = out.getvalue()
+    assert "bitfile = 'small'" in text and "hwdebug" in text and "card 0 cluster 0: cycles=" in text
+    assert ie.GetInfo("hwversion").startswith("small-") and ie.GetInfo("busy_comp") == 0
+
+
+def test_docs_sdk_md_is_generated_from_the_tables():
+    from runtime import sdkdoc
+    assert sdkdoc.PATH.read_text() == sdkdoc.render(), "run python -m runtime.sdkdoc"
+
+
+def test_every_method_the_docs_call_available_exists():
+    from runtime import sdkdoc
+    ie = microndla.MDLA()
+    for m, status in sdkdoc.METHODS.items():
+        assert hasattr(ie, m) == status.startswith("yes"), m
+
+
+def test_quantize_and_go(model, x, tmp_path):
+    ref = _small(model)
+    ie = microndla.MDLA()
+    ie.SetFlag("bitfile", "small")
+    with pytest.raises(microndla.MDLAError, match="No images"):
+        ie.Quantize("", model, str(tmp_path / "q.bin"), [])
+    ie.Quantize("", model, str(tmp_path / "q.bin"), [x])
+    assert (tmp_path / "q.bin").exists()
+    go = microndla.MDLA()
+    result = np.zeros(10, np.float32)
+    y = go.GO("", model, "small", x, result)
+    assert np.array_equal(y, ref.Run(x)) and np.array_equal(result, y.reshape(-1))
+
+
+def test_cli_version_and_refused_memory_size():
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and "mdla, version" in r.output
+    r = CliRunner().invoke(main, ["hw", "build", "--mem-kib", "-5", "-o", "x.v"])
+    assert r.exit_code == 2 and "-5 is not in the range" in r.output
+
+
+def test_cli_run_with_simulator_flags_and_a_checked_config(model, tmp_path):
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+    b = str(tmp_path / "m.bin")
+    r = CliRunner().invoke(main, ["compile", model, "-o", b, "--config", "small"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["run", b, "--simulator", "functional", "--flag", "comparesw=1"])
+    assert r.exit_code == 0 and "cycles" in r.output, r.output
+    r = CliRunner().invoke(main, ["run", b, "--config", "reference"])
+    assert r.exit_code == 1 and "compiled for hardware configuration 'small'" in r.output
+    r = CliRunner().invoke(main, ["run", b, "--flag", "int8mode=1"])
+    assert r.exit_code == 1 and "16-bit" in r.output and "Traceback" not in r.output
