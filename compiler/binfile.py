@@ -326,7 +326,9 @@ def _graph_checked(sec: dict[str, bytes], source: str) -> Graph:
 def _check_onnx(model: bytes, section: str, source: str) -> None:
     import onnx
     try:
-        onnx.checker.check_model(onnx.load_model_from_string(model))
+        # parsed, not checked: a host stage may be a model onnx.checker is stricter about than
+        # onnxruntime (e.g. an output without a shape); the evaluator reports what it cannot run
+        onnx.load_model_from_string(model)
     except Exception as e:  # noqa: BLE001 - protobuf and checker errors have no common base
         raise BinFormatError(f"{source}: section {section!r} is not a valid ONNX model: {type(e).__name__}: {e}") from None
 
