@@ -203,6 +203,10 @@ def _clusters(cfg: MachineConfig, clusters: int | None) -> int:
     return n
 
 
+#: the core's inputs that the top registers (see :func:`_wrapper`)
+_CORE_INPUTS = {"rst": "core_rst", "enable": "core_enable", "prog_addr": "core_prog_addr"}
+
+
 def _wrapper(cfg: MachineConfig, mem_words: int, n: int) -> str:
     """The top module: the core (``n`` clusters), the main memory (``MEM_WORDS`` words) and its
     loader and dumper."""
@@ -228,8 +232,19 @@ def _wrapper(cfg: MachineConfig, mem_words: int, n: int) -> str:
            f"  wire [{width - 1}:0] mem_wr_data;",
            f"  wire [{32 * n - 1}:0] mem_fetch_addr;",
            f"  wire [{INSTR_BITS * n - 1}:0] mem_fetch_data;",
+           "  // rst, enable and prog_addr reach the core through registers: a simulator then evaluates no",
+           "  // logic of the core when only the clock changes (Verilator's input region; Amaranth puts the",
+           "  // reset into the next-state logic of every register), so the core leaves reset one cycle later",
+           "  reg core_rst = 1'b1;",
+           f"  reg {rng(n)}core_enable = {n}'d0;",
+           f"  reg [{32 * n - 1}:0] core_prog_addr = {32 * n}'d0;",
+           "  always @(posedge clk) begin",
+           "    core_rst <= rst;",
+           "    core_enable <= enable;",
+           "    core_prog_addr <= prog_addr;",
+           "  end",
            f"  {TOP}_core core (",
-           ",\n".join(f"    .{p}({p})" for p in core_ports + ["mem_rd_addr", "mem_rd_data", "mem_wr_en", "mem_wr_addr",
+           ",\n".join(f"    .{p}({_CORE_INPUTS.get(p, p)})" for p in core_ports + ["mem_rd_addr", "mem_rd_data", "mem_wr_en", "mem_wr_addr",
                                                             "mem_wr_data", "mem_fetch_addr", "mem_fetch_data"]),
            "  );",
            "  // data port: synchronous read of the old word, then the write",
