@@ -12,7 +12,7 @@ last step is issued in cycle ``s + T`` (``s`` its start, ``T`` its steps) has wr
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -395,34 +395,19 @@ class MVUnit(wiring.Component):
         pool_out = Signal()
         m.d.sync += pool_out.eq(v1 & last1 & self.pool)
 
-        # stage O: output stages and output-buffer writes. The stages' arithmetic takes its inputs from
-        # copies made at the falling clock edge of the cycles whose results are written (a clock that
-        # falls only then; the inputs are registers, stable since the rising edge), so a cycle-based
-        # simulator evaluates it once per written result instead of every cycle; the results are
-        # stable from mid-cycle and written at the rising edge that ends stage O, as before
-        m.domains.ostage = ostage = ClockDomain("ostage", local=True, clk_edge="neg", reset_less=True)
-        outputting = Signal()
-        m.d.comb += outputting.eq(Cat(*(vv.out_valid for vv in vvs), pool_out).any())
-        m.d.comb += ostage.clk.eq(ClockSignal("sync") | ~outputting)
-        fields = {name: getattr(self, name) for name in ("shift", "act", "act_a", "act_b", "resid", "rshift", "mul")}
-        held = {name: Signal.like(sig, name=f"o_{name}") for name, sig in fields.items()}
-        m.d.ostage += [held[name].eq(sig) for name, sig in fields.items()]
+        # stage O: output stages and output-buffer writes
         sats = []
         for v, vv in enumerate(vvs):
             os_ = OutputStage(cfg)
             m.submodules[f"outstage{v}"] = os_
-            o_acc, o_res = Signal(acc_layout(cfg), name=f"o_acc{v}"), Signal(word_layout(cfg), name=f"o_res{v}")
-            m.d.ostage += [o_acc.eq(vv.out_acc), o_res.eq(rrps[v].data)]
-            m.d.comb += [os_.acc.eq(o_acc), os_.shift.eq(held["shift"]), os_.act.eq(held["act"]),
-                         os_.act_a.eq(held["act_a"]), os_.act_b.eq(held["act_b"]),
-                         os_.resid.eq(held["resid"]), os_.res.eq(o_res), os_.rshift.eq(held["rshift"])]
+            m.d.comb += [os_.acc.eq(vv.out_acc), os_.shift.eq(self.shift), os_.act.eq(self.act),
+                         os_.act_a.eq(self.act_a), os_.act_b.eq(self.act_b),
+                         os_.resid.eq(self.resid), os_.res.eq(rrps[v].data), os_.rshift.eq(self.rshift)]
             wr = vv.out_valid & self.write
             m.d.comb += [owps[v].addr.eq(out2 + v), owps[v].data.eq(os_.out), owps[v].en.eq(wr)]
             sats.append(Mux(wr, sum(os_.sat[l] for l in range(L)), 0))
         m.submodules.avgstage = avs = AverageStage(cfg)
-        o_pacc = Signal.like(pacc, name="o_pacc")
-        m.d.ostage += o_pacc.eq(pacc)
-        m.d.comb += [avs.sum.eq(o_pacc), avs.mul.eq(held["mul"]), avs.shift.eq(held["shift"])]
+        m.d.comb += [avs.sum.eq(pacc), avs.mul.eq(self.mul), avs.shift.eq(self.shift)]
         pmax = Signal(word_layout(cfg))
         for l in range(L):
             m.d.comb += pmax[l].eq(pacc[l][:cfg.data_bits])

@@ -60,8 +60,6 @@ def run_trace(cfg, instr: Instr, maps: np.ndarray, kern: np.ndarray, resid: np.n
         cycles = compute_cycles(instr, cfg)
         sat = 0
         for t in range(1, cycles):          # cycles s+1 .. e-1; the buffer is read at e
-            # stage O's results settle at the falling edge (the ostage domain of MVUnit): sample after it
-            await ctx.delay(0.75e-6)
             sat += ctx.get(mv.sat_count)
             await ctx.tick()
         res["sat"] = sat
