@@ -73,9 +73,8 @@ def random_case(seed: int, simulator: str = "verilator"):
     from hypothesis.control import BuildContext
     from hypothesis.internal.conjecture.data import ConjectureData
 
-    from arch.isa import encode_program
     try:
-        from tests.hw.test_differential import DATA, MEM, OUT, random_programs
+        from tests.hw.test_differential import program_memory, random_programs
     except ImportError as e:
         raise RuntimeError("the random programs come from tests/hw/test_differential.py: run from a checkout "
                            f"of the repository (on every Ray node too): {e}") from None
@@ -88,14 +87,7 @@ def random_case(seed: int, simulator: str = "verilator"):
         # the nearer of the opt-in test's few builds (queue depth, memory latency): few Verilator builds
         from tests.cocotb.test_verilog_card import _random_case
         cfg, progs = _random_case((cfg, progs))
-    rng = np.random.default_rng(seed)
-    mem = np.zeros(MEM, dtype=np.uint8)
-    mem[DATA:OUT] = rng.integers(0, 256, OUT - DATA, dtype=np.uint8)
-    addrs = {}
-    for c, p in progs.items():
-        code = encode_program(p)
-        mem[0x1000 * c:0x1000 * c + len(code)] = np.frombuffer(code, dtype=np.uint8)
-        addrs[c] = 0x1000 * c
+    mem, addrs = program_memory(progs, seed)
     return cfg, mem, addrs
 
 

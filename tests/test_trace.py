@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import microndla
 from arch.machine import SMALL
 from runtime import trace as tr
-from tests.hw.test_differential import DATA, MEM, OUT, random_programs
+from tests.hw.test_differential import DATA, MEM, OUT, program_memory, random_programs
 from zoo import kernels
 
 # ------------------------------------------------------------------------------------------------
@@ -405,18 +405,10 @@ def test_rtl_timeline_on_the_timing_corner_cases(name):
 def test_rtl_timeline_on_random_programs(case, seed):
     """Random valid multi-cluster programs (the differential tests' generator): the RTL's timeline
     is the model's, instruction for instruction."""
-    from arch.isa import encode_program
     from hw.run import run_rtl
     from sim.card import SimError, run_card
     cfg, progs = case
-    rng = np.random.default_rng(seed)
-    mem = np.zeros(MEM, dtype=np.uint8)
-    mem[DATA:OUT] = rng.integers(0, 256, OUT - DATA, dtype=np.uint8)
-    addrs = {}
-    for c, p in progs.items():
-        code = encode_program(p)
-        mem[0x1000 * c:0x1000 * c + len(code)] = np.frombuffer(code, dtype=np.uint8)
-        addrs[c] = 0x1000 * c
+    mem, addrs = program_memory(progs, seed)
     try:
         want = run_card(cfg, mem.copy(), addrs, trace=True)
     except SimError:                 # a race the generator did not avoid: not a valid program

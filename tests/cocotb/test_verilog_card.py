@@ -333,17 +333,10 @@ if _random_verilator_examples():
         random_programs_verilator``."""
         from cocotb_util import require
         from sim.card import SimError
-        from tests.hw.test_differential import DATA, MEM, OUT
+        from tests.hw.test_differential import program_memory
         require("verilator")
         cfg, progs = _random_case(case)
-        rng = np.random.default_rng(seed)
-        mem = np.zeros(MEM, dtype=np.uint8)
-        mem[DATA:OUT] = rng.integers(0, 256, OUT - DATA, dtype=np.uint8)
-        addrs = {}
-        for c, p in progs.items():
-            code = encode_program(p)
-            mem[0x1000 * c:0x1000 * c + len(code)] = np.frombuffer(code, dtype=np.uint8)
-            addrs[c] = 0x1000 * c
+        mem, addrs = program_memory(progs, seed)
         try:
             run_card(cfg, mem.copy(), addrs)
         except SimError:          # a race the generator did not avoid: not a valid program

@@ -195,6 +195,20 @@ OUT = 0x8000           # each cluster stores into its own region
 MEM = 0xA000
 
 
+def program_memory(progs, seed):
+    """The card memory of a random case: random input bytes (from ``seed``) and each cluster's
+    program at 0x1000 * cluster; returns (memory, {cluster: program address})."""
+    rng = np.random.default_rng(seed)
+    mem = np.zeros(MEM, dtype=np.uint8)
+    mem[DATA:OUT] = rng.integers(0, 256, OUT - DATA, dtype=np.uint8)
+    addrs = {}
+    for c, p in progs.items():
+        code = encode_program(p)
+        mem[0x1000 * c:0x1000 * c + len(code)] = np.frombuffer(code, dtype=np.uint8)
+        addrs[c] = 0x1000 * c
+    return mem, addrs
+
+
 @st.composite
 def random_programs(draw):
     """Race-free random programs: each cluster runs rounds of LOAD maps (+ LOAD RES) + LOAD kernel ->
@@ -318,14 +332,7 @@ def test_random_programs(case, seed):
                       else "LOAD RES")
             if i.op == "CONV":
                 event(f"CONV act {Act(i.act).name}")
-    rng = np.random.default_rng(seed)
-    mem = np.zeros(MEM, dtype=np.uint8)
-    mem[DATA:OUT] = rng.integers(0, 256, OUT - DATA, dtype=np.uint8)
-    addrs = {}
-    for c, p in progs.items():
-        code = encode_program(p)
-        mem[0x1000 * c:0x1000 * c + len(code)] = np.frombuffer(code, dtype=np.uint8)
-        addrs[c] = 0x1000 * c
+    mem, addrs = program_memory(progs, seed)
     try:
         run_card(cfg, mem.copy(), addrs)
     except SimError:                 # a race the generator did not avoid: not a valid program
