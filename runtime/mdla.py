@@ -36,7 +36,7 @@ from .driver import _image, _objects_on, _run_joint
 from .errors import MDLAError
 from .flags import FlagSet
 from .info import NoSuchInfo, get_info
-from .run_flags import check_settable_after_load
+from .run_flags import check_flags, parallel_for, set_flag
 from .streaming import Stream, StreamClosed, StreamDeadlock
 from .workers import WorkerCrashed, WorkerTimeout
 
@@ -82,16 +82,7 @@ class MDLA:
     # ------------------------------------------------------------------ flags and info
     def SetFlag(self, name, value=""):
         """Set one flag, or several from a dict; values are coerced with str() as in the SDK."""
-        if isinstance(name, dict):
-            for k, v in name.items():
-                self.SetFlag(k, v)
-            return
-        if self._compiled is not None and name != "reset":
-            check_settable_after_load(self, name, value)
-        self._flags.set(name, value)
-        if name == "maxfpga":
-            ray_cards.check_maxfpga(self._flags)
-            POOL.resize(self._flags["maxfpga"])
+        set_flag(self, name, value)
 
     def GetInfo(self, name: str):
         """A typed value: the names of ``runtime.info.INFO`` ('version', 'hwtime', 'hwcycles',
@@ -199,24 +190,7 @@ class MDLA:
         self._cards = []
 
     def _parallel(self, cfg) -> Parallel:
-        f = self._flags
-        nclus, first = f["nclusters"], f["firstcluster"]
-        if first + nclus > cfg.clusters_per_card:
-            raise MDLAError(f"clusters {first}..{first + nclus - 1} requested (firstcluster={first}, "
-                            f"nclusters={nclus}); the {cfg.name!r} configuration has {cfg.clusters_per_card} "
-                            f"clusters per card")
-        if f["nfpgas"] > POOL.size:
-            raise MDLAError(f"nfpgas={f['nfpgas']} but the simulated system has {POOL.size} cards "
-                            f"(SetFlag('maxfpga', n) to change it)")
-        if f["mvbatch"] and f["imgs_per_cluster"] % cfg.mv_per_cluster:
-            raise MDLAError(f"mvbatch needs imgs_per_cluster to be a multiple of {cfg.mv_per_cluster} (the MV units "
-                            f"of a cluster), got imgs_per_cluster={f['imgs_per_cluster']}")
-        if f["mvbatch"] and f["clustersbatchmode"] and nclus > 1:
-            raise MDLAError("mvbatch and clustersbatchmode cannot be combined: either each MV unit takes its own "
-                            "image, or the clusters split one image")
-        return Parallel(nfpgas=f["nfpgas"], clusters=tuple(range(first, first + nclus)),
-                        imgs_per_cluster=f["imgs_per_cluster"], mvbatch=bool(f["mvbatch"]),
-                        split=bool(f["clustersbatchmode"]))
+        return parallel_for(self._flags, cfg)
 
     @staticmethod
     def _residents(other: "MDLA") -> list[Compiled]:
@@ -421,9 +395,7 @@ class MDLA:
         return self._compiled.cfg if self._compiled is not None else get_config(self._flags["bitfile"])
 
     def _check_flags(self):
-        bad = self._flags.unsupported()
-        if bad:
-            raise MDLAError("flag value(s) not supported by this build yet: " + "; ".join(bad))
+        check_flags(self._flags)
 
     def _need(self) -> Compiled:
         if self._compiled is None:
