@@ -15,6 +15,7 @@ path. ``PutInput``/``GetResult`` stream inputs through two buffers.
 """
 from __future__ import annotations
 
+import os
 import sys
 import weakref
 from pathlib import Path
@@ -30,7 +31,7 @@ from compiler.ir import CompileError
 from compiler.partition import HostStage, Staged, compile_partitioned
 from compiler.memmap import align
 
-from . import ray_cards
+from . import lowlevel, ray_cards
 from .cards import POOL, CardsUnavailable
 from .driver import _image, _objects_on, _run_joint
 from .errors import MDLAError
@@ -65,6 +66,7 @@ class MDLA:
         self._layer_saturations: dict[str, int] = {}     #: last Run's saturations per layer (runtime.saturation)
         self._compare: float | None = None                #: comparesw: the last run's largest difference
         self._stream = self._new_stream()
+        self._low_reset()
         self._finalizer = weakref.finalize(self, POOL.release, self._owner)
 
     def _new_stream(self) -> Stream:
@@ -185,9 +187,103 @@ class MDLA:
 
     def _free_model(self):
         self._stream.close()
+        for m in getattr(self, "_multi", []):
+            m.Free()
         POOL.release(self._owner)
         self._compiled = None
         self._cards = []
+        self._low_reset()
+
+    def _low_reset(self):
+        self._multi: list[MDLA] = []                #: Loadmulti: the objects of the programs after the first
+        self._memcard = None                        #: CreateMemcard: {'cfg', 'clusters'} of cards without a model
+        self._mallocs_end: dict[int, list[int]] = {}   #: Malloc: card -> ends of its buffers
+        self._symbols: dict[str, int] = {}          #: Malloc: name -> address (@name in ReadCode)
+        self._code: dict[int, list] = {}            #: ReadCode: address -> program
+
+    # ------------------------------------------------------------------ low level (runtime.lowlevel)
+    def ReadData(self, addr, data, card=0):
+        """Copy ``data.nbytes`` bytes of card ``card``'s memory from byte address ``addr`` into ``data``."""
+        lowlevel.read_data(self, addr, data, card)
+
+    def WriteData(self, addr, data, card=0):
+        """Copy the bytes of the array ``data`` into card ``card``'s memory at byte address ``addr``."""
+        lowlevel.write_data(self, addr, data, card)
+
+    def WriteWeights(self, weights, bias=None, node=-1):
+        """Replace the weights (and bias) of layer ``node`` (-1: the last linear layer; an index among
+        the convolution/linear layers, or a name) of the loaded program, in the program's formats."""
+        lowlevel.write_weights(self, weights, bias, node)
+
+    def CreateMemcard(self, nfpga, nclus, fbitfile=""):
+        """Take ``nfpga`` cards for low-level use without a model (Malloc, ReadCode, HwRun on clusters 0..nclus-1)."""
+        lowlevel.create_memcard(self, nfpga, nclus, fbitfile)
+
+    def Malloc(self, nelements, datasize, card, name):
+        """A buffer of nelements x datasize bytes on card ``card``; returns its address (``@name`` in ReadCode)."""
+        return lowlevel.malloc(self, nelements, datasize, card, name)
+
+    def ReadCode(self, filename, instr_addr):
+        """Assemble the text program ``filename`` (arch.asm; ``@name`` = a Malloc'ed address) into card
+        memory at ``instr_addr`` on every card; returns the machine code (int32)."""
+        return lowlevel.read_code(self, filename, instr_addr)
+
+    def HwRun(self, instr_addr, outsize=0):
+        """Run the code ReadCode put at ``instr_addr`` to its END; returns (hwtime in s, bytes moved)."""
+        return lowlevel.hw_run(self, instr_addr, outsize)
+
+    def GetNonlinCoefs(self, type):
+        """The output stage's table for activation ``type`` ('sigmoid', 'tanh', 'mish' or an arch.isa.Act value)."""
+        return lowlevel.nonlin_coefs(type)
+
+    def Loadmulti(self, bins):
+        """Load several .bin programs on this object, resident together on its cards (each one after the
+        others; one compiled to start at 0 is laid out again there from its graph section). ``Run``
+        then takes the inputs of every program in order and returns the outputs of every program."""
+        import copy
+        if isinstance(bins, (str, os.PathLike)) or not isinstance(bins, (list, tuple)) or not bins:
+            raise MDLAError("Loadmulti: bins must be a non-empty list of .bin paths")
+        compiled = [binfile.read(b) for b in bins]
+        for b, c in zip(bins[1:], compiled[1:]):
+            if c.cfg != compiled[0].cfg or c.parallel.nfpgas != compiled[0].parallel.nfpgas:
+                raise MDLAError(f"Loadmulti: {b} was compiled for {c.cfg.name!r} on {c.parallel.nfpgas} card(s), "
+                                f"{bins[0]} for {compiled[0].cfg.name!r} on {compiled[0].parallel.nfpgas}")
+        self.Init(bins[0])
+        members = []
+        try:
+            for c in compiled[1:]:
+                end = align(max(r.memmap.end for r in self._residents(self)))
+                if c.memmap.base < end:
+                    c = lowlevel.relocate(c, end)
+                m = MDLA()
+                m._flags = copy.deepcopy(self._flags)
+                m._load(c, self)
+                members.append(m)
+        except BaseException:
+            for m in members:
+                m.Free()
+            self._free_model()
+            raise
+        self._multi = members
+
+    def _run_multi(self, images, simulator: str | None = None):
+        """Run of a Loadmulti object: each program on its share of ``images``, one after another."""
+        objs = [self] + self._multi
+        arrays = list(images) if isinstance(images, (list, tuple)) else [images]
+        need = [len(o._compiled.inputs) for o in objs]
+        if len(arrays) != sum(need):
+            raise ValueError(f"Loadmulti: the {len(objs)} programs take {sum(need)} input(s) ({need}), "
+                             f"got {len(arrays)}")
+        outs, cycles, k = [], 0, 0
+        for o, n in zip(objs, need):
+            part = arrays[k:k + n]
+            k += n
+            r, cyc = _run_joint([(o, part if n > 1 else part[0])], simulator)[0]
+            outs += r if isinstance(r, list) else [r]
+            cycles += cyc
+        self._hwcycles = cycles
+        return outs
+
 
     def _parallel(self, cfg) -> Parallel:
         return parallel_for(self._flags, cfg)
@@ -200,7 +296,8 @@ class MDLA:
         if not isinstance(other, MDLA) or other._compiled is None:
             raise MDLAError("Compile(..., MDLA=other): the other object must already have a model loaded")
         self._check_link(other, parallel)
-        return align(max(c.memmap.end for c in self._residents(other)))
+        return align(max([c.memmap.end for c in self._residents(other)]
+                         + [e for o in _objects_on(other._cards) for ends in o._mallocs_end.values() for e in ends]))
 
     def _check_link(self, other: "MDLA", parallel: Parallel) -> None:
         oc = other._compiled
@@ -266,6 +363,8 @@ class MDLA:
         for a single-output network, else a list, each with a leading batch dimension."""
         if self._flags["runsw"]:
             return self.Run_sw(images)
+        if self._multi:
+            return self._run_multi(images)
         results, cycles = self._run_call(images)
         if self._flags["comparesw"]:
             self._compare_with_software(images, results)
@@ -285,6 +384,8 @@ class MDLA:
 
     def Run_sw(self, images):
         """Run on the bit-exact functional model, whatever the 'simulator' flag says."""
+        if self._multi:
+            return self._run_multi(images, simulator="functional")
         results, _ = self._run_call(images, simulator="functional")
         return results
 
@@ -343,6 +444,8 @@ class MDLA:
         """Queue one call's inputs (None: end-of-stream marker) with a user object; returns False when
         both input buffers are busy and 'blockingmode' is 0."""
         c = self._need()
+        if self._multi:
+            raise MDLAError("PutInput: an object with several programs (Loadmulti) runs them with Run")
         if images is not None:
             # The SDK copied the inputs into its buffer here: the caller may refill its array at once.
             images = _copy_inputs(images)
