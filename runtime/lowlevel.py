@@ -39,12 +39,12 @@ def _cfg(obj):
     raise MDLAError("no cards: load a model (Compile/Init) or CreateMemcard(nfpga, nclus, bitfile) first")
 
 
-def _card(obj, card):
+def _card(obj, card, ray_ok: bool = False):
     _cfg(obj)
-    if obj._flags["workers"] == "ray":
+    if obj._flags["workers"] == "ray" and not ray_ok:
         raise MDLAError("with workers='ray' the card memory lives in the Ray card actors and this process's copy "
                         "does not see the runs' results; SetFlag('workers', 'serial') (or 'processes') for "
-                        "ReadData/WriteData/Malloc/ReadCode/HwRun")
+                        "WriteData/Malloc/ReadCode/HwRun/WriteWeights (ReadData fetches from the actors)")
     if isinstance(card, bool) or not isinstance(card, (int, np.integer)):
         raise MDLAError(f"card must be an int, got {type(card).__name__}")
     if not 0 <= card < len(obj._cards):
@@ -55,7 +55,7 @@ def _card(obj, card):
 def extent(obj, card) -> int:
     """Bytes of card ``card`` that hold something: the resident models' memory maps and the Malloc'ed buffers."""
     from .driver import _objects_on
-    c = _card(obj, card)
+    c = _card(obj, card, ray_ok=True)
     ends = [o._compiled.memmap.end for o in _objects_on([c])]
     ends += [end for o in _owners(c) for end in getattr(o, "_mallocs_end", {}).get(c.index, [])]
     return max(ends, default=0)
@@ -87,12 +87,25 @@ def _check_range(obj, card, addr, nbytes: int, what: str) -> None:
 
 
 def read_data(obj, addr, data, card) -> None:
-    """``ReadData``: copy ``data.nbytes`` bytes of card memory from ``addr`` into ``data``."""
-    c = _card(obj, card)
+    """``ReadData``: copy ``data.nbytes`` bytes of card memory from ``addr`` into ``data`` (with
+    workers='ray', from the card's actor once a run has loaded one: its memory has the results)."""
+    c = _card(obj, card, ray_ok=True)
     view = _bytes_view(data, "ReadData", writable=True)
     _check_range(obj, card, addr, view.size, "ReadData")
-    with c.lock:
-        view[:] = c.memory[int(addr):int(addr) + view.size]
+    a = int(addr)
+    if obj._flags["workers"] == "ray":
+        from . import ray_cards
+        if len(c.owners) > 1:
+            raise MDLAError("ReadData with workers='ray' on cards shared by linked models: the actors' memory may be "
+                            "another object's run; SetFlag('workers', 'serial') to read the card memory here")
+        eng = ray_cards._ENGINES.get(obj._owner)
+        placed = eng.actors.get(c.index) if eng is not None and not eng.closed else None
+        if placed is not None and placed.key is not None:
+            memory = eng.ray.get(placed.handle.snapshot.remote())
+            view[:] = memory[a:a + view.size]
+            return
+    with c.lock:                    # (no Ray run yet: this copy is what the actors would load)
+        view[:] = c.memory[a:a + view.size]
 
 
 def write_data(obj, addr, data, card) -> None:
@@ -169,6 +182,7 @@ def read_code(obj, filename, instr_addr) -> np.ndarray:
     from arch.asm import assemble
     from arch.isa import ISAError, encode_program, validate
     cfg = _cfg(obj)
+    _card(obj, 0)                                  # (refused with workers='ray', with the reason)
     try:
         text = Path(filename).read_text()
     except (OSError, UnicodeDecodeError) as e:

@@ -88,7 +88,9 @@ def test_read_write_bad_input(model):
         microndla.MDLA().ReadData(0, buf, 0)
     ie.SetFlag("workers", "ray")
     with pytest.raises(MDLAError, match="Ray card actors"):
-        ie.ReadData(0, buf, 0)
+        ie.WriteData(0, buf, 0)
+    with pytest.raises(MDLAError, match="Ray card actors"):
+        ie.HwRun(0, 0)
 
 
 # ------------------------------------------------------------------ Malloc / ReadCode / HwRun
