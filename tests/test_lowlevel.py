@@ -102,8 +102,10 @@ END
 """
 
 
-def test_hwrun_of_hand_written_code_gives_the_functional_models_result(tmp_path):
+@pytest.mark.parametrize("simulator", ["functional", "amaranth"])
+def test_hwrun_of_hand_written_code_gives_the_functional_models_result(tmp_path, simulator):
     ie = microndla.MDLA()
+    ie.SetFlag("simulator", simulator)                 # the RTL too: same bits, same cycles
     ie.CreateMemcard(1, 1, "small")
     n = 24
     words = n * SMALL.lanes
@@ -284,3 +286,7 @@ def test_loadmulti_runs_every_program(tmp_path, x):
         microndla.MDLA().Loadmulti([])
     with pytest.raises(MDLAError, match="non-empty list"):
         microndla.MDLA().Loadmulti(bins[0])
+    ref = microndla.MDLA()                              # the reference configuration
+    ref.Compile(str(tmp_path / "m0.onnx"), outfile=str(tmp_path / "ref.bin"))
+    with pytest.raises(MDLAError, match="compiled for 'reference'"):
+        microndla.MDLA().Loadmulti([bins[0], str(tmp_path / "ref.bin")])
