@@ -33,13 +33,13 @@ class VerilogExecutor(Executor):
     OPTIONS = {"verbose": False, "harness": None, "progress": None}
 
     def __init__(self, verbose: bool = False, harness: str | None = None, progress: bool | None = None,
-                 check_hazards: bool = True):
+                 check_hazards: bool = True, **options):
         from hw.verilog_run import HARNESSES
         if harness is not None and harness not in HARNESSES:
             raise ValueError(f"unknown harness {harness!r}; known: {HARNESSES}")
         if harness == "main" and self.sim != "verilator":
             raise ValueError(f"the C++ harness is Verilator's; {self.sim} runs under cocotb")
-        super().__init__(check_hazards, verbose=verbose, harness=harness, progress=progress)
+        super().__init__(check_hazards, verbose=verbose, harness=harness, progress=progress, **options)
         self.last_run: dict = {}
 
     def build(self, cfg, clusters: int | None = None):

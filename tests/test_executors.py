@@ -28,6 +28,9 @@ def test_options_are_taken_at_construction_and_unknown_ones_refused():
     with pytest.raises(ValueError, match="unknown simulator"):
         make_executor("nosuch")
     assert make_executor("amaranth", vcd="w.vcd").vcd == "w.vcd"
+    with pytest.raises(ExecutorOptionError, match="icarus simulator has no option trace"):
+        make_executor("icarus", trace=True)
+    assert make_executor("verilator", harness="main").harness == "main"
 
 
 def test_workers_are_an_option_of_the_functional_executor():
