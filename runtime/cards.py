@@ -22,7 +22,7 @@ import numpy as np
 
 from arch.machine import REFERENCE
 
-from .workers import ClusterHelper, Worker
+from .workers import Worker
 
 
 class CardsUnavailable(RuntimeError):
@@ -71,22 +71,6 @@ class Card:
             self.workers.append(Worker(f"card {self.index}" + (f" (helper {len(self.workers)})"
                                                                 if self.workers else "")))
         return self.workers[k]
-
-    def run(self, cfg, programs: dict[int, int], executor, where: str, *, check_hazards: bool,
-            trace: bool = False, helpers: int = 2, timeout: float | None = None):
-        """Run ``programs`` on this card's memory (see ``runtime.workers.plan`` for ``where``);
-        ``timeout``: seconds a worker may take to answer (``runtime.workers.reply_timeout``)."""
-        if where == "here":
-            return executor.run(cfg, self.memory, programs, check_hazards=check_hazards)
-        name, size = self.shared(), len(self.memory)
-        if where == "cards":
-            return self.worker(0).call(("run", name, size, cfg, programs, check_hazards, trace), timeout)
-        if where == "clusters":
-            from sim.parallel import run_card_parallel
-            return run_card_parallel(cfg, self.memory, programs,
-                                     [ClusterHelper(self.worker(k), name, size, timeout) for k in range(helpers)],
-                                     check_hazards=check_hazards, trace=trace)
-        raise ValueError(f"unknown place to run a card: {where!r}")
 
     def clear(self) -> None:
         """Back to an empty card: stop its workers, free its memory."""

@@ -1,39 +1,232 @@
-"""Executors: what runs a compiled program on a card memory image.
+"""Executors: what runs a loaded program on the simulated cards.
 
-Every executor takes the same inputs (machine configuration, memory image, program start
-addresses) and returns the same ``sim.card.CardStats``; they must agree on every memory bit and
-every cycle. ``functional`` is the vectorised functional model in ``sim/``; the RTL executors
-(Amaranth, Icarus, Verilator) register here when they exist.
+The contract (adding an executor is one class and one entry of :data:`EXECUTORS`):
+
+* An executor takes its options at construction (``make_executor(name, **options)``); the options
+  a class takes are its ``OPTIONS`` (besides ``check_hazards``, which every executor accepts), and
+  asking a class for one it does not take is refused (:class:`ExecutorOptionError`), never ignored.
+* :meth:`Executor.run` runs the programs of some clusters of one card memory image (machine
+  configuration, memory, ``{cluster: program address}``) and returns ``sim.card.CardStats``. This is
+  the one method a new executor must write; every executor must agree on every memory bit and
+  every cycle.
+* :meth:`Executor.execute` runs a loaded program (``jobs``: (compiled, input arrays, batch) per
+  model sharing the cards) on ``cards`` to a :class:`RunResult`: outputs, cycles, counters,
+  saturations. The base class writes the images, runs each card (:meth:`run_card`) and reads the
+  outputs back; :meth:`placement`, :meth:`run_card` and :meth:`card_threads` are the hooks for
+  where and how a card runs.
+
+``functional`` is the vectorised functional model in ``sim/``; its ``workers`` option runs cards
+(or the clusters of one card) in worker processes (``runtime.workers``). The RTL executors
+(Amaranth here; Icarus and Verilator in ``runtime.verilog_executors``) register here too.
 """
 from __future__ import annotations
 
-from typing import Protocol
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from arch.machine import MachineConfig
 
 
-class Executor(Protocol):
-    name: str
+class ExecutorOptionError(ValueError):
+    """An option the executor does not have (or a bad value for one it has)."""
 
+
+@dataclass
+class RunResult:
+    """One run of a loaded program on its cards.
+
+    ``stats``: ``sim.card.CardStats`` per card (index = card); ``outputs``: per job, per image, the
+    float outputs (ONNX shapes without the batch axis); ``input_saturations``: per job, the input
+    values clipped converting them to fixed point."""
+    stats: list
+    outputs: list = field(default_factory=list)
+    input_saturations: list = field(default_factory=list)
+
+    def _mine(self, clusters=None):
+        return [cs for s in self.stats for cl, cs in s.clusters.items() if clusters is None or cl in clusters]
+
+    def cycles(self, clusters=None) -> int:
+        """Modelled cycles of ``clusters`` (default all) on the slowest card."""
+        return max((cs.cycles for cs in self._mine(clusters)), default=0)
+
+    def saturations(self, clusters=None) -> int:
+        """Values the output stages of ``clusters`` (default all) clipped to the data range."""
+        return sum(cs.saturations for cs in self._mine(clusters))
+
+    def cluster_stats(self, clusters=None) -> list:
+        """(ClusterStats, cluster) of ``clusters`` on every card."""
+        return [(s.clusters[cl], cl) for s in self.stats for cl in sorted(s.clusters)
+                if clusters is None or cl in clusters]
+
+    def counters(self, clusters=None) -> dict:
+        """Summed counters of ``clusters``: instructions, bytes loaded and stored, MACs, MAC slots."""
+        mine = self._mine(clusters)
+        return {k: sum(getattr(cs, k) for cs in mine)
+                for k in ("instructions", "bytes_loaded", "bytes_stored", "macs", "mac_slots")}
+
+
+class Executor:
+    """Base class of the executors (see the module's docstring for the contract)."""
+    name = ""
+    #: construction options besides ``check_hazards`` (attribute of the same name, its default here)
+    OPTIONS: dict[str, object] = {}
+
+    def __init__(self, check_hazards: bool = True, **options):
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise ExecutorOptionError(f"the {self.name} simulator has no option {', '.join(unknown)} "
+                                      f"(its options: {', '.join(['check_hazards', *self.OPTIONS])})")
+        self.check_hazards = bool(check_hazards)
+        for k, default in self.OPTIONS.items():
+            setattr(self, k, options.get(k, default))
+
+    # ---------------------------------------------------------------- one card memory
     def run(self, cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], *,
-            check_hazards: bool = True): ...
+            check_hazards: bool | None = None):
+        """Run ``programs`` ({cluster: program address}) on ``memory`` to completion: CardStats."""
+        raise NotImplementedError
+
+    def _check(self, check_hazards: bool | None) -> bool:
+        return self.check_hazards if check_hazards is None else bool(check_hazards)
+
+    # ---------------------------------------------------------------- where a card runs
+    def placement(self, nfpgas: int, nprograms: int, macs_per_card: int) -> str:
+        """Where the cards of a run go: 'here' (this process) unless an executor says otherwise."""
+        return "here"
+
+    def card_threads(self, nfpgas: int, where: str) -> int:
+        """Threads that drive the cards of one run: an executor that runs outside this interpreter
+        (an external simulator) may use other cores, so one thread per card up to the core count."""
+        return min(nfpgas, os.cpu_count() or 1)
+
+    def prepare_card(self, card, where: str) -> None:
+        """Called under the card's lock before the inputs are written."""
+
+    def run_card(self, card, cfg, programs, where: str, macs_per_card: int):
+        """Run ``programs`` on ``card`` (its lock held) for the placement ``where``: CardStats."""
+        return self.run(cfg, card.memory, programs)
+
+    # ---------------------------------------------------------------- a loaded program
+    def execute(self, cards, jobs) -> RunResult:
+        """Run ``jobs`` ((compiled, arrays, batch) per model sharing ``cards``) on ``cards``: every image
+        written to its card, cluster and slot, one run per card, the outputs read back."""
+        from arch.numerics import fixed_to_float, float_to_fixed
+        cfg = jobs[0][0].cfg
+        programs = program_addresses(jobs)
+        nfpgas = jobs[0][0].parallel.nfpgas
+        macs = sum(sum(l.macs for l in c.layers) * batch for c, _, batch in jobs) // nfpgas
+        where = self.placement(nfpgas, len(programs), macs)
+
+        def run_card(f: int):
+            card = cards[f]
+            outs, sat = {}, [0] * len(jobs)
+            with card.lock:
+                self.prepare_card(card, where)
+                for j, (c, arrays, batch) in enumerate(jobs):
+                    mm, p = c.memmap, c.parallel
+                    for n in range(batch):
+                        if p.slot(n)[0] != f:
+                            continue
+                        for k, i in enumerate(c.inputs):
+                            lay = mm.tensors[i.tensor]
+                            q, over = float_to_fixed(image(c, arrays, k, n), lay.frac)
+                            sat[j] += over
+                            lay.write(card.memory, mm.tensor_addr(i.tensor, p.slot(n)[2]), cfg.lanes, q)
+                stats = self.run_card(card, cfg, programs, where, macs)
+                for j, (c, arrays, batch) in enumerate(jobs):
+                    mm, p = c.memmap, c.parallel
+                    for n in range(batch):
+                        if p.slot(n)[0] == f:
+                            outs[(j, n)] = [
+                                fixed_to_float(mm.tensors[o.tensor].read(card.memory, mm.tensor_addr(o.tensor, p.slot(n)[2]),
+                                                                         cfg.lanes), mm.tensors[o.tensor].frac)
+                                .reshape(o.onnx_shape[1:]) for o in c.outputs]
+            return stats, outs, sat
+
+        threads = self.card_threads(nfpgas, where)
+        if nfpgas > 1 and threads > 1:
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mdla-card") as pool:
+                per_card = list(pool.map(run_card, range(nfpgas)))
+        else:
+            per_card = [run_card(f) for f in range(nfpgas)]
+        return merge_cards(per_card, jobs)
 
 
-class FunctionalExecutor:
-    """The functional model: one vectorised numpy operation per compute instruction."""
+def program_addresses(jobs) -> dict[int, int]:
+    """{cluster: program address} of every job's clusters."""
+    return {cl: c.memmap.code_addr(cl) for c, _, _ in jobs for cl in c.parallel.clusters}
+
+
+def image(c, arrays, k: int, n: int) -> np.ndarray:
+    """Image n of input k of ``c`` as the (C, H, W) tensor its first layer reads."""
+    lay = c.memmap.tensors[c.inputs[k].tensor]
+    return arrays[k][n].reshape(lay.channels, lay.height, lay.width)
+
+
+def merge_cards(per_card, jobs) -> RunResult:
+    """The RunResult of each card's (statistics, {(job, image): outputs}, saturations per job)."""
+    all_stats = [s for s, _, _ in per_card]
+    merged = {key: value for _, outs, _ in per_card for key, value in outs.items()}
+    results = [[merged[(j, n)] for n in range(batch)] for j, (_, _, batch) in enumerate(jobs)]
+    sat = [sum(x[j] for _, _, x in per_card) for j in range(len(jobs))]
+    return RunResult(all_stats, results, sat)
+
+
+class FunctionalExecutor(Executor):
+    """The functional model: one vectorised numpy operation per compute instruction.
+
+    Options: ``trace`` (the statistics carry the per-instruction timeline); ``workers`` ('serial',
+    'auto', 'processes'; see ``runtime.workers.plan``): run the cards of a run, or the clusters of
+    one card, in worker processes."""
     name = "functional"
+    OPTIONS = {"trace": False, "workers": "serial"}
 
-    def __init__(self, trace: bool = False):
-        self.trace = trace
+    def __init__(self, check_hazards: bool = True, **options):
+        super().__init__(check_hazards, **options)
+        from .workers import MODES
+        if self.workers not in MODES or self.workers == "ray":
+            raise ExecutorOptionError(f"workers={self.workers!r}: the functional simulator's worker modes are "
+                                      f"{[m for m in MODES if m != 'ray']} (Ray cards are the driver's: "
+                                      f"SetFlag('workers', 'ray'))")
 
-    def run(self, cfg, memory, programs, *, check_hazards=True):
+    def run(self, cfg, memory, programs, *, check_hazards=None):
         from sim.card import run_card
-        return run_card(cfg, memory, programs, check_hazards=check_hazards, trace=self.trace)
+        return run_card(cfg, memory, programs, check_hazards=self._check(check_hazards), trace=self.trace)
+
+    def placement(self, nfpgas, nprograms, macs_per_card):
+        from .workers import plan
+        return plan(self.workers, True, nfpgas, nprograms, macs_per_card)
+
+    def card_threads(self, nfpgas, where):
+        # cards in worker processes are driven from one thread each; here they run one after another
+        # (threads of one process would only contend for the GIL)
+        return nfpgas if where == "cards" else 1
+
+    def prepare_card(self, card, where):
+        if where != "here":
+            card.shared()       # before the inputs are written: the image moves to shared memory
+
+    def run_card(self, card, cfg, programs, where, macs_per_card):
+        from . import workers
+        if where == "here":
+            return self.run(cfg, card.memory, programs)
+        timeout = workers.reply_timeout(macs_per_card)
+        name, size = card.shared(), len(card.memory)
+        if where == "cards":
+            return card.worker(0).call(("run", name, size, cfg, programs, self.check_hazards, self.trace), timeout)
+        if where == "clusters":
+            from sim.parallel import run_card_parallel
+            helpers = workers.cluster_helpers(len(programs))
+            return run_card_parallel(cfg, card.memory, programs,
+                                     [workers.ClusterHelper(card.worker(k), name, size, timeout) for k in range(helpers)],
+                                     check_hazards=self.check_hazards, trace=self.trace)
+        raise ValueError(f"unknown place to run a card: {where!r}")
 
 
-class AmaranthExecutor:
+class AmaranthExecutor(Executor):
     """The card RTL (``hw/``) in the Amaranth simulator: every cycle of every unit, bit for bit.
 
     ``vcd``: path of a waveform file to write for each run (None: no waveform). ``check_hazards``
@@ -41,24 +234,32 @@ class AmaranthExecutor:
     functional model to have a program's races checked). ``trace``: the statistics carry the
     per-instruction timeline read from the RTL's signals."""
     name = "amaranth"
+    OPTIONS = {"vcd": None, "trace": False}
 
-    def __init__(self, vcd: str | None = None, trace: bool = False):
-        self.vcd = vcd
-        self.trace = trace
-
-    def run(self, cfg, memory, programs, *, check_hazards=True):
+    def run(self, cfg, memory, programs, *, check_hazards=None):
         from hw.run import run_rtl
         return run_rtl(cfg, memory, programs, vcd=self.vcd, trace=self.trace)
 
 
+#: name -> executor class (the 'simulator' flag's values)
 EXECUTORS: dict[str, type] = {"functional": FunctionalExecutor, "amaranth": AmaranthExecutor}
 
 
-def get_executor(name: str) -> Executor:
+def executor_class(name: str) -> type:
     try:
-        return EXECUTORS[name]()
+        return EXECUTORS[name]
     except KeyError:
         raise ValueError(f"unknown simulator {name!r}; available: {sorted(EXECUTORS)}") from None
+
+
+def make_executor(name: str, **options) -> Executor:
+    """The executor ``name`` with ``options`` (refused when the class does not take one)."""
+    return executor_class(name)(**options)
+
+
+def get_executor(name: str) -> Executor:
+    """The executor ``name`` with its default options."""
+    return make_executor(name)
 
 
 from .verilog_executors import IcarusExecutor, VerilatorExecutor  # noqa: E402 - registered after EXECUTORS exists

@@ -18,14 +18,12 @@ from __future__ import annotations
 import os
 import sys
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from arch.asm import disassemble
 from arch.machine import get_config
-from arch.numerics import fixed_to_float, float_to_fixed
 from compiler import binfile
 from compiler.driver import Compiled, Parallel, image_batch
 from compiler.hostops import host_evaluator
@@ -33,21 +31,17 @@ from compiler.ir import CompileError
 from compiler.partition import HostStage, Staged, compile_partitioned
 from compiler.memmap import align
 
-from . import ray_cards, saturation, workers
+from . import lowlevel, ray_cards
 from .cards import POOL, CardsUnavailable
-from .executors import FunctionalExecutor, get_executor
+from .driver import _image, _objects_on, _run_joint
+from .errors import MDLAError
 from .flags import FlagSet
 from .info import NoSuchInfo, get_info
-from .run_flags import check_settable_after_load
+from .run_flags import check_flags, parallel_for, set_flag
 from .streaming import Stream, StreamClosed, StreamDeadlock
-from .trace import after_run as write_traces
 from .workers import WorkerCrashed, WorkerTimeout
 
 VERSION = "0.1.0"
-
-
-class MDLAError(RuntimeError):
-    """A call the runtime cannot honour (wrong order, missing model, unsupported mode)."""
 
 
 class _Owner:
@@ -72,6 +66,7 @@ class MDLA:
         self._layer_saturations: dict[str, int] = {}     #: last Run's saturations per layer (runtime.saturation)
         self._compare: float | None = None                #: comparesw: the last run's largest difference
         self._stream = self._new_stream()
+        self._low_reset()
         self._finalizer = weakref.finalize(self, POOL.release, self._owner)
 
     def _new_stream(self) -> Stream:
@@ -89,16 +84,7 @@ class MDLA:
     # ------------------------------------------------------------------ flags and info
     def SetFlag(self, name, value=""):
         """Set one flag, or several from a dict; values are coerced with str() as in the SDK."""
-        if isinstance(name, dict):
-            for k, v in name.items():
-                self.SetFlag(k, v)
-            return
-        if self._compiled is not None and name != "reset":
-            check_settable_after_load(self, name, value)
-        self._flags.set(name, value)
-        if name == "maxfpga":
-            ray_cards.check_maxfpga(self._flags)
-            POOL.resize(self._flags["maxfpga"])
+        set_flag(self, name, value)
 
     def GetInfo(self, name: str):
         """A typed value: the names of ``runtime.info.INFO`` ('version', 'hwtime', 'hwcycles',
@@ -201,29 +187,106 @@ class MDLA:
 
     def _free_model(self):
         self._stream.close()
+        for m in getattr(self, "_multi", []):
+            m.Free()
         POOL.release(self._owner)
         self._compiled = None
         self._cards = []
+        self._low_reset()
+
+    def _low_reset(self):
+        self._multi: list[MDLA] = []                #: Loadmulti: the objects of the programs after the first
+        self._memcard = None                        #: CreateMemcard: {'cfg', 'clusters'} of cards without a model
+        self._mallocs_end: dict[int, list[int]] = {}   #: Malloc: card -> ends of its buffers
+        self._symbols: dict[str, int] = {}          #: Malloc: name -> address (@name in ReadCode)
+        self._code: dict[int, list] = {}            #: ReadCode: address -> program
+
+    # ------------------------------------------------------------------ low level (runtime.lowlevel)
+    def ReadData(self, addr, data, card=0):
+        """Copy ``data.nbytes`` bytes of card ``card``'s memory from byte address ``addr`` into ``data``."""
+        lowlevel.read_data(self, addr, data, card)
+
+    def WriteData(self, addr, data, card=0):
+        """Copy the bytes of the array ``data`` into card ``card``'s memory at byte address ``addr``."""
+        lowlevel.write_data(self, addr, data, card)
+
+    def WriteWeights(self, weights, bias=None, node=-1):
+        """Replace the weights (and bias) of layer ``node`` (-1: the last linear layer; an index among
+        the convolution/linear layers, or a name) of the loaded program, in the program's formats."""
+        lowlevel.write_weights(self, weights, bias, node)
+
+    def CreateMemcard(self, nfpga, nclus, fbitfile=""):
+        """Take ``nfpga`` cards for low-level use without a model (Malloc, ReadCode, HwRun on clusters 0..nclus-1)."""
+        lowlevel.create_memcard(self, nfpga, nclus, fbitfile)
+
+    def Malloc(self, nelements, datasize, card, name):
+        """A buffer of nelements x datasize bytes on card ``card``; returns its address (``@name`` in ReadCode)."""
+        return lowlevel.malloc(self, nelements, datasize, card, name)
+
+    def ReadCode(self, filename, instr_addr):
+        """Assemble the text program ``filename`` (arch.asm; ``@name`` = a Malloc'ed address) into card
+        memory at ``instr_addr`` on every card; returns the machine code (int32)."""
+        return lowlevel.read_code(self, filename, instr_addr)
+
+    def HwRun(self, instr_addr, outsize=0):
+        """Run the code ReadCode put at ``instr_addr`` to its END; returns (hwtime in s, bytes moved)."""
+        return lowlevel.hw_run(self, instr_addr, outsize)
+
+    def GetNonlinCoefs(self, type):
+        """The output stage's table for activation ``type`` ('sigmoid', 'tanh', 'mish' or an arch.isa.Act value)."""
+        return lowlevel.nonlin_coefs(type)
+
+    def Loadmulti(self, bins):
+        """Load several .bin programs on this object, resident together on its cards (each one after the
+        others; one compiled to start at 0 is laid out again there from its graph section). ``Run``
+        then takes the inputs of every program in order and returns the outputs of every program."""
+        import copy
+        if isinstance(bins, (str, os.PathLike)) or not isinstance(bins, (list, tuple)) or not bins:
+            raise MDLAError("Loadmulti: bins must be a non-empty list of .bin paths")
+        compiled = [binfile.read(b) for b in bins]
+        for b, c in zip(bins[1:], compiled[1:]):
+            if c.cfg != compiled[0].cfg or c.parallel.nfpgas != compiled[0].parallel.nfpgas:
+                raise MDLAError(f"Loadmulti: {b} was compiled for {c.cfg.name!r} on {c.parallel.nfpgas} card(s), "
+                                f"{bins[0]} for {compiled[0].cfg.name!r} on {compiled[0].parallel.nfpgas}")
+        self.Init(bins[0])
+        members = []
+        try:
+            for c in compiled[1:]:
+                end = align(max(r.memmap.end for r in self._residents(self)))
+                if c.memmap.base < end:
+                    c = lowlevel.relocate(c, end)
+                m = MDLA()
+                m._flags = copy.deepcopy(self._flags)
+                m._load(c, self)
+                members.append(m)
+        except BaseException:
+            for m in members:
+                m.Free()
+            self._free_model()
+            raise
+        self._multi = members
+
+    def _run_multi(self, images, simulator: str | None = None):
+        """Run of a Loadmulti object: each program on its share of ``images``, one after another."""
+        objs = [self] + self._multi
+        arrays = list(images) if isinstance(images, (list, tuple)) else [images]
+        need = [len(o._compiled.inputs) for o in objs]
+        if len(arrays) != sum(need):
+            raise ValueError(f"Loadmulti: the {len(objs)} programs take {sum(need)} input(s) ({need}), "
+                             f"got {len(arrays)}")
+        outs, cycles, k = [], 0, 0
+        for o, n in zip(objs, need):
+            part = arrays[k:k + n]
+            k += n
+            r, cyc = _run_joint([(o, part if n > 1 else part[0])], simulator)[0]
+            outs += r if isinstance(r, list) else [r]
+            cycles += cyc
+        self._hwcycles = cycles
+        return outs
+
 
     def _parallel(self, cfg) -> Parallel:
-        f = self._flags
-        nclus, first = f["nclusters"], f["firstcluster"]
-        if first + nclus > cfg.clusters_per_card:
-            raise MDLAError(f"clusters {first}..{first + nclus - 1} requested (firstcluster={first}, "
-                            f"nclusters={nclus}); the {cfg.name!r} configuration has {cfg.clusters_per_card} "
-                            f"clusters per card")
-        if f["nfpgas"] > POOL.size:
-            raise MDLAError(f"nfpgas={f['nfpgas']} but the simulated system has {POOL.size} cards "
-                            f"(SetFlag('maxfpga', n) to change it)")
-        if f["mvbatch"] and f["imgs_per_cluster"] % cfg.mv_per_cluster:
-            raise MDLAError(f"mvbatch needs imgs_per_cluster to be a multiple of {cfg.mv_per_cluster} (the MV units "
-                            f"of a cluster), got imgs_per_cluster={f['imgs_per_cluster']}")
-        if f["mvbatch"] and f["clustersbatchmode"] and nclus > 1:
-            raise MDLAError("mvbatch and clustersbatchmode cannot be combined: either each MV unit takes its own "
-                            "image, or the clusters split one image")
-        return Parallel(nfpgas=f["nfpgas"], clusters=tuple(range(first, first + nclus)),
-                        imgs_per_cluster=f["imgs_per_cluster"], mvbatch=bool(f["mvbatch"]),
-                        split=bool(f["clustersbatchmode"]))
+        return parallel_for(self._flags, cfg)
 
     @staticmethod
     def _residents(other: "MDLA") -> list[Compiled]:
@@ -233,7 +296,8 @@ class MDLA:
         if not isinstance(other, MDLA) or other._compiled is None:
             raise MDLAError("Compile(..., MDLA=other): the other object must already have a model loaded")
         self._check_link(other, parallel)
-        return align(max(c.memmap.end for c in self._residents(other)))
+        return align(max([c.memmap.end for c in self._residents(other)]
+                         + [e for o in _objects_on(other._cards) for ends in o._mallocs_end.values() for e in ends]))
 
     def _check_link(self, other: "MDLA", parallel: Parallel) -> None:
         oc = other._compiled
@@ -299,6 +363,8 @@ class MDLA:
         for a single-output network, else a list, each with a leading batch dimension."""
         if self._flags["runsw"]:
             return self.Run_sw(images)
+        if self._multi:
+            return self._run_multi(images)
         results, cycles = self._run_call(images)
         if self._flags["comparesw"]:
             self._compare_with_software(images, results)
@@ -318,6 +384,8 @@ class MDLA:
 
     def Run_sw(self, images):
         """Run on the bit-exact functional model, whatever the 'simulator' flag says."""
+        if self._multi:
+            return self._run_multi(images, simulator="functional")
         results, _ = self._run_call(images, simulator="functional")
         return results
 
@@ -376,6 +444,8 @@ class MDLA:
         """Queue one call's inputs (None: end-of-stream marker) with a user object; returns False when
         both input buffers are busy and 'blockingmode' is 0."""
         c = self._need()
+        if self._multi:
+            raise MDLAError("PutInput: an object with several programs (Loadmulti) runs them with Run")
         if images is not None:
             # The SDK copied the inputs into its buffer here: the caller may refill its array at once.
             images = _copy_inputs(images)
@@ -428,9 +498,7 @@ class MDLA:
         return self._compiled.cfg if self._compiled is not None else get_config(self._flags["bitfile"])
 
     def _check_flags(self):
-        bad = self._flags.unsupported()
-        if bad:
-            raise MDLAError("flag value(s) not supported by this build yet: " + "; ".join(bad))
+        check_flags(self._flags)
 
     def _need(self) -> Compiled:
         if self._compiled is None:
@@ -556,194 +624,6 @@ def _copy_inputs(images):
     if isinstance(images, (list, tuple)):
         return [None if a is None else np.array(a, copy=True) for a in images]
     return np.array(images, copy=True)
-
-
-def _image(c: Compiled, arrays, k: int, n: int) -> np.ndarray:
-    """Image n of input k of ``c`` as the (C, H, W) tensor its first layer reads."""
-    lay = c.memmap.tensors[c.inputs[k].tensor]
-    return arrays[k][n].reshape(lay.channels, lay.height, lay.width)
-
-
-def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]], simulator: str | None):
-    """One executor run per card of ``first``'s cards for DLA programs sharing them: every image of
-    every job written to its card, cluster and slot, then read back. Returns (run statistics per
-    card, per job the outputs per image, per job the input values saturated)."""
-    cards = first._cards
-    executor = get_executor(simulator or first._flags["simulator"])
-    if getattr(first, "_trace", False) or any(o._flags["trace"] for o in _objects_on(cards) + [first]):
-        if not hasattr(executor, "trace"):
-            raise MDLAError(f"flag 'trace': the {executor.name} simulator records no timeline; use the "
-                            f"functional or amaranth simulator")
-        executor.trace = True
-    if first._flags["vcd"]:
-        if not hasattr(executor, "vcd"):
-            raise MDLAError(f"flag 'vcd': the {executor.name} simulator writes no waveform; "
-                            f"SetFlag('simulator', 'amaranth') to record one, or SetFlag('vcd', '')")
-        executor.vcd = first._flags["vcd"]
-    check = bool(first._flags["hazardcheck"])
-    cfg = jobs[0][0].cfg
-    programs = {cl: c.memmap.code_addr(cl) for c, _, _ in jobs for cl in c.parallel.clusters}
-    nfpgas = jobs[0][0].parallel.nfpgas
-    macs = sum(sum(l.macs for l in c.layers) * batch for c, _, batch in jobs)
-    where = workers.plan(first._flags["workers"], isinstance(executor, FunctionalExecutor), nfpgas,
-                         len(programs), macs // nfpgas)
-    trace = bool(getattr(executor, "trace", False))
-    if first._flags["workers"] == "ray":
-        return _merge_cards(ray_cards.run_cards(first, jobs, executor, programs, check), jobs)
-
-    def run_card(f: int):
-        card = cards[f]
-        outs, sat = {}, [0] * len(jobs)
-        with card.lock:
-            if where != "here":
-                card.shared()       # before the inputs are written: the image moves to shared memory
-            for j, (c, arrays, batch) in enumerate(jobs):
-                mm, p = c.memmap, c.parallel
-                for n in range(batch):
-                    if p.slot(n)[0] != f:
-                        continue
-                    for k, i in enumerate(c.inputs):
-                        lay = mm.tensors[i.tensor]
-                        q, over = float_to_fixed(_image(c, arrays, k, n), lay.frac)
-                        sat[j] += over
-                        lay.write(card.memory, mm.tensor_addr(i.tensor, p.slot(n)[2]), cfg.lanes, q)
-            stats = card.run(cfg, programs, executor, where, check_hazards=check, trace=trace,
-                             helpers=workers.cluster_helpers(len(programs)),
-                             timeout=workers.reply_timeout(macs // nfpgas))
-            for j, (c, arrays, batch) in enumerate(jobs):
-                mm, p = c.memmap, c.parallel
-                for n in range(batch):
-                    if p.slot(n)[0] == f:
-                        outs[(j, n)] = [
-                            fixed_to_float(mm.tensors[o.tensor].read(card.memory, mm.tensor_addr(o.tensor, p.slot(n)[2]),
-                                                                     cfg.lanes), mm.tensors[o.tensor].frac)
-                            .reshape(o.onnx_shape[1:]) for o in c.outputs]
-        return stats, outs, sat
-
-    # Cards in worker processes are driven from one thread each; the RTL executors run cards in
-    # threads (an external simulator may use another core); the functional model here runs them
-    # one after another (threads of one process would only contend for the GIL).
-    if where == "cards":
-        threads = nfpgas
-    elif not isinstance(executor, FunctionalExecutor):
-        threads = min(nfpgas, os.cpu_count() or 1)
-    else:
-        threads = 1
-    if nfpgas > 1 and threads > 1:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mdla-card") as pool:
-            per_card = list(pool.map(run_card, range(nfpgas)))
-    else:
-        per_card = [run_card(f) for f in range(nfpgas)]
-    return _merge_cards(per_card, jobs)
-
-
-def _merge_cards(per_card, jobs):
-    """(run statistics per card, per job the outputs per image, per job the input values saturated)
-    from each card's (statistics, {(job, image): outputs}, saturations per job)."""
-    all_stats = [s for s, _, _ in per_card]
-    merged = {key: value for _, outs, _ in per_card for key, value in outs.items()}
-    results = [[merged[(j, n)] for n in range(batch)] for j, (_, _, batch) in enumerate(jobs)]
-    sat = [sum(x[j] for _, _, x in per_card) for j in range(len(jobs))]
-    return all_stats, results, sat
-
-
-def _cycles_and_saturations(all_stats, clusters) -> tuple[int, int]:
-    """Modelled cycles of ``clusters`` (on the slowest card) and the values they saturated."""
-    mine = [cs for s in all_stats for cl, cs in s.clusters.items() if cl in clusters]
-    return max(cs.cycles for cs in mine), sum(cs.saturations for cs in mine)
-
-
-def _report(obj: "MDLA", batch: int, cluster_stats: list | None = None, input_sat: int = 0,
-            segments: list | None = None) -> None:
-    """SaturationWarnings and the counts per layer (runtime.saturation; ``segments``: (compiled,
-    cluster_stats) per DLA stage, else the object's model with ``cluster_stats``), debug 'w'
-    (saturations: per layer when the executor counts them per instruction) and 'b'."""
-    if segments is None:
-        segments = [(obj._compiled, cluster_stats)] if cluster_stats is not None else []
-    in_values = batch * sum(int(np.prod(i.onnx_shape)) for seg, _ in segments for i in seg.inputs)
-    obj._layer_saturations = saturation.warn(segments, batch, input_sat, in_values)
-    dbg = obj._flags["debug"]
-    if "w" in dbg and cluster_stats is not None:
-        obj._report_saturations(obj._saturations, cluster_stats, input_sat)
-    elif "w" in dbg and obj._saturations:
-        print(f"warning: {obj._saturations} values saturated to the 16-bit range during this run", file=sys.stderr)
-    if "b" in dbg:
-        obj._print_profile(batch)
-
-
-def _run_staged(obj: "MDLA", images, simulator: str | None = None) -> tuple[object, int]:
-    """One call of a model with host stages: the stages in order, each DLA stage one run of the
-    cards over all the call's images. Modelled cycles: the sum of the DLA stages' (host time is
-    not modelled)."""
-    c = obj._need()
-    if c.whole:                                 # no DLA stage: the host runs the model as given
-        obj._last_stage_stats, obj._last_stats, obj._hwcycles, obj._saturations = {}, [], 0, 0
-        return c.run_whole(images), 0
-    arrays, batch = obj._inputs(images, c)
-    totals = {"cycles": 0, "sat": 0, "by_stage": {}, "in": 0, "segments": []}
-
-    def dla(k, seg, env):
-        seg_arrays = [np.concatenate([e[i.name] for e in env]).astype(np.float32, copy=False) for i in seg.inputs]
-        stats, results, sat = _run_cards(obj, [(seg, seg_arrays, batch)], simulator)
-        cycles, sat_dla = _cycles_and_saturations(stats, seg.parallel.clusters)
-        totals["cycles"] += cycles
-        totals["sat"] += sat[0] + sat_dla
-        totals["in"] += sat[0]
-        totals["segments"].append((seg, [(s.clusters[cl], cl) for s in stats for cl in seg.parallel.clusters
-                                         if cl in s.clusters]))
-        totals["by_stage"][k] = stats
-        for e, outs in zip(env, results[0]):
-            for o, v in zip(seg.outputs, outs):
-                e[o.name] = v[None]
-
-    outputs = obj._stages(c, arrays, batch, dla)
-    obj._last_stage_stats = totals["by_stage"]       #: stage index -> that DLA stage's run statistics
-    obj._last_stats = [s for stats in obj._last_stage_stats.values() for s in stats]
-    write_traces([obj])
-    obj._hwcycles = totals["cycles"]
-    obj._saturations = totals["sat"]
-    _report(obj, batch, input_sat=totals["in"], segments=totals["segments"])
-    return obj._pack(outputs), totals["cycles"]
-
-
-def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None) -> list[tuple[object, int]]:
-    """Run calls of objects that share cards (one object, or models linked on disjoint clusters)
-    in one run per card: every image to its card, cluster and slot. Returns each call's (results,
-    modelled cycles); an object's cycles are those of its own clusters on its slowest card. A model
-    with host stages runs alone (its DLA stages wait for the host stages between them)."""
-    if any(isinstance(obj._need(), Staged) for obj, _ in calls):
-        return [_run_staged(obj, images, simulator) if isinstance(obj._compiled, Staged)
-                else _run_joint([(obj, images)], simulator)[0] for obj, images in calls]
-    first = calls[0][0]
-    prepared = []
-    for obj, images in calls:
-        c = obj._need()
-        arrays, batch = obj._inputs(images, c)
-        prepared.append((obj, c, arrays, batch))
-    all_stats, results, sat_in = _run_cards(first, [(c, arrays, batch) for _, c, arrays, batch in prepared], simulator)
-    outcomes = []
-    for j, (obj, c, arrays, batch) in enumerate(prepared):
-        cycles, sat = _cycles_and_saturations(all_stats, c.parallel.clusters)
-        obj._last_stats = all_stats
-        obj._hwcycles = cycles
-        obj._saturations = sat + sat_in[j]
-        per_output = [[results[j][n][k] for n in range(batch)] for k in range(len(c.outputs))]
-        _report(obj, batch, [(s.clusters[cl], cl) for s in all_stats for cl in c.parallel.clusters if cl in s.clusters],
-                sat_in[j])
-        outcomes.append((obj._pack(obj._finish(per_output)), cycles))
-    write_traces([obj for obj, *_ in prepared], all_stats)
-    return outcomes
-
-
-def _objects_on(cards) -> list[MDLA]:
-    """The live objects with a model resident on any of ``cards``."""
-    objs = []
-    for card in cards:
-        for owner in card.owners:
-            obj = owner.ref()
-            if obj is not None and obj._compiled is not None and obj not in objs:
-                objs.append(obj)
-    return objs
 
 
 __all__ = ["MDLA", "MDLAError", "CompileError", "WorkerCrashed", "WorkerTimeout", "VERSION"]

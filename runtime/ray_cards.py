@@ -435,8 +435,8 @@ def release(owner) -> None:
 
 
 def run_cards(obj, jobs, executor, programs, check_hazards):
-    """``runtime.mdla._run_cards`` on Ray: per card (statistics, outputs, input saturations)."""
-    from .mdla import _objects_on
+    """``runtime.driver._run_cards`` on Ray: per card (statistics, outputs, input saturations)."""
+    from .driver import _objects_on
     cards = obj._cards
     residents = [o._compiled for o in _objects_on(cards)]
     cfg = jobs[0][0].cfg

@@ -18,26 +18,28 @@ the functional model to have a program's races checked).
 """
 from __future__ import annotations
 
+from .executors import Executor
+
 __all__ = ["VerilogExecutor", "IcarusExecutor", "VerilatorExecutor"]
 
 
-class VerilogExecutor:
+class VerilogExecutor(Executor):
     """Common part: ``sim`` names the simulator. ``verbose`` streams the simulator's output;
     ``harness``: 'cocotb' or (Verilator) 'main', None for the simulator's default
     (:func:`hw.verilog_run.default_harness`); ``progress``: the progress bar (None: for long runs);
     ``last_run`` holds the cycles, wall times and build time of the last run."""
     name = "verilog"
     sim = ""
+    OPTIONS = {"verbose": False, "harness": None, "progress": None}
 
-    def __init__(self, verbose: bool = False, harness: str | None = None, progress: bool | None = None):
+    def __init__(self, verbose: bool = False, harness: str | None = None, progress: bool | None = None,
+                 check_hazards: bool = True, **options):
         from hw.verilog_run import HARNESSES
         if harness is not None and harness not in HARNESSES:
             raise ValueError(f"unknown harness {harness!r}; known: {HARNESSES}")
         if harness == "main" and self.sim != "verilator":
             raise ValueError(f"the C++ harness is Verilator's; {self.sim} runs under cocotb")
-        self.verbose = verbose
-        self.harness = harness
-        self.progress = progress
+        super().__init__(check_hazards, verbose=verbose, harness=harness, progress=progress, **options)
         self.last_run: dict = {}
 
     def build(self, cfg, clusters: int | None = None):
@@ -52,7 +54,7 @@ class VerilogExecutor:
             return build_main(cfg, mem_words_for(cfg), n, verbose=self.verbose)
         return build(self.sim, cfg, clusters=n, verbose=self.verbose)
 
-    def run(self, cfg, memory, programs, *, check_hazards=True):
+    def run(self, cfg, memory, programs, *, check_hazards=None):
         from hw.verilog_run import LAST_RUN, run_verilog
         stats = run_verilog(self.sim, cfg, memory, programs, verbose=self.verbose, harness=self.harness,
                             progress=self.progress)

@@ -219,3 +219,24 @@ def test_lost_node_is_a_clear_error(cluster, r18):
         ie.Run(x)
     assert time.monotonic() - t0 < 60
     ie.Free()
+
+
+def test_readdata_fetches_the_run_results_from_the_card_actor(cluster, tmp_path):
+    from zoo import small_cnn
+    m = tmp_path / "s.onnx"
+    onnx.save(small_cnn(seed=3), str(m))
+    ie = microndla.MDLA()
+    ie.SetFlag({"bitfile": "small", "workers": "serial"})
+    ie.Compile(str(m))
+    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    ie.Run(x)
+    serial = ie._cards[0].memory.copy()
+    ie.Run(x * 0)                                   # the driver's copy now holds another run's results
+    ie.SetFlag("workers", "ray")
+    ie.Run(x)
+    got = np.zeros(len(serial), np.uint8)
+    ie.ReadData(0, got, 0)
+    assert np.array_equal(got, serial) and not np.array_equal(ie._cards[0].memory, serial)
+    with pytest.raises(microndla.MDLAError, match="Ray card actors"):
+        ie.WriteData(0, got[:4], 0)
+    ie.Free()
