@@ -33,7 +33,7 @@ from compiler.ir import CompileError
 from compiler.partition import HostStage, Staged, compile_partitioned
 from compiler.memmap import align
 
-from . import ray_cards, saturation, workers
+from . import debug, io_formats, ray_cards, saturation, workers
 from .cards import POOL, CardsUnavailable
 from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
@@ -140,6 +140,10 @@ class MDLA:
         if simplify:
             from .model_prep import simplify_model
             modelpath = simplify_model(modelpath)
+        cut = {"nlayers": self._flags["nlayers"], "lremove": self._flags["lremove"]}
+        if cut != {"nlayers": -1, "lremove": 0}:
+            from .model_prep import cut_model
+            modelpath = cut_model(modelpath, **cut)
         cfg = self._config()
         parallel = self._parallel(cfg)
         base = 0
@@ -148,7 +152,7 @@ class MDLA:
         compiled = compile_partitioned(modelpath, cfg, inshapes=inshapes, base=base, parallel=parallel,
                                        heterogeneous=bool(self._flags["heterogeneous"]), samples=samples)
         compiled.meta["flags"] = {"heterogeneous": self._flags["heterogeneous"], "fpgaid": self._flags["fpgaid"],
-                                  "varfp": int(samples is not None)}
+                                  "varfp": int(samples is not None), **cut}
         if "n" in self._flags["debug"]:
             self._print_layers(compiled)
         if "Q" in self._flags["debug"]:
@@ -292,6 +296,8 @@ class MDLA:
                 for k, seg in enumerate(segments):
                     for p, prog in seg.programs.items():
                         Path(f"instr{card.index}_{p}_{k}.txt").write_text(disassemble(prog, with_pc=True))
+        debug.at_load(self)
+        io_formats.dump_load(self, compiled, cards)
 
     # ------------------------------------------------------------------ run
     def Run(self, images):
@@ -308,11 +314,16 @@ class MDLA:
         """comparesw=1: the same call on the bit-exact software model; the largest difference is
         printed and kept (GetInfo('comparesw_error')). The last run's statistics stay the DLA's."""
         kept = (self._hwcycles, self._saturations, self._last_stats, dict(self._layer_saturations))
-        sw = self.Run_sw(images)
+        self._quiet_debug = True                 # the debug printing is the DLA run's
+        try:
+            sw = self.Run_sw(images)
+        finally:
+            self._quiet_debug = False
         self._hwcycles, self._saturations, self._last_stats, self._layer_saturations = kept
         a = results if isinstance(results, list) else [results]
         b = sw if isinstance(sw, list) else [sw]
-        self._compare = max(float(np.max(np.abs(x - y))) if x.size else 0.0 for x, y in zip(a, b))
+        self._compare = max(float(np.max(np.abs(x.astype(np.float64) - y))) if x.size else 0.0 for x, y in zip(a, b))
+        debug.compare(self, [o.name for o in self._compiled.final_outputs], a, b)
         print(f"comparesw: largest |DLA - software model| = {self._compare:g}"
               + (" (identical)" if self._compare == 0 else ""), file=sys.stderr)
 
@@ -334,6 +345,7 @@ class MDLA:
         for n in range(batch):
             feeds = {i.tensor: _image(c, arrays, k, n) for k, i in enumerate(c.inputs)}
             t = run_float(c.graph, feeds)
+            debug.th_layer_ranges(self, c.graph, t, n)
             for k, o in enumerate(c.graph.outputs):
                 results[k].append(output_array(o, t[o.tensor])[0])
         return self._pack(self._finish(results))
@@ -352,6 +364,7 @@ class MDLA:
             for e in env:
                 feeds = {i.tensor: e[i.name].reshape(seg.graph.tensors[i.tensor].shape) for i in seg.inputs}
                 t = run_float(seg.graph, feeds)
+                debug.th_layer_ranges(self, seg.graph, t, k)
                 for o in seg.graph.outputs:
                     e[o.name] = output_array(o, t[o.tensor])
         return self._pack(self._stages(c, arrays, batch, dla))
@@ -439,6 +452,7 @@ class MDLA:
 
     def _inputs(self, images, c: Compiled, any_batch: bool = False) -> tuple[list[np.ndarray], int]:
         """Validated inputs as float32 arrays of shape (N, *per-image shape), and N."""
+        io_formats.check(self, c, outputs=not any_batch)
         if getattr(c, "whole", False):          # a model the host runs whole: its own shapes and types
             return c.whole_inputs(images), 1
         arrays = list(images) if isinstance(images, (list, tuple)) else [images]
@@ -447,9 +461,10 @@ class MDLA:
                              f"({', '.join(i.name for i in c.inputs)}), got {len(arrays)} array(s)")
         out, batch = [], None
         expected = c.parallel.batch
-        for a, i in zip(arrays, c.inputs):
+        for k, (a, i) in enumerate(zip(arrays, c.inputs)):
             if a is None:
                 raise ValueError(f"input {i.name!r} is None")
+            a = io_formats.input_array(self, c, k, a)
             a = image_batch(a, tuple(i.onnx_shape[1:]), f"input {i.name!r}")
             if batch is not None and a.shape[0] != batch:
                 raise ValueError(f"inputs have different batch sizes ({batch} and {a.shape[0]})")
@@ -479,7 +494,8 @@ class MDLA:
         return [dla[n] if n in dla else host[n] for n in (c.output_order or names)]
 
     def _pack(self, results):
-        out = [np.stack(r).astype(np.float32) for r in results]
+        out = [np.stack(r) for r in results]
+        out = [o if o.dtype == np.int16 else o.astype(np.float32) for o in out]   # int16: no_rearrange=2
         if self._compiled is not None and self._compiled.meta.get("unbatched") and all(len(r) == 1 for r in results):
             out = [o[0] for o in out]      # a model on unbatched vectors: one call, no batch axis (lift1d)
         return out[0] if len(out) == 1 else out
@@ -570,7 +586,8 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
     card, per job the outputs per image, per job the input values saturated)."""
     cards = first._cards
     executor = get_executor(simulator or first._flags["simulator"])
-    if getattr(first, "_trace", False) or any(o._flags["trace"] for o in _objects_on(cards) + [first]):
+    if (getattr(first, "_trace", False) or debug.wants_timeline(first)
+            or any(o._flags["trace"] for o in _objects_on(cards) + [first])):
         if not hasattr(executor, "trace"):
             raise MDLAError(f"flag 'trace': the {executor.name} simulator records no timeline; use the "
                             f"functional or amaranth simulator")
@@ -669,6 +686,7 @@ def _report(obj: "MDLA", batch: int, cluster_stats: list | None = None, input_sa
         print(f"warning: {obj._saturations} values saturated to the 16-bit range during this run", file=sys.stderr)
     if "b" in dbg:
         obj._print_profile(batch)
+    debug.after_run(obj, segments)
 
 
 def _run_staged(obj: "MDLA", images, simulator: str | None = None) -> tuple[object, int]:
@@ -684,6 +702,7 @@ def _run_staged(obj: "MDLA", images, simulator: str | None = None) -> tuple[obje
 
     def dla(k, seg, env):
         seg_arrays = [np.concatenate([e[i.name] for e in env]).astype(np.float32, copy=False) for i in seg.inputs]
+        io_formats.dump_inputs(obj, seg, seg_arrays, batch)
         stats, results, sat = _run_cards(obj, [(seg, seg_arrays, batch)], simulator)
         cycles, sat_dla = _cycles_and_saturations(stats, seg.parallel.clusters)
         totals["cycles"] += cycles
@@ -720,6 +739,8 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
         c = obj._need()
         arrays, batch = obj._inputs(images, c)
         prepared.append((obj, c, arrays, batch))
+    for obj, c, arrays, batch in prepared:
+        io_formats.dump_inputs(obj, c, arrays, batch)
     all_stats, results, sat_in = _run_cards(first, [(c, arrays, batch) for _, c, arrays, batch in prepared], simulator)
     outcomes = []
     for j, (obj, c, arrays, batch) in enumerate(prepared):
@@ -730,7 +751,10 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
         per_output = [[results[j][n][k] for n in range(batch)] for k in range(len(c.outputs))]
         _report(obj, batch, [(s.clusters[cl], cl) for s in all_stats for cl in c.parallel.clusters if cl in s.clusters],
                 sat_in[j])
-        outcomes.append((obj._pack(obj._finish(per_output)), cycles))
+        if obj._flags["breaklayer"] == 1:
+            outcomes.append((obj._pack(io_formats.layer_outputs(obj, c, batch)), cycles))
+        else:
+            outcomes.append((obj._pack(io_formats.outputs(obj, c, obj._finish(per_output))), cycles))
     write_traces([obj for obj, *_ in prepared], all_stats)
     return outcomes
 
