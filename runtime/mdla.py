@@ -589,8 +589,8 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
     if (getattr(first, "_trace", False) or debug.wants_timeline(first)
             or any(o._flags["trace"] for o in _objects_on(cards) + [first])):
         if not hasattr(executor, "trace"):
-            raise MDLAError(f"flag 'trace': the {executor.name} simulator records no timeline; use the "
-                            f"functional or amaranth simulator")
+            raise MDLAError(f"flag 'trace' (or debug letters t/T, breaklayer=2): the {executor.name} simulator "
+                            f"records no timeline; use the functional or amaranth simulator")
         executor.trace = True
     if first._flags["vcd"]:
         if not hasattr(executor, "vcd"):

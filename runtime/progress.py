@@ -20,17 +20,33 @@ def _delay() -> float:
         return 1.0
 
 
+def _bar_class():
+    """tqdm without its monitor thread (``monitor_interval = 0``): the monitor is a thread that
+    outlives the bar, and a live thread makes a blocked GetResult/PutInput wait for it
+    (runtime.streaming) instead of reporting the deadlock at once; the ticker below refreshes the bar."""
+    global _Bar
+    if _Bar is None:
+        from tqdm import tqdm
+
+        class _NoMonitor(tqdm):
+            monitor_interval = 0
+        _Bar = _NoMonitor
+    return _Bar
+
+
+_Bar = None
+
+
 class Steps:
     """``with Steps(n, 'mdla run') as p: p.step('compiling'); ...; p.step('running'); ...``: each
     :meth:`step` completes the previous one and names the next."""
 
     def __init__(self, total: int, desc: str, enabled: bool | None = None):
-        from tqdm import tqdm
         if enabled is None:
             enabled = os.environ.get("MDLA_PROGRESS", "1") != "0"
         self.enabled = enabled
-        self._tqdm = tqdm
-        self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, disable=not enabled,
+        self._tqdm = _bar_class()
+        self.bar = self._tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, disable=not enabled,
                         delay=_delay(), dynamic_ncols=True,
                         bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}]{postfix}")
         self._started = False

@@ -111,6 +111,15 @@ def test_progress_bars_name_the_steps(model, tmp_path):
     assert "mdla run" not in r.stderr
 
 
+def test_progress_leaves_no_thread_behind(model):
+    """A live thread would make a blocked GetResult wait for it instead of raising (runtime.streaming):
+    neither the bar's ticker nor a tqdm monitor may outlive the command."""
+    import threading
+    before = set(threading.enumerate())
+    assert _cli("run", model, progress=True).exit_code == 0
+    assert set(threading.enumerate()) <= before
+
+
 def test_demo_progress_names_each_step():
     r = _cli("demo", "--no-tutorials", progress=True)
     assert r.exit_code == 0, r.output
