@@ -21,20 +21,8 @@ def _delay() -> float:
 
 
 def _bar_class():
-    """tqdm without its monitor thread (``monitor_interval = 0``): the monitor is a thread that
-    outlives the bar, and a live thread makes a blocked GetResult/PutInput wait for it
-    (runtime.streaming) instead of reporting the deadlock at once; the ticker below refreshes the bar."""
-    global _Bar
-    if _Bar is None:
-        from tqdm import tqdm
-
-        class _NoMonitor(tqdm):
-            monitor_interval = 0
-        _Bar = _NoMonitor
-    return _Bar
-
-
-_Bar = None
+    from hw.progress import Bar      # tqdm without its monitor thread, which would outlive the command
+    return Bar
 
 
 class Steps:
