@@ -63,6 +63,9 @@ def check(obj, c, outputs: bool = True) -> None:
                      "host stages on its inputs or outputs (heterogeneous): pass float32 inputs")
     if not outputs:
         return
+    if f["dumpdir"] and hasattr(c, "stages"):
+        raise _error("dumpdir: this model runs host stages before or between its DLA stages (heterogeneous), whose "
+                     "DLA inputs are made during the call; dumping them is not supported: SetFlag('dumpdir', '')")
     if (f["no_rearrange"] or f["breaklayer"] == 1) and not _plain(c):
         what = "no_rearrange" if f["no_rearrange"] else "breaklayer=1"
         raise _error(f"{what} returns card tensors, but this model runs host stages (heterogeneous or a host "
@@ -75,32 +78,28 @@ def check(obj, c, outputs: bool = True) -> None:
                      "with workers='ray'; use workers='serial' or 'processes'")
 
 
-def outputs(obj, c, per_output: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    """The outputs (per output, per image; float32 in the ONNX shape) as no_rearrange asks."""
+def outputs(obj, c, results):
+    """The results of a call (as Run returns them: float32 in the ONNX shape, an array or a list per
+    output) as no_rearrange asks: 1 float32 in the DLA's layout (N, H, W, channels padded to whole
+    words), 2 the raw int16 values (exact: each value is q / 2^frac)."""
     mode = obj._flags["no_rearrange"]
-    if not mode:
-        return per_output
+    single = not isinstance(results, list)
     out = []
-    for o, images in zip(c.outputs, per_output):
+    for o, v in zip(c.outputs, [results] if single else results):
         lay = c.memmap.tensors[o.tensor]
-        scale = 2.0 ** lay.frac
-        conv = []
-        for v in images:
-            q = np.rint(np.asarray(v, dtype=np.float64) * scale).astype(np.int16)   # exact: v = q / 2^frac
-            if mode == 2:
-                conv.append(q)
-                continue
-            chw = q.reshape(lay.channels, lay.height, lay.width)
-            hwc = np.zeros((lay.height, lay.width, lay.cwords * c.cfg.lanes), dtype=np.int16)
-            hwc[:, :, :lay.channels] = chw.transpose(1, 2, 0)
-            conv.append(fixed_to_float(hwc, lay.frac))
-        out.append(conv)
-    return out
+        q = np.rint(np.asarray(v, dtype=np.float64) * 2.0 ** lay.frac).astype(np.int16)
+        if mode == 1:
+            chw = q.reshape(-1, lay.channels, lay.height, lay.width)
+            hwc = np.zeros((chw.shape[0], lay.height, lay.width, lay.cwords * c.cfg.lanes), dtype=np.int16)
+            hwc[..., :lay.channels] = chw.transpose(0, 2, 3, 1)
+            q = fixed_to_float(hwc, lay.frac).astype(np.float32)
+        out.append(q)
+    return out[0] if single else out
 
 
-def layer_outputs(obj, c, batch: int) -> list[list[np.ndarray]]:
-    """breaklayer=1: every layer's output tensor (layer order) of each image of the call, read from
-    the card memory, float32 (C, H, W)."""
+def layer_outputs(obj, c, batch: int) -> list[np.ndarray]:
+    """breaklayer=1: every layer's output tensor (layer order) of the call's images, read from the
+    card memory after the run, float32 (N, C, H, W)."""
     mm, p, lanes = c.memmap, c.parallel, c.cfg.lanes
     names = []
     for layer in c.graph.layers if c.graph is not None else []:
@@ -115,7 +114,7 @@ def layer_outputs(obj, c, batch: int) -> list[list[np.ndarray]]:
             for k, t in enumerate(names):
                 lay = mm.tensors[t]
                 result[k].append(fixed_to_float(lay.read(card.memory, mm.tensor_addr(t, p.slot(n)[2]), lanes), lay.frac))
-    return result
+    return [np.stack(r).astype(np.float32) for r in result]
 
 
 class Dump:

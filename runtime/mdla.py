@@ -33,7 +33,7 @@ from compiler.ir import CompileError
 from compiler.partition import HostStage, Staged, compile_partitioned
 from compiler.memmap import align
 
-from . import debug, io_formats, ray_cards, saturation, workers
+from . import debug, io_formats, ray_cards, run_hooks, saturation, workers
 from .cards import POOL, CardsUnavailable
 from .executors import FunctionalExecutor, get_executor
 from .flags import FlagSet
@@ -411,7 +411,7 @@ class MDLA:
 
     def _run_call(self, images, simulator: str | None = None):
         """One call of this object alone; returns (results, modelled cycles)."""
-        return _run_joint([(self, images)], simulator)[0]
+        return run_hooks.joint(_run_joint, [(self, images)], simulator)[0]
 
     def _execute_head(self, entry) -> None:
         """Run this object's oldest queued call together with the oldest queued calls of the models
@@ -428,7 +428,7 @@ class MDLA:
                 group.append((other, claimed))
                 used |= clusters
         try:
-            outcomes = _run_joint([(obj, e.images) for obj, e in group])
+            outcomes = run_hooks.joint(_run_joint, [(obj, e.images) for obj, e in group])
         except BaseException as err:  # noqa: BLE001 - each caller's GetResult raises it
             for obj, e in group:
                 obj._stream.complete(e, None, 0, err)
@@ -494,8 +494,7 @@ class MDLA:
         return [dla[n] if n in dla else host[n] for n in (c.output_order or names)]
 
     def _pack(self, results):
-        out = [np.stack(r) for r in results]
-        out = [o if o.dtype == np.int16 else o.astype(np.float32) for o in out]   # int16: no_rearrange=2
+        out = [np.stack(r).astype(np.float32) for r in results]
         if self._compiled is not None and self._compiled.meta.get("unbatched") and all(len(r) == 1 for r in results):
             out = [o[0] for o in out]      # a model on unbatched vectors: one call, no batch axis (lift1d)
         return out[0] if len(out) == 1 else out
@@ -586,11 +585,10 @@ def _run_cards(first: "MDLA", jobs: list[tuple[Compiled, list[np.ndarray], int]]
     card, per job the outputs per image, per job the input values saturated)."""
     cards = first._cards
     executor = get_executor(simulator or first._flags["simulator"])
-    if (getattr(first, "_trace", False) or debug.wants_timeline(first)
-            or any(o._flags["trace"] for o in _objects_on(cards) + [first])):
+    if getattr(first, "_trace", False) or any(o._flags["trace"] for o in _objects_on(cards) + [first]):
         if not hasattr(executor, "trace"):
-            raise MDLAError(f"flag 'trace' (or debug letters t/T, breaklayer=2): the {executor.name} simulator "
-                            f"records no timeline; use the functional or amaranth simulator")
+            raise MDLAError(f"flag 'trace': the {executor.name} simulator records no timeline; use the "
+                            f"functional or amaranth simulator")
         executor.trace = True
     if first._flags["vcd"]:
         if not hasattr(executor, "vcd"):
@@ -686,7 +684,6 @@ def _report(obj: "MDLA", batch: int, cluster_stats: list | None = None, input_sa
         print(f"warning: {obj._saturations} values saturated to the 16-bit range during this run", file=sys.stderr)
     if "b" in dbg:
         obj._print_profile(batch)
-    debug.after_run(obj, segments)
 
 
 def _run_staged(obj: "MDLA", images, simulator: str | None = None) -> tuple[object, int]:
@@ -702,7 +699,6 @@ def _run_staged(obj: "MDLA", images, simulator: str | None = None) -> tuple[obje
 
     def dla(k, seg, env):
         seg_arrays = [np.concatenate([e[i.name] for e in env]).astype(np.float32, copy=False) for i in seg.inputs]
-        io_formats.dump_inputs(obj, seg, seg_arrays, batch)
         stats, results, sat = _run_cards(obj, [(seg, seg_arrays, batch)], simulator)
         cycles, sat_dla = _cycles_and_saturations(stats, seg.parallel.clusters)
         totals["cycles"] += cycles
@@ -739,8 +735,6 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
         c = obj._need()
         arrays, batch = obj._inputs(images, c)
         prepared.append((obj, c, arrays, batch))
-    for obj, c, arrays, batch in prepared:
-        io_formats.dump_inputs(obj, c, arrays, batch)
     all_stats, results, sat_in = _run_cards(first, [(c, arrays, batch) for _, c, arrays, batch in prepared], simulator)
     outcomes = []
     for j, (obj, c, arrays, batch) in enumerate(prepared):
@@ -751,10 +745,7 @@ def _run_joint(calls: list[tuple["MDLA", object]], simulator: str | None = None)
         per_output = [[results[j][n][k] for n in range(batch)] for k in range(len(c.outputs))]
         _report(obj, batch, [(s.clusters[cl], cl) for s in all_stats for cl in c.parallel.clusters if cl in s.clusters],
                 sat_in[j])
-        if obj._flags["breaklayer"] == 1:
-            outcomes.append((obj._pack(io_formats.layer_outputs(obj, c, batch)), cycles))
-        else:
-            outcomes.append((obj._pack(io_formats.outputs(obj, c, obj._finish(per_output))), cycles))
+        outcomes.append((obj._pack(obj._finish(per_output)), cycles))
     write_traces([obj for obj, *_ in prepared], all_stats)
     return outcomes
 

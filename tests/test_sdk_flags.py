@@ -188,3 +188,24 @@ def test_every_debug_letter_is_accepted():
     ie = microndla.MDLA()
     ie.SetFlag("debug", "".join(DEBUG_LETTERS))
     assert ie.GetInfo("debug") == "".join(DEBUG_LETTERS)
+
+
+def test_io_flags_and_dumpdir_refused_for_a_staged_model(x, tmp_path):
+    from tests.test_heterogeneous import with_middle
+    m = with_middle("lrn")
+    for flags, match in (({"dumpdir": str(tmp_path)}, "dumpdir"), ({"no_rearrange": 1}, "host"),
+                         ({"breaklayer": 1}, "host")):
+        ie = microndla.MDLA()
+        ie.SetFlag({"heterogeneous": 1, **flags})
+        ie.Compile(m)
+        with pytest.raises(microndla.MDLAError, match=match):
+            ie.Run(x)
+        ie.Free()
+
+
+def test_raw_outputs_and_debug_letters_through_putinput_getresult(model, x, layers, capsys):
+    ie = _ie(model, no_rearrange=2, debug="S")
+    ie.PutInput(x, "a")
+    raw, obj = ie.GetResult()
+    assert obj == "a" and raw.dtype == np.int16 and np.array_equal(raw, np.rint(layers[1] * 256).astype(np.int16))
+    assert "busy: load" in capsys.readouterr().out
