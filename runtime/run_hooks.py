@@ -20,8 +20,9 @@ def joint(run_joint, calls, simulator=None):
             arrays, batch = obj._inputs(images, c)
             io_formats.dump_inputs(obj, c, arrays, batch)
     kept = [getattr(obj, "_trace", False) for obj in objs]
-    for obj in objs:
-        obj._trace = obj._trace if getattr(obj, "_trace", False) else debug.wants_timeline(obj)
+    timeline = any(debug.wants_timeline(obj) for obj in objs)     # one run of the cards serves them all
+    for obj, t in zip(objs, kept):
+        obj._trace = t or timeline
     try:
         outcomes = run_joint(calls, simulator)
     finally:
