@@ -21,8 +21,8 @@ __all__ = ["image_batch", "IODesc", "Parallel", "Compiled"]
 
 def image_batch(a, per: tuple[int, ...], what: str) -> np.ndarray:
     """``a`` as a float32 batch ``(N, *per)`` of images of shape ``per`` (one image may leave N
-    out). TypeError when it is no array of real numbers, ValueError for a wrong shape, NaN or
-    infinity; the message starts with ``what`` (e.g. "input 'x'")."""
+    out). TypeError when it is no array of real numbers, ValueError for a wrong shape, an empty
+    batch, NaN or infinity; the message starts with ``what`` (e.g. "input 'x'")."""
     a = np.asarray(a)
     if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
         raise TypeError(f"{what} must be a real float array (float32), got dtype {a.dtype}")
@@ -31,6 +31,8 @@ def image_batch(a, per: tuple[int, ...], what: str) -> np.ndarray:
     if a.shape[1:] != per:
         raise ValueError(f"{what} must have shape (N, {', '.join(map(str, per))}) or {per} for one image, "
                          f"got {a.shape}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{what} is an empty batch (shape {a.shape}): pass at least one image")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{what} contains NaN or infinity")
     return a.astype(np.float32, copy=False)

@@ -16,7 +16,15 @@ from tqdm import tqdm
 
 from arch.machine import MachineConfig
 
-__all__ = ["expected_cycles", "expected_total", "CycleProgress", "PROGRESS_DELAY"]
+__all__ = ["expected_cycles", "expected_total", "CycleProgress", "PROGRESS_DELAY", "Bar"]
+
+
+class Bar(tqdm):
+    """tqdm without its monitor thread (``monitor_interval = 0``), for every progress bar of the
+    project: the monitor is a thread that outlives the bar, and a live thread makes a blocked
+    PutInput/GetResult wait for it (runtime.streaming, up to STALL_S) instead of reporting the
+    deadlock at once. (The monitor only tunes the refresh of bars that stall.)"""
+    monitor_interval = 0
 
 #: seconds before the bar appears (``$MDLA_PROGRESS_DELAY``); shorter runs show none
 PROGRESS_DELAY = float(os.environ.get("MDLA_PROGRESS_DELAY", 2.0))
@@ -62,7 +70,7 @@ class CycleProgress:
     def __init__(self, total: int | None, desc: str, *, enabled: bool | None = None, delay: float | None = None):
         if enabled is None:
             enabled = os.environ.get("MDLA_PROGRESS", "1") != "0"
-        self.bar = tqdm(total=total, desc=desc, unit="cycles", unit_scale=True, dynamic_ncols=True,
+        self.bar = Bar(total=total, desc=desc, unit="cycles", unit_scale=True, dynamic_ncols=True,
                         delay=PROGRESS_DELAY if delay is None else delay, disable=not enabled, file=sys.stderr,
                         smoothing=0.1, mininterval=0.5)
         self.done = 0

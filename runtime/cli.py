@@ -24,6 +24,47 @@ def _fail(e: Exception):
     raise click.ClickException(f"{type(e).__name__}: {e}")
 
 
+def _set_flags(ie, flags) -> None:
+    """SetFlag for each ``NAME=VALUE`` of the repeated --flag option."""
+    for f in flags:
+        if "=" not in f:
+            raise ValueError(f"--flag expects NAME=VALUE, got {f!r}")
+        k, v = f.split("=", 1)
+        ie.SetFlag(k, v)
+
+
+def _writable(path: str, what: str) -> None:
+    """Refuse, before any work, an output path whose directory does not exist (or that is a directory)."""
+    import os
+    d = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise click.UsageError(f"{what} {path!r} is a directory; give a file name")
+    if not os.path.isdir(d):
+        raise click.UsageError(f"{what} {path!r}: the directory {d!r} does not exist")
+    if not os.access(d, os.W_OK):
+        raise click.UsageError(f"{what} {path!r}: the directory {d!r} is not writable")
+
+
+def _steps(total: int, desc: str):
+    from .progress import Steps
+    return Steps(total, desc)
+
+
+class _ZooCommand(click.Command):
+    """`mdla zoo --help` lists the models (the zoo is imported only for the help)."""
+
+    def format_epilog(self, ctx, formatter):
+        import zoo as z
+        with formatter.section("Models"):
+            formatter.write_dl([(name, _first_sentence(fn.__doc__))
+                                for name, fn in sorted({**z.MODELS, **z.SEQUENCE_MODELS}.items())])
+
+
+def _first_sentence(doc: str | None) -> str:
+    text = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return text.split(". ")[0].rstrip(".")
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
     try:
@@ -38,16 +79,25 @@ def main():
     """Open Micron DLA: compile ONNX models and run them on the simulated DLA."""
 
 
-@main.command()
+@main.command(cls=_ZooCommand)
 @click.argument("name")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="ONNX file to write (default NAME.onnx)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="ONNX file to write (default NAME.onnx; "
+              "missing parent directories are created)")
 @click.option("--seed", default=0, show_default=True, help="weight seed")
 def zoo(name, output, seed):
-    """Write zoo model NAME as ONNX (no download: built with onnx.helper and seeded weights)."""
+    """Write zoo model NAME (listed below) as ONNX (no download: built with onnx.helper and seeded weights)."""
+    path = Path(output or f"{name}.onnx").absolute()
+    for parent in path.parents:                 # the first existing ancestor must be a directory
+        if parent.exists():
+            if not parent.is_dir():
+                raise click.UsageError(f"cannot write {output}: {str(parent)!r} is a file, not a directory")
+            break
     import zoo as z
     try:
-        path = z.save(name, output or f"{name}.onnx", seed=seed)
-    except ValueError as e:
+        with _steps(1, "mdla zoo") as p:
+            p.step(f"building {name}")
+            path = z.save(name, output or f"{name}.onnx", seed=seed)
+    except (ValueError, OSError) as e:          # unknown name; a path under a file, no permission, ...
         _fail(e)
     click.echo(f"wrote {path}")
 
@@ -60,19 +110,42 @@ def zoo(name, output, seed):
 @click.option("--heterogeneous", is_flag=True, help="run operators the DLA does not run on the host between DLA layers too")
 @click.option("--samples", "samples_npy", type=click.Path(exists=True, dir_okay=False), default=None,
               help="calibration images, a .npy batch (N, C, H, W): variable fixed point instead of Q8.8")
-def compile(model, output, config, inshapes, heterogeneous, samples_npy):
-    """Compile an ONNX MODEL to a .bin for the chosen hardware configuration."""
+@click.option("--nfpgas", type=click.IntRange(min=1), default=None, help="cards each call runs on (SDK flag nfpgas)")
+@click.option("--nclusters", type=click.IntRange(min=1), default=None, help="clusters of each card (nclusters)")
+@click.option("--firstcluster", type=click.IntRange(min=0), default=None, help="first cluster used (firstcluster)")
+@click.option("--imgs-per-cluster", type=click.IntRange(min=1), default=None,
+              help="images each cluster takes per call (imgs_per_cluster)")
+@click.option("--clustersbatchmode", is_flag=True, default=None, help="the clusters split each image (clustersbatchmode=1)")
+@click.option("--mvbatch", is_flag=True, default=None, help="each MV unit takes its own image (mvbatch=1)")
+@click.option("-f", "--flag", "flags", multiple=True, metavar="NAME=VALUE", help="SetFlag before compiling (repeatable)")
+def compile(model, output, config, inshapes, heterogeneous, samples_npy, nfpgas, nclusters, firstcluster,
+            imgs_per_cluster, clustersbatchmode, mvbatch, flags):
+    """Compile an ONNX MODEL to a .bin for the chosen hardware configuration and batching."""
+    _writable(output, "--output")
     from runtime.mdla import MDLA
     ie = MDLA()
     try:
-        ie.SetFlag("bitfile", config)
-        ie.SetFlag("heterogeneous", int(heterogeneous))
-        samples = np.load(samples_npy) if samples_npy else None
-        t0 = time.perf_counter()
-        names = ie.Compile(model, inshapes=inshapes, outfile=output, samples=samples)
+        with _steps(2, "mdla compile") as p:
+            p.step("loading the runtime")
+            ie.SetFlag("bitfile", config)
+            ie.SetFlag("heterogeneous", int(heterogeneous))
+            parallel = {"nfpgas": nfpgas, "nclusters": nclusters, "firstcluster": firstcluster,
+                        "imgs_per_cluster": imgs_per_cluster, "clustersbatchmode": clustersbatchmode, "mvbatch": mvbatch}
+            for k, v in parallel.items():
+                if v is not None:
+                    ie.SetFlag(k, int(v))
+            _set_flags(ie, flags)
+            samples = np.load(samples_npy) if samples_npy else None
+            p.step(f"compiling {Path(model).name}")
+            t0 = time.perf_counter()
+            names = ie.Compile(model, inshapes=inshapes, outfile=output, samples=samples)
     except Exception as e:  # noqa: BLE001 - report any user-facing error cleanly
         _fail(e)
-    click.echo(f"compiled {model} -> {output} in {time.perf_counter() - t0:.2f} s; outputs: {', '.join(names)}")
+    g = ie.GetInfo
+    click.echo(f"compiled {model} -> {output} in {time.perf_counter() - t0:.2f} s; outputs: {', '.join(names)}; "
+               f"{g('nfpgas')} card(s) x clusters {g('firstcluster')}..{g('firstcluster') + g('nclusters') - 1} x "
+               f"{g('imgs_per_cluster')} image(s) per cluster" + (" (the clusters split each image)"
+                                                                 if g('clustersbatchmode') else ""))
 
 
 @main.command()
@@ -81,7 +154,7 @@ def compile(model, output, config, inshapes, heterogeneous, samples_npy):
 @click.option("--simulator", default=None, help="executor of the run: functional, amaranth, icarus or verilator")
 @click.option("-f", "--flag", "flags", multiple=True, metavar="NAME=VALUE", help="SetFlag before loading (repeatable)")
 @click.option("--input", "input_npy", type=click.Path(exists=True, dir_okay=False), help="input .npy (default random)")
-@click.option("--seed", default=0, show_default=True, help="seed of the random input")
+@click.option("--seed", type=int, default=None, help="seed of the random input (default: the seed flag, 0)")
 @click.option("--heterogeneous", is_flag=True, help="ONNX model: run unsupported operators between DLA layers on the host")
 @click.option("--trace", "trace_json", type=click.Path(dir_okay=False), default=None,
               help="write the run's timeline to this JSON file (Perfetto, chrome://tracing; docs/profiling.md)")
@@ -89,35 +162,35 @@ def run(model, config, simulator, flags, input_npy, seed, heterogeneous, trace_j
     """Run an ONNX MODEL or a compiled .bin on the simulated DLA and report."""
     from runtime.mdla import MDLA
     from runtime.saturation import SaturationWarning
+    from runtime.io_formats import random_inputs
     ie = MDLA()
     try:
-        if trace_json:
-            ie.SetFlag("trace", trace_json)
-        if simulator:
-            ie.SetFlag("simulator", simulator)
-        for f in flags:
-            if "=" not in f:
-                raise ValueError(f"--flag expects NAME=VALUE, got {f!r}")
-            k, v = f.split("=", 1)
-            ie.SetFlag(k, v)
-        if config:
-            ie.SetFlag("bitfile", config)        # for a .bin, Init checks it against the file's
-        if model.endswith(".bin"):
-            ie.Init(model)
-        else:
-            ie.SetFlag("heterogeneous", int(heterogeneous))
-            ie.Compile(model)
-        shape = tuple(int(s) for s in ie.GetInfo("inshapes").split(";")[0].split("x"))
-        x = np.load(input_npy) if input_npy else np.random.default_rng(seed).random(shape, dtype=np.float32)
-        t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:     # SaturationWarnings: printed below
-            warnings.simplefilter("always", SaturationWarning)
-            y = ie.Run(x)
-        wall = time.perf_counter() - t0
+        with _steps(3, "mdla run") as p:
+            p.step(f"loading {Path(model).name}" if model.endswith(".bin") else f"compiling {Path(model).name}")
+            if trace_json:
+                ie.SetFlag("trace", trace_json)
+            if simulator:
+                ie.SetFlag("simulator", simulator)
+            _set_flags(ie, flags)
+            if config:
+                ie.SetFlag("bitfile", config)        # for a .bin, Init checks it against the file's
+            if model.endswith(".bin"):
+                ie.Init(model)
+            else:
+                ie.SetFlag("heterogeneous", int(heterogeneous))
+                ie.Compile(model)
+            x = np.load(input_npy) if input_npy else random_inputs(ie, seed)
+            p.step(f"running on the {ie.GetInfo('simulator')} simulator")
+            t0 = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught:     # SaturationWarnings: printed below
+                warnings.simplefilter("always", SaturationWarning)
+                y = ie.Run(x)
+            wall = time.perf_counter() - t0
+            p.step("float32 reference on the host")
+            th = ie.Run_th(x)
         for w in caught:
             click.echo(f"warning: {w.message}" if issubclass(w.category, SaturationWarning)
                        else warnings.formatwarning(w.message, w.category, w.filename, w.lineno), err=True)
-        th = ie.Run_th(x)
     except Exception as e:  # noqa: BLE001
         _fail(e)
     from arch.numerics import sdk_error_metric
@@ -142,31 +215,35 @@ def run(model, config, simulator, flags, input_npy, seed, heterogeneous, trace_j
 def profile(model, config, flags, output, trace_json):
     """Per-layer profile of MODEL (ONNX or .bin): cycles, MACs, utilisation, bytes moved, what bounds each
     layer, where it sits under the roofline."""
+    for path, what in ((output, "-o/--output"), (trace_json, "--trace")):
+        if path:
+            _writable(path, what)
     from runtime.mdla import MDLA
     from runtime.profile import format_table, plot, roof
     from runtime.profile import profile as run_profile
     ie = MDLA()
     try:
-        if trace_json:
-            ie.SetFlag("trace", trace_json)
-        for f in flags:
-            if "=" not in f:
-                raise ValueError(f"--flag expects NAME=VALUE, got {f!r}")
-            k, v = f.split("=", 1)
-            ie.SetFlag(k, v)
-        if model.endswith(".bin"):
-            ie.Init(model)
-        else:
-            ie.SetFlag("bitfile", config)
-            ie.Compile(model)
-        rows = run_profile(ie)
+        with _steps(3 if output else 2, "mdla profile") as p:
+            p.step(f"loading {Path(model).name}" if model.endswith(".bin") else f"compiling {Path(model).name}")
+            if trace_json:
+                ie.SetFlag("trace", trace_json)
+            _set_flags(ie, flags)
+            if model.endswith(".bin"):
+                ie.Init(model)
+            else:
+                ie.SetFlag("bitfile", config)
+                ie.Compile(model)
+            p.step("traced run on the functional model")
+            rows = run_profile(ie)
+            if output:
+                p.step("plotting")
+                c = ie._compiled
+                plot(rows, output, title=f"{Path(model).name} on {c.cfg.name}", roofline=roof(c.cfg, c.parallel))
     except Exception as e:  # noqa: BLE001
         _fail(e)
     click.echo(format_table(rows, ie._compiled.cfg.clock_mhz, ie.GetInfo('hwcycles')))
     click.echo(f"{ie.GetInfo('hwcycles')} cycles = {ie.GetInfo('hwtime'):.3f} ms modelled for the whole call")
     if output:
-        c = ie._compiled
-        plot(rows, output, title=f"{Path(model).name} on {c.cfg.name}", roofline=roof(c.cfg, c.parallel))
         click.echo(f"wrote {output}")
     if trace_json:
         click.echo(f"wrote the timeline to {trace_json} (open it in https://ui.perfetto.dev or chrome://tracing)")
@@ -202,8 +279,17 @@ def disasm(binfile):
 @click.option("--no-tutorials", is_flag=True, help="skip the tutorial blocks (the quick bit-exactness check only)")
 def demo(configs, seed, no_tutorials):
     """The main job: the tutorials' code blocks on the functional model, then the bit-exactness check, with a report."""
+    from arch.machine import get_config
     from runtime.demo import run_demo
-    ok = run_demo(configs=configs, seed=seed, out=click.echo, tutorials=not no_tutorials)
+    for c in configs:                        # before anything runs: a bad name must not wait for the tutorials
+        try:
+            get_config(c)
+        except (ValueError, OSError) as e:
+            raise click.BadParameter(str(e), param_hint="--config") from None
+    try:
+        ok = run_demo(configs=configs, seed=seed, out=click.echo, tutorials=not no_tutorials, progress=True)
+    except FileNotFoundError as e:          # not a source checkout: the tutorials are missing
+        _fail(e)
     sys.exit(0 if ok else 1)
 
 
@@ -230,7 +316,9 @@ def hw_build(config, output, mem_kib, clusters, sims):
         cfg = get_config(config)
         words = mem_words_for(cfg, (mem_kib or 0) << 10)
         t0 = time.perf_counter()
-        text = export_verilog(cfg, output, mem_words=words, clusters=clusters)
+        with _steps(1, "mdla hw build") as p:
+            p.step(f"elaborating and exporting the {cfg.name!r} card")
+            text = export_verilog(cfg, output, mem_words=words, clusters=clusters)
     except Exception as e:  # noqa: BLE001
         _fail(e)
     click.echo(f"wrote {output}: card {cfg.name!r}, {len(text.splitlines())} lines, main memory {words} x "

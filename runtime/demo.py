@@ -23,7 +23,7 @@ BUDGET_MEAN, BUDGET_MAX = 1.0, 5.0
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _tutorials(out) -> bool:
+def _tutorials(out, steps) -> bool:
     if not (EXAMPLES / "_models.py").exists():
         raise FileNotFoundError(f"the tutorial examples are not at {EXAMPLES}; run the demo from a source checkout")
     sys.path.insert(0, str(EXAMPLES))
@@ -34,6 +34,7 @@ def _tutorials(out) -> bool:
         cwd = os.getcwd()
         os.chdir(tmp)
         t0 = time.perf_counter()
+        steps.step(f"writing the tutorials' {len(MODEL_FILES)} models")
         try:
             ensure_models(*MODEL_FILES)
         finally:
@@ -46,6 +47,7 @@ def _tutorials(out) -> bool:
             work.mkdir()
             for f in MODEL_FILES:
                 shutil.copy(Path(tmp) / f, work / f)
+            steps.step(f"block {n}/{len(BLOCKS)}: {title}")
             try:
                 r = run_block(script, checks, str(work))
             except Exception as e:  # noqa: BLE001 - the report names the failure and goes on
@@ -64,7 +66,7 @@ def _tutorials(out) -> bool:
     return ok_all
 
 
-def _bit_exact(out, configs, seed) -> bool:
+def _bit_exact(out, configs, seed, steps) -> bool:
     import onnxruntime as ort
 
     import zoo
@@ -84,6 +86,7 @@ def _bit_exact(out, configs, seed) -> bool:
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
         for cname in configs:
+            steps.step(f"small CNN on {cname}")
             cfg = get_config(cname)
             ie = MDLA()
             ie.SetFlag("bitfile", cname)
@@ -109,9 +112,25 @@ def _bit_exact(out, configs, seed) -> bool:
     return ok_all
 
 
-def run_demo(configs=("reference", "small"), seed: int = 0, out=print, tutorials: bool = True) -> bool:
-    ok = _tutorials(out) if tutorials else True
-    ok &= _bit_exact(out, configs, seed)
-    out("")
-    out("all checks passed" if ok else "SOME CHECKS FAILED")
+def tutorial_blocks() -> int:
+    """How many tutorial blocks the demo runs (0 outside a source checkout)."""
+    if not (EXAMPLES / "_models.py").exists():
+        return 0
+    sys.path.insert(0, str(EXAMPLES))
+    from _models import BLOCKS
+    return len(BLOCKS)
+
+
+def run_demo(configs=("reference", "small"), seed: int = 0, out=print, tutorials: bool = True,
+             progress: bool = False) -> bool:
+    """The demo; ``progress``: a bar on stderr naming the step (the models, each block, each
+    configuration) while it runs, with the report printed above it through ``out``."""
+    from .progress import Steps
+    total = (1 + tutorial_blocks() if tutorials else 0) + len(configs)
+    with Steps(total, "mdla demo", enabled=None if progress else False) as steps:
+        say = steps.write if progress else out
+        ok = _tutorials(say, steps) if tutorials else True
+        ok &= _bit_exact(say, configs, seed, steps)
+        say("")
+        say("all checks passed" if ok else "SOME CHECKS FAILED")
     return ok

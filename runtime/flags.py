@@ -55,15 +55,7 @@ def _bool(v: str) -> int:
     raise ValueError(f"expects 0 or 1, got {v!r}")
 
 
-#: SDK debug letters this build does not print yet (refused, never accepted and ignored)
-DEBUG_NOT_YET = set("cCsSpdarRItToJ")
-
-
 def _debug(v: str) -> str:
-    later = sorted(set(v) & DEBUG_NOT_YET)
-    if later:
-        raise ValueError(f"debug letter(s) {later} ({'; '.join(DEBUG_LETTERS[c] for c in later)}) are not "
-                         f"implemented in this build yet; implemented: {''.join(sorted(set(DEBUG_LETTERS) - DEBUG_NOT_YET))}")
     bad = sorted(set(v) - set(DEBUG_LETTERS))
     if bad:
         raise ValueError(f"unknown debug letter(s) {bad}; known: " +
@@ -208,18 +200,27 @@ FLAGS: dict[str, FlagSpec] = {
     "runsw": FlagSpec(_runsw, 0,
                       "1: Run runs the software model (Run_sw) instead of the selected simulator; 2 (float run "
                       "collecting quantisation statistics) is refused: calibration is Compile(samples=...) here"),
-    "breaklayer": FlagSpec(_int_range(0, 2), 0, "1: Run returns the output of every layer (a list, layer order), "
-                                                "read from the card memory after the run; 2: Run prints the "
-                                                "modelled cycles of every layer"),
-    "nlayers": FlagSpec(_int_range(-1), -1, "compile only the first N nodes of the ONNX graph (-1: all)", "compile"),
-    "lremove": FlagSpec(_int_range(0), 0, "drop the first N nodes of the ONNX graph (their outputs become inputs)", "compile"),
-    "dumpdir": FlagSpec(_dumpdir, "", "write every write to card memory (the program image at load, the inputs of "
-                                      "each run) as a file into this directory ('' for none)"),
-    "seed": FlagSpec(_int_range(0), 0, "seed of the random inputs the runtime makes up (mdla run, mdla profile)"),
+    "breaklayer": FlagSpec(_int_range(0, 2), 0, "1: Run returns the output of every layer (a list of float32 "
+                                                "(N, C, H, W) arrays, layer order), read from the card memory after "
+                                                "the run; 2: Run prints the modelled cycles of every layer (the SDK "
+                                                "ran them one by one to time them; the cycle model times each "
+                                                "in the whole run)"),
+    "nlayers": FlagSpec(_int_range(-1), -1, "compile only the first N nodes of the ONNX graph (Constant nodes not "
+                                            "counted; after the lremove dropped ones): the outputs of the last one "
+                                            "become the program's outputs (-1: all)", "compile"),
+    "lremove": FlagSpec(_int_range(0), 0, "drop the first N nodes of the ONNX graph (Constant nodes not counted): "
+                                          "the tensors the rest read from them become the program's inputs", "compile"),
+    "dumpdir": FlagSpec(_dumpdir, "", "write every write to card memory (the program image at load, each image's "
+                                      "inputs at each run) as a file <n>_card<f>_<address>.bin into this directory, "
+                                      "listed in its writes.txt ('' for none)"),
+    "seed": FlagSpec(_int_range(0), 0, "seed of the random inputs the runtime makes up: runtime.profile.profile and "
+                                       "mdla profile, mdla run without --input or --seed, random_inputs()"),
     "rand": _no(_bool, 1, "random data in built-in tests", "this build has no built-in tests with fixed data; "
                 "random inputs are seeded with 'seed'", "run"),
     "no_rearrange": FlagSpec(_int_range(0, 2), 0, "outputs: 0 float in the ONNX shape; 1 float in the DLA's layout "
-                                                  "(H, W, channels padded to words); 2 raw int16 in the ONNX shape"),
+                                                  "(N, H, W, channels padded to words); 2 raw int16 in the ONNX shape "
+                                                  "(value x 2^frac); Run and Run_sw (Run_th, the float host run, returns float32 in "
+                                                  "the ONNX shape); refused at Run for models with host stages"),
     "no_inarrange": FlagSpec(_choice("0", "2"), "0", "inputs: 0 float32; 2 raw int16 already in the input's fixed-point "
                                                      "format (GetInfo('infracs'))"),
     # --- SDK flags of the FPGA code generator and driver that have no counterpart here
@@ -264,19 +265,8 @@ OPTION_LETTERS: dict[str, tuple[str, object]] = {
 OLD_OPTION_LETTERS = {"p": "pipeline execution across clusters", "T": "two_programs", "o": "parametric_offset"}
 
 #: SDK flags that could have their meaning here but are not implemented in this build yet: only
-#: their default is accepted (refused at SetFlag, never stored and ignored).
-NOT_YET: dict[str, str] = {
-    "breaklayer": "per-layer outputs and per-layer run printing",
-    "nlayers": "compiling a prefix of the graph",
-    "lremove": "compiling a suffix of the graph",
-    "dumpdir": "dumping the writes to card memory",
-    "no_rearrange": "raw output layouts",
-    "no_inarrange": "raw int16 inputs",
-}
-for _k, _what in NOT_YET.items():
-    _s = FLAGS[_k]
-    FLAGS[_k] = FlagSpec(_refused(_s.parse, _s.default, f"{_what} is not implemented in this build yet"),
-                         _s.default, _s.doc, _s.when, f"not implemented in this build yet ({_what})")
+#: their default is accepted (refused at SetFlag, never stored and ignored). None left.
+NOT_YET: dict[str, str] = {}
 
 
 class FlagSet:

@@ -159,7 +159,7 @@ def infer(model, images, *, ray: bool | str = False, cards: int | None = None, r
     or a Ray address. ``cards``: simulated cards (ONNX models; default 1, with Ray the cluster's
     CPUs). ``flags``: further SetFlag values. ``output``: also save the outputs (.npy for one
     output, .npz for several)."""
-    from tqdm import tqdm
+    from hw.progress import Bar as tqdm      # tqdm without its monitor thread
 
     from .mdla import MDLA
     from . import ray_cards

@@ -142,6 +142,9 @@ INFO: dict[str, InfoSpec] = {
     "outshapes": InfoSpec(lambda o: ";".join(_shape(i) for i in o._need().final_outputs), "output shapes"),
     "innames": InfoSpec(lambda o: ";".join(i.name for i in o._need().inputs), "input names"),
     "outnames": InfoSpec(lambda o: ";".join(i.name for i in o._need().final_outputs), "output names"),
+    "infracs": InfoSpec(lambda o: ";".join(str(f) for f in _io().infracs(o._need())),
+                        "fractional bits of each input's fixed-point format (the format of no_inarrange=2 inputs), "
+                        "';' between inputs"),
     "addroff": InfoSpec(lambda o: int(o._need().memmap.end), "end of the loaded program's memory map (bytes)"),
     "batch": InfoSpec(lambda o: int(o._need().parallel.batch), "images per Run/PutInput call"),
     "numbatch": InfoSpec(lambda o: int(o._need().parallel.batch), "2018-2020 name of 'batch'"),
@@ -159,6 +162,11 @@ INFO: dict[str, InfoSpec] = {
     "print_flags": InfoSpec(_print(flags_text), "prints every flag with its value in effect"),
     "help": InfoSpec(_print(lambda o: help_text()), "prints the flags, letters and info names with what they do"),
 }
+
+
+def _io():
+    from . import io_formats
+    return io_formats
 
 
 def _ray_cards():

@@ -31,7 +31,7 @@ from compiler.ir import CompileError
 from compiler.partition import HostStage, Staged, compile_partitioned
 from compiler.memmap import align
 
-from . import lowlevel, ray_cards
+from . import debug, io_formats, lowlevel, ray_cards, run_hooks
 from .cards import POOL, CardsUnavailable
 from .driver import _image, _objects_on, _run_joint
 from .errors import MDLAError
@@ -126,6 +126,10 @@ class MDLA:
         if simplify:
             from .model_prep import simplify_model
             modelpath = simplify_model(modelpath)
+        cut = {"nlayers": self._flags["nlayers"], "lremove": self._flags["lremove"]}
+        if cut != {"nlayers": -1, "lremove": 0}:
+            from .model_prep import cut_model
+            modelpath = cut_model(modelpath, **cut)
         cfg = self._config()
         parallel = self._parallel(cfg)
         base = 0
@@ -134,7 +138,7 @@ class MDLA:
         compiled = compile_partitioned(modelpath, cfg, inshapes=inshapes, base=base, parallel=parallel,
                                        heterogeneous=bool(self._flags["heterogeneous"]), samples=samples)
         compiled.meta["flags"] = {"heterogeneous": self._flags["heterogeneous"], "fpgaid": self._flags["fpgaid"],
-                                  "varfp": int(samples is not None)}
+                                  "varfp": int(samples is not None), **cut}
         if "n" in self._flags["debug"]:
             self._print_layers(compiled)
         if "Q" in self._flags["debug"]:
@@ -356,6 +360,8 @@ class MDLA:
                 for k, seg in enumerate(segments):
                     for p, prog in seg.programs.items():
                         Path(f"instr{card.index}_{p}_{k}.txt").write_text(disassemble(prog, with_pc=True))
+        debug.at_load(self)
+        io_formats.dump_load(self, compiled, cards)
 
     # ------------------------------------------------------------------ run
     def Run(self, images):
@@ -374,11 +380,16 @@ class MDLA:
         """comparesw=1: the same call on the bit-exact software model; the largest difference is
         printed and kept (GetInfo('comparesw_error')). The last run's statistics stay the DLA's."""
         kept = (self._hwcycles, self._saturations, self._last_stats, dict(self._layer_saturations))
-        sw = self.Run_sw(images)
+        self._quiet_debug = True                 # the debug printing is the DLA run's
+        try:
+            sw = self.Run_sw(images)
+        finally:
+            self._quiet_debug = False
         self._hwcycles, self._saturations, self._last_stats, self._layer_saturations = kept
         a = results if isinstance(results, list) else [results]
         b = sw if isinstance(sw, list) else [sw]
-        self._compare = max(float(np.max(np.abs(x - y))) if x.size else 0.0 for x, y in zip(a, b))
+        self._compare = max(float(np.max(np.abs(x.astype(np.float64) - y))) if x.size else 0.0 for x, y in zip(a, b))
+        debug.compare(self, [o.name for o in self._compiled.final_outputs], a, b)
         print(f"comparesw: largest |DLA - software model| = {self._compare:g}"
               + (" (identical)" if self._compare == 0 else ""), file=sys.stderr)
 
@@ -402,6 +413,7 @@ class MDLA:
         for n in range(batch):
             feeds = {i.tensor: _image(c, arrays, k, n) for k, i in enumerate(c.inputs)}
             t = run_float(c.graph, feeds)
+            debug.th_layer_ranges(self, c.graph, t, n)
             for k, o in enumerate(c.graph.outputs):
                 results[k].append(output_array(o, t[o.tensor])[0])
         return self._pack(self._finish(results))
@@ -420,6 +432,7 @@ class MDLA:
             for e in env:
                 feeds = {i.tensor: e[i.name].reshape(seg.graph.tensors[i.tensor].shape) for i in seg.inputs}
                 t = run_float(seg.graph, feeds)
+                debug.th_layer_ranges(self, seg.graph, t, k)
                 for o in seg.graph.outputs:
                     e[o.name] = output_array(o, t[o.tensor])
         return self._pack(self._stages(c, arrays, batch, dla))
@@ -468,7 +481,7 @@ class MDLA:
 
     def _run_call(self, images, simulator: str | None = None):
         """One call of this object alone; returns (results, modelled cycles)."""
-        return _run_joint([(self, images)], simulator)[0]
+        return run_hooks.joint(_run_joint, [(self, images)], simulator)[0]
 
     def _execute_head(self, entry) -> None:
         """Run this object's oldest queued call together with the oldest queued calls of the models
@@ -485,7 +498,7 @@ class MDLA:
                 group.append((other, claimed))
                 used |= clusters
         try:
-            outcomes = _run_joint([(obj, e.images) for obj, e in group])
+            outcomes = run_hooks.joint(_run_joint, [(obj, e.images) for obj, e in group])
         except BaseException as err:  # noqa: BLE001 - each caller's GetResult raises it
             for obj, e in group:
                 obj._stream.complete(e, None, 0, err)
@@ -507,6 +520,7 @@ class MDLA:
 
     def _inputs(self, images, c: Compiled, any_batch: bool = False) -> tuple[list[np.ndarray], int]:
         """Validated inputs as float32 arrays of shape (N, *per-image shape), and N."""
+        io_formats.check(self, c, outputs=not any_batch)
         if getattr(c, "whole", False):          # a model the host runs whole: its own shapes and types
             return c.whole_inputs(images), 1
         arrays = list(images) if isinstance(images, (list, tuple)) else [images]
@@ -515,9 +529,10 @@ class MDLA:
                              f"({', '.join(i.name for i in c.inputs)}), got {len(arrays)} array(s)")
         out, batch = [], None
         expected = c.parallel.batch
-        for a, i in zip(arrays, c.inputs):
+        for k, (a, i) in enumerate(zip(arrays, c.inputs)):
             if a is None:
                 raise ValueError(f"input {i.name!r} is None")
+            a = io_formats.input_array(self, c, k, a)
             a = image_batch(a, tuple(i.onnx_shape[1:]), f"input {i.name!r}")
             if batch is not None and a.shape[0] != batch:
                 raise ValueError(f"inputs have different batch sizes ({batch} and {a.shape[0]})")

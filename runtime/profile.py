@@ -55,16 +55,16 @@ class LayerProfile:
         return asdict(self)
 
 
-def profile(ie, images=None, seed: int = 0, threshold: float = 0.85) -> list[LayerProfile]:
+def profile(ie, images=None, seed: int | None = None, threshold: float = 0.85) -> list[LayerProfile]:
     """Run ``images`` (random in [0, 1) if None) once with tracing and attribute the cycles to
     layers; layers below ``threshold`` utilisation get a ``why``. A model with host stages
     (``heterogeneous``) gets a row per host stage too, with no cycles (host time is not modelled);
     each DLA stage's layers start where the previous DLA stage ended."""
     c = ie._need()
     staged = hasattr(c, "stages")
-    if images is None:
-        shape = (c.parallel.batch,) + tuple(c.inputs[0].onnx_shape[1:])
-        images = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    if images is None:                      # seeded by ``seed``, else by the object's 'seed' flag
+        from .io_formats import random_inputs
+        images = random_inputs(ie, seed)
     ie._trace = True
     try:
         ie._run_call(images, simulator="functional")

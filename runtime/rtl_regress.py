@@ -184,7 +184,7 @@ def regress_random(count: int, first_seed: int = 0, simulator: str = "verilator"
     batches = [seeds[i:i + per_task] for i in range(0, len(seeds), per_task)]
     report = Report(simulator)
     t0 = time.perf_counter()
-    from tqdm import tqdm
+    from hw.progress import Bar as tqdm      # tqdm without its monitor thread
     with tqdm(total=count, unit="prog", desc=f"random programs on {simulator}", disable=not progress) as bar:
         if ray is False or ray is None:
             for b in batches:

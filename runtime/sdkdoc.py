@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .flags import ALIASES, DEBUG_LETTERS, DEBUG_NOT_YET, FLAGS, OLD_OPTION_LETTERS, OPTION_LETTERS
+from .flags import ALIASES, DEBUG_LETTERS, FLAGS, OLD_OPTION_LETTERS, OPTION_LETTERS
 from .info import INFO
 
 #: The SDK's methods (reference: /work/shared/reference/mdla-sdk.md §2.3-2.6) -> status here.
@@ -67,8 +67,7 @@ def render() -> str:
         out.append(f"| `{ch}` | `{f}={v}` | {'yes' if ok else _cell('refused: ' + why)} |")
     out += [f"| `{ch}` | {_cell(what)} | refused: dropped by the SDK in 2021 |" for ch, what in OLD_OPTION_LETTERS.items()]
     out += ["", "## Debug letters (`SetFlag('debug', letters)`)", "", "| letter | what | status |", "| --- | --- | --- |"]
-    out += [f"| `{ch}` | {_cell(d)} | {'not implemented in this build yet (refused)' if ch in DEBUG_NOT_YET else 'yes'} |"
-            for ch, d in DEBUG_LETTERS.items()]
+    out += [f"| `{ch}` | {_cell(d)} | yes |" for ch, d in DEBUG_LETTERS.items()]
     out += ["", "## GetInfo names (besides every flag name)", "", "| name | what | status |", "| --- | --- | --- |"]
     out += [f"| `{k}` | {_cell(s.doc)} | {_cell('refused: ' + s.refused) if s.refused else 'yes'} |" for k, s in INFO.items()]
     return "\n".join(out) + "\n"

@@ -60,7 +60,7 @@ def test_every_option_letter_is_accepted_or_refused_with_a_reason():
 
 @pytest.mark.parametrize("name,value,match", [("int8mode", 1, "16-bit"), ("fpgaid", 510, "simulated"),
                                               ("has_varfp", 0, "always has"), ("runsw", 2, "samples"),
-                                              ("gen_loops", 1, "no loop"), ("debug", "t", "not implemented")])
+                                              ("gen_loops", 1, "no loop"), ("debug", "#", "unknown debug letter")])
 def test_refused_flags_say_why(name, value, match):
     with pytest.raises(ValueError, match=match):
         microndla.MDLA().SetFlag(name, value)
