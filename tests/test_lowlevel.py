@@ -171,7 +171,7 @@ def test_low_level_bad_input(tmp_path, model):
     at = ie.Malloc(64, 32, 0, "code")
     bad = tmp_path / "bad.txt"
     for text, match in [("SYNC\n", "must end with END"), ("LOAD dram_addr=@nosuch\nEND\n", "not a Malloc'ed buffer"),
-                        ("FOO x=1\nEND\n", "unknown instruction"), ("LOAD n0=1 n1=1 n2=1 buf_addr=99999999\nEND\n", "")]:
+                        ("FOO x=1\nEND\n", "unknown instruction"), ("LOAD mv_mask=1 n0=1 n1=1 n2=1 buf_addr=99999999\nEND\n", "beyond"), ("LOAD n0=1 n1=1 n2=1\nEND\n", "mv_mask")]:
         bad.write_text(text)
         with pytest.raises(MDLAError, match=match):
             ie.ReadCode(str(bad), at)
