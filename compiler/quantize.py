@@ -268,9 +268,16 @@ def _calibrated_fracs(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]
     return {t: frac[find(t)] for t in graph.tensors}, gated
 
 
-def _bounded(layer) -> bool:
+def _bounded(layer, producers: dict) -> bool:
     """Whether a layer's output format holds every value it can produce by construction (a Sigmoid,
-    a Tanh, a Clip with both bounds, not followed by a fused Mul): its range needs no check."""
+    a Tanh, a Clip with both bounds, not followed by a fused Mul; a MaxPool or AvgPool of such an
+    output, which keeps its input's format and stays within its input's range): its range needs no
+    check. (A pool after a Clip whose bound only just fits the format, as a quantised model's range
+    hint makes it, would otherwise warn although it cannot exceed the bound.)"""
+    for _ in range(len(producers) + 1):
+        if not isinstance(layer, (MaxPool, AvgPool)):
+            break
+        layer = producers.get(layer.input)
     return (isinstance(layer, Conv) and not (layer.residual and layer.res_op == "mul")
             and (layer.act in ("sigmoid", "tanh") or (layer.act == "clip" and None not in layer.clip)))
 
@@ -287,7 +294,7 @@ def _warn_saturation(graph: Graph, cfg: MachineConfig, ranges: dict[str, float])
     inputs = {i.tensor for i in graph.inputs}
     checks = []       # (range, frac, who, what)
     for name, t in graph.tensors.items():
-        if name not in producers and name not in inputs or _bounded(producers.get(name)):
+        if name not in producers and name not in inputs or _bounded(producers.get(name), producers):
             continue      # concatenations are reported through their inputs
         layer = producers.get(name)
         who = f"input {name!r}" if layer is None else (
