@@ -694,6 +694,7 @@ def canonicalise(proto: onnx.ModelProto, consts: dict[str, np.ndarray], mem_byte
     g = _Graph(proto, consts, mem_bytes, notes)
     g.selectors = set()
     g.activation_hints = {}
+    g.range_aliases = []         # (tensor, the same values in another layout): compiler.frontend_seq
     for _ in range(_MAX_ROUNDS):
         g.infer()
         changed = any([step(g) for step in PRE_FOLD_STEPS])

@@ -78,9 +78,18 @@ def _channel_source(g, t: str, producers) -> str | None:
 _SWAP = [0, 2, 1, 3]
 
 
+def _same_values(g, token: str, channels: str) -> None:
+    """Note that two tensors hold the same values in two layouts (a quantised model's range hint
+    on either is one on the other, :func:`compiler.quant_import.save_hints`), also once the views
+    between them are gone."""
+    if hasattr(g, "range_aliases"):
+        g.range_aliases.append((token, channels))
+
+
 def _to_channels(g, x: str, T: int, K: int, base: str) -> tuple[str, list]:
     """Nodes turning token tensor x into its channel form (1, K, T, 1), and that tensor's name."""
     a, c = g.fresh(base + "_tk"), g.fresh(base + "_chw")
+    _same_values(g, x, c)
     nodes = [helper.make_node("Reshape", [x, g.const(np.array([1, T, K, 1], np.int64), base + "_tk")], [a], name=a),
              helper.make_node("Transpose", [a], [c], name=c, perm=_SWAP)]
     return c, nodes
@@ -89,6 +98,7 @@ def _to_channels(g, x: str, T: int, K: int, base: str) -> tuple[str, list]:
 def _to_tokens(g, y: str, T: int, N: int, shape, out: str, base: str) -> list:
     """Nodes turning channel-form y (1, N, T, 1) into the token tensor ``out`` of ``shape``."""
     b = g.fresh(base + "_tn")
+    _same_values(g, out, y)
     return [helper.make_node("Transpose", [y], [b], name=b, perm=_SWAP),
             helper.make_node("Reshape", [b, g.const(np.array(shape, np.int64), base + "_tok")], [out],
                              name=base + "_tokens")]

@@ -57,6 +57,7 @@ from .lift1d import is_unbatched, unlift_vectors
 from .frontend_canon import canonicalise
 from .frontend_seq import sequence_io
 from .ops import SUPPORTED_OPS, ops_in, spec
+from .quant_import import HINTS_KEY
 
 __all__ = ["HostStage", "Staged", "HostOnlyWarning", "compile_partitioned", "partition"]
 
@@ -443,7 +444,11 @@ class _Partitioner:
         g = helper.make_graph([n for _, n in part.nodes], name,
                               [self.value_info(i, where, need) for i in ins],
                               [self.value_info(o, where, need) for o in outs], inits)
-        return helper.make_model(g, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
+        m = helper.make_model(g, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
+        # a quantised model's activation range hints go with the stage (its own canonicalisation
+        # finds no QDQ pair left to take them from)
+        m.metadata_props.extend(prop for prop in self.proto.metadata_props if prop.key == HINTS_KEY)
+        return m
 
 
 def partition(model, inshapes: str | None = None, heterogeneous: bool = False, mem_bytes: int | None = None,
