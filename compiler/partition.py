@@ -54,7 +54,7 @@ from .hostops import host_evaluator
 from .ir import CompileError
 from .memmap import align
 from .lift1d import is_unbatched, unlift_vectors
-from .frontend_canon import canonicalise
+from .frontend_canon import canonicalise, describe
 from .frontend_seq import sequence_io
 from .ops import SUPPORTED_OPS, ops_in, spec
 from .quant_import import HINTS_KEY
@@ -287,9 +287,8 @@ def _schedule(order, consts, labels: dict[int, str]) -> list[_Part]:
 
 
 def _where(index: int, node: onnx.NodeProto) -> str:
-    name = node.name or f"{node.op_type}_{index}"
-    op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-    return f"node '{name}' ({op})"
+    """``node 'name' (Op)``, the user's node first for one canonicalisation wrote."""
+    return describe(node, node.name or f"{node.op_type}_{index}")
 
 
 class _Partitioner:

@@ -165,6 +165,33 @@ def test_rnn_layer_within_budget(op, kw):
     assert_bit_exact_with_golden(ie)
 
 
+@pytest.mark.parametrize("op,kw", [("LSTM", dict(direction="bidirectional", states=True)), ("GRU", dict(seq_len=5))])
+def test_rnn_layer_without_heterogeneous(op, kw):
+    """The default mode: one recurrent layer is a DLA program (the gates' input part) with a host
+    tail (the recurrence), so it runs without the flag, within the budget."""
+    model = sequence.rnn_layer(op, **kw)
+    feeds = _feeds(model)
+    ie, ys = _run(model, feeds, heterogeneous=False)
+    _within_budget(ys, _ort(model, feeds), f"{op} {kw} without heterogeneous")
+    assert _dla_layers(ie) == 1
+    assert_bit_exact_with_golden(ie)
+
+
+@pytest.mark.parametrize("build,first,then", [
+    (lambda: sequence.lstm_stack(seq=3), "node 'lstm1' (LSTM)", "node 'lstm2' (LSTM)"),
+    (sequence.crnn, "node 'squeeze", "node 'bilstm' (LSTM)"),
+    (sequence.attention_recogniser, "node 'squeeze", "node 'matmul36' (MatMul)")])
+def test_refusal_without_heterogeneous_names_the_users_nodes(build, first, then):
+    """Host work between DLA layers without the flag: the refusal names the user's ONNX nodes (not
+    the Transpose or Conv canonicalisation wrote for them; those follow in parentheses) and the flag."""
+    with pytest.raises(CompileError) as e:
+        microndla.MDLA().Compile(build())
+    msg = str(e.value)
+    assert msg.startswith(first), msg
+    assert f"DLA layers follow it ({then}" in msg and "SetFlag('heterogeneous', 1)" in msg, msg
+    assert "__c" not in msg.split(" (as the compiler's")[0], msg
+
+
 def test_layout_1_equals_layout_0():
     """layout 1 (batch-first; onnxruntime's CPU LSTM does not take it): the same weights in layout
     0 under onnxruntime, transposed."""
@@ -264,7 +291,8 @@ def test_profile_reports_the_dla_and_host_shares(tmp_path):
     assert result.exit_code == 0, result.output
     assert "modelled time of the call: DLA" in result.output and "host" in result.output
     ie, _ = _run(sequence.crnn(), {"input": np.zeros((1, 1, 32, 64), np.float32)})
-    lstm = next(s for s in ie._compiled.stages if isinstance(s, HostStage) and any("(LSTM)" in n for n in s.nodes))
+    lstm = next(s for s in ie._compiled.stages if isinstance(s, HostStage)
+                and any(n.op_type == "LSTM" for n in onnx.load_from_string(s.model).graph.node))
     flops, moved, nbytes, seconds = stage_cost(lstm.model)
     T, D, H = 16, 2, 48
     recurrent = T * D * (2 * 4 * H * H + 12 * H)
