@@ -360,6 +360,7 @@ class _Partitioner:
         forced = set(forced)
         while True:
             labels = _label(nodes, self.consts, forced, self.fe.bad_inputs)
+            self._input_views_to_host(nodes, labels)
             parts = _schedule(nodes, self.consts, labels)
             idle = [p for p in parts if p.kind == DLA and not any(_computes(n) for _, n in p.nodes)
                     and not self._copies(p)]
@@ -372,6 +373,36 @@ class _Partitioner:
                 if p.kind == HOST:
                     self._refuse_middle(p, parts[parts.index(p) + 1:])
         return parts
+
+    def _input_views_to_host(self, nodes, labels: dict[int, str]) -> None:
+        """A view of a model input that only host nodes read (a recurrence's initial state given a
+        leading axis by :func:`compiler.frontend_seq.sequence_io`) runs on the host: on the DLA it
+        would be a stage output the host reads, of a batch the DLA stages do not take."""
+        inputs = {vi.name for vi in self.proto.graph.input} - self.consts
+        outputs = {o.name for o in self.proto.graph.output}
+        readers: dict[str, list[int]] = {}
+        for index, node in nodes:
+            for i in node.input:
+                if i:
+                    readers.setdefault(i, []).append(index)
+        of_inputs = set(inputs)
+        changed = True
+        while changed:
+            changed = False
+            for index, node in nodes:
+                ins = [i for i in node.input if i and i not in self.consts]
+                if labels[index] != DLA or node.op_type not in VIEW_OPS or not ins or not set(ins) <= of_inputs:
+                    continue
+                outs = [o for o in node.output if o]
+                if any(o in outputs for o in outs):
+                    continue
+                users = [k for o in outs for k in readers.get(o, [])]
+                if users and all(labels[k] == HOST for k in users):
+                    labels[index] = HOST
+                    changed = True
+                elif not set(outs) <= of_inputs:
+                    of_inputs.update(outs)       # a view of a view of an input, checked again
+                    changed = True
 
     def _copies(self, part: _Part) -> bool:
         """Whether a part of views only turns model inputs into model outputs (the DLA copies them)."""
