@@ -54,7 +54,7 @@ from .hostops import host_evaluator
 from .ir import CompileError
 from .memmap import align
 from .lift1d import is_unbatched, unlift_vectors
-from .frontend_canon import canonicalise, describe
+from .frontend_canon import canonicalise, describe, origin
 from .frontend_seq import sequence_io
 from .ops import SUPPORTED_OPS, ops_in, spec
 from .quant_import import HINTS_KEY
@@ -420,8 +420,10 @@ class _Partitioner:
             for j, n in part.nodes[part.nodes.index((index, node)) + 1:] + after:
                 if any(i in reach for i in n.input):
                     if n.op_type in LAYER_OPS and any(j == k for q in later if q.kind == DLA for k, _ in q.nodes):
+                        what = (f"runs on the host in part (the DLA does not take that {node.op_type})"
+                                if origin(node) else "is not supported on the DLA")
                         raise CompileError(
-                            f"{_where(index, node)} is not supported on the DLA, and DLA layers follow it "
+                            f"{_where(index, node)} {what}, and DLA layers follow it "
                             f"({_where(j, n)}); operators before the first and after the last DLA layer run on the "
                             f"host, in the middle of the network only with SetFlag('heterogeneous', 1); supported "
                             f"on the DLA: {', '.join(SUPPORTED_OPS)}")
