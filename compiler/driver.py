@@ -9,7 +9,7 @@ import numpy as np
 from arch.machine import MachineConfig
 
 from .calibrate import calibrate
-from .quant_import import hinted_ranges
+from .quant_import import activation_ranges
 from .codegen import CodeGen, WeightStore
 from .compiled import Compiled, IODesc, Parallel, image_batch
 from .frontend import load_model
@@ -78,15 +78,15 @@ def compile_model(model, cfg: MachineConfig, inshapes: str | None = None, base: 
                   parallel: Parallel = Parallel(), samples=None) -> Compiled:
     """ONNX model (path or ModelProto) -> Compiled: with the default Q8.8 activations, or with
     ``samples`` (calibration images, see :func:`compiler.calibrate.calibration_feeds`) per-tensor
-    formats chosen from a float run on them (variable fixed point). A quantised model whose
-    activation scales cover every activation tensor (QDQ) gets its formats from them instead
-    (:func:`compiler.quant_import.hinted_ranges`) when no samples are given."""
+    formats chosen from a float run on them (variable fixed point). A quantised model's activation
+    scales (QDQ) are calibration hints for the tensors they cover, alone or with the samples
+    (:func:`compiler.quant_import.activation_ranges` states the rule)."""
     graph = load_model(model, inshapes=inshapes, mem_bytes=cfg.mem_bytes)
     legalise(graph, cfg)
-    hinted = hinted_ranges(graph) if samples is None else None
-    if hinted is not None:
-        graph.notes.append("activation formats from the quantised model's activation scales (calibration hints)")
-    quantize(graph, cfg, ranges=calibrate(graph, samples) if samples is not None else hinted)
+    ranges, note = activation_ranges(graph, calibrate(graph, samples) if samples is not None else None)
+    if note:
+        graph.notes.append(note)
+    quantize(graph, cfg, ranges=ranges, missing_frac=cfg.default_frac)
     compiled = compile_graph(graph, cfg, base=base, parallel=parallel)
-    compiled.meta["varfp"] = samples is not None or hinted is not None
+    compiled.meta["varfp"] = ranges is not None
     return compiled

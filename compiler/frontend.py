@@ -144,7 +144,8 @@ class _FrontEnd(Shapes, Translate, Fusion):
         return node.name or f"{node.op_type}_{index}"
 
     def _where(self, index: int, node: onnx.NodeProto) -> str:
-        return f"node '{self._node_name(index, node)}' ({node.op_type})"
+        from .frontend_canon import describe
+        return describe(node, self._node_name(index, node))
 
     def _layer_name(self, index: int, node: onnx.NodeProto) -> str:
         return self._unique_name(self._node_name(index, node), index)

@@ -53,7 +53,7 @@ from .ops import MDLA_DOMAIN
 from .frontend_seq import SEQUENCE_STEPS
 from .quant_import import PRE_FOLD_STEPS, QUANT_STEPS, save_hints
 
-__all__ = ["canonicalise", "act_available"]
+__all__ = ["canonicalise", "act_available", "origin", "describe", "ORIGIN_KEY"]
 
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 #: view ops whose composite may be the identity or a channel permutation of a 4-D tensor
@@ -71,6 +71,27 @@ def _where(node: onnx.NodeProto) -> str:
     return f"node '{node.name or node.op_type}' ({node.op_type})"
 
 
+#: the node metadata key under which canonicalisation notes, on every node it writes, the node of
+#: the model as given that it came from (so that messages name what the user wrote)
+ORIGIN_KEY = "com.microndla.origin"
+
+
+def origin(node: onnx.NodeProto) -> str | None:
+    """``node 'name' (Op)`` of the user's node a node written by canonicalisation came from, or None
+    for a node of the model as given."""
+    return next((p.value for p in node.metadata_props if p.key == ORIGIN_KEY), None)
+
+
+def describe(node: onnx.NodeProto, name: str | None = None) -> str:
+    """``node 'name' (Op)``; for a node canonicalisation wrote, the user's node it came from first:
+    ``node 'lstm1' (LSTM) (as the compiler's 'lstm1_input_bias_tn__c27' (Transpose))``."""
+    name = name or node.name or node.op_type
+    dom = "" if node.domain in ("", "ai.onnx") else node.domain + "."
+    here = f"'{name}' ({dom}{node.op_type})"
+    src = origin(node)
+    return f"node {here}" if src is None else f"{src} (as the compiler's {here})"
+
+
 class _Graph:
     """The model's nodes, constants, shapes and element types while they are rewritten."""
 
@@ -83,6 +104,7 @@ class _Graph:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.types: dict[str, int] = {}
         self.names = {o for n in self.g.node for o in n.output} | {i.name for i in self.g.input} | set(consts)
+        self.user_nodes = {n.name for n in self.g.node if origin(n) is None}   #: the model's own nodes
         self.counter = 0
         self.outputs = {o.name for o in self.g.output}
 
@@ -126,8 +148,15 @@ class _Graph:
                 return
 
     def insert_before(self, anchor: onnx.NodeProto, nodes: list[onnx.NodeProto]) -> None:
+        """Insert ``nodes`` (written in place of, or for, ``anchor``) before it; each new node notes
+        the user's node it came from (:data:`ORIGIN_KEY`), unless it is that node again."""
         k = next(k for k, n in enumerate(self.g.node) if n is anchor)
+        src = origin(anchor) or (f"node '{anchor.name}' ({anchor.op_type if anchor.domain in ('', 'ai.onnx') else anchor.domain + '.' + anchor.op_type})"
+                                 if anchor.name in self.user_nodes else None)
         for j, n in enumerate(nodes):
+            same = n.name == anchor.name and n.op_type == anchor.op_type and origin(anchor) is None
+            if src is not None and not same and origin(n) is None:
+                n.metadata_props.add(key=ORIGIN_KEY, value=src)
             self.g.node.insert(k + j, n)
 
     def scalar(self, name: str) -> float | None:
@@ -694,6 +723,7 @@ def canonicalise(proto: onnx.ModelProto, consts: dict[str, np.ndarray], mem_byte
     g = _Graph(proto, consts, mem_bytes, notes)
     g.selectors = set()
     g.activation_hints = {}
+    g.range_aliases = []         # (tensor, the same values in another layout): compiler.frontend_seq
     for _ in range(_MAX_ROUNDS):
         g.infer()
         changed = any([step(g) for step in PRE_FOLD_STEPS])

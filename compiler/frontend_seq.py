@@ -78,9 +78,18 @@ def _channel_source(g, t: str, producers) -> str | None:
 _SWAP = [0, 2, 1, 3]
 
 
+def _same_values(g, token: str, channels: str) -> None:
+    """Note that two tensors hold the same values in two layouts (a quantised model's range hint
+    on either is one on the other, :func:`compiler.quant_import.save_hints`), also once the views
+    between them are gone."""
+    if hasattr(g, "range_aliases"):
+        g.range_aliases.append((token, channels))
+
+
 def _to_channels(g, x: str, T: int, K: int, base: str) -> tuple[str, list]:
     """Nodes turning token tensor x into its channel form (1, K, T, 1), and that tensor's name."""
     a, c = g.fresh(base + "_tk"), g.fresh(base + "_chw")
+    _same_values(g, x, c)
     nodes = [helper.make_node("Reshape", [x, g.const(np.array([1, T, K, 1], np.int64), base + "_tk")], [a], name=a),
              helper.make_node("Transpose", [a], [c], name=c, perm=_SWAP)]
     return c, nodes
@@ -89,6 +98,7 @@ def _to_channels(g, x: str, T: int, K: int, base: str) -> tuple[str, list]:
 def _to_tokens(g, y: str, T: int, N: int, shape, out: str, base: str) -> list:
     """Nodes turning channel-form y (1, N, T, 1) into the token tensor ``out`` of ``shape``."""
     b = g.fresh(base + "_tn")
+    _same_values(g, out, y)
     return [helper.make_node("Transpose", [y], [b], name=b, perm=_SWAP),
             helper.make_node("Reshape", [b, g.const(np.array(shape, np.int64), base + "_tok")], [out],
                              name=base + "_tokens")]
@@ -350,40 +360,29 @@ def sequence_io(proto, inshapes: str | None):
     m.CopyFrom(proto)
     g = m.graph
     taken = {o for n in g.node for o in n.output} | {i.name for i in g.input} | inits
-    front, shapes = [], []
-    for vi in g.input:
-        if vi.name not in {w.name for w in wrap_in}:
-            continue
-        s = dims(vi)
-        inner = _free(vi.name + "__seq", taken)
+    for o in g.output:
+        if o.name in {w.name for w in wrap_in}:
+            raise ValueError("a graph input that is also a graph output")     # not for recurrent models
+    shapes: list = []
+
+    def wrap(vi, inner_suffix: str, shape_suffix: str, reshape_to: list[int], ins: bool) -> onnx.NodeProto:
+        """The Reshape between graph tensor ``vi`` (given a leading unit axis) and the model's own
+        ``inner`` tensor, which takes its place inside: inner = Reshape(vi) for an input, vi =
+        Reshape(inner) for an output."""
+        inner = _free(vi.name + inner_suffix, taken)
         for n in g.node:
-            for k, i in enumerate(n.input):
-                if i == vi.name:
-                    n.input[k] = inner
-        for o in g.output:
-            if o.name == vi.name:
-                raise ValueError("a graph input that is also a graph output")     # not for recurrent models
-        shape = _free(vi.name + "__seq_shape", taken)
-        shapes.append(onnx.numpy_helper.from_array(np.array(s, np.int64), shape))
-        front.append(helper.make_node("Reshape", [vi.name, shape], [inner], name=inner))
+            if not ins:
+                n.output[:] = [inner if o == vi.name else o for o in n.output]
+            n.input[:] = [inner if i == vi.name else i for i in n.input]
+        shape = _free(vi.name + shape_suffix, taken)
+        shapes.append(onnx.numpy_helper.from_array(np.array(reshape_to, np.int64), shape))
         vi.type.tensor_type.shape.dim.insert(0, onnx.TensorShapeProto.Dimension(dim_value=1))
-    back = []
-    for vi in g.output:
-        if vi.name not in {w.name for w in wrap_out}:
-            continue
-        s = dims(vi)
-        inner = _free(vi.name + "__seq", taken)
-        for n in g.node:
-            for k, o in enumerate(n.output):
-                if o == vi.name:
-                    n.output[k] = inner
-            for k, i in enumerate(n.input):
-                if i == vi.name:
-                    n.input[k] = inner
-        shape = _free(vi.name + "__batch_shape", taken)
-        shapes.append(onnx.numpy_helper.from_array(np.array([1] + s, np.int64), shape))
-        back.append(helper.make_node("Reshape", [inner, shape], [vi.name], name=vi.name + "__batch"))
-        vi.type.tensor_type.shape.dim.insert(0, onnx.TensorShapeProto.Dimension(dim_value=1))
+        if ins:
+            return helper.make_node("Reshape", [vi.name, shape], [inner], name=inner)
+        return helper.make_node("Reshape", [inner, shape], [vi.name], name=vi.name + "__batch")
+    wrapped_in, wrapped_out = {w.name for w in wrap_in}, {w.name for w in wrap_out}
+    front = [wrap(vi, "__seq", "__seq_shape", dims(vi), True) for vi in g.input if vi.name in wrapped_in]
+    back = [wrap(vi, "__seq", "__batch_shape", [1] + dims(vi), False) for vi in g.output if vi.name in wrapped_out]
     nodes = front + list(g.node) + back
     del g.node[:]
     g.node.extend(nodes)

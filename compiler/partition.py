@@ -54,9 +54,10 @@ from .hostops import host_evaluator
 from .ir import CompileError
 from .memmap import align
 from .lift1d import is_unbatched, unlift_vectors
-from .frontend_canon import canonicalise
+from .frontend_canon import canonicalise, describe, origin
 from .frontend_seq import sequence_io
 from .ops import SUPPORTED_OPS, ops_in, spec
+from .quant_import import HINTS_KEY
 
 __all__ = ["HostStage", "Staged", "HostOnlyWarning", "compile_partitioned", "partition"]
 
@@ -286,9 +287,8 @@ def _schedule(order, consts, labels: dict[int, str]) -> list[_Part]:
 
 
 def _where(index: int, node: onnx.NodeProto) -> str:
-    name = node.name or f"{node.op_type}_{index}"
-    op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-    return f"node '{name}' ({op})"
+    """``node 'name' (Op)``, the user's node first for one canonicalisation wrote."""
+    return describe(node, node.name or f"{node.op_type}_{index}")
 
 
 class _Partitioner:
@@ -360,6 +360,7 @@ class _Partitioner:
         forced = set(forced)
         while True:
             labels = _label(nodes, self.consts, forced, self.fe.bad_inputs)
+            self._input_views_to_host(nodes, labels)
             parts = _schedule(nodes, self.consts, labels)
             idle = [p for p in parts if p.kind == DLA and not any(_computes(n) for _, n in p.nodes)
                     and not self._copies(p)]
@@ -372,6 +373,36 @@ class _Partitioner:
                 if p.kind == HOST:
                     self._refuse_middle(p, parts[parts.index(p) + 1:])
         return parts
+
+    def _input_views_to_host(self, nodes, labels: dict[int, str]) -> None:
+        """A view of a model input that only host nodes read (a recurrence's initial state given a
+        leading axis by :func:`compiler.frontend_seq.sequence_io`) runs on the host: on the DLA it
+        would be a stage output the host reads, of a batch the DLA stages do not take."""
+        inputs = {vi.name for vi in self.proto.graph.input} - self.consts
+        outputs = {o.name for o in self.proto.graph.output}
+        readers: dict[str, list[int]] = {}
+        for index, node in nodes:
+            for i in node.input:
+                if i:
+                    readers.setdefault(i, []).append(index)
+        of_inputs = set(inputs)
+        changed = True
+        while changed:
+            changed = False
+            for index, node in nodes:
+                ins = [i for i in node.input if i and i not in self.consts]
+                if labels[index] != DLA or node.op_type not in VIEW_OPS or not ins or not set(ins) <= of_inputs:
+                    continue
+                outs = [o for o in node.output if o]
+                if any(o in outputs for o in outs):
+                    continue
+                users = [k for o in outs for k in readers.get(o, [])]
+                if users and all(labels[k] == HOST for k in users):
+                    labels[index] = HOST
+                    changed = True
+                elif not set(outs) <= of_inputs:
+                    of_inputs.update(outs)       # a view of a view of an input, checked again
+                    changed = True
 
     def _copies(self, part: _Part) -> bool:
         """Whether a part of views only turns model inputs into model outputs (the DLA copies them)."""
@@ -389,8 +420,10 @@ class _Partitioner:
             for j, n in part.nodes[part.nodes.index((index, node)) + 1:] + after:
                 if any(i in reach for i in n.input):
                     if n.op_type in LAYER_OPS and any(j == k for q in later if q.kind == DLA for k, _ in q.nodes):
+                        what = (f"runs on the host in part (the DLA does not take that {node.op_type})"
+                                if origin(node) else "is not supported on the DLA")
                         raise CompileError(
-                            f"{_where(index, node)} is not supported on the DLA, and DLA layers follow it "
+                            f"{_where(index, node)} {what}, and DLA layers follow it "
                             f"({_where(j, n)}); operators before the first and after the last DLA layer run on the "
                             f"host, in the middle of the network only with SetFlag('heterogeneous', 1); supported "
                             f"on the DLA: {', '.join(SUPPORTED_OPS)}")
@@ -443,7 +476,11 @@ class _Partitioner:
         g = helper.make_graph([n for _, n in part.nodes], name,
                               [self.value_info(i, where, need) for i in ins],
                               [self.value_info(o, where, need) for o in outs], inits)
-        return helper.make_model(g, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
+        m = helper.make_model(g, opset_imports=list(self.proto.opset_import), ir_version=self.proto.ir_version)
+        # a quantised model's activation range hints go with the stage (its own canonicalisation
+        # finds no QDQ pair left to take them from)
+        m.metadata_props.extend(prop for prop in self.proto.metadata_props if prop.key == HINTS_KEY)
+        return m
 
 
 def partition(model, inshapes: str | None = None, heterogeneous: bool = False, mem_bytes: int | None = None,

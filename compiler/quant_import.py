@@ -6,9 +6,10 @@ The DLA computes in 16-bit fixed point with 48-bit accumulators, finer than any 
 point) x scale`` of 8-bit integers is a float the DLA's weight format then rounds to 16 bits), and
 its activation quantisation (the 8-bit rounding onnxruntime would apply between layers) is
 dropped; the activations' scales are kept as hints of their ranges (noted, and left in the model
-metadata for ``Graph.range_hints``): when they cover every activation tensor and ``Compile`` has
-no samples, the formats are chosen from them as from calibrated ranges (:func:`hinted_ranges`),
-else the activations are Q8.8. What is rewritten:
+metadata for ``Graph.range_hints``), from which the formats are chosen as from calibrated ranges:
+the hinted tensors from their hints and the others Q8.8 when ``Compile`` has no samples, every
+tensor from the larger of its calibrated range and its hint when it has (:func:`activation_ranges`
+states the rule). What is rewritten:
 
 * **QDQ** (``QuantizeLinear -> DequantizeLinear`` on an activation): the pair is the identity
   (``DequantizeLinear`` of constant weights and biases is folded into float constants by the
@@ -27,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-__all__ = ["QUANT_STEPS", "PRE_FOLD_STEPS", "constant_dequantise", "save_hints", "read_hints", "hinted_ranges", "qdq_pairs", "qoperators", "dynamic_products", "dynamic_lstm", "activation_hints"]
+__all__ = ["QUANT_STEPS", "PRE_FOLD_STEPS", "constant_dequantise", "save_hints", "read_hints", "hinted_ranges", "activation_ranges", "qdq_pairs", "qoperators", "dynamic_products", "dynamic_lstm", "activation_hints"]
 
 _MS = "com.microsoft"
 
@@ -177,6 +178,30 @@ def activation_hints(g) -> dict[str, float]:
     return dict(getattr(g, "activation_hints", {}) or {})
 
 
+#: ops whose output holds the same values as their first input, rearranged
+_VIEWS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+
+
+def _spread_hints(g, hints: dict[str, float]) -> None:
+    """A view's input and output have the same max |value|: a hint on either is one on both (the
+    channel form of a token tensor that canonicalisation wrote, a DLA stage's tensor, gets the
+    hint of the token tensor the QDQ pair was on; ``g.range_aliases`` lists such pairs whose views
+    canonicalisation has removed since)."""
+    pairs = [(n.input[0], n.output[0]) for n in g.g.node
+             if n.op_type in _VIEWS and n.domain in ("", "ai.onnx") and n.input and n.output]
+    pairs += list(getattr(g, "range_aliases", ()))      # layouts of one tensor whose views are gone
+    changed = True
+    while changed:
+        changed = False
+        for a, b in pairs:
+            if a in hints and b not in hints:
+                hints[b] = hints[a]
+                changed = True
+            elif b in hints and a not in hints and a not in g.consts:
+                hints[a] = hints[b]
+                changed = True
+
+
 def save_hints(g) -> None:
     """Leave the activation range hints (tensor -> max |value|) in the model's metadata, where the
     front end reads them into ``Graph.range_hints``."""
@@ -184,6 +209,7 @@ def save_hints(g) -> None:
     hints = activation_hints(g)
     if not hints:
         return
+    _spread_hints(g, hints)
     for prop in list(g.proto.metadata_props):
         if prop.key == HINTS_KEY:
             g.proto.metadata_props.remove(prop)
@@ -196,13 +222,45 @@ def read_hints(proto) -> dict[str, float]:
 
 
 def hinted_ranges(graph) -> dict[str, float] | None:
-    """Calibration ranges from a quantised model's activation scales: every activation tensor of
-    the graph with a hint (then the formats are chosen from them as from calibrated ranges), else
-    None (Q8.8)."""
+    """Calibration hints from a quantised model's activation scales: max |value| of every activation
+    tensor of the graph that has one (a QDQ pair on it, or on what it equals after the import), or
+    None if none has. The coverage may be partial (a model quantised with some nodes or operator
+    types excluded): :func:`activation_ranges` says what the other tensors get."""
     hints = getattr(graph, "range_hints", None) or {}
-    if not hints or not all(t in hints for t in graph.tensors):
-        return None
-    return {t: float(hints[t]) for t in graph.tensors}
+    found = {t: float(hints[t]) for t in graph.tensors if t in hints}
+    return found or None
+
+
+def activation_ranges(graph, calibrated: dict[str, float] | None) -> tuple[dict[str, float] | None, str | None]:
+    """The ranges :func:`compiler.quantize.quantize` chooses the activation formats from, and a note
+    saying where they came from. The rule:
+
+    * neither hints nor samples: None (every activation Q8.8);
+    * hints only: the hinted tensors' formats from their hints, every other tensor Q8.8 (the
+      ranges are partial; ``quantize(..., missing_frac=cfg.default_frac)``);
+    * samples only: the calibrated ranges (every tensor);
+    * both: per tensor the larger of the calibrated range and the hint, so the format holds the
+      samples' values and the range the quantised model was calibrated for (8-bit scales are
+      chosen on the quantiser's own calibration set, which the samples may not cover, and the
+      samples may go beyond it: the larger of the two saturates on neither)."""
+    hints = hinted_ranges(graph)
+    if calibrated is None:
+        if hints is None:
+            return None, None
+        n, total = len(hints), len(graph.tensors)
+        return hints, (f"activation formats from the quantised model's activation scales (calibration hints) "
+                       f"for {n} of {total} tensors" + ("" if n == total else "; the others Q8.8"))
+    if hints is None:
+        return calibrated, None
+    ranges = dict(calibrated)
+    raised = 0
+    for t, h in hints.items():
+        if h > ranges.get(t, 0.0):
+            ranges[t] = h
+            raised += 1
+    return ranges, (f"activation formats from the calibration samples and the quantised model's activation scales "
+                    f"(calibration hints for {len(hints)} of {len(graph.tensors)} tensors; each tensor's range is "
+                    f"the larger of the two, the hint for {raised})")
 
 
 def qoperators(g) -> bool:

@@ -17,7 +17,10 @@ Decisions, and why:
 
   These only ever lower ``frac`` (coarser never saturates more), applied until nothing changes.
   A tensor whose calibrated range does not fit its final format with the headroom raises a
-  :class:`SaturationWarning` naming the layer that produces it.
+  :class:`SaturationWarning` naming the layer that produces it. ``ranges`` may leave tensors out
+  when ``missing_frac`` is given (a quantised model's range hints covering part of the graph,
+  :func:`compiler.quant_import.activation_ranges`): those start from ``missing_frac`` (Q8.8) and
+  take part in the constraints like the others.
 * **Weights: one format per layer, always** (with or without calibration), the largest ``w_frac``
   with which ``round(max|w| * 2**w_frac)``
   fits int16 (:func:`arch.numerics.frac_for_range`): per-layer formats cost nothing in hardware
@@ -70,18 +73,19 @@ class SaturationWarning(UserWarning):
 
 
 def quantize(graph: Graph, cfg: MachineConfig, act_frac: int | None = None,
-             ranges: dict[str, float] | None = None) -> Graph:
+             ranges: dict[str, float] | None = None, missing_frac: int | None = None) -> Graph:
     """Set every tensor's ``frac`` and every Conv's ``wq``, ``w_frac``, ``bq`` and ``shift``.
 
     Without ``ranges`` every activation has ``act_frac`` fractional bits (default Q8.8); with
     ``ranges`` (calibrated max |value| per tensor) each tensor gets its own format (see the module
-    docstring). Returns ``graph`` itself (annotated in place). Raises :class:`CompileError` naming
+    docstring). ``missing_frac``: the format of tensors ``ranges`` has no range for (a quantised
+    model's hints covering some tensors only); None: every tensor needs one. Returns ``graph`` itself (annotated in place). Raises :class:`CompileError` naming
     the layer when a layer cannot be quantised for ``cfg``."""
     gated: dict[str, int] = {}     # layer name -> calibrated format of a fused Mul's first factor
     if ranges is not None:
         if act_frac is not None:
             raise CompileError("activation format: give either act_frac (one format) or calibrated ranges, not both")
-        fracs, gated = _calibrated_fracs(graph, cfg, ranges)
+        fracs, gated = _calibrated_fracs(graph, cfg, ranges, missing_frac)
         for name, t in graph.tensors.items():
             t.frac = fracs[name]
     else:
@@ -190,7 +194,7 @@ def _weight_frac(layer: Conv, in_frac: int, cfg: MachineConfig) -> tuple[int, fl
     return min(w_frac, bias_frac - in_frac), w_max, b_max
 
 
-def _calibrated_fracs(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]
+def _calibrated_fracs(graph: Graph, cfg: MachineConfig, ranges: dict[str, float], missing_frac: int | None = None
                       ) -> tuple[dict[str, int], dict[str, int]]:
     """Per-tensor formats from calibrated ranges, made consistent with what the layers need, and
     per layer with a fused Mul the format of its first factor."""
@@ -199,7 +203,7 @@ def _calibrated_fracs(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]
     from .calibrate import HEADROOM
     top = cfg.data_bits - 1
     missing = sorted(set(graph.tensors) - set(ranges))
-    if missing:
+    if missing and missing_frac is None:
         raise CompileError(f"calibration: no range for tensor(s) {missing[:5]}")
     # tensors that must share one format: pooling input/output, concatenation inputs/output
     group = {t: t for t in graph.tensors}
@@ -225,9 +229,10 @@ def _calibrated_fracs(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]
         if not np.isfinite(r):
             raise CompileError(f"calibration: {what} has a non-finite value on the samples")
         return max(0, frac_for_range(r * HEADROOM, bits=cfg.data_bits, max_frac=top))
-    for t, r in ((t, ranges[t]) for t in graph.tensors):
+    for t in graph.tensors:
         root = find(t)
-        frac[root] = min(frac.get(root, top), fits(r, f"tensor {t!r}"))
+        f = fits(ranges[t], f"tensor {t!r}") if t in ranges else int(missing_frac)
+        frac[root] = min(frac.get(root, top), f)
     # fused intermediates: the value before the activation is in the output's format (where the
     # activation keeps it), and a fused Mul's first factor in a format of its own
     gated: dict[str, int] = {}
@@ -268,9 +273,16 @@ def _calibrated_fracs(graph: Graph, cfg: MachineConfig, ranges: dict[str, float]
     return {t: frac[find(t)] for t in graph.tensors}, gated
 
 
-def _bounded(layer) -> bool:
+def _bounded(layer, producers: dict) -> bool:
     """Whether a layer's output format holds every value it can produce by construction (a Sigmoid,
-    a Tanh, a Clip with both bounds, not followed by a fused Mul): its range needs no check."""
+    a Tanh, a Clip with both bounds, not followed by a fused Mul; a MaxPool or AvgPool of such an
+    output, which keeps its input's format and stays within its input's range): its range needs no
+    check. (A pool after a Clip whose bound only just fits the format, as a quantised model's range
+    hint makes it, would otherwise warn although it cannot exceed the bound.)"""
+    for _ in range(len(producers) + 1):
+        if not isinstance(layer, (MaxPool, AvgPool)):
+            break
+        layer = producers.get(layer.input)
     return (isinstance(layer, Conv) and not (layer.residual and layer.res_op == "mul")
             and (layer.act in ("sigmoid", "tanh") or (layer.act == "clip" and None not in layer.clip)))
 
@@ -287,8 +299,10 @@ def _warn_saturation(graph: Graph, cfg: MachineConfig, ranges: dict[str, float])
     inputs = {i.tensor for i in graph.inputs}
     checks = []       # (range, frac, who, what)
     for name, t in graph.tensors.items():
-        if name not in producers and name not in inputs or _bounded(producers.get(name)):
+        if name not in producers and name not in inputs or _bounded(producers.get(name), producers):
             continue      # concatenations are reported through their inputs
+        if name not in ranges:
+            continue      # no range (a partial set of hints): its format is the default one
         layer = producers.get(name)
         who = f"input {name!r}" if layer is None else (
             _what(layer) if isinstance(layer, Conv) else f"layer '{layer.name}' ({type(layer).__name__})")

@@ -141,6 +141,7 @@ RNN_CASES = [
     ("LSTM", dict(direction="bidirectional", states=True)),
     ("LSTM", dict(direction="bidirectional", seq_len=5)),
     ("LSTM", dict(seq=1, states=True)),
+    ("LSTM", dict(seq=1, states=True, direction="bidirectional")),   # the states' leading-axis views on the host
     ("GRU", dict()),
     ("GRU", dict(direction="bidirectional", linear_before_reset=1)),
     ("GRU", dict(states=True, seq_len=4, direction="reverse")),
@@ -163,6 +164,33 @@ def test_rnn_layer_within_budget(op, kw):
     _within_budget(ys, refs, f"{op} {kw}")
     assert _dla_layers(ie) == 1
     assert_bit_exact_with_golden(ie)
+
+
+@pytest.mark.parametrize("op,kw", [("LSTM", dict(direction="bidirectional", states=True)), ("GRU", dict(seq_len=5))])
+def test_rnn_layer_without_heterogeneous(op, kw):
+    """The default mode: one recurrent layer is a DLA program (the gates' input part) with a host
+    tail (the recurrence), so it runs without the flag, within the budget."""
+    model = sequence.rnn_layer(op, **kw)
+    feeds = _feeds(model)
+    ie, ys = _run(model, feeds, heterogeneous=False)
+    _within_budget(ys, _ort(model, feeds), f"{op} {kw} without heterogeneous")
+    assert _dla_layers(ie) == 1
+    assert_bit_exact_with_golden(ie)
+
+
+@pytest.mark.parametrize("build,first,then", [
+    (lambda: sequence.lstm_stack(seq=3), "node 'lstm1' (LSTM)", "node 'lstm2' (LSTM)"),
+    (sequence.crnn, "node 'squeeze", "node 'bilstm' (LSTM)"),
+    (sequence.attention_recogniser, "node 'squeeze", "node 'matmul36' (MatMul)")])
+def test_refusal_without_heterogeneous_names_the_users_nodes(build, first, then):
+    """Host work between DLA layers without the flag: the refusal names the user's ONNX nodes (not
+    the Transpose or Conv canonicalisation wrote for them; those follow in parentheses) and the flag."""
+    with pytest.raises(CompileError) as e:
+        microndla.MDLA().Compile(build())
+    msg = str(e.value)
+    assert msg.startswith(first), msg
+    assert f"DLA layers follow it ({then}" in msg and "SetFlag('heterogeneous', 1)" in msg, msg
+    assert "__c" not in msg.split(" (as the compiler's")[0], msg
 
 
 def test_layout_1_equals_layout_0():
@@ -264,7 +292,8 @@ def test_profile_reports_the_dla_and_host_shares(tmp_path):
     assert result.exit_code == 0, result.output
     assert "modelled time of the call: DLA" in result.output and "host" in result.output
     ie, _ = _run(sequence.crnn(), {"input": np.zeros((1, 1, 32, 64), np.float32)})
-    lstm = next(s for s in ie._compiled.stages if isinstance(s, HostStage) and any("(LSTM)" in n for n in s.nodes))
+    lstm = next(s for s in ie._compiled.stages if isinstance(s, HostStage)
+                and any(n.op_type == "LSTM" for n in onnx.load_from_string(s.model).graph.node))
     flops, moved, nbytes, seconds = stage_cost(lstm.model)
     T, D, H = 16, 2, 48
     recurrent = T * D * (2 * 4 * H * H + 12 * H)
@@ -307,3 +336,98 @@ def test_several_sequences_per_call():
     assert ys[0].shape == (2, 6, 1, 32) and ys[1].shape == (2, 1, 32)
     for k, feeds in enumerate(calls):
         _within_budget([y[k] for y in ys], _ort(model, feeds), f"sequence {k}")
+
+
+# ---- Paddle2ONNX exports -----------------------------------------------------------------------
+def _paddle_reference(op, params, x, states, num_layers, D, H, time_major):
+    """paddle.nn.LSTM/GRU in numpy with Paddle's own gate order (LSTM i, f, c, o; GRU r, z, c)."""
+    def sig(v):
+        return 1 / (1 + np.exp(-v))
+    seq = x if time_major else x.transpose(1, 0, 2)            # (T, 1, I)
+    hs, cs = [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            sfx = "_reverse" if d else ""
+            p = {k: params[f"{op.lower()}.{k}_l{layer}{sfx}"] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+            h = states[0][layer * D + d]
+            c = states[1][layer * D + d] if op == "LSTM" else None
+            ys = [None] * len(seq)
+            for t in (reversed(range(len(seq))) if d else range(len(seq))):
+                xg = seq[t] @ p["weight_ih"].T + p["bias_ih"]
+                hg = h @ p["weight_hh"].T + p["bias_hh"]
+                if op == "LSTM":
+                    i, f, g, o = np.split(xg + hg, 4, axis=-1)
+                    c = sig(f) * c + sig(i) * np.tanh(g)
+                    h = sig(o) * np.tanh(c)
+                else:
+                    xr, xz, xc = np.split(xg, 3, axis=-1)
+                    hr, hz, hc = np.split(hg, 3, axis=-1)
+                    r, z = sig(xr + hr), sig(xz + hz)
+                    cand = np.tanh(xc + r * hc)
+                    h = (h - cand) * z + cand
+                ys[t] = h
+            outs.append(np.stack(ys))
+            hs.append(h)
+            cs.append(c)
+        seq = np.concatenate(outs, axis=-1)
+    y = seq if time_major else seq.transpose(1, 0, 2)
+    last = slice((num_layers - 1) * D, num_layers * D)
+    return [y, np.stack(hs[last])] + ([np.stack(cs[last])] if op == "LSTM" else [])
+
+
+PADDLE_CASES = [
+    ("LSTM", dict(states="inputs")),
+    ("LSTM", dict(direction="bidirectional", states="tile")),
+    ("LSTM", dict(direction="bidirectional", num_layers=2, states="constantofshape")),
+    ("LSTM", dict(num_layers=2, states="expand", time_major=True, opset=13)),
+    ("LSTM", dict(direction="bidirectional", states="inputs", seq=1)),
+    ("GRU", dict(direction="bidirectional", states="tile")),
+]
+
+
+@pytest.mark.parametrize("op,kw", PADDLE_CASES)
+def test_paddle2onnx_rnn_within_budget(op, kw):
+    """paddle.nn.LSTM/GRU as Paddle2ONNX writes them (zoo.sequence.paddle_rnn: Paddle's gate order
+    re-ordered by Slice/Concat of the parameters, the Transposes of a batch-first layer, initial
+    states as inputs or Paddle's zeros through Shape chains, Y -> Transpose -> Reshape): the graph
+    computes Paddle's LSTM/GRU (numpy, Paddle's gate order, under onnxruntime), and the DLA (the
+    gates' input part) with the host (the recurrence) is within the SDK budget of onnxruntime."""
+    model, params = sequence.paddle_rnn(op, **kw)
+    D = 2 if kw.get("direction") == "bidirectional" else 1
+    L, H = kw.get("num_layers", 1), 16
+    feeds = _feeds(model)
+    refs = _ort(model, feeds)
+    zeros = np.zeros((L * D, 1, H), np.float32)
+    states = [feeds.get("prev_h", zeros), feeds.get("prev_c", zeros)]
+    for got, want in zip(refs, _paddle_reference(op, params, feeds["x"], states, L, D, H, kw.get("time_major", False))):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    ie, ys = _run(model, feeds)
+    _within_budget(ys, refs, f"paddle {op} {kw}")
+    assert _dla_layers(ie) == L
+    assert_bit_exact_with_golden(ie)
+
+
+@pytest.mark.parametrize("build", [lambda: sequence.rnn_layer("LSTM", seq=1, direction="bidirectional", states=True),
+                                   lambda: sequence.paddle_rnn("LSTM", direction="bidirectional", seq=1)[0]])
+def test_one_step_bidirectional_with_state_inputs_without_heterogeneous(build):
+    """One step, two directions, initial states (2, 1, H) given: the views giving the states their
+    leading axis run on the host with the recurrence that reads them (on the DLA they were a stage
+    output of batch 2, or a host tail reading a model input: refused), with or without the flag."""
+    model = build()
+    feeds = _feeds(model)
+    ie, ys = _run(model, feeds, heterogeneous=False)
+    _within_budget(ys, _ort(model, feeds), "one bidirectional step with states")
+    assert _dla_layers(ie) == 1
+    assert_bit_exact_with_golden(ie)
+
+
+def test_paddle2onnx_lstm_without_heterogeneous():
+    """One batch-first Paddle LSTM layer with Paddle's zero states runs without the flag (the
+    Transpose and the state chain fold or are the host head, the gates on the DLA, the recurrence
+    and the Transposes after it the host tail)."""
+    model, _ = sequence.paddle_rnn("LSTM", direction="bidirectional", states="constantofshape")
+    feeds = _feeds(model)
+    ie, ys = _run(model, feeds, heterogeneous=False)
+    _within_budget(ys, _ort(model, feeds), "paddle LSTM without heterogeneous")
+    assert _dla_layers(ie) == 1

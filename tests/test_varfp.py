@@ -99,6 +99,39 @@ def test_saturation_warning_names_the_layer_and_runs_count_it():
     assert ie.GetInfo("saturations") == 2
 
 
+def _conv_pool_model(act: str, weight: float, bound: float = 2.388) -> onnx.ModelProto:
+    """Conv (4 -> 2 channels, 1x1, every weight ``weight``) -> Clip(0, bound) or Relu -> MaxPool 2x2."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, [2, 4, 1, 1], np.full(8, weight, np.float32)),
+             helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0]), helper.make_tensor("hi", TensorProto.FLOAT, [], [bound])]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["a"], name="clip") if act == "clip" else
+             helper.make_node("Relu", ["c"], ["a"], name="relu"),
+             helper.make_node("MaxPool", ["a"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2])]
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_no_saturation_warning_on_a_pool_after_a_bounded_clip(recwarn):
+    """Regression: a Clip whose upper bound only just fits its format (Q3.13 for 2.388, as a
+    quantised model's range hint gives it) followed by a MaxPool, the pool's range equal to the
+    bound: the pool keeps the Clip's format and cannot exceed the bound, so no warning (it warned
+    'likely to saturate', the range being within the headroom factor of the format's top)."""
+    graph = load_model(_conv_pool_model("clip", 1.0))
+    quantize(graph, REFERENCE, ranges={"x": 1.0, "a": 2.388, "y": 2.388})
+    assert graph.tensors["y"].frac == graph.tensors["a"].frac == 13
+    assert not [w for w in recwarn if issubclass(w.category, SaturationWarning)]
+
+
+def test_a_saturating_pool_after_an_unbounded_activation_still_warns():
+    """The same pool after a Relu (bounded below only) whose range exceeds even Q16.0 warns, naming it."""
+    graph = load_model(_conv_pool_model("relu", 1000.0))
+    with pytest.warns(SaturationWarning) as caught:
+        quantize(graph, REFERENCE, ranges={"x": 10.0, "a": 4e4, "y": 4e4})
+    msgs = [str(w.message) for w in caught if issubclass(w.category, SaturationWarning)]
+    assert any(m.startswith("layer 'pool' (MaxPool) saturates") for m in msgs), msgs
+
+
 def test_no_warning_when_everything_fits(recwarn):
     graph, _ = calibrated(zoo.build("small_cnn"))
     assert not [w for w in recwarn if issubclass(w.category, SaturationWarning)]

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ._util import IR_VERSION, OPSET, init, tensor
 
-__all__ = ["rnn_layer", "lstm_stack", "lstm_step", "crnn", "attention_recogniser"]
+__all__ = ["rnn_layer", "lstm_stack", "lstm_step", "crnn", "attention_recogniser", "paddle_rnn"]
 
 _GATES = {"LSTM": 4, "GRU": 3}
 
@@ -210,3 +210,129 @@ def lstm_step(inputs: int = 64, hidden: int = 48, seed: int = 0) -> onnx.ModelPr
     ins = [tensor("x", (1, inputs, 1, 1)), tensor("h", (1, hidden, 1, 1)), tensor("c", (1, hidden, 1, 1))]
     return _model("lstm_step", nodes, ins, [tensor("h_next", (1, hidden, 1, 1)), tensor("c_next", (1, hidden, 1, 1))],
                   inits)
+
+
+def paddle_rnn(op: str = "LSTM", seq: int = 6, inputs: int = 12, hidden: int = 16, num_layers: int = 1,
+               direction: str = "forward", time_major: bool = False, states: str = "inputs", seed: int = 0,
+               opset: int = 11) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``paddle.nn.LSTM``/``GRU`` (batch 1) as Paddle2ONNX writes it (its ``rnn`` mapper,
+    paddle2onnx/mapper/nn/rnn.cc, and ``fill_constant_batch_size_like``/``fill_constant``'s):
+
+    * batch-first input (``time_major=False``): ``Transpose(perm=[1, 0, 2])`` to (T, B, I) before
+      the RNN and back after it;
+    * Paddle's parameters as they are (per layer and direction ``weight_ih`` (G*H, I), ``weight_hh``
+      (G*H, H), ``bias_ih``, ``bias_hh``, gates in Paddle's order i, f, c, o for LSTM and r, z, c
+      for GRU), each ``Unsqueeze``d, ``Concat``ed over directions, and re-ordered to ONNX's gate
+      order (i, o, f, c; z, r, h) by ``Slice`` along axis 1 and ``Concat``; B as
+      ``Concat([bias_ih, bias_hh], axis=1)``; GRU with ``linear_before_reset=1``;
+    * no ``sequence_lens`` (the mapper always leaves it empty);
+    * initial states ``Slice``d per layer from (L*D, B, H) tensors that are, by ``states``:
+      ``"inputs"`` graph inputs ``prev_h``/``prev_c``; ``"tile"`` Paddle's default zeros
+      (``fill_constant_batch_size_like``: ``Shape -> Slice -> Concat -> Tile -> Transpose``);
+      ``"constantofshape"`` ``paddle.full`` of a shape tensor (``Shape -> Slice -> Concat ->
+      ConstantOfShape``); ``"expand"`` zeros ``Expand``ed to that shape;
+    * per layer ``Y (T, D, B, H) -> Transpose(perm=[0, 2, 1, 3]) -> Reshape([0, 0, -1])``, the next
+      layer's input; outputs ``Identity`` of the last layer's Y_h (and Y_c).
+
+    Returns the model and Paddle's parameters by name (for a reference in Paddle's own gate order)."""
+    rng = np.random.default_rng(seed)
+    G, D, H = _GATES[op], (2 if direction == "bidirectional" else 1), hidden
+    k = 1.0 / np.sqrt(H)
+    nodes, inits, params = [], [], {}
+    count = [0]
+
+    def name(base):
+        count[0] += 1
+        return f"{base}.{count[0]}"
+
+    def const(value, dtype=np.int64):
+        out = name("p2o.helper.constant")
+        nodes.append(helper.make_node("Constant", [], [out], name=out,
+                                      value=numpy_helper.from_array(np.asarray(value, dtype), out + ".value")))
+        return out
+
+    def node(op_type, ins, **attrs):
+        out = name(f"p2o.{op_type}")
+        nodes.append(helper.make_node(op_type, ins, [out], name=out, **attrs))
+        return out
+
+    def slice_(x, axis, start, end):
+        if opset < 10:
+            return node("Slice", [x], axes=[axis], starts=[start], ends=[end])
+        return node("Slice", [x, const([start]), const([end]), const([axis])])
+
+    def unsqueeze(x):
+        return node("Unsqueeze", [x], axes=[0]) if opset < 13 else node("Unsqueeze", [x, const([0])])
+
+    weights, biases = [], []
+    for layer in range(num_layers):
+        isz = inputs if layer == 0 else D * H
+        for d in range(D):
+            suffix = "_reverse" if d else ""
+            for kind, shape in (("weight_ih", (G * H, isz)), ("weight_hh", (G * H, H))):
+                n = f"{op.lower()}.{kind}_l{layer}{suffix}"
+                params[n] = rng.uniform(-k, k, shape).astype(np.float32)
+                weights.append(n)
+            for kind in ("bias_ih", "bias_hh"):
+                n = f"{op.lower()}.{kind}_l{layer}{suffix}"
+                params[n] = rng.uniform(-k, k, (G * H,)).astype(np.float32)
+                biases.append(n)
+    inits = [numpy_helper.from_array(v, n) for n, v in params.items()]
+    perm = {"LSTM": [(0, 1), (3, 4), (1, 3)], "GRU": [(1, 2), (0, 1), (2, 3)]}[op]
+
+    def reform(t):
+        return node("Concat", [slice_(t, 1, a * H, b * H) for a, b in perm], axis=1)
+
+    x_shape = [seq, 1, inputs] if time_major else [1, seq, inputs]
+    graph_in = [tensor("x", x_shape)]
+    x = "x" if time_major else node("Transpose", ["x"], perm=[1, 0, 2])
+    n_states = 2 if op == "LSTM" else 1
+    state_names = ["prev_h", "prev_c"][:n_states]
+    full = []
+    for s in state_names:
+        if states == "inputs":
+            graph_in.append(tensor(s, [num_layers * D, 1, H]))
+            full.append(s)
+            continue
+        batch = slice_(node("Shape", ["x"]), 0, 0 if not time_major else 1, 1 if not time_major else 2)
+        if states == "tile":       # fill_constant_batch_size_like(x, (L*D, -1, H), output_dim_idx=1)
+            repeat = node("Concat", [batch, const([1, 1])], axis=0)
+            tiled = node("Tile", [const(np.zeros((1, num_layers * D, H)), np.float32), repeat])
+            full.append(node("Transpose", [tiled], perm=[1, 0, 2]))
+        else:
+            shape = node("Concat", [const([num_layers * D]), batch, const([H])], axis=0)
+            if states == "constantofshape":
+                full.append(node("ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros(1, np.float32))))
+            elif states == "expand":
+                full.append(node("Expand", [const(np.zeros((1, 1, 1)), np.float32), shape]))
+            else:
+                raise ValueError(f"states must be inputs, tile, constantofshape or expand, got {states!r}")
+    y = x
+    for layer in range(num_layers):
+        lw = weights[layer * 2 * D:(layer + 1) * 2 * D]
+        lb = biases[layer * 2 * D:(layer + 1) * 2 * D]
+        w = reform(node("Concat", [unsqueeze(n) for n in lw[0::2]], axis=0))
+        r = reform(node("Concat", [unsqueeze(n) for n in lw[1::2]], axis=0))
+        b = node("Concat", [reform(node("Concat", [unsqueeze(n) for n in lb[0::2]], axis=0)),
+                            reform(node("Concat", [unsqueeze(n) for n in lb[1::2]], axis=0))], axis=1)
+        init_states = [slice_(f, 0, layer * D, layer * D + D) for f in full]
+        outs = [name(f"p2o.{op}.y"), name(f"p2o.{op}.h")] + ([name(f"p2o.{op}.c")] if op == "LSTM" else [])
+        attrs = {"direction": direction, "hidden_size": H}
+        if op == "GRU":
+            attrs["linear_before_reset"] = 1
+        nodes.append(helper.make_node(op, [y, w, r, b, ""] + init_states, outs, name=name(f"p2o.{op}"), **attrs))
+        y = node("Reshape", [node("Transpose", [outs[0]], perm=[0, 2, 1, 3]), const([0, 0, -1])])
+        last = outs
+    out_shape = [seq, 1, D * H] if time_major else [1, seq, D * H]
+    nodes.append(helper.make_node("Identity", [y if time_major else node("Transpose", [y], perm=[1, 0, 2])], ["out"],
+                                  name="out"))
+    nodes.append(helper.make_node("Identity", [last[1]], ["h"], name="h"))
+    graph_out = [tensor("out", out_shape), tensor("h", [D, 1, H])]
+    if op == "LSTM":
+        nodes.append(helper.make_node("Identity", [last[2]], ["c"], name="c"))
+        graph_out.append(tensor("c", [D, 1, H]))
+    m = helper.make_model(helper.make_graph(nodes, f"paddle_{op.lower()}", graph_in, graph_out, initializer=inits),
+                          opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION,
+                          producer_name="PaddlePaddle")
+    onnx.checker.check_model(m)
+    return m, params
