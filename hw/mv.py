@@ -243,8 +243,11 @@ def round_saturate(m: Module, x, shift, bits: int, suffix: str = ""):
     hi, lo = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
     twice = Signal(signed(W + 1), name=f"twice{suffix}")
     m.d.comb += twice.eq(x.as_signed() << 1)
-    halves = Signal(signed(W + 1), name=f"halves{suffix}")                 # floor(2x / 2**shift)
-    m.d.comb += halves.eq(twice >> shift)
+    # floor(2x / 2**shift) as an arithmetic shift made of a logical one: ~(~v >> s) for v < 0 (same bits;
+    # a simulator does a logical shift in native words, the arithmetic one of > 32 bits in a helper)
+    sign = Cat(*([twice[W]] * (W + 1)))
+    halves = Signal(signed(W + 1), name=f"halves{suffix}")
+    m.d.comb += halves.eq(((twice.as_unsigned() ^ sign) >> shift) ^ sign)
     up = Signal(signed(W + 1), name=f"up{suffix}")                         # cannot overflow: halves <= 2**W - 2
     m.d.comb += up.eq(halves + 1)
     r = Signal(signed(W), name=f"round{suffix}")
@@ -384,7 +387,8 @@ class MVUnit(wiring.Component):
                 vv.first.eq(self.first), vv.last.eq(self.last),
                 vv.x.eq(x),
             ]
-            m.d.comb += rrps[v].addr.eq(res1 + v)
+            # the residual word matters only for a pixel's output (stage O after its last step): read then
+            m.d.comb += [rrps[v].addr.eq(res1 + v), rrps[v].en.eq(v1 & last1)]
         # one register per lane: the running maximum (MAXPOOL) or the exact window sum (AVGPOOL)
         pacc = Signal(data.ArrayLayout(signed(sum_bits(cfg)), L))
         with m.If(v1 & self.pool):
