@@ -154,7 +154,7 @@ def build_main(cfg: MachineConfig, mem_words: int, clusters: int, *, opt_fast: s
         raise SimError(why)
     _interpreter_bin_on_path()
     # the ports need not be visible through VPI: the C++ reads them as members of the model
-    text = verilog_text(cfg, mem_words, clusters).replace(" /*verilator public_flat_rw*/", "")
+    text = verilog_text(cfg, mem_words, clusters, simulator=True).replace(" /*verilator public_flat_rw*/", "")
     cpp = main_cpp(clusters)
     opts = VERILATOR_ARGS + [f"OPT_FAST={opt_fast}", f"OPT_SLOW={OPT_SLOW}", _CPP_VERSION]
     digest = hashlib.sha256("|".join([text, cpp] + opts).encode()).hexdigest()[:16]

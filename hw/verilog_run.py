@@ -169,7 +169,7 @@ def build(sim: str, cfg: MachineConfig, mem_words: int | None = None, *, cluster
         raise SimError(why)
     mem_words = mem_words_for(cfg) if mem_words is None else int(mem_words)
     n = cfg.clusters_per_card if clusters is None else int(clusters)
-    info = build_verilog(sim, verilog_text(cfg, mem_words, n), TOP, f"{cfg.name}-c{n}-{mem_words}", verbose=verbose)
+    info = build_verilog(sim, verilog_text(cfg, mem_words, n, simulator=True), TOP, f"{cfg.name}-c{n}-{mem_words}", verbose=verbose)
     info.mem_words = mem_words
     return info
 
