@@ -38,9 +38,12 @@ __all__ = ["main_cpp", "build_main", "MainBuild", "VERILATOR_ARGS", "OPT_FAST", 
 #: Verilator options of the harness build (no VPI, nothing public: the C++ reads the top's ports)
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast", "--x-initial", "fast"]
 #: C++ optimisation of the per-cycle code (Verilator's "fast" files), chosen by measurement: ResNet-18
-#: at 32x32 on SMALL (4.7 M cycles, one cluster, 2026-12-07): -Os 494k cycles/s and a 36 s build,
-#: -O2 409k and 54 s, -O3 398k and 62 s (the smaller code fits the caches better)
-OPT_FAST = "-Os"
+#: at 32x32 on SMALL (4.7 M cycles, one cluster, 2026-12-07, before the simulator builds gated stage
+#: O's clock): -Os 494k cycles/s and a 36 s build, -O2 409k and 54 s, -O3 398k and 62 s (the smaller
+#: code fits the caches better); since then, the first 3 M cycles of ResNet-18 224x224 on the REFERENCE
+#: one-cluster build (2026-12-07, alternating runs, load 2-3): -O1 299k, 291k, 177k cycles/s against
+#: -Os 247k, 248k, 164k, and the C++ build 142 s against 177 s
+OPT_FAST = "-O1"
 #: and of the run-once code (construction, initial blocks): not worth optimising
 OPT_SLOW = "-O0"
 
