@@ -12,7 +12,7 @@ last step is issued in cycle ``s + T`` (``s`` its start, ``T`` its steps) has wr
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -24,10 +24,27 @@ from arch.machine import MachineConfig
 from .isa import field_shape
 from .vv import VVUnit, acc_layout, word_layout
 
-__all__ = ["MVUnit", "OutputStage", "AverageStage", "round_saturate", "shift_left_wrapping", "sum_bits", "lut_rom_init", "MV_PIPELINE"]
+__all__ = ["MVUnit", "OutputStage", "AverageStage", "round_saturate", "shift_left_wrapping", "sum_bits", "lut_rom_init",
+           "MV_PIPELINE", "SimulatorBuild", "gates_output_clock"]
 
 #: Cycles from a trace's start to the first cycle its last result is visible, minus the steps.
 MV_PIPELINE = 3
+
+
+class SimulatorBuild:
+    """The ``platform`` of an elaboration for a cycle-based simulator (Verilator, Icarus: the exports of
+    :mod:`hw.verilog_run` and :mod:`hw.verilator_main`), which makes :class:`MVUnit` evaluate its output
+    and average stages only in the cycles whose result is written (:func:`gates_output_clock`). Same
+    bits and cycles as the hardware elaboration (``platform=None``: ``mdla hw build``, Amaranth's
+    simulator), which keeps the stages combinational on the registers of stage O."""
+
+    output_clock_gate = True
+
+
+def gates_output_clock(platform) -> bool:
+    """Whether an elaboration for ``platform`` puts copies of stage O's inputs on a gated clock
+    (:class:`SimulatorBuild`)."""
+    return bool(getattr(platform, "output_clock_gate", False))
 
 
 def lut_rom_init() -> list[int]:
@@ -243,8 +260,11 @@ def round_saturate(m: Module, x, shift, bits: int, suffix: str = ""):
     hi, lo = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
     twice = Signal(signed(W + 1), name=f"twice{suffix}")
     m.d.comb += twice.eq(x.as_signed() << 1)
-    halves = Signal(signed(W + 1), name=f"halves{suffix}")                 # floor(2x / 2**shift)
-    m.d.comb += halves.eq(twice >> shift)
+    # floor(2x / 2**shift) as an arithmetic shift made of a logical one: ~(~v >> s) for v < 0 (same bits;
+    # a simulator does a logical shift in native words, the arithmetic one of > 32 bits in a helper)
+    sign = Cat(*([twice[W]] * (W + 1)))
+    halves = Signal(signed(W + 1), name=f"halves{suffix}")
+    m.d.comb += halves.eq(((twice.as_unsigned() ^ sign) >> shift) ^ sign)
     up = Signal(signed(W + 1), name=f"up{suffix}")                         # cannot overflow: halves <= 2**W - 2
     m.d.comb += up.eq(halves + 1)
     r = Signal(signed(W), name=f"round{suffix}")
@@ -384,7 +404,8 @@ class MVUnit(wiring.Component):
                 vv.first.eq(self.first), vv.last.eq(self.last),
                 vv.x.eq(x),
             ]
-            m.d.comb += rrps[v].addr.eq(res1 + v)
+            # the residual word matters only for a pixel's output (stage O after its last step): read then
+            m.d.comb += [rrps[v].addr.eq(res1 + v), rrps[v].en.eq(v1 & last1)]
         # one register per lane: the running maximum (MAXPOOL) or the exact window sum (AVGPOOL)
         pacc = Signal(data.ArrayLayout(signed(sum_bits(cfg)), L))
         with m.If(v1 & self.pool):
@@ -395,19 +416,43 @@ class MVUnit(wiring.Component):
         pool_out = Signal()
         m.d.sync += pool_out.eq(v1 & last1 & self.pool)
 
-        # stage O: output stages and output-buffer writes
+        # stage O: output stages and output-buffer writes. For a cycle-based simulator (SimulatorBuild)
+        # the stages' arithmetic reads copies of its inputs made at the falling clock edge of the cycles
+        # whose results are written: a clock that falls only then (clk | ~outputting: outputting changes
+        # just after rising edges, while clk is high, so the clock does not glitch). Verilator evaluates
+        # logic only on its clock's edges, so the stages then cost nothing in the other cycles (a clock
+        # enable would not do: Verilator evaluates everything downstream of clk's registers at every
+        # edge of clk, measured); the results are stable from mid-cycle and written at the rising edge
+        # that ends stage O, as in the hardware elaboration (the inputs themselves, no copies)
+        gate = gates_output_clock(platform)
+        if gate:
+            m.domains.ostage = ostage = ClockDomain("ostage", local=True, clk_edge="neg", reset_less=True)
+            outputting = Signal()
+            m.d.comb += outputting.eq(Cat(*(vv.out_valid for vv in vvs), pool_out).any())
+            m.d.comb += ostage.clk.eq(ClockSignal("sync") | ~outputting)
+
+        def held(sig, name):
+            """``sig`` as stage O's arithmetic sees it: itself, or its copy on the gated clock."""
+            if not gate:
+                return sig
+            copy = Signal.like(sig, name=f"o_{name}")
+            m.d.ostage += copy.eq(sig)
+            return copy
+
+        fields = {name: held(getattr(self, name), name)
+                  for name in ("shift", "act", "act_a", "act_b", "resid", "rshift", "mul")}
         sats = []
         for v, vv in enumerate(vvs):
             os_ = OutputStage(cfg)
             m.submodules[f"outstage{v}"] = os_
-            m.d.comb += [os_.acc.eq(vv.out_acc), os_.shift.eq(self.shift), os_.act.eq(self.act),
-                         os_.act_a.eq(self.act_a), os_.act_b.eq(self.act_b),
-                         os_.resid.eq(self.resid), os_.res.eq(rrps[v].data), os_.rshift.eq(self.rshift)]
+            m.d.comb += [os_.acc.eq(held(vv.out_acc, f"acc{v}")), os_.res.eq(held(rrps[v].data, f"res{v}")),
+                         *(getattr(os_, name).eq(fields[name])
+                           for name in ("shift", "act", "act_a", "act_b", "resid", "rshift"))]
             wr = vv.out_valid & self.write
             m.d.comb += [owps[v].addr.eq(out2 + v), owps[v].data.eq(os_.out), owps[v].en.eq(wr)]
             sats.append(Mux(wr, sum(os_.sat[l] for l in range(L)), 0))
         m.submodules.avgstage = avs = AverageStage(cfg)
-        m.d.comb += [avs.sum.eq(pacc), avs.mul.eq(self.mul), avs.shift.eq(self.shift)]
+        m.d.comb += [avs.sum.eq(held(pacc, "pacc")), avs.mul.eq(fields["mul"]), avs.shift.eq(fields["shift"])]
         pmax = Signal(word_layout(cfg))
         for l in range(L):
             m.d.comb += pmax[l].eq(pacc[l][:cfg.data_bits])

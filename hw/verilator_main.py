@@ -38,9 +38,12 @@ __all__ = ["main_cpp", "build_main", "MainBuild", "VERILATOR_ARGS", "OPT_FAST", 
 #: Verilator options of the harness build (no VPI, nothing public: the C++ reads the top's ports)
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast", "--x-initial", "fast"]
 #: C++ optimisation of the per-cycle code (Verilator's "fast" files), chosen by measurement: ResNet-18
-#: at 32x32 on SMALL (4.7 M cycles, one cluster, 2026-12-07): -Os 494k cycles/s and a 36 s build,
-#: -O2 409k and 54 s, -O3 398k and 62 s (the smaller code fits the caches better)
-OPT_FAST = "-Os"
+#: at 32x32 on SMALL (4.7 M cycles, one cluster, 2026-12-07, before the simulator builds gated stage
+#: O's clock): -Os 494k cycles/s and a 36 s build, -O2 409k and 54 s, -O3 398k and 62 s (the smaller
+#: code fits the caches better); since then, the first 3 M cycles of ResNet-18 224x224 on the REFERENCE
+#: one-cluster build (2026-12-07, alternating runs, load 2-3): -O1 299k, 291k, 177k cycles/s against
+#: -Os 247k, 248k, 164k, and the C++ build 142 s against 177 s
+OPT_FAST = "-O1"
 #: and of the run-once code (construction, initial blocks): not worth optimising
 OPT_SLOW = "-O0"
 
@@ -154,7 +157,7 @@ def build_main(cfg: MachineConfig, mem_words: int, clusters: int, *, opt_fast: s
         raise SimError(why)
     _interpreter_bin_on_path()
     # the ports need not be visible through VPI: the C++ reads them as members of the model
-    text = verilog_text(cfg, mem_words, clusters).replace(" /*verilator public_flat_rw*/", "")
+    text = verilog_text(cfg, mem_words, clusters, simulator=True).replace(" /*verilator public_flat_rw*/", "")
     cpp = main_cpp(clusters)
     opts = VERILATOR_ARGS + [f"OPT_FAST={opt_fast}", f"OPT_SLOW={OPT_SLOW}", _CPP_VERSION]
     digest = hashlib.sha256("|".join([text, cpp] + opts).encode()).hexdigest()[:16]

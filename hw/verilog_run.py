@@ -123,14 +123,17 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def build_verilog(sim: str, text: str, top: str, tag: str, *, verbose: bool = False) -> BuildInfo:
+def build_verilog(sim: str, text: str, top: str, tag: str, *, verbose: bool = False, public: bool = False) -> BuildInfo:
     """Compile Verilog ``text`` (top module ``top``) for ``sim`` into
-    ``<cache>/<sim>-<tag>-<sha256 of text>``, unless that build already exists."""
+    ``<cache>/<sim>-<tag>-<sha256 of text>``, unless that build already exists. ``public``: every
+    signal visible to cocotb (Verilator: without ``--no-public-flat-rw``), for Verilog without the
+    card's public-port metacomments (block tests of :func:`hw.export.component_verilog` output)."""
     why = simulator_available(sim)
     if why:
         raise SimError(why)
     from cocotb_tools.runner import get_runner
-    digest = hashlib.sha256((text + "|" + " ".join(BUILD_ARGS[sim])).encode()).hexdigest()[:16]
+    args = [a for a in BUILD_ARGS[sim] if not (public and a == "--no-public-flat-rw")]
+    digest = hashlib.sha256((text + "|" + " ".join(args)).encode()).hexdigest()[:16]
     bdir = cache_dir() / f"{sim}-{tag}-{digest}"
     marker = bdir / ".mdla-built"
     vfile = bdir / f"{top}.v"
@@ -150,7 +153,7 @@ def build_verilog(sim: str, text: str, top: str, tag: str, *, verbose: bool = Fa
         try:
             with _env(**extra):
                 runner.build(sources=[vfile], hdl_toplevel=top, build_dir=bdir, always=True,
-                             timescale=("1ns", "1ps"), build_args=BUILD_ARGS[sim],
+                             timescale=("1ns", "1ps"), build_args=args,
                              log_file=None if verbose else log)
         except (Exception, SystemExit) as e:  # noqa: BLE001 - report the build log
             tail = log.read_text()[-3000:] if log.exists() else ""
@@ -169,7 +172,7 @@ def build(sim: str, cfg: MachineConfig, mem_words: int | None = None, *, cluster
         raise SimError(why)
     mem_words = mem_words_for(cfg) if mem_words is None else int(mem_words)
     n = cfg.clusters_per_card if clusters is None else int(clusters)
-    info = build_verilog(sim, verilog_text(cfg, mem_words, n), TOP, f"{cfg.name}-c{n}-{mem_words}", verbose=verbose)
+    info = build_verilog(sim, verilog_text(cfg, mem_words, n, simulator=True), TOP, f"{cfg.name}-c{n}-{mem_words}", verbose=verbose)
     info.mem_words = mem_words
     return info
 

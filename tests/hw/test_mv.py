@@ -4,7 +4,7 @@ with the pipeline's latency; the output stage and the average stage alone agains
 :mod:`arch.numerics`."""
 import numpy as np
 import pytest
-from amaranth.hdl import Cat, Const, Module, signed
+from amaranth.hdl import Cat, Const, Fragment, Module, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
@@ -15,17 +15,23 @@ from arch.isa import Instr
 from arch.machine import SMALL
 from arch.timing import compute_cycles
 from hw.compute import TraceGenerator, drive_mv
-from hw.mv import AverageStage, MVUnit, OutputStage, round_saturate, shift_left_wrapping, sum_bits
+from hw.mv import AverageStage, MVUnit, OutputStage, SimulatorBuild, round_saturate, shift_left_wrapping, sum_bits
 from sim.units import ClusterUnits
 from tests.hw.util import pack, unpack
 
 CFG = SMALL
 
 
-def run_trace(cfg, instr: Instr, maps: np.ndarray, kern: np.ndarray, resid: np.ndarray | None = None):
+#: the two elaborations of the MV unit: the hardware one and the one for cycle-based simulators (stage O
+#: on its gated clock, hw.mv.SimulatorBuild); the trace tests run both
+VARIANTS = pytest.mark.parametrize("platform", [None, SimulatorBuild()], ids=["hw", "simulator"])
+
+
+def run_trace(cfg, instr: Instr, maps: np.ndarray, kern: np.ndarray, resid: np.ndarray | None = None,
+              platform=None):
     """Load MV 0's buffers (maps, kernel, residual), run one trace starting in cycle s; return the output buffer as it is at
     the trace's end cycle ``e = s + compute_cycles`` (so results must be written in time) and the
-    saturations counted."""
+    saturations counted. ``platform``: the elaboration (None: hardware; :class:`hw.mv.SimulatorBuild`)."""
     L = cfg.lanes
     m = Module()
     m.submodules.tg = tg = TraceGenerator(cfg)
@@ -60,6 +66,8 @@ def run_trace(cfg, instr: Instr, maps: np.ndarray, kern: np.ndarray, resid: np.n
         cycles = compute_cycles(instr, cfg)
         sat = 0
         for t in range(1, cycles):          # cycles s+1 .. e-1; the buffer is read at e
+            # sampled after the falling edge: in the simulator elaboration stage O settles there
+            await ctx.delay(0.75e-6)
             sat += ctx.get(mv.sat_count)
             await ctx.tick()
         res["sat"] = sat
@@ -69,7 +77,7 @@ def run_trace(cfg, instr: Instr, maps: np.ndarray, kern: np.ndarray, resid: np.n
             out.append(unpack(ctx.get(mv.out_r_data.as_value()), 16, L))
         res["out"] = np.array(out, dtype=np.int16)
 
-    sim = Simulator(m)
+    sim = Simulator(Fragment.get(m, platform))
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
@@ -94,21 +102,23 @@ CONVS = [
 ]
 
 
+@VARIANTS
 @pytest.mark.parametrize("fields", CONVS)
-def test_conv_trace(fields):
+def test_conv_trace(fields, platform):
     cfg = CFG
     rng = np.random.default_rng(len(str(fields)))
     instr = Instr("CONV", mv_mask=1, **fields)
     isa.validate(instr, cfg)
     maps = rng.integers(-3000, 3000, size=(cfg.maps_words // 2, cfg.lanes))
     kern = rng.integers(-3000, 3000, size=(48, cfg.vv_per_mv, cfg.lanes))
-    got = run_trace(cfg, instr, maps, kern)
+    got = run_trace(cfg, instr, maps, kern, platform=platform)
     want, sat = reference(cfg, instr, maps, kern)
     np.testing.assert_array_equal(got["out"], want)
     assert got["sat"] == sat
 
 
-def test_maxpool_trace():
+@VARIANTS
+def test_maxpool_trace(platform):
     cfg = CFG
     rng = np.random.default_rng(7)
     instr = Instr("MAXPOOL", mv_mask=1, maps_addr=2, in_w=5, ppitch=3, nb=2, kh=2, kw=3, sy=1, sx=2,
@@ -116,7 +126,7 @@ def test_maxpool_trace():
     isa.validate(instr, cfg)
     maps = rng.integers(-32768, 32768, size=(cfg.maps_words // 2, cfg.lanes))
     kern = np.zeros((1, cfg.vv_per_mv, cfg.lanes), dtype=np.int64)
-    got = run_trace(cfg, instr, maps, kern)
+    got = run_trace(cfg, instr, maps, kern, platform=platform)
     want, _ = reference(cfg, instr, maps, kern)
     np.testing.assert_array_equal(got["out"], want)
 
@@ -141,8 +151,9 @@ RESID_CONVS = [
 ]
 
 
+@VARIANTS
 @pytest.mark.parametrize("fields", RESID_CONVS)
-def test_conv_trace_residual(fields):
+def test_conv_trace_residual(fields, platform):
     cfg = CFG
     rng = np.random.default_rng(len(str(fields)) + 11)
     instr = Instr("CONV", mv_mask=1, **{k: v for k, v in fields.items() if k != "amp"})
@@ -151,7 +162,7 @@ def test_conv_trace_residual(fields):
     maps = rng.integers(-amp, amp, size=(cfg.maps_words // 2, cfg.lanes))
     kern = rng.integers(-amp, amp, size=(48, cfg.vv_per_mv, cfg.lanes))
     res = rng.integers(-32768, 32768, size=(cfg.res_words, cfg.lanes))
-    got = run_trace(cfg, instr, maps, kern, res)
+    got = run_trace(cfg, instr, maps, kern, res, platform=platform)
     want, sat = reference(cfg, instr, maps, kern, res)
     np.testing.assert_array_equal(got["out"], want)
     assert got["sat"] == sat
@@ -341,15 +352,16 @@ AVGPOOLS = [
 ]
 
 
+@VARIANTS
 @pytest.mark.parametrize("fields", AVGPOOLS)
-def test_avgpool_trace(fields):
+def test_avgpool_trace(fields, platform):
     cfg = CFG
     rng = np.random.default_rng(len(str(fields)))
     instr = Instr("AVGPOOL", mv_mask=1, **fields)
     isa.validate(instr, cfg)
     maps = rng.integers(-32768, 32768, size=(cfg.maps_words // 2, cfg.lanes))
     kern = np.zeros((1, cfg.vv_per_mv, cfg.lanes), dtype=np.int64)
-    got = run_trace(cfg, instr, maps, kern)
+    got = run_trace(cfg, instr, maps, kern, platform=platform)
     want, sat = reference(cfg, instr, maps, kern)
     np.testing.assert_array_equal(got["out"], want)
     assert got["sat"] == sat
