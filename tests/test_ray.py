@@ -184,8 +184,6 @@ def test_local_instance_listens_on_loopback_only(tmp_path):
     assert "AFTER False None" in out                     # shut down, Ray's node address switch undone
 
 
-@pytest.mark.xfail(reason="open: after the merge with issue-14's runtime, seed 7's Amaranth run reports 201 cycles "
-                          "in a Ray task and 147 here (same program image); not yet explained", strict=False)
 def test_rtl_regression_as_ray_tasks_replays_by_seed(cluster, monkeypatch):
     """The random-program differential run fanned out over the cluster (Amaranth's simulator here:
     no build; Verilator tasks reuse each node's cached build): the same results as here, seed for
