@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from arch.isa import Act, Instr, Resid, encode_program
 from arch.machine import SMALL
-from arch.numerics import reciprocal
 from hw.run import LAST_RUN, run_rtl
 from sim.card import SimError, run_card
 
