@@ -113,7 +113,7 @@ class Executor:
     def execute(self, cards, jobs) -> RunResult:
         """Run ``jobs`` ((compiled, arrays, batch) per model sharing ``cards``) on ``cards``: every image
         written to its card, cluster and slot, one run per card, the outputs read back."""
-        from arch.numerics import fixed_to_float, float_to_fixed
+        from .card_plan import card_images, card_plan, run_plan
         cfg = jobs[0][0].cfg
         programs = program_addresses(jobs)
         nfpgas = jobs[0][0].parallel.nfpgas
@@ -122,29 +122,11 @@ class Executor:
 
         def run_card(f: int):
             card = cards[f]
-            outs, sat = {}, [0] * len(jobs)
+            plan = card_plan(jobs, f)
             with card.lock:
                 self.prepare_card(card, where)
-                for j, (c, arrays, batch) in enumerate(jobs):
-                    mm, p = c.memmap, c.parallel
-                    for n in range(batch):
-                        if p.slot(n)[0] != f:
-                            continue
-                        for k, i in enumerate(c.inputs):
-                            lay = mm.tensors[i.tensor]
-                            q, over = float_to_fixed(image(c, arrays, k, n), lay.frac)
-                            sat[j] += over
-                            lay.write(card.memory, mm.tensor_addr(i.tensor, p.slot(n)[2]), cfg.lanes, q)
-                stats = self.run_card(card, cfg, programs, where, macs)
-                for j, (c, arrays, batch) in enumerate(jobs):
-                    mm, p = c.memmap, c.parallel
-                    for n in range(batch):
-                        if p.slot(n)[0] == f:
-                            outs[(j, n)] = [
-                                fixed_to_float(mm.tensors[o.tensor].read(card.memory, mm.tensor_addr(o.tensor, p.slot(n)[2]),
-                                                                         cfg.lanes), mm.tensors[o.tensor].frac)
-                                .reshape(o.onnx_shape[1:]) for o in c.outputs]
-            return stats, outs, sat
+                return run_plan(lambda: self.run_card(card, cfg, programs, where, macs), cfg, card.memory,
+                                plan, card_images(jobs, plan), len(jobs))
 
         threads = self.card_threads(nfpgas, where)
         if nfpgas > 1 and threads > 1:

@@ -164,53 +164,7 @@ def resolve_address(flag_value: str) -> str:
 # What a card does in one call
 # ------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ImageIO:
-    """One image of one job on one card: where its inputs go and where its outputs are read."""
-    job: int
-    image: int
-    inputs: tuple        #: per model input: (TensorLayout, address, frac)
-    outputs: tuple       #: per DLA output: (TensorLayout, address, frac, shape)
-
-
-def card_plan(jobs, card: int) -> list[ImageIO]:
-    """The images of ``jobs`` (compiled, arrays, batch) that run on card ``card``, in order."""
-    plan = []
-    for j, (c, _arrays, batch) in enumerate(jobs):
-        mm, p = c.memmap, c.parallel
-        for n in range(batch):
-            f, _cluster, slot = p.slot(n)
-            if f != card:
-                continue
-            ins = tuple((mm.tensors[i.tensor], mm.tensor_addr(i.tensor, slot), mm.tensors[i.tensor].frac)
-                        for i in c.inputs)
-            outs = tuple((mm.tensors[o.tensor], mm.tensor_addr(o.tensor, slot), mm.tensors[o.tensor].frac,
-                          tuple(o.onnx_shape[1:])) for o in c.outputs)
-            plan.append(ImageIO(j, n, ins, outs))
-    return plan
-
-
-def card_images(jobs, plan: list[ImageIO]) -> list[list[np.ndarray]]:
-    """The float inputs of ``plan``'s images, each as the (C, H, W) tensor its layout holds."""
-    return [[np.ascontiguousarray(jobs[io.job][1][k][io.image]).reshape(lay.channels, lay.height, lay.width)
-             for k, (lay, _a, _f) in enumerate(io.inputs)] for io in plan]
-
-
-def run_plan(executor, cfg, memory: np.ndarray, programs, check_hazards: bool, plan: list[ImageIO],
-             images: list[list[np.ndarray]], njobs: int):
-    """Write ``images`` into ``memory`` (fixed point), run the executor, read the outputs back:
-    (statistics, {(job, image): [outputs]}, input values saturated per job)."""
-    from arch.numerics import fixed_to_float, float_to_fixed
-    sat = [0] * njobs
-    for io, ims in zip(plan, images):
-        for (lay, addr, frac), x in zip(io.inputs, ims):
-            q, over = float_to_fixed(x, frac)
-            sat[io.job] += over
-            lay.write(memory, addr, cfg.lanes, q)
-    stats = executor.run(cfg, memory, programs, check_hazards=check_hazards)
-    outs = {(io.job, io.image): [fixed_to_float(lay.read(memory, addr, cfg.lanes), frac).reshape(shape)
-                                 for lay, addr, frac, shape in io.outputs] for io in plan}
-    return stats, outs, sat
+from .card_plan import ImageIO, card_images, card_plan, run_plan  # noqa: E402,F401  (the plan of both transports)
 
 
 class CardActor:
@@ -240,7 +194,8 @@ class CardActor:
         if key != self.key:
             raise RuntimeError(f"card {self.index}: the memory image loaded here is not the one this call "
                                f"was planned for (a runtime bug)")
-        return run_plan(executor, cfg, self.memory, programs, check_hazards, plan, images, njobs)
+        return run_plan(lambda: executor.run(cfg, self.memory, programs, check_hazards=check_hazards),
+                        cfg, self.memory, plan, images, njobs)
 
 
 # ------------------------------------------------------------------------------------------------

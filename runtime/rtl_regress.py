@@ -1,10 +1,11 @@
 """RTL regressions, on this machine or fanned out over a Ray cluster (``mdla regress``).
 
-* ``random``: the random programs of ``tests/hw/test_differential.py`` (every instruction and buffer,
-  BARRIERs, one or two clusters, random fields and memory-port sharing) on the RTL against the
-  functional model: memory image, cycles and every counter must be equal. Program ``seed`` is
-  always the same program (drawn from the hypothesis strategy with ``random.Random(seed)``) and the
-  same memory contents (``numpy.random.default_rng(seed)``), so a mismatch reported for a seed is
+* ``random``: the random programs of ``hw/random_programs.py`` (the generator of the differential
+  tests: every instruction and buffer, BARRIERs, one or two clusters, random fields and memory-port
+  sharing) on the RTL against the functional model: memory image, cycles and every counter must be
+  equal. Program ``seed`` is always the same program (drawn from ``random.Random(seed)`` alone, not
+  through hypothesis, whose draws depend on the modules imported) and the same memory contents
+  (``numpy.random.default_rng(seed)``), so a mismatch reported for a seed is
   replayed anywhere with ``mdla regress random --seed S --count 1``. Programs the functional model
   finds racy are not valid programs and are counted apart, as the opt-in test discards them.
 * ``network``: a whole zoo network compiled for one cluster, on the RTL against the functional
@@ -67,28 +68,11 @@ class Report:
 # ------------------------------------------------------------------------------------------------
 
 def random_case(seed: int, simulator: str = "verilator"):
-    """(configuration, memory image, program addresses) of random program ``seed``."""
-    from random import Random
-
-    from hypothesis.control import BuildContext
-    from hypothesis.internal.conjecture.data import ConjectureData
-
-    try:
-        from tests.hw.test_differential import program_memory, random_programs
-    except ImportError as e:
-        raise RuntimeError("the random programs come from tests/hw/test_differential.py: run from a checkout "
-                           f"of the repository (on every Ray node too): {e}") from None
-    # hypothesis draws the program from a seeded source (its own API has no seeded draw outside @given);
-    # with hypothesis pinned, one seed is one program
-    data = ConjectureData(random=Random(seed))
-    with BuildContext(data, is_final=True, wrapped_test=None):
-        cfg, progs = data.draw(random_programs())
-    if simulator == "verilator":
-        # the nearer of the opt-in test's few builds (queue depth, memory latency): few Verilator builds
-        from tests.cocotb.test_verilog_card import _random_case
-        cfg, progs = _random_case((cfg, progs))
-    mem, addrs = program_memory(progs, seed)
-    return cfg, mem, addrs
+    """(configuration, memory image, program addresses) of random program ``seed``
+    (hw/random_programs.py: drawn from ``random.Random(seed)`` alone, so the same program in every
+    process; for Verilator the machine is the nearer of the few builds, hw.random_programs.VERILATOR_BUILDS)."""
+    from hw.random_programs import seeded_case
+    return seeded_case(seed, verilator_builds=simulator == "verilator")
 
 
 def run_rtl_on(simulator: str, cfg, memory: np.ndarray, programs, harness: str | None = None):
@@ -275,7 +259,7 @@ def _ray_value(ray_address):
 @click.option("--per-task", default=10, show_default=True, help="programs per Ray task")
 @_ray_option
 def regress_random_command(count, first_seed, simulator, per_task, ray_address):
-    """Random programs (tests/hw/test_differential.py) on the RTL against the functional model."""
+    """Random programs (hw/random_programs.py) on the RTL against the functional model."""
     try:
         report = regress_random(count, first_seed, simulator, ray=_ray_value(ray_address), per_task=per_task)
     except Exception as e:  # noqa: BLE001

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import microndla
 from arch.machine import SMALL
 from runtime import trace as tr
-from tests.hw.test_differential import DATA, MEM, OUT, program_memory, random_programs
+from hw.random_programs import DATA, MEM, OUT, program_memory, random_programs
 from zoo import kernels
 
 # ------------------------------------------------------------------------------------------------

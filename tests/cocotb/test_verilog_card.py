@@ -300,9 +300,7 @@ def test_zero_initialisers_are_loops():
 # opt-in: many random programs on the Verilator C++ harness (RANDOM_VERILATOR=<count>)
 # ------------------------------------------------------------------------------------------------
 
-#: (queue_depth, mem_latency) of the builds the random programs run on: a drawn machine is mapped to
-#: the nearer of the two, so that a thousand programs need four builds (two per cluster count)
-_RANDOM_BUILDS = ((1, 1), (4, 8))
+from hw.random_programs import VERILATOR_BUILDS as _RANDOM_BUILDS, nearest_build  # noqa: E402,F401
 
 
 def _random_verilator_examples() -> int:
@@ -311,17 +309,15 @@ def _random_verilator_examples() -> int:
 
 
 def _random_case(case):
-    import dataclasses
     cfg, progs = case
-    q, lat = min(_RANDOM_BUILDS, key=lambda b: abs(b[0] - cfg.queue_depth) + abs(b[1] - cfg.mem_latency))
-    return dataclasses.replace(cfg, queue_depth=q, mem_latency=lat), progs
+    return nearest_build(cfg), progs
 
 
 if _random_verilator_examples():
     from hypothesis import HealthCheck, assume, given, settings
     from hypothesis import strategies as st
 
-    from tests.hw.test_differential import random_programs
+    from hw.random_programs import random_programs
 
     @settings(max_examples=_random_verilator_examples(), deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -333,7 +329,7 @@ if _random_verilator_examples():
         random_programs_verilator``."""
         from cocotb_util import require
         from sim.card import SimError
-        from tests.hw.test_differential import program_memory
+        from hw.random_programs import program_memory
         require("verilator")
         cfg, progs = _random_case(case)
         mem, addrs = program_memory(progs, seed)

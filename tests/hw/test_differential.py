@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from arch.isa import Act, Instr, Resid, encode_program
 from arch.machine import SMALL
-from arch.numerics import reciprocal
 from hw.run import LAST_RUN, run_rtl
 from sim.card import SimError, run_card
 
@@ -190,130 +189,9 @@ def test_resnet18():
 # random programs
 # ------------------------------------------------------------------------------------------------
 
-DATA = 0x4000          # input data (random bytes)
-OUT = 0x8000           # each cluster stores into its own region
-MEM = 0xA000
-
-
-def program_memory(progs, seed):
-    """The card memory of a random case: random input bytes (from ``seed``) and each cluster's
-    program at 0x1000 * cluster; returns (memory, {cluster: program address})."""
-    rng = np.random.default_rng(seed)
-    mem = np.zeros(MEM, dtype=np.uint8)
-    mem[DATA:OUT] = rng.integers(0, 256, OUT - DATA, dtype=np.uint8)
-    addrs = {}
-    for c, p in progs.items():
-        code = encode_program(p)
-        mem[0x1000 * c:0x1000 * c + len(code)] = np.frombuffer(code, dtype=np.uint8)
-        addrs[c] = 0x1000 * c
-    return mem, addrs
-
-
-@st.composite
-def random_programs(draw):
-    """Race-free random programs: each cluster runs rounds of LOAD maps (+ LOAD RES) + LOAD kernel ->
-    CONV (with or without a residual), MAXPOOL or AVGPOOL -> STORE, with the tokens a correct program
-    needs (plus SYNCs), random fields, and random sharing of the memory port between clusters.
-    Sometimes every cluster also meets the others at the same number of BARRIERs (mask: all
-    generated clusters), each placed between rounds (or before the first) at a random position per
-    cluster; the first BARRIER after a round pops its STORE's token (the stores are drained), and the
-    next round's compute then relies on the BARRIER for its output buffer."""
-    cfg = dataclasses.replace(SMALL, queue_depth=draw(st.integers(1, 4)), mem_latency=draw(st.integers(1, 9)))
-    M, V = cfg.mv_per_cluster, cfg.vv_per_mv
-    progs = {}
-    nclusters = draw(st.integers(1, cfg.clusters_per_card))
-    nbarriers = draw(st.sampled_from([0, 0, 1, 2]))
-    bmask = (1 << nclusters) - 1
-    for c in range(nclusters):
-        out = []
-        rounds = draw(st.integers(1, 3))
-        # BARRIER positions: p = before round p (p = rounds: after the last)
-        at = sorted(draw(st.lists(st.integers(0, rounds), min_size=nbarriers, max_size=nbarriers)))
-        drained = [p > 0 and draw(st.integers(0, 3)) > 0 for p in range(rounds + 1)]   # BARRIER pops the store token
-        drained = [d and p in at for p, d in enumerate(drained)]
-
-        def barriers(p):
-            for k in range(at.count(p)):
-                out.append(Instr("BARRIER", mask=bmask, pop_next=1 if drained[p] and k == 0 else 0))
-
-        for r in range(rounds):
-            barriers(r)
-            mask = draw(st.integers(1, (1 << M) - 1))
-            wait_store = 1 if r else 0           # do not overwrite buffers the last round still uses
-            n0 = draw(st.integers(1, 12))
-            out.append(Instr("LOAD", buf=0, mv_mask=mask, dram_addr=DATA + 8 * draw(st.integers(0, 200)),
-                             buf_addr=draw(st.integers(0, 4)), n0=n0, n1=draw(st.integers(1, 3)),
-                             s1=draw(st.integers(0, 16)), n2=draw(st.integers(1, 2)), s2=draw(st.integers(0, 40)),
-                             pop_next=wait_store))
-            if draw(st.booleans()):      # residual words (read by a resid CONV, or left unused)
-                out.append(Instr("LOAD", buf=2, mv_mask=draw(st.integers(1, (1 << M) - 1)),
-                                 dram_addr=DATA + 8 * draw(st.integers(0, 400)), buf_addr=draw(st.integers(0, 6)),
-                                 n0=draw(st.integers(1, 14)), n1=draw(st.integers(1, 2)), s1=draw(st.integers(0, 20)),
-                                 n2=draw(st.integers(1, 2)), s2=draw(st.integers(0, 40))))
-            nvv = draw(st.integers(1, V))
-            out.append(Instr("LOAD", buf=1, mv_mask=mask, nvv=nvv, dram_addr=DATA + 8 * draw(st.integers(0, 300)),
-                             buf_addr=0, n0=nvv * draw(st.integers(1, 20)), n1=1, n2=1, push_next=1))
-            # compute waits for its loads and for the previous round's STORE (output buffer reuse) and
-            # tells the next round's loads when it has read its buffers
-            tok = dict(pop_prev=1, push_next=1, pop_next=1 if r and not drained[r] else 0,
-                       push_prev=1 if r < rounds - 1 else 0)
-            kind = draw(st.sampled_from(["CONV", "CONV", "MAXPOOL", "AVGPOOL"]))
-            if kind == "CONV":
-                oh, ow = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-                kh, kw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-                cin = draw(st.integers(1, 6))
-                cpitch = cin + draw(st.integers(0, 2))
-                dy, dx, sy, sx = (draw(st.integers(1, 2)) for _ in range(4))
-                in_w = (ow - 1) * sx + (kw - 1) * dx + 1 + draw(st.integers(0, 2))
-                K = kh * kw * cin
-                out_pitch = nvv + draw(st.integers(0, 1))
-                i = Instr("CONV", mv_mask=mask, nvv=nvv, maps_addr=draw(st.integers(0, 7)), in_w=in_w,
-                          cpitch=cpitch, cin=cin, kh=kh, kw=kw, sy=sy, sx=sx, dy=dy, dx=dx, oh=oh, ow=ow,
-                          kern_addr=draw(st.integers(0, 20 - min(K, 20))) if K <= 20 else 0,
-                          bias_addr=draw(st.integers(0, 10)), acc_addr=draw(st.integers(0, 16 - oh * ow)),
-                          out_addr=draw(st.integers(0, 4)), out_pitch=out_pitch, init=draw(st.integers(0, 2)),
-                          write=1, shift=draw(st.integers(0, 40)), act=draw(st.sampled_from(list(Act))),
-                          **tok)
-                if i.act == Act.LEAKY:
-                    i = i.replace(act_a=draw(st.integers(0, (1 << 16) - 1)), act_b=draw(st.integers(0, 31)))
-                elif i.act == Act.CLIP:
-                    lo, hi = sorted(draw(st.integers(-32768, 32767)) for _ in range(2))
-                    i = i.replace(act_a=lo & 0xFFFF, act_b=hi & 0xFFFF)
-                elif i.act in (Act.SIGMOID, Act.TANH, Act.HARDSWISH, Act.SILU, Act.MISH):
-                    i = i.replace(act_a=draw(st.integers(0, 15)))
-                if draw(st.booleans()):
-                    i = i.replace(resid=draw(st.sampled_from([Resid.ADD, Resid.MUL])), res_addr=draw(st.integers(0, 8)),
-                                  rshift=draw(st.integers(0, 40)))
-                if K > cfg.kernel_words:
-                    i = i.replace(cin=1, cpitch=1)
-                n_out = (oh * ow - 1) * out_pitch + nvv
-            else:
-                oh, ow, kh, kw = (draw(st.integers(1, 3)) for _ in range(4))
-                sy, sx = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-                nb = draw(st.integers(1, 2))
-                ppitch = nb + draw(st.integers(0, 1))
-                in_w = (ow - 1) * sx + kw + draw(st.integers(0, 1))
-                out_pitch = nb + draw(st.integers(0, 1))
-                i = Instr("MAXPOOL", mv_mask=mask, maps_addr=draw(st.integers(0, 3)), in_w=in_w, ppitch=ppitch,
-                          nb=nb, kh=kh, kw=kw, sy=sy, sx=sx, oh=oh, ow=ow, out_addr=draw(st.integers(0, 4)),
-                          out_pitch=out_pitch, **tok)
-                if kind == "AVGPOOL":
-                    if draw(st.booleans()):
-                        mul, shift = reciprocal(kh * kw)
-                    else:
-                        mul, shift = draw(st.integers(0, (1 << 16) - 1)), draw(st.integers(0, 40))
-                    i = Instr("AVGPOOL", mul=mul, shift=shift, **i.f)
-                n_out = (oh * ow - 1) * out_pitch + nb
-            if draw(st.booleans()):
-                out.append(Instr("SYNC"))
-            out.append(i)
-            mv = draw(st.sampled_from([m for m in range(M) if mask >> m & 1]))
-            base = OUT + 0x800 * c + 0x100 * r
-            out.append(Instr("STORE", mv=mv, dram_addr=base, buf_addr=0, n0=n_out, n1=1, n2=1, pop_prev=1,
-                             push_prev=1 if r < rounds - 1 or drained[r + 1] else 0))
-        barriers(rounds)
-        progs[c] = out + [Instr("END")]
-    return cfg, progs
+# the generator and the memory layout live in hw/random_programs.py (also used by
+# `mdla regress random`, runtime/rtl_regress.py)
+from hw.random_programs import DATA, MEM, OUT, program_memory, random_programs  # noqa: E402,F401
 
 
 @settings(max_examples=int(__import__("os").environ.get("HW_EXAMPLES", 25)), deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
