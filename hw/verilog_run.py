@@ -292,7 +292,7 @@ def _run_cocotb(sim: str, info: BuildInfo, job: dict, work: Path, plusargs: list
         simulate()
     else:
         # the simulator's output goes to the log; its progress lines feed the bar
-        th = threading.Thread(target=simulate, daemon=True)
+        th = threading.Thread(target=simulate, name="mdla-verilog-sim", daemon=True)
         th.start()
         seen = 0
         while th.is_alive():

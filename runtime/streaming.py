@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 BUFFERS = 2
+#: The project's own threads (the simulator's GEMM pool, card threads, progress bars) are named
+#: with this prefix: they never call the stream, so a blocked call does not wait for them.
+INTERNAL_THREAD_PREFIX = "mdla-"
 #: How long a blocked call waits for a thread that has not called the stream yet (seconds).
 STALL_S = 300.0
 
@@ -74,7 +77,7 @@ class Stream:
 
     def _others_exist(self) -> bool:
         me = threading.current_thread()
-        return any(t is not me and t.is_alive() and not t.name.startswith("mdla-") for t in threading.enumerate())
+        return any(t is not me and t.is_alive() and not t.name.startswith(INTERNAL_THREAD_PREFIX) for t in threading.enumerate())
 
     def _closed_error(self, what: str) -> StreamClosed:
         return StreamClosed(f"{what}: {self.name} was freed (Free()) while this call waited")

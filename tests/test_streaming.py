@@ -1,6 +1,7 @@
 """PutInput/GetResult: user objects round-trip, two buffers, non-blocking mode, the end-of-stream
 marker, the SDK's threaded pattern under load, and clear errors where the SDK would deadlock."""
 import threading
+import time
 
 import numpy as np
 import onnx
@@ -227,3 +228,16 @@ def test_free_while_a_result_is_being_computed(model):
         assert "freed" in str(errors[0])
     with pytest.raises(microndla.MDLAError, match="no model loaded"):
         ie.PutInput(x, "b")
+
+
+def test_the_simulators_own_threads_do_not_delay_the_deadlock_error(ie):
+    # The functional model's GEMM pool outlives a Run; its idle threads must not count as possible
+    # producers (a blocked GetResult waited STALL_S = 300 s for them in the full test run).
+    from sim import units
+    from runtime.streaming import INTERNAL_THREAD_PREFIX
+    units._pool().submit(lambda: None).result()
+    assert any(t.name.startswith(INTERNAL_THREAD_PREFIX + "sim") for t in threading.enumerate())
+    start = time.monotonic()
+    with pytest.raises(microndla.MDLAError, match="nothing was put"):
+        ie.GetResult()
+    assert time.monotonic() - start < 60      # raised at once, not after STALL_S
