@@ -534,4 +534,4 @@ def _view(buf: np.ndarray, offset: int, shape: tuple[int, ...], strides: tuple[i
     elements. Unlike ``as_strided`` (8x slower to build, and views are built per instruction) it
     refuses a view that would reach beyond ``buf``."""
     e = buf.itemsize
-    return np.ndarray(shape, buf.dtype, buf, offset * e, tuple(x * e for x in strides))
+    return np.ndarray(shape, buf.dtype, buf, offset * e, tuple([x * e for x in strides]))
