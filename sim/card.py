@@ -475,15 +475,21 @@ class _ClusterRun:
         if trace:
             timeline = [InstrTiming(o.pc, o.op, o.engine, self.d[o.pc], self.s[o.pc], self.e[o.pc], self.g[o.pc])
                         for o in ops]
+        # totals over the program and the finished schedule: computed once per schedule (a replayed
+        # run reuses this object), they cost milliseconds per run on programs of thousands of ops
+        totals = self.__dict__.get("_totals")
+        if totals is None:
+            totals = self._totals = (max(self.e), sum(o.words for o in ops if o.eng == _LOAD),
+                                     sum(o.words for o in ops if o.eng == _STORE),
+                                     sum(o.macs for o in ops), sum(o.slots for o in ops))
+        cycles, loaded, stored, macs, slots = totals
         return ClusterStats(
-            cycles=max(self.e), instructions=len(ops),
+            cycles=cycles, instructions=len(ops),
             busy={e: self.busy[n] for n, e in enumerate(ENGINES)},
             token_wait={e: self.token_wait[n] for n, e in enumerate(ENGINES)},
             port_wait={"load": self.port_wait[_LOAD], "store": self.port_wait[_STORE]},
-            bytes_loaded=beat_bytes * sum(o.words for o in ops if o.eng == _LOAD),
-            bytes_stored=beat_bytes * sum(o.words for o in ops if o.eng == _STORE),
-            macs=sum(o.macs for o in ops), mac_slots=sum(o.slots for o in ops),
-            saturations=saturations, timeline=timeline)
+            bytes_loaded=beat_bytes * loaded, bytes_stored=beat_bytes * stored,
+            macs=macs, mac_slots=slots, saturations=saturations, timeline=timeline)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -143,34 +143,61 @@ class ClusterUnits:
     # ---- main-memory transfers ---------------------------------------------------------------
     def load(self, i: Instr, mem_words: np.ndarray, base_word: int) -> None:
         """LOAD: ``mem_words`` is the memory image viewed as ``int16[words, lanes]``."""
+        plan = i.__dict__.get("_sim_load")
+        if plan is None or plan[0] is not self.cfg:
+            plan = self._load_plan(i)
+        _, kind, src_shape, src_strides, n, dsts = plan
+        src = np.ndarray(src_shape, mem_words.dtype, mem_words, base_word * mem_words.strides[0], src_strides)
+        if kind == Buf.RES:
+            res, s0 = self.res, src[..., 0, :]
+            for off, shape, strides in dsts:
+                np.ndarray(shape, res.dtype, res, off, strides)[...] = s0
+            return
+        self._loads += 1
+        if kind == Buf.MAPS:
+            maps = self.maps
+            for off, shape, strides, m, a in dsts:    # a broadcast mask: all MVs in one assignment
+                self._copy(np.ndarray(shape, maps.dtype, maps, off, strides), src)
+                self.maps_tag[m, a:a + n] = self._loads
+        else:
+            for rows, m, nvv, src_kern in dsts:
+                self._copy(self.kern_wm[rows, m, :nvv], src_kern(src))
+                self.kern_tag[rows, m] = self._loads
+
+    def _load_plan(self, i: Instr) -> tuple:
+        """The data-independent part of a LOAD on this machine: its source view's shape and byte
+        strides (from the memory word it starts at) and each destination's view or slices. Kept on
+        the instruction (``Instr`` is immutable; the cache is not one of its fields) so that each
+        run of a decoded program builds its views without recomputing them."""
         pat = _dma_pattern(i)
-        n, L, a = pat.words, self.lanes, i.buf_addr
+        n, L, a, e = pat.words, self.lanes, i.buf_addr, 2           # int16 elements
         # src: the transferred words as (n, 1, lanes) or, strided, (n2, n1, n0, 1, lanes), the 1
         # being the MV axis of the destination; a strided source is read in place, not gathered
         if pat.contiguous:
             shape, dense = (n,), (L,)
-            src = _view(mem_words, base_word * L, (n, 1, L), (L, 0, 1))
+            src_shape, src_strides = (n, 1, L), (L, 0, 1)
         else:
             shape, dense = (i.n2, i.n1, i.n0), (i.n1 * i.n0 * L, i.n0 * L, L)
-            src = _view(mem_words, base_word * L, shape + (1, L), (i.s2 * L, i.s1 * L, L, 0, 1))
+            src_shape, src_strides = shape + (1, L), (i.s2 * L, i.s1 * L, L, 0, 1)
         mvs = mv_list(i.mv_mask)
         if i.buf == Buf.RES:
             words = self.res.shape[1]
-            for m in mvs:
-                _view(self.res, (m * words + a) * L, shape + (L,), dense + (1,))[...] = src[..., 0, :]
-            return
-        self._loads += 1
-        for g in _consecutive_runs(mvs):             # a broadcast mask: all MVs in one assignment
-            m = slice(g[0], g[-1] + 1)
-            if i.buf == Buf.MAPS:
-                words = self.maps_w.shape[1]
-                self._copy(_view(self.maps, (g[0] * words + a) * L, shape + (len(g), L), dense + (words * L, 1)), src)
-                self.maps_tag[m, a:a + n] = self._loads
-            else:
-                nvv = i.nvv
-                self._copy(self.kern_wm[a:a + n // nvv, m, :nvv],
-                           src.reshape(n // nvv, nvv, 1, L).swapaxes(1, 2))
-                self.kern_tag[a:a + n // nvv, m] = self._loads
+            dsts = tuple(((m * words + a) * L * e, shape + (L,), tuple(x * e for x in dense + (1,))) for m in mvs)
+        elif i.buf == Buf.MAPS:
+            words = self.maps_w.shape[1]
+            dsts = tuple(((g[0] * words + a) * L * e, shape + (len(g), L),
+                          tuple(x * e for x in dense + (words * L, 1)), slice(g[0], g[-1] + 1), a)
+                         for g in _consecutive_runs(mvs))
+        else:
+            nvv = i.nvv
+
+            def src_kern(src: np.ndarray) -> np.ndarray:
+                return src.reshape(n // nvv, nvv, 1, L).swapaxes(1, 2)
+            dsts = tuple((slice(a, a + n // nvv), slice(g[0], g[-1] + 1), nvv, src_kern)
+                         for g in _consecutive_runs(mvs))
+        plan = (self.cfg, i.buf, src_shape, tuple(x * e for x in src_strides), n, dsts)
+        i.__dict__["_sim_load"] = plan
+        return plan
 
     def _copy(self, dst: np.ndarray, src: np.ndarray) -> None:
         """``dst[...] = src``, split along the first axis over the threads when large."""
@@ -534,4 +561,4 @@ def _view(buf: np.ndarray, offset: int, shape: tuple[int, ...], strides: tuple[i
     elements. Unlike ``as_strided`` (8x slower to build, and views are built per instruction) it
     refuses a view that would reach beyond ``buf``."""
     e = buf.itemsize
-    return np.ndarray(shape, buf.dtype, buf, offset * e, tuple(x * e for x in strides))
+    return np.ndarray(shape, buf.dtype, buf, offset * e, tuple([x * e for x in strides]))

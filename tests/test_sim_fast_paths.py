@@ -171,9 +171,39 @@ def test_gemm_engines_give_the_same_network_run(compiled, monkeypatch):
     mem0, _ = c.seeded_image(5)
     progs = c.program_addresses()
     out = {}
+    from sim import gemm
+    monkeypatch.setattr(gemm, "_ORT_MIN_MACS", 0)            # every product of 2 rows or more on onnxruntime
     for eng in ("numpy", "onnxruntime"):
         monkeypatch.setenv("MDLA_SIM_GEMM", eng)
         mem = mem0.copy()
         out[eng] = (mem, run_card(REFERENCE, mem, progs))
     assert np.array_equal(out["numpy"][0], out["onnxruntime"][0])
     assert out["numpy"][1] == out["onnxruntime"][1]
+
+
+def _fresh(i: Instr) -> Instr:
+    return Instr(i.op, **i.f)                    # the same fields, no cached LOAD plan
+
+
+@pytest.mark.parametrize("buf", ["MAPS", "KERNEL", "RES"])
+def test_load_plan_kept_on_the_instruction_is_per_machine(buf):
+    """A LOAD's views are computed once and kept on its Instr; running the same Instr objects on
+    machines of other lanes and buffer sizes (plan made for the first, then replaced) leaves every
+    buffer as fresh instructions do: contiguous, strided, overlapping, broadcast and gapped masks."""
+    from arch.isa import Buf
+    kind = getattr(Buf, buf)
+    shapes = [dict(n0=12, n1=1, s1=0, n2=1, s2=0), dict(n0=3, n1=2, s1=5, n2=2, s2=13),
+              dict(n0=4, n1=3, s1=2, n2=1, s2=0)]                  # contiguous, strided, overlapping
+    instrs = [Instr("LOAD", buf=kind, mv_mask=mask, nvv=2, dram_addr=64 * k, buf_addr=8 * k, **sh)
+              for k, sh in enumerate(shapes) for mask in (0b1, 0b11, 0b10)]
+    for cfg in (REFERENCE, SMALL, REFERENCE):
+        rng = np.random.default_rng(cfg.lanes)
+        mem = rng.integers(-(1 << 15), 1 << 15, size=(512, cfg.lanes)).astype(np.int16)
+        got, want = units.ClusterUnits(cfg), units.ClusterUnits(cfg)
+        for i in instrs:
+            got.load(i, mem, i.dram_addr // cfg.beat_bytes)
+            want.load(_fresh(i), mem, i.dram_addr // cfg.beat_bytes)
+            assert i.__dict__["_sim_load"][0] is cfg
+        for name in ("maps", "maps_tag", "kern_wm", "kern_tag", "res"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=f"{cfg.name} {name}")
+        assert getattr(got, {"MAPS": "maps", "KERNEL": "kern_wm", "RES": "res"}[buf]).any()
