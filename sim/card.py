@@ -270,7 +270,7 @@ _cache_lock = threading.Lock()   # cards may run in threads
 #: timing is data-independent (arch.timing), so a run of the same programs at the same addresses has
 #: the same schedule and the same hazard-check outcome: a repeated run only replays the data effects
 #: in the recorded order. Value: (order of (cluster, pc) with a data effect, the finished
-#: _ClusterRuns, whether the hazards were checked).
+#: _ClusterRuns, whether the hazards were checked, the order as a replay plan: _replay_plan).
 _schedule_cache: OrderedDict[tuple, tuple] = OrderedDict()
 
 
@@ -678,9 +678,8 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
         if cached is not None:
             _schedule_cache.move_to_end(sched_key)
     if cached is not None and (cached[2] or not check_hazards) and sink is None:
-        order, runs, _ = cached
-        for c, pc in order:
-            apply(c, pc, runs[c].ops[pc])
+        _, runs, _, plan = cached
+        _replay(plan, units, mem_words, sat_pcs)
         return _card_stats(runs, units, sat_pcs, None, clusters, trace, bb)
 
     order: list[tuple[int, int]] = []
@@ -757,10 +756,46 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
         raise SimError("deadlock: " + "; ".join(stuck))
 
     with _cache_lock:
-        _schedule_cache[sched_key] = (order, runs, check_hazards)
+        _schedule_cache[sched_key] = (order, runs, check_hazards, _replay_plan(order, runs, bb))
         if len(_schedule_cache) > _CACHE_SIZE:
             _schedule_cache.popitem(last=False)
     return _card_stats(runs, units, sat_pcs, sink, clusters, trace, bb)
+
+
+#: the effects that may saturate (their output stage clips): counted per instruction on replay
+_SATURATING = frozenset({"conv", "avgpool"})
+
+
+def _replay_plan(order: list[tuple[int, int]], runs: dict, bb: int) -> tuple:
+    """The recorded effect order as (cluster, pc, effect, instruction, memory word or None,
+    may saturate) tuples, built once per recorded schedule and kept with it (a replay then looks
+    nothing up per instruction). It applies exactly what :func:`apply_effect` applies."""
+    out = []
+    for c, pc in order:
+        o = runs[c].ops[pc]
+        i = o.instr
+        out.append((c, pc, o.effect, i, i.dram_addr // bb if o.effect in ("load", "store") else None,
+                    o.effect in _SATURATING))
+    return tuple(out)
+
+
+def _replay(plan: tuple, units: dict, mem_words: np.ndarray, sat_pcs: dict) -> None:
+    """Apply the data effects of a replay plan in order (see :func:`_replay_plan`), counting the
+    saturations per instruction as ``apply`` does."""
+    bound = {c: {name: getattr(u, name) for name in set(_EFFECTS.values()) if name} for c, u in units.items()}
+    for c, pc, effect, i, word, saturating in plan:
+        fn = bound[c][effect]
+        if word is not None:
+            fn(i, mem_words, word)
+        elif saturating:
+            u = units[c]
+            before = u.saturations
+            fn(i)
+            if u.saturations != before:
+                by_pc = sat_pcs[c]
+                by_pc[pc] = by_pc.get(pc, 0) + u.saturations - before
+        else:
+            fn(i)
 
 
 def _card_stats(runs, units, sat_pcs, sink, clusters, trace: bool, bb: int) -> CardStats:

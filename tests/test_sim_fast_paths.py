@@ -207,3 +207,32 @@ def test_load_plan_kept_on_the_instruction_is_per_machine(buf):
         for name in ("maps", "maps_tag", "kern_wm", "kern_tag", "res"):
             np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=f"{cfg.name} {name}")
         assert getattr(got, {"MAPS": "maps", "KERNEL": "kern_wm", "RES": "res"}[buf]).any()
+
+
+def test_replay_counts_saturations_per_instruction_as_the_first_run():
+    """A replayed run (recorded schedule, effects bound once) applies the same effects in the same
+    order as the scheduling run: the memory bits, the statistics and the saturation counts per
+    instruction, on several clusters, with LOADs of maps and kernel words, CONVs that saturate
+    (random data, no shift), an AVGPOOL and STOREs."""
+    from tests.test_sim_hazards import image
+    prog = ("LOAD buf=MAPS mv_mask=1 dram_addr=0x2000 buf_addr=0 n0=16 n1=1 n2=1\n"
+            "LOAD buf=KERNEL mv_mask=1 nvv=1 dram_addr=0x3000 buf_addr=0 n0=4 n1=1 n2=1 push_next=1\n"
+            "CONV mv_mask=1 nvv=1 in_w=4 cpitch=4 cin=4 kh=1 kw=1 sy=1 sx=1 dy=1 dx=1 oh=1 ow=4 out_pitch=1 "
+            "write=1 pop_prev=1 push_next=1\n"
+            "STORE mv=0 dram_addr=0x8000 buf_addr=0 n0=4 n1=1 n2=1 pop_prev=1 push_prev=1\n"
+            "CONV mv_mask=1 nvv=1 in_w=4 cpitch=4 cin=4 kh=1 kw=1 sy=1 sx=1 dy=1 dx=1 oh=1 ow=4 out_pitch=1 "
+            "out_addr=4 write=1 shift=3 pop_next=1 push_next=1\n"
+            "STORE mv=0 dram_addr=0x8200 buf_addr=4 n0=4 n1=1 n2=1 pop_prev=1\n"
+            "END")
+    programs = {0: prog, 1: prog.replace("0x8000", "0x9000").replace("0x8200", "0x9200")}
+    mem0, addrs = image(programs, seed=4)
+    card.clear_program_cache()
+    first = mem0.copy()
+    ref = run_card(SMALL, first, addrs, trace=True)
+    assert ref.clusters[0].saturations_by_pc and set(ref.clusters[0].saturations_by_pc) <= {2, 4}
+    for _ in range(2):                                          # replayed twice
+        mem = mem0.copy()
+        st = run_card(SMALL, mem, addrs, trace=True)
+        assert np.array_equal(mem, first)
+        assert st == ref
+        assert st.clusters[1].saturations_by_pc == ref.clusters[1].saturations_by_pc
