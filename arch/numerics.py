@@ -338,6 +338,27 @@ def activate(x: np.ndarray, act: int, a: int = 0, b: int = 0) -> np.ndarray:
     raise ValueError(f"unknown activation code {act}")
 
 
+NONLIN_SIZE = 4096       #: entries of the SDK's GetNonlinCoefs table (its NONLIN_SIZE)
+NONLIN_STEP = (1 << DATA_BITS) // NONLIN_SIZE   #: int16 inputs per entry: entry i is the input (i - 2048) * 16
+
+
+def nonlin_inputs() -> np.ndarray:
+    """The int16 inputs of the :data:`NONLIN_SIZE` entries of :func:`nonlin_table`: entry i is the
+    input whose top 12 bits are i read as a signed index (``(i - 2048) * 16``), so the table spans
+    the whole int16 range in order (in Q4.11, -16 up to 16 - 1/128 in steps of 1/128)."""
+    return (np.arange(NONLIN_SIZE, dtype=np.int64) - NONLIN_SIZE // 2) * NONLIN_STEP
+
+
+def nonlin_table(act: int, a: int = 0, b: int = 0) -> np.ndarray:
+    """The SDK's ``GetNonlinCoefs`` format for the output stage's activation ``act`` with the CONV's
+    fields ``a``/``b``: int16 array of :data:`NONLIN_SIZE` entries, entry i being :func:`activate` of
+    the input ``nonlin_inputs()[i]`` (so the table is this module's activation sampled, not a second
+    definition of it)."""
+    y = activate(nonlin_inputs(), act, a, b)
+    assert y.min() >= DATA_MIN and y.max() <= DATA_MAX
+    return y.astype(np.int16)
+
+
 def requantize(acc: np.ndarray, shift: int, act: int = ACT_NONE, residual: np.ndarray | None = None,
                rshift: int = 0, acc_bits: int = 48, act_a: int = 0, act_b: int = 0,
                mode: int = RES_ADD) -> tuple[np.ndarray, int]:

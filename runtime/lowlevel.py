@@ -249,10 +249,14 @@ def hw_run(obj, instr_addr, outsize):
 # activation tables
 # ------------------------------------------------------------------------------------------------
 
-def nonlin_coefs(type_) -> np.ndarray:
-    """``GetNonlinCoefs``: the table the output stage reads for activation ``type_`` (an ``arch.isa.Act``
-    name or value): int32 array (segments, 2) of (base, delta) in Q0.15, segment i covering its
-    input range (``arch.numerics.lut_table``, ``mish_table``)."""
+def nonlin_coefs(type_="relu", act_a=None, act_b=None) -> np.ndarray:
+    """``GetNonlinCoefs``: the SDK's format, an int16 array of ``NONLIN_SIZE`` (4096) entries, entry i
+    the output stage's activation ``type_`` (an ``arch.isa.Act`` name or value) of the int16 input
+    ``(i - 2048) * 16`` (``arch.numerics.nonlin_table``: the activation of ``arch/numerics.py``
+    sampled over the whole input range). The SDK ignored ``type`` and always gave ReLU's table; here
+    it chooses the activation (default 'relu'). ``act_a``/``act_b`` are the CONV's fields; defaults:
+    SIGMOID/TANH output Q0.15 (``act_a`` 0), HARDSWISH/SILU/MISH in Q4.11 (``act_a`` 11); LEAKY and
+    CLIP have no default and need both."""
     from arch.isa import Act
     from arch import numerics as nx
     try:
@@ -260,14 +264,30 @@ def nonlin_coefs(type_) -> np.ndarray:
     except (KeyError, ValueError, TypeError):
         raise MDLAError(f"GetNonlinCoefs: unknown activation {type_!r}; known: "
                         f"{[a.name.lower() for a in Act]}") from None
-    if act in (Act.SIGMOID, Act.TANH, Act.SILU):
-        base, delta = nx.lut_table(nx.ACT_TANH if act == Act.TANH else nx.ACT_SIGMOID)
-    elif act == Act.MISH:
-        base, delta = nx.mish_table()
+    name = f"GetNonlinCoefs({act.name.lower()})"
+    for f, v in (("act_a", act_a), ("act_b", act_b)):
+        if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 <= v <= 0xFFFF):
+            raise MDLAError(f"{name}: {f} must be a 16-bit field value (0..65535), got {v!r}")
+    if act in (Act.LEAKY, Act.CLIP):
+        if act_a is None or act_b is None:
+            what = "the multiplier and the shift" if act == Act.LEAKY else "the lower and upper bounds (as 16-bit patterns)"
+            raise MDLAError(f"{name}: give act_a and act_b ({what}); {act.name} has no default fields")
+        a, b = int(act_a), int(act_b)
+        if act == Act.LEAKY and b > nx.LEAKY_MAX_SHIFT:
+            raise MDLAError(f"{name}: the LEAKY shift act_b {b} exceeds {nx.LEAKY_MAX_SHIFT}")
+        if act == Act.CLIP and nx.s16(a) > nx.s16(b):
+            raise MDLAError(f"{name}: the CLIP lower bound {nx.s16(a)} exceeds the upper bound {nx.s16(b)}")
+    elif act in (Act.SIGMOID, Act.TANH, Act.HARDSWISH, Act.SILU, Act.MISH):
+        default = 0 if act in (Act.SIGMOID, Act.TANH) else nx.LUT_IN_FRAC
+        a = default if act_a is None else int(act_a)
+        b = 0 if act_b is None else int(act_b)
+        if a > nx.ACT_MAX_FRAC or b != 0:
+            raise MDLAError(f"{name}: takes act_a in 0..{nx.ACT_MAX_FRAC} and act_b 0, got {a} and {b}")
     else:
-        raise MDLAError(f"GetNonlinCoefs({type_!r}): the output stage computes {act.name} without a table; "
-                        f"the tables are those of SIGMOID (also SILU's gate), TANH and MISH")
-    return np.stack([base, delta], axis=1).astype(np.int32)
+        if act_a or act_b:
+            raise MDLAError(f"{name}: {act.name} has no fields (act_a and act_b must be 0)")
+        a = b = 0
+    return nx.nonlin_table(int(act), a, b)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -236,9 +236,10 @@ class MDLA:
         """Run the code ReadCode put at ``instr_addr`` to its END; returns (hwtime in s, bytes moved)."""
         return lowlevel.hw_run(self, instr_addr, outsize)
 
-    def GetNonlinCoefs(self, type):
-        """The output stage's table for activation ``type`` ('sigmoid', 'tanh', 'mish' or an arch.isa.Act value)."""
-        return lowlevel.nonlin_coefs(type)
+    def GetNonlinCoefs(self, type="relu", act_a=None, act_b=None):
+        """The SDK's int16 table of NONLIN_SIZE (4096) entries of the output stage's activation ``type``
+        (an arch.isa.Act name or value) over the int16 inputs (i - 2048) * 16 (runtime/lowlevel.py)."""
+        return lowlevel.nonlin_coefs(type, act_a, act_b)
 
     def Loadmulti(self, bins):
         """Load several .bin programs on this object, resident together on its cards (each one after the

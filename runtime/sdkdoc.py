@@ -31,7 +31,7 @@ METHODS: dict[str, str] = {
     "WriteWeights": "yes: a convolution or linear layer's weights and bias (node: -1 = last linear layer, an index or a name; weights as the DLA computes them, BatchNormalization folded) requantised to the program's formats; refused if they do not fit them",
     "Malloc": "yes: a 4 KiB-aligned buffer after everything on the card; returns its address, @name in ReadCode",
     "CreateMemcard": "yes: cards (and clusters for HwRun) without a model, for Malloc/ReadCode/HwRun",
-    "GetNonlinCoefs": "yes: the output stage's table of 'sigmoid' (also SILU's gate), 'tanh' or 'mish' (arch/numerics.py) as int32 (segments, 2) of (base, delta) in Q0.15; activations computed without a table are refused",
+    "GetNonlinCoefs": "yes, in the SDK's format: int16 array of NONLIN_SIZE (4096) entries, entry i the output stage's activation of the int16 input (i - 2048) * 16 (arch.numerics.nonlin_table, sampled from arch/numerics.py's activate). The SDK ignored `type` (always ReLU); here it names the activation (default 'relu'), with optional act_a/act_b fields (defaults: SIGMOID/TANH Q0.15 out, HARDSWISH/SILU/MISH Q4.11; LEAKY and CLIP require both)",
     "ReadCode": "yes: assembles arch/asm.py's text assembly (@name = a Malloc'ed address), validates it, writes it on every card; returns the int32 machine code",
     "HwRun": "yes: runs the ReadCode program to its END on the 'simulator' executor; returns (hwtime s, bytes moved); an outsize larger than the bytes stored is an error",
     "TrainlinearStart/Data/Step/StepSw/StepFloat/Get/GetY/End": "no: on-device training is not in this build",

@@ -23,3 +23,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def small_cnn_onnx(tmp_path_factory):
+    """The zoo's small_cnn (seed 3, 3x32x32 input) saved once per test session: the model of the
+    runtime, flag, .bin and parallel tests. Tests that need a second, different model save their own."""
+    import onnx
+    from zoo import small_cnn
+    p = tmp_path_factory.mktemp("small_cnn") / "small_cnn.onnx"
+    onnx.save(small_cnn(seed=3), str(p))
+    return str(p)

@@ -6,14 +6,6 @@ from onnx import TensorProto, helper
 
 import microndla
 from compiler.ir import CompileError
-from zoo import small_cnn
-
-
-@pytest.fixture(scope="module")
-def cnn(tmp_path_factory):
-    p = tmp_path_factory.mktemp("bad") / "small_cnn.onnx"
-    onnx.save(small_cnn(seed=0), str(p))
-    return str(p)
 
 
 def test_unknown_flag_lists_the_known_ones():
@@ -55,16 +47,16 @@ def test_run_before_compile():
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 32, 31), (3, 32), (1, 4, 32, 32), (2, 3, 32, 32)])
-def test_wrong_input_shape(cnn, shape):
+def test_wrong_input_shape(small_cnn_onnx, shape):
     ie = microndla.MDLA()
-    ie.Compile(cnn)
+    ie.Compile(small_cnn_onnx)
     with pytest.raises(ValueError, match=r"shape|batch"):
         ie.Run(np.zeros(shape, np.float32))
 
 
-def test_wrong_dtype_and_nan(cnn):
+def test_wrong_dtype_and_nan(small_cnn_onnx):
     ie = microndla.MDLA()
-    ie.Compile(cnn)
+    ie.Compile(small_cnn_onnx)
     with pytest.raises(TypeError, match="dtype"):
         ie.Run(np.zeros((1, 3, 32, 32), np.complex64))
     with pytest.raises(TypeError, match="dtype"):
@@ -100,13 +92,13 @@ def test_unsupported_op_names_node_and_op(tmp_path):
         microndla.MDLA().Compile(str(p))
 
 
-def test_modes_of_later_issues_fail_clearly(cnn):
+def test_modes_of_later_issues_fail_clearly(small_cnn_onnx):
     ie = microndla.MDLA()
     ie.SetFlag({"nclusters": 2, "clustersbatchmode": 1, "imgs_per_cluster": 4, "mvbatch": 1})
     with pytest.raises(microndla.MDLAError, match="cannot be combined"):
-        ie.Compile(cnn)
+        ie.Compile(small_cnn_onnx)
     with pytest.raises(CompileError, match=r"samples\[0\] for input 'input' must have shape .* got \(1, 3, 32, 31\)"):
-        microndla.MDLA().Compile(cnn, samples=[np.zeros((1, 3, 32, 31), np.float32)])
+        microndla.MDLA().Compile(small_cnn_onnx, samples=[np.zeros((1, 3, 32, 31), np.float32)])
 
 
 @pytest.mark.parametrize("flags,match", [
@@ -115,16 +107,16 @@ def test_modes_of_later_issues_fail_clearly(cnn):
     ({"nfpgas": 9}, r"nfpgas=9 but the simulated system has 4 cards"),
     ({"imgs_per_cluster": 6, "mvbatch": 1}, r"mvbatch needs imgs_per_cluster to be a multiple of 4"),
 ])
-def test_bad_parallel_flags(cnn, flags, match):
+def test_bad_parallel_flags(small_cnn_onnx, flags, match):
     ie = microndla.MDLA()
     ie.SetFlag(flags)
     with pytest.raises(microndla.MDLAError, match=match):
-        ie.Compile(cnn)
+        ie.Compile(small_cnn_onnx)
 
 
-def test_wrong_batch_for_the_parallel_layout(cnn):
+def test_wrong_batch_for_the_parallel_layout(small_cnn_onnx):
     ie = microndla.MDLA()
     ie.SetFlag({"nclusters": 2, "imgs_per_cluster": 2})
-    ie.Compile(cnn)
+    ie.Compile(small_cnn_onnx)
     with pytest.raises(ValueError, match=r"batch of 3 image\(s\); this compilation takes 4 per call"):
         ie.Run(np.zeros((3, 3, 32, 32), np.float32))

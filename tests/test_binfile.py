@@ -4,32 +4,23 @@ import pytest
 
 import microndla
 from compiler import binfile
-from zoo import small_cnn
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    import onnx
-    p = tmp_path_factory.mktemp("m") / "small_cnn.onnx"
-    onnx.save(small_cnn(seed=3), str(p))
-    return str(p)
-
-
-@pytest.fixture(scope="module")
-def bin_path(model_path, tmp_path_factory):
+def bin_path(small_cnn_onnx, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("b") / "small_cnn.bin")
     ie = microndla.MDLA()
     ie.SetFlag("bitfile", "small")
-    names = ie.Compile(model_path, outfile=out)
+    names = ie.Compile(small_cnn_onnx, outfile=out)
     assert names == ["logits"] or len(names) == 1
     return out
 
 
-def test_compile_outfile_then_init_gives_the_same_results(model_path, bin_path):
+def test_compile_outfile_then_init_gives_the_same_results(small_cnn_onnx, bin_path):
     x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
     direct = microndla.MDLA()
     direct.SetFlag("bitfile", "small")
-    direct.Compile(model_path)
+    direct.Compile(small_cnn_onnx)
     y1 = direct.Run(x)
     loaded = microndla.MDLA()
     loaded.Init(bin_path)
@@ -40,9 +31,9 @@ def test_compile_outfile_then_init_gives_the_same_results(model_path, bin_path):
     assert np.allclose(loaded.Run_th(x), direct.Run_th(x))
 
 
-def test_compile_with_outfile_does_not_load(model_path, tmp_path):
+def test_compile_with_outfile_does_not_load(small_cnn_onnx, tmp_path):
     ie = microndla.MDLA()
-    ie.Compile(model_path, outfile=str(tmp_path / "a.bin"))
+    ie.Compile(small_cnn_onnx, outfile=str(tmp_path / "a.bin"))
     with pytest.raises(microndla.MDLAError, match="call Compile"):
         ie.Run(np.zeros((1, 3, 32, 32), np.float32))
 

@@ -7,15 +7,6 @@ import pytest
 import microndla
 from runtime.executors import (EXECUTORS, Executor, ExecutorOptionError, FunctionalExecutor, RunResult,
                                make_executor)
-from zoo import small_cnn
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    import onnx
-    p = tmp_path_factory.mktemp("ex") / "m.onnx"
-    onnx.save(small_cnn(seed=5), str(p))
-    return str(p)
 
 
 def test_options_are_taken_at_construction_and_unknown_ones_refused():
@@ -40,10 +31,10 @@ def test_workers_are_an_option_of_the_functional_executor():
     assert make_executor("amaranth").placement(2, 2, 10**12) == "here"
 
 
-def test_execute_runs_a_loaded_program_to_a_run_result(model):
+def test_execute_runs_a_loaded_program_to_a_run_result(small_cnn_onnx):
     ie = microndla.MDLA()
     ie.SetFlag({"bitfile": "small"})
-    ie.Compile(model)
+    ie.Compile(small_cnn_onnx)
     x = np.random.default_rng(1).random((1, 3, 32, 32), dtype=np.float32)
     y = ie.Run(x)
     c = ie._compiled
@@ -57,7 +48,7 @@ def test_execute_runs_a_loaded_program_to_a_run_result(model):
     assert run.saturations() == sum(cs.saturations for cs, _ in run.cluster_stats())
 
 
-def test_a_new_executor_is_one_class_and_one_registry_entry(model, monkeypatch):
+def test_a_new_executor_is_one_class_and_one_registry_entry(small_cnn_onnx, monkeypatch):
     calls = []
 
     class Counting(Executor):
@@ -71,7 +62,7 @@ def test_a_new_executor_is_one_class_and_one_registry_entry(model, monkeypatch):
     monkeypatch.setitem(EXECUTORS, "counting", Counting)
     ie = microndla.MDLA()
     ie.SetFlag({"bitfile": "small", "simulator": "counting"})
-    ie.Compile(model)
+    ie.Compile(small_cnn_onnx)
     x = np.random.default_rng(2).random((1, 3, 32, 32), dtype=np.float32)
     np.testing.assert_array_equal(ie.Run(x), ie.Run_sw(x))
     assert calls == [[0]]

@@ -242,17 +242,53 @@ def test_writeweights_bad_input(model):
 
 
 # ------------------------------------------------------------------ GetNonlinCoefs
-def test_nonlin_coefs_are_the_output_stage_tables():
+def _functional_model_activation(act, a, b, x):
+    """The functional model's output stage (sim.units._output_stage, the path a CONV takes) on
+    accumulators ``x`` with shift 0: the activation of every value as the simulated DLA computes it."""
+    from arch.isa import Instr
+    from sim.units import _output_stage
+    R = np.asarray(x, dtype=np.int64).copy()
+    dst = np.empty(R.shape, dtype=np.int16)
+    _output_stage(R, [R], Instr("CONV", act=act, act_a=a, act_b=b, shift=0), None, 48, [dst])
+    return dst
+
+
+@pytest.mark.parametrize("name,act,a,b", [
+    ("relu", nx.ACT_RELU, 0, 0), ("none", nx.ACT_NONE, 0, 0), ("sigmoid", nx.ACT_SIGMOID, 0, 0),
+    ("tanh", nx.ACT_TANH, 0, 0), ("hardswish", nx.ACT_HARDSWISH, 11, 0), ("silu", nx.ACT_SILU, 11, 0),
+    ("mish", nx.ACT_MISH, 11, 0)])
+def test_nonlin_coefs_are_the_sdk_table_of_the_output_stage(name, act, a, b):
     ie = microndla.MDLA()
-    for name, act in (("sigmoid", nx.ACT_SIGMOID), ("tanh", nx.ACT_TANH)):
-        t = ie.GetNonlinCoefs(name)
-        assert t.shape == (nx.LUT_SEGMENTS, 2)
-        starts = np.arange(nx.LUT_SEGMENTS) << nx.LUT_SEG_BITS
-        np.testing.assert_array_equal(np.minimum(t[:, 0], nx.DATA_MAX), nx.lut_eval(starts, act))
-        np.testing.assert_array_equal(t[:-1, 0] + t[:-1, 1], t[1:, 0])      # continuous
-    assert ie.GetNonlinCoefs(nx.ACT_MISH).shape == (nx.MISH_SEGMENTS, 2)
-    with pytest.raises(MDLAError, match="without a table"):
-        ie.GetNonlinCoefs("relu")
+    t = ie.GetNonlinCoefs(name)
+    assert t.dtype == np.int16 and t.shape == (nx.NONLIN_SIZE,) == (4096,)
+    x = (np.arange(4096) - 2048) * 16                   # entry i: the input whose top 12 bits are i
+    np.testing.assert_array_equal(t, _functional_model_activation(act, a, b, x))
+    np.testing.assert_array_equal(ie.GetNonlinCoefs(act), t)   # by arch.isa.Act value too
+    if name in ("relu", "none", "sigmoid", "tanh"):     # monotone (the gated ones dip below 0)
+        assert np.all(np.diff(t.astype(np.int64)) >= 0)
+    if name == "tanh":                                  # a real shape check: odd, 0 at 0, near +-1 at the ends
+        assert t[2048] == 0 and t[0] <= -32000 and t[-1] >= 32000
+
+
+def test_nonlin_coefs_fields_and_refusals():
+    ie = microndla.MDLA()
+    x = (np.arange(4096) - 2048) * 16
+    # sigmoid one bit coarser (Q1.14) and a LEAKY of alpha 0.125, each against the functional model
+    np.testing.assert_array_equal(ie.GetNonlinCoefs("sigmoid", act_a=1),
+                                  _functional_model_activation(nx.ACT_SIGMOID, 1, 0, x))
+    np.testing.assert_array_equal(ie.GetNonlinCoefs("leaky", 1, 3),
+                                  _functional_model_activation(nx.ACT_LEAKY, 1, 3, x))
+    assert ie.GetNonlinCoefs()[0] == 0 and ie.GetNonlinCoefs()[-1] == 32752    # the SDK's default: ReLU
+    with pytest.raises(MDLAError, match="LEAKY has no default fields"):
+        ie.GetNonlinCoefs("leaky")
+    with pytest.raises(MDLAError, match="CLIP lower bound 5 exceeds"):
+        ie.GetNonlinCoefs("clip", 5, 4)
+    with pytest.raises(MDLAError, match="act_a in 0..15"):
+        ie.GetNonlinCoefs("tanh", act_a=16)
+    with pytest.raises(MDLAError, match="RELU has no fields"):
+        ie.GetNonlinCoefs("relu", act_a=2)
+    with pytest.raises(MDLAError, match="16-bit field"):
+        ie.GetNonlinCoefs("clip", -1, 4)
     with pytest.raises(MDLAError, match="unknown activation"):
         ie.GetNonlinCoefs("swish2")
 

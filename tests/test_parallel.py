@@ -10,21 +10,14 @@ from zoo import small_cnn
 
 
 @pytest.fixture(scope="module")
-def cnn(tmp_path_factory):
-    p = tmp_path_factory.mktemp("par") / "cnn.onnx"
-    onnx.save(small_cnn(seed=4), str(p))
-    return str(p)
-
-
-@pytest.fixture(scope="module")
 def images():
     return np.random.default_rng(1).random((8, 3, 32, 32), dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
-def single(cnn, images):
+def single(small_cnn_onnx, images):
     ie = microndla.MDLA()
-    ie.Compile(cnn)
+    ie.Compile(small_cnn_onnx)
     ys = np.concatenate([ie.Run(images[i:i + 1]) for i in range(len(images))])
     cycles = ie.GetInfo("hwcycles")
     ie.Free()
@@ -36,10 +29,10 @@ def single(cnn, images):
     ({"imgs_per_cluster": 4, "mvbatch": 1}, 4), ({"nclusters": 2, "imgs_per_cluster": 4, "mvbatch": 1}, 8),
     ({"nfpgas": 2, "nclusters": 2, "imgs_per_cluster": 2}, 8),
 ])
-def test_batched_results_equal_single_image_runs(cnn, images, single, flags, batch):
+def test_batched_results_equal_single_image_runs(small_cnn_onnx, images, single, flags, batch):
     ie = microndla.MDLA()
     ie.SetFlag(flags)
-    ie.Compile(cnn)
+    ie.Compile(small_cnn_onnx)
     assert ie.GetInfo("batch") == batch
     y = ie.Run(images[:batch])
     assert y.shape == (batch, 10)
@@ -47,63 +40,63 @@ def test_batched_results_equal_single_image_runs(cnn, images, single, flags, bat
     ie.Free()
 
 
-def modelled(cnn, images, **flags):
+def modelled(small_cnn_onnx, images, **flags):
     ie = microndla.MDLA()
     ie.SetFlag(flags)
-    ie.Compile(cnn)
+    ie.Compile(small_cnn_onnx)
     ie.Run(images[:ie.GetInfo("batch")])
     cycles = ie.GetInfo("hwcycles")
     ie.Free()
     return cycles
 
 
-def test_modelled_time_reflects_parallelism(cnn, images, single):
+def test_modelled_time_reflects_parallelism(small_cnn_onnx, images, single):
     one = single[1]
     # cards are independent: two images on two cards take the time of one
-    assert modelled(cnn, images, nfpgas=2) == one
+    assert modelled(small_cnn_onnx, images, nfpgas=2) == one
     # clusters share the card's memory port: more than one image's time, far less than two
-    two_clusters = modelled(cnn, images, nclusters=2)
+    two_clusters = modelled(small_cnn_onnx, images, nclusters=2)
     assert one < two_clusters < 1.5 * one
     # a cluster looping over its images takes about their sum
-    four_serial = modelled(cnn, images, imgs_per_cluster=4)
+    four_serial = modelled(small_cnn_onnx, images, imgs_per_cluster=4)
     assert 3.9 * one < four_serial < 4.1 * one
     # one image per MV unit: weights loaded once for four images, fewer idle lanes
-    assert modelled(cnn, images, imgs_per_cluster=4, mvbatch=1) < 0.9 * four_serial
+    assert modelled(small_cnn_onnx, images, imgs_per_cluster=4, mvbatch=1) < 0.9 * four_serial
 
 
-def test_unlinked_objects_get_their_own_cards(cnn):
+def test_unlinked_objects_get_their_own_cards(small_cnn_onnx):
     assert not any(c.owners for c in POOL.cards), "an earlier test left cards in use"
     objs = []
     for _ in range(POOL.size):
         ie = microndla.MDLA()
-        ie.Compile(cnn)
+        ie.Compile(small_cnn_onnx)
         objs.append(ie)
     assert len({o._cards[0].index for o in objs}) == POOL.size
     extra = microndla.MDLA()
     with pytest.raises(microndla.MDLAError, match="free"):
-        extra.Compile(cnn)
+        extra.Compile(small_cnn_onnx)
     objs[0].Free()
-    extra.Compile(cnn)                      # a freed card is available again
+    extra.Compile(small_cnn_onnx)                      # a freed card is available again
     assert extra._cards[0].index == 0
     for o in objs[1:] + [extra]:
         o.Free()
 
 
-def test_maxfpga_is_settable(cnn):
+def test_maxfpga_is_settable(small_cnn_onnx):
     ie = microndla.MDLA()
     assert ie.GetInfo("maxfpga") == 4
     ie.SetFlag("maxfpga", 6)
     try:
         assert ie.GetInfo("maxfpga") == 6
         ie.SetFlag("nfpgas", 6)
-        ie.Compile(cnn)
+        ie.Compile(small_cnn_onnx)
         assert len(ie._cards) == 6
         ie.Free()
     finally:
         ie.SetFlag("maxfpga", 4)
 
 
-def test_linked_models_in_sequence_on_all_clusters(cnn, images, single, tmp_path):
+def test_linked_models_in_sequence_on_all_clusters(small_cnn_onnx, images, single, tmp_path):
     other = tmp_path / "other.onnx"
     onnx.save(small_cnn(seed=9), str(other))
     alone = microndla.MDLA()
@@ -111,7 +104,7 @@ def test_linked_models_in_sequence_on_all_clusters(cnn, images, single, tmp_path
     ref2 = alone.Run(images[:1])
     alone.Free()
     ie, ie2 = microndla.MDLA(), microndla.MDLA()
-    ie.Compile(cnn)
+    ie.Compile(small_cnn_onnx)
     ie2.Compile(str(other), MDLA=ie)
     assert ie2._cards == ie._cards                               # same card
     assert ie2._compiled.memmap.base >= ie._compiled.memmap.end  # both resident
@@ -122,13 +115,13 @@ def test_linked_models_in_sequence_on_all_clusters(cnn, images, single, tmp_path
     ie.Free()
 
 
-def test_linked_models_on_disjoint_clusters_stream_together(cnn, images, single, tmp_path):
+def test_linked_models_on_disjoint_clusters_stream_together(small_cnn_onnx, images, single, tmp_path):
     other = tmp_path / "other.onnx"
     onnx.save(small_cnn(seed=9), str(other))
     ie, ie2 = microndla.MDLA(), microndla.MDLA()
     ie.SetFlag({"nclusters": 2, "clustersbatchmode": 0})
     ie2.SetFlag({"nclusters": 2, "firstcluster": 2})
-    ie.Compile(cnn)
+    ie.Compile(small_cnn_onnx)
     ie2.Compile(str(other), MDLA=ie)
     assert ie2._compiled.parallel.clusters == (2, 3)
     ie.PutInput(images[:2], "a")
@@ -140,13 +133,13 @@ def test_linked_models_on_disjoint_clusters_stream_together(cnn, images, single,
     ie.Free()
 
 
-def test_overlapping_linked_clusters_are_refused(cnn, tmp_path):
+def test_overlapping_linked_clusters_are_refused(small_cnn_onnx, tmp_path):
     ie, ie2 = microndla.MDLA(), microndla.MDLA()
     ie.SetFlag("nclusters", 2)
-    ie.Compile(cnn)
+    ie.Compile(small_cnn_onnx)
     ie2.SetFlag({"nclusters": 2, "firstcluster": 1})
     with pytest.raises(microndla.MDLAError, match="overlap"):
-        ie2.Compile(cnn, MDLA=ie)
+        ie2.Compile(small_cnn_onnx, MDLA=ie)
     ie.Free()
 
 
@@ -175,7 +168,7 @@ def test_clusters_split_one_image(tmp_path, bitfile, nclusters):
     ie.Free()
 
 
-def test_linked_models_on_disjoint_clusters_share_the_card_in_modelled_time(cnn, images, tmp_path):
+def test_linked_models_on_disjoint_clusters_share_the_card_in_modelled_time(small_cnn_onnx, images, tmp_path):
     """Queued calls of models linked on disjoint clusters run together on the card: their
     results are unchanged, their times include the contention for the memory port, and the
     outcome depends only on the order of the calls."""
@@ -184,7 +177,7 @@ def test_linked_models_on_disjoint_clusters_share_the_card_in_modelled_time(cnn,
     ie, ie2 = microndla.MDLA(), microndla.MDLA()
     ie.SetFlag({"nclusters": 2, "clustersbatchmode": 1})
     ie2.SetFlag({"nclusters": 2, "clustersbatchmode": 1, "firstcluster": 2})
-    ie.Compile(cnn)
+    ie.Compile(small_cnn_onnx)
     ie2.Compile(str(other), MDLA=ie)
     alone1, c1 = ie.Run(images[0]), ie.GetInfo("hwcycles")
     alone2, c2 = ie2.Run(images[1]), ie2.GetInfo("hwcycles")

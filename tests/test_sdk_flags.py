@@ -19,30 +19,23 @@ from zoo import small_cnn
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    p = tmp_path_factory.mktemp("flags") / "m.onnx"
-    onnx.save(small_cnn(seed=3), str(p))
-    return str(p)
-
-
-@pytest.fixture(scope="module")
 def x():
     return np.random.default_rng(1).random((1, 3, 32, 32), dtype=np.float32)
 
 
-def _ie(model, **flags):
+def _ie(small_cnn_onnx, **flags):
     ie = microndla.MDLA()
     ie.SetFlag({"bitfile": "small", **flags})
-    ie.Compile(model)
+    ie.Compile(small_cnn_onnx)
     return ie
 
 
 @pytest.fixture(scope="module")
-def layers(model, x):
+def layers(small_cnn_onnx, x):
     """Every layer's output of the whole model (breaklayer=1) and its output."""
-    ie = _ie(model, breaklayer=1)
+    ie = _ie(small_cnn_onnx, breaklayer=1)
     every = ie.Run(x)
-    full = _ie(model).Run(x)
+    full = _ie(small_cnn_onnx).Run(x)
     return every, full
 
 
@@ -53,29 +46,29 @@ def test_breaklayer_1_returns_every_layer_from_card_memory(layers):
     assert np.all(every[0] >= 0) and every[0].max() > 0          # conv1's fused ReLU
 
 
-def test_nlayers_compiles_a_prefix_whose_output_is_that_layers(model, x, layers):
-    ie = _ie(model, nlayers=3)                   # conv1, bn1, relu1: layer conv1 of the whole model
+def test_nlayers_compiles_a_prefix_whose_output_is_that_layers(small_cnn_onnx, x, layers):
+    ie = _ie(small_cnn_onnx, nlayers=3)                   # conv1, bn1, relu1: layer conv1 of the whole model
     assert ie.GetInfo("outshapes") == "1x16x32x32" and ie.GetInfo("nlayers") == 3
     assert np.array_equal(ie.Run(x), layers[0][0])
 
 
-def test_lremove_compiles_a_suffix_fed_with_the_cut_tensor(model, layers):
+def test_lremove_compiles_a_suffix_fed_with_the_cut_tensor(small_cnn_onnx, layers):
     every, full = layers
-    ie = _ie(model, lremove=3)                   # starts at pool1, reading relu1's output
+    ie = _ie(small_cnn_onnx, lremove=3)                   # starts at pool1, reading relu1's output
     assert ie.GetInfo("inshapes") == "1x16x32x32" and ie.GetInfo("lremove") == 3
     assert np.array_equal(ie.Run(every[0]), full)
 
 
-def test_nlayers_and_lremove_out_of_range_are_refused(model):
+def test_nlayers_and_lremove_out_of_range_are_refused(small_cnn_onnx):
     for flags, match in (({"lremove": 99}, "nothing would be left"), ({"nlayers": 0}, "nlayers=0")):
         ie = microndla.MDLA()
         ie.SetFlag(flags)
         with pytest.raises(CompileError, match=match):
-            ie.Compile(model)
+            ie.Compile(small_cnn_onnx)
 
 
-def test_breaklayer_2_prints_every_layers_cycles(model, x, capsys):
-    ie = _ie(model, breaklayer=2)
+def test_breaklayer_2_prints_every_layers_cycles(small_cnn_onnx, x, capsys):
+    ie = _ie(small_cnn_onnx, breaklayer=2)
     ie.Run(x)
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("layer ")]
     assert [l.split()[1] for l in lines] == ["conv1", "pool1", "conv2", "pool2", "fc"]
@@ -83,18 +76,18 @@ def test_breaklayer_2_prints_every_layers_cycles(model, x, capsys):
     assert ends == sorted(ends) and ends[-1] <= ie.GetInfo("hwcycles")
 
 
-def test_no_rearrange_raw_int16_and_dla_layout(model, x, layers):
+def test_no_rearrange_raw_int16_and_dla_layout(small_cnn_onnx, x, layers):
     full = layers[1]
-    raw = _ie(model, no_rearrange=2).Run(x)
+    raw = _ie(small_cnn_onnx, no_rearrange=2).Run(x)
     assert raw.dtype == np.int16 and raw.shape == full.shape
     assert np.array_equal(raw, np.rint(full * 256).astype(np.int16))     # Q8.8 output
-    lay = _ie(model, no_rearrange=1).Run(x)
+    lay = _ie(small_cnn_onnx, no_rearrange=1).Run(x)
     assert lay.dtype == np.float32 and lay.shape == (1, 1, 1, 12)         # 10 channels padded to 3 words of 4
     assert np.array_equal(lay[0, 0, 0, :10], full[0]) and not lay[0, 0, 0, 10:].any()
 
 
-def test_no_inarrange_2_takes_raw_int16(model, x, layers):
-    ie = _ie(model, no_inarrange=2)
+def test_no_inarrange_2_takes_raw_int16(small_cnn_onnx, x, layers):
+    ie = _ie(small_cnn_onnx, no_inarrange=2)
     frac = int(ie.GetInfo("infracs"))
     q, _ = float_to_fixed(x, frac)
     assert np.array_equal(ie.Run(q.astype(np.int16)), layers[1])
@@ -111,8 +104,8 @@ def test_io_flags_refused_with_host_stages(tmp_path, x):
             ie.Run(x)
 
 
-def test_dumpdir_writes_every_write_to_card_memory(model, x, tmp_path):
-    ie = _ie(model, dumpdir=str(tmp_path))
+def test_dumpdir_writes_every_write_to_card_memory(small_cnn_onnx, x, tmp_path):
+    ie = _ie(small_cnn_onnx, dumpdir=str(tmp_path))
     ie.Run(x)
     ie.Run(x)
     index = (tmp_path / "writes.txt").read_text().splitlines()
@@ -126,18 +119,18 @@ def test_dumpdir_writes_every_write_to_card_memory(model, x, tmp_path):
     assert np.array_equal(lay.read(written, 0, c.cfg.lanes), q)
 
 
-def test_seed_flag_seeds_the_runtimes_random_inputs(model):
-    ie = _ie(model, seed=7)
+def test_seed_flag_seeds_the_runtimes_random_inputs(small_cnn_onnx):
+    ie = _ie(small_cnn_onnx, seed=7)
     a = random_inputs(ie)
     assert np.array_equal(a, np.random.default_rng(7).random((1, 3, 32, 32), dtype=np.float32))
     ie.SetFlag("seed", 8)
     assert not np.array_equal(random_inputs(ie), a)
 
 
-def test_profile_uses_the_seed_flag(model, monkeypatch):
+def test_profile_uses_the_seed_flag(small_cnn_onnx, monkeypatch):
     from runtime import profile
     seen = []
-    ie = _ie(model, seed=5)
+    ie = _ie(small_cnn_onnx, seed=5)
     orig = ie._run_call
     monkeypatch.setattr(ie, "_run_call", lambda images, **kw: (seen.append(images), orig(images, **kw))[1])
     profile.profile(ie)
@@ -148,8 +141,8 @@ def test_profile_uses_the_seed_flag(model, monkeypatch):
     ("c", "tensor relu1_out: 0x"), ("C", "cluster 0: 546 instructions"), ("s", "layer conv2 (conv): mode"),
     ("p", "Conv conv1: conv1, bn1, relu1"), ("a", "LOAD  0x0000f000"), ("I", "shift="),
 ])
-def test_load_time_debug_letters(model, letter, expect, capsys):
-    _ie(model, debug=letter)
+def test_load_time_debug_letters(small_cnn_onnx, letter, expect, capsys):
+    _ie(small_cnn_onnx, debug=letter)
     assert expect in capsys.readouterr().out
 
 
@@ -157,8 +150,8 @@ def test_load_time_debug_letters(model, letter, expect, capsys):
     ("S", "busy: load"), ("d", "token_wait="), ("t", "dispatch 0 start 1"), ("T", "LOAD buf=MAPS"),
     ("o", "Run_th image 0 Conv conv1"),
 ])
-def test_run_time_debug_letters(model, x, letter, expect, capsys):
-    ie = _ie(model, debug=letter)
+def test_run_time_debug_letters(small_cnn_onnx, x, letter, expect, capsys):
+    ie = _ie(small_cnn_onnx, debug=letter)
     ie.Run(x)
     ie.Run_th(x)
     out = capsys.readouterr().out
@@ -167,19 +160,19 @@ def test_run_time_debug_letters(model, x, letter, expect, capsys):
         assert "LOAD buf=" not in out and len([l for l in out.splitlines() if " dispatch " in l]) == 546
 
 
-def test_debug_r_R_with_comparesw(model, x, capsys):
-    ie = _ie(model, debug="R", comparesw=1)
+def test_debug_r_R_with_comparesw(small_cnn_onnx, x, capsys):
+    ie = _ie(small_cnn_onnx, debug="R", comparesw=1)
     ie.Run(x)
     out = capsys.readouterr().out
     assert "0 of 10 values differ" in out and out.count(" dla ") == 10
-    ie = _ie(model, debug="r")
+    ie = _ie(small_cnn_onnx, debug="r")
     ie.Run(x)
     assert "need comparesw=1" in capsys.readouterr().err
 
 
-def test_debug_J_writes_partition_json(model, tmp_path, monkeypatch):
+def test_debug_J_writes_partition_json(small_cnn_onnx, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _ie(model, debug="J")
+    _ie(small_cnn_onnx, debug="J")
     doc = json.loads((tmp_path / "partition.json").read_text())
     assert [l["name"] for l in doc["stages"][0]["layers"]] == ["conv1", "pool1", "conv2", "pool2", "fc"]
 
@@ -203,8 +196,8 @@ def test_io_flags_and_dumpdir_refused_for_a_staged_model(x, tmp_path):
         ie.Free()
 
 
-def test_raw_outputs_and_debug_letters_through_putinput_getresult(model, x, layers, capsys):
-    ie = _ie(model, no_rearrange=2, debug="S")
+def test_raw_outputs_and_debug_letters_through_putinput_getresult(small_cnn_onnx, x, layers, capsys):
+    ie = _ie(small_cnn_onnx, no_rearrange=2, debug="S")
     ie.PutInput(x, "a")
     raw, obj = ie.GetResult()
     assert obj == "a" and raw.dtype == np.int16 and np.array_equal(raw, np.rint(layers[1] * 256).astype(np.int16))

@@ -5,20 +5,11 @@ import contextlib
 import io
 
 import numpy as np
-import onnx
 import pytest
 
 import microndla
 from runtime.flags import FLAGS, OPTION_LETTERS
 from runtime.info import INFO
-from zoo import small_cnn
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    p = tmp_path_factory.mktemp("sdk") / "m.onnx"
-    onnx.save(small_cnn(seed=3), str(p))
-    return str(p)
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +17,10 @@ def x():
     return np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
 
 
-def _small(model, **flags):
+def _small(small_cnn_onnx, **flags):
     ie = microndla.MDLA()
     ie.SetFlag({"bitfile": "small", **flags})
-    ie.Compile(model)
+    ie.Compile(small_cnn_onnx)
     return ie
 
 
@@ -75,8 +66,8 @@ def test_every_flag_default_is_accepted():
             assert ie.GetInfo(k) == spec.default
 
 
-def test_compile_time_flags_after_compile_are_refused_and_getinfo_reports_what_is_in_effect(model):
-    ie = _small(model)
+def test_compile_time_flags_after_compile_are_refused_and_getinfo_reports_what_is_in_effect(small_cnn_onnx):
+    ie = _small(small_cnn_onnx)
     with pytest.raises(microndla.MDLAError, match="compiled with nfpgas=1"):
         ie.SetFlag("nfpgas", 2)
     with pytest.raises(microndla.MDLAError, match="bitfile='small'"):
@@ -88,11 +79,11 @@ def test_compile_time_flags_after_compile_are_refused_and_getinfo_reports_what_i
     assert ie.GetInfo("nfpgas") == 2
 
 
-def test_bitfile_after_init_of_a_bin(model, tmp_path):
+def test_bitfile_after_init_of_a_bin(small_cnn_onnx, tmp_path):
     b = str(tmp_path / "m.bin")
     ie = microndla.MDLA()
     ie.SetFlag("bitfile", "small")
-    ie.Compile(model, outfile=b)
+    ie.Compile(small_cnn_onnx, outfile=b)
     loaded = microndla.MDLA()
     loaded.Init(b)
     assert loaded.GetInfo("bitfile") == "small"
@@ -102,41 +93,41 @@ def test_bitfile_after_init_of_a_bin(model, tmp_path):
         explicit.Init(b)
 
 
-def test_vcd_with_the_functional_simulator_is_refused(model, x, tmp_path):
-    ie = _small(model)
+def test_vcd_with_the_functional_simulator_is_refused(small_cnn_onnx, x, tmp_path):
+    ie = _small(small_cnn_onnx)
     ie.SetFlag("vcd", str(tmp_path / "w.vcd"))
     with pytest.raises(microndla.MDLAError, match="writes no waveform"):
         ie.Run(x)
 
 
-def test_simplify_runs_onnxsim_and_gives_the_same_program_results(model, x):
-    plain = _small(model)
+def test_simplify_runs_onnxsim_and_gives_the_same_program_results(small_cnn_onnx, x):
+    plain = _small(small_cnn_onnx)
     ie = microndla.MDLA()
     ie.SetFlag("bitfile", "small")
-    ie.Compile(model, simplify=True)
+    ie.Compile(small_cnn_onnx, simplify=True)
     assert np.array_equal(ie.Run(x), plain.Run(x))
 
 
-def test_comparesw_and_runsw(model, x, capsys):
-    ie = _small(model, comparesw=1)
+def test_comparesw_and_runsw(small_cnn_onnx, x, capsys):
+    ie = _small(small_cnn_onnx, comparesw=1)
     y = ie.Run(x)
     assert ie.GetInfo("comparesw_error") == 0.0
     assert "comparesw" in capsys.readouterr().err
-    sw = _small(model, runsw=1)
+    sw = _small(small_cnn_onnx, runsw=1)
     assert np.array_equal(sw.Run(x), y)
 
 
-def test_varfp_needs_samples(model, x):
+def test_varfp_needs_samples(small_cnn_onnx, x):
     ie = microndla.MDLA()
     ie.SetFlag({"bitfile": "small", "options": "V"})
     with pytest.raises(microndla.MDLAError, match="samples"):
-        ie.Compile(model)
-    ie.Compile(model, samples=[x])
+        ie.Compile(small_cnn_onnx)
+    ie.Compile(small_cnn_onnx, samples=[x])
     assert ie.GetInfo("varfp") == 1
 
 
-def test_every_info_name_answers_or_says_why(model, x):
-    ie = _small(model)
+def test_every_info_name_answers_or_says_why(small_cnn_onnx, x):
+    ie = _small(small_cnn_onnx)
     ie.Run(x)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -163,17 +154,17 @@ def test_every_method_the_docs_call_available_exists():
         assert hasattr(ie, m) == status.startswith("yes"), m
 
 
-def test_quantize_and_go(model, x, tmp_path):
-    ref = _small(model)
+def test_quantize_and_go(small_cnn_onnx, x, tmp_path):
+    ref = _small(small_cnn_onnx)
     ie = microndla.MDLA()
     ie.SetFlag("bitfile", "small")
     with pytest.raises(microndla.MDLAError, match="No images"):
-        ie.Quantize("", model, str(tmp_path / "q.bin"), [])
-    ie.Quantize("", model, str(tmp_path / "q.bin"), [x])
+        ie.Quantize("", small_cnn_onnx, str(tmp_path / "q.bin"), [])
+    ie.Quantize("", small_cnn_onnx, str(tmp_path / "q.bin"), [x])
     assert (tmp_path / "q.bin").exists()
     go = microndla.MDLA()
     result = np.zeros(10, np.float32)
-    y = go.GO("", model, "small", x, result)
+    y = go.GO("", small_cnn_onnx, "small", x, result)
     assert np.array_equal(y, ref.Run(x)) and np.array_equal(result, y.reshape(-1))
 
 
@@ -187,12 +178,12 @@ def test_cli_version_and_refused_memory_size():
     assert r.exit_code == 2 and "-5 is not in the range" in r.output
 
 
-def test_cli_run_with_simulator_flags_and_a_checked_config(model, tmp_path):
+def test_cli_run_with_simulator_flags_and_a_checked_config(small_cnn_onnx, tmp_path):
     from click.testing import CliRunner
 
     from runtime.cli import main
     b = str(tmp_path / "m.bin")
-    r = CliRunner().invoke(main, ["compile", model, "-o", b, "--config", "small"])
+    r = CliRunner().invoke(main, ["compile", small_cnn_onnx, "-o", b, "--config", "small"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["run", b, "--simulator", "functional", "--flag", "comparesw=1"])
     assert r.exit_code == 0 and "cycles" in r.output, r.output
