@@ -380,7 +380,7 @@ class ClusterUnits:
     def _bands(self, i: Instr, mvs: tuple[int, ...]) -> tuple | None:
         """Whether the kernel operand of every MV of a CONV is diagonal: all its nonzero weights
         (input channel c, output column n) have ``n - c == d``, one ``d`` per MV, and the channels
-        with weights are one range c0..c1 for all MVs. Then ``(c0, c1, ds, W)``: ``ds`` the offsets
+        c0..c1 with weights in any MV fit every MV's columns. Then ``(c0, c1, ds, W)``: ``ds`` the offsets
         per MV and ``W`` the (nmv, taps, c1 - c0) weights of that range (float64); else None.
 
         The data are tested, not the instruction: a weight off the diagonal sends the CONV through
@@ -414,11 +414,11 @@ class ClusterUnits:
         found = [self._band(self.kern[m, i.kern_addr:i.kern_addr + K, :i.nvv], taps, cin, N) for m in mvs]
         if any(f is None for f in found):
             return None
-        ranges = {f[:2] for f in found if f[0] < f[1]}
-        if len(ranges) > 1:
-            return None
-        c0, c1 = ranges.pop() if ranges else (0, 0)
+        held = [f for f in found if f[0] < f[1]]
+        c0, c1 = (min(f[0] for f in held), max(f[1] for f in held)) if held else (0, 0)
         ds = tuple(f[2] if f[0] < f[1] else -c0 for f in found)   # an all-zero MV: any offset in range
+        if any(c0 + d < 0 or c1 + d > N for d in ds):           # one channel range for all MVs
+            return None
         c = np.arange(c0, c1)
         rows = i.kern_addr + np.arange(taps)[:, None] * cin + c[None, :]
         cols = np.array(ds)[:, None, None] + c[None, None, :]
