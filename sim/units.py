@@ -396,7 +396,7 @@ class ClusterUnits:
             if plan[1] is None:
                 return None                       # dense when first seen: the GEMM
             c0, c1, ds, idx = plan[1]
-            W = self.kern[idx]
+            W = self._band_weights(idx)
             if np.count_nonzero(W) == int(self.kern_nnz[ka:ka + K, sel, :nvv].sum()):
                 return c0, c1, ds, W
         found = self._find_bands(i, mvs)
@@ -405,7 +405,7 @@ class ClusterUnits:
         if found is None:
             return None
         c0, c1, ds, idx = found
-        return c0, c1, ds, self.kern[idx]
+        return c0, c1, ds, self._band_weights(idx)
 
     def _find_bands(self, i: Instr, mvs: tuple[int, ...]) -> tuple | None:
         """The test of :meth:`_bands` on the data: ``(c0, c1, ds, idx)`` with ``idx`` the index of
@@ -419,11 +419,25 @@ class ClusterUnits:
         ds = tuple(f[2] if f[0] < f[1] else -c0 for f in found)   # an all-zero MV: any offset in range
         if any(c0 + d < 0 or c1 + d > N for d in ds):           # one channel range for all MVs
             return None
+        M, V = self.kern_wm.shape[1:3]
+        if mvs[-1] - mvs[0] == len(mvs) - 1 and all(d == ds[0] for d in ds):
+            # weight (m, t, c) at kern_wm[kern_addr + t*cin + c, m, (c + d) // L, (c + d) % L]: one
+            # strided view (a word's VV units and lanes are consecutive, column n at element n)
+            word = M * V * L
+            return c0, c1, ds, ((i.kern_addr + c0) * word + mvs[0] * V * L + c0 + ds[0],
+                                (len(mvs), taps, c1 - c0), (V * L, cin * word, word + 1))
         c = np.arange(c0, c1)
         rows = i.kern_addr + np.arange(taps)[:, None] * cin + c[None, :]
         cols = np.array(ds)[:, None, None] + c[None, None, :]
         idx = (np.array(mvs)[:, None, None], rows[None], cols // L, cols % L)
         return c0, c1, ds, idx
+
+    def _band_weights(self, idx: tuple) -> np.ndarray:
+        """The (nmv, taps, c1 - c0) weights of a band: ``idx`` is a view's (offset, shape, strides)
+        in ``kern_wm`` or an index of ``kern`` (:meth:`_find_bands`)."""
+        if len(idx) == 3:
+            return _view(self.kern_wm, *idx).copy()     # contiguous: einsum is slow on strided operands
+        return self.kern[idx]
 
     @staticmethod
     def _band(W: np.ndarray, taps: int, cin: int, N: int) -> tuple | None:
@@ -446,20 +460,35 @@ class ClusterUnits:
         """The products of output rows y0..y1 of a CONV with diagonal kernels (:meth:`_bands`), as
         (nmv, Pc, nvv, lanes) float64: in output column ``c + d`` the sum over the taps of the maps
         of input channel c times its weight, zero in the columns without weights."""
-        L, nvv, ow = self.lanes, i.nvv, i.ow
-        Pc, taps = (y1 - y0) * ow, i.kh * i.kw
+        L, nvv, ow, nmv = self.lanes, i.nvv, i.ow, len(mvs)
+        Pc, taps, rows = (y1 - y0) * ow, i.kh * i.kw, y1 - y0
         c0, c1, ds, W = bands
         w = c1 - c0
-        G = np.zeros((len(mvs), Pc, nvv * L), dtype=np.float64)
+        G = np.zeros((nmv, Pc, nvv * L), dtype=np.float64)
         if w == 0:
-            return G.reshape(len(mvs), Pc, nvv, L)
-        A = None
-        for j, (m, d) in enumerate(zip(mvs, ds)):
-            if A is None or not same_maps:
-                A = np.empty((Pc, taps, w), dtype=np.float64)
-                A.reshape(y1 - y0, ow, i.kh, i.kw, w)[...] = self._window(m, i, y0, y1)[..., c0:c1]
-            np.einsum("ptc,tc->pc", A, W[j], out=G[j, :, c0 + d:c1 + d])
-        return G.reshape(len(mvs), Pc, nvv, L)
+            return G.reshape(nmv, Pc, nvv, L)
+        if same_maps or nmv == 1:
+            A = np.empty((Pc, taps, w), dtype=np.float64)
+            A.reshape(rows, ow, i.kh, i.kw, w)[...] = self._window(mvs[0], i, y0, y1)[..., c0:c1]
+            spec = "ptc,mtc->mpc"
+        else:
+            A = np.empty((nmv, Pc, taps, w), dtype=np.float64)
+            if mvs[-1] - mvs[0] == nmv - 1:         # consecutive MVs: one strided view of their maps
+                row, pix, per_mv = i.in_w * i.cpitch, i.cpitch, self.maps.shape[1]
+                A.reshape(nmv, rows, ow, i.kh, i.kw, w)[...] = _view(
+                    self.maps, mvs[0] * per_mv + i.maps_addr + y0 * i.sy * row + c0,
+                    (nmv, rows, ow, i.kh, i.kw, w), (per_mv, i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, 1))
+            else:
+                for j, m in enumerate(mvs):
+                    A[j].reshape(rows, ow, i.kh, i.kw, w)[...] = self._window(m, i, y0, y1)[..., c0:c1]
+            spec = "mptc,mtc->mpc"
+        if all(d == ds[0] for d in ds):
+            np.einsum(spec, A, W, out=G[:, :, c0 + ds[0]:c1 + ds[0]])
+        else:
+            T = np.einsum(spec, A, W)
+            for j, d in enumerate(ds):
+                G[j, :, c0 + d:c1 + d] = T[j]
+        return G.reshape(nmv, Pc, nvv, L)
 
     def _pool_window(self, mvs: tuple[int, ...], i: Instr) -> np.ndarray:
         """Read-only (nmv, oh, ow, kh, kw, nb, lanes) view of the pooling windows of the consecutive
