@@ -134,7 +134,8 @@ class ClusterUnits:
         self.kern_wm = np.zeros((cfg.kernel_words, M, V, L), dtype=np.float64)
         self.kern = self.kern_wm.transpose(1, 0, 2, 3)
         self.kern_tag = np.zeros((cfg.kernel_words, M), dtype=np.int64)   #: as maps_tag, per kernel word
-        #: nonzero weights of each kernel word per MV and VV unit, kept by LOAD (see _bands)
+        #: nonzero weights of each kernel word per MV and VV unit, kept by LOAD (see _bands): as
+        #: with the tags, a loaded kernel word must only be written through load()
         self.kern_nnz = np.zeros((cfg.kernel_words, M, V), dtype=np.int64)
         self.acc = np.zeros((M, cfg.acc_entries, V, L), dtype=np.int64)
         self.out = np.zeros((M, cfg.out_words, L), dtype=np.int16)
