@@ -194,7 +194,7 @@ def test_network_with_depthwise_layers_runs_the_same_on_the_gemm(mobilenet, monk
     whose Q8.8 numerics saturate (so saturation counts per instruction are compared too)."""
     from arch.numerics import float_to_fixed
     from bench.bench_speed import dla_stages
-    saturated = False
+    saturated, split = False, units._SPLIT_MACS
     for s in dla_stages(mobilenet):
         mem0, progs = s.memory_image(), s.program_addresses()
         rng = np.random.default_rng(0)
@@ -208,10 +208,15 @@ def test_network_with_depthwise_layers_runs_the_same_on_the_gemm(mobilenet, monk
         ref = run_card(s.cfg, ref_mem, progs, trace=True)
         monkeypatch.setattr(units, "_FORCE_GEMM", False)
         card.clear_program_cache()
-        for run in ("cold", "replayed", "replayed again"):
+        for run, threads in (("cold", 1), ("replayed", 1), ("replayed, split by rows over 3 threads", 3)):
+            if threads > 1:                       # numpy's engine: every CONV split by output rows
+                monkeypatch.setattr(units, "_SPLIT_MACS", 0)
+                monkeypatch.setenv("MDLA_SIM_GEMM", "numpy")
             mem = mem0.copy()
-            st = run_card(s.cfg, mem, progs, trace=True)
+            st = run_card(s.cfg, mem, progs, trace=True, threads=threads)
             assert np.array_equal(mem, ref_mem), run
             assert st == ref, run
+        monkeypatch.setattr(units, "_SPLIT_MACS", split)
+        monkeypatch.delenv("MDLA_SIM_GEMM")
         saturated |= any(c.saturations_by_pc for c in ref.clusters.values())
     assert saturated
