@@ -288,7 +288,7 @@ class ClusterUnits:
         # Depthwise (and channel-wise) layers are block-diagonal CONVs: each output channel's
         # weights are zero but for one input channel. Their products are summed over the kernel
         # taps alone, skipping the zero terms (the same integers: the sums stay exact).
-        bands = self._bands(i, mvs) if K * N >= _BAND_MIN and not _FORCE_GEMM else None
+        bands = self._bands(i, mvs) if P * K * N * nmv >= _BAND_MIN and not _FORCE_GEMM else None
         if bands is not None:
             B = bands
         elif same_maps:
@@ -530,9 +530,10 @@ class ClusterUnits:
         self._pool(i, window_average)
 
 
-#: CONVs whose kernel operand (K x nvv*lanes) is smaller than this always run as a GEMM: the test
-#: for a diagonal kernel would cost more than it saves
-_BAND_MIN = 1024
+#: CONVs of fewer multiply-adds than this (as a GEMM, all MVs) always run as a GEMM: the test for a
+#: diagonal kernel costs more than it saves on them (measured on the text-direction classifier and
+#: MobileNetV3-small, bench/bench_speed.py)
+_BAND_MIN = 1 << 18
 #: tests set this to run every CONV as a GEMM (the reference for the diagonal path)
 _FORCE_GEMM = False
 #: CONVs of fewer MACs than this are not split over threads (the hand-off would cost more).

@@ -16,6 +16,12 @@ CFG = REFERENCE
 L = CFG.lanes
 
 
+@pytest.fixture(autouse=True)
+def every_size_on_the_diagonal_path(monkeypatch):
+    """Small CONVs too (by default they run as GEMMs: the test would cost more than it saves)."""
+    monkeypatch.setattr(units, "_BAND_MIN", 0)
+
+
 def _kernel_load(m: int, buf_addr: int, words: int, nvv: int, dram_word: int) -> Instr:
     return Instr("LOAD", buf=Buf.KERNEL, mv_mask=1 << m, nvv=nvv, dram_addr=dram_word * CFG.beat_bytes,
                  buf_addr=buf_addr, n0=words, n1=1, s1=0, n2=1, s2=0)
