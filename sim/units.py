@@ -238,6 +238,12 @@ class ClusterUnits:
         return _view(self.maps[m], i.maps_addr + y0 * i.sy * row, (y1 - y0, i.ow, i.kh, i.kw, i.cin),
                      (i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, 1))
 
+    def _windows(self, m0: int, nmv: int, i: Instr, y0: int, y1: int) -> np.ndarray:
+        """(nmv, rows, ow, kh, kw, cin) view of :meth:`_window` of MVs m0..m0+nmv-1."""
+        row, pix, per_mv = i.in_w * i.cpitch, i.cpitch, self.maps.shape[1]
+        return _view(self.maps, m0 * per_mv + i.maps_addr + y0 * i.sy * row, (nmv, y1 - y0, i.ow, i.kh, i.kw, i.cin),
+                     (per_mv, i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, 1))
+
     def _im2col(self, m: int, i: Instr, out: np.ndarray, y0: int, y1: int) -> None:
         """Gather output rows y0..y1 of the (P, K) operand of a CONV from MV m's maps buffer into
         ``out`` (one strided copy)."""
@@ -336,8 +342,11 @@ class ClusterUnits:
             G = self._matmul(A, B, gemm_threads).reshape(Pc, nmv, nvv, L).transpose(1, 0, 2, 3)
         else:
             A = np.empty((nmv, Pc, K), dtype=np.float64)
-            for j, m in enumerate(mvs):
-                self._im2col(m, i, A[j], y0, y1)
+            if mvs[-1] - mvs[0] == nmv - 1:             # consecutive MVs: one copy of all their windows
+                A.reshape(nmv, y1 - y0, ow, i.kh, i.kw, i.cin)[...] = self._windows(mvs[0], nmv, i, y0, y1)
+            else:
+                for j, m in enumerate(mvs):
+                    self._im2col(m, i, A[j], y0, y1)
             if B.ndim == 2:
                 G = self._matmul(A.reshape(nmv * Pc, K), B, gemm_threads).reshape(nmv, Pc, nvv, L)
             else:
@@ -475,10 +484,7 @@ class ClusterUnits:
         else:
             A = np.empty((nmv, Pc, taps, w), dtype=np.float64)
             if mvs[-1] - mvs[0] == nmv - 1:         # consecutive MVs: one strided view of their maps
-                row, pix, per_mv = i.in_w * i.cpitch, i.cpitch, self.maps.shape[1]
-                A.reshape(nmv, rows, ow, i.kh, i.kw, w)[...] = _view(
-                    self.maps, mvs[0] * per_mv + i.maps_addr + y0 * i.sy * row + c0,
-                    (nmv, rows, ow, i.kh, i.kw, w), (per_mv, i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, 1))
+                A.reshape(nmv, rows, ow, i.kh, i.kw, w)[...] = self._windows(mvs[0], nmv, i, y0, y1)[..., c0:c1]
             else:
                 for j, m in enumerate(mvs):
                     A[j].reshape(rows, ow, i.kh, i.kw, w)[...] = self._window(m, i, y0, y1)[..., c0:c1]
