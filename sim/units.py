@@ -134,6 +134,9 @@ class ClusterUnits:
         self.kern_wm = np.zeros((cfg.kernel_words, M, V, L), dtype=np.float64)
         self.kern = self.kern_wm.transpose(1, 0, 2, 3)
         self.kern_tag = np.zeros((cfg.kernel_words, M), dtype=np.int64)   #: as maps_tag, per kernel word
+        #: nonzero weights of each kernel word per MV and VV unit, kept by LOAD (see _bands): as
+        #: with the tags, a loaded kernel word must only be written through load()
+        self.kern_nnz = np.zeros((cfg.kernel_words, M, V), dtype=np.int64)
         self.acc = np.zeros((M, cfg.acc_entries, V, L), dtype=np.int64)
         self.out = np.zeros((M, cfg.out_words, L), dtype=np.int16)
         self.res = np.zeros((M, cfg.res_words, L), dtype=np.int16)
@@ -163,6 +166,7 @@ class ClusterUnits:
             for rows, m, nvv, src_kern in dsts:
                 self._copy(self.kern_wm[rows, m, :nvv], src_kern(src))
                 self.kern_tag[rows, m] = self._loads
+                self.kern_nnz[rows, m, :nvv] = _lane_nonzeros(src_kern(src))
 
     def _load_plan(self, i: Instr) -> tuple:
         """The data-independent part of a LOAD on this machine: its source view's shape and byte
@@ -234,6 +238,12 @@ class ClusterUnits:
         return _view(self.maps[m], i.maps_addr + y0 * i.sy * row, (y1 - y0, i.ow, i.kh, i.kw, i.cin),
                      (i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, 1))
 
+    def _windows(self, m0: int, nmv: int, i: Instr, y0: int, y1: int) -> np.ndarray:
+        """(nmv, rows, ow, kh, kw, cin) view of :meth:`_window` of MVs m0..m0+nmv-1."""
+        row, pix, per_mv = i.in_w * i.cpitch, i.cpitch, self.maps.shape[1]
+        return _view(self.maps, m0 * per_mv + i.maps_addr + y0 * i.sy * row, (nmv, y1 - y0, i.ow, i.kh, i.kw, i.cin),
+                     (per_mv, i.sy * row, i.sx * pix, i.dy * row, i.dx * pix, 1))
+
     def _im2col(self, m: int, i: Instr, out: np.ndarray, y0: int, y1: int) -> None:
         """Gather output rows y0..y1 of the (P, K) operand of a CONV from MV m's maps buffer into
         ``out`` (one strided copy)."""
@@ -281,7 +291,13 @@ class ClusterUnits:
             same_maps = self._same(self.maps_tag[sel, wlo:whi], lambda j: self.maps_w[mvs[j], wlo:whi])
         else:
             same_maps = True
-        if same_maps:
+        # Depthwise (and channel-wise) layers are block-diagonal CONVs: each output channel's
+        # weights are zero but for one input channel. Their products are summed over the kernel
+        # taps alone, skipping the zero terms (the same integers: the sums stay exact).
+        bands = self._bands(i, mvs) if P * K * N * nmv >= _BAND_MIN and not _FORCE_GEMM else None
+        if bands is not None:
+            B = bands
+        elif same_maps:
             if nmv == 1:
                 B = weights(mvs[0])
             elif isinstance(sel, slice):                    # consecutive MVs: one view of the kernel words
@@ -299,7 +315,7 @@ class ClusterUnits:
         # Large CONVs use the threads: onnxruntime's GEMM on all of them, or (numpy's engine) one
         # part each of the output rows, which are independent.
         big = self.threads > 1 and P * K * N * nmv >= _SPLIT_MACS
-        gemm_threads = self.threads if big and gemm.engine() == "onnxruntime" else 1
+        gemm_threads = self.threads if big and bands is None and gemm.engine() == "onnxruntime" else 1
         ny = min(self.threads, i.oh) if big and gemm_threads == 1 else 1
         cuts = [i.oh * t // ny for t in range(ny + 1)]
         jobs = [(i, mvs, same_maps, B, bias, cuts[t], cuts[t + 1], gemm_threads) for t in range(ny)]
@@ -318,14 +334,19 @@ class ClusterUnits:
         K = i.kh * i.kw * i.cin
         p0, Pc = y0 * ow, (y1 - y0) * ow
         # G: the products, (nmv, Pc, nvv, lanes) (a transposed view when the MVs shared the GEMM)
-        if same_maps:
+        if isinstance(B, tuple):     # block-diagonal kernels (see _bands)
+            G = self._band_products(i, mvs, same_maps, B, y0, y1)
+        elif same_maps:
             A = np.empty((Pc, K), dtype=np.float64)
             self._im2col(mvs[0], i, A, y0, y1)
             G = self._matmul(A, B, gemm_threads).reshape(Pc, nmv, nvv, L).transpose(1, 0, 2, 3)
         else:
             A = np.empty((nmv, Pc, K), dtype=np.float64)
-            for j, m in enumerate(mvs):
-                self._im2col(m, i, A[j], y0, y1)
+            if mvs[-1] - mvs[0] == nmv - 1:             # consecutive MVs: one copy of all their windows
+                A.reshape(nmv, y1 - y0, ow, i.kh, i.kw, i.cin)[...] = self._windows(mvs[0], nmv, i, y0, y1)
+            else:
+                for j, m in enumerate(mvs):
+                    self._im2col(m, i, A[j], y0, y1)
             if B.ndim == 2:
                 G = self._matmul(A.reshape(nmv * Pc, K), B, gemm_threads).reshape(nmv, Pc, nvv, L)
             else:
@@ -366,6 +387,116 @@ class ClusterUnits:
                 if i.resid else None
         return _output_stage(R, accs, i, res, acc_bits, dst)
 
+    def _bands(self, i: Instr, mvs: tuple[int, ...]) -> tuple | None:
+        """Whether the kernel operand of every MV of a CONV is diagonal: all its nonzero weights
+        (input channel c, output column n) have ``n - c == d``, one ``d`` per MV, and the channels
+        c0..c1 with weights in any MV fit every MV's columns. Then ``(c0, c1, ds, W)``: ``ds`` the offsets
+        per MV and ``W`` the (nmv, taps, c1 - c0) weights of that range (float64); else None.
+
+        The data are tested, not the instruction: a weight off the diagonal sends the CONV through
+        the GEMM. The band found first is kept on the instruction, and a later CONV checks it
+        with the nonzero counts that LOAD keeps per kernel word (``kern_nnz``): the band holds all
+        the nonzero weights iff their counts are equal. Kernel words no LOAD wrote (zero tags: set
+        some other way) are tested in full."""
+        K, taps, ka, nvv = i.kh * i.kw * i.cin, i.kh * i.kw, i.kern_addr, i.nvv
+        sel = _mv_index(mvs)
+        loaded = bool(self.kern_tag[ka:ka + K, sel].all())
+        plan = i.__dict__.get("_sim_band") if loaded else None
+        if plan is not None and plan[0] is self.cfg:
+            if plan[1] is None:
+                return None                       # dense when first seen: the GEMM
+            c0, c1, ds, idx = plan[1]
+            W = self._band_weights(idx)
+            if np.count_nonzero(W) == int(self.kern_nnz[ka:ka + K, sel, :nvv].sum()):
+                return c0, c1, ds, W
+        found = self._find_bands(i, mvs)
+        if loaded:
+            i.__dict__["_sim_band"] = (self.cfg, found)
+        if found is None:
+            return None
+        c0, c1, ds, idx = found
+        return c0, c1, ds, self._band_weights(idx)
+
+    def _find_bands(self, i: Instr, mvs: tuple[int, ...]) -> tuple | None:
+        """The test of :meth:`_bands` on the data: ``(c0, c1, ds, idx)`` with ``idx`` the index of
+        the band's weights in ``kern``, or None."""
+        K, N, L, cin, taps = i.kh * i.kw * i.cin, i.nvv * self.lanes, self.lanes, i.cin, i.kh * i.kw
+        found = [self._band(self.kern[m, i.kern_addr:i.kern_addr + K, :i.nvv], taps, cin, N) for m in mvs]
+        if any(f is None for f in found):
+            return None
+        held = [f for f in found if f[0] < f[1]]
+        c0, c1 = (min(f[0] for f in held), max(f[1] for f in held)) if held else (0, 0)
+        ds = tuple(f[2] if f[0] < f[1] else -c0 for f in found)   # an all-zero MV: any offset in range
+        if any(c0 + d < 0 or c1 + d > N for d in ds):           # one channel range for all MVs
+            return None
+        M, V = self.kern_wm.shape[1:3]
+        if mvs[-1] - mvs[0] == len(mvs) - 1 and all(d == ds[0] for d in ds):
+            # weight (m, t, c) at kern_wm[kern_addr + t*cin + c, m, (c + d) // L, (c + d) % L]: one
+            # strided view (a word's VV units and lanes are consecutive, column n at element n)
+            word = M * V * L
+            return c0, c1, ds, ((i.kern_addr + c0) * word + mvs[0] * V * L + c0 + ds[0],
+                                (len(mvs), taps, c1 - c0), (V * L, cin * word, word + 1))
+        c = np.arange(c0, c1)
+        rows = i.kern_addr + np.arange(taps)[:, None] * cin + c[None, :]
+        cols = np.array(ds)[:, None, None] + c[None, None, :]
+        idx = (np.array(mvs)[:, None, None], rows[None], cols // L, cols % L)
+        return c0, c1, ds, idx
+
+    def _band_weights(self, idx: tuple) -> np.ndarray:
+        """The (nmv, taps, c1 - c0) weights of a band: ``idx`` is a view's (offset, shape, strides)
+        in ``kern_wm`` or an index of ``kern`` (:meth:`_find_bands`)."""
+        if len(idx) == 3:
+            return _view(self.kern_wm, *idx).copy()     # contiguous: einsum is slow on strided operands
+        return self.kern[idx]
+
+    @staticmethod
+    def _band(W: np.ndarray, taps: int, cin: int, N: int) -> tuple | None:
+        """One MV's diagonal (c0, c1, d) (:meth:`_bands`; (0, 0, 0) for an all-zero kernel) from its
+        (K, nvv, lanes) kernel words, or None."""
+        W2 = W.reshape(W.shape[0], N)
+        # a dense kernel shows in its first and last rows: at most one nonzero each when diagonal
+        if np.count_nonzero(W2[0]) > 1 or np.count_nonzero(W2[-1]) > 1:
+            return None
+        cs, ns = np.nonzero((W2.reshape(taps, cin, N) != 0).any(axis=0))
+        if cs.size == 0:
+            return (0, 0, 0)
+        d = ns - cs
+        if (d != d[0]).any():
+            return None
+        return int(cs.min()), int(cs.max()) + 1, int(d[0])
+
+    def _band_products(self, i: Instr, mvs: tuple[int, ...], same_maps: bool, bands: tuple, y0: int,
+                       y1: int) -> np.ndarray:
+        """The products of output rows y0..y1 of a CONV with diagonal kernels (:meth:`_bands`), as
+        (nmv, Pc, nvv, lanes) float64: in output column ``c + d`` the sum over the taps of the maps
+        of input channel c times its weight, zero in the columns without weights."""
+        L, nvv, ow, nmv = self.lanes, i.nvv, i.ow, len(mvs)
+        Pc, taps, rows = (y1 - y0) * ow, i.kh * i.kw, y1 - y0
+        c0, c1, ds, W = bands
+        w = c1 - c0
+        G = np.zeros((nmv, Pc, nvv * L), dtype=np.float64)
+        if w == 0:
+            return G.reshape(nmv, Pc, nvv, L)
+        if same_maps or nmv == 1:
+            A = np.empty((Pc, taps, w), dtype=np.float64)
+            A.reshape(rows, ow, i.kh, i.kw, w)[...] = self._window(mvs[0], i, y0, y1)[..., c0:c1]
+            spec = "ptc,mtc->mpc"
+        else:
+            A = np.empty((nmv, Pc, taps, w), dtype=np.float64)
+            if mvs[-1] - mvs[0] == nmv - 1:         # consecutive MVs: one strided view of their maps
+                A.reshape(nmv, rows, ow, i.kh, i.kw, w)[...] = self._windows(mvs[0], nmv, i, y0, y1)[..., c0:c1]
+            else:
+                for j, m in enumerate(mvs):
+                    A[j].reshape(rows, ow, i.kh, i.kw, w)[...] = self._window(m, i, y0, y1)[..., c0:c1]
+            spec = "mptc,mtc->mpc"
+        if all(d == ds[0] for d in ds):
+            np.einsum(spec, A, W, out=G[:, :, c0 + ds[0]:c1 + ds[0]])
+        else:
+            T = np.einsum(spec, A, W)
+            for j, d in enumerate(ds):
+                G[j, :, c0 + d:c1 + d] = T[j]
+        return G.reshape(nmv, Pc, nvv, L)
+
     def _pool_window(self, mvs: tuple[int, ...], i: Instr) -> np.ndarray:
         """Read-only (nmv, oh, ow, kh, kw, nb, lanes) view of the pooling windows of the consecutive
         MVs ``mvs``."""
@@ -405,6 +536,12 @@ class ClusterUnits:
         self._pool(i, window_average)
 
 
+#: CONVs of fewer multiply-adds than this (as a GEMM, all MVs) always run as a GEMM: the test for a
+#: diagonal kernel costs more than it saves on them (measured on the text-direction classifier and
+#: MobileNetV3-small, bench/bench_speed.py)
+_BAND_MIN = 1 << 18
+#: tests set this to run every CONV as a GEMM (the reference for the diagonal path)
+_FORCE_GEMM = False
 #: CONVs of fewer MACs than this are not split over threads (the hand-off would cost more).
 _SPLIT_MACS = 1 << 21
 #: nor LOADs of fewer elements than this
@@ -424,6 +561,19 @@ def _pool() -> ThreadPoolExecutor:
 def available_cores() -> int:
     """Cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _lane_nonzeros(x: np.ndarray) -> np.ndarray:
+    """``np.count_nonzero(x, axis=-1)`` for int16 words (last axis: the lanes), 5-10x faster: the
+    nonzero flags (one byte each) counted eight at a time as the bits of 64-bit words."""
+    L = x.shape[-1]
+    if L % 8 or not hasattr(np, "bitwise_count"):
+        return np.count_nonzero(x, axis=-1)
+    b = np.bitwise_count(np.ascontiguousarray(x != 0).view(np.uint64))
+    out = b[..., 0].astype(np.int64)
+    for k in range(1, L // 8):
+        out += b[..., k]
+    return out
 
 
 def _wrap_inplace(x: np.ndarray, bits: int) -> None:
