@@ -263,6 +263,7 @@ class MDLA:
                 m = MDLA()
                 m._flags = copy.deepcopy(self._flags)
                 m._load(c, self)
+                m._flags = self._flags           # one set of flags: a run flag set later applies to every program
                 members.append(m)
         except BaseException:
             for m in members:
@@ -283,7 +284,7 @@ class MDLA:
         for o, n in zip(objs, need):
             part = arrays[k:k + n]
             k += n
-            r, cyc = _run_joint([(o, part if n > 1 else part[0])], simulator)[0]
+            r, cyc = run_hooks.joint(_run_joint, [(o, part if n > 1 else part[0])], simulator)[0]
             outs += r if isinstance(r, list) else [r]
             cycles += cyc
         self._hwcycles = cycles

@@ -326,3 +326,35 @@ def test_loadmulti_runs_every_program(tmp_path, x):
     ref.Compile(str(tmp_path / "m0.onnx"), outfile=str(tmp_path / "ref.bin"))
     with pytest.raises(MDLAError, match="compiled for 'reference'"):
         microndla.MDLA().Loadmulti([bins[0], str(tmp_path / "ref.bin")])
+
+
+def test_loadmulti_getinfo_describes_every_program(tmp_path, small_cnn_onnx):
+    """After Loadmulti, GetInfo describes what Run takes and returns: every program's inputs and
+    outputs in order; a run flag set afterwards (no_rearrange) applies to every program."""
+    from tests.test_sdk_flags import _as_described
+    from zoo import kernels
+    conv = _save(tmp_path, kernels.conv_model(3, 8, 8, 8, 3, 1, 1, relu=True, seed=2), "conv.onnx")
+    bins = []
+    for k, m in enumerate((small_cnn_onnx, conv)):
+        ie = microndla.MDLA()
+        ie.SetFlag("bitfile", "small")
+        bins.append(str(tmp_path / f"p{k}.bin"))
+        ie.Compile(m, outfile=bins[-1])
+    ie = microndla.MDLA()
+    ie.Loadmulti(bins)
+    rng = np.random.default_rng(9)
+    xs = [rng.random((1, 3, 32, 32), dtype=np.float32), rng.random((1, 3, 8, 8), dtype=np.float32)]
+    assert ie.GetInfo("inshapes") == "1x3x32x32;1x3x8x8"
+    assert ie.GetInfo("outshapes") == "1x10;1x8x8x8" and ie.GetInfo("noutputs") == 2
+    progs = ie.GetInfo("programs")
+    assert [p["inshapes"] for p in progs] == ["1x3x32x32", "1x3x8x8"] and [p["outshapes"] for p in progs] == ["1x10", "1x8x8x8"]
+    assert progs[1]["membase"] >= progs[0]["addroff"] and ie.GetInfo("addroff") == progs[1]["addroff"]
+    assert ie.GetInfo("batch") == 1
+    y = ie.Run(xs)
+    _as_described(ie, y)
+    ie.SetFlag("no_rearrange", 2)                # every program's outputs as raw int16
+    raw = ie.Run(xs)
+    assert [r.dtype for r in raw] == [np.int16, np.int16] and ie.GetInfo("outdtypes") == "int16;int16"
+    assert all(np.array_equal(r, np.rint(a * 256).astype(np.int16)) for r, a in zip(raw, y))
+    _as_described(ie, raw)
+    ie.Free()
