@@ -199,9 +199,15 @@ class MDLA:
         self._low_reset()
 
     def _low_reset(self):
+        # Compile, Init, Loadmulti and Free replace (or release) the cards' contents: the buffers
+        # Malloc gave and the code ReadCode wrote are gone, and their addresses may now be inside the
+        # new program's memory. They are remembered as stale, so that a later use of them is refused
+        # with a clear error (runtime.lowlevel) instead of reading or overwriting the new program.
+        lowlevel.invalidate(self)
         self._multi: list[MDLA] = []                #: Loadmulti: the objects of the programs after the first
         self._memcard = None                        #: CreateMemcard: {'cfg', 'clusters'} of cards without a model
         self._mallocs_end: dict[int, list[int]] = {}   #: Malloc: card -> ends of its buffers
+        self._mallocs: list[tuple] = []             #: Malloc: (card, start, end, name) of each buffer
         self._symbols: dict[str, int] = {}          #: Malloc: name -> address (@name in ReadCode)
         self._code: dict[int, list] = {}            #: ReadCode: address -> program
 

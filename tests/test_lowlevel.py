@@ -358,3 +358,37 @@ def test_loadmulti_getinfo_describes_every_program(tmp_path, small_cnn_onnx):
     assert all(np.array_equal(r, np.rint(a * 256).astype(np.int16)) for r, a in zip(raw, y))
     _as_described(ie, raw)
     ie.Free()
+
+
+def test_malloced_buffers_and_code_are_stale_after_a_later_compile(tmp_path, model, x):
+    """Compile (Init, Loadmulti, Free) replaces the cards' contents: a buffer Malloc gave before, and
+    code ReadCode wrote there, are refused by name and by address (the address is now inside the new
+    program's memory: a write there would corrupt it), until Malloc gives a buffer there again."""
+    ie = microndla.MDLA()
+    ie.CreateMemcard(1, 1, "small")
+    buf = ie.Malloc(64, 2, 0, "buf")
+    at = ie.Malloc(64, 32, 0, "code")
+    f = tmp_path / "nop.txt"
+    f.write_text("LOAD buf=MAPS mv_mask=1 dram_addr=@buf buf_addr=0 n0=1 n1=1 n2=1\nEND\n")
+    ie.ReadCode(str(f), at)
+    ie.WriteData(buf, np.ones(64, np.int16), 0)
+    ie.HwRun(at, 0)
+    ie.Free()
+    ie.SetFlag("bitfile", "small")
+    ie.Compile(model)
+    want = _loaded(model).Run(x)
+    assert buf < ie._compiled.memmap.end           # the old address is inside the new program
+    with pytest.raises(MDLAError, match="buffer 'buf' .* stale"):
+        ie.WriteData(buf, np.zeros(64, np.int16), 0)
+    with pytest.raises(MDLAError, match="stale"):
+        ie.ReadData(buf, np.zeros(64, np.int16), 0)
+    with pytest.raises(MDLAError, match="@buf is a stale buffer"):
+        ie.ReadCode(str(f), ie.Malloc(64, 32, 0, "code2"))
+    with pytest.raises(MDLAError, match="program ReadCode wrote at .* is stale"):
+        ie.HwRun(at, 0)
+    np.testing.assert_array_equal(ie.Run(x), want)  # nothing reached the new program
+    b2 = ie.Malloc(64, 2, 0, "buf")                # a new buffer of that name, after the program
+    assert b2 >= ie._compiled.memmap.end
+    ie.WriteData(b2, np.ones(64, np.int16), 0)
+    ie.ReadCode(str(f), ie.Malloc(64, 32, 0, "code3"))
+    ie.Free()
