@@ -79,7 +79,7 @@ class MDLA:
             if obj is None:
                 raise MDLAError("the MDLA object was freed")
             obj._execute_head(entry)
-        return Stream(execute, name="this MDLA object")
+        return Stream(execute, name="this MDLA object", owner=ref)
 
     # ------------------------------------------------------------------ flags and info
     def SetFlag(self, name, value=""):
