@@ -268,7 +268,7 @@ def test_threads_that_cannot_reach_the_object_do_not_delay_the_deadlock_error(mo
         finally:
             ie.Free()
             done.set()
-    t = threading.Thread(target=consumer, name="consumer")
+    t = threading.Thread(target=consumer, name="consumer", daemon=True)   # (left behind if it waits for ever)
     t.start()
     try:
         assert done.wait(120), "GetResult waited for threads that can never call PutInput"
@@ -278,7 +278,7 @@ def test_threads_that_cannot_reach_the_object_do_not_delay_the_deadlock_error(mo
         stop.set()
         idle.join()
         busy.join()
-        t.join()
+        t.join(5)
         other.Free()
 
 
