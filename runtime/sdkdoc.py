@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .flags import ALIASES, DEBUG_LETTERS, FLAGS, OLD_OPTION_LETTERS, OPTION_LETTERS
+from .flags import ALIASES, DEBUG_LETTERS, FLAGS, OLD_FLAGS, OLD_OPTION_LETTERS, OPTION_LETTERS
 from .info import INFO
 
 #: The SDK's methods (reference: /work/shared/reference/mdla-sdk.md §2.3-2.6) -> status here.
@@ -35,6 +35,7 @@ METHODS: dict[str, str] = {
     "ReadCode": "yes: assembles arch/asm.py's text assembly (@name = a Malloc'ed address), validates it, writes it on every card; returns the int32 machine code",
     "HwRun": "yes: runs the ReadCode program to its END on the 'simulator' executor; returns (hwtime s, bytes moved); an outsize larger than the bytes stored is an error",
     "TrainlinearStart/Data/Step/StepSw/StepFloat/Get/GetY/End": "no: on-device training is not in this build",
+    "Run_function": "no: a 2018 Snowflake-API method without a documented meaning; Run, Run_sw and Run_th are the run paths",
 }
 
 
@@ -56,6 +57,8 @@ def render() -> str:
         status = "yes" if not spec.refused else f"only the default: {spec.refused}"
         out.append(f"| `{k}` | `{spec.default!r}` | {spec.when} | {_cell(status)} | {_cell(spec.doc)} |")
     out += ["", "Aliases: " + ", ".join(f"`{a}` = `{b}`" for a, b in ALIASES.items()) + "; `reset` restores the defaults.",
+            "", "2018-2020 flags the SDK dropped, refused at SetFlag: "
+            + "; ".join(f"`{k}` ({_cell(v)})" for k, v in OLD_FLAGS.items()) + ".",
             "", "## Option letters (`SetFlag('options', letters)`)", "", "| letter | sets | status |", "| --- | --- | --- |"]
     for ch, (f, v) in OPTION_LETTERS.items():
         spec = FLAGS[f]

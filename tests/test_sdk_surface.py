@@ -191,3 +191,13 @@ def test_cli_run_with_simulator_flags_and_a_checked_config(small_cnn_onnx, tmp_p
     assert r.exit_code == 1 and "compiled for hardware configuration 'small'" in r.output
     r = CliRunner().invoke(main, ["run", b, "--flag", "int8mode=1"])
     assert r.exit_code == 1 and "16-bit" in r.output and "Traceback" not in r.output
+
+
+def test_flags_the_sdk_dropped_are_refused_with_their_replacement():
+    from runtime.flags import OLD_FLAGS
+    ie = microndla.MDLA()
+    for name in OLD_FLAGS:
+        with pytest.raises(ValueError, match=f"flag '{name}': a 20"):
+            ie.SetFlag(name, 1)
+    with pytest.raises(ValueError, match=r"samples="):
+        ie.SetFlag("quantize", 1)
