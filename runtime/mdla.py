@@ -641,6 +641,23 @@ class MDLA:
               f"ideal at peak {cfg.cycles_to_ms(ideal):.4f} ms; efficiency {ideal / max(cycles, 1):.3f}")
 
 
+def _refused(name: str, why: str):
+    def method(self, *args, **kwargs):
+        raise MDLAError(f"{name}: {why}")
+    method.__name__ = name
+    method.__doc__ = f"The SDK's {name}, refused here: {why}."
+    return method
+
+
+def _add_refused_methods() -> None:
+    """The SDK methods this build has no implementation for (docs/sdk.md, runtime.sdkdoc.METHODS)
+    exist and raise MDLAError saying why, rather than AttributeError."""
+    from .sdkdoc import refused_methods
+    for name, why in refused_methods().items():
+        if not hasattr(MDLA, name):
+            setattr(MDLA, name, _refused(name, why))
+
+
 def _copy_inputs(images):
     """The call's inputs as arrays of their own (one, or a list for several inputs), so that the
     caller's buffers are free to reuse as soon as PutInput returns."""
@@ -648,5 +665,7 @@ def _copy_inputs(images):
         return [None if a is None else np.array(a, copy=True) for a in images]
     return np.array(images, copy=True)
 
+
+_add_refused_methods()
 
 __all__ = ["MDLA", "MDLAError", "CompileError", "WorkerCrashed", "WorkerTimeout", "VERSION"]
