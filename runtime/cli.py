@@ -24,13 +24,45 @@ def _fail(e: Exception):
     raise click.ClickException(f"{type(e).__name__}: {e}")
 
 
-def _set_flags(ie, flags) -> None:
-    """SetFlag for each ``NAME=VALUE`` of the repeated --flag option."""
+def flag_values(flags) -> dict[str, str]:
+    """The ``NAME=VALUE`` items of the repeated --flag option as a dict (in order); ValueError for an
+    item without '='. Shared by every command that takes --flag (``mdla infer`` too)."""
+    values = {}
     for f in flags:
         if "=" not in f:
             raise ValueError(f"--flag expects NAME=VALUE, got {f!r}")
         k, v = f.split("=", 1)
+        values[k] = v
+    return values
+
+
+def _set_flags(ie, flags) -> None:
+    """SetFlag for each ``NAME=VALUE`` of the repeated --flag option."""
+    for k, v in flag_values(flags).items():
         ie.SetFlag(k, v)
+
+
+def _load(ie, p, model: str, flags, trace_json, config=None, config_for_bin: bool = True, onnx_flags=None) -> None:
+    """The first step of `mdla run` and `mdla profile`: the trace flag, the --flag values, then Init of
+    a .bin or Compile of an ONNX model. ``config`` sets 'bitfile' (for a .bin only when
+    ``config_for_bin``: Init then checks it against the file's); ``onnx_flags`` are set before Compile only."""
+    is_bin = model.endswith(".bin")
+    p.step(f"loading {Path(model).name}" if is_bin else f"compiling {Path(model).name}")
+    if trace_json:
+        ie.SetFlag("trace", trace_json)
+    _set_flags(ie, flags)
+    if config and (config_for_bin or not is_bin):
+        ie.SetFlag("bitfile", config)
+    if is_bin:
+        ie.Init(model)
+    else:
+        ie.SetFlag(onnx_flags or {})
+        ie.Compile(model)
+
+
+def _trace_written(trace_json) -> None:
+    if trace_json:
+        click.echo(f"wrote the timeline to {trace_json} (open it in https://ui.perfetto.dev or chrome://tracing)")
 
 
 def _writable(path: str, what: str) -> None:
@@ -166,19 +198,9 @@ def run(model, config, simulator, flags, input_npy, seed, heterogeneous, trace_j
     ie = MDLA()
     try:
         with _steps(3, "mdla run") as p:
-            p.step(f"loading {Path(model).name}" if model.endswith(".bin") else f"compiling {Path(model).name}")
-            if trace_json:
-                ie.SetFlag("trace", trace_json)
             if simulator:
                 ie.SetFlag("simulator", simulator)
-            _set_flags(ie, flags)
-            if config:
-                ie.SetFlag("bitfile", config)        # for a .bin, Init checks it against the file's
-            if model.endswith(".bin"):
-                ie.Init(model)
-            else:
-                ie.SetFlag("heterogeneous", int(heterogeneous))
-                ie.Compile(model)
+            _load(ie, p, model, flags, trace_json, config, onnx_flags={"heterogeneous": int(heterogeneous)})
             x = np.load(input_npy) if input_npy else random_inputs(ie, seed)
             p.step(f"running on the {ie.GetInfo('simulator')} simulator")
             t0 = time.perf_counter()
@@ -200,8 +222,7 @@ def run(model, config, simulator, flags, input_npy, seed, heterogeneous, trace_j
     for name, a, b in zip(ie.GetInfo("outnames").split(";"), ys, ts):
         mean, mx = sdk_error_metric(a, b)
         click.echo(f"output {name} {a.shape}: error vs float32 host run: mean {mean:.3f} %, max {mx:.3f} %")
-    if trace_json:
-        click.echo(f"wrote the timeline to {trace_json} (open it in https://ui.perfetto.dev or chrome://tracing)")
+    _trace_written(trace_json)
 
 
 @main.command()
@@ -224,15 +245,7 @@ def profile(model, config, flags, output, trace_json):
     ie = MDLA()
     try:
         with _steps(3 if output else 2, "mdla profile") as p:
-            p.step(f"loading {Path(model).name}" if model.endswith(".bin") else f"compiling {Path(model).name}")
-            if trace_json:
-                ie.SetFlag("trace", trace_json)
-            _set_flags(ie, flags)
-            if model.endswith(".bin"):
-                ie.Init(model)
-            else:
-                ie.SetFlag("bitfile", config)
-                ie.Compile(model)
+            _load(ie, p, model, flags, trace_json, config, config_for_bin=False)
             p.step("traced run on the functional model")
             rows = run_profile(ie)
             if output:
@@ -245,8 +258,7 @@ def profile(model, config, flags, output, trace_json):
     click.echo(f"{ie.GetInfo('hwcycles')} cycles = {ie.GetInfo('hwtime'):.3f} ms modelled for the whole call")
     if output:
         click.echo(f"wrote {output}")
-    if trace_json:
-        click.echo(f"wrote the timeline to {trace_json} (open it in https://ui.perfetto.dev or chrome://tracing)")
+    _trace_written(trace_json)
 
 
 @main.command()

@@ -264,6 +264,17 @@ OPTION_LETTERS: dict[str, tuple[str, object]] = {
 #: 2020 letters whose flags the SDK itself dropped
 OLD_OPTION_LETTERS = {"p": "pipeline execution across clusters", "T": "two_programs", "o": "parametric_offset"}
 
+#: 2018-2020 flags the SDK itself dropped: refused at SetFlag with what replaced them
+OLD_FLAGS: dict[str, str] = {
+    "two_programs": "a 2020 flag the SDK replaced by bufsmode (0: one program per input buffer)",
+    "parametric_offset": "a 2020 flag the SDK replaced by bufsmode (1: parametric offset)",
+    "paddingalgo": "a 2018-2020 flag the SDK dropped; the compiler chooses the padding of each layer",
+    "profile": "a 2018-2020 flag the SDK dropped; use SetFlag('debug', 'b') for the per-run profile, "
+               "breaklayer=2 for per-layer cycles, or `mdla profile`",
+    "quantize": "a 2018-2020 flag the SDK dropped; calibrate with Compile(model, samples=[...]) (variable fixed point)",
+    "print_opt": "a 2018-2020 name the SDK dropped; GetInfo('help') prints the flags and letters",
+}
+
 #: SDK flags that could have their meaning here but are not implemented in this build yet: only
 #: their default is accepted (refused at SetFlag, never stored and ignored). None left.
 NOT_YET: dict[str, str] = {}
@@ -285,6 +296,8 @@ class FlagSet:
             return
         key = ALIASES.get(name, name)
         spec = FLAGS.get(key)
+        if spec is None and name in OLD_FLAGS:
+            raise ValueError(f"flag {name!r}: {OLD_FLAGS[name]}")
         if spec is None:
             raise ValueError(f"unknown flag {name!r}; known flags: {sorted(list(FLAGS) + list(ALIASES) + ['reset'])}")
         if key == "options":

@@ -308,12 +308,8 @@ import click  # noqa: E402
 def infer_command(model, source, output, ray_address, cards, reference, reference_model, per_image, flags, no_progress):
     """Run MODEL (ONNX or .bin) over a data set on the simulated DLA, in chunks, with a progress bar."""
     try:
-        values = {}
-        for f in flags:
-            if "=" not in f:
-                raise InferError(f"--flag {f!r}: expects NAME=VALUE")
-            k, v = f.split("=", 1)
-            values[k] = v
+        from .cli import flag_values
+        values = flag_values(flags)
         ray = False if ray_address is None else (True if ray_address == "local" else ray_address)
         result = infer(model, source, ray=ray, cards=cards, reference=reference, reference_model=reference_model,
                        flags=values, progress=not no_progress, output=output)

@@ -92,11 +92,58 @@ def _shape(io) -> str:
     return "x".join(map(str, io.onnx_shape))
 
 
+def _programs(obj) -> list:
+    """The objects of the loaded programs in Run's order: this one, then (Loadmulti) the others."""
+    obj._need()
+    return [obj] + list(getattr(obj, "_multi", []))
+
+
+def _run_outputs(obj) -> list[tuple[str, tuple, str]]:
+    """(name, shape, dtype) of every array Run returns under the flags in effect (runtime.io_formats),
+    of every loaded program in order (Loadmulti: Run returns them all)."""
+    return [r for p in _programs(obj) for r in _io().run_outputs(p, p._need())]
+
+
+def _inputs(obj) -> list:
+    """Every input Run takes, of every loaded program in order."""
+    return [i for p in _programs(obj) for i in p._need().inputs]
+
+
+def _batch(obj) -> int:
+    batches = [p._need().parallel.batch for p in _programs(obj)]
+    if len(set(batches)) > 1:
+        raise NoSuchInfo(f"the {len(batches)} programs loaded with Loadmulti take different batches {batches}; "
+                         f"GetInfo('programs') gives each one's")
+    return int(batches[0])
+
+
+def _program_info(obj) -> list[dict]:
+    """Per loaded program (Loadmulti: each one, in Run's order): its inputs, outputs, batch and memory."""
+    out = []
+    for p in _programs(obj):
+        c = p._need()
+        outs = _io().run_outputs(p, c)
+        out.append({"innames": ";".join(i.name for i in c.inputs), "inshapes": ";".join(_shape(i) for i in c.inputs),
+                    "outnames": ";".join(n for n, _, _ in outs),
+                    "outshapes": ";".join("x".join(map(str, sh)) for _, sh, _ in outs),
+                    "batch": int(c.parallel.batch), "clusters": list(c.parallel.clusters),
+                    "membase": int(c.memmap.base), "addroff": int(c.memmap.end)})
+    return out
+
+
 def _outshape(obj):
-    """The 2020 API's 'outshape': width, height, planes, batch of the first output."""
-    o = obj._need().final_outputs[0]
-    s = list(o.onnx_shape) + [1] * (4 - len(o.onnx_shape))
-    return (s[3], s[2], s[1], obj._need().parallel.batch) if len(o.onnx_shape) <= 4 else tuple(o.onnx_shape)
+    """The 2020 API's 'outshape': width, height, planes, batch of the first array Run returns
+    (in the DLA's layout with no_rearrange=1: width, height, padded channels, batch)."""
+    _, shape, _ = _run_outputs(obj)[0]
+    if obj._flags["no_rearrange"] == 1 and _io()._plain(obj._need()) and obj._flags["breaklayer"] != 1:
+        _, h, w, ch = shape
+        return (w, h, ch, obj._need().parallel.batch)
+    if obj._need().meta.get("unbatched") and not getattr(obj._need(), "whole", False):
+        shape = (1,) + tuple(shape)                 # vectors: as one image of C = L
+    if len(shape) > 4:
+        return tuple(shape)
+    s = list(shape) + [1] * (4 - len(shape))
+    return (s[3], s[2], s[1], obj._need().parallel.batch)
 
 
 def _hwdebug(obj):
@@ -138,19 +185,34 @@ INFO: dict[str, InfoSpec] = {
     "maxfpga": InfoSpec(lambda o: int(_pool().size), "simulated cards in the system"),
     "temperature": InfoSpec(_refuse(_NO_SENSOR), "card temperature (°C)", _NO_SENSOR),
     "busy_comp": InfoSpec(lambda o: int(o._stream.outstanding), "calls queued or running (PutInput not yet fetched)"),
-    "inshapes": InfoSpec(lambda o: ";".join(_shape(i) for i in o._need().inputs), "input shapes, ';' between inputs"),
-    "outshapes": InfoSpec(lambda o: ";".join(_shape(i) for i in o._need().final_outputs), "output shapes"),
-    "innames": InfoSpec(lambda o: ";".join(i.name for i in o._need().inputs), "input names"),
-    "outnames": InfoSpec(lambda o: ";".join(i.name for i in o._need().final_outputs), "output names"),
-    "infracs": InfoSpec(lambda o: ";".join(str(f) for f in _io().infracs(o._need())),
+    "inshapes": InfoSpec(lambda o: ";".join(_shape(i) for i in _inputs(o)),
+                         "input shapes, ';' between inputs (after Loadmulti: of every program, in Run's order)"),
+    "outshapes": InfoSpec(lambda o: ";".join("x".join(map(str, s)) for _, s, _ in _run_outputs(o)),
+                          "shapes of the arrays Run returns under the flags in effect, per image (batch dimension "
+                          "1, as inshapes; a call returns 'batch' images) (no_rearrange=1: the DLA's layout "
+                          "1 x H x W x padded channels; breaklayer=1: every layer's output), ';' between outputs"),
+    "noutputs": InfoSpec(lambda o: len(_run_outputs(o)), "number of arrays Run returns"),
+    "noutdims": InfoSpec(lambda o: ";".join(str(len(s)) for _, s, _ in _run_outputs(o)),
+                         "dimensions of each array Run returns, ';' between outputs"),
+    "outdtypes": InfoSpec(lambda o: ";".join(d for _, _, d in _run_outputs(o)),
+                          "dtype of each array Run returns (int16 with no_rearrange=2, else float32)"),
+    "innames": InfoSpec(lambda o: ";".join(i.name for i in _inputs(o)), "input names (every program's, as inshapes)"),
+    "outnames": InfoSpec(lambda o: ";".join(n for n, _, _ in _run_outputs(o)),
+                         "names of the arrays Run returns (the model's outputs; with breaklayer=1 every layer's "
+                         "output tensor)"),
+    "infracs": InfoSpec(lambda o: ";".join(str(f) for p in _programs(o) for f in _io().infracs(p._need())),
                         "fractional bits of each input's fixed-point format (the format of no_inarrange=2 inputs), "
                         "';' between inputs"),
-    "addroff": InfoSpec(lambda o: int(o._need().memmap.end), "end of the loaded program's memory map (bytes)"),
-    "batch": InfoSpec(lambda o: int(o._need().parallel.batch), "images per Run/PutInput call"),
-    "numbatch": InfoSpec(lambda o: int(o._need().parallel.batch), "2018-2020 name of 'batch'"),
+    "addroff": InfoSpec(lambda o: max(int(p._need().memmap.end) for p in _programs(o)),
+                        "end of the loaded programs' memory maps (bytes)"),
+    "batch": InfoSpec(_batch, "images per Run/PutInput call (after Loadmulti: of every program; refused when "
+                              "they differ, see 'programs')"),
+    "numbatch": InfoSpec(_batch, "2018-2020 name of 'batch'"),
+    "programs": InfoSpec(_program_info, "per loaded program (several after Loadmulti, in Run's order): innames, "
+                                        "inshapes, outnames, outshapes, batch, clusters, memory base and end"),
     "numcluster": InfoSpec(lambda o: int(len(o._need().parallel.clusters)), "2018-2020: clusters in use"),
     "numfpga": InfoSpec(lambda o: int(o._need().parallel.nfpgas), "2018-2020: cards in use"),
-    "outshape": InfoSpec(_outshape, "2020: (width, height, planes, batch) of the first output"),
+    "outshape": InfoSpec(_outshape, "2020: (width, height, planes, batch) of the first array Run returns"),
     "saturations": InfoSpec(lambda o: int(o._saturations), "values clipped to the 16-bit range in the last run"),
     "layer_saturations": InfoSpec(lambda o: dict(o._layer_saturations), "the same per layer"),
     "engine": InfoSpec(lambda o: _ray_cards().engine_info(o),

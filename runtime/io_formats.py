@@ -90,21 +90,55 @@ def outputs(obj, c, results):
         q = np.rint(np.asarray(v, dtype=np.float64) * 2.0 ** lay.frac).astype(np.int16)
         if mode == 1:
             chw = q.reshape(-1, lay.channels, lay.height, lay.width)
-            hwc = np.zeros((chw.shape[0], lay.height, lay.width, lay.cwords * c.cfg.lanes), dtype=np.int16)
+            hwc = np.zeros(dla_layout_shape(c, lay, chw.shape[0]), dtype=np.int16)
             hwc[..., :lay.channels] = chw.transpose(0, 2, 3, 1)
             q = fixed_to_float(hwc, lay.frac).astype(np.float32)
         out.append(q)
     return out[0] if single else out
 
 
-def layer_outputs(obj, c, batch: int) -> list[np.ndarray]:
-    """breaklayer=1: every layer's output tensor (layer order) of the call's images, read from the
-    card memory after the run, float32 (N, C, H, W)."""
-    mm, p, lanes = c.memmap, c.parallel, c.cfg.lanes
+def dla_layout_shape(c, lay, batch: int) -> tuple:
+    """no_rearrange=1: the shape of an output in the DLA's layout, (N, H, W, channels padded to whole words)."""
+    return (batch, lay.height, lay.width, lay.cwords * c.cfg.lanes)
+
+
+def _layer_tensors(c) -> list[str]:
+    """breaklayer=1: the tensors Run returns, each layer's output in layer order."""
     names = []
     for layer in c.graph.layers if c.graph is not None else []:
         if layer.output not in names:
             names.append(layer.output)
+    return names
+
+
+def run_outputs(obj, c) -> list[tuple[str, tuple, str]]:
+    """(name, shape, dtype) of each array Run returns under the flags in effect, per image (a leading
+    batch dimension of 1, as 'inshapes'; a call returns GetInfo('batch') images along it): the model's
+    outputs (float32 in the ONNX shape; no_rearrange=1 float32 in the DLA's layout (1, H, W, padded
+    channels), 2 int16), or with breaklayer=1 every layer's output (1, C, H, W); a model on unbatched
+    vectors has no batch axis. What GetInfo('outshapes'), 'outnames', 'noutputs', 'noutdims',
+    'outdtypes' and 'outshape' describe (the SDK's wrapper shaped its result arrays from them)."""
+    f = obj._flags
+    batch = 1
+    if f["breaklayer"] == 1 and _plain(c):
+        mm = c.memmap
+        return [(t, (batch, mm.tensors[t].channels, mm.tensors[t].height, mm.tensors[t].width), "float32")
+                for t in _layer_tensors(c)]
+    if f["no_rearrange"] and _plain(c):
+        if f["no_rearrange"] == 1:
+            return [(o.name, dla_layout_shape(c, c.memmap.tensors[o.tensor], batch), "float32") for o in c.outputs]
+        dtype = "int16"
+    else:
+        dtype = "float32"
+    unbatched = c.meta.get("unbatched", False) and not getattr(c, "whole", False)
+    return [(o.name, tuple(o.onnx_shape)[1:] if unbatched else tuple(o.onnx_shape), dtype) for o in c.final_outputs]
+
+
+def layer_outputs(obj, c, batch: int) -> list[np.ndarray]:
+    """breaklayer=1: every layer's output tensor (layer order) of the call's images, read from the
+    card memory after the run, float32 (N, C, H, W)."""
+    mm, p, lanes = c.memmap, c.parallel, c.cfg.lanes
+    names = _layer_tensors(c)
     if not names:
         raise _error("breaklayer=1 needs the graph section of the .bin to know the layers' tensors")
     result = [[] for _ in names]

@@ -77,9 +77,40 @@ def _bytes_view(data, what: str, writable: bool) -> np.ndarray:
     return data.reshape(-1).view(np.uint8)
 
 
+#: what made a buffer or program stale (the message of the refusal)
+_STALE_WHY = ("a later Compile, Init, Loadmulti or Free replaced this object's card contents (the SDK keeps no "
+              "buffer across them); Malloc (and ReadCode) again after loading")
+
+
+def invalidate(obj) -> None:
+    """The object's cards are being emptied or given a new program: its Malloc'ed buffers and the
+    programs ReadCode wrote become stale (kept in ``obj._stale``: (card, start, end, name) and
+    ``obj._stale_code``: addresses)."""
+    stale = getattr(obj, "_stale", None)
+    if stale is None:
+        obj._stale, obj._stale_code = [], set()
+    obj._stale.extend(getattr(obj, "_mallocs", []))
+    obj._stale_code.update(getattr(obj, "_code", {}))
+
+
+def _stale_overlap(obj, card, start: int, end: int):
+    """The stale buffer that bytes start..end of card ``card`` fall in, unless a buffer Malloc'ed since covers them."""
+    for k, s0, s1, name in getattr(obj, "_stale", []):
+        if k == card and start < s1 and s0 < end:
+            if any(k == c and b0 <= start and end <= b1 for c, b0, b1, _ in getattr(obj, "_mallocs", [])):
+                return None
+            return k, s0, s1, name
+    return None
+
+
 def _check_range(obj, card, addr, nbytes: int, what: str) -> None:
     if isinstance(addr, bool) or not isinstance(addr, (int, np.integer)):
         raise MDLAError(f"{what}: addr must be an int, got {type(addr).__name__}")
+    hit = _stale_overlap(obj, int(card), int(addr), int(addr) + max(int(nbytes), 1))
+    if hit is not None:
+        _, s0, s1, name = hit
+        raise MDLAError(f"{what}: bytes {addr:#x}..{addr + nbytes:#x} of card {card} are in buffer {name!r} "
+                        f"({s0:#x}..{s1:#x}), which is stale: {_STALE_WHY}")
     end = extent(obj, card)
     if addr < 0 or addr + nbytes > end:
         raise MDLAError(f"{what}: bytes {addr:#x}..{addr + nbytes:#x} are outside card {card}'s memory in use "
@@ -160,6 +191,7 @@ def malloc(obj, nelements, datasize, card, name) -> int:
     with c.lock:
         c.ensure(start + size)
     obj._mallocs_end.setdefault(c.index, []).append(start + size)
+    obj._mallocs.append((int(card), start, start + size, name))
     obj._symbols[name] = start
     return start
 
@@ -169,6 +201,8 @@ _SYMBOL = re.compile(r"@([A-Za-z_]\w*)(?:\+(0x[0-9a-fA-F]+|\d+))?")
 
 def _substitute(obj, text: str, filename: str) -> str:
     def sub(m):
+        if m.group(1) not in obj._symbols and any(n == m.group(1) for *_, n in getattr(obj, "_stale", [])):
+            raise MDLAError(f"ReadCode({filename}): @{m.group(1)} is a stale buffer: {_STALE_WHY}")
         if m.group(1) not in obj._symbols:
             raise MDLAError(f"ReadCode({filename}): @{m.group(1)} is not a Malloc'ed buffer "
                             f"(known: {sorted(obj._symbols) or 'none'})")
@@ -219,6 +253,8 @@ def hw_run(obj, instr_addr, outsize):
     cfg = _cfg(obj)
     if obj._flags["workers"] == "ray":
         _card(obj, 0)                              # refused, with the reason
+    if int(instr_addr) not in obj._code and int(instr_addr) in getattr(obj, "_stale_code", ()):
+        raise MDLAError(f"HwRun: the program ReadCode wrote at {instr_addr:#x} is stale: {_STALE_WHY}")
     if int(instr_addr) not in obj._code:
         raise MDLAError(f"HwRun: no program was written at {instr_addr:#x} by ReadCode "
                         f"(known: {[hex(a) for a in sorted(obj._code)] or 'none'})")

@@ -79,7 +79,7 @@ class MDLA:
             if obj is None:
                 raise MDLAError("the MDLA object was freed")
             obj._execute_head(entry)
-        return Stream(execute, name="this MDLA object")
+        return Stream(execute, name="this MDLA object", owner=ref)
 
     # ------------------------------------------------------------------ flags and info
     def SetFlag(self, name, value=""):
@@ -199,9 +199,15 @@ class MDLA:
         self._low_reset()
 
     def _low_reset(self):
+        # Compile, Init, Loadmulti and Free replace (or release) the cards' contents: the buffers
+        # Malloc gave and the code ReadCode wrote are gone, and their addresses may now be inside the
+        # new program's memory. They are remembered as stale, so that a later use of them is refused
+        # with a clear error (runtime.lowlevel) instead of reading or overwriting the new program.
+        lowlevel.invalidate(self)
         self._multi: list[MDLA] = []                #: Loadmulti: the objects of the programs after the first
         self._memcard = None                        #: CreateMemcard: {'cfg', 'clusters'} of cards without a model
         self._mallocs_end: dict[int, list[int]] = {}   #: Malloc: card -> ends of its buffers
+        self._mallocs: list[tuple] = []             #: Malloc: (card, start, end, name) of each buffer
         self._symbols: dict[str, int] = {}          #: Malloc: name -> address (@name in ReadCode)
         self._code: dict[int, list] = {}            #: ReadCode: address -> program
 
@@ -263,6 +269,7 @@ class MDLA:
                 m = MDLA()
                 m._flags = copy.deepcopy(self._flags)
                 m._load(c, self)
+                m._flags = self._flags           # one set of flags: a run flag set later applies to every program
                 members.append(m)
         except BaseException:
             for m in members:
@@ -283,7 +290,7 @@ class MDLA:
         for o, n in zip(objs, need):
             part = arrays[k:k + n]
             k += n
-            r, cyc = _run_joint([(o, part if n > 1 else part[0])], simulator)[0]
+            r, cyc = run_hooks.joint(_run_joint, [(o, part if n > 1 else part[0])], simulator)[0]
             outs += r if isinstance(r, list) else [r]
             cycles += cyc
         self._hwcycles = cycles
@@ -634,6 +641,23 @@ class MDLA:
               f"ideal at peak {cfg.cycles_to_ms(ideal):.4f} ms; efficiency {ideal / max(cycles, 1):.3f}")
 
 
+def _refused(name: str, why: str):
+    def method(self, *args, **kwargs):
+        raise MDLAError(f"{name}: {why}")
+    method.__name__ = name
+    method.__doc__ = f"The SDK's {name}, refused here: {why}."
+    return method
+
+
+def _add_refused_methods() -> None:
+    """The SDK methods this build has no implementation for (docs/sdk.md, runtime.sdkdoc.METHODS)
+    exist and raise MDLAError saying why, rather than AttributeError."""
+    from .sdkdoc import refused_methods
+    for name, why in refused_methods().items():
+        if not hasattr(MDLA, name):
+            setattr(MDLA, name, _refused(name, why))
+
+
 def _copy_inputs(images):
     """The call's inputs as arrays of their own (one, or a list for several inputs), so that the
     caller's buffers are free to reuse as soon as PutInput returns."""
@@ -641,5 +665,7 @@ def _copy_inputs(images):
         return [None if a is None else np.array(a, copy=True) for a in images]
     return np.array(images, copy=True)
 
+
+_add_refused_methods()
 
 __all__ = ["MDLA", "MDLAError", "CompileError", "WorkerCrashed", "WorkerTimeout", "VERSION"]

@@ -3,9 +3,10 @@ and the method table below: every SDK flag, letter, GetInfo name and method and 
 here. ``python -m runtime.sdkdoc`` rewrites the file; tests/test_sdk_surface.py checks it is current."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from .flags import ALIASES, DEBUG_LETTERS, FLAGS, OLD_OPTION_LETTERS, OPTION_LETTERS
+from .flags import ALIASES, DEBUG_LETTERS, FLAGS, OLD_FLAGS, OLD_OPTION_LETTERS, OPTION_LETTERS
 from .info import INFO
 
 #: The SDK's methods (reference: /work/shared/reference/mdla-sdk.md §2.3-2.6) -> status here.
@@ -24,17 +25,18 @@ METHODS: dict[str, str] = {
     "Free": "yes: waits for a running call; waiting GetResult/PutInput get a clear error",
     "Quantize": "yes (2020 API): Compile(model, samples=images, outfile=...)",
     "GO": "yes (2020 API): Compile, then Run, filling the result array",
-    "Loadmulti": "yes: several .bin programs resident together on this object's cards (a later one compiled to start at 0 is laid out after the others from its graph section); Run takes every program's inputs in order and returns every program's outputs; PutInput is refused",
-    "GetONNX": "no: TensorFlow conversion is not in this build",
+    "Loadmulti": "yes: several .bin programs resident together on this object's cards (a later one compiled to start at 0 is laid out after the others from its graph section); Run takes every program's inputs in order and returns every program's outputs; GetInfo describes every program (inshapes, outshapes, ... in Run's order; 'programs' per program) and the flags apply to all; PutInput is refused",
+    "GetONNX": "refused (MDLAError): TensorFlow conversion is not in this build; convert with tf2onnx and Compile the .onnx",
     "ReadData": "yes: bytes of a card's memory in use (the loaded models' memory maps and Malloc'ed buffers, bounds checked) into an array; with workers='ray' from the card's actor (refused on cards shared by linked models)",
     "WriteData": "yes: an array's bytes into a card's memory in use (bounds checked); refused with workers='ray' (the memory lives in the actors), as are Malloc, ReadCode, HwRun and WriteWeights",
     "WriteWeights": "yes: a convolution or linear layer's weights and bias (node: -1 = last linear layer, an index or a name; weights as the DLA computes them, BatchNormalization folded) requantised to the program's formats; refused if they do not fit them",
-    "Malloc": "yes: a 4 KiB-aligned buffer after everything on the card; returns its address, @name in ReadCode",
+    "Malloc": "yes: a 4 KiB-aligned buffer after everything on the card; returns its address, @name in ReadCode; a later Compile/Init/Loadmulti/Free makes it (and code ReadCode wrote) stale: any use by name or address is then refused until Malloc again (the SDK defines no buffer across them)",
     "CreateMemcard": "yes: cards (and clusters for HwRun) without a model, for Malloc/ReadCode/HwRun",
     "GetNonlinCoefs": "yes, in the SDK's format: int16 array of NONLIN_SIZE (4096) entries, entry i the output stage's activation of the int16 input (i - 2048) * 16 (arch.numerics.nonlin_table, sampled from arch/numerics.py's activate). The SDK ignored `type` (always ReLU); here it names the activation (default 'relu'), with optional act_a/act_b fields (defaults: SIGMOID/TANH Q0.15 out, HARDSWISH/SILU/MISH Q4.11; LEAKY and CLIP require both)",
     "ReadCode": "yes: assembles arch/asm.py's text assembly (@name = a Malloc'ed address), validates it, writes it on every card; returns the int32 machine code",
     "HwRun": "yes: runs the ReadCode program to its END on the 'simulator' executor; returns (hwtime s, bytes moved); an outsize larger than the bytes stored is an error",
-    "TrainlinearStart/Data/Step/StepSw/StepFloat/Get/GetY/End": "no: on-device training is not in this build",
+    "TrainlinearStart/Data/Step/StepSw/StepFloat/Get/GetY/End": "refused (MDLAError): this build models inference only, on-device training of a linear layer is not implemented; train on the host and load the weights with WriteWeights",
+    "Run_function": "refused (MDLAError): a 2018 Snowflake-API method without a documented meaning; Run, Run_sw and Run_th are the run paths",
 }
 
 
@@ -56,6 +58,8 @@ def render() -> str:
         status = "yes" if not spec.refused else f"only the default: {spec.refused}"
         out.append(f"| `{k}` | `{spec.default!r}` | {spec.when} | {_cell(status)} | {_cell(spec.doc)} |")
     out += ["", "Aliases: " + ", ".join(f"`{a}` = `{b}`" for a, b in ALIASES.items()) + "; `reset` restores the defaults.",
+            "", "2018-2020 flags the SDK dropped, refused at SetFlag: "
+            + "; ".join(f"`{k}` ({_cell(v)})" for k, v in OLD_FLAGS.items()) + ".",
             "", "## Option letters (`SetFlag('options', letters)`)", "", "| letter | sets | status |", "| --- | --- | --- |"]
     for ch, (f, v) in OPTION_LETTERS.items():
         spec = FLAGS[f]
@@ -71,6 +75,20 @@ def render() -> str:
     out += ["", "## GetInfo names (besides every flag name)", "", "| name | what | status |", "| --- | --- | --- |"]
     out += [f"| `{k}` | {_cell(s.doc)} | {_cell('refused: ' + s.refused) if s.refused else 'yes'} |" for k, s in INFO.items()]
     return "\n".join(out) + "\n"
+
+
+def refused_methods() -> dict[str, str]:
+    """Each SDK method this build refuses (a status not 'yes'), one name a method, and its reason."""
+    out = {}
+    for key, status in METHODS.items():
+        if status.startswith("yes"):
+            continue
+        first, *rest = key.split("/")            # "TrainlinearStart/Data/..." names TrainlinearData, ...
+        prefix = re.sub(r"[A-Z][a-z]*$", "", first)
+        names = [first] + [prefix + r for r in rest]
+        for n in names:
+            out[n] = status.split(": ", 1)[1] if ": " in status else status
+    return out
 
 
 PATH = Path(__file__).resolve().parent.parent / "docs" / "sdk.md"

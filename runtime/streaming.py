@@ -13,21 +13,30 @@ The inputs are the caller's to reuse as soon as ``put`` returns: the runtime han
 own copy (``MDLA.PutInput``), as the SDK copied them into its input buffer.
 
 Where the real SDK would block forever, this raises ``StreamDeadlock`` instead: a ``put`` with both
-buffers taken when no other live thread is consuming results, or a ``get`` with nothing queued
-when no other live thread is producing inputs. A thread counts as a consumer (producer) once it
-has called ``get`` (``put``); while such a counterpart lives, the call waits for as long as it
-takes. A thread that has not yet called the stream may still become one: while any other thread
-of the process lives the call waits for it, up to ``STALL_S`` seconds (far longer than any run of
-the functional model), and then raises ``StreamDeadlock`` naming that timeout. Only a call that
-no other thread could ever unblock raises at once.
+buffers taken when no other thread can ever consume a result, or a ``get`` with nothing queued when
+no other thread can ever put an input. Which threads can:
+
+* a thread that has called ``get`` (``put``) and is still alive is a consumer (producer): while
+  one lives, the call waits for as long as it takes;
+* a thread that has not called the stream yet can only ever call it if it can reach the object:
+  its stack (the locals and closures of its frames, their module's globals, and what those refer
+  to, a few references deep) holds the stream's owner (the ``MDLA`` object, a bound method of it)
+  or the stream. While such a thread lives, the call waits for it up to ``STALL_S`` seconds (far
+  longer than any run of the functional model), then raises ``StreamDeadlock`` naming that timeout;
+* any other thread (one that cannot reach the object, or the project's own ``mdla-`` threads) can
+  never unblock the call: when no thread of the first two kinds lives, the call raises at once,
+  naming the threads it did not count.
 
 ``close`` (``MDLA.Free``) waits for a call that is running, then fails every waiting ``get`` and
 ``put`` with ``StreamClosed``.
 """
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 import time
+import types
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -36,8 +45,49 @@ BUFFERS = 2
 #: The project's own threads (the simulator's GEMM pool, card threads, progress bars) are named
 #: with this prefix: they never call the stream, so a blocked call does not wait for them.
 INTERNAL_THREAD_PREFIX = "mdla-"
-#: How long a blocked call waits for a thread that has not called the stream yet (seconds).
+#: How long a blocked call waits for a thread that can reach the object but has not called the stream yet (seconds).
 STALL_S = 300.0
+#: How many objects the search of one thread's references visits at most, and how deep: past either
+#: bound the thread counts as one that can reach the object (waiting is the safe side).
+REACH_LIMIT = 20000
+REACH_DEPTH = 4
+#: How often a blocked call looks again at the threads that might unblock it (seconds).
+RECHECK_S = 0.5
+
+_ATOMS = (str, bytes, bytearray, int, float, complex, bool, type(None), type, types.ModuleType,
+          types.FrameType, types.CodeType, types.BuiltinFunctionType)
+
+
+def reaches(thread: threading.Thread, frame, targets: set[int]) -> bool:
+    """Whether ``thread`` (whose innermost frame is ``frame``) can reach an object whose id is in
+    ``targets``: through the locals and closure cells of its frames, their globals, and what those
+    refer to, up to REACH_DEPTH references deep (not through modules, classes, other threads'
+    Thread objects or other frames). True also when the search is cut at REACH_LIMIT objects."""
+    module_dicts = {id(vars(m)) for m in list(sys.modules.values()) if isinstance(m, types.ModuleType)}
+    seen: set[int] = set()
+    level: list = []
+    while frame is not None:
+        # (f_locals: a running frame's gc referents do not include its locals; f_locals has the
+        # locals and the values of its closure cells)
+        level += list(frame.f_locals.values())
+        if id(frame.f_locals) != id(frame.f_globals):
+            level += list(frame.f_globals.values())
+        frame = frame.f_back
+    for _ in range(REACH_DEPTH + 1):
+        nxt = []
+        for o in level:
+            if id(o) in targets:
+                return True
+            if id(o) in seen or isinstance(o, _ATOMS) or id(o) in module_dicts:
+                continue
+            if isinstance(o, threading.Thread) and o is not thread:
+                continue
+            seen.add(id(o))
+            if len(seen) > REACH_LIMIT:
+                return True
+            nxt.extend(gc.get_referents(o))
+        level = nxt
+    return any(id(o) in targets for o in level)
 
 
 class StreamDeadlock(RuntimeError):
@@ -63,6 +113,7 @@ class Entry:
 class Stream:
     execute: Callable[[Entry], None]               #: runs an entry, finishing it with complete()
     name: str = "mdla"
+    owner: Callable[[], Any] | None = None          #: the object calls come through (a weakref): who can call
     _cv: threading.Condition = field(default_factory=threading.Condition)
     _pending: deque = field(default_factory=deque)
     _getters: dict = field(default_factory=dict)     #: thread ident -> Thread, threads that called get
@@ -75,9 +126,24 @@ class Stream:
         me = threading.get_ident()
         return any(t.is_alive() for ident, t in threads.items() if ident != me)
 
-    def _others_exist(self) -> bool:
+    def _possible_callers(self) -> tuple[list[str], list[str]]:
+        """(names of the other live threads that can reach this stream's object and so may still call
+        it, names of those that cannot)."""
         me = threading.current_thread()
-        return any(t is not me and t.is_alive() and not t.name.startswith(INTERNAL_THREAD_PREFIX) for t in threading.enumerate())
+        owner = self.owner() if self.owner is not None else None
+        targets = {id(self)} | ({id(owner)} if owner is not None else set())
+        frames = sys._current_frames()
+        can, cannot = [], []
+        for t in threading.enumerate():
+            if t is me or not t.is_alive():
+                continue
+            if t.name.startswith(INTERNAL_THREAD_PREFIX):
+                cannot.append(t.name)
+                continue
+            frame = frames.get(t.ident)
+            (can if frame is None or reaches(t, frame, targets) else cannot).append(t.name)
+        del frames
+        return can, cannot
 
     def _closed_error(self, what: str) -> StreamClosed:
         return StreamClosed(f"{what}: {self.name} was freed (Free()) while this call waited")
@@ -85,15 +151,22 @@ class Stream:
     def _wait(self, blocked: Callable[[], bool], counterpart: dict, what: str, call: str) -> None:
         """Wait while ``blocked()``; raise StreamDeadlock when waiting could never end."""
         start = time.monotonic()
+        checked, can = -RECHECK_S, []
         while blocked():
             if self.closed:
                 raise self._closed_error(call)
             if not self._other_alive(counterpart):
-                if not self._others_exist():
-                    raise StreamDeadlock(what)
-                if time.monotonic() - start > self.stall_s:
-                    raise StreamDeadlock(f"{what} (other threads are alive, but none called it in "
-                                         f"{self.stall_s:g} s)")
+                now = time.monotonic()
+                if now - checked >= RECHECK_S:
+                    can, cannot = self._possible_callers()
+                    checked = now
+                    if not can:
+                        others = (f" (the other live threads, {', '.join(sorted(cannot)[:6])}"
+                                  f"{', ...' if len(cannot) > 6 else ''}, cannot reach this object)" if cannot else "")
+                        raise StreamDeadlock(what + others)
+                if now - start > self.stall_s:
+                    raise StreamDeadlock(f"{what} (other threads that hold this object are alive ("
+                                         f"{', '.join(sorted(can)[:6])}), but none called it in {self.stall_s:g} s)")
             self._cv.wait(timeout=0.05)
 
     def put(self, images, userobj, blocking: bool) -> bool:

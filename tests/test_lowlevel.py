@@ -326,3 +326,69 @@ def test_loadmulti_runs_every_program(tmp_path, x):
     ref.Compile(str(tmp_path / "m0.onnx"), outfile=str(tmp_path / "ref.bin"))
     with pytest.raises(MDLAError, match="compiled for 'reference'"):
         microndla.MDLA().Loadmulti([bins[0], str(tmp_path / "ref.bin")])
+
+
+def test_loadmulti_getinfo_describes_every_program(tmp_path, small_cnn_onnx):
+    """After Loadmulti, GetInfo describes what Run takes and returns: every program's inputs and
+    outputs in order; a run flag set afterwards (no_rearrange) applies to every program."""
+    from tests.test_sdk_flags import _as_described
+    from zoo import kernels
+    conv = _save(tmp_path, kernels.conv_model(3, 8, 8, 8, 3, 1, 1, relu=True, seed=2), "conv.onnx")
+    bins = []
+    for k, m in enumerate((small_cnn_onnx, conv)):
+        ie = microndla.MDLA()
+        ie.SetFlag("bitfile", "small")
+        bins.append(str(tmp_path / f"p{k}.bin"))
+        ie.Compile(m, outfile=bins[-1])
+    ie = microndla.MDLA()
+    ie.Loadmulti(bins)
+    rng = np.random.default_rng(9)
+    xs = [rng.random((1, 3, 32, 32), dtype=np.float32), rng.random((1, 3, 8, 8), dtype=np.float32)]
+    assert ie.GetInfo("inshapes") == "1x3x32x32;1x3x8x8"
+    assert ie.GetInfo("outshapes") == "1x10;1x8x8x8" and ie.GetInfo("noutputs") == 2
+    progs = ie.GetInfo("programs")
+    assert [p["inshapes"] for p in progs] == ["1x3x32x32", "1x3x8x8"] and [p["outshapes"] for p in progs] == ["1x10", "1x8x8x8"]
+    assert progs[1]["membase"] >= progs[0]["addroff"] and ie.GetInfo("addroff") == progs[1]["addroff"]
+    assert ie.GetInfo("batch") == 1
+    y = ie.Run(xs)
+    _as_described(ie, y)
+    ie.SetFlag("no_rearrange", 2)                # every program's outputs as raw int16
+    raw = ie.Run(xs)
+    assert [r.dtype for r in raw] == [np.int16, np.int16] and ie.GetInfo("outdtypes") == "int16;int16"
+    assert all(np.array_equal(r, np.rint(a * 256).astype(np.int16)) for r, a in zip(raw, y))
+    _as_described(ie, raw)
+    ie.Free()
+
+
+def test_malloced_buffers_and_code_are_stale_after_a_later_compile(tmp_path, model, x):
+    """Compile (Init, Loadmulti, Free) replaces the cards' contents: a buffer Malloc gave before, and
+    code ReadCode wrote there, are refused by name and by address (the address is now inside the new
+    program's memory: a write there would corrupt it), until Malloc gives a buffer there again."""
+    ie = microndla.MDLA()
+    ie.CreateMemcard(1, 1, "small")
+    buf = ie.Malloc(64, 2, 0, "buf")
+    at = ie.Malloc(64, 32, 0, "code")
+    f = tmp_path / "nop.txt"
+    f.write_text("LOAD buf=MAPS mv_mask=1 dram_addr=@buf buf_addr=0 n0=1 n1=1 n2=1\nEND\n")
+    ie.ReadCode(str(f), at)
+    ie.WriteData(buf, np.ones(64, np.int16), 0)
+    ie.HwRun(at, 0)
+    ie.Free()
+    ie.SetFlag("bitfile", "small")
+    ie.Compile(model)
+    want = _loaded(model).Run(x)
+    assert buf < ie._compiled.memmap.end           # the old address is inside the new program
+    with pytest.raises(MDLAError, match="buffer 'buf' .* stale"):
+        ie.WriteData(buf, np.zeros(64, np.int16), 0)
+    with pytest.raises(MDLAError, match="stale"):
+        ie.ReadData(buf, np.zeros(64, np.int16), 0)
+    with pytest.raises(MDLAError, match="@buf is a stale buffer"):
+        ie.ReadCode(str(f), ie.Malloc(64, 32, 0, "code2"))
+    with pytest.raises(MDLAError, match="program ReadCode wrote at .* is stale"):
+        ie.HwRun(at, 0)
+    np.testing.assert_array_equal(ie.Run(x), want)  # nothing reached the new program
+    b2 = ie.Malloc(64, 2, 0, "buf")                # a new buffer of that name, after the program
+    assert b2 >= ie._compiled.memmap.end
+    ie.WriteData(b2, np.ones(64, np.int16), 0)
+    ie.ReadCode(str(f), ie.Malloc(64, 32, 0, "code3"))
+    ie.Free()

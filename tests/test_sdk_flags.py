@@ -202,3 +202,52 @@ def test_raw_outputs_and_debug_letters_through_putinput_getresult(small_cnn_onnx
     raw, obj = ie.GetResult()
     assert obj == "a" and raw.dtype == np.int16 and np.array_equal(raw, np.rint(layers[1] * 256).astype(np.int16))
     assert "busy: load" in capsys.readouterr().out
+
+
+def _as_described(ie, y):
+    """Run's arrays against what GetInfo says Run returns (the SDK's wrapper shapes its result arrays
+    from noutputs/noutdims/outshapes)."""
+    arrays = y if isinstance(y, list) else [y]
+    shapes = [tuple(int(d) for d in s.split("x")) for s in ie.GetInfo("outshapes").split(";")]
+    batch = ie.GetInfo("batch")
+    if ie._compiled.meta.get("unbatched"):
+        assert [a.shape for a in arrays] == shapes          # vectors: no batch axis
+    else:                                                   # per image: a call returns 'batch' of them
+        assert [a.shape for a in arrays] == [(batch * s[0],) + s[1:] for s in shapes]
+    assert ie.GetInfo("noutputs") == len(arrays)
+    assert ie.GetInfo("noutdims") == ";".join(str(a.ndim) for a in arrays)
+    assert ie.GetInfo("outdtypes") == ";".join(str(a.dtype) for a in arrays)
+    assert len(ie.GetInfo("outnames").split(";")) == len(arrays)
+    w, h, p, n = ie.GetInfo("outshape")
+    assert w * h * p * n == arrays[0].size and n == batch
+
+
+@pytest.mark.parametrize("flags", [{}, {"no_rearrange": 1}, {"no_rearrange": 2}, {"breaklayer": 1},
+                                   {"nfpgas": 2}, {"nclusters": 2, "imgs_per_cluster": 2, "no_rearrange": 1}])
+def test_output_info_describes_what_run_returns(small_cnn_onnx, flags):
+    ie = _ie(small_cnn_onnx, **flags)
+    b = ie.GetInfo("batch")
+    _as_described(ie, ie.Run(np.random.default_rng(2).random((b, 3, 32, 32), dtype=np.float32)))
+    ie.Free()
+
+
+def test_output_info_follows_run_flags_set_after_compile(small_cnn_onnx, x):
+    ie = _ie(small_cnn_onnx)
+    assert ie.GetInfo("outshapes") == "1x10"
+    ie.SetFlag("no_rearrange", 1)                # a run flag: the next Run and GetInfo follow it
+    assert ie.GetInfo("outshapes") == "1x1x1x12" and ie.GetInfo("outshape") == (1, 1, 12, 1)
+    _as_described(ie, ie.Run(x))
+    ie.SetFlag("no_rearrange", 2)
+    assert ie.GetInfo("outdtypes") == "int16"
+    _as_described(ie, ie.Run(x))
+    ie.Free()
+
+
+def test_output_info_of_a_model_on_unbatched_vectors():
+    from tests.test_lift1d import _vector_net
+    ie = microndla.MDLA()
+    ie.Compile(_vector_net())
+    v = np.ones(24, np.float32)
+    _as_described(ie, ie.Run([v, v]))
+    assert ie.GetInfo("outshapes") == "24"
+    ie.Free()

@@ -151,7 +151,13 @@ def test_every_method_the_docs_call_available_exists():
     from runtime import sdkdoc
     ie = microndla.MDLA()
     for m, status in sdkdoc.METHODS.items():
-        assert hasattr(ie, m) == status.startswith("yes"), m
+        if status.startswith("yes"):
+            assert callable(getattr(ie, m)), m
+    refused = sdkdoc.refused_methods()
+    assert "TrainlinearGetY" in refused and "GetONNX" in refused
+    for m, why in refused.items():                # they exist, and say why this build has no such thing
+        with pytest.raises(microndla.MDLAError, match=f"^{m}: "):
+            getattr(ie, m)(1, 2)
 
 
 def test_quantize_and_go(small_cnn_onnx, x, tmp_path):
@@ -191,3 +197,61 @@ def test_cli_run_with_simulator_flags_and_a_checked_config(small_cnn_onnx, tmp_p
     assert r.exit_code == 1 and "compiled for hardware configuration 'small'" in r.output
     r = CliRunner().invoke(main, ["run", b, "--flag", "int8mode=1"])
     assert r.exit_code == 1 and "16-bit" in r.output and "Traceback" not in r.output
+
+
+def test_flags_the_sdk_dropped_are_refused_with_their_replacement():
+    from runtime.flags import OLD_FLAGS
+    ie = microndla.MDLA()
+    for name in OLD_FLAGS:
+        with pytest.raises(ValueError, match=f"flag '{name}': a 20"):
+            ie.SetFlag(name, 1)
+    with pytest.raises(ValueError, match=r"samples="):
+        ie.SetFlag("quantize", 1)
+
+
+def test_an_sdk_style_script_with_options_varfp_readdata_a_reused_buffer_and_print_flags(small_cnn_onnx, capsys):
+    """The issue's 'what it must show', in one script written as for the SDK: option letters,
+    variable fixed point from calibration samples, GetInfo('print_flags'), a result thread fed from
+    one refilled input buffer, ReadData of the output tensor of the last run."""
+    import threading
+    from arch.numerics import fixed_to_float
+    rng = np.random.default_rng(21)
+    images = rng.random((5, 1, 3, 32, 32), dtype=np.float32)
+    ie = microndla.MDLA()
+    ie.SetFlag("bitfile", "small")
+    ie.SetFlag("options", "V")                            # varfp=1: needs calibration samples
+    outnames = ie.Compile(small_cnn_onnx, samples=[images[k] for k in range(3)])
+    assert outnames == ie.GetInfo("outnames").split(";")
+    assert ie.GetInfo("print_flags") is None              # printed, as the SDK's
+    printed = capsys.readouterr().out
+    assert "varfp = 1" in printed and "options = 'V'" in printed
+    expected = [ie.Run(img) for img in images]
+    results = {}
+
+    def result_thread():
+        while True:
+            y, obj = ie.GetResult()
+            if obj is None:
+                return
+            results[obj] = y
+    t = threading.Thread(target=result_thread)
+    t.start()
+    buf = np.empty((1, 3, 32, 32), np.float32)
+    for k, img in enumerate(images):
+        buf[...] = img                                    # one buffer, refilled after each PutInput
+        ie.PutInput(buf, f"image{k}")
+    ie.PutInput(None, None)
+    t.join(60)
+    assert sorted(results) == [f"image{k}" for k in range(5)]
+    assert all(np.array_equal(results[f"image{k}"], expected[k]) for k in range(5))
+    c = ie._compiled                                      # the output tensor of the last run in card memory
+    o = c.outputs[0]
+    lay = c.memmap.tensors[o.tensor]
+    at = c.memmap.tensor_addr(o.tensor)
+    raw = np.zeros(lay.words * c.cfg.beat_bytes, dtype=np.uint8)
+    ie.ReadData(at, raw, 0)
+    mem = np.zeros(at + raw.size, dtype=np.uint8)
+    mem[at:] = raw
+    got = fixed_to_float(lay.read(mem, at, c.cfg.lanes), lay.frac).reshape(expected[-1].shape[1:])
+    np.testing.assert_array_equal(got, expected[-1][0])
+    ie.Free()

@@ -168,7 +168,7 @@ def test_a_producer_slower_than_a_few_seconds_is_no_deadlock(ie):
 def test_a_stall_beyond_the_documented_timeout_is_reported(ie):
     ie._stream.stall_s = 0.3
     stop = threading.Event()
-    idle = threading.Thread(target=stop.wait)          # alive, but never calls the stream
+    idle = threading.Thread(target=lambda: stop.wait() and ie)   # alive, holds the object, never calls it
     idle.start()
     try:
         with pytest.raises(microndla.MDLAError, match="none called it in 0.3 s"):
@@ -241,3 +241,71 @@ def test_the_simulators_own_threads_do_not_delay_the_deadlock_error(ie):
     with pytest.raises(microndla.MDLAError, match="nothing was put"):
         ie.GetResult()
     assert time.monotonic() - start < 60      # raised at once, not after STALL_S
+
+
+def test_threads_that_cannot_reach_the_object_do_not_delay_the_deadlock_error(model):
+    """A blocked GetResult waits only for threads that could ever call PutInput on its object: live
+    threads that cannot reach it (one idle, one working on another MDLA object, the main thread,
+    which never sees the object) can never unblock it, so the error comes at once, not after STALL_S."""
+    other = microndla.MDLA()
+    other.Compile(model)
+    stop = threading.Event()
+    idle = threading.Thread(target=stop.wait, name="idle-user-thread")
+    busy = threading.Thread(target=lambda: stop.wait() or other.Run(np.zeros((1, 3, 8, 8), np.float32)),
+                            name="other-objects-thread")
+    idle.start()
+    busy.start()
+    errors, done = [], threading.Event()
+
+    def consumer():                           # the only thread that ever holds its object
+        ie = microndla.MDLA()
+        ie.Compile(model)
+        ie._stream.stall_s = 1e9              # were the others counted, GetResult would wait for ever
+        try:
+            ie.GetResult()
+        except microndla.MDLAError as e:
+            errors.append(str(e))
+        finally:
+            ie.Free()
+            done.set()
+    t = threading.Thread(target=consumer, name="consumer", daemon=True)   # (left behind if it waits for ever)
+    t.start()
+    try:
+        assert done.wait(120), "GetResult waited for threads that can never call PutInput"
+        assert len(errors) == 1 and "nothing was put" in errors[0] and "cannot reach this object" in errors[0]
+        assert "idle-user-thread" in errors[0] and "other-objects-thread" in errors[0]
+    finally:
+        stop.set()
+        idle.join()
+        busy.join()
+        t.join(5)
+        other.Free()
+
+
+def test_a_thread_that_holds_the_object_still_produces(ie):
+    """A producer that has not called PutInput yet but holds the object (through its own object
+    here, not a closure over the MDLA one) is waited for: its input arrives and is returned."""
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    ready = threading.Event()
+
+    class Producer:
+        def __init__(self, engine):
+            self.engine = engine
+
+        def run(self):
+            ready.wait(30)
+            self.engine.PutInput(x, "from-the-producer")
+
+    t = threading.Thread(target=Producer(ie).run)
+    t.start()
+    got = []
+
+    def consumer():
+        got.append(ie.GetResult()[1])
+    c = threading.Thread(target=consumer)
+    c.start()
+    time.sleep(0.3)                               # the consumer is waiting; then the producer goes
+    ready.set()
+    t.join(30)
+    c.join(30)
+    assert got == ["from-the-producer"]
