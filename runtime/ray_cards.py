@@ -59,7 +59,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise RayUnavailable("workers='ray' needs Ray: pip install 'open-mdla[ray]' (ray==2.60.0)") from None
+        raise RayUnavailable("workers='ray' needs Ray (ray==2.60.0, a dependency of the project): reinstall with scripts/setup.sh or pip install -e .") from None
     return ray
 
 
@@ -403,7 +403,7 @@ def engine_info(obj) -> str:
     """GetInfo('engine'): what runs the cards of ``obj``."""
     mode = obj._flags["workers"]
     if mode != "ray":
-        return mode
+        return f"{mode} (this process, one card after another)"
     eng = _ENGINES.get(obj._owner)
     if eng is None or eng.closed:
         where = resolve_address(obj._flags["ray_address"]) or "a local instance on 127.0.0.1"
@@ -419,11 +419,7 @@ def cards_info(obj) -> list[dict]:
     eng = _ENGINES.get(obj._owner)
     if obj._flags["workers"] == "ray" and eng is not None and not eng.closed:
         return eng.describe(obj._cards)
-    out = []
-    for c in obj._cards:
-        pids = [w.pid for w in c.workers if w.pid is not None]
-        out.append({"card": c.index, "engine": "processes" if pids else "here", "pids": pids})
-    return out
+    return [{"card": c.index, "engine": "here", "pid": os.getpid()} for c in obj._cards]
 
 
 def check_maxfpga(flags) -> None:

@@ -1,7 +1,11 @@
 """Cards as Ray actors (workers='ray') on a two-node Ray cluster made here: bit for bit the serial
-results, the cards spread over the nodes, a killed card actor restarted with a warning, Ctrl-C
-stopping the remote work, a lost node a clear error (not a hang). One cluster for the module (its
-start costs seconds), small CPU counts for a 2-core CI machine. Skipped without Ray."""
+results (outputs, cycles, every statistic, every card memory bit, traces; every way of batching:
+cards, clusters, split images, linked models streaming together), the cards spread over the
+nodes, a killed card actor restarted with a warning, Ctrl-C stopping the remote work, a lost node a
+clear error (not a hang). One cluster for the module (its start costs seconds), small CPU counts
+for a 2-core CI machine. Ray is a dependency of the project (the former worker-process pool,
+workers='processes', was retired for it: docs/parallel.md)."""
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +17,7 @@ import onnx
 import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")     # the cluster on loopback (runtime.ray_cards)
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import microndla  # noqa: E402
@@ -94,6 +98,72 @@ def test_ray_cards_equal_serial_and_spread(cluster, r18):
     assert ray.is_initialized()                           # ... and left the user's connection alone
 
 
+@pytest.mark.parametrize("flags", [
+    {"nclusters": 4}, {"nclusters": 2, "clustersbatchmode": 1}, {"nclusters": 3},
+    {"nfpgas": 2, "nclusters": 2, "clustersbatchmode": 1},
+], ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+def test_every_way_of_batching_equals_serial(cluster, r18, flags):
+    """The batching modes besides the one above (what the worker processes were checked on):
+    outputs, cycles, saturations inside the DLA, every statistic and every card memory bit."""
+    ie = microndla.MDLA()
+    ie.SetFlag({**flags, "workers": "serial"})
+    ie.Compile(r18)
+    x = _inputs(ie.GetInfo("batch"))
+    serial = _snapshot(ie, x[::-1] / 2)
+    serial_memory = [c.memory.copy() for c in ie._cards]
+    ie.SetFlag("workers", "ray")
+    on_ray = _snapshot(ie, x[::-1] / 2)
+    assert np.array_equal(serial["y"], on_ray["y"])
+    assert serial["cycles"] == on_ray["cycles"] and serial["sat"] == on_ray["sat"] > 0
+    assert serial["stats"] == on_ray["stats"]
+    assert all(np.array_equal(m, n) for m, n in zip(serial_memory, _actor_memory(ie)))
+    ie.Free()
+
+
+def test_trace_and_hazard_flags_reach_the_actors(cluster, tmp_path):
+    """The trace file of a Ray run is the serial run's (the timelines come back from the actors),
+    with the hazard check off in both."""
+    from tests.test_trace import _compile, _image
+    from zoo import kernels
+    model = kernels.conv_model(4, 8, 6, 6, 3, 1, 1, relu=True, seed=3)
+    docs = []
+    for mode in ("serial", "ray"):
+        path = tmp_path / f"{mode}.json"
+        ie = _compile(tmp_path, model, {"trace": str(path), "nfpgas": 2, "workers": mode, "hazardcheck": 0})
+        ie.Run(_image(ie))
+        assert ie._last_stats[0].clusters[0].timeline
+        docs.append(json.loads(path.read_text()))
+        ie.Free()
+    assert docs[0] == docs[1]
+
+
+def test_streaming_linked_models_on_ray(cluster, tmp_path):
+    """PutInput/GetResult of two models linked on disjoint clusters of one card run them together:
+    on the card's actor exactly as in this process."""
+    from zoo import small_cnn
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(small_cnn(seed=3), str(a))
+    onnx.save(small_cnn(seed=8), str(b))
+    x = np.random.default_rng(4).random((2, 3, 32, 32), dtype=np.float32)
+    got = {}
+    for mode in ("serial", "ray"):
+        ie, ie2 = microndla.MDLA(), microndla.MDLA()
+        ie.SetFlag({"nclusters": 2, "clustersbatchmode": 1, "workers": mode})
+        ie2.SetFlag({"nclusters": 2, "firstcluster": 2, "workers": mode})
+        ie.Compile(str(a))
+        ie2.Compile(str(b), MDLA=ie)
+        ie.PutInput(x[0], "a")
+        ie2.PutInput(x, "b")
+        (y1, o1), (y2, o2) = ie.GetResult(), ie2.GetResult()
+        assert (o1, o2) == ("a", "b")
+        got[mode] = (y1, y2, ie.GetInfo("hwcycles"), ie2.GetInfo("hwcycles"), ie._last_stats)
+        assert (ray_cards._ENGINES.get(ie._owner) is not None) == (mode == "ray")
+        ie2.Free()
+        ie.Free()
+    s, r = got["serial"], got["ray"]
+    assert np.array_equal(s[0], r[0]) and np.array_equal(s[1], r[1]) and s[2:] == r[2:]
+
+
 def test_killed_card_actor_restarts_and_reruns(cluster, r18):
     ie = microndla.MDLA()
     ie.SetFlag({"nfpgas": 2, "workers": "serial"})
@@ -145,6 +215,26 @@ def test_flags_refused_clearly():
     ie.SetFlag("maxfpga", 100)                            # far beyond this host's cores
     assert ie.GetInfo("maxfpga") == 100
     ie.SetFlag("maxfpga", 4)
+
+
+def test_processes_is_refused_and_auto_starts_no_ray(small_cnn_onnx):
+    """The retired worker-process pool: 'processes' names its replacement; 'auto' (the default) runs
+    the cards here and never starts a Ray instance behind the caller's back."""
+    ie = microndla.MDLA()
+    with pytest.raises(ValueError, match=r"flag 'workers'.*'processes' is no longer a mode.*retired for Ray"
+                                         r".*SetFlag\('workers', 'ray'\)"):
+        ie.SetFlag("workers", "processes")
+    with pytest.raises(ValueError, match=r"expects one of auto, serial, ray, got 'threads'"):
+        ie.SetFlag("workers", "threads")
+    assert ie.GetInfo("workers") == "auto"
+    users = ray_cards.SESSION.users
+    ie.SetFlag("nfpgas", 2)
+    ie.Compile(small_cnn_onnx)
+    ie.Run(np.zeros((2, 3, 32, 32), np.float32))
+    assert ie.GetInfo("engine") == "auto (this process, one card after another)"
+    assert ray_cards._ENGINES.get(ie._owner) is None and ray_cards.SESSION.users == users
+    assert [c["engine"] for c in ie.GetInfo("cards")] == ["here", "here"]
+    ie.Free()
 
 
 def test_local_instance_listens_on_loopback_only(tmp_path):
