@@ -1,8 +1,8 @@
 """Cards as Ray actors (workers='ray') on a two-node Ray cluster made here: bit for bit the serial
 results (outputs, cycles, every statistic, every card memory bit, traces; every way of batching:
 cards, clusters, split images, linked models streaming together), the cards spread over the
-nodes, a killed card actor restarted with a warning, Ctrl-C stopping the remote work, a lost node a
-clear error (not a hang). One cluster for the module (its start costs seconds), small CPU counts
+nodes, a killed card actor restarted with a warning, a stopped one a timeout naming it, Ctrl-C
+stopping the remote work, a lost node a clear error (not a hang). One cluster for the module (its start costs seconds), small CPU counts
 for a 2-core CI machine. Ray is a dependency of the project (the former worker-process pool,
 workers='processes', was retired for it: docs/parallel.md)."""
 import json
