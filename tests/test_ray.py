@@ -1,8 +1,8 @@
 """Cards as Ray actors (workers='ray') on a two-node Ray cluster made here: bit for bit the serial
 results (outputs, cycles, every statistic, every card memory bit, traces; every way of batching:
 cards, clusters, split images, linked models streaming together), the cards spread over the
-nodes, a killed card actor restarted with a warning, Ctrl-C stopping the remote work, a lost node a
-clear error (not a hang). One cluster for the module (its start costs seconds), small CPU counts
+nodes, a killed card actor restarted with a warning, a stopped one a timeout naming it, Ctrl-C
+stopping the remote work, a lost node a clear error (not a hang). One cluster for the module (its start costs seconds), small CPU counts
 for a 2-core CI machine. Ray is a dependency of the project (the former worker-process pool,
 workers='processes', was retired for it: docs/parallel.md)."""
 import json
@@ -27,9 +27,11 @@ from zoo import resnet18  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::runtime.saturation.SaturationWarning")
 
-# fast failure detection, so that the lost-node test ends in seconds
+# fast failure detection, so that the lost-node test ends in seconds; a killed actor that does not
+# exit at once (a stopped one) SIGKILLed after 0.5 s instead of Ray's 5 s
 FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 300,
-               "health_check_failure_threshold": 3, "health_check_timeout_ms": 300}
+               "health_check_failure_threshold": 3, "health_check_timeout_ms": 300,
+               "kill_worker_timeout_milliseconds": 500}
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +181,125 @@ def test_killed_card_actor_restarts_and_reruns(cluster, r18):
     assert np.array_equal(y, expected)
     assert ie.GetInfo("cards")[1]["pid"] != victim["pid"]
     ie.Free()
+
+
+def _alive(pid):
+    """The process lives (a zombie waiting for its parent counts as gone)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _gone_or_killed(pid, within=20.0) -> bool:
+    """Wait for ``pid`` to end; SIGKILL it if it does not (the test's own clean-up): whether it ended."""
+    deadline = time.monotonic() + within
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        return False
+    return True
+
+
+def test_stopped_card_actor_is_a_timeout_not_a_hang(cluster, r18, monkeypatch):
+    """A card actor that lives but does not answer (SIGSTOP) ends the call once the reply deadline
+    of the card's modelled work has passed: the error names the card, its pid, node and state; the
+    actor is killed and the next call starts a fresh one with the same results."""
+    ie = microndla.MDLA()
+    ie.SetFlag({"nfpgas": 2, "workers": "ray"})
+    ie.Compile(r18)
+    x = _inputs(2)
+    expected = _snapshot(ie, x)
+    victim = ie.GetInfo("cards")[1]
+    monkeypatch.setattr(ray_cards, "MIN_REPLY_S", 1.5)
+    monkeypatch.setattr(ray_cards, "SLOWEST_MACS_PER_S", 1e15)
+    os.kill(victim["pid"], signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ray_cards.CardTimeout,
+                           match=rf"card 1: its Ray actor \(pid {victim['pid']} on node {victim['node']}, id "
+                                 rf"{victim['node_id'][:12]}\) is stopped \(SIGSTOP\? a debugger\?\) and did not "
+                                 rf"answer within 1.5 s .*killed and is started afresh"):
+            ie.Run(x)
+        assert time.monotonic() - t0 < 30
+    finally:
+        ended = _gone_or_killed(victim["pid"])
+    assert ended                                          # ray.kill ended the stopped process
+    monkeypatch.undo()
+    again = _snapshot(ie, x)
+    assert np.array_equal(again["y"], expected["y"]) and again["stats"] == expected["stats"]
+    assert again["cycles"] == expected["cycles"] and again["sat"] == expected["sat"]
+    assert ie.GetInfo("cards")[1]["pid"] != victim["pid"]
+    ie.Free()
+
+
+def test_stopped_card_actor_during_a_load_is_a_timeout(cluster, tmp_path, monkeypatch):
+    """The memory image's load into a stopped actor (the card's residents changed: a model linked
+    to it) is bounded too."""
+    from zoo import small_cnn
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(small_cnn(seed=3), str(a))
+    onnx.save(small_cnn(seed=8), str(b))
+    x = np.random.default_rng(4).random((1, 3, 32, 32), dtype=np.float32)
+    ie, ie2 = microndla.MDLA(), microndla.MDLA()
+    ie.SetFlag({"workers": "ray"})
+    ie2.SetFlag({"firstcluster": 2, "workers": "ray"})
+    ie.Compile(str(a))
+    expected = ie.Run(x)
+    victim = ie.GetInfo("cards")[0]["pid"]
+    ie2.Compile(str(b), MDLA=ie)                          # the card's memory image changes
+    monkeypatch.setattr(ray_cards, "MIN_REPLY_S", 1.5)
+    monkeypatch.setattr(ray_cards, "SLOWEST_LOAD_BYTES_PER_S", 1e15)
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        with pytest.raises(ray_cards.CardTimeout, match=rf"card 0: its Ray actor \(pid {victim} on node .*\) is "
+                                                        rf"stopped .*did not take its memory image within 1.5 s"):
+            ie.Run(x)
+    finally:
+        ended = _gone_or_killed(victim)
+    assert ended
+    monkeypatch.undo()
+    assert np.array_equal(ie.Run(x), expected)
+    assert ie.GetInfo("cards")[0]["pid"] != victim
+    ie2.Free()
+    ie.Free()
+
+
+def test_reply_timeout_grows_with_the_work(r18):
+    from runtime.executors import AmaranthExecutor
+    ie = microndla.MDLA()
+    ie.SetFlag({"nfpgas": 2, "nclusters": 2})
+    ie.Compile(r18)
+    c = ie._compiled
+    per_image = sum(lc.macs for lc in c.layers)
+    assert per_image > 0 and ray_cards.card_macs([(c, None, c.parallel.batch)]) == 2 * per_image   # 2 images a card
+    assert ray_cards.card_macs([(c, None, 1)]) == 2 * per_image          # the program runs every slot
+    assert ray_cards.card_macs([(c, None, 4), (c, None, 4)]) == 4 * per_image
+    t = ray_cards.reply_timeout
+    assert t(0) == ray_cards.MIN_REPLY_S
+    assert t(10 ** 12) > t(10 ** 9) > t(0)
+    assert t(10 ** 9, FunctionalExecutor()) == t(10 ** 9) == ray_cards.MIN_REPLY_S + 10 ** 9 / ray_cards.SLOWEST_MACS_PER_S
+    assert t(10 ** 9, AmaranthExecutor()) is None        # cycles/s simulators: no MAC-derived deadline
+    assert ray_cards.load_timeout(10 ** 9) > ray_cards.load_timeout(0) == ray_cards.MIN_REPLY_S
+    ie.Free()
+
+
+def test_timeout_error_says_what_is_known_of_the_actor():
+    """The state of an actor on this host comes from /proc; of one elsewhere it is not guessed."""
+    import socket
+    eng = object.__new__(ray_cards.RayCards)
+    here, dead = socket.gethostname(), 2 ** 22 + 1      # above Linux's largest pid
+    eng.actors = {0: ray_cards._Placed(None, {"pid": os.getpid(), "node": "127.0.0.1", "node_id": "ab" * 20, "host": here}),
+                  1: ray_cards._Placed(None, {"pid": dead, "node": "127.0.0.1", "node_id": "cd" * 20, "host": here}),
+                  2: ray_cards._Placed(None, {"pid": 7, "node": "10.0.0.9", "node_id": "ef" * 20, "host": here + "-other"})}
+    msg = [str(eng._timed_out(i, 61.25, "answer", "its modelled work")) for i in range(3)]
+    assert msg[0] == (f"card 0: its Ray actor (pid {os.getpid()} on node 127.0.0.1, id abababababab) is running "
+                      f"(busy or hung) and did not answer within 61.2 s (the deadline of its modelled work); it was "
+                      f"killed and is started afresh at the next call")
+    assert f"(pid {dead} on node 127.0.0.1, id cdcdcdcdcdcd) is gone and did not answer" in msg[1]
+    assert "(pid 7 on node 10.0.0.9, id efefefefefef) (its process state cannot be read from this host) did not" in msg[2]
+    assert ray_cards.process_state(os.getpid()) == "running" and ray_cards.process_state(dead) == ""
 
 
 def test_ctrl_c_stops_the_remote_work(cluster, r18, monkeypatch):
