@@ -38,9 +38,11 @@ held), ``prog_addr`` (32-bit *word* address of each cluster's program, cluster 0
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +57,7 @@ from .card import Card
 from .cluster import CYCLE_BITS, STATS
 
 __all__ = ["ExportCard", "TOP", "DEFAULT_MEM_BYTES", "export_verilog", "verilog_text", "mem_words_for",
-           "component_verilog", "core_text", "compact_zero_initialisers",
+           "component_verilog", "core_text", "zero_uninitialised_memories",
            "write_memh", "read_memh", "cache_dir"]
 
 #: name of the exported top module
@@ -65,7 +67,7 @@ TOP = "mdla_card"
 DEFAULT_MEM_BYTES = 64 << 10
 
 _ROOT = Path(__file__).resolve().parent.parent
-_EXPORT_VERSION = "3"        # bump when the generation below changes
+_EXPORT_VERSION = "4"        # bump when the generation below changes
 
 
 def cache_dir() -> Path:
@@ -134,67 +136,120 @@ def _source_key(cfg: MachineConfig, extra: str = "") -> str:
 _NOT_DESIGN = frozenset({"run.py", "verilog_run.py", "cocotb_card.py", "verilator_main.py", "progress.py"})
 
 
-def _core(cfg: MachineConfig, clusters: int, simulator: bool = False) -> str:
-    """Verilog of :class:`ExportCard` as the flat module ``<TOP>_core`` (elaborated for a cycle-based
-    simulator with ``simulator``: :class:`hw.mv.SimulatorBuild`)."""
+def _core(cfg: MachineConfig, clusters: int, simulator: bool = False, flat: bool = True) -> str:
+    """Verilog of :class:`ExportCard` as the module ``<TOP>_core`` (elaborated for a cycle-based
+    simulator with ``simulator``: :class:`hw.mv.SimulatorBuild`), flattened into one module unless
+    ``flat`` is false (then one module per Amaranth module, as ``amaranth.back.verilog`` writes)."""
     from amaranth.back import rtlil
     from amaranth._toolchain.yosys import find_yosys
     from .mv import SimulatorBuild
-    il = rtlil.convert(ExportCard(cfg, clusters), name=f"{TOP}_core", emit_src=False,
-                       platform=SimulatorBuild() if simulator else None)
+    # memories that start at zero are converted without their initialisers (one constant bit per
+    # memory bit in RTLIL, one line per word in Verilog: 65,560 per REFERENCE cluster, most of the
+    # export's time) and zeroed by a loop instead (zero_uninitialised_memories)
+    with _without_zero_initialisers() as skip:
+        il = rtlil.convert(ExportCard(cfg, clusters), name=f"{TOP}_core", emit_src=False,
+                           platform=SimulatorBuild() if simulator else None)
+        dropped = skip.dropped
     # as amaranth.back.verilog, plus a flatten: one module for the whole core
     yosys = find_yosys(lambda ver: ver >= (0, 40))
-    script = [f"read_rtlil <<rtlil\n{il}\nrtlil", "proc -nomux -norom", "flatten", "memory_collect",
+    script = [f"read_rtlil <<rtlil\n{il}\nrtlil", "proc -nomux -norom", *(["flatten"] if flat else []), "memory_collect",
               "attrmap -remove generator -remove top -remove src -remove amaranth.hierarchy -remove amaranth.decoding",
               "attrmap -modattr -remove generator -remove top -remove src -remove amaranth.hierarchy "
               "-remove amaranth.decoding",
               "write_verilog -norename"]
-    return yosys.run(["-q", "-"], "\n".join(script), ignore_warnings=True)
+    return zero_uninitialised_memories(yosys.run(["-q", "-"], "\n".join(script), ignore_warnings=True), dropped)
 
 
-_INIT_WORD = re.compile(r"^\s*(\\\S+|\w+) \[(\d+)\] = \d+'h(0+);$")
+class _ZeroInitSkip(threading.local):
+    """Per thread: while ``active``, Amaranth's RTLIL emitter leaves out the initialiser (``$meminit_v2``
+    cell) of every memory whose words are all zero, and counts them in ``dropped``."""
+    active = False
+    dropped = 0
 
 
-def compact_zero_initialisers(text: str) -> str:
-    """Replace every ``initial`` block of Yosys' Verilog that sets each word of one memory to zero,
-    one line per word (65,560 lines per REFERENCE cluster), by a loop; other initialisers (the
-    activation ROM) are kept. Same contents, a much smaller run-once part for the simulators to
-    compile."""
+_ZERO_INIT = _ZeroInitSkip()
+_ZERO_INIT_LOCK = threading.Lock()
+_ZERO_INIT_INSTALLED = False
+
+
+def _install_zero_init_skip() -> None:
+    """Wrap ``amaranth.back.rtlil.ModuleEmitter.emit_memory`` (amaranth is pinned, see pyproject.toml)
+    so that a conversion under :data:`_ZERO_INIT` skips all-zero initialisers. Other conversions (in any
+    thread) are unchanged."""
+    global _ZERO_INIT_INSTALLED
+    with _ZERO_INIT_LOCK:
+        if _ZERO_INIT_INSTALLED:
+            return
+        import amaranth
+        from amaranth.back import rtlil
+        emitter = getattr(rtlil, "ModuleEmitter", None)
+        orig = getattr(emitter, "emit_memory", None)
+        if orig is None:
+            raise RuntimeError(f"amaranth {amaranth.__version__} has no rtlil.ModuleEmitter.emit_memory: "
+                               "hw/export.py's conversion without zero initialisers must be updated for it")
+
+        def emit_memory(self, cell_idx, cell):
+            if _ZERO_INIT.active and not any(cell.init):
+                _ZERO_INIT.dropped += 1
+                return
+            orig(self, cell_idx, cell)
+        emitter.emit_memory = emit_memory
+        _ZERO_INIT_INSTALLED = True
+
+
+@contextlib.contextmanager
+def _without_zero_initialisers():
+    """Within: RTLIL conversions of this thread leave out all-zero memory initialisers; yields the
+    :class:`_ZeroInitSkip` whose ``dropped`` counts them."""
+    _install_zero_init_skip()
+    _ZERO_INIT.active, _ZERO_INIT.dropped = True, 0
+    try:
+        yield _ZERO_INIT
+    finally:
+        _ZERO_INIT.active = False
+
+
+#: a memory as Yosys' write_verilog declares it: ``reg [W:0] \\name  [D:0];``
+_MEM_DECL = re.compile(r"^  reg \[\d+:0\] (\\\S+|\w+) +\[(\d+):0\];$")
+
+
+def zero_uninitialised_memories(text: str, expected: int | None = None) -> str:
+    """After every memory of Yosys' Verilog ``text`` that has no ``initial`` block (those converted
+    without their all-zero initialiser: :func:`_without_zero_initialisers`), a loop that sets each of
+    its words to zero at time 0, so that every simulator starts them at zero (Icarus would start them
+    at X). Initialised memories (the activation ROM) keep their blocks. ``expected``: the number of
+    memories that must get a loop (a ValueError otherwise: no memory may be left undefined or be
+    zeroed over its contents)."""
     lines = text.split("\n")
-    out, i, k = [], 0, 0
-    while i < len(lines):
-        if lines[i].strip() != "initial begin":
-            out.append(lines[i])
-            i += 1
-            continue
-        j = i + 1
-        while j < len(lines) and lines[j].strip() != "end":
-            j += 1
-        words = [_INIT_WORD.match(line) for line in lines[i + 1:j]]
-        names = {w.group(1) for w in words if w}
-        if words and all(words) and len(names) == 1 and \
-                [int(w.group(2)) for w in words] == list(range(len(words))):
-            name = names.pop()
+    out, k = [], 0
+    for i, line in enumerate(lines):
+        out.append(line)
+        m = _MEM_DECL.match(line)
+        if m and not (i + 1 < len(lines) and lines[i + 1].strip() == "initial begin"):
+            name, depth = m.group(1), int(m.group(2)) + 1
             out += [f"  initial begin : mdla_zero_{k}", "    integer i;",
-                    f"    for (i = 0; i < {len(words)}; i = i + 1)", f"      {name} [i] = 0;", "  end"]
+                    f"    for (i = 0; i < {depth}; i = i + 1)", f"      {name} [i] = 0;", "  end"]
             k += 1
-        else:
-            out += lines[i:j + 1]
-        i = j + 1
+    if expected is not None and k != expected:
+        raise ValueError(f"{k} memories of the Verilog have no initialiser, but {expected} all-zero "
+                         "initialisers were left out of the conversion")
     return "\n".join(out)
 
 
-def core_text(cfg: MachineConfig, clusters: int | None = None, simulator: bool = False) -> str:
+def core_text(cfg: MachineConfig, clusters: int | None = None, simulator: bool = False, flat: bool = True) -> str:
     """The Verilog of the core with ``clusters`` clusters (default all; cached on disk per
     configuration, cluster count and variant, see :func:`cache_dir`); independent of the memory size.
     ``simulator``: the variant for Verilator and Icarus (:class:`hw.mv.SimulatorBuild`: the output
-    stages on a clock that runs only when they write; same bits and cycles), else the hardware one."""
+    stages on a clock that runs only when they write; same bits and cycles), else the hardware one.
+    ``flat``: one module (the default); else the Amaranth hierarchy, for Icarus, whose code generator
+    looks each signal up by a linear search of its scope (``dll_target::find_signal``): quadratic in
+    the signals of one module, most of its time on the flat REFERENCE core."""
     n = _clusters(cfg, clusters)
-    variant = "sim" if simulator else "hw"
+    variant = ("sim" if simulator else "hw") + ("" if flat else "-hier")
     path = cache_dir() / "verilog" / f"{cfg.name}-core{n}-{variant}-{_source_key(cfg, f'{n}-{variant}')}.v"
     if path.exists():
         return path.read_text()
-    text = compact_zero_initialisers(_core(cfg, n, simulator))
+    text = _core(cfg, n, simulator, flat)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(text)
@@ -292,11 +347,12 @@ def _wrapper(cfg: MachineConfig, mem_words: int, n: int) -> str:
 
 
 def verilog_text(cfg: MachineConfig, mem_words: int | None = None, clusters: int | None = None,
-                 simulator: bool = False) -> str:
+                 simulator: bool = False, flat: bool = True) -> str:
     """The Verilog of the card with a ``mem_words``-word main memory (the default of the ``MEM_WORDS``
     parameter; default :func:`mem_words_for`) and clusters ``0 .. clusters - 1`` (default all): the
     cached core plus the top module. ``simulator``: the core's variant for Verilator and Icarus
-    (:func:`core_text`); the default is the hardware one (``mdla hw build``)."""
+    (:func:`core_text`); the default is the hardware one (``mdla hw build``). ``flat``: the core as one
+    module (default) or as its hierarchy (:func:`core_text`)."""
     n = _clusters(cfg, clusters)
     mem_words = mem_words_for(cfg) if mem_words is None else int(mem_words)
     if mem_words < 2 or mem_words & (mem_words - 1):
@@ -307,7 +363,7 @@ def verilog_text(cfg: MachineConfig, mem_words: int | None = None, clusters: int
               f"{width}-bit words (default {mem_words}).\n"
               f"// Generated by hw/export.py from the Amaranth RTL in hw/{' for a cycle-based simulator' if simulator else ''}; "
               f"do not edit.\n")
-    return header + _wrapper(cfg, mem_words, n) + "\n" + core_text(cfg, n, simulator)
+    return header + _wrapper(cfg, mem_words, n) + "\n" + core_text(cfg, n, simulator, flat)
 
 
 def export_verilog(cfg: MachineConfig, path: str | os.PathLike | None = None, *,

@@ -35,7 +35,10 @@ from .export import TOP, cache_dir, verilog_text
 
 __all__ = ["main_cpp", "build_main", "MainBuild", "VERILATOR_ARGS", "OPT_FAST", "OPT_SLOW"]
 
-#: Verilator options of the harness build (no VPI, nothing public: the C++ reads the top's ports)
+#: Verilator options of the harness build (no VPI, nothing public: the C++ reads the top's ports).
+#: Tried and left out (REFERENCE one-cluster harness, 2026-12-08, README Speed): --output-groups 0
+#: (55 C++ files with or without it) and --decorations none (85 -> 34 MB of C++, but make -j2 took
+#: 81 s against 68 s without, 2 alternating pairs on a loaded machine: no gain measured)
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast", "--x-initial", "fast"]
 #: C++ optimisation of the per-cycle code (Verilator's "fast" files), chosen by measurement: ResNet-18
 #: at 32x32 on SMALL (4.7 M cycles, one cluster, 2026-12-07, before the simulator builds gated stage

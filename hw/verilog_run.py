@@ -172,7 +172,10 @@ def build(sim: str, cfg: MachineConfig, mem_words: int | None = None, *, cluster
         raise SimError(why)
     mem_words = mem_words_for(cfg) if mem_words is None else int(mem_words)
     n = cfg.clusters_per_card if clusters is None else int(clusters)
-    info = build_verilog(sim, verilog_text(cfg, mem_words, n, simulator=True), TOP, f"{cfg.name}-c{n}-{mem_words}", verbose=verbose)
+    # Icarus gets the core as a hierarchy of modules: its code generation is quadratic in the signals
+    # of one module (hw.export.core_text), Verilator flattens the design itself either way
+    text = verilog_text(cfg, mem_words, n, simulator=True, flat=sim != "icarus")
+    info = build_verilog(sim, text, TOP, f"{cfg.name}-c{n}-{mem_words}", verbose=verbose)
     info.mem_words = mem_words
     return info
 

@@ -284,16 +284,82 @@ def test_export_cli_clusters(tmp_path):
 
 
 def test_zero_initialisers_are_loops():
-    """Memories that start at zero are initialised by a loop, not one line per word; the activation
-    ROM keeps its contents."""
-    from hw.export import compact_zero_initialisers, core_text
+    """Memories that start at zero are converted without initialisers and zeroed by a loop (no line
+    per word); the activation ROM keeps its contents; every memory of the core is one or the other."""
+    from hw.export import core_text
     text = core_text(SMALL, 1)
     assert not re.search(r"\[\d+\] = \d+'h0+;", text)
-    assert "mdla_zero_" in text and "rom" in text
-    block = ("  initial begin\n    \\m [0] = 8'h00;\n    \\m [1] = 8'h00;\n  end\n"
-             "  initial begin\n    \\r [0] = 8'h00;\n    \\r [1] = 8'h07;\n  end")
-    out = compact_zero_initialisers(block)
-    assert "for (i = 0; i < 2; i = i + 1)" in out and "\\r [1] = 8'h07;" in out
+    lines = text.split("\n")
+    decls = [i for i, line in enumerate(lines) if re.match(r"^  reg \[\d+:0\] \S+ +\[\d+:0\];$", line)]
+    zeroed = [i for i in decls if lines[i + 1].startswith("  initial begin : mdla_zero_")]
+    roms = [i for i in decls if lines[i + 1] == "  initial begin"]
+    assert zeroed and roms and len(zeroed) + len(roms) == len(decls)
+    assert all("rom" in lines[i] for i in roms) and not any("rom" in lines[i] for i in zeroed)
+    assert any(re.search(r"rom \[\d+\] = 28'h[0-9a-f]*[1-9a-f]", line) for line in lines)
+
+
+def _clock_sources(text: str) -> dict[str, set[str]]:
+    """Of Yosys' Verilog ``text``: for each edge (posedge, negedge), the signals that the clocks of its
+    always blocks are, following plain aliases (``assign a = b;``) back to their source."""
+    alias = dict(re.findall(r"^  assign (\\\S+|\w+) += (\\\S+|\w+) *;$", text, re.M))
+    out: dict[str, set[str]] = {}
+    for edge, sig in re.findall(r"always @\((posedge|negedge) (\\\S+|\w+) *\)", text):
+        seen = set()
+        while sig in alias and sig not in seen:
+            seen.add(sig)
+            sig = alias[sig]
+        out.setdefault(edge, set()).add(sig)
+    return out
+
+
+def test_hardware_export_has_no_gated_clock():
+    """The hardware export (``mdla hw build``, what goes to an FPGA) clocks every register on the
+    rising edge of the card's ``clk`` itself; only the simulator variant (hw.mv.SimulatorBuild) has
+    stage O's gated clock ``clk | ~outputting``, on its falling edge."""
+    from hw.export import core_text, export_verilog
+    hw = _clock_sources(core_text(SMALL, 1))
+    assert hw == {"posedge": {"clk"}}, hw
+    sim = _clock_sources(core_text(SMALL, 1, simulator=True))
+    assert sim["posedge"] == {"clk"} and sim["negedge"] and "clk" not in sim["negedge"], sim
+    gated = next(iter(sim["negedge"]))
+    assert re.search(rf"assign {re.escape(gated)} += \S+ +\| ", core_text(SMALL, 1, simulator=True))
+    # the file that mdla hw build writes is that core
+    assert "negedge" not in export_verilog(SMALL, clusters=1)
+
+
+def test_zero_uninitialised_memories():
+    """The loop goes after each memory without an initial block, sized by its depth; an initialised
+    memory is left alone; a count of left-out initialisers that does not match is an error."""
+    from hw.export import zero_uninitialised_memories
+    text = ("  reg [7:0] \\m  [2:0];\n  reg [7:0] \\r  [1:0];\n  initial begin\n    \\r [0] = 8'h00;\n"
+            "    \\r [1] = 8'h07;\n  end\n")
+    out = zero_uninitialised_memories(text, expected=1)
+    assert "for (i = 0; i < 3; i = i + 1)\n      \\m [i] = 0;" in out and "\\r [1] = 8'h07;" in out
+    assert out.count("mdla_zero_") == 1
+    with pytest.raises(ValueError, match="no initialiser"):
+        zero_uninitialised_memories(text, expected=2)
+
+
+def test_zero_initialiser_skip_only_inside_export():
+    """The conversion without zero initialisers applies only within hw.export's context: a plain
+    Amaranth conversion of a zero memory keeps its initialiser (the block tests' Verilog)."""
+    from amaranth.back import rtlil
+    from amaranth.hdl import Module, Signal
+    from amaranth.lib.memory import Memory
+
+    from hw.export import _without_zero_initialisers
+
+    def convert():
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=8, depth=4, init=[])
+        rd = mem.read_port(domain="comb")
+        out = Signal(8)
+        m.d.comb += [rd.addr.eq(0), out.eq(rd.data)]
+        return rtlil.convert(m, ports=[out])
+    with _without_zero_initialisers() as skip:
+        inside = convert()
+        assert skip.dropped == 1
+    assert "$meminit_v2" not in inside and "$meminit_v2" in convert()
 
 
 # ------------------------------------------------------------------------------------------------
