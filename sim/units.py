@@ -44,7 +44,7 @@ from arch.numerics import (ACT_NONE, ACT_RELU, DATA_MAX, DATA_MIN, RES_ADD, RES_
 
 from . import gemm
 
-__all__ = ["ClusterUnits", "available_cores", "mv_list", "dma_offsets", "conv_maps_words", "pool_maps_words",
+__all__ = ["ClusterUnits", "KernelOperands", "available_cores", "mv_list", "dma_offsets", "conv_maps_words", "pool_maps_words",
            "pitched_words"]
 
 
@@ -274,17 +274,15 @@ class ClusterUnits:
         d0 = data(0)[z]
         return all(np.array_equal(d0, data(j)[z]) for j in range(1, len(tags)))
 
-    def conv(self, i: Instr) -> None:
+    def conv(self, i: Instr, kc: "KernelOperands | None" = None) -> None:
+        """CONV. ``kc``: this CONV's kernel operands captured on an earlier run whose kernel words
+        held the same values (sim/replay.py decides when that holds); the kernel buffers are then
+        not read, and the LOADs that only feed such CONVs need not have run."""
         L = self.lanes
         mvs = mv_list(i.mv_mask)
         sel = _mv_index(mvs)
-        nmv, nvv = len(mvs), i.nvv
+        nmv = len(mvs)
         P, K, N = i.oh * i.ow, i.kh * i.kw * i.cin, i.nvv * L
-        ka = i.kern_addr
-
-        def weights(m: int) -> np.ndarray:
-            """The kernel operand of MV m: (K, nvv*lanes), a view."""
-            return self.kern[m, ka:ka + K, :nvv].reshape(K, N)
         # Maps loaded with a broadcast mask are usually identical in all MVs: gather once then.
         if nmv > 1:
             wlo, whi = i.maps_addr // L, -(-(i.maps_addr + maps_extent_conv(i)) // L)
@@ -294,7 +292,39 @@ class ClusterUnits:
         # Depthwise (and channel-wise) layers are block-diagonal CONVs: each output channel's
         # weights are zero but for one input channel. Their products are summed over the kernel
         # taps alone, skipping the zero terms (the same integers: the sums stay exact).
-        bands = self._bands(i, mvs) if P * K * N * nmv >= _BAND_MIN and not _FORCE_GEMM else None
+        want_bands = P * K * N * nmv >= _BAND_MIN and not _FORCE_GEMM
+        if kc is not None:
+            B, bias = kc.operands(want_bands, same_maps)
+        else:
+            B, bias = self._kernel_operands(i, mvs, want_bands, same_maps)
+        # Large CONVs use the threads: onnxruntime's GEMM on all of them, or (numpy's engine) one
+        # part each of the output rows, which are independent.
+        big = self.threads > 1 and P * K * N * nmv >= _SPLIT_MACS
+        gemm_threads = self.threads if big and not isinstance(B, tuple) and gemm.engine() == "onnxruntime" else 1
+        ny = min(self.threads, i.oh) if big and gemm_threads == 1 else 1
+        cuts = [i.oh * t // ny for t in range(ny + 1)]
+        jobs = [(i, mvs, same_maps, B, bias, cuts[t], cuts[t + 1], gemm_threads) for t in range(ny)]
+        if ny == 1:
+            self.saturations += self._conv_rows(*jobs[0])
+        else:
+            pending = [_pool().submit(self._conv_rows, *job) for job in jobs[1:]]
+            sat = self._conv_rows(*jobs[0])
+            self.saturations += sat + sum(f.result() for f in pending)
+
+    def _kernel_operands(self, i: Instr, mvs: tuple[int, ...], want_bands: bool, same_maps: bool) -> tuple:
+        """(B, bias) of a CONV from the kernel buffers: B the bands (:meth:`_bands`) when
+        ``want_bands`` and the kernels are diagonal, else the GEMM's kernel operand (a view where
+        it can be): (K, nmv * N) when the MVs share the maps, (K, N) when they share the weights,
+        else (nmv, K, N); bias as :meth:`_bias`."""
+        L, nmv, nvv = self.lanes, len(mvs), i.nvv
+        sel = _mv_index(mvs)
+        K, N = i.kh * i.kw * i.cin, i.nvv * L
+        ka = i.kern_addr
+
+        def weights(m: int) -> np.ndarray:
+            """The kernel operand of MV m: (K, nvv*lanes), a view."""
+            return self.kern[m, ka:ka + K, :nvv].reshape(K, N)
+        bands = self._bands(i, mvs) if want_bands else None
         if bands is not None:
             B = bands
         elif same_maps:
@@ -308,23 +338,24 @@ class ClusterUnits:
             B = weights(mvs[0])                             # per-MV images, shared weights
         else:
             B = np.stack([weights(m) for m in mvs])
-        bias = None
-        if i.init == Init.BIAS:      # (nmv, 1, nvv, lanes): one bias per output channel, for every pixel
-            words = self.kern_wm[i.bias_addr:i.bias_addr + 2, sel, :nvv].astype(np.int64)
-            bias = join_bias(words[0], words[1])[:, None]
-        # Large CONVs use the threads: onnxruntime's GEMM on all of them, or (numpy's engine) one
-        # part each of the output rows, which are independent.
-        big = self.threads > 1 and P * K * N * nmv >= _SPLIT_MACS
-        gemm_threads = self.threads if big and bands is None and gemm.engine() == "onnxruntime" else 1
-        ny = min(self.threads, i.oh) if big and gemm_threads == 1 else 1
-        cuts = [i.oh * t // ny for t in range(ny + 1)]
-        jobs = [(i, mvs, same_maps, B, bias, cuts[t], cuts[t + 1], gemm_threads) for t in range(ny)]
-        if ny == 1:
-            self.saturations += self._conv_rows(*jobs[0])
-        else:
-            pending = [_pool().submit(self._conv_rows, *job) for job in jobs[1:]]
-            sat = self._conv_rows(*jobs[0])
-            self.saturations += sat + sum(f.result() for f in pending)
+        return B, self._bias(i, sel)
+
+    def _bias(self, i: Instr, sel) -> np.ndarray | None:
+        """(nmv, 1, nvv, lanes) int64: one bias per output channel, for every pixel (INIT BIAS)."""
+        if i.init != Init.BIAS:
+            return None
+        words = self.kern_wm[i.bias_addr:i.bias_addr + 2, sel, :i.nvv].astype(np.int64)
+        return join_bias(words[0], words[1])[:, None]
+
+    def capture_kernel(self, i: Instr) -> "KernelOperands":
+        """The kernel operands of CONV ``i`` as the kernel buffers hold them now, in arrays of their
+        own (see :class:`KernelOperands`)."""
+        mvs = mv_list(i.mv_mask)
+        K, N = i.kh * i.kw * i.cin, i.nvv * self.lanes
+        Wm = np.ascontiguousarray(self.kern[list(mvs), i.kern_addr:i.kern_addr + K, :i.nvv]).reshape(len(mvs), K, N)
+        found = self._find_bands(i, mvs)
+        bands = None if found is None else found[:3] + (self._band_weights(found[3]),)
+        return KernelOperands(Wm, bands, self._bias(i, _mv_index(mvs)))
 
     def _conv_rows(self, i: Instr, mvs: tuple[int, ...], same_maps: bool, B: np.ndarray, bias, y0: int,
                    y1: int, gemm_threads: int = 1) -> int:
@@ -534,6 +565,41 @@ class ClusterUnits:
             self.saturations += sat
             return y
         self._pool(i, window_average)
+
+
+class KernelOperands:
+    """The kernel operands of one CONV taken out of the kernel buffers (:meth:`ClusterUnits.capture_kernel`),
+    for CONVs whose kernel words hold the same values on every run (sim/replay.py): the weights of
+    each MV as one contiguous ``(nmv, K, N)`` float64 array, the bands found in them (as
+    :meth:`ClusterUnits._bands` returns them, or None), the bias (or None), and the GEMM operand
+    forms built from the weights on first use. Read-only once built; the forms are the same values
+    whichever is used, so two threads building one concurrently is harmless."""
+
+    __slots__ = ("Wm", "bands", "bias", "shared", "_cat")
+
+    def __init__(self, Wm: np.ndarray, bands: tuple | None, bias: np.ndarray | None):
+        self.Wm, self.bands, self.bias = Wm, bands, bias
+        self.shared = all(np.array_equal(Wm[0], Wm[j]) for j in range(1, len(Wm)))   #: all MVs' weights equal
+        self._cat = None
+
+    @property
+    def nbytes(self) -> int:
+        return (self.Wm.nbytes * (2 if len(self.Wm) > 1 else 1)    # the side-by-side form too
+                + (0 if self.bands is None else self.bands[3].nbytes)
+                + (0 if self.bias is None else self.bias.nbytes))
+
+    def operands(self, want_bands: bool, same_maps: bool) -> tuple:
+        """(B, bias) as :meth:`ClusterUnits._kernel_operands` gives them."""
+        if want_bands and self.bands is not None:
+            return self.bands, self.bias
+        Wm = self.Wm
+        if len(Wm) == 1 or (not same_maps and self.shared):
+            return Wm[0], self.bias
+        if not same_maps:
+            return Wm, self.bias
+        if self._cat is None:          # (K, nmv * N): the MVs' weights side by side
+            self._cat = np.ascontiguousarray(Wm.transpose(1, 0, 2)).reshape(Wm.shape[1], -1)
+        return self._cat, self.bias
 
 
 #: CONVs of fewer multiply-adds than this (as a GEMM, all MVs) always run as a GEMM: the test for a
