@@ -666,7 +666,7 @@ def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.
     the 16-bit results."""
     s = i.shift
     if acc_bits <= 62 and (i.act not in (ACT_NONE, ACT_RELU) or (res is not None and i.resid == RES_MUL)):
-        return _tabled_output_stage(accs, i, res, acc_bits, dst)
+        return _tabled_output_stage(R, accs, i, res, acc_bits, dst)
     # the offset could overflow int64: the plain definition
     if acc_bits > 62 or s > 46:
         sat = 0
@@ -710,13 +710,57 @@ def _activation_table(act: int, a: int, b: int) -> np.ndarray:
     return table
 
 
-def _tabled_output_stage(accs: list[np.ndarray], i: Instr, res: list[np.ndarray] | None, acc_bits: int,
-                         dst: list[np.ndarray]) -> int:
+def _tabled_output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.ndarray] | None,
+                         acc_bits: int, dst: list[np.ndarray]) -> int:
     """:func:`_output_stage` for an activation other than NONE/RELU or a fused Mul: the steps of
-    ``arch.numerics.requantize`` with the activation looked up in :func:`_activation_table`."""
+    ``arch.numerics.requantize`` with the activation looked up in :func:`_activation_table`.
+
+    As in :func:`_output_stage`, the offset 2**15 is added before the shift, so the shifted values
+    are the table's indices and one unsigned maximum tells whether anything saturates (a value
+    below the range is negative, one above it exceeds 0xFFFF); ``R`` is the scratch space."""
     table = _activation_table(i.act, i.act_a, i.act_b)
     below, above = saturation_counts(i.act, i.act_a, i.act_b)
     mul = res is not None and i.resid == RES_MUL
+    s = i.shift
+    if s > 46:       # the offset could overflow int64: the plain steps
+        return _tabled_output_stage_plain(accs, i, res, acc_bits, dst, table, below, above, mul)
+    if res is not None and not mul:
+        for acc, r in zip(accs, res):
+            acc += r.astype(np.int64) << np.int64(i.rshift)
+        _wrap_inplace(R, acc_bits)
+    R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
+    R >>= s
+    sat = 0
+    first = None             # a fused Mul counts a value once even if both of its stages clip it
+    unsigned = R.view(np.uint64)
+    if unsigned.size and unsigned.max() > 0xFFFF:
+        if mul and (below or above):
+            first = [(acc < 0) | (acc > 0xFFFF) if below and above else (acc < 0) if below else (acc > 0xFFFF)
+                     for acc in accs]
+        elif not mul:
+            if below:
+                sat += int(np.count_nonzero(R < 0))
+            if above:
+                sat += int(np.count_nonzero(R > 0xFFFF))
+        np.clip(R, 0, 0xFFFF, out=R)
+    for j, acc in enumerate(accs):
+        y = table.take(acc)
+        if mul:
+            p = round_shift(y.astype(np.int64) * res[j], i.rshift)
+            clipped = (p < DATA_MIN) | (p > DATA_MAX)
+            if first is not None:
+                clipped |= first[j]
+            np.clip(p, DATA_MIN, DATA_MAX, out=p)
+            dst[j][...] = p
+            sat += int(np.count_nonzero(clipped))
+        else:
+            dst[j][...] = y
+    return sat
+
+
+def _tabled_output_stage_plain(accs, i: Instr, res, acc_bits: int, dst, table, below: bool, above: bool,
+                               mul: bool) -> int:
+    """:func:`_tabled_output_stage` step by step, for shifts too large for its offset."""
     sat = 0
     for j, acc in enumerate(accs):
         if res is not None and not mul:
