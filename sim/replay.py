@@ -67,7 +67,8 @@ class _State:
     def __init__(self, ranges, snaps, fast, loads, nbytes):
         self.ranges = ranges        #: merged byte ranges [lo, hi) of the kernel LOADs relied on
         self.snaps = snaps          #: their bytes on the capturing run, as uint64 words
-        self.fast = fast            #: the entries to run, with kept operands: (c, pc, effect, i, word, saturating, kc)
+        #: the entries to run: (c, pc, effect, i, word, saturating, kept operands or None, keep the accumulators)
+        self.fast = fast
         self.loads = loads          #: the kernel LOADs relied on (entry indices)
         self.nbytes = nbytes
 
@@ -124,6 +125,20 @@ class ReplayPlan:
                 for d in deps:
                     self.readers[d].add(k)
                 self.deps[k] = frozenset(deps)
+        # Accumulators only a later CONV with INIT ACC reads: walking back from the end (where the
+        # run's buffers are dropped), a CONV's accumulator entries are live when a later INIT ACC
+        # CONV reads one of them before another CONV overwrites it.
+        #: CONV -> whether a later CONV reads the accumulators it writes (absent: True)
+        self.acc_live: dict[int, bool] = {}
+        live: dict[int, np.ndarray] = {}
+        for k in range(len(entries) - 1, -1, -1):
+            c, _pc, effect, i = entries[k][:4]
+            if effect != "conv":
+                continue
+            a = live.setdefault(c, np.zeros((cfg.acc_entries, M, V), dtype=bool))
+            region = (slice(i.acc_addr, i.acc_addr + i.oh * i.ow), list(mv_list(i.mv_mask)), slice(0, i.nvv))
+            self.acc_live[k] = bool(a[region].any())
+            a[region] = i.init == Init.ACC
         merged = _merge(stores)
         starts = [lo for lo, _ in merged]
 
@@ -177,7 +192,7 @@ class ReplayPlan:
                         kc = None
                 if kc is not None:
                     per_conv[k] = kc
-            e = (c, pc, effect, i, word, saturating, kc)
+            e = (c, pc, effect, i, word, saturating, kc, self.acc_live.get(k, True))
             _run((e,), units, mem_words, sat_pcs, bound)
             run.append(e)
         # the LOADs relied on read bytes that no STORE writes: the same after the run as before
@@ -218,20 +233,20 @@ def _bound(units: dict) -> dict:
 
 
 def _run(entries, units: dict, mem_words: np.ndarray, sat_pcs: dict, bound: dict | None = None) -> None:
-    """Apply ``(c, pc, effect, i, word, saturating, kc)`` entries in order, counting the
+    """Apply ``(c, pc, effect, i, word, saturating, kc, keep_acc)`` entries in order, counting the
     saturations per instruction as sim.card's ``apply`` does."""
     bound = bound or _bound(units)
-    for c, pc, effect, i, word, saturating, kc in entries:
+    for c, pc, effect, i, word, saturating, kc, keep_acc in entries:
         fn = bound[c][effect]
         if word is not None:
             fn(i, mem_words, word)
         elif saturating:
             u = units[c]
             before = u.saturations
-            if kc is None:
-                fn(i)
+            if effect == "conv":
+                fn(i, kc, keep_acc)
             else:
-                fn(i, kc)
+                fn(i)
             if u.saturations != before:
                 by_pc = sat_pcs[c]
                 by_pc[pc] = by_pc.get(pc, 0) + u.saturations - before

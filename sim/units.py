@@ -274,10 +274,12 @@ class ClusterUnits:
         d0 = data(0)[z]
         return all(np.array_equal(d0, data(j)[z]) for j in range(1, len(tags)))
 
-    def conv(self, i: Instr, kc: "KernelOperands | None" = None) -> None:
+    def conv(self, i: Instr, kc: "KernelOperands | None" = None, keep_acc: bool = True) -> None:
         """CONV. ``kc``: this CONV's kernel operands captured on an earlier run whose kernel words
         held the same values (sim/replay.py decides when that holds); the kernel buffers are then
-        not read, and the LOADs that only feed such CONVs need not have run."""
+        not read, and the LOADs that only feed such CONVs need not have run. ``keep_acc=False``:
+        nothing reads the accumulator entries this CONV writes before they are written again or
+        the run ends (sim/replay.py finds when), so they are not written."""
         L = self.lanes
         mvs = mv_list(i.mv_mask)
         sel = _mv_index(mvs)
@@ -303,7 +305,7 @@ class ClusterUnits:
         gemm_threads = self.threads if big and not isinstance(B, tuple) and gemm.engine() == "onnxruntime" else 1
         ny = min(self.threads, i.oh) if big and gemm_threads == 1 else 1
         cuts = [i.oh * t // ny for t in range(ny + 1)]
-        jobs = [(i, mvs, same_maps, B, bias, cuts[t], cuts[t + 1], gemm_threads) for t in range(ny)]
+        jobs = [(i, mvs, same_maps, B, bias, cuts[t], cuts[t + 1], gemm_threads, keep_acc) for t in range(ny)]
         if ny == 1:
             self.saturations += self._conv_rows(*jobs[0])
         else:
@@ -358,7 +360,7 @@ class ClusterUnits:
         return KernelOperands(Wm, bands, self._bias(i, _mv_index(mvs)))
 
     def _conv_rows(self, i: Instr, mvs: tuple[int, ...], same_maps: bool, B: np.ndarray, bias, y0: int,
-                   y1: int, gemm_threads: int = 1) -> int:
+                   y1: int, gemm_threads: int = 1, keep_acc: bool = True) -> int:
         """Output rows y0..y1 of a CONV on the MVs ``mvs``: gather, GEMM, accumulate, output stage.
         Touches only its own accumulator entries and output words; returns the saturations."""
         L, nmv, nvv, ow = self.lanes, len(mvs), i.nvv, i.ow
@@ -402,7 +404,8 @@ class ClusterUnits:
         # 48-bit accumulator; an accumulation onto earlier sums can.
         if i.init == Init.ACC or K * (1 << 30) + (1 << self.cfg.bias_bits - 1) >= 1 << (acc_bits - 1):
             _wrap_inplace(R, acc_bits)
-        self.acc[sel, a0:a1, :nvv] = R
+        if keep_acc:
+            self.acc[sel, a0:a1, :nvv] = R
         if not i.write:
             return 0
         # one (nmv, Pc, nvv, lanes) view per buffer when the MVs are consecutive, else one per MV
@@ -719,7 +722,7 @@ def _tabled_output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: l
     are the table's indices and one unsigned maximum tells whether anything saturates (a value
     below the range is negative, one above it exceeds 0xFFFF); ``R`` is the scratch space."""
     table = _activation_table(i.act, i.act_a, i.act_b)
-    below, above = saturation_counts(i.act, i.act_a, i.act_b)
+    below, above = _saturation_counts(i.act, i.act_a, i.act_b)
     mul = res is not None and i.resid == RES_MUL
     s = i.shift
     if s > 46:       # the offset could overflow int64: the plain steps
@@ -744,18 +747,20 @@ def _tabled_output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: l
                 sat += int(np.count_nonzero(R > 0xFFFF))
         np.clip(R, 0, 0xFFFF, out=R)
     for j, acc in enumerate(accs):
-        y = table.take(acc)
-        if mul:
-            p = round_shift(y.astype(np.int64) * res[j], i.rshift)
-            clipped = (p < DATA_MIN) | (p > DATA_MAX)
-            if first is not None:
-                clipped |= first[j]
-            np.clip(p, DATA_MIN, DATA_MAX, out=p)
-            dst[j][...] = p
-            sat += int(np.count_nonzero(clipped))
-        else:
-            dst[j][...] = y
+        if not mul:      # the indices are 0..0xFFFF: 'wrap' is the identity, and the fastest mode
+            table.take(acc, out=dst[j], mode="wrap")
+            continue
+        p = round_shift(table.take(acc).astype(np.int64) * res[j], i.rshift)
+        clipped = (p < DATA_MIN) | (p > DATA_MAX)
+        if first is not None:
+            clipped |= first[j]
+        np.clip(p, DATA_MIN, DATA_MAX, out=p)
+        dst[j][...] = p
+        sat += int(np.count_nonzero(clipped))
     return sat
+
+
+_saturation_counts = lru_cache(maxsize=256)(saturation_counts)
 
 
 def _tabled_output_stage_plain(accs, i: Instr, res, acc_bits: int, dst, table, below: bool, above: bool,

@@ -48,10 +48,11 @@ def _plan() -> ReplayPlan:
     return next(reversed(card._schedule_cache.values()))[3]
 
 
-def _program(m1: int, m2: int, store_into_weights: bool, ka2: int, b2: int, bias: bool) -> str:
+def _program(m1: int, m2: int, store_into_weights: bool, ka2: int, b2: int, bias: bool, init2: str = "ZERO") -> str:
     """A kernel LOAD and CONV on MVs ``m1``, a STORE (into the bytes the second kernel LOAD reads,
     or elsewhere), then a kernel LOAD at kernel word ``b2`` and a CONV reading words from ``ka2`` on
-    MVs ``m2`` (partly the first LOAD's words, partly the second's, partly none)."""
+    MVs ``m2`` (partly the first LOAD's words, partly the second's, partly none), starting from
+    zero or (``init2='ACC'``) from the first CONV's accumulators."""
     mv2 = (m2 & -m2).bit_length() - 1
     init = "init=BIAS bias_addr=4" if bias else "init=ZERO"
     return (f"LOAD buf=MAPS mv_mask=3 dram_addr=0x2000 buf_addr=0 n0=16 n1=1 n2=1\n"
@@ -63,26 +64,27 @@ def _program(m1: int, m2: int, store_into_weights: bool, ka2: int, b2: int, bias
             f"SYNC pop_next=1 push_prev=1\n"
             f"LOAD buf=KERNEL mv_mask={m2} nvv=1 dram_addr=0x4000 buf_addr={b2} n0=4 n1=1 n2=1 pop_next=1 push_next=1\n"
             f"CONV mv_mask={m2} nvv=1 in_w=4 cpitch=4 cin=4 kh=1 kw=1 sy=1 sx=1 dy=1 dx=1 oh=1 ow=4 out_pitch=1 "
-            f"kern_addr={ka2} out_addr=4 init=ZERO write=1 shift=2 pop_prev=1 push_next=1\n"
+            f"kern_addr={ka2} out_addr=4 init={init2} write=1 shift=2 pop_prev=1 push_next=1\n"
             f"STORE mv={mv2} dram_addr=0x8200 buf_addr=4 n0=4 n1=1 n2=1 pop_prev=1\n"
             f"END")
 
 
-PROGRAMS = [  # m1, m2, STORE into the second LOAD's bytes, kern_addr and LOAD address of the second CONV, bias
-    (1, 1, False, 0, 4, True),
-    (3, 3, False, 2, 4, True),
-    (1, 3, False, 2, 4, False),      # MV 1's words 2, 3 were never loaded: zeros
-    (3, 2, True, 0, 0, True),        # the second LOAD reads what the STORE wrote
-    (2, 3, True, 2, 6, False),
-    (3, 1, False, 4, 0, True),       # the second CONV reads only the second LOAD's words
+PROGRAMS = [  # m1, m2, STORE into the second LOAD's bytes, kern_addr and LOAD address of the second CONV,
+    #          bias, second CONV's init
+    (1, 1, False, 0, 4, True, "ZERO"),
+    (3, 3, False, 2, 4, True, "ACC"),
+    (1, 3, False, 2, 4, False, "ACC"),      # MV 1's words 2, 3 were never loaded: zeros
+    (3, 2, True, 0, 0, True, "ZERO"),       # the second LOAD reads what the STORE wrote
+    (2, 3, True, 2, 6, False, "ACC"),
+    (3, 1, False, 4, 0, True, "ZERO"),      # the second CONV reads only the second LOAD's words
 ]
 
 
 @pytest.mark.parametrize("cfg", [SMALL, REFERENCE], ids=lambda c: c.name)
 @pytest.mark.parametrize("case", range(len(PROGRAMS)))
 def test_kept_kernel_operands_change_nothing(cfg, case):
-    m1, m2, into, ka2, b2, bias = PROGRAMS[case]
-    prog = _program(m1, m2, into, ka2, b2, bias)
+    m1, m2, into, ka2, b2, bias, init2 = PROGRAMS[case]
+    prog = _program(m1, m2, into, ka2, b2, bias, init2)
     programs = {0: prog, 1: prog.replace("0x8000", "0x9000").replace("0x8200", "0x9200").replace("0x4000", "0x5000")}
     mem0, addrs = image(programs, seed=case)
     mem0[0x2000:0x2000 + 16 * cfg.beat_bytes] = np.random.default_rng(case).integers(0, 256, 16 * cfg.beat_bytes)
@@ -100,13 +102,17 @@ def test_kept_kernel_operands_change_nothing(cfg, case):
     # the first LOAD's bytes changed between runs: never relied on again; the second LOAD's only
     # when no STORE writes them (and then they changed too)
     assert min(k for k in plan.load_range) in plan.volatile
+    # the first CONV's accumulators are read by the second when it starts from them
+    for c in (0, 1):
+        convs = sorted(k for k in plan.acc_live if plan.entries[k][0] == c)
+        assert [plan.acc_live[k] for k in convs] == [init2 == "ACC", False]
     first = frozenset(k for k, (lo, _) in plan.load_range.items() if lo == 0x3000)
     assert len(first) == 2 and plan.steady == (first if into else frozenset(plan.load_range))
 
 
 def test_kept_operands_are_used():
     """Not a test of speed: that the kept path runs at all (its LOADs are left out) when it may."""
-    prog = _program(3, 3, False, 2, 4, True)
+    prog = _program(3, 3, False, 2, 4, True, "ACC")
     mem0, addrs = image({0: prog}, seed=1)
     card.clear_program_cache()
     for _ in range(3):
@@ -115,6 +121,7 @@ def test_kept_operands_are_used():
     assert plan.state is not None and not plan.volatile
     assert sum(e[2] == "load" for e in plan.state.fast) == 1       # the maps LOAD alone
     assert sum(e[2] == "conv" and e[6] is not None for e in plan.state.fast) == 2
+    assert [e[7] for e in plan.state.fast if e[2] == "conv"] == [True, False]   # only the first's accumulators read
 
 
 def _compiled(model, cfg):
