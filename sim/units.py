@@ -158,9 +158,13 @@ class ClusterUnits:
             return
         self._loads += 1
         if kind == Buf.MAPS:
-            maps = self.maps
+            maps, big = self.maps, self.threads > 1 and n * self.lanes >= _SPLIT_COPY
             for off, shape, strides, m, a in dsts:    # a broadcast mask: all MVs in one assignment
-                self._copy(np.ndarray(shape, maps.dtype, maps, off, strides), src)
+                dst = np.ndarray(shape, maps.dtype, maps, off, strides)
+                if big:
+                    self._copy(dst, src)
+                else:
+                    dst[...] = src
                 self.maps_tag[m, a:a + n] = self._loads
         else:
             for rows, m, nvv, src_kern in dsts:
@@ -220,16 +224,35 @@ class ClusterUnits:
             f.result()
 
     def store(self, i: Instr, mem_words: np.ndarray, base_word: int) -> None:
-        pat = _dma_pattern(i)
-        data = self.out[i.mv, i.buf_addr:i.buf_addr + pat.words]
-        if pat.contiguous:
-            mem_words[base_word:base_word + pat.words] = data
-        elif pat.unique is None:
-            L = self.lanes
-            _view(mem_words, base_word * L, (i.n2, i.n1, i.n0, L), (i.s2 * L, i.s1 * L, L, 1))[...] = \
-                data.reshape(i.n2, i.n1, i.n0, L)
+        plan = i.__dict__.get("_sim_store")
+        if plan is None or plan[0] is not self.cfg:
+            plan = self._store_plan(i)
+        _, words, shape, strides, pat = plan
+        out = self.out
+        data = np.ndarray(shape, out.dtype, out, (i.mv * out.shape[1] + i.buf_addr) * out.strides[1])
+        if strides is None:                 # contiguous
+            mem_words[base_word:base_word + words] = data
+        elif pat is None:
+            np.ndarray(shape, mem_words.dtype, mem_words, base_word * mem_words.strides[0], strides)[...] = data
         else:  # overlapping destinations: the last word written in transfer order wins
-            mem_words[base_word + pat.unique] = data[pat.last]
+            mem_words[base_word + pat.unique] = data.reshape(words, -1)[pat.last]
+
+    def _store_plan(self, i: Instr) -> tuple:
+        """The data-independent part of a STORE on this machine (kept on the instruction, as the
+        LOAD's :meth:`_load_plan`): words moved, the output words' shape, the destination's byte
+        strides (None: contiguous) and the pattern when destinations overlap."""
+        pat = _dma_pattern(i)
+        L, e = self.lanes, 2
+        if i.mv >= self.out.shape[0] or i.buf_addr + pat.words > self.out.shape[1]:
+            raise IndexError(f"STORE of output words {i.buf_addr}..{i.buf_addr + pat.words - 1} of MV {i.mv} "
+                             f"outside the output buffers")
+        if pat.contiguous:
+            plan = (self.cfg, pat.words, (pat.words, L), None, None)
+        else:
+            plan = (self.cfg, pat.words, (i.n2, i.n1, i.n0, L), (i.s2 * L * e, i.s1 * L * e, L * e, e),
+                    pat if pat.unique is not None else None)
+        i.__dict__["_sim_store"] = plan
+        return plan
 
     # ---- compute -----------------------------------------------------------------------------
     def _window(self, m: int, i: Instr, y0: int, y1: int) -> np.ndarray:
