@@ -102,6 +102,12 @@ class ReplayPlan:
         self.readers: dict[int, set[int]] = {}   # kernel LOAD -> CONVs reading words it wrote last
         self.deps: dict[int, frozenset[int]] = {}   # CONV -> kernel LOADs that wrote last the words it reads
         self.load_range: dict[int, tuple[int, int]] = {}
+        #: CONV -> what determines its kernel operands' values (with the bytes of the LOADs they
+        #: depend on): its fields, and per word it reads which LOAD wrote it last, a LOAD being named
+        #: by its fields (a tile's reload of a layer's weights is the same values: kept once)
+        self.content: dict[int, tuple] = {}
+        names: dict[tuple, int] = {}
+        name = np.full(len(entries) + 1, -1, dtype=np.int64)    # entry -> its LOAD's name; [-1]: none
         stores = []
         for k, (c, _pc, effect, i, _w, _s, lo, hi) in enumerate(entries):
             if effect == "store":
@@ -112,19 +118,25 @@ class ReplayPlan:
                 w[i.buf_addr:i.buf_addr + rows, list(mv_list(i.mv_mask)), :i.nvv] = k
                 self.readers[k] = set()
                 self.load_range[k] = (lo, hi)
+                name[k] = names.setdefault((i.dram_addr, i.n0, i.n1, i.s1, i.n2, i.s2, i.nvv, i.buf_addr), len(names))
             elif effect == "conv":
                 w = last.get(c)
                 deps: set[int] = set()
+                mvs = list(mv_list(i.mv_mask))
+                K = i.kh * i.kw * i.cin
+                writers = b""
                 if w is not None:
-                    mvs = list(mv_list(i.mv_mask))
-                    K = i.kh * i.kw * i.cin
-                    deps.update(np.unique(w[i.kern_addr:i.kern_addr + K, mvs, :i.nvv]).tolist())
+                    read = w[i.kern_addr:i.kern_addr + K, mvs, :i.nvv]
                     if i.init == Init.BIAS:
-                        deps.update(np.unique(w[i.bias_addr:i.bias_addr + 2, mvs, :i.nvv]).tolist())
+                        read = np.concatenate([read, w[i.bias_addr:i.bias_addr + 2, mvs, :i.nvv]])
+                    deps.update(np.unique(read).tolist())
                     deps.discard(-1)
+                    writers = name[read].tobytes()
                 for d in deps:
                     self.readers[d].add(k)
                 self.deps[k] = frozenset(deps)
+                self.content[k] = (i.kern_addr, i.kh, i.kw, i.cin, i.mv_mask, i.nvv, i.init == Init.BIAS and i.bias_addr,
+                                   writers)
         # Accumulators only a later CONV with INIT ACC reads: walking back from the end (where the
         # run's buffers are dropped), a CONV's accumulator entries are live when a later INIT ACC
         # CONV reads one of them before another CONV overwrites it.
@@ -180,8 +192,7 @@ class ReplayPlan:
         for k, (c, pc, effect, i, word, saturating) in enumerate(self.entries):
             kc = None
             if effect == "conv" and self.deps[k] <= ok:
-                key = (c, i.kern_addr, i.kh, i.kw, i.cin, i.mv_mask, i.nvv, i.init == Init.BIAS and i.bias_addr,
-                       self.deps[k])
+                key = self.content[k]
                 kc = kept.get(key)
                 if kc is None:
                     kc = units[c].capture_kernel(i)     # the kernel buffers as this run's LOADs left them

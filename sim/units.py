@@ -374,13 +374,18 @@ class ClusterUnits:
 
     def capture_kernel(self, i: Instr) -> "KernelOperands":
         """The kernel operands of CONV ``i`` as the kernel buffers hold them now, in arrays of their
-        own (see :class:`KernelOperands`)."""
+        own (see :class:`KernelOperands`), in the forms the CONV would use now."""
         mvs = mv_list(i.mv_mask)
-        K, N = i.kh * i.kw * i.cin, i.nvv * self.lanes
+        L, K, N = self.lanes, i.kh * i.kw * i.cin, i.nvv * self.lanes
         Wm = np.ascontiguousarray(self.kern[list(mvs), i.kern_addr:i.kern_addr + K, :i.nvv]).reshape(len(mvs), K, N)
         found = self._find_bands(i, mvs)
         bands = None if found is None else found[:3] + (self._band_weights(found[3]),)
-        return KernelOperands(Wm, bands, self._bias(i, _mv_index(mvs)))
+        cat = False
+        if len(mvs) > 1 and (bands is None or i.oh * i.ow * K * N * len(mvs) < _BAND_MIN):
+            sel = _mv_index(mvs)
+            wlo, whi = i.maps_addr // L, -(-(i.maps_addr + maps_extent_conv(i)) // L)
+            cat = self._same(self.maps_tag[sel, wlo:whi], lambda j: self.maps_w[mvs[j], wlo:whi])
+        return KernelOperands(Wm, bands, self._bias(i, _mv_index(mvs)), cat)
 
     def _conv_rows(self, i: Instr, mvs: tuple[int, ...], same_maps: bool, B: np.ndarray, bias, y0: int,
                    y1: int, gemm_threads: int = 1, keep_acc: bool = True) -> int:
@@ -595,22 +600,34 @@ class ClusterUnits:
 
 class KernelOperands:
     """The kernel operands of one CONV taken out of the kernel buffers (:meth:`ClusterUnits.capture_kernel`),
-    for CONVs whose kernel words hold the same values on every run (sim/replay.py): the weights of
-    each MV as one contiguous ``(nmv, K, N)`` float64 array, the bands found in them (as
-    :meth:`ClusterUnits._bands` returns them, or None), the bias (or None), and the GEMM operand
-    forms built from the weights on first use. Read-only once built; the forms are the same values
-    whichever is used, so two threads building one concurrently is harmless."""
+    for CONVs whose kernel words hold the same values on every run (sim/replay.py): the weights as
+    one contiguous float64 array, ``(1, K, N)`` when all MVs have the same ones (a layer's weights
+    broadcast to MVs that hold different pixels) else ``(nmv, K, N)``; the bands found in them (as
+    :meth:`ClusterUnits._bands` returns them, or None); the bias (or None); and the MVs' weights
+    side by side, the operand of MVs that share the maps (``cat``: built at once or on first use).
+    Read-only once built; a form built by two threads at once is the same values either way."""
 
-    __slots__ = ("Wm", "bands", "bias", "shared", "_cat")
+    __slots__ = ("W", "nmv", "bands", "bias", "_cat")
 
-    def __init__(self, Wm: np.ndarray, bands: tuple | None, bias: np.ndarray | None):
-        self.Wm, self.bands, self.bias = Wm, bands, bias
-        self.shared = all(np.array_equal(Wm[0], Wm[j]) for j in range(1, len(Wm)))   #: all MVs' weights equal
+    def __init__(self, Wm: np.ndarray, bands: tuple | None, bias: np.ndarray | None, cat: bool):
+        nmv = len(Wm)
+        shared = all(np.array_equal(Wm[0], Wm[j]) for j in range(1, nmv))
+        self.W = Wm[:1].copy() if shared and nmv > 1 else Wm
+        self.nmv, self.bands, self.bias = nmv, bands, bias
         self._cat = None
+        if cat and nmv > 1:
+            self._side_by_side()
+
+    def _side_by_side(self) -> np.ndarray:
+        """(K, nmv * N): MV j's weights in columns j*N..(j+1)*N-1."""
+        W = self.W
+        self._cat = (np.tile(W[0], (1, self.nmv)) if len(W) == 1
+                     else np.ascontiguousarray(W.transpose(1, 0, 2)).reshape(W.shape[1], -1))
+        return self._cat
 
     @property
     def nbytes(self) -> int:
-        return (self.Wm.nbytes * (2 if len(self.Wm) > 1 else 1)    # the side-by-side form too
+        return (self.W.nbytes + (0 if self._cat is None else self._cat.nbytes)
                 + (0 if self.bands is None else self.bands[3].nbytes)
                 + (0 if self.bias is None else self.bias.nbytes))
 
@@ -618,14 +635,12 @@ class KernelOperands:
         """(B, bias) as :meth:`ClusterUnits._kernel_operands` gives them."""
         if want_bands and self.bands is not None:
             return self.bands, self.bias
-        Wm = self.Wm
-        if len(Wm) == 1 or (not same_maps and self.shared):
-            return Wm[0], self.bias
+        W = self.W
+        if self.nmv == 1:
+            return W[0], self.bias
         if not same_maps:
-            return Wm, self.bias
-        if self._cat is None:          # (K, nmv * N): the MVs' weights side by side
-            self._cat = np.ascontiguousarray(Wm.transpose(1, 0, 2)).reshape(Wm.shape[1], -1)
-        return self._cat, self.bias
+            return (W[0] if len(W) == 1 else W), self.bias
+        return (self._cat if self._cat is not None else self._side_by_side()), self.bias
 
 
 #: CONVs of fewer multiply-adds than this (as a GEMM, all MVs) always run as a GEMM: the test for a
