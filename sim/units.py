@@ -416,12 +416,21 @@ class ClusterUnits:
         a0, a1 = i.acc_addr + p0, i.acc_addr + p0 + Pc
         sel = _mv_index(mvs)
         R = np.empty((nmv, Pc, nvv, L), dtype=np.int64)
-        # A bias is added to the float64 products in place (G is this call's own array), which is
-        # exact while |products| + |bias| < 2**53 and cheaper than a mixed-type add; earlier sums
-        # (INIT ACC) are added in int64.
-        if bias is not None and G.dtype == np.float64 and K * (1 << 30) + (1 << self.cfg.bias_bits - 1) < 1 << 53:
-            np.add(G, bias.astype(np.float64), out=G)
-            R[...] = G
+        # A bias is added to the float64 products as they are cast into R, which is exact while
+        # |products| + |bias| < 2**53 and cheaper than a mixed-type add; earlier sums (INIT ACC)
+        # are added in int64. When nothing reads the accumulators (keep_acc False), the sum cannot
+        # wrap and no residual is added before the shift, the output stage's offset (see
+        # _output_stage) is added here too, exact while |first term| + offset < 2**53.
+        first = K * (1 << 30) + (1 << self.cfg.bias_bits - 1)       # bound of a first term
+        exact = G.dtype == np.float64 and first < 1 << 53
+        s = i.shift
+        offset = ((1 << (s - 1)) if s else 0) + (1 << (15 + s)) if s <= 46 else 0
+        if not (offset and exact and i.write and not keep_acc and not i.resid and i.init != Init.ACC
+                and acc_bits <= 62 and first < 1 << (acc_bits - 1) and first + offset < 1 << 53):
+            offset = 0
+        if offset or (bias is not None and exact):
+            add = np.float64(offset) if bias is None else (bias + offset).astype(np.float64)
+            np.add(G, add, out=R, casting="unsafe")
         else:
             R[...] = G
             if bias is not None:
@@ -447,7 +456,7 @@ class ClusterUnits:
             dst = [_pitched(self.out[m], i.out_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) for m in mvs]
             res = [_pitched(self.res[m], i.res_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) for m in mvs] \
                 if i.resid else None
-        return _output_stage(R, accs, i, res, acc_bits, dst)
+        return _output_stage(R, accs, i, res, acc_bits, dst, offset_added=bool(offset))
 
     def _bands(self, i: Instr, mvs: tuple[int, ...]) -> tuple | None:
         """Whether the kernel operand of every MV of a CONV is diagonal: all its nonzero weights
@@ -536,7 +545,8 @@ class ClusterUnits:
         Pc, taps, rows = (y1 - y0) * ow, i.kh * i.kw, y1 - y0
         c0, c1, ds, W = bands
         w = c1 - c0
-        G = np.zeros((nmv, Pc, nvv * L), dtype=np.float64)
+        full = w > 0 and all(d == ds[0] for d in ds) and c0 + ds[0] == 0 and c1 + ds[0] == nvv * L
+        G = (np.empty if full else np.zeros)((nmv, Pc, nvv * L), dtype=np.float64)   # full: einsum writes all
         if w == 0:
             return G.reshape(nmv, Pc, nvv, L)
         if same_maps or nmv == 1:
@@ -694,11 +704,12 @@ def _wrap_inplace(x: np.ndarray, bits: int) -> None:
 
 
 def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.ndarray] | None,
-                  acc_bits: int, dst: list[np.ndarray]) -> int:
+                  acc_bits: int, dst: list[np.ndarray], offset_added: bool = False) -> int:
     """Write ``arch.numerics.requantize(accs[j], i.shift, i.act, res[j], i.rshift, acc_bits, i.act_a,
     i.act_b, i.resid)`` into
     ``dst[j]`` (int16) for each MV j and return the saturation count. ``accs`` are views covering
-    all of ``R`` (int64), which is used as scratch space.
+    all of ``R`` (int64), which is used as scratch space; ``offset_added``: the offset below is in
+    ``R`` already (added with the bias, see ClusterUnits._conv_rows).
 
     Same arithmetic in fewer passes: the offset 2**15 that maps the int16 range onto 0..2**16-1 is
     added before the shift (adding a multiple of 2**shift commutes with the floor shift), so one
@@ -707,7 +718,7 @@ def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.
     the 16-bit results."""
     s = i.shift
     if acc_bits <= 62 and (i.act not in (ACT_NONE, ACT_RELU) or (res is not None and i.resid == RES_MUL)):
-        return _tabled_output_stage(R, accs, i, res, acc_bits, dst)
+        return _tabled_output_stage(R, accs, i, res, acc_bits, dst, offset_added)
     # the offset could overflow int64: the plain definition
     if acc_bits > 62 or s > 46:
         sat = 0
@@ -722,7 +733,8 @@ def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.
         for acc, r in zip(accs, res):
             acc += r.astype(np.int64) << np.int64(i.rshift)
         _wrap_inplace(R, acc_bits)
-    R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
+    if not offset_added:
+        R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
     R >>= s
     # saturation is rare: one pass finds whether there is any, a second counts it only then
     unsigned = R.view(np.uint64)
@@ -752,7 +764,7 @@ def _activation_table(act: int, a: int, b: int) -> np.ndarray:
 
 
 def _tabled_output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.ndarray] | None,
-                         acc_bits: int, dst: list[np.ndarray]) -> int:
+                         acc_bits: int, dst: list[np.ndarray], offset_added: bool = False) -> int:
     """:func:`_output_stage` for an activation other than NONE/RELU or a fused Mul: the steps of
     ``arch.numerics.requantize`` with the activation looked up in :func:`_activation_table`.
 
@@ -769,7 +781,8 @@ def _tabled_output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: l
         for acc, r in zip(accs, res):
             acc += r.astype(np.int64) << np.int64(i.rshift)
         _wrap_inplace(R, acc_bits)
-    R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
+    if not offset_added:
+        R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
     R >>= s
     sat = 0
     first = None             # a fused Mul counts a value once even if both of its stages clip it
