@@ -67,7 +67,8 @@ class _State:
     def __init__(self, ranges, snaps, fast, loads, nbytes):
         self.ranges = ranges        #: merged byte ranges [lo, hi) of the kernel LOADs relied on
         self.snaps = snaps          #: their bytes on the capturing run, as uint64 words
-        #: the entries to run: (c, pc, effect, i, word, saturating, kept operands or None, keep the accumulators)
+        #: the entries to run: (c, pc, effect, i, word, saturating, kept operands or None, keep the
+        #: accumulators, the MVs share the maps)
         self.fast = fast
         self.loads = loads          #: the kernel LOADs relied on (entry indices)
         self.nbytes = nbytes
@@ -203,7 +204,10 @@ class ReplayPlan:
                         kc = None
                 if kc is not None:
                     per_conv[k] = kc
-            e = (c, pc, effect, i, word, saturating, kc, self.acc_live.get(k, True))
+            # whether the MVs share the maps depends on which LOADs ran, not on the data (load
+            # tags; words no LOAD wrote are zero in every MV): the same on every run of the plan
+            same = units[c].maps_shared(i) if effect == "conv" else None
+            e = (c, pc, effect, i, word, saturating, kc, self.acc_live.get(k, True), same)
             _run((e,), units, mem_words, sat_pcs, bound)
             run.append(e)
         # the LOADs relied on read bytes that no STORE writes: the same after the run as before
@@ -244,10 +248,10 @@ def _bound(units: dict) -> dict:
 
 
 def _run(entries, units: dict, mem_words: np.ndarray, sat_pcs: dict, bound: dict | None = None) -> None:
-    """Apply ``(c, pc, effect, i, word, saturating, kc, keep_acc)`` entries in order, counting the
-    saturations per instruction as sim.card's ``apply`` does."""
+    """Apply ``(c, pc, effect, i, word, saturating, kc, keep_acc, same_maps)`` entries in order,
+    counting the saturations per instruction as sim.card's ``apply`` does."""
     bound = bound or _bound(units)
-    for c, pc, effect, i, word, saturating, kc, keep_acc in entries:
+    for c, pc, effect, i, word, saturating, kc, keep_acc, same_maps in entries:
         fn = bound[c][effect]
         if word is not None:
             fn(i, mem_words, word)
@@ -255,7 +259,7 @@ def _run(entries, units: dict, mem_words: np.ndarray, sat_pcs: dict, bound: dict
             u = units[c]
             before = u.saturations
             if effect == "conv":
-                fn(i, kc, keep_acc)
+                fn(i, kc, keep_acc, same_maps)
             else:
                 fn(i)
             if u.saturations != before:

@@ -297,23 +297,22 @@ class ClusterUnits:
         d0 = data(0)[z]
         return all(np.array_equal(d0, data(j)[z]) for j in range(1, len(tags)))
 
-    def conv(self, i: Instr, kc: "KernelOperands | None" = None, keep_acc: bool = True) -> None:
+    def conv(self, i: Instr, kc: "KernelOperands | None" = None, keep_acc: bool = True,
+             same_maps: bool | None = None) -> None:
         """CONV. ``kc``: this CONV's kernel operands captured on an earlier run whose kernel words
         held the same values (sim/replay.py decides when that holds); the kernel buffers are then
         not read, and the LOADs that only feed such CONVs need not have run. ``keep_acc=False``:
         nothing reads the accumulator entries this CONV writes before they are written again or
-        the run ends (sim/replay.py finds when), so they are not written."""
+        the run ends (sim/replay.py finds when), so they are not written. ``same_maps``: what
+        :meth:`maps_shared` returns for it now, when the caller knows (a replay: it depends only on
+        which LOADs ran, see sim/replay.py)."""
         L = self.lanes
         mvs = mv_list(i.mv_mask)
         sel = _mv_index(mvs)
         nmv = len(mvs)
         P, K, N = i.oh * i.ow, i.kh * i.kw * i.cin, i.nvv * L
-        # Maps loaded with a broadcast mask are usually identical in all MVs: gather once then.
-        if nmv > 1:
-            wlo, whi = i.maps_addr // L, -(-(i.maps_addr + maps_extent_conv(i)) // L)
-            same_maps = self._same(self.maps_tag[sel, wlo:whi], lambda j: self.maps_w[mvs[j], wlo:whi])
-        else:
-            same_maps = True
+        if same_maps is None:
+            same_maps = self.maps_shared(i)
         # Depthwise (and channel-wise) layers are block-diagonal CONVs: each output channel's
         # weights are zero but for one input channel. Their products are summed over the kernel
         # taps alone, skipping the zero terms (the same integers: the sums stay exact).
@@ -335,6 +334,16 @@ class ClusterUnits:
             pending = [_pool().submit(self._conv_rows, *job) for job in jobs[1:]]
             sat = self._conv_rows(*jobs[0])
             self.saturations += sat + sum(f.result() for f in pending)
+
+    def maps_shared(self, i: Instr) -> bool:
+        """Whether all MVs of CONV ``i`` hold the same maps words (maps loaded with a broadcast mask
+        usually are: gathered once then), from the load tags (:meth:`_same`)."""
+        mvs = mv_list(i.mv_mask)
+        if len(mvs) == 1:
+            return True
+        L = self.lanes
+        wlo, whi = i.maps_addr // L, -(-(i.maps_addr + maps_extent_conv(i)) // L)
+        return self._same(self.maps_tag[_mv_index(mvs), wlo:whi], lambda j: self.maps_w[mvs[j], wlo:whi])
 
     def _kernel_operands(self, i: Instr, mvs: tuple[int, ...], want_bands: bool, same_maps: bool) -> tuple:
         """(B, bias) of a CONV from the kernel buffers: B the bands (:meth:`_bands`) when
@@ -380,11 +389,7 @@ class ClusterUnits:
         Wm = np.ascontiguousarray(self.kern[list(mvs), i.kern_addr:i.kern_addr + K, :i.nvv]).reshape(len(mvs), K, N)
         found = self._find_bands(i, mvs)
         bands = None if found is None else found[:3] + (self._band_weights(found[3]),)
-        cat = False
-        if len(mvs) > 1 and (bands is None or i.oh * i.ow * K * N * len(mvs) < _BAND_MIN):
-            sel = _mv_index(mvs)
-            wlo, whi = i.maps_addr // L, -(-(i.maps_addr + maps_extent_conv(i)) // L)
-            cat = self._same(self.maps_tag[sel, wlo:whi], lambda j: self.maps_w[mvs[j], wlo:whi])
+        cat = len(mvs) > 1 and (bands is None or i.oh * i.ow * K * N * len(mvs) < _BAND_MIN) and self.maps_shared(i)
         return KernelOperands(Wm, bands, self._bias(i, _mv_index(mvs)), cat)
 
     def _conv_rows(self, i: Instr, mvs: tuple[int, ...], same_maps: bool, B: np.ndarray, bias, y0: int,
