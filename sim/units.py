@@ -149,7 +149,17 @@ class ClusterUnits:
         plan = i.__dict__.get("_sim_load")
         if plan is None or plan[0] is not self.cfg:
             plan = self._load_plan(i)
-        _, kind, src_shape, src_strides, n, dsts = plan
+        _, kind, src_shape, src_strides, n, dsts, simple = plan
+        if simple is not None and (self.threads == 1 or n * self.lanes < _SPLIT_COPY):
+            # the common case: one run of words into consecutive MVs, by slicing (cheaper than views)
+            m0, m1, a = simple
+            if kind == Buf.RES:
+                self.res[m0:m1, a:a + n] = mem_words[base_word:base_word + n]
+                return
+            self._loads += 1
+            self.maps_w[m0:m1, a:a + n] = mem_words[base_word:base_word + n]
+            self.maps_tag[m0:m1, a:a + n] = self._loads
+            return
         src = np.ndarray(src_shape, mem_words.dtype, mem_words, base_word * mem_words.strides[0], src_strides)
         if kind == Buf.RES:
             res, s0 = self.res, src[..., 0, :]
@@ -203,7 +213,12 @@ class ClusterUnits:
                 return src.reshape(n // nvv, nvv, 1, L).swapaxes(1, 2)
             dsts = tuple((slice(a, a + n // nvv), slice(g[0], g[-1] + 1), nvv, src_kern)
                          for g in _consecutive_runs(mvs))
-        plan = (self.cfg, i.buf, src_shape, tuple(x * e for x in src_strides), n, dsts)
+        simple = None
+        if pat.contiguous and i.buf in (Buf.MAPS, Buf.RES) and len(_consecutive_runs(mvs)) == 1:
+            words = (self.maps_w if i.buf == Buf.MAPS else self.res).shape[1]
+            if a + n <= words and mvs[-1] < self.maps_w.shape[0]:     # else the views refuse it
+                simple = (mvs[0], mvs[-1] + 1, a)
+        plan = (self.cfg, i.buf, src_shape, tuple(x * e for x in src_strides), n, dsts, simple)
         i.__dict__["_sim_load"] = plan
         return plan
 
@@ -228,14 +243,14 @@ class ClusterUnits:
         if plan is None or plan[0] is not self.cfg:
             plan = self._store_plan(i)
         _, words, shape, strides, pat = plan
-        out = self.out
-        data = np.ndarray(shape, out.dtype, out, (i.mv * out.shape[1] + i.buf_addr) * out.strides[1])
+        data = self.out[i.mv, i.buf_addr:i.buf_addr + words]
         if strides is None:                 # contiguous
             mem_words[base_word:base_word + words] = data
         elif pat is None:
-            np.ndarray(shape, mem_words.dtype, mem_words, base_word * mem_words.strides[0], strides)[...] = data
+            np.ndarray(shape, mem_words.dtype, mem_words, base_word * mem_words.strides[0], strides)[...] = \
+                data.reshape(shape)
         else:  # overlapping destinations: the last word written in transfer order wins
-            mem_words[base_word + pat.unique] = data.reshape(words, -1)[pat.last]
+            mem_words[base_word + pat.unique] = data[pat.last]
 
     def _store_plan(self, i: Instr) -> tuple:
         """The data-independent part of a STORE on this machine (kept on the instruction, as the
