@@ -37,7 +37,7 @@ import numpy as np
 from arch.isa import Buf, Init
 from arch.machine import MachineConfig
 
-from .units import mv_list
+from .units import _mv_index, mv_list
 
 __all__ = ["ReplayPlan", "CACHE_BYTES"]
 
@@ -46,6 +46,11 @@ CACHE_BYTES = 512 << 20
 
 _lock = threading.Lock()
 _kept: OrderedDict[int, weakref.ref] = OrderedDict()   #: plans holding kept operands, least recent first
+
+
+def _run_starts(x: np.ndarray) -> np.ndarray:
+    """Indices where runs of equal values start in the 1-D array ``x`` (non-empty)."""
+    return np.concatenate(([0], np.flatnonzero(x[1:] != x[:-1]) + 1))
 
 
 def _merge(ranges) -> list[list[int]]:
@@ -116,23 +121,26 @@ class ReplayPlan:
             elif effect == "load" and i.buf == Buf.KERNEL:
                 w = last.setdefault(c, np.full((W, M, V), -1, dtype=np.int64))
                 rows = i.n0 * i.n1 * i.n2 // i.nvv
-                w[i.buf_addr:i.buf_addr + rows, list(mv_list(i.mv_mask)), :i.nvv] = k
+                w[i.buf_addr:i.buf_addr + rows, _mv_index(mv_list(i.mv_mask)), :i.nvv] = k
                 self.readers[k] = set()
                 self.load_range[k] = (lo, hi)
                 name[k] = names.setdefault((i.dram_addr, i.n0, i.n1, i.s1, i.n2, i.s2, i.nvv, i.buf_addr), len(names))
             elif effect == "conv":
                 w = last.get(c)
                 deps: set[int] = set()
-                mvs = list(mv_list(i.mv_mask))
+                mvs = _mv_index(mv_list(i.mv_mask))
                 K = i.kh * i.kw * i.cin
-                writers = b""
+                writers: tuple = ()
                 if w is not None:
-                    read = w[i.kern_addr:i.kern_addr + K, mvs, :i.nvv]
+                    read = w[i.kern_addr:i.kern_addr + K, mvs, :i.nvv].ravel()
                     if i.init == Init.BIAS:
-                        read = np.concatenate([read, w[i.bias_addr:i.bias_addr + 2, mvs, :i.nvv]])
-                    deps.update(np.unique(read).tolist())
+                        read = np.concatenate([read, w[i.bias_addr:i.bias_addr + 2, mvs, :i.nvv].ravel()])
+                    # both as runs of equal values (a LOAD writes whole rows: a few runs): exact and small
+                    deps.update(read[_run_starts(read)].tolist())
                     deps.discard(-1)
-                    writers = name[read].tobytes()
+                    names_read = name[read]
+                    starts = _run_starts(names_read)
+                    writers = (read.size, starts.tobytes(), names_read[starts].tobytes())
                 for d in deps:
                     self.readers[d].add(k)
                 self.deps[k] = frozenset(deps)
@@ -149,7 +157,7 @@ class ReplayPlan:
             if effect != "conv":
                 continue
             a = live.setdefault(c, np.zeros((cfg.acc_entries, M, V), dtype=bool))
-            region = (slice(i.acc_addr, i.acc_addr + i.oh * i.ow), list(mv_list(i.mv_mask)), slice(0, i.nvv))
+            region = (slice(i.acc_addr, i.acc_addr + i.oh * i.ow), _mv_index(mv_list(i.mv_mask)), slice(0, i.nvv))
             self.acc_live[k] = bool(a[region].any())
             a[region] = i.init == Init.ACC
         merged = _merge(stores)
