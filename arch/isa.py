@@ -292,7 +292,7 @@ class Instr:
         raise AttributeError("Instr is immutable; use .replace()")
 
     def __reduce__(self):
-        # pickle (worker processes, Ray tasks) rebuilds it from its fields: the default protocol
+        # pickle (Ray tasks and actors) rebuilds it from its fields: the default protocol
         # would call __getattr__ on an instance without ``f`` and recurse
         return (Instr._decoded, (self.op, dict(self.f)))
 

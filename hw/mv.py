@@ -262,7 +262,7 @@ def round_saturate(m: Module, x, shift, bits: int, suffix: str = ""):
     m.d.comb += twice.eq(x.as_signed() << 1)
     # floor(2x / 2**shift) as an arithmetic shift made of a logical one: ~(~v >> s) for v < 0 (same bits;
     # a simulator does a logical shift in native words, the arithmetic one of > 32 bits in a helper)
-    sign = Cat(*([twice[W]] * (W + 1)))
+    sign = Mux(twice[W], Const((1 << (W + 1)) - 1, W + 1), Const(0, W + 1))
     halves = Signal(signed(W + 1), name=f"halves{suffix}")
     m.d.comb += halves.eq(((twice.as_unsigned() ^ sign) >> shift) ^ sign)
     up = Signal(signed(W + 1), name=f"up{suffix}")                         # cannot overflow: halves <= 2**W - 2

@@ -21,9 +21,9 @@ __all__ = ["expected_cycles", "expected_total", "CycleProgress", "PROGRESS_DELAY
 
 class Bar(tqdm):
     """tqdm without its monitor thread (``monitor_interval = 0``), for every progress bar of the
-    project: the monitor is a thread that outlives the bar, and a live thread makes a blocked
-    PutInput/GetResult wait for it (runtime.streaming, up to STALL_S) instead of reporting the
-    deadlock at once. (The monitor only tunes the refresh of bars that stall.)"""
+    project: the monitor is a thread that outlives the bar, one more live thread that the streaming
+    deadlock check (runtime.streaming) must search for a path to the blocked object, and that a
+    process keeps after its work is done. (The monitor only tunes the refresh of bars that stall.)"""
     monitor_interval = 0
 
 #: seconds before the bar appears (``$MDLA_PROGRESS_DELAY``); shorter runs show none

@@ -5,8 +5,8 @@ compiler, onnx or the simulators, so that scripts that import it start at once; 
 (``runtime.mdla``) is loaded by the first ``microndla.MDLA`` (or ``from microndla import MDLA``)."""
 from __future__ import annotations
 
-__all__ = ["MDLA", "MDLAError", "WorkerCrashed", "WorkerTimeout"]
-_LAZY = {"MDLA", "MDLAError", "VERSION", "WorkerCrashed", "WorkerTimeout", "CompileError"}
+__all__ = ["MDLA", "MDLAError"]
+_LAZY = {"MDLA", "MDLAError", "VERSION", "CompileError"}
 
 
 def __getattr__(name: str):

@@ -2,7 +2,7 @@
 goes and each output is read, in which layout and fixed-point format), writing the inputs into
 card memory, running, reading the outputs back.
 
-Used by ``Executor.execute`` (the cards here or in worker processes, runtime/executors.py) and by
+Used by ``Executor.execute`` (the cards in this process, runtime/executors.py) and by
 the Ray card actors (runtime/ray_cards.py: the plan is made by the driver, the rest runs in the
 actor), so both give the same bits from one piece of code.
 """

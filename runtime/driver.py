@@ -1,5 +1,5 @@
 """The card driver: one call's images written to their cards, clusters and slots, the programs run
-by the executor of the 'simulator' flag (in this process, in worker processes or on Ray cards),
+by the executor of the 'simulator' flag (in this process, or on Ray card actors),
 the outputs read back and the statistics, saturation warnings and debug reports of the run.
 
 Moved out of ``runtime/mdla.py`` (which keeps the API); ``MDLA`` objects are passed in. How a card
@@ -40,8 +40,6 @@ def executor_for(first: "MDLA", simulator: str | None = None) -> Executor:
             raise MDLAError(f"flag 'vcd': the {cls.name} simulator writes no waveform; "
                             f"SetFlag('simulator', 'amaranth') to record one, or SetFlag('vcd', '')")
         options["vcd"] = first._flags["vcd"]
-    if "workers" in cls.OPTIONS and first._flags["workers"] != "ray":
-        options["workers"] = first._flags["workers"]
     return cls(**options)
 
 

@@ -12,12 +12,12 @@ The contract (adding an executor is one class and one entry of :data:`EXECUTORS`
 * :meth:`Executor.execute` runs a loaded program (``jobs``: (compiled, input arrays, batch) per
   model sharing the cards) on ``cards`` to a :class:`RunResult`: outputs, cycles, counters,
   saturations. The base class writes the images, runs each card (:meth:`run_card`) and reads the
-  outputs back; :meth:`placement`, :meth:`run_card` and :meth:`card_threads` are the hooks for
-  where and how a card runs.
+  outputs back; :meth:`run_card` and :meth:`card_threads` are the hooks for how a card runs.
+  Cards run in this process; with ``SetFlag('workers', 'ray')`` the driver runs each card's
+  ``run`` in a Ray actor instead (``runtime.ray_cards``), for every executor.
 
-``functional`` is the vectorised functional model in ``sim/``; its ``workers`` option runs cards
-(or the clusters of one card) in worker processes (``runtime.workers``). The RTL executors
-(Amaranth here; Icarus and Verilator in ``runtime.verilog_executors``) register here too.
+``functional`` is the vectorised functional model in ``sim/``. The RTL executors (Amaranth here;
+Icarus and Verilator in ``runtime.verilog_executors``) register here too.
 """
 from __future__ import annotations
 
@@ -92,21 +92,14 @@ class Executor:
     def _check(self, check_hazards: bool | None) -> bool:
         return self.check_hazards if check_hazards is None else bool(check_hazards)
 
-    # ---------------------------------------------------------------- where a card runs
-    def placement(self, nfpgas: int, nprograms: int, macs_per_card: int) -> str:
-        """Where the cards of a run go: 'here' (this process) unless an executor says otherwise."""
-        return "here"
-
-    def card_threads(self, nfpgas: int, where: str) -> int:
+    # ---------------------------------------------------------------- how a card runs
+    def card_threads(self, nfpgas: int) -> int:
         """Threads that drive the cards of one run: an executor that runs outside this interpreter
         (an external simulator) may use other cores, so one thread per card up to the core count."""
         return min(nfpgas, os.cpu_count() or 1)
 
-    def prepare_card(self, card, where: str) -> None:
-        """Called under the card's lock before the inputs are written."""
-
-    def run_card(self, card, cfg, programs, where: str, macs_per_card: int):
-        """Run ``programs`` on ``card`` (its lock held) for the placement ``where``: CardStats."""
+    def run_card(self, card, cfg, programs):
+        """Run ``programs`` on ``card`` (its lock held): CardStats."""
         return self.run(cfg, card.memory, programs)
 
     # ---------------------------------------------------------------- a loaded program
@@ -117,18 +110,15 @@ class Executor:
         cfg = jobs[0][0].cfg
         programs = program_addresses(jobs)
         nfpgas = jobs[0][0].parallel.nfpgas
-        macs = sum(sum(l.macs for l in c.layers) * batch for c, _, batch in jobs) // nfpgas
-        where = self.placement(nfpgas, len(programs), macs)
 
         def run_card(f: int):
             card = cards[f]
             plan = card_plan(jobs, f)
             with card.lock:
-                self.prepare_card(card, where)
-                return run_plan(lambda: self.run_card(card, cfg, programs, where, macs), cfg, card.memory,
+                return run_plan(lambda: self.run_card(card, cfg, programs), cfg, card.memory,
                                 plan, card_images(jobs, plan), len(jobs))
 
-        threads = self.card_threads(nfpgas, where)
+        threads = self.card_threads(nfpgas)
         if nfpgas > 1 and threads > 1:
             with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mdla-card") as pool:
                 per_card = list(pool.map(run_card, range(nfpgas)))
@@ -160,52 +150,18 @@ def merge_cards(per_card, jobs) -> RunResult:
 class FunctionalExecutor(Executor):
     """The functional model: one vectorised numpy operation per compute instruction.
 
-    Options: ``trace`` (the statistics carry the per-instruction timeline); ``workers`` ('serial',
-    'auto', 'processes'; see ``runtime.workers.plan``): run the cards of a run, or the clusters of
-    one card, in worker processes."""
+    Option: ``trace`` (the statistics carry the per-instruction timeline). Cards run one after
+    another in this process (threads of one process would only contend for the GIL); cards in
+    parallel are Ray actors (``SetFlag('workers', 'ray')``)."""
     name = "functional"
-    OPTIONS = {"trace": False, "workers": "serial"}
-
-    def __init__(self, check_hazards: bool = True, **options):
-        super().__init__(check_hazards, **options)
-        from .workers import MODES
-        if self.workers not in MODES or self.workers == "ray":
-            raise ExecutorOptionError(f"workers={self.workers!r}: the functional simulator's worker modes are "
-                                      f"{[m for m in MODES if m != 'ray']} (Ray cards are the driver's: "
-                                      f"SetFlag('workers', 'ray'))")
+    OPTIONS = {"trace": False}
 
     def run(self, cfg, memory, programs, *, check_hazards=None):
         from sim.card import run_card
         return run_card(cfg, memory, programs, check_hazards=self._check(check_hazards), trace=self.trace)
 
-    def placement(self, nfpgas, nprograms, macs_per_card):
-        from .workers import plan
-        return plan(self.workers, True, nfpgas, nprograms, macs_per_card)
-
-    def card_threads(self, nfpgas, where):
-        # cards in worker processes are driven from one thread each; here they run one after another
-        # (threads of one process would only contend for the GIL)
-        return nfpgas if where == "cards" else 1
-
-    def prepare_card(self, card, where):
-        if where != "here":
-            card.shared()       # before the inputs are written: the image moves to shared memory
-
-    def run_card(self, card, cfg, programs, where, macs_per_card):
-        from . import workers
-        if where == "here":
-            return self.run(cfg, card.memory, programs)
-        timeout = workers.reply_timeout(macs_per_card)
-        name, size = card.shared(), len(card.memory)
-        if where == "cards":
-            return card.worker(0).call(("run", name, size, cfg, programs, self.check_hazards, self.trace), timeout)
-        if where == "clusters":
-            from sim.parallel import run_card_parallel
-            helpers = workers.cluster_helpers(len(programs))
-            return run_card_parallel(cfg, card.memory, programs,
-                                     [workers.ClusterHelper(card.worker(k), name, size, timeout) for k in range(helpers)],
-                                     check_hazards=self.check_hazards, trace=self.trace)
-        raise ValueError(f"unknown place to run a card: {where!r}")
+    def card_threads(self, nfpgas):
+        return 1
 
 
 class AmaranthExecutor(Executor):

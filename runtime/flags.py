@@ -75,14 +75,28 @@ def _simulator(v: str) -> str:
     return v
 
 
+#: 'workers' flag values
+WORKER_MODES = ("auto", "serial", "ray")
+
+#: 'workers' values that were retired, and why (refused with the reason and the replacement)
+RETIRED_WORKER_MODES = {
+    "processes": "the project's own pool of worker processes was retired for Ray (issue 15: Ray's local "
+                 "instance was faster on a two-card ResNet-18 Run, docs/parallel.md); "
+                 "SetFlag('workers', 'ray') runs the cards as Ray actors, on a local instance on 127.0.0.1 "
+                 "unless 'ray_address' or RAY_ADDRESS names a cluster",
+}
+
+
 def _workers(v: str) -> str:
-    from .workers import MODES
-    if v not in MODES:
-        raise ValueError(f"expects one of {', '.join(MODES)}, got {v!r}")
+    if v in RETIRED_WORKER_MODES:
+        raise ValueError(f"{v!r} is no longer a mode: {RETIRED_WORKER_MODES[v]}")
+    if v not in WORKER_MODES:
+        raise ValueError(f"expects one of {', '.join(WORKER_MODES)}, got {v!r}")
     if v == "ray":
         from .ray_cards import ray_installed
         if not ray_installed():
-            raise ValueError("'ray' needs Ray installed: pip install 'open-mdla[ray]' (ray==2.60.0)")
+            raise ValueError("'ray' needs Ray (ray==2.60.0, a dependency of the project): "
+                             "reinstall with scripts/setup.sh or pip install -e .")
     return v
 
 
@@ -172,12 +186,12 @@ FLAGS: dict[str, FlagSpec] = {
     "heterogeneous": FlagSpec(_bool, 0, "1: operators the DLA does not run may also run on the host between DLA layers (before the first and after the last they always do)", "compile"),
     "hazardcheck": FlagSpec(_bool, 1, "functional model: check that the program is free of data races"),
     "workers": FlagSpec(_workers, "auto",
-                        "where the functional model runs: 'serial' (in this process, cards one after another), "
-                        "'processes' (each card in a worker process of its own; the clusters of a single card "
-                        "in worker processes, one per core) or 'auto' (processes when the machine has more than "
-                        "one core and a call has at least 100 M MACs per card, else serial) or 'ray' (each card a Ray "
-                        "actor holding its memory, on the cluster of 'ray_address' or RAY_ADDRESS, else on a local "
-                        "Ray instance on the loopback address; docs/parallel.md); results are identical in every mode"),
+                        "where the cards of a Run are simulated: 'serial' (in this process, cards one after "
+                        "another), 'auto' (the same: in this process, one card after another; no Ray instance is "
+                        "started behind the caller's back) or 'ray' (each card a Ray actor holding its memory, on "
+                        "the cluster of 'ray_address' or RAY_ADDRESS, else on a local Ray instance on the loopback "
+                        "address started with the object and shut down with it; docs/parallel.md); results are "
+                        "identical in every mode ('processes', the former worker-process pool, was retired for 'ray')"),
     "ray_address": FlagSpec(str, "", "workers='ray': the Ray cluster to use ('' : RAY_ADDRESS, else a local instance started "
                                      "with the object and shut down with it)"),
     "ray_dashboard": FlagSpec(_bool, 0, "workers='ray': 1 starts the local instance's dashboard (on 127.0.0.1)"),

@@ -235,8 +235,6 @@ def infer(model, images, *, ray: bool | str = False, cards: int | None = None, r
         seconds = time.perf_counter() - t0
         outputs = [np.concatenate(o) if o else np.zeros((0,)) for o in outs]
         engine = ie.GetInfo("engine")
-        if engine == "auto":
-            engine = "this machine (workers=auto)"
     finally:
         ie.Free()
         if session:

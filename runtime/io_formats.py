@@ -75,7 +75,7 @@ def check(obj, c, outputs: bool = True) -> None:
                      "use it with no_rearrange=0")
     if f["breaklayer"] == 1 and f["workers"] == "ray":
         raise _error("breaklayer=1 reads every layer's output from the card memory, which lives in Ray actors "
-                     "with workers='ray'; use workers='serial' or 'processes'")
+                     "with workers='ray'; use workers='serial'")
 
 
 def outputs(obj, c, results):

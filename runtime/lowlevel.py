@@ -43,7 +43,7 @@ def _card(obj, card, ray_ok: bool = False):
     _cfg(obj)
     if obj._flags["workers"] == "ray" and not ray_ok:
         raise MDLAError("with workers='ray' the card memory lives in the Ray card actors and this process's copy "
-                        "does not see the runs' results; SetFlag('workers', 'serial') (or 'processes') for "
+                        "does not see the runs' results; SetFlag('workers', 'serial') for "
                         "WriteData/Malloc/ReadCode/HwRun/WriteWeights (ReadData fetches from the actors)")
     if isinstance(card, bool) or not isinstance(card, (int, np.integer)):
         raise MDLAError(f"card must be an int, got {type(card).__name__}")

@@ -8,8 +8,8 @@
 
 ``Run`` converts the inputs to the network's fixed-point format, writes each image into the slot
 of its card and cluster in the card memory, runs the compiled programs on the selected executor
-(the functional model by default; with the 'workers' flag, cards and clusters run in parallel
-worker processes, see ``runtime.workers``) and converts the results back. ``Run_sw`` always uses
+(the functional model by default; with ``SetFlag('workers', 'ray')`` the cards run in parallel
+as Ray actors, see ``runtime.ray_cards``) and converts the results back. ``Run_sw`` always uses
 the functional model; ``Run_th`` runs the same graph in float32 on the host, like the SDK's thnets
 path. ``PutInput``/``GetResult`` stream inputs through two buffers.
 """
@@ -39,7 +39,6 @@ from .flags import FlagSet
 from .info import NoSuchInfo, get_info
 from .run_flags import check_flags, parallel_for, set_flag
 from .streaming import Stream, StreamClosed, StreamDeadlock
-from .workers import WorkerCrashed, WorkerTimeout
 
 VERSION = "0.1.0"
 
@@ -668,4 +667,4 @@ def _copy_inputs(images):
 
 _add_refused_methods()
 
-__all__ = ["MDLA", "MDLAError", "CompileError", "WorkerCrashed", "WorkerTimeout", "VERSION"]
+__all__ = ["MDLA", "MDLAError", "CompileError", "VERSION"]

@@ -16,13 +16,17 @@ connection is used and left alone.
 
 Faults: a card actor that dies while its node lives is started afresh, loaded, and its images run
 again, with a :class:`CardRestarted` warning; a card whose node has left the cluster ends the call
-with :class:`NodeLost`; Ctrl-C during a call kills the call's actors (they are started afresh at
-the next call) and re-raises. See docs/parallel.md.
+with :class:`NodeLost`; a card actor that lives but does not answer (stopped, hung) ends the call
+with :class:`CardTimeout` once the reply deadline of the card's modelled work (:func:`reply_timeout`)
+has passed, and is killed (started afresh at the next call); Ctrl-C during a call kills the call's
+actors (they are started afresh at the next call) and re-raises. See docs/parallel.md.
 """
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import time
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -35,6 +39,17 @@ LOCAL_MAX_CARDS = 64
 #: Seconds to wait for a card actor to be placed on a node before the call fails (never a hang
 #: on a cluster without room).
 PLACEMENT_TIMEOUT_S = 120.0
+
+#: The reply deadline of a card's call: this many seconds, plus the call's multiply-accumulates on
+#: the card at the slowest rate the functional model is expected to reach (a loaded core with the
+#: hazard check on: about 1/50 of its usual 5-10 G MAC/s), so that no run that is merely slow is
+#: cut short (the retired worker-process pool's figures). See :func:`reply_timeout`.
+MIN_REPLY_S = 60.0
+SLOWEST_MACS_PER_S = 100e6
+
+#: The deadline of loading a card's memory image into its actor: MIN_REPLY_S plus the image's bytes
+#: at this rate (a slow 100 Mbit/s link between the driver's object store and the actor's node).
+SLOWEST_LOAD_BYTES_PER_S = 10e6
 
 #: Ray's switch that makes ``get_node_ip_address`` the loopback address: with it, every Ray
 #: component of a local instance (GCS, raylet, object manager, workers' gRPC servers, the
@@ -55,11 +70,52 @@ class CardRestarted(RuntimeWarning):
     """A card actor died and was started afresh; its images were run again."""
 
 
+class CardTimeout(RuntimeError):
+    """A card actor did not answer within the deadline of its modelled work (stopped, hung); it was
+    killed and is started afresh at the next call."""
+
+
+def reply_timeout(macs: int, executor=None) -> float | None:
+    """Seconds to wait for a card actor to run ``macs`` multiply-accumulates with ``executor``:
+    MIN_REPLY_S + macs / SLOWEST_MACS_PER_S for the functional model (and executors derived from
+    it). None (no deadline) for the RTL simulators: their speed is in cycles per second, hundreds
+    to millions of times below the functional model's and not bounded by the MACs (pooling, the
+    memory-bound layers), which would make any deadline from the MACs either cut a legitimate run
+    short or be hours long."""
+    from .executors import FunctionalExecutor
+    if executor is not None and not isinstance(executor, FunctionalExecutor):
+        return None
+    return MIN_REPLY_S + macs / SLOWEST_MACS_PER_S
+
+
+def load_timeout(nbytes: int) -> float:
+    """Seconds to wait for a card actor to take a memory image of ``nbytes`` bytes."""
+    return MIN_REPLY_S + nbytes / SLOWEST_LOAD_BYTES_PER_S
+
+
+def card_macs(jobs) -> int:
+    """The multiply-accumulates one card runs in a call of ``jobs`` ((compiled, arrays, batch) per
+    model sharing the cards): each program's per-image MACs times the images of a card (the
+    program runs all its image slots, whatever the batch given)."""
+    return sum(sum(lc.macs for lc in c.layers) * c.parallel.images_per_card for c, _, _ in jobs)
+
+
+def process_state(pid) -> str:
+    """'stopped' if process ``pid`` of this host is stopped (SIGSTOP, a debugger), 'running' if it
+    lives otherwise, '' if there is no such process (Linux /proc; '' elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError, TypeError):
+        return ""
+    return "stopped" if state in ("T", "t") else "running"
+
+
 def import_ray():
     try:
         import ray
     except ImportError:
-        raise RayUnavailable("workers='ray' needs Ray: pip install 'open-mdla[ray]' (ray==2.60.0)") from None
+        raise RayUnavailable("workers='ray' needs Ray (ray==2.60.0, a dependency of the project): reinstall with scripts/setup.sh or pip install -e .") from None
     return ray
 
 
@@ -180,7 +236,8 @@ class CardActor:
     def where(self) -> dict:
         import ray
         ctx = ray.get_runtime_context()
-        return {"node_id": ctx.get_node_id(), "node": ray.util.get_node_ip_address(), "pid": os.getpid()}
+        return {"node_id": ctx.get_node_id(), "node": ray.util.get_node_ip_address(), "pid": os.getpid(),
+                "host": socket.gethostname()}
 
     def load(self, key, image: np.ndarray) -> None:
         self.memory = np.array(image, dtype=np.uint8)      # a writable copy of the object store's
@@ -244,7 +301,17 @@ class RayCards:
             for (index, handle), where in zip(new.items(), places):
                 self.actors[index] = _Placed(handle, where)
         stale = [c for c in cards if self.actors[c.index].key != key]
-        ray.get([self.actors[c.index].handle.load.remote(key, image_refs[c.index]) for c in stale])
+        loads = {self.actors[c.index].handle.load.remote(key, image_refs[c.index]): c for c in stale}
+        timeout = load_timeout(max((len(c.memory) for c in stale), default=0))
+        deadline = time.monotonic() + timeout
+        waiting = list(loads)
+        while waiting:      # every load bounded in time (an actor stopped since the last call)
+            ready, waiting = ray.wait(waiting, num_returns=len(waiting),
+                                      timeout=max(0.0, deadline - time.monotonic()))
+            ray.get(ready)
+            if waiting and time.monotonic() >= deadline:
+                raise self._timed_out(loads[waiting[0]].index, timeout, "take its memory image",
+                                      "its bytes: runtime.ray_cards.load_timeout")
         for c in stale:
             self.actors[c.index].key = key
 
@@ -255,6 +322,22 @@ class RayCards:
                 self.ray.kill(placed.handle)
             except Exception:  # noqa: BLE001 - already gone
                 pass
+
+    def _timed_out(self, index: int, timeout: float, what: str, rule: str) -> CardTimeout:
+        """The error of card ``index``'s actor not answering in time (its state read before the
+        caller kills it)."""
+        placed = self.actors.get(index)
+        where = placed.where if placed is not None else {}
+        pid, node = where.get("pid", "?"), where.get("node", "?")
+        if where.get("host") == socket.gethostname():
+            state = process_state(pid)
+            how = {"stopped": "is stopped (SIGSTOP? a debugger?) and ",
+                   "running": "is running (busy or hung) and ", "": "is gone and "}[state]
+        else:
+            how = "(its process state cannot be read from this host) "
+        return CardTimeout(f"card {index}: its Ray actor (pid {pid} on node {node}, id "
+                           f"{where.get('node_id', '?')[:12]}) {how}did not {what} within {timeout:.1f} s "
+                           f"(the deadline of {rule}); it was killed and is started afresh at the next call")
 
     def _node_alive(self, node_id: str) -> bool:
         for n in self.ray.nodes():
@@ -274,10 +357,14 @@ class RayCards:
         plans = {c.index: card_plan(jobs, f) for f, c in enumerate(cards)}
         inputs = {c.index: ray.put(card_images(jobs, plans[c.index])) for c in cards}
         njobs = len(jobs)
+        timeout = reply_timeout(card_macs(jobs), executor)     # every card runs the same programs
+        deadlines: dict[int, float] = {}
 
         def submit(card):
-            return self.actors[card.index].handle.run.remote(key, executor, cfg, programs, check_hazards,
-                                                             plans[card.index], inputs[card.index], njobs)
+            ref = self.actors[card.index].handle.run.remote(key, executor, cfg, programs, check_hazards,
+                                                            plans[card.index], inputs[card.index], njobs)
+            deadlines[card.index] = float("inf") if timeout is None else time.monotonic() + timeout
+            return ref
 
         results: dict[int, tuple] = {}
         try:
@@ -285,7 +372,15 @@ class RayCards:
             pending = {submit(c): c for c in cards}
             retried: set[int] = set()
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                first = min(pending, key=lambda r: deadlines[pending[r].index])
+                left = deadlines[pending[first].index] - time.monotonic()
+                ready, _ = ray.wait(list(pending), num_returns=1,
+                                    timeout=None if left == float("inf") else max(0.0, left))
+                if not ready:
+                    if time.monotonic() < deadlines[pending[first].index]:
+                        continue
+                    raise self._timed_out(pending[first].index, timeout, "answer",
+                                          "its modelled work: runtime.ray_cards.reply_timeout")
                 card = pending.pop(ready[0])
                 try:
                     results[card.index] = ray.get(ready[0])
@@ -403,7 +498,7 @@ def engine_info(obj) -> str:
     """GetInfo('engine'): what runs the cards of ``obj``."""
     mode = obj._flags["workers"]
     if mode != "ray":
-        return mode
+        return f"{mode} (this process, one card after another)"
     eng = _ENGINES.get(obj._owner)
     if eng is None or eng.closed:
         where = resolve_address(obj._flags["ray_address"]) or "a local instance on 127.0.0.1"
@@ -419,11 +514,7 @@ def cards_info(obj) -> list[dict]:
     eng = _ENGINES.get(obj._owner)
     if obj._flags["workers"] == "ray" and eng is not None and not eng.closed:
         return eng.describe(obj._cards)
-    out = []
-    for c in obj._cards:
-        pids = [w.pid for w in c.workers if w.pid is not None]
-        out.append({"card": c.index, "engine": "processes" if pids else "here", "pids": pids})
-    return out
+    return [{"card": c.index, "engine": "here", "pid": os.getpid()} for c in obj._cards]
 
 
 def check_maxfpga(flags) -> None:

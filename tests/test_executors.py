@@ -1,6 +1,6 @@
 """The executor contract (runtime/executors.py): options at construction (unknown ones refused),
-a loaded program run to a RunResult, worker processes as an option of the functional executor,
-and a new executor added with one class and one registry entry."""
+a loaded program run to a RunResult, and a new executor added with one class and one registry
+entry."""
 import numpy as np
 import pytest
 
@@ -10,25 +10,18 @@ from runtime.executors import (EXECUTORS, Executor, ExecutorOptionError, Functio
 
 
 def test_options_are_taken_at_construction_and_unknown_ones_refused():
-    ex = make_executor("functional", trace=True, workers="processes", check_hazards=False)
-    assert (ex.trace, ex.workers, ex.check_hazards) == (True, "processes", False)
+    ex = make_executor("functional", trace=True, check_hazards=False)
+    assert (ex.trace, ex.check_hazards) == (True, False)
     with pytest.raises(ExecutorOptionError, match="no option vcd"):
         make_executor("functional", vcd="x.vcd")
-    with pytest.raises(ExecutorOptionError, match="worker modes"):
-        FunctionalExecutor(workers="ray")
+    with pytest.raises(ExecutorOptionError, match="no option workers"):     # cards in parallel: the driver's Ray actors
+        FunctionalExecutor(workers="processes")
     with pytest.raises(ValueError, match="unknown simulator"):
         make_executor("nosuch")
     assert make_executor("amaranth", vcd="w.vcd").vcd == "w.vcd"
     with pytest.raises(ExecutorOptionError, match="icarus simulator has no option trace"):
         make_executor("icarus", trace=True)
     assert make_executor("verilator", harness="main").harness == "main"
-
-
-def test_workers_are_an_option_of_the_functional_executor():
-    assert FunctionalExecutor(workers="serial").placement(2, 2, 10**12) == "here"
-    assert FunctionalExecutor(workers="processes").placement(2, 1, 0) == "cards"
-    assert FunctionalExecutor(workers="processes").placement(1, 2, 0) == "clusters"
-    assert make_executor("amaranth").placement(2, 2, 10**12) == "here"
 
 
 def test_execute_runs_a_loaded_program_to_a_run_result(small_cnn_onnx):

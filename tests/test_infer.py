@@ -115,7 +115,7 @@ def test_cli_progress_score_and_output(r18, images, one_by_one, tmp_path):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray = pytest.importorskip("ray")
+    import ray      # a dependency of the project: never skipped
     from runtime.ray_cards import _loopback_only
     started = not ray.is_initialized()
     if started:

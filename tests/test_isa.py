@@ -93,7 +93,7 @@ def test_docs_are_generated_from_the_definition():
 
 
 def test_instr_pickles():
-    """Programs travel to worker processes and Ray tasks: an Instr survives pickle unchanged."""
+    """Programs travel to Ray tasks and actors: an Instr survives pickle unchanged."""
     import pickle
 
     from arch.isa import FORMATS, Instr

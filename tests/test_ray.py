@@ -1,7 +1,11 @@
 """Cards as Ray actors (workers='ray') on a two-node Ray cluster made here: bit for bit the serial
-results, the cards spread over the nodes, a killed card actor restarted with a warning, Ctrl-C
-stopping the remote work, a lost node a clear error (not a hang). One cluster for the module (its
-start costs seconds), small CPU counts for a 2-core CI machine. Skipped without Ray."""
+results (outputs, cycles, every statistic, every card memory bit, traces; every way of batching:
+cards, clusters, split images, linked models streaming together), the cards spread over the
+nodes, a killed card actor restarted with a warning, a stopped one a timeout naming it, Ctrl-C
+stopping the remote work, a lost node a clear error (not a hang). One cluster for the module (its start costs seconds), small CPU counts
+for a 2-core CI machine. Ray is a dependency of the project (the former worker-process pool,
+workers='processes', was retired for it: docs/parallel.md)."""
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +17,7 @@ import onnx
 import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")     # the cluster on loopback (runtime.ray_cards)
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import microndla  # noqa: E402
@@ -23,9 +27,11 @@ from zoo import resnet18  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::runtime.saturation.SaturationWarning")
 
-# fast failure detection, so that the lost-node test ends in seconds
+# fast failure detection, so that the lost-node test ends in seconds; a killed actor that does not
+# exit at once (a stopped one) SIGKILLed after 0.5 s instead of Ray's 5 s
 FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 300,
-               "health_check_failure_threshold": 3, "health_check_timeout_ms": 300}
+               "health_check_failure_threshold": 3, "health_check_timeout_ms": 300,
+               "kill_worker_timeout_milliseconds": 500}
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +100,72 @@ def test_ray_cards_equal_serial_and_spread(cluster, r18):
     assert ray.is_initialized()                           # ... and left the user's connection alone
 
 
+@pytest.mark.parametrize("flags", [
+    {"nclusters": 4}, {"nclusters": 2, "clustersbatchmode": 1}, {"nclusters": 3},
+    {"nfpgas": 2, "nclusters": 2, "clustersbatchmode": 1},
+], ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+def test_every_way_of_batching_equals_serial(cluster, r18, flags):
+    """The batching modes besides the one above (what the worker processes were checked on):
+    outputs, cycles, saturations inside the DLA, every statistic and every card memory bit."""
+    ie = microndla.MDLA()
+    ie.SetFlag({**flags, "workers": "serial"})
+    ie.Compile(r18)
+    x = _inputs(ie.GetInfo("batch"))
+    serial = _snapshot(ie, x[::-1] / 2)
+    serial_memory = [c.memory.copy() for c in ie._cards]
+    ie.SetFlag("workers", "ray")
+    on_ray = _snapshot(ie, x[::-1] / 2)
+    assert np.array_equal(serial["y"], on_ray["y"])
+    assert serial["cycles"] == on_ray["cycles"] and serial["sat"] == on_ray["sat"] > 0
+    assert serial["stats"] == on_ray["stats"]
+    assert all(np.array_equal(m, n) for m, n in zip(serial_memory, _actor_memory(ie)))
+    ie.Free()
+
+
+def test_trace_and_hazard_flags_reach_the_actors(cluster, tmp_path):
+    """The trace file of a Ray run is the serial run's (the timelines come back from the actors),
+    with the hazard check off in both."""
+    from tests.test_trace import _compile, _image
+    from zoo import kernels
+    model = kernels.conv_model(4, 8, 6, 6, 3, 1, 1, relu=True, seed=3)
+    docs = []
+    for mode in ("serial", "ray"):
+        path = tmp_path / f"{mode}.json"
+        ie = _compile(tmp_path, model, {"trace": str(path), "nfpgas": 2, "workers": mode, "hazardcheck": 0})
+        ie.Run(_image(ie))
+        assert ie._last_stats[0].clusters[0].timeline
+        docs.append(json.loads(path.read_text()))
+        ie.Free()
+    assert docs[0] == docs[1]
+
+
+def test_streaming_linked_models_on_ray(cluster, tmp_path):
+    """PutInput/GetResult of two models linked on disjoint clusters of one card run them together:
+    on the card's actor exactly as in this process."""
+    from zoo import small_cnn
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(small_cnn(seed=3), str(a))
+    onnx.save(small_cnn(seed=8), str(b))
+    x = np.random.default_rng(4).random((2, 3, 32, 32), dtype=np.float32)
+    got = {}
+    for mode in ("serial", "ray"):
+        ie, ie2 = microndla.MDLA(), microndla.MDLA()
+        ie.SetFlag({"nclusters": 2, "clustersbatchmode": 1, "workers": mode})
+        ie2.SetFlag({"nclusters": 2, "firstcluster": 2, "workers": mode})
+        ie.Compile(str(a))
+        ie2.Compile(str(b), MDLA=ie)
+        ie.PutInput(x[0], "a")
+        ie2.PutInput(x, "b")
+        (y1, o1), (y2, o2) = ie.GetResult(), ie2.GetResult()
+        assert (o1, o2) == ("a", "b")
+        got[mode] = (y1, y2, ie.GetInfo("hwcycles"), ie2.GetInfo("hwcycles"), ie._last_stats)
+        assert (ray_cards._ENGINES.get(ie._owner) is not None) == (mode == "ray")
+        ie2.Free()
+        ie.Free()
+    s, r = got["serial"], got["ray"]
+    assert np.array_equal(s[0], r[0]) and np.array_equal(s[1], r[1]) and s[2:] == r[2:]
+
+
 def test_killed_card_actor_restarts_and_reruns(cluster, r18):
     ie = microndla.MDLA()
     ie.SetFlag({"nfpgas": 2, "workers": "serial"})
@@ -109,6 +181,125 @@ def test_killed_card_actor_restarts_and_reruns(cluster, r18):
     assert np.array_equal(y, expected)
     assert ie.GetInfo("cards")[1]["pid"] != victim["pid"]
     ie.Free()
+
+
+def _alive(pid):
+    """The process lives (a zombie waiting for its parent counts as gone)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _gone_or_killed(pid, within=20.0) -> bool:
+    """Wait for ``pid`` to end; SIGKILL it if it does not (the test's own clean-up): whether it ended."""
+    deadline = time.monotonic() + within
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        return False
+    return True
+
+
+def test_stopped_card_actor_is_a_timeout_not_a_hang(cluster, r18, monkeypatch):
+    """A card actor that lives but does not answer (SIGSTOP) ends the call once the reply deadline
+    of the card's modelled work has passed: the error names the card, its pid, node and state; the
+    actor is killed and the next call starts a fresh one with the same results."""
+    ie = microndla.MDLA()
+    ie.SetFlag({"nfpgas": 2, "workers": "ray"})
+    ie.Compile(r18)
+    x = _inputs(2)
+    expected = _snapshot(ie, x)
+    victim = ie.GetInfo("cards")[1]
+    monkeypatch.setattr(ray_cards, "MIN_REPLY_S", 1.5)
+    monkeypatch.setattr(ray_cards, "SLOWEST_MACS_PER_S", 1e15)
+    os.kill(victim["pid"], signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ray_cards.CardTimeout,
+                           match=rf"card 1: its Ray actor \(pid {victim['pid']} on node {victim['node']}, id "
+                                 rf"{victim['node_id'][:12]}\) is stopped \(SIGSTOP\? a debugger\?\) and did not "
+                                 rf"answer within 1.5 s .*killed and is started afresh"):
+            ie.Run(x)
+        assert time.monotonic() - t0 < 30
+    finally:
+        ended = _gone_or_killed(victim["pid"])
+    assert ended                                          # ray.kill ended the stopped process
+    monkeypatch.undo()
+    again = _snapshot(ie, x)
+    assert np.array_equal(again["y"], expected["y"]) and again["stats"] == expected["stats"]
+    assert again["cycles"] == expected["cycles"] and again["sat"] == expected["sat"]
+    assert ie.GetInfo("cards")[1]["pid"] != victim["pid"]
+    ie.Free()
+
+
+def test_stopped_card_actor_during_a_load_is_a_timeout(cluster, tmp_path, monkeypatch):
+    """The memory image's load into a stopped actor (the card's residents changed: a model linked
+    to it) is bounded too."""
+    from zoo import small_cnn
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(small_cnn(seed=3), str(a))
+    onnx.save(small_cnn(seed=8), str(b))
+    x = np.random.default_rng(4).random((1, 3, 32, 32), dtype=np.float32)
+    ie, ie2 = microndla.MDLA(), microndla.MDLA()
+    ie.SetFlag({"workers": "ray"})
+    ie2.SetFlag({"firstcluster": 2, "workers": "ray"})
+    ie.Compile(str(a))
+    expected = ie.Run(x)
+    victim = ie.GetInfo("cards")[0]["pid"]
+    ie2.Compile(str(b), MDLA=ie)                          # the card's memory image changes
+    monkeypatch.setattr(ray_cards, "MIN_REPLY_S", 1.5)
+    monkeypatch.setattr(ray_cards, "SLOWEST_LOAD_BYTES_PER_S", 1e15)
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        with pytest.raises(ray_cards.CardTimeout, match=rf"card 0: its Ray actor \(pid {victim} on node .*\) is "
+                                                        rf"stopped .*did not take its memory image within 1.5 s"):
+            ie.Run(x)
+    finally:
+        ended = _gone_or_killed(victim)
+    assert ended
+    monkeypatch.undo()
+    assert np.array_equal(ie.Run(x), expected)
+    assert ie.GetInfo("cards")[0]["pid"] != victim
+    ie2.Free()
+    ie.Free()
+
+
+def test_reply_timeout_grows_with_the_work(r18):
+    from runtime.executors import AmaranthExecutor
+    ie = microndla.MDLA()
+    ie.SetFlag({"nfpgas": 2, "nclusters": 2})
+    ie.Compile(r18)
+    c = ie._compiled
+    per_image = sum(lc.macs for lc in c.layers)
+    assert per_image > 0 and ray_cards.card_macs([(c, None, c.parallel.batch)]) == 2 * per_image   # 2 images a card
+    assert ray_cards.card_macs([(c, None, 1)]) == 2 * per_image          # the program runs every slot
+    assert ray_cards.card_macs([(c, None, 4), (c, None, 4)]) == 4 * per_image
+    t = ray_cards.reply_timeout
+    assert t(0) == ray_cards.MIN_REPLY_S
+    assert t(10 ** 12) > t(10 ** 9) > t(0)
+    assert t(10 ** 9, FunctionalExecutor()) == t(10 ** 9) == ray_cards.MIN_REPLY_S + 10 ** 9 / ray_cards.SLOWEST_MACS_PER_S
+    assert t(10 ** 9, AmaranthExecutor()) is None        # cycles/s simulators: no MAC-derived deadline
+    assert ray_cards.load_timeout(10 ** 9) > ray_cards.load_timeout(0) == ray_cards.MIN_REPLY_S
+    ie.Free()
+
+
+def test_timeout_error_says_what_is_known_of_the_actor():
+    """The state of an actor on this host comes from /proc; of one elsewhere it is not guessed."""
+    import socket
+    eng = object.__new__(ray_cards.RayCards)
+    here, dead = socket.gethostname(), 2 ** 22 + 1      # above Linux's largest pid
+    eng.actors = {0: ray_cards._Placed(None, {"pid": os.getpid(), "node": "127.0.0.1", "node_id": "ab" * 20, "host": here}),
+                  1: ray_cards._Placed(None, {"pid": dead, "node": "127.0.0.1", "node_id": "cd" * 20, "host": here}),
+                  2: ray_cards._Placed(None, {"pid": 7, "node": "10.0.0.9", "node_id": "ef" * 20, "host": here + "-other"})}
+    msg = [str(eng._timed_out(i, 61.25, "answer", "its modelled work")) for i in range(3)]
+    assert msg[0] == (f"card 0: its Ray actor (pid {os.getpid()} on node 127.0.0.1, id abababababab) is running "
+                      f"(busy or hung) and did not answer within 61.2 s (the deadline of its modelled work); it was "
+                      f"killed and is started afresh at the next call")
+    assert f"(pid {dead} on node 127.0.0.1, id cdcdcdcdcdcd) is gone and did not answer" in msg[1]
+    assert "(pid 7 on node 10.0.0.9, id efefefefefef) (its process state cannot be read from this host) did not" in msg[2]
+    assert ray_cards.process_state(os.getpid()) == "running" and ray_cards.process_state(dead) == ""
 
 
 def test_ctrl_c_stops_the_remote_work(cluster, r18, monkeypatch):
@@ -145,6 +336,26 @@ def test_flags_refused_clearly():
     ie.SetFlag("maxfpga", 100)                            # far beyond this host's cores
     assert ie.GetInfo("maxfpga") == 100
     ie.SetFlag("maxfpga", 4)
+
+
+def test_processes_is_refused_and_auto_starts_no_ray(small_cnn_onnx):
+    """The retired worker-process pool: 'processes' names its replacement; 'auto' (the default) runs
+    the cards here and never starts a Ray instance behind the caller's back."""
+    ie = microndla.MDLA()
+    with pytest.raises(ValueError, match=r"flag 'workers'.*'processes' is no longer a mode.*retired for Ray"
+                                         r".*SetFlag\('workers', 'ray'\)"):
+        ie.SetFlag("workers", "processes")
+    with pytest.raises(ValueError, match=r"expects one of auto, serial, ray, got 'threads'"):
+        ie.SetFlag("workers", "threads")
+    assert ie.GetInfo("workers") == "auto"
+    users = ray_cards.SESSION.users
+    ie.SetFlag("nfpgas", 2)
+    ie.Compile(small_cnn_onnx)
+    ie.Run(np.zeros((2, 3, 32, 32), np.float32))
+    assert ie.GetInfo("engine") == "auto (this process, one card after another)"
+    assert ray_cards._ENGINES.get(ie._owner) is None and ray_cards.SESSION.users == users
+    assert [c["engine"] for c in ie.GetInfo("cards")] == ["here", "here"]
+    ie.Free()
 
 
 def test_local_instance_listens_on_loopback_only(tmp_path):

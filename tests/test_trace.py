@@ -324,18 +324,6 @@ def test_useful_mac_lanes_of_a_depthwise_layer(tmp_path, flags):
     assert useful == pytest.approx(network) and useful < driven / 4
 
 
-def test_worker_processes_write_the_same_trace(tmp_path):
-    model = kernels.conv_model(4, 8, 6, 6, 3, 1, 1, relu=True, seed=3)
-    docs = []
-    for mode in ("serial", "processes"):
-        path = tmp_path / f"{mode}.json"
-        ie = _compile(tmp_path, model, {"trace": str(path), "nfpgas": 2, "workers": mode})
-        ie.Run(_image(ie))
-        docs.append(json.loads(path.read_text()))
-        ie.Free()
-    assert docs[0] == docs[1]
-
-
 def test_host_tail_on_the_host_track(tmp_path):
     from onnx import helper
 
