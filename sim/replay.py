@@ -144,8 +144,8 @@ class ReplayPlan:
                 for d in deps:
                     self.readers[d].add(k)
                 self.deps[k] = frozenset(deps)
-                self.content[k] = (i.kern_addr, i.kh, i.kw, i.cin, i.mv_mask, i.nvv, i.init == Init.BIAS and i.bias_addr,
-                                   writers)
+                self.content[k] = (i.kern_addr, i.kh, i.kw, i.cin, i.mv_mask, i.nvv, int(i.init),
+                                   i.bias_addr if i.init == Init.BIAS else -1, writers)
         # Accumulators only a later CONV with INIT ACC reads: walking back from the end (where the
         # run's buffers are dropped), a CONV's accumulator entries are live when a later INIT ACC
         # CONV reads one of them before another CONV overwrites it.
