@@ -7,7 +7,8 @@ onnxruntime float32 with its default intra-op thread count (the machine's cores)
 thread; the functional model (``sim.card.run_card`` on the compiled memory image, hazard checker
 on) with as many threads as cores and with one thread (its default), on the first (cold) run,
 which decodes and validates the program and records its schedule, and on warm runs, which reuse
-both; the ratios functional model / onnxruntime at equal thread counts; the process CPU time of
+both (the first of them also captures the CONVs' kernel operands, which the later ones reuse while
+the weights' bytes are unchanged: sim/replay.py; warm times are the best run); the ratios functional model / onnxruntime at equal thread counts; the process CPU time of
 the one-thread runs; the one-thread warm time with numpy's BLAS as the GEMM engine instead of the
 default (sim/gemm.py); and the compile time of each network split by phase. The header names the
 functional model's GEMM engine and numpy's BLAS kernels.

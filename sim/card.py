@@ -38,6 +38,7 @@ from arch.isa import ENGINE_NEXT, ENGINE_PREV, ENGINES, INSTR_BYTES, Buf, Instr,
 from arch.machine import MachineConfig
 
 from .hazards import MEMORY, Access, HazardChecker
+from .replay import ReplayPlan
 from .units import ClusterUnits, available_cores, conv_maps_words, dma_offsets, mv_list, pitched_words, pool_maps_words
 
 __all__ = ["SimError", "InstrTiming", "ClusterStats", "CardStats", "run_card", "default_threads", "TOKEN_QUEUES",
@@ -679,7 +680,7 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
             _schedule_cache.move_to_end(sched_key)
     if cached is not None and (cached[2] or not check_hazards) and sink is None:
         _, runs, _, plan = cached
-        _replay(plan, units, mem_words, sat_pcs)
+        plan.replay(memory, units, mem_words, sat_pcs)
         return _card_stats(runs, units, sat_pcs, None, clusters, trace, bb)
 
     order: list[tuple[int, int]] = []
@@ -756,7 +757,7 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
         raise SimError("deadlock: " + "; ".join(stuck))
 
     with _cache_lock:
-        _schedule_cache[sched_key] = (order, runs, check_hazards, _replay_plan(order, runs, bb))
+        _schedule_cache[sched_key] = (order, runs, check_hazards, _replay_plan(order, runs, bb, cfg))
         if len(_schedule_cache) > _CACHE_SIZE:
             _schedule_cache.popitem(last=False)
     return _card_stats(runs, units, sat_pcs, sink, clusters, trace, bb)
@@ -766,36 +767,19 @@ def _run_card(cfg: MachineConfig, memory: np.ndarray, programs: dict[int, int], 
 _SATURATING = frozenset({"conv", "avgpool"})
 
 
-def _replay_plan(order: list[tuple[int, int]], runs: dict, bb: int) -> tuple:
-    """The recorded effect order as (cluster, pc, effect, instruction, memory word or None,
-    may saturate) tuples, built once per recorded schedule and kept with it (a replay then looks
-    nothing up per instruction). It applies exactly what :func:`apply_effect` applies."""
+def _replay_plan(order: list[tuple[int, int]], runs: dict, bb: int, cfg: MachineConfig) -> ReplayPlan:
+    """The recorded effect order as a :class:`sim.replay.ReplayPlan` of (cluster, pc, effect,
+    instruction, memory word or None, may saturate, memory byte range) entries, built once per
+    recorded schedule and kept with it (a replay then looks nothing up per instruction). It applies
+    exactly what :func:`apply_effect` applies, keeping the CONVs' kernel operands from run to run
+    where the weights they come from are unchanged (see sim/replay.py)."""
     out = []
     for c, pc in order:
         o = runs[c].ops[pc]
         i = o.instr
         out.append((c, pc, o.effect, i, i.dram_addr // bb if o.effect in ("load", "store") else None,
-                    o.effect in _SATURATING))
-    return tuple(out)
-
-
-def _replay(plan: tuple, units: dict, mem_words: np.ndarray, sat_pcs: dict) -> None:
-    """Apply the data effects of a replay plan in order (see :func:`_replay_plan`), counting the
-    saturations per instruction as ``apply`` does."""
-    bound = {c: {name: getattr(u, name) for name in set(_EFFECTS.values()) if name} for c, u in units.items()}
-    for c, pc, effect, i, word, saturating in plan:
-        fn = bound[c][effect]
-        if word is not None:
-            fn(i, mem_words, word)
-        elif saturating:
-            u = units[c]
-            before = u.saturations
-            fn(i)
-            if u.saturations != before:
-                by_pc = sat_pcs[c]
-                by_pc[pc] = by_pc.get(pc, 0) + u.saturations - before
-        else:
-            fn(i)
+                    o.effect in _SATURATING, o.mem_lo, o.mem_hi))
+    return ReplayPlan(out, cfg)
 
 
 def _card_stats(runs, units, sat_pcs, sink, clusters, trace: bool, bb: int) -> CardStats:

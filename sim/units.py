@@ -44,7 +44,7 @@ from arch.numerics import (ACT_NONE, ACT_RELU, DATA_MAX, DATA_MIN, RES_ADD, RES_
 
 from . import gemm
 
-__all__ = ["ClusterUnits", "available_cores", "mv_list", "dma_offsets", "conv_maps_words", "pool_maps_words",
+__all__ = ["ClusterUnits", "KernelOperands", "available_cores", "mv_list", "dma_offsets", "conv_maps_words", "pool_maps_words",
            "pitched_words"]
 
 
@@ -149,7 +149,17 @@ class ClusterUnits:
         plan = i.__dict__.get("_sim_load")
         if plan is None or plan[0] is not self.cfg:
             plan = self._load_plan(i)
-        _, kind, src_shape, src_strides, n, dsts = plan
+        _, kind, src_shape, src_strides, n, dsts, simple = plan
+        if simple is not None and (self.threads == 1 or n * self.lanes < _SPLIT_COPY):
+            # the common case: one run of words into consecutive MVs, by slicing (cheaper than views)
+            m0, m1, a = simple
+            if kind == Buf.RES:
+                self.res[m0:m1, a:a + n] = mem_words[base_word:base_word + n]
+                return
+            self._loads += 1
+            self.maps_w[m0:m1, a:a + n] = mem_words[base_word:base_word + n]
+            self.maps_tag[m0:m1, a:a + n] = self._loads
+            return
         src = np.ndarray(src_shape, mem_words.dtype, mem_words, base_word * mem_words.strides[0], src_strides)
         if kind == Buf.RES:
             res, s0 = self.res, src[..., 0, :]
@@ -158,9 +168,13 @@ class ClusterUnits:
             return
         self._loads += 1
         if kind == Buf.MAPS:
-            maps = self.maps
+            maps, big = self.maps, self.threads > 1 and n * self.lanes >= _SPLIT_COPY
             for off, shape, strides, m, a in dsts:    # a broadcast mask: all MVs in one assignment
-                self._copy(np.ndarray(shape, maps.dtype, maps, off, strides), src)
+                dst = np.ndarray(shape, maps.dtype, maps, off, strides)
+                if big:
+                    self._copy(dst, src)
+                else:
+                    dst[...] = src
                 self.maps_tag[m, a:a + n] = self._loads
         else:
             for rows, m, nvv, src_kern in dsts:
@@ -199,7 +213,12 @@ class ClusterUnits:
                 return src.reshape(n // nvv, nvv, 1, L).swapaxes(1, 2)
             dsts = tuple((slice(a, a + n // nvv), slice(g[0], g[-1] + 1), nvv, src_kern)
                          for g in _consecutive_runs(mvs))
-        plan = (self.cfg, i.buf, src_shape, tuple(x * e for x in src_strides), n, dsts)
+        simple = None
+        if pat.contiguous and i.buf in (Buf.MAPS, Buf.RES) and len(_consecutive_runs(mvs)) == 1:
+            words = (self.maps_w if i.buf == Buf.MAPS else self.res).shape[1]
+            if a + n <= words and mvs[-1] < self.maps_w.shape[0]:     # else the views refuse it
+                simple = (mvs[0], mvs[-1] + 1, a)
+        plan = (self.cfg, i.buf, src_shape, tuple(x * e for x in src_strides), n, dsts, simple)
         i.__dict__["_sim_load"] = plan
         return plan
 
@@ -220,16 +239,35 @@ class ClusterUnits:
             f.result()
 
     def store(self, i: Instr, mem_words: np.ndarray, base_word: int) -> None:
-        pat = _dma_pattern(i)
-        data = self.out[i.mv, i.buf_addr:i.buf_addr + pat.words]
-        if pat.contiguous:
-            mem_words[base_word:base_word + pat.words] = data
-        elif pat.unique is None:
-            L = self.lanes
-            _view(mem_words, base_word * L, (i.n2, i.n1, i.n0, L), (i.s2 * L, i.s1 * L, L, 1))[...] = \
-                data.reshape(i.n2, i.n1, i.n0, L)
+        plan = i.__dict__.get("_sim_store")
+        if plan is None or plan[0] is not self.cfg:
+            plan = self._store_plan(i)
+        _, words, shape, strides, pat = plan
+        data = self.out[i.mv, i.buf_addr:i.buf_addr + words]
+        if strides is None:                 # contiguous
+            mem_words[base_word:base_word + words] = data
+        elif pat is None:
+            np.ndarray(shape, mem_words.dtype, mem_words, base_word * mem_words.strides[0], strides)[...] = \
+                data.reshape(shape)
         else:  # overlapping destinations: the last word written in transfer order wins
             mem_words[base_word + pat.unique] = data[pat.last]
+
+    def _store_plan(self, i: Instr) -> tuple:
+        """The data-independent part of a STORE on this machine (kept on the instruction, as the
+        LOAD's :meth:`_load_plan`): words moved, the output words' shape, the destination's byte
+        strides (None: contiguous) and the pattern when destinations overlap."""
+        pat = _dma_pattern(i)
+        L, e = self.lanes, 2
+        if i.mv >= self.out.shape[0] or i.buf_addr + pat.words > self.out.shape[1]:
+            raise IndexError(f"STORE of output words {i.buf_addr}..{i.buf_addr + pat.words - 1} of MV {i.mv} "
+                             f"outside the output buffers")
+        if pat.contiguous:
+            plan = (self.cfg, pat.words, (pat.words, L), None, None)
+        else:
+            plan = (self.cfg, pat.words, (i.n2, i.n1, i.n0, L), (i.s2 * L * e, i.s1 * L * e, L * e, e),
+                    pat if pat.unique is not None else None)
+        i.__dict__["_sim_store"] = plan
+        return plan
 
     # ---- compute -----------------------------------------------------------------------------
     def _window(self, m: int, i: Instr, y0: int, y1: int) -> np.ndarray:
@@ -274,27 +312,68 @@ class ClusterUnits:
         d0 = data(0)[z]
         return all(np.array_equal(d0, data(j)[z]) for j in range(1, len(tags)))
 
-    def conv(self, i: Instr) -> None:
+    def conv(self, i: Instr, kc: "KernelOperands | None" = None, keep_acc: bool = True,
+             same_maps: bool | None = None) -> None:
+        """CONV. ``kc``: this CONV's kernel operands captured on an earlier run whose kernel words
+        held the same values (sim/replay.py decides when that holds); the kernel buffers are then
+        not read, and the LOADs that only feed such CONVs need not have run. ``keep_acc=False``:
+        nothing reads the accumulator entries this CONV writes before they are written again or
+        the run ends (sim/replay.py finds when), so they are not written. ``same_maps``: what
+        :meth:`maps_shared` returns for it now, when the caller knows (a replay: it depends only on
+        which LOADs ran, see sim/replay.py)."""
         L = self.lanes
         mvs = mv_list(i.mv_mask)
         sel = _mv_index(mvs)
-        nmv, nvv = len(mvs), i.nvv
+        nmv = len(mvs)
         P, K, N = i.oh * i.ow, i.kh * i.kw * i.cin, i.nvv * L
+        if same_maps is None:
+            same_maps = self.maps_shared(i)
+        # Depthwise (and channel-wise) layers are block-diagonal CONVs: each output channel's
+        # weights are zero but for one input channel. Their products are summed over the kernel
+        # taps alone, skipping the zero terms (the same integers: the sums stay exact).
+        want_bands = P * K * N * nmv >= _BAND_MIN and not _FORCE_GEMM
+        if kc is not None:
+            B, bias = kc.operands(want_bands, same_maps)
+        else:
+            B, bias = self._kernel_operands(i, mvs, want_bands, same_maps)
+        # Large CONVs use the threads: onnxruntime's GEMM on all of them, or (numpy's engine) one
+        # part each of the output rows, which are independent.
+        big = self.threads > 1 and P * K * N * nmv >= _SPLIT_MACS
+        gemm_threads = self.threads if big and not isinstance(B, tuple) and gemm.engine() == "onnxruntime" else 1
+        ny = min(self.threads, i.oh) if big and gemm_threads == 1 else 1
+        cuts = [i.oh * t // ny for t in range(ny + 1)]
+        jobs = [(i, mvs, same_maps, B, bias, cuts[t], cuts[t + 1], gemm_threads, keep_acc) for t in range(ny)]
+        if ny == 1:
+            self.saturations += self._conv_rows(*jobs[0])
+        else:
+            pending = [_pool().submit(self._conv_rows, *job) for job in jobs[1:]]
+            sat = self._conv_rows(*jobs[0])
+            self.saturations += sat + sum(f.result() for f in pending)
+
+    def maps_shared(self, i: Instr) -> bool:
+        """Whether all MVs of CONV ``i`` hold the same maps words (maps loaded with a broadcast mask
+        usually are: gathered once then), from the load tags (:meth:`_same`)."""
+        mvs = mv_list(i.mv_mask)
+        if len(mvs) == 1:
+            return True
+        L = self.lanes
+        wlo, whi = i.maps_addr // L, -(-(i.maps_addr + maps_extent_conv(i)) // L)
+        return self._same(self.maps_tag[_mv_index(mvs), wlo:whi], lambda j: self.maps_w[mvs[j], wlo:whi])
+
+    def _kernel_operands(self, i: Instr, mvs: tuple[int, ...], want_bands: bool, same_maps: bool) -> tuple:
+        """(B, bias) of a CONV from the kernel buffers: B the bands (:meth:`_bands`) when
+        ``want_bands`` and the kernels are diagonal, else the GEMM's kernel operand (a view where
+        it can be): (K, nmv * N) when the MVs share the maps, (K, N) when they share the weights,
+        else (nmv, K, N); bias as :meth:`_bias`."""
+        L, nmv, nvv = self.lanes, len(mvs), i.nvv
+        sel = _mv_index(mvs)
+        K, N = i.kh * i.kw * i.cin, i.nvv * L
         ka = i.kern_addr
 
         def weights(m: int) -> np.ndarray:
             """The kernel operand of MV m: (K, nvv*lanes), a view."""
             return self.kern[m, ka:ka + K, :nvv].reshape(K, N)
-        # Maps loaded with a broadcast mask are usually identical in all MVs: gather once then.
-        if nmv > 1:
-            wlo, whi = i.maps_addr // L, -(-(i.maps_addr + maps_extent_conv(i)) // L)
-            same_maps = self._same(self.maps_tag[sel, wlo:whi], lambda j: self.maps_w[mvs[j], wlo:whi])
-        else:
-            same_maps = True
-        # Depthwise (and channel-wise) layers are block-diagonal CONVs: each output channel's
-        # weights are zero but for one input channel. Their products are summed over the kernel
-        # taps alone, skipping the zero terms (the same integers: the sums stay exact).
-        bands = self._bands(i, mvs) if P * K * N * nmv >= _BAND_MIN and not _FORCE_GEMM else None
+        bands = self._bands(i, mvs) if want_bands else None
         if bands is not None:
             B = bands
         elif same_maps:
@@ -308,26 +387,28 @@ class ClusterUnits:
             B = weights(mvs[0])                             # per-MV images, shared weights
         else:
             B = np.stack([weights(m) for m in mvs])
-        bias = None
-        if i.init == Init.BIAS:      # (nmv, 1, nvv, lanes): one bias per output channel, for every pixel
-            words = self.kern_wm[i.bias_addr:i.bias_addr + 2, sel, :nvv].astype(np.int64)
-            bias = join_bias(words[0], words[1])[:, None]
-        # Large CONVs use the threads: onnxruntime's GEMM on all of them, or (numpy's engine) one
-        # part each of the output rows, which are independent.
-        big = self.threads > 1 and P * K * N * nmv >= _SPLIT_MACS
-        gemm_threads = self.threads if big and bands is None and gemm.engine() == "onnxruntime" else 1
-        ny = min(self.threads, i.oh) if big and gemm_threads == 1 else 1
-        cuts = [i.oh * t // ny for t in range(ny + 1)]
-        jobs = [(i, mvs, same_maps, B, bias, cuts[t], cuts[t + 1], gemm_threads) for t in range(ny)]
-        if ny == 1:
-            self.saturations += self._conv_rows(*jobs[0])
-        else:
-            pending = [_pool().submit(self._conv_rows, *job) for job in jobs[1:]]
-            sat = self._conv_rows(*jobs[0])
-            self.saturations += sat + sum(f.result() for f in pending)
+        return B, self._bias(i, sel)
+
+    def _bias(self, i: Instr, sel) -> np.ndarray | None:
+        """(nmv, 1, nvv, lanes) int64: one bias per output channel, for every pixel (INIT BIAS)."""
+        if i.init != Init.BIAS:
+            return None
+        words = self.kern_wm[i.bias_addr:i.bias_addr + 2, sel, :i.nvv].astype(np.int64)
+        return join_bias(words[0], words[1])[:, None]
+
+    def capture_kernel(self, i: Instr) -> "KernelOperands":
+        """The kernel operands of CONV ``i`` as the kernel buffers hold them now, in arrays of their
+        own (see :class:`KernelOperands`), in the forms the CONV would use now."""
+        mvs = mv_list(i.mv_mask)
+        L, K, N = self.lanes, i.kh * i.kw * i.cin, i.nvv * self.lanes
+        Wm = np.ascontiguousarray(self.kern[list(mvs), i.kern_addr:i.kern_addr + K, :i.nvv]).reshape(len(mvs), K, N)
+        found = self._find_bands(i, mvs)
+        bands = None if found is None else found[:3] + (self._band_weights(found[3]),)
+        cat = len(mvs) > 1 and (bands is None or i.oh * i.ow * K * N * len(mvs) < _BAND_MIN) and self.maps_shared(i)
+        return KernelOperands(Wm, bands, self._bias(i, _mv_index(mvs)), cat)
 
     def _conv_rows(self, i: Instr, mvs: tuple[int, ...], same_maps: bool, B: np.ndarray, bias, y0: int,
-                   y1: int, gemm_threads: int = 1) -> int:
+                   y1: int, gemm_threads: int = 1, keep_acc: bool = True) -> int:
         """Output rows y0..y1 of a CONV on the MVs ``mvs``: gather, GEMM, accumulate, output stage.
         Touches only its own accumulator entries and output words; returns the saturations."""
         L, nmv, nvv, ow = self.lanes, len(mvs), i.nvv, i.ow
@@ -355,12 +436,21 @@ class ClusterUnits:
         a0, a1 = i.acc_addr + p0, i.acc_addr + p0 + Pc
         sel = _mv_index(mvs)
         R = np.empty((nmv, Pc, nvv, L), dtype=np.int64)
-        # A bias is added to the float64 products in place (G is this call's own array), which is
-        # exact while |products| + |bias| < 2**53 and cheaper than a mixed-type add; earlier sums
-        # (INIT ACC) are added in int64.
-        if bias is not None and G.dtype == np.float64 and K * (1 << 30) + (1 << self.cfg.bias_bits - 1) < 1 << 53:
-            np.add(G, bias.astype(np.float64), out=G)
-            R[...] = G
+        # A bias is added to the float64 products as they are cast into R, which is exact while
+        # |products| + |bias| < 2**53 and cheaper than a mixed-type add; earlier sums (INIT ACC)
+        # are added in int64. When nothing reads the accumulators (keep_acc False), the sum cannot
+        # wrap and no residual is added before the shift, the output stage's offset (see
+        # _output_stage) is added here too, exact while |first term| + offset < 2**53.
+        first = K * (1 << 30) + (1 << self.cfg.bias_bits - 1)       # bound of a first term
+        exact = G.dtype == np.float64 and first < 1 << 53
+        s = i.shift
+        offset = ((1 << (s - 1)) if s else 0) + (1 << (15 + s)) if s <= 46 else 0
+        if not (offset and exact and i.write and not keep_acc and not i.resid and i.init != Init.ACC
+                and acc_bits <= 62 and first < 1 << (acc_bits - 1) and first + offset < 1 << 53):
+            offset = 0
+        if offset or (bias is not None and exact):
+            add = np.float64(offset) if bias is None else (bias + offset).astype(np.float64)
+            np.add(G, add, out=R, casting="unsafe")
         else:
             R[...] = G
             if bias is not None:
@@ -371,7 +461,8 @@ class ClusterUnits:
         # 48-bit accumulator; an accumulation onto earlier sums can.
         if i.init == Init.ACC or K * (1 << 30) + (1 << self.cfg.bias_bits - 1) >= 1 << (acc_bits - 1):
             _wrap_inplace(R, acc_bits)
-        self.acc[sel, a0:a1, :nvv] = R
+        if keep_acc:
+            self.acc[sel, a0:a1, :nvv] = R
         if not i.write:
             return 0
         # one (nmv, Pc, nvv, lanes) view per buffer when the MVs are consecutive, else one per MV
@@ -385,7 +476,7 @@ class ClusterUnits:
             dst = [_pitched(self.out[m], i.out_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) for m in mvs]
             res = [_pitched(self.res[m], i.res_addr + p0 * i.out_pitch, Pc, i.out_pitch, nvv) for m in mvs] \
                 if i.resid else None
-        return _output_stage(R, accs, i, res, acc_bits, dst)
+        return _output_stage(R, accs, i, res, acc_bits, dst, offset_added=bool(offset))
 
     def _bands(self, i: Instr, mvs: tuple[int, ...]) -> tuple | None:
         """Whether the kernel operand of every MV of a CONV is diagonal: all its nonzero weights
@@ -474,7 +565,8 @@ class ClusterUnits:
         Pc, taps, rows = (y1 - y0) * ow, i.kh * i.kw, y1 - y0
         c0, c1, ds, W = bands
         w = c1 - c0
-        G = np.zeros((nmv, Pc, nvv * L), dtype=np.float64)
+        full = w > 0 and all(d == ds[0] for d in ds) and c0 + ds[0] == 0 and c1 + ds[0] == nvv * L
+        G = (np.empty if full else np.zeros)((nmv, Pc, nvv * L), dtype=np.float64)   # full: einsum writes all
         if w == 0:
             return G.reshape(nmv, Pc, nvv, L)
         if same_maps or nmv == 1:
@@ -530,10 +622,82 @@ class ClusterUnits:
 
     def avgpool(self, i: Instr) -> None:
         def window_average(w: np.ndarray) -> np.ndarray:
-            y, sat = average(w.sum(axis=(3, 4), dtype=np.int64), i.mul, i.shift)
+            if i.kh * i.kw <= 16:     # a running sum per tap, as window_max: faster than a strided reduction
+                total = w[:, :, :, 0, 0].astype(np.int64)
+                for ky in range(i.kh):
+                    for kx in range(i.kw):
+                        if ky or kx:
+                            total += w[:, :, :, ky, kx]
+            else:
+                total = w.sum(axis=(3, 4), dtype=np.int64)
+            y, sat = _average(total, i.mul, i.shift) if i.kh * i.kw <= 1 << 15 else average(total, i.mul, i.shift)
             self.saturations += sat
             return y
         self._pool(i, window_average)
+
+
+def _average(total: np.ndarray, mul: int, shift: int) -> tuple[np.ndarray, int]:
+    """``arch.numerics.average(total, mul, shift)`` in fewer passes, ``total`` (int64, this call's
+    own) used as scratch: the offset trick of :func:`_output_stage` (|total * mul| <= 2**46 for
+    windows of at most 2**15 taps of int16 values and a 16-bit multiplier; the offset is below 2**62)."""
+    if shift > 46:
+        return average(total, mul, shift)
+    total *= np.int64(mul)
+    total += ((1 << (shift - 1)) if shift else 0) + (1 << (15 + shift))
+    total >>= shift
+    unsigned = total.view(np.uint64)
+    sat = 0
+    if unsigned.size and unsigned.max() > 0xFFFF:
+        sat = int(np.count_nonzero(unsigned > 0xFFFF))
+        np.clip(total, 0, 0xFFFF, out=total)
+    y = np.empty(total.shape, dtype=np.int16)
+    np.bitwise_xor(total, 0x8000, out=y.view(np.uint16), casting="unsafe")
+    return y, sat
+
+
+class KernelOperands:
+    """The kernel operands of one CONV taken out of the kernel buffers (:meth:`ClusterUnits.capture_kernel`),
+    for CONVs whose kernel words hold the same values on every run (sim/replay.py): the weights as
+    one contiguous float64 array, ``(1, K, N)`` when all MVs have the same ones (a layer's weights
+    broadcast to MVs that hold different pixels) else ``(nmv, K, N)``; the bands found in them (as
+    :meth:`ClusterUnits._bands` returns them, or None); the bias (or None); and the MVs' weights
+    side by side, the operand of MVs that share the maps (``cat``: built at once or on first use).
+    Read-only once built; a form built by two threads at once is the same values either way."""
+
+    __slots__ = ("W", "nmv", "bands", "bias", "_cat")
+
+    def __init__(self, Wm: np.ndarray, bands: tuple | None, bias: np.ndarray | None, cat: bool):
+        nmv = len(Wm)
+        shared = all(np.array_equal(Wm[0], Wm[j]) for j in range(1, nmv))
+        self.W = Wm[:1].copy() if shared and nmv > 1 else Wm
+        self.nmv, self.bands, self.bias = nmv, bands, bias
+        self._cat = None
+        if cat and nmv > 1:
+            self._side_by_side()
+
+    def _side_by_side(self) -> np.ndarray:
+        """(K, nmv * N): MV j's weights in columns j*N..(j+1)*N-1."""
+        W = self.W
+        self._cat = (np.tile(W[0], (1, self.nmv)) if len(W) == 1
+                     else np.ascontiguousarray(W.transpose(1, 0, 2)).reshape(W.shape[1], -1))
+        return self._cat
+
+    @property
+    def nbytes(self) -> int:
+        return (self.W.nbytes + (0 if self._cat is None else self._cat.nbytes)
+                + (0 if self.bands is None else self.bands[3].nbytes)
+                + (0 if self.bias is None else self.bias.nbytes))
+
+    def operands(self, want_bands: bool, same_maps: bool) -> tuple:
+        """(B, bias) as :meth:`ClusterUnits._kernel_operands` gives them."""
+        if want_bands and self.bands is not None:
+            return self.bands, self.bias
+        W = self.W
+        if self.nmv == 1:
+            return W[0], self.bias
+        if not same_maps:
+            return (W[0] if len(W) == 1 else W), self.bias
+        return (self._cat if self._cat is not None else self._side_by_side()), self.bias
 
 
 #: CONVs of fewer multiply-adds than this (as a GEMM, all MVs) always run as a GEMM: the test for a
@@ -587,11 +751,12 @@ def _wrap_inplace(x: np.ndarray, bits: int) -> None:
 
 
 def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.ndarray] | None,
-                  acc_bits: int, dst: list[np.ndarray]) -> int:
+                  acc_bits: int, dst: list[np.ndarray], offset_added: bool = False) -> int:
     """Write ``arch.numerics.requantize(accs[j], i.shift, i.act, res[j], i.rshift, acc_bits, i.act_a,
     i.act_b, i.resid)`` into
     ``dst[j]`` (int16) for each MV j and return the saturation count. ``accs`` are views covering
-    all of ``R`` (int64), which is used as scratch space.
+    all of ``R`` (int64), which is used as scratch space; ``offset_added``: the offset below is in
+    ``R`` already (added with the bias, see ClusterUnits._conv_rows).
 
     Same arithmetic in fewer passes: the offset 2**15 that maps the int16 range onto 0..2**16-1 is
     added before the shift (adding a multiple of 2**shift commutes with the floor shift), so one
@@ -600,7 +765,7 @@ def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.
     the 16-bit results."""
     s = i.shift
     if acc_bits <= 62 and (i.act not in (ACT_NONE, ACT_RELU) or (res is not None and i.resid == RES_MUL)):
-        return _tabled_output_stage(accs, i, res, acc_bits, dst)
+        return _tabled_output_stage(R, accs, i, res, acc_bits, dst, offset_added)
     # the offset could overflow int64: the plain definition
     if acc_bits > 62 or s > 46:
         sat = 0
@@ -615,7 +780,8 @@ def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.
         for acc, r in zip(accs, res):
             acc += r.astype(np.int64) << np.int64(i.rshift)
         _wrap_inplace(R, acc_bits)
-    R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
+    if not offset_added:
+        R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
     R >>= s
     # saturation is rare: one pass finds whether there is any, a second counts it only then
     unsigned = R.view(np.uint64)
@@ -644,13 +810,60 @@ def _activation_table(act: int, a: int, b: int) -> np.ndarray:
     return table
 
 
-def _tabled_output_stage(accs: list[np.ndarray], i: Instr, res: list[np.ndarray] | None, acc_bits: int,
-                         dst: list[np.ndarray]) -> int:
+def _tabled_output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.ndarray] | None,
+                         acc_bits: int, dst: list[np.ndarray], offset_added: bool = False) -> int:
     """:func:`_output_stage` for an activation other than NONE/RELU or a fused Mul: the steps of
-    ``arch.numerics.requantize`` with the activation looked up in :func:`_activation_table`."""
+    ``arch.numerics.requantize`` with the activation looked up in :func:`_activation_table`.
+
+    As in :func:`_output_stage`, the offset 2**15 is added before the shift, so the shifted values
+    are the table's indices and one unsigned maximum tells whether anything saturates (a value
+    below the range is negative, one above it exceeds 0xFFFF); ``R`` is the scratch space."""
     table = _activation_table(i.act, i.act_a, i.act_b)
-    below, above = saturation_counts(i.act, i.act_a, i.act_b)
+    below, above = _saturation_counts(i.act, i.act_a, i.act_b)
     mul = res is not None and i.resid == RES_MUL
+    s = i.shift
+    if s > 46:       # the offset could overflow int64: the plain steps
+        return _tabled_output_stage_plain(accs, i, res, acc_bits, dst, table, below, above, mul)
+    if res is not None and not mul:
+        for acc, r in zip(accs, res):
+            acc += r.astype(np.int64) << np.int64(i.rshift)
+        _wrap_inplace(R, acc_bits)
+    if not offset_added:
+        R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
+    R >>= s
+    sat = 0
+    first = None             # a fused Mul counts a value once even if both of its stages clip it
+    unsigned = R.view(np.uint64)
+    if unsigned.size and unsigned.max() > 0xFFFF:
+        if mul and (below or above):
+            first = [(acc < 0) | (acc > 0xFFFF) if below and above else (acc < 0) if below else (acc > 0xFFFF)
+                     for acc in accs]
+        elif not mul:
+            if below:
+                sat += int(np.count_nonzero(R < 0))
+            if above:
+                sat += int(np.count_nonzero(R > 0xFFFF))
+        np.clip(R, 0, 0xFFFF, out=R)
+    for j, acc in enumerate(accs):
+        if not mul:      # the indices are 0..0xFFFF: 'wrap' is the identity, and the fastest mode
+            table.take(acc, out=dst[j], mode="wrap")
+            continue
+        p = round_shift(table.take(acc).astype(np.int64) * res[j], i.rshift)
+        clipped = (p < DATA_MIN) | (p > DATA_MAX)
+        if first is not None:
+            clipped |= first[j]
+        np.clip(p, DATA_MIN, DATA_MAX, out=p)
+        dst[j][...] = p
+        sat += int(np.count_nonzero(clipped))
+    return sat
+
+
+_saturation_counts = lru_cache(maxsize=256)(saturation_counts)
+
+
+def _tabled_output_stage_plain(accs, i: Instr, res, acc_bits: int, dst, table, below: bool, above: bool,
+                               mul: bool) -> int:
+    """:func:`_tabled_output_stage` step by step, for shifts too large for its offset."""
     sat = 0
     for j, acc in enumerate(accs):
         if res is not None and not mul:

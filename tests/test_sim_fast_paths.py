@@ -236,3 +236,18 @@ def test_replay_counts_saturations_per_instruction_as_the_first_run():
         assert np.array_equal(mem, first)
         assert st == ref
         assert st.clusters[1].saturations_by_pc == ref.clusters[1].saturations_by_pc
+
+
+@pytest.mark.parametrize("shift", [0, 1, 7, 16, 30, 46, 47, 60])
+def test_average_output_stage_equals_the_definition(shift):
+    """The AVGPOOL output stage (offset before the shift, saturation found by one maximum) against
+    arch.numerics.average: values and saturation counts, sums of up to 2**15 taps, both signs."""
+    from arch.numerics import average
+    rng = np.random.default_rng(shift)
+    for taps, mul in ((1, 1), (9, 7282), (4, 65535), (1 << 15, 3), (25, 0)):
+        total = rng.integers(-(1 << 15) * taps, (1 << 15) * taps, size=(3, 7, 5, 16), dtype=np.int64)
+        total[0, 0, 0, :3] = [(1 << 15) * taps - 1, -(1 << 15) * taps, 0]
+        want = average(total.copy(), mul, shift)
+        got = units._average(total.copy(), mul, shift)
+        np.testing.assert_array_equal(got[0], want[0])
+        assert got[0].dtype == np.int16 and got[1] == want[1]
