@@ -96,83 +96,105 @@ class OutputStage(wiring.Component):
                           "res": In(word_layout(cfg)), "out": Out(word_layout(cfg)), "sat": Out(cfg.lanes)})
 
     def activations(self, m: Module, y, lane: int, lut_port) -> dict:
-        """The activation cases of one lane: {Act code or tuple of codes: value}, ``y`` the lane's
-        saturated int16; codes not listed pass ``y`` through (NONE)."""
+        """The activation cases of one lane: {Act code or tuple of codes: build}, ``y`` the lane's
+        saturated int16; ``build()``, called inside the code's ``Case``, adds that activation's
+        statements and returns its value; codes not listed pass ``y`` through (NONE).
+
+        Every activation's arithmetic sits in the ``Case`` of the codes that use it (here and in the
+        two table switches below), so that an event-driven simulator (Amaranth's, Icarus) evaluates
+        only the selected activation's statements, not all of them for every output word."""
         D = self.cfg.data_bits
         seg, nseg = numerics.LUT_SEG_BITS, numerics.LUT_SEGMENTS
         edge = nseg << seg                      # |x| = 8 in Q4.11: the table's end
         f = self.act_a[:4]                      # HARDSWISH/SILU/MISH: the format; SIGMOID/TANH: output shift
-        is_silu = self.act == Act.SILU
-        is_mish = self.act == Act.MISH
-        # SILU: y in Q4.11 (exact left shift by 11 - f, or rounded right for f > 11), clamped to the table
-        up = Signal(signed(D + numerics.LUT_IN_FRAC), name=f"x11u{lane}")
-        m.d.comb += up.eq(y << (numerics.LUT_IN_FRAC - f)[:4])
-        down, _, _ = round_saturate(m, y, (f - numerics.LUT_IN_FRAC)[:4], D + 1, f"x11d{lane}")
-        x11 = Signal(signed(D + numerics.LUT_IN_FRAC), name=f"x11{lane}")
-        m.d.comb += x11.eq(Mux(f <= numerics.LUT_IN_FRAC, up, down))
-        src = Signal(signed(D + 2), name=f"lutin{lane}")   # the table's input: y, or SILU's clamped x11
-        m.d.comb += src.eq(Mux(is_silu, Mux(x11 > edge, edge, Mux(x11 < -edge, -edge, x11)), y))
-        # LEAKY: the negative side times act_a (unsigned), rounded right by act_b
-        lprod = Signal(signed(D + 17), name=f"lprod{lane}")
-        m.d.comb += lprod.eq(y * self.act_a)
-        leaky, _, _ = round_saturate(m, lprod, self.act_b[:6], D, f"l{lane}")
-        # CLIP: the fields as int16 bounds
-        lo, hi = self.act_a.as_signed(), self.act_b.as_signed()
-        # SIGMOID/TANH: |y| in Q4.11 -> segment i and offset r; base + (delta * r) >> seg
-        mag = Signal(D + 1, name=f"mag{lane}")
-        m.d.comb += mag.eq(Mux(src < 0, -src, src))
-        mc = Signal(D + 1, name=f"mc{lane}")
-        m.d.comb += mc.eq(Mux(mag > (nseg << seg), nseg << seg, mag))
-        idx = Signal(range(nseg), name=f"idx{lane}")
-        m.d.comb += idx.eq(Mux(mc[seg:] >= nseg, nseg - 1, mc[seg:]))
-        off = Signal(seg + 1, name=f"off{lane}")
-        m.d.comb += off.eq(mc - (idx << seg))
-        # MISH: x11 + 8 (inside the table, 1 .. 2 * edge - 1) -> segment and offset of its own table
-        mu = Signal(D + 1, name=f"mu{lane}")
-        m.d.comb += mu.eq(Mux(x11 >= edge, 2 * edge - 1, Mux(x11 <= -edge, 1, x11 + edge)))
-        midx = Signal(range(numerics.MISH_SEGMENTS), name=f"midx{lane}")
-        m.d.comb += midx.eq(mu[seg:])
-        moff = Signal(seg + 1, name=f"moff{lane}")
-        m.d.comb += moff.eq(mu[:seg])
-        m.d.comb += lut_port.addr.eq(Mux(is_mish, 2 * nseg + midx, Cat(idx, self.act == Act.TANH)))
+        half = 1 << (seg - 1)
+        x11 = Signal(signed(D + numerics.LUT_IN_FRAC), name=f"x11{lane}")     # SILU, MISH: y in Q4.11
+        ypos = Signal(D + 1, name=f"ypos{lane}")           # the table's value at |input|
+        curve = Signal(signed(D + 2), name=f"curve{lane}")  # SIGMOID/TANH/SILU: the signed curve
         base, delta = lut_port.data[:_LUT_BASE_BITS], lut_port.data[_LUT_BASE_BITS:]
-        ypos = Signal(D + 1, name=f"ypos{lane}")
-        m.d.comb += ypos.eq(base + ((delta * Mux(is_mish, moff, off) + (1 << (seg - 1))) >> seg))
-        curve = Signal(signed(D + 2), name=f"curve{lane}")
-        m.d.comb += curve.eq(Mux(src < 0, Mux(self.act == Act.TANH, -ypos, (1 << numerics.LUT_OUT_FRAC) - ypos),
-                                 ypos))
-        # SIGMOID/TANH: the table's Q0.15 value (at most 32767) rounded right by act_a
-        capped = Signal(signed(D + 2), name=f"capped{lane}")
-        m.d.comb += capped.eq(Mux(curve > numerics.DATA_MAX, numerics.DATA_MAX, curve))
-        lut_out, _, _ = round_saturate(m, capped, f, D, f"t{lane}")
-        # SILU: y * gate, the gate exactly 1 or 0 beyond the table, rounded right by 15
-        gate = Signal(numerics.LUT_OUT_FRAC + 2, name=f"gate{lane}")
-        m.d.comb += gate.eq(Mux(x11 >= edge, numerics.SILU_GATE_ONE, Mux(x11 <= -edge, 0, curve[:numerics.LUT_OUT_FRAC + 1])))
-        sprod = Signal(signed(2 * D + 2), name=f"sprod{lane}")
-        m.d.comb += sprod.eq(y * gate)
-        silu, _, _ = round_saturate(m, sprod, numerics.LUT_OUT_FRAC, D, f"s{lane}")
-        # MISH: y * its gate from the table, exactly 1 or 0 beyond |x| = 8, rounded right by 15
-        mgate = Signal(numerics.LUT_OUT_FRAC + 2, name=f"mgate{lane}")
-        m.d.comb += mgate.eq(Mux(x11 >= edge, numerics.SILU_GATE_ONE, Mux(x11 <= -edge, 0, ypos)))
-        mishp = Signal(signed(2 * D + 2), name=f"mishp{lane}")
-        m.d.comb += mishp.eq(y * mgate)
-        mish, _, _ = round_saturate(m, mishp, numerics.LUT_OUT_FRAC, D, f"mi{lane}")
-        # HARDSWISH: y * clip(y + 3, 0, 6) * (1/6 as HSWISH_MUL >> HSWISH_SHIFT), rounded once
-        three, six = Signal(D + 2, name=f"three{lane}"), Signal(D + 3, name=f"six{lane}")
-        m.d.comb += [three.eq(Const(3, 2) << f), six.eq(Const(6, 3) << f)]
-        tsum = Signal(signed(D + 4), name=f"tsum{lane}")
-        m.d.comb += tsum.eq(y + three)
-        t = Signal(D + 3, name=f"hst{lane}")
-        m.d.comb += t.eq(Mux(tsum < 0, 0, Mux(tsum > six, six, tsum)))
-        hprod = Signal(signed(3 * D + 4), name=f"hprod{lane}")
-        m.d.comb += hprod.eq(y * t * numerics.HSWISH_MUL)
-        hswish, _, _ = round_saturate(m, hprod, f + numerics.HSWISH_SHIFT, D, f"h{lane}")
+        with m.Switch(self.act):
+            with m.Case(Act.SILU, Act.MISH):
+                # y in Q4.11 (exact left shift by 11 - f, or rounded right for f > 11)
+                up = Signal(signed(D + numerics.LUT_IN_FRAC), name=f"x11u{lane}")
+                m.d.comb += up.eq(y << (numerics.LUT_IN_FRAC - f)[:4])
+                down, _, _ = round_saturate(m, y, (f - numerics.LUT_IN_FRAC)[:4], D + 1, f"x11d{lane}")
+                m.d.comb += x11.eq(Mux(f <= numerics.LUT_IN_FRAC, up, down))
+        with m.Switch(self.act):
+            with m.Case(Act.SIGMOID, Act.TANH, Act.SILU):
+                # |input| in Q4.11 -> segment i and offset r; base + (delta * r) >> seg. The input: y,
+                # or SILU's x11 clamped to the table
+                src = Signal(signed(D + 2), name=f"lutin{lane}")
+                m.d.comb += src.eq(Mux(self.act == Act.SILU, Mux(x11 > edge, edge, Mux(x11 < -edge, -edge, x11)), y))
+                mag = Signal(D + 1, name=f"mag{lane}")
+                m.d.comb += mag.eq(Mux(src < 0, -src, src))
+                mc = Signal(D + 1, name=f"mc{lane}")
+                m.d.comb += mc.eq(Mux(mag > (nseg << seg), nseg << seg, mag))
+                idx = Signal(range(nseg), name=f"idx{lane}")
+                m.d.comb += idx.eq(Mux(mc[seg:] >= nseg, nseg - 1, mc[seg:]))
+                off = Signal(seg + 1, name=f"off{lane}")
+                m.d.comb += off.eq(mc - (idx << seg))
+                m.d.comb += lut_port.addr.eq(Cat(idx, self.act == Act.TANH))
+                m.d.comb += ypos.eq(base + ((delta * off + half) >> seg))
+                m.d.comb += curve.eq(Mux(src < 0, Mux(self.act == Act.TANH, -ypos, (1 << numerics.LUT_OUT_FRAC) - ypos),
+                                         ypos))
+            with m.Case(Act.MISH):
+                # x11 + 8 (inside the table, 1 .. 2 * edge - 1) -> segment and offset of its own table
+                mu = Signal(D + 1, name=f"mu{lane}")
+                m.d.comb += mu.eq(Mux(x11 >= edge, 2 * edge - 1, Mux(x11 <= -edge, 1, x11 + edge)))
+                midx = Signal(range(numerics.MISH_SEGMENTS), name=f"midx{lane}")
+                m.d.comb += midx.eq(mu[seg:])
+                moff = Signal(seg + 1, name=f"moff{lane}")
+                m.d.comb += moff.eq(mu[:seg])
+                m.d.comb += lut_port.addr.eq(2 * nseg + midx)
+                m.d.comb += ypos.eq(base + ((delta * moff + half) >> seg))
+
+        def leaky():            # the negative side times act_a (unsigned), rounded right by act_b
+            lprod = Signal(signed(D + 17), name=f"lprod{lane}")
+            m.d.comb += lprod.eq(y * self.act_a)
+            value, _, _ = round_saturate(m, lprod, self.act_b[:6], D, f"l{lane}")
+            return Mux(y < 0, value, y)
+
+        def clip():             # the fields as int16 bounds
+            lo, hi = self.act_a.as_signed(), self.act_b.as_signed()
+            return Mux(y < lo, lo, Mux(y > hi, hi, y))
+
+        def lut():              # the table's Q0.15 value (at most 32767) rounded right by act_a
+            capped = Signal(signed(D + 2), name=f"capped{lane}")
+            m.d.comb += capped.eq(Mux(curve > numerics.DATA_MAX, numerics.DATA_MAX, curve))
+            return round_saturate(m, capped, f, D, f"t{lane}")[0]
+
+        def silu():             # y * gate, the gate exactly 1 or 0 beyond the table, rounded right by 15
+            gate = Signal(numerics.LUT_OUT_FRAC + 2, name=f"gate{lane}")
+            m.d.comb += gate.eq(Mux(x11 >= edge, numerics.SILU_GATE_ONE,
+                                    Mux(x11 <= -edge, 0, curve[:numerics.LUT_OUT_FRAC + 1])))
+            sprod = Signal(signed(2 * D + 2), name=f"sprod{lane}")
+            m.d.comb += sprod.eq(y * gate)
+            return round_saturate(m, sprod, numerics.LUT_OUT_FRAC, D, f"s{lane}")[0]
+
+        def mish():             # y * its gate from the table, exactly 1 or 0 beyond |x| = 8, rounded right by 15
+            mgate = Signal(numerics.LUT_OUT_FRAC + 2, name=f"mgate{lane}")
+            m.d.comb += mgate.eq(Mux(x11 >= edge, numerics.SILU_GATE_ONE, Mux(x11 <= -edge, 0, ypos)))
+            mishp = Signal(signed(2 * D + 2), name=f"mishp{lane}")
+            m.d.comb += mishp.eq(y * mgate)
+            return round_saturate(m, mishp, numerics.LUT_OUT_FRAC, D, f"mi{lane}")[0]
+
+        def hardswish():        # y * clip(y + 3, 0, 6) * (1/6 as HSWISH_MUL >> HSWISH_SHIFT), rounded once
+            three, six = Signal(D + 2, name=f"three{lane}"), Signal(D + 3, name=f"six{lane}")
+            m.d.comb += [three.eq(Const(3, 2) << f), six.eq(Const(6, 3) << f)]
+            tsum = Signal(signed(D + 4), name=f"tsum{lane}")
+            m.d.comb += tsum.eq(y + three)
+            t = Signal(D + 3, name=f"hst{lane}")
+            m.d.comb += t.eq(Mux(tsum < 0, 0, Mux(tsum > six, six, tsum)))
+            hprod = Signal(signed(3 * D + 4), name=f"hprod{lane}")
+            m.d.comb += hprod.eq(y * t * numerics.HSWISH_MUL)
+            return round_saturate(m, hprod, f + numerics.HSWISH_SHIFT, D, f"h{lane}")[0]
+
         return {
-            Act.RELU: Mux(y < 0, 0, y),
-            Act.LEAKY: Mux(y < 0, leaky, y),
-            Act.CLIP: Mux(y < lo, lo, Mux(y > hi, hi, y)),
-            (Act.SIGMOID, Act.TANH): lut_out,
-            Act.HARDSWISH: hswish,
+            Act.RELU: lambda: Mux(y < 0, 0, y),
+            Act.LEAKY: leaky,
+            Act.CLIP: clip,
+            (Act.SIGMOID, Act.TANH): lut,
+            Act.HARDSWISH: hardswish,
             Act.SILU: silu,
             Act.MISH: mish,
         }
@@ -207,28 +229,34 @@ class OutputStage(wiring.Component):
         below, above = self.counted(m)
         for l in range(cfg.lanes):
             # the residual shifted into the accumulator's format, wrapped at acc_bits like the sum
+            # (each optional step in the branch that uses it: an event-driven simulator skips the others)
             rsh = Signal(signed(A), name=f"rsh{l}")
-            m.d.comb += rsh.eq(Mux(self.resid == Resid.ADD,
-                                   shift_left_wrapping(m, self.res[l].as_signed(), self.rshift, A, f"{l}"), 0))
+            with m.If(self.resid == Resid.ADD):
+                m.d.comb += rsh.eq(shift_left_wrapping(m, self.res[l].as_signed(), self.rshift, A, f"{l}"))
             total = Signal(signed(A), name=f"total{l}")
             m.d.comb += total.eq(self.acc[l] + rsh)                                 # wraps at acc_bits
             yv, over, under = round_saturate(m, total, self.shift, D, f"{l}")
             y = Signal(signed(D), name=f"y{l}")
             m.d.comb += y.eq(yv)
             a = Signal(signed(D), name=f"a{l}")
+            cases = self.activations(m, y, l, rom.read_port(domain="comb"))
             with m.Switch(self.act):
-                for codes, value in self.activations(m, y, l, rom.read_port(domain="comb")).items():
+                for codes, build in cases.items():
                     with m.Case(*(codes if isinstance(codes, tuple) else (codes,))):
-                        m.d.comb += a.eq(value)
+                        m.d.comb += a.eq(build())
                 with m.Default():
                     m.d.comb += a.eq(y)
             # MUL: the activated value times the residual, rounded right by rshift
-            mprod = Signal(signed(2 * D), name=f"mprod{l}")
-            m.d.comb += mprod.eq(a * self.res[l].as_signed())
-            mv, mover, munder = round_saturate(m, mprod, self.rshift, D, f"m{l}")
             is_mul = self.resid == Resid.MUL
-            m.d.comb += self.out[l].eq(Mux(is_mul, mv, a))
-            sat.append((over & above) | (under & below) | (is_mul & (mover | munder)))
+            mul_sat = Signal(name=f"msat{l}")
+            with m.If(is_mul):
+                mprod = Signal(signed(2 * D), name=f"mprod{l}")
+                m.d.comb += mprod.eq(a * self.res[l].as_signed())
+                mv, mover, munder = round_saturate(m, mprod, self.rshift, D, f"m{l}")
+                m.d.comb += [self.out[l].eq(mv), mul_sat.eq(mover | munder)]
+            with m.Else():
+                m.d.comb += self.out[l].eq(a)
+            sat.append((over & above) | (under & below) | mul_sat)
         m.d.comb += self.sat.eq(Cat(*sat))
         return m
 
