@@ -47,6 +47,12 @@ PLACEMENT_TIMEOUT_S = 120.0
 MIN_REPLY_S = 60.0
 SLOWEST_MACS_PER_S = 100e6
 
+#: The RTL simulators' share of the deadline: the card's expected cycles (the functional model's
+#: schedule, hw.progress.expected_total) at this rate, below the slowest of them (Amaranth's
+#: simulator writing a VCD of the reference card on a loaded core: tens of cycles/s; Icarus and
+#: Verilator run thousands to millions).
+SLOWEST_RTL_CYCLES_PER_S = 5.0
+
 #: The deadline of loading a card's memory image into its actor: MIN_REPLY_S plus the image's bytes
 #: at this rate (a slow 100 Mbit/s link between the driver's object store and the actor's node).
 SLOWEST_LOAD_BYTES_PER_S = 10e6
@@ -75,16 +81,17 @@ class CardTimeout(RuntimeError):
     killed and is started afresh at the next call."""
 
 
-def reply_timeout(macs: int, executor=None) -> float | None:
+def reply_timeout(macs: int, executor=None, cycles=None) -> float | None:
     """Seconds to wait for a card actor to run ``macs`` multiply-accumulates with ``executor``:
     MIN_REPLY_S + macs / SLOWEST_MACS_PER_S for the functional model (and executors derived from
-    it). None (no deadline) for the RTL simulators: their speed is in cycles per second, hundreds
-    to millions of times below the functional model's and not bounded by the MACs (pooling, the
-    memory-bound layers), which would make any deadline from the MACs either cut a legitimate run
-    short or be hours long."""
+    it). The RTL simulators' speed is in cycles per second, not bounded by the MACs (pooling, the
+    memory-bound layers): for them MIN_REPLY_S + cycles / SLOWEST_RTL_CYCLES_PER_S, ``cycles`` the
+    card's expected cycle count (``cycles()`` is called only then); None (no deadline) when the
+    functional model cannot tell it (a program it refuses)."""
     from .executors import FunctionalExecutor
     if executor is not None and not isinstance(executor, FunctionalExecutor):
-        return None
+        n = cycles() if callable(cycles) else cycles
+        return None if n is None else MIN_REPLY_S + n / SLOWEST_RTL_CYCLES_PER_S
     return MIN_REPLY_S + macs / SLOWEST_MACS_PER_S
 
 
@@ -357,7 +364,11 @@ class RayCards:
         plans = {c.index: card_plan(jobs, f) for f, c in enumerate(cards)}
         inputs = {c.index: ray.put(card_images(jobs, plans[c.index])) for c in cards}
         njobs = len(jobs)
-        timeout = reply_timeout(card_macs(jobs), executor)     # every card runs the same programs
+        def expected_cycles():          # the schedule of the card's programs (RTL executors only)
+            from hw.progress import expected_total
+            return expected_total(cfg, cards[0].memory, programs)
+
+        timeout = reply_timeout(card_macs(jobs), executor, expected_cycles)   # the cards run the same programs
         deadlines: dict[int, float] = {}
 
         def submit(card):

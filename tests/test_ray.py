@@ -234,6 +234,48 @@ def test_stopped_card_actor_is_a_timeout_not_a_hang(cluster, r18, monkeypatch):
     ie.Free()
 
 
+def test_stopped_rtl_card_actor_is_a_timeout_from_its_cycles(cluster, tmp_path, monkeypatch):
+    """On an RTL executor the deadline comes from the card's expected cycles (the functional
+    model's schedule), not its MACs: a stopped actor running the card on Amaranth's simulator ends
+    the call too, and the next call gives the functional model's bits and cycles."""
+    from zoo import kernels
+    p = tmp_path / "conv.onnx"
+    onnx.save(kernels.conv_model(4, 8, 6, 6, 3, 1, 1, relu=True, seed=3), str(p))
+    x = np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    ref = microndla.MDLA()
+    ref.Compile(str(p))
+    expected, expected_cycles = ref.Run(x), ref.GetInfo("hwcycles")
+    ref.Free()
+    ie = microndla.MDLA()
+    ie.SetFlag({"workers": "ray", "simulator": "amaranth"})
+    ie.Compile(str(p))
+    assert np.array_equal(ie.Run(x), expected)
+    victim = ie.GetInfo("cards")[0]["pid"]
+    # the deadline: MIN_REPLY_S + cycles / SLOWEST_RTL_CYCLES_PER_S, here 1.5 s + at most 0.5 s
+    monkeypatch.setattr(ray_cards, "MIN_REPLY_S", 1.5)
+    monkeypatch.setattr(ray_cards, "SLOWEST_RTL_CYCLES_PER_S", 2.0 * expected_cycles)
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        with pytest.raises(ray_cards.CardTimeout, match=rf"card 0: its Ray actor \(pid {victim} .*is stopped .*"
+                                                         rf"within 2.0 s \(the deadline of its modelled work"):
+            ie.Run(x)
+    finally:
+        ended = _gone_or_killed(victim)
+    assert ended
+    monkeypatch.undo()
+    assert np.array_equal(ie.Run(x), expected) and ie.GetInfo("hwcycles") == expected_cycles
+    ie.Free()
+
+
+def test_rtl_reply_timeout_follows_the_cycles():
+    from runtime.executors import AmaranthExecutor, FunctionalExecutor
+    rtl = AmaranthExecutor()
+    assert ray_cards.reply_timeout(10 ** 12, rtl, 1000) == ray_cards.MIN_REPLY_S + 1000 / ray_cards.SLOWEST_RTL_CYCLES_PER_S
+    assert ray_cards.reply_timeout(0, rtl, lambda: 10 ** 6) > ray_cards.reply_timeout(0, rtl, 10 ** 3)
+    assert ray_cards.reply_timeout(0, rtl, None) is None          # a program the functional model refuses
+    assert ray_cards.reply_timeout(10 ** 9, FunctionalExecutor(), lambda: 1 / 0) == ray_cards.reply_timeout(10 ** 9)
+
+
 def test_stopped_card_actor_during_a_load_is_a_timeout(cluster, tmp_path, monkeypatch):
     """The memory image's load into a stopped actor (the card's residents changed: a model linked
     to it) is bounded too."""
