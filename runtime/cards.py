@@ -11,6 +11,8 @@ with ``SetFlag('workers', 'ray')`` each card is also a Ray actor holding a copy 
 """
 from __future__ import annotations
 
+import gc
+
 import threading
 from dataclasses import dataclass, field
 
@@ -63,17 +65,23 @@ class CardPool:
             self.cards = self.cards[:size] + [Card(i) for i in range(len(self.cards), size)]
 
     def allocate(self, n: int, owner) -> list[Card]:
-        with self._lock:
-            free = [c for c in self.cards if not c.owners]
-            if len(free) < n:
-                raise CardsUnavailable(
-                    f"{n} card(s) needed but only {len(free)} of the {len(self.cards)} simulated cards are free "
-                    f"(each MDLA object that is not linked to another takes cards of its own; Free() an object "
-                    f"or SetFlag('maxfpga', n) for a larger system)")
-            for c in free[:n]:
-                c.owners.append(owner)
-                c.clear()
-            return free[:n]
+        for collected in (False, True):
+            with self._lock:
+                free = [c for c in self.cards if not c.owners]
+                if len(free) >= n:
+                    for c in free[:n]:
+                        c.owners.append(owner)
+                        c.clear()
+                    return free[:n]
+            if not collected:
+                # an object that nothing can reach any more but that sits in a reference cycle keeps
+                # its cards until the cyclic garbage collector runs (its finalizer releases them):
+                # collect now rather than refuse (outside the lock: the finalizers take it)
+                gc.collect()
+        raise CardsUnavailable(
+            f"{n} card(s) needed but only {len(free)} of the {len(self.cards)} simulated cards are free "
+            f"(each MDLA object that is not linked to another takes cards of its own; Free() an object "
+            f"or SetFlag('maxfpga', n) for a larger system)")
 
     def share(self, cards: list[Card], owner) -> None:
         with self._lock:

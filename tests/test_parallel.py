@@ -1,5 +1,7 @@
 """The seeds' parallel semantics: batching over cards, clusters, images per cluster and MV units
 gives exactly the single-image results, and the modelled time reflects the parallelism."""
+import gc
+
 import numpy as np
 import onnx
 import pytest
@@ -65,6 +67,7 @@ def test_modelled_time_reflects_parallelism(small_cnn_onnx, images, single):
 
 
 def test_unlinked_objects_get_their_own_cards(small_cnn_onnx):
+    gc.collect()                # objects of earlier tests that nothing reaches release their cards
     assert not any(c.owners for c in POOL.cards), "an earlier test left cards in use"
     objs = []
     for _ in range(POOL.size):
@@ -80,6 +83,32 @@ def test_unlinked_objects_get_their_own_cards(small_cnn_onnx):
     assert extra._cards[0].index == 0
     for o in objs[1:] + [extra]:
         o.Free()
+
+
+def test_cards_of_unreachable_objects_in_a_cycle_are_reclaimed(small_cnn_onnx):
+    """An object that nothing reaches but that sits in a reference cycle holds its cards until the
+    cyclic garbage collector runs: a Compile that finds no free card collects first, then takes them."""
+    gc.collect()
+    gc.disable()                # the collector must not run on its own during the test
+    try:
+        for _ in range(POOL.size):
+            ie = microndla.MDLA()
+            ie.Compile(small_cnn_onnx)
+            ie.myself = ie      # a cycle: only the cyclic collector frees it
+        del ie
+        assert all(c.owners for c in POOL.cards)
+        fresh = microndla.MDLA()
+        fresh.Compile(small_cnn_onnx)
+        assert len(fresh._cards) == 1 and sum(bool(c.owners) for c in POOL.cards) == 1
+        held = [microndla.MDLA() for _ in range(POOL.size - 1)]
+        for o in held:
+            o.Compile(small_cnn_onnx)
+        with pytest.raises(microndla.MDLAError, match="only 0 of the 4 simulated cards are free"):
+            microndla.MDLA().Compile(small_cnn_onnx)       # reachable objects keep theirs
+        for o in held + [fresh]:
+            o.Free()
+    finally:
+        gc.enable()
 
 
 def test_maxfpga_is_settable(small_cnn_onnx):

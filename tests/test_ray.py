@@ -218,7 +218,7 @@ def test_stopped_card_actor_is_a_timeout_not_a_hang(cluster, r18, monkeypatch):
     try:
         t0 = time.monotonic()
         with pytest.raises(ray_cards.CardTimeout,
-                           match=rf"card 1: its Ray actor \(pid {victim['pid']} on node {victim['node']}, id "
+                           match=rf"card {victim['card']}: its Ray actor \(pid {victim['pid']} on node {victim['node']}, id "
                                  rf"{victim['node_id'][:12]}\) is stopped \(SIGSTOP\? a debugger\?\) and did not "
                                  rf"answer within 1.5 s .*killed and is started afresh"):
             ie.Run(x)
@@ -250,13 +250,13 @@ def test_stopped_rtl_card_actor_is_a_timeout_from_its_cycles(cluster, tmp_path, 
     ie.SetFlag({"workers": "ray", "simulator": "amaranth"})
     ie.Compile(str(p))
     assert np.array_equal(ie.Run(x), expected)
-    victim = ie.GetInfo("cards")[0]["pid"]
+    card, victim = ie.GetInfo("cards")[0]["card"], ie.GetInfo("cards")[0]["pid"]
     # the deadline: MIN_REPLY_S + cycles / SLOWEST_RTL_CYCLES_PER_S, here 1.5 s + at most 0.5 s
     monkeypatch.setattr(ray_cards, "MIN_REPLY_S", 1.5)
     monkeypatch.setattr(ray_cards, "SLOWEST_RTL_CYCLES_PER_S", 2.0 * expected_cycles)
     os.kill(victim, signal.SIGSTOP)
     try:
-        with pytest.raises(ray_cards.CardTimeout, match=rf"card 0: its Ray actor \(pid {victim} .*is stopped .*"
+        with pytest.raises(ray_cards.CardTimeout, match=rf"card {card}: its Ray actor \(pid {victim} .*is stopped .*"
                                                          rf"within 2.0 s \(the deadline of its modelled work"):
             ie.Run(x)
     finally:
@@ -289,13 +289,13 @@ def test_stopped_card_actor_during_a_load_is_a_timeout(cluster, tmp_path, monkey
     ie2.SetFlag({"firstcluster": 2, "workers": "ray"})
     ie.Compile(str(a))
     expected = ie.Run(x)
-    victim = ie.GetInfo("cards")[0]["pid"]
+    card, victim = ie.GetInfo("cards")[0]["card"], ie.GetInfo("cards")[0]["pid"]
     ie2.Compile(str(b), MDLA=ie)                          # the card's memory image changes
     monkeypatch.setattr(ray_cards, "MIN_REPLY_S", 1.5)
     monkeypatch.setattr(ray_cards, "SLOWEST_LOAD_BYTES_PER_S", 1e15)
     os.kill(victim, signal.SIGSTOP)
     try:
-        with pytest.raises(ray_cards.CardTimeout, match=rf"card 0: its Ray actor \(pid {victim} on node .*\) is "
+        with pytest.raises(ray_cards.CardTimeout, match=rf"card {card}: its Ray actor \(pid {victim} on node .*\) is "
                                                         rf"stopped .*did not take its memory image within 1.5 s"):
             ie.Run(x)
     finally:
