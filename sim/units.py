@@ -133,7 +133,9 @@ class ClusterUnits:
         self._loads = 0
         self.kern_wm = np.zeros((cfg.kernel_words, M, V, L), dtype=np.float64)
         self.kern = self.kern_wm.transpose(1, 0, 2, 3)
-        self.kern_tag = np.zeros((cfg.kernel_words, M), dtype=np.int64)   #: as maps_tag, per kernel word
+        #: as maps_tag, per kernel word and VV unit (a LOAD of nvv < V units writes only some of a
+        #: word's VV slices: a tag per word would call two MVs' words equal when only some slices are)
+        self.kern_tag = np.zeros((cfg.kernel_words, M, V), dtype=np.int64)
         #: nonzero weights of each kernel word per MV and VV unit, kept by LOAD (see _bands): as
         #: with the tags, a loaded kernel word must only be written through load()
         self.kern_nnz = np.zeros((cfg.kernel_words, M, V), dtype=np.int64)
@@ -179,7 +181,7 @@ class ClusterUnits:
         else:
             for rows, m, nvv, src_kern in dsts:
                 self._copy(self.kern_wm[rows, m, :nvv], src_kern(src))
-                self.kern_tag[rows, m] = self._loads
+                self.kern_tag[rows, m, :nvv] = self._loads
                 self.kern_nnz[rows, m, :nvv] = _lane_nonzeros(src_kern(src))
 
     def _load_plan(self, i: Instr) -> tuple:
@@ -383,7 +385,8 @@ class ClusterUnits:
                 B = self.kern_wm[ka:ka + K, sel, :nvv].reshape(K, nmv * N)
             else:
                 B = np.concatenate([weights(m) for m in mvs], axis=1)
-        elif self._same(self.kern_tag[ka:ka + K, sel].T, lambda j: weights(mvs[j])):
+        elif self._same(self.kern_tag[ka:ka + K, sel, :nvv].transpose(1, 0, 2).reshape(nmv, K * nvv),
+                        lambda j: self.kern[mvs[j], ka:ka + K, :nvv].reshape(K * nvv, L)):
             B = weights(mvs[0])                             # per-MV images, shared weights
         else:
             B = np.stack([weights(m) for m in mvs])
@@ -491,7 +494,7 @@ class ClusterUnits:
         some other way) are tested in full."""
         K, taps, ka, nvv = i.kh * i.kw * i.cin, i.kh * i.kw, i.kern_addr, i.nvv
         sel = _mv_index(mvs)
-        loaded = bool(self.kern_tag[ka:ka + K, sel].all())
+        loaded = bool(self.kern_tag[ka:ka + K, sel, :nvv].all())
         plan = i.__dict__.get("_sim_band") if loaded else None
         if plan is not None and plan[0] is self.cfg:
             if plan[1] is None:

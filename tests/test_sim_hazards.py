@@ -347,6 +347,29 @@ def race_free_program(draw, cfg: MachineConfig = SMALL):
     return instrs + [Instr("END")]
 
 
+def test_kernel_words_partly_reloaded_in_one_mv_are_not_taken_as_shared():
+    """A kernel LOAD of one VV unit (nvv=1) into both MVs over words that an earlier LOAD of two
+    units filled in one MV only: the words' first slices are equal in both MVs, their second ones
+    are not, so the MVs do not share the weights (found by the random programs below: the load tag
+    was kept per word, not per word and VV unit, and the CONV ran MV 0's weights in MV 1)."""
+    prog = """
+        LOAD buf=MAPS mv_mask=1 dram_addr=0x2000 buf_addr=0 n0=8 n1=1 n2=1
+        LOAD buf=MAPS mv_mask=2 dram_addr=0x2100 buf_addr=0 n0=8 n1=1 n2=1
+        LOAD buf=KERNEL mv_mask=1 nvv=2 dram_addr=0x2200 buf_addr=0 n0=4 n1=1 n2=1
+        LOAD buf=KERNEL mv_mask=3 nvv=1 dram_addr=0x2300 buf_addr=0 n0=2 n1=1 n2=1 push_next=1
+        CONV mv_mask=3 nvv=2 in_w=2 cpitch=2 cin=2 kh=1 kw=1 sy=1 sx=1 dy=1 dx=1 oh=1 ow=2 out_pitch=2 write=1 pop_prev=1 push_next=1
+        STORE mv=1 dram_addr=0x8000 buf_addr=0 n0=4 n1=1 n2=1 pop_prev=1
+        END
+    """
+    instrs = assemble(prog)
+    mem, addrs = image({0: prog})
+    ref = mem.copy()
+    run_card(SMALL, mem, addrs)
+    naive_run(SMALL, ref, instrs[:-1])
+    np.testing.assert_array_equal(mem, ref)
+    assert mem[0x8000:0x8010].any()                 # MV 1's outputs, not all zero
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(race_free_program(), st.integers(0, 2**32 - 1))
 def test_random_race_free_programs(instrs, seed):
