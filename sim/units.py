@@ -779,13 +779,7 @@ def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.
             dst[j][...] = y
             sat += n
         return sat
-    if res is not None:
-        for acc, r in zip(accs, res):
-            acc += r.astype(np.int64) << np.int64(i.rshift)
-        _wrap_inplace(R, acc_bits)
-    if not offset_added:
-        R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
-    R >>= s
+    _offset_shift(R, accs, i, res, acc_bits, offset_added)
     # saturation is rare: one pass finds whether there is any, a second counts it only then
     unsigned = R.view(np.uint64)
     sat = 0
@@ -798,6 +792,22 @@ def _output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.
         if i.act == ACT_RELU:                       # on the 16-bit results: a quarter of the bytes
             np.maximum(d, 0, out=d)
     return sat
+
+
+def _offset_shift(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: list[np.ndarray] | None,
+                  acc_bits: int, offset_added: bool) -> None:
+    """The output stages' common first steps, in place on ``R`` (which ``accs`` cover): add the
+    residual ``res`` (if any) shifted left by rshift and wrap at acc_bits, add the rounding and the
+    2**15 offset (unless ``offset_added``), shift right by i.shift: the results are 0..0xFFFF where
+    they do not saturate."""
+    s = i.shift
+    if res is not None:
+        for acc, r in zip(accs, res):
+            acc += r.astype(np.int64) << np.int64(i.rshift)
+        _wrap_inplace(R, acc_bits)
+    if not offset_added:
+        R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
+    R >>= s
 
 
 @lru_cache(maxsize=64)
@@ -827,13 +837,7 @@ def _tabled_output_stage(R: np.ndarray, accs: list[np.ndarray], i: Instr, res: l
     s = i.shift
     if s > 46:       # the offset could overflow int64: the plain steps
         return _tabled_output_stage_plain(accs, i, res, acc_bits, dst, table, below, above, mul)
-    if res is not None and not mul:
-        for acc, r in zip(accs, res):
-            acc += r.astype(np.int64) << np.int64(i.rshift)
-        _wrap_inplace(R, acc_bits)
-    if not offset_added:
-        R += ((1 << (s - 1)) if s else 0) + (1 << (15 + s))
-    R >>= s
+    _offset_shift(R, accs, i, None if mul else res, acc_bits, offset_added)
     sat = 0
     first = None             # a fused Mul counts a value once even if both of its stages clip it
     unsigned = R.view(np.uint64)
