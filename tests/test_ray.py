@@ -202,6 +202,20 @@ def _gone_or_killed(pid, within=20.0) -> bool:
     return True
 
 
+def _times_out_when_stopped(pid, pattern: str, call) -> tuple[bool, float]:
+    """SIGSTOP ``pid``, expect ``call()`` to raise CardTimeout matching ``pattern``; then (whether the
+    process ended, the seconds the call took)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ray_cards.CardTimeout, match=pattern):
+            call()
+        took = time.monotonic() - t0
+    finally:
+        ended = _gone_or_killed(pid)
+    return ended, took
+
+
 def test_stopped_card_actor_is_a_timeout_not_a_hang(cluster, r18, monkeypatch):
     """A card actor that lives but does not answer (SIGSTOP) ends the call once the reply deadline
     of the card's modelled work has passed: the error names the card, its pid, node and state; the
@@ -214,17 +228,11 @@ def test_stopped_card_actor_is_a_timeout_not_a_hang(cluster, r18, monkeypatch):
     victim = ie.GetInfo("cards")[1]
     monkeypatch.setattr(ray_cards, "MIN_REPLY_S", 1.5)
     monkeypatch.setattr(ray_cards, "SLOWEST_MACS_PER_S", 1e15)
-    os.kill(victim["pid"], signal.SIGSTOP)
-    try:
-        t0 = time.monotonic()
-        with pytest.raises(ray_cards.CardTimeout,
-                           match=rf"card {victim['card']}: its Ray actor \(pid {victim['pid']} on node {victim['node']}, id "
-                                 rf"{victim['node_id'][:12]}\) is stopped \(SIGSTOP\? a debugger\?\) and did not "
-                                 rf"answer within 1.5 s .*killed and is started afresh"):
-            ie.Run(x)
-        assert time.monotonic() - t0 < 30
-    finally:
-        ended = _gone_or_killed(victim["pid"])
+    ended, took = _times_out_when_stopped(
+        victim["pid"], rf"card {victim['card']}: its Ray actor \(pid {victim['pid']} on node {victim['node']}, id "
+                       rf"{victim['node_id'][:12]}\) is stopped \(SIGSTOP\? a debugger\?\) and did not "
+                       rf"answer within 1.5 s .*killed and is started afresh", lambda: ie.Run(x))
+    assert took < 30
     assert ended                                          # ray.kill ended the stopped process
     monkeypatch.undo()
     again = _snapshot(ie, x)
@@ -254,13 +262,8 @@ def test_stopped_rtl_card_actor_is_a_timeout_from_its_cycles(cluster, tmp_path, 
     # the deadline: MIN_REPLY_S + cycles / SLOWEST_RTL_CYCLES_PER_S, here 1.5 s + at most 0.5 s
     monkeypatch.setattr(ray_cards, "MIN_REPLY_S", 1.5)
     monkeypatch.setattr(ray_cards, "SLOWEST_RTL_CYCLES_PER_S", 2.0 * expected_cycles)
-    os.kill(victim, signal.SIGSTOP)
-    try:
-        with pytest.raises(ray_cards.CardTimeout, match=rf"card {card}: its Ray actor \(pid {victim} .*is stopped .*"
-                                                         rf"within 2.0 s \(the deadline of its modelled work"):
-            ie.Run(x)
-    finally:
-        ended = _gone_or_killed(victim)
+    ended, _ = _times_out_when_stopped(victim, rf"card {card}: its Ray actor \(pid {victim} .*is stopped .*"
+                                               rf"within 2.0 s \(the deadline of its modelled work", lambda: ie.Run(x))
     assert ended
     monkeypatch.undo()
     assert np.array_equal(ie.Run(x), expected) and ie.GetInfo("hwcycles") == expected_cycles
@@ -293,13 +296,8 @@ def test_stopped_card_actor_during_a_load_is_a_timeout(cluster, tmp_path, monkey
     ie2.Compile(str(b), MDLA=ie)                          # the card's memory image changes
     monkeypatch.setattr(ray_cards, "MIN_REPLY_S", 1.5)
     monkeypatch.setattr(ray_cards, "SLOWEST_LOAD_BYTES_PER_S", 1e15)
-    os.kill(victim, signal.SIGSTOP)
-    try:
-        with pytest.raises(ray_cards.CardTimeout, match=rf"card {card}: its Ray actor \(pid {victim} on node .*\) is "
-                                                        rf"stopped .*did not take its memory image within 1.5 s"):
-            ie.Run(x)
-    finally:
-        ended = _gone_or_killed(victim)
+    ended, _ = _times_out_when_stopped(victim, rf"card {card}: its Ray actor \(pid {victim} on node .*\) is "
+                                               rf"stopped .*did not take its memory image within 1.5 s", lambda: ie.Run(x))
     assert ended
     monkeypatch.undo()
     assert np.array_equal(ie.Run(x), expected)
